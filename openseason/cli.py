@@ -1,0 +1,61 @@
+"""`openseason <verb>`: the command line.
+
+Every verb is a thin wrapper over a library function with the same arguments. Each stage package
+keeps its verbs in a `commands.py` module with `register(subparsers)`; this file only collects them,
+turns user errors into one clear line on stderr and exit status 2, and never holds logic itself.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import OpenseasonError
+
+# Stage modules that contribute verbs, in the order they appear in --help.
+COMMAND_MODULES = [
+    "openseason.convert.commands",      # convert from-hf / to-hf, download
+    "openseason.generate_commands",     # generate
+    "openseason.data.commands",         # data prepare / dedup / mix / stats / tokenize / batch
+    "openseason.synth.commands",        # synth self-instruct / reverse-instructions / rationales / self-improve
+    "openseason.train.commands",        # finetune, pretrain, merge, quickstart
+    "openseason.evaluate.commands",     # evaluate perplexity / memorization / judge / harness
+    "openseason.guard.commands",        # guard check / chat
+    "openseason.serve.commands",        # serve, chat
+    "openseason.catalog.commands",      # catalog import / list / show / search / lineage / can-use / serve
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="openseason",
+        description="Build instruction-following language models from open parts, end to end.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # stage not built yet
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except OpenseasonError as exc:
+        print(f"openseason: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("openseason: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

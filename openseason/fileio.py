@@ -1,0 +1,109 @@
+"""Small file helpers every stage shares: atomic writes and JSONL reading with file:line errors.
+
+Writes go to a temporary file in the same directory, are fsynced and then renamed over the target,
+so a crash or kill -9 leaves either the old file or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import DataError, where
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
+    """Open a temporary file next to `path`; on clean exit fsync it and rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    binary = "b" in mode
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Make a rename in `directory` durable (no-op where directories cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_open(path, "w") as handle:
+        handle.write(text)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+    with atomic_open(path, "w") as handle:
+        json.dump(obj, handle, indent=indent, ensure_ascii=False)
+        handle.write("\n")
+
+
+def write_jsonl_atomic(path: str | os.PathLike, rows) -> int:
+    """Write an iterable of JSON-able rows, one per line; returns the number written."""
+    count = 0
+    with atomic_open(path, "w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False))
+            handle.write("\n")
+            count += 1
+    return count
+
+
+def open_text(path: str | os.PathLike):
+    """Open a text file for reading, transparently decompressing `.gz`."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError("file not found", where=str(path))
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, "r", encoding="utf-8")
+
+
+def iter_jsonl(path: str | os.PathLike, on_error: str = "fail", errors: list | None = None
+               ) -> Iterator[tuple[int, Any]]:
+    """Yield (line_number, object) for each non-blank line of a JSONL(.gz) file.
+
+    on_error="fail" raises DataError with file:line and the parse error; "skip" appends
+    {"where", "reason", "error"} to `errors` and continues.
+    """
+    if on_error not in ("fail", "skip"):
+        raise ValueError(f"on_error must be 'fail' or 'skip', not {on_error!r}")
+    with open_text(path) as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                loc = where(path, lineno, exc.colno)
+                if on_error == "fail":
+                    raise DataError(f"malformed JSON: {exc.msg}", where=loc,
+                                    hint="fix the line or pass --on-error skip to record and skip it") from None
+                if errors is not None:
+                    errors.append({"where": where(path, lineno), "reason": "malformed_json", "error": exc.msg})
+
+
+def append_jsonl(handle, row: Any) -> None:
+    """Append one row to an open JSONL file and make it durable before returning."""
+    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    handle.flush()
+    os.fsync(handle.fileno())

@@ -1,0 +1,330 @@
+"""The one decoder-only transformer, GPT-NeoX/Pythia or LLaMA by configuration, with a KV cache.
+
+Module and parameter names (and so our checkpoint keys):
+
+    embed                          token embedding [padded_vocab, n_embd]
+    blocks.{i}.norm_1 / norm_2     LayerNorm (NeoX) or RMSNorm (LLaMA)
+    blocks.{i}.attn.qkv            fused projection; rows are [q (n_head*hs) | k (groups*hs) | v (groups*hs)]
+    blocks.{i}.attn.proj           attention output
+    blocks.{i}.mlp.fc, .proj       GPT-NeoX MLP: proj(gelu(fc(x)))
+    blocks.{i}.mlp.fc_1, .fc_2, .proj   LLaMA MLP: proj(silu(fc_1(x)) * fc_2(x))
+    norm_f                         final norm
+    lm_head                        output projection (tied to embed when tie_embeddings)
+
+The fused qkv keeps q, k and v as three contiguous row blocks (Hugging Face GPT-NeoX interleaves
+them per head; the converter reorders), so anything that needs "the key rows" slices one block.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import Config
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm computed in fp32, as LLaMA does, then cast back."""
+
+    def __init__(self, size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+
+def build_norm(config: Config) -> nn.Module:
+    if config.norm_class == "LayerNorm":
+        return nn.LayerNorm(config.n_embd, eps=config.norm_eps)
+    return RMSNorm(config.n_embd, eps=config.norm_eps)
+
+
+class GptNeoxMLP(nn.Module):
+    def __init__(self, config: Config):
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
+        self.proj = nn.Linear(config.intermediate_size, config.n_embd, bias=config.bias)
+        self.approximate = config.gelu_approximate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x), approximate=self.approximate))
+
+
+class LLaMAMLP(nn.Module):
+    def __init__(self, config: Config):
+        super().__init__()
+        self.fc_1 = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
+        self.fc_2 = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
+        self.proj = nn.Linear(config.intermediate_size, config.n_embd, bias=config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.silu(self.fc_1(x)) * self.fc_2(x))
+
+
+MLP_CLASSES = {"GptNeoxMLP": GptNeoxMLP, "LLaMAMLP": LLaMAMLP}
+
+
+def rope_cache(config: Config, device=None, length: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables [length, rope_n_elem] for rotate-half rotary embeddings (fp32)."""
+    n = config.rope_n_elem
+    length = length or config.block_size
+    inv_freq = 1.0 / (config.rope_base ** (torch.arange(0, n, 2, device=device, dtype=torch.float32) / n))
+    positions = torch.arange(length, device=device, dtype=torch.float32)
+    freqs = torch.outer(positions, inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first cos.size(-1) dims of each head (rotate-half pairing); pass the rest through.
+
+    x: [B, H, T, hs]; cos/sin: [B, 1, T, n] (already gathered at the token positions).
+    """
+    n = cos.size(-1)
+    if n == 0:
+        return x
+    rot, rest = x[..., :n], x[..., n:]
+    half = n // 2
+    x1, x2 = rot[..., :half], rot[..., half:]
+    rotated = torch.cat((-x2, x1), dim=-1)
+    out = rot * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+    return torch.cat((out, rest), dim=-1) if rest.size(-1) else out
+
+
+class KVCache:
+    """Pre-allocated keys and values for every layer: [B, n_query_groups, max_len, head_size].
+
+    `length` counts the positions already written; a forward call with a cache writes its T new
+    positions at [length, length+T) and advances `length` once all layers are done.
+    """
+
+    def __init__(self, config: Config, batch_size: int, max_len: int, device=None, dtype=torch.float32):
+        shape = (batch_size, config.n_query_groups, max_len, config.head_size)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.max_len = max_len
+        self.batch_size = batch_size
+        self.length = 0
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep only the batch rows in `index` (finished sequences drop out of a batch)."""
+        self.k = [t.index_select(0, index) for t in self.k]
+        self.v = [t.index_select(0, index) for t in self.v]
+        self.batch_size = int(index.numel())
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: Config, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        hs, nh, ng = config.head_size, config.n_head, config.n_query_groups
+        self.q_size, self.kv_size = nh * hs, ng * hs
+        self.qkv = nn.Linear(config.n_embd, self.q_size + 2 * self.kv_size, bias=config.bias)
+        self.proj = nn.Linear(nh * hs, config.n_embd, bias=config.bias)
+
+    def split_qkv(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[B, T, q+2kv] -> q [B, nh, T, hs], k and v [B, ng, T, hs]."""
+        B, T, _ = qkv.shape
+        hs = self.config.head_size
+        q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
+        q = q.view(B, T, self.config.n_head, hs).transpose(1, 2)
+        k = k.view(B, T, self.config.n_query_groups, hs).transpose(1, 2)
+        v = v.view(B, T, self.config.n_query_groups, hs).transpose(1, 2)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: Optional[torch.Tensor] = None, kv_cache: Optional[KVCache] = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.split_qkv(self.qkv(x))
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
+        if kv_cache is not None:
+            start = kv_cache.length
+            end = start + T
+            if end > kv_cache.max_len:
+                raise ValueError(f"KV cache overflow: {end} positions > max_len {kv_cache.max_len}")
+            kv_cache.k[self.layer_idx][:, :, start:end] = k
+            kv_cache.v[self.layer_idx][:, :, start:end] = v
+            k = kv_cache.k[self.layer_idx][:, :, :end]
+            v = kv_cache.v[self.layer_idx][:, :, :end]
+        y = self.attend(q, k, v, mask)
+        y = y.transpose(1, 2).reshape(B, T, self.q_size)
+        return self.proj(y)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
+        """Scaled dot-product attention; `mask` is None (causal), "none" (attend to all keys) or bool."""
+        gqa = self.config.n_query_groups != self.config.n_head
+        scale = 1.0 / math.sqrt(self.config.head_size)
+        if mask is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+        if isinstance(mask, str):
+            return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+
+
+class Block(nn.Module):
+    """One transformer layer.
+
+    Sequential residual (LLaMA, GPT-NeoX with use_parallel_residual=False):
+
+        x = x + attn(norm_1(x))
+        x = x + mlp(norm_2(x))
+
+    Parallel residual (Pythia): both norms read the same input and both branches add to it
+
+        x = x + attn(norm_1(x)) + mlp(norm_2(x))
+    """
+
+    def __init__(self, config: Config, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.norm_1 = build_norm(config)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.norm_2 = build_norm(config)
+        self.mlp = MLP_CLASSES[config.mlp_class](config)
+
+    def forward(self, x, cos, sin, mask=None, kv_cache=None):
+        attn_out = self.attn(self.norm_1(x), cos, sin, mask, kv_cache)
+        if self.config.parallel_residual:
+            return x + attn_out + self.mlp(self.norm_2(x))
+        x = x + attn_out
+        return x + self.mlp(self.norm_2(x))
+
+
+class GPT(nn.Module):
+    """Decoder-only language model. `forward(input_ids)` returns logits [B, T, padded_vocab]."""
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.padded_vocab_size, config.n_embd)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.norm_f = build_norm(config)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=config.lm_head_bias)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        cos, sin = rope_cache(config, device=self.embed.weight.device)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.gradient_checkpointing = False
+
+    # -- set-up -------------------------------------------------------------------------------------
+    def init_rope(self, device=None) -> None:
+        """Recompute the rotary tables (after building on the meta device and materializing)."""
+        cos, sin = rope_cache(self.config, device=device or self.embed.weight.device)
+        self.rope_cos, self.rope_sin = cos, sin
+
+    def init_weights(self, std: float = 0.02) -> None:
+        """GPT-style init: normal(0, std) for linear/embedding weights, zeros for biases, ones for norms;
+        residual output projections scaled by 1/sqrt(2 * n_layer)."""
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                scale = std / math.sqrt(2 * self.config.n_layer) if name.endswith(".proj") else std
+                nn.init.normal_(module.weight, mean=0.0, std=scale)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, (nn.LayerNorm, RMSNorm)):
+                module.reset_parameters()
+        self.init_rope()
+
+    def new_kv_cache(self, batch_size: int, max_len: Optional[int] = None, dtype=None) -> KVCache:
+        max_len = max_len or self.config.block_size
+        return KVCache(self.config, batch_size, max_len, device=self.embed.weight.device,
+                       dtype=dtype or self.embed.weight.dtype)
+
+    # -- forward ------------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, *, position_ids: Optional[torch.Tensor] = None,
+                attention_mask: Optional[torch.Tensor] = None, segment_ids: Optional[torch.Tensor] = None,
+                kv_cache: Optional[KVCache] = None, last_only: bool = False) -> torch.Tensor:
+        """Logits for `input_ids` [B, T].
+
+        position_ids   [B, T] rotary positions (default: consecutive from the cache length)
+        attention_mask [B, S] 1 for real tokens, 0 for padding, over every key position
+                       (S = cache length + T when a cache is used, else T)
+        segment_ids    [B, T] packed sequences: tokens attend only within their own segment
+        kv_cache       a KVCache; the new keys and values are appended to it
+        last_only      compute logits for the last position only (decoding)
+        """
+        hidden = self.hidden_states(input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                                    segment_ids=segment_ids, kv_cache=kv_cache)
+        if last_only:
+            hidden = hidden[:, -1:]
+        return self.lm_head(hidden)
+
+    def hidden_states(self, input_ids, *, position_ids=None, attention_mask=None, segment_ids=None,
+                      kv_cache=None) -> torch.Tensor:
+        """Final-norm hidden states [B, T, n_embd] (for chunked losses that apply lm_head piecewise)."""
+        B, T = input_ids.shape
+        past = kv_cache.length if kv_cache is not None else 0
+        if past + T > self.rope_cos.size(0):
+            raise ValueError(f"sequence of {past + T} tokens is longer than the context window "
+                             f"({self.config.block_size}) of {self.config.name}")
+        if position_ids is None:
+            cos = self.rope_cos[past:past + T].unsqueeze(0).unsqueeze(0)
+            sin = self.rope_sin[past:past + T].unsqueeze(0).unsqueeze(0)
+        else:
+            cos = self.rope_cos[position_ids].unsqueeze(1)
+            sin = self.rope_sin[position_ids].unsqueeze(1)
+        mask = self.build_mask(B, T, past, attention_mask, segment_ids, input_ids.device)
+
+        x = self.embed(input_ids)
+        for block in self.blocks:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, mask, kv_cache, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, mask, kv_cache)
+        if kv_cache is not None:
+            kv_cache.length = past + T
+        return self.norm_f(x)
+
+    @staticmethod
+    def build_mask(B: int, T: int, past: int, attention_mask, segment_ids, device):
+        """None means plain causal (SDPA's fast path); "none" means every key is visible; else a bool
+        [B, 1, T, past+T] mask where True lets a query see a key."""
+        if attention_mask is None and segment_ids is None:
+            if past == 0:
+                return None
+            if T == 1:
+                return "none"
+        S = past + T
+        q_pos = torch.arange(past, S, device=device).unsqueeze(1)
+        k_pos = torch.arange(S, device=device).unsqueeze(0)
+        mask = (k_pos <= q_pos).unsqueeze(0).unsqueeze(0).expand(B, 1, T, S)
+        if attention_mask is not None:
+            if attention_mask.shape != (B, S):
+                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, S)}")
+            mask = mask & attention_mask.bool()[:, None, None, :]
+            # A fully padded query row would give NaN; let it see itself (its output is ignored).
+            diag = torch.zeros(T, S, dtype=torch.bool, device=device)
+            diag[torch.arange(T, device=device), torch.arange(past, S, device=device)] = True
+            mask = mask | diag
+        if segment_ids is not None:
+            if past:
+                raise ValueError("segment_ids (packing) cannot be combined with a KV cache")
+            same = segment_ids.unsqueeze(2) == segment_ids.unsqueeze(1)
+            mask = mask & same.unsqueeze(1)
+        return mask
+
+
+def count_parameters(config: Config) -> int:
+    """Total parameters of `config`, counted on the meta device (no memory allocated)."""
+    with torch.device("meta"):
+        model = GPT(config)
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Set up .venv with openseason and its test dependencies, offline except for the package registries.
+# On a machine without an NVIDIA GPU we install torch==2.13.0 first (its CPU wheel is available
+# locally here) so that no dependency drags in the multi-GB CUDA build; elsewhere the platform default.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+# shellcheck disable=SC1091
+. .venv/bin/activate
+python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+if ! python -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    pip install -q torch
+  else
+    pip install -q torch==2.13.0 || pip install -q torch
+  fi
+fi
+pip install -q -e ".[test]" 2>&1 | grep -v '^WARNING: Location' || true
+python -c "import openseason, torch; print(f'openseason ready (torch {torch.__version__})')"
