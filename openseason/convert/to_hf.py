@@ -1,0 +1,58 @@
+"""openseason checkpoint -> Hugging Face model directory (`openseason convert to-hf`).
+
+The result loads with `transformers.AutoModelForCausalLM.from_pretrained(HF_DIR)` (and the tokenizer
+with AutoTokenizer when the checkpoint has tokenizer.json). Weights are written as safetensors.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ..checkpoint import (DEFAULT_SHARD_BYTES, build_model, check_state_against_model, load_config, load_state,
+                          replace_dir, save_weights, staging_dir)
+from ..errors import CheckpointError
+from ..tokenizer import copy_tokenizer_files
+from .families import family_for_config
+from .from_hf import parse_dtype
+from .keymap import state_to_hf
+
+
+def convert_to_hf(ckpt_dir: str | Path, hf_dir: str | Path, *, dtype=None,
+                  max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
+    """Write our checkpoint `ckpt_dir` as a Hugging Face model directory `hf_dir` (atomically).
+
+    GPT-NeoX-family checkpoints become GPTNeoXForCausalLM, LLaMA-family ones LlamaForCausalLM; a
+    config that the target class cannot represent is refused before anything is written. `dtype`
+    casts the weights (default: as stored). Returns `hf_dir`.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        raise CheckpointError("checkpoint directory not found", where=str(ckpt_dir))
+    dtype = parse_dtype(dtype)
+    config = load_config(ckpt_dir)
+    where = str(ckpt_dir / "config.json")
+    family = family_for_config(config.family, where)
+    family.check_expressible(config, where)
+    state = load_state(ckpt_dir)
+    check_state_against_model(state, build_model(config), where=str(ckpt_dir))
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    hf_state = state_to_hf(family, config, state)
+    hf_config = family.config_to_hf(config, hf_state)
+
+    final = Path(hf_dir)
+    tmp = staging_dir(final)
+    try:
+        save_weights(hf_state, tmp, max_shard_bytes)
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        copied = copy_tokenizer_files(ckpt_dir, tmp)
+        if "generation_config.json" not in copied:
+            generation = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+                          "_from_model_config": True}
+            (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
