@@ -1,0 +1,207 @@
+"""`openseason evaluate ...` verbs: thin wrappers over the evaluate package's functions."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import OpenseasonError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("evaluate", help="perplexity, memorization, LLM-as-judge, task metrics, harness")
+    sub = parser.add_subparsers(dest="evaluate_command", metavar="WHAT")
+    sub.required = True
+
+    p = sub.add_parser("perplexity", help="token-level perplexity with a sliding window")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", required=True, help="documents/conversations .jsonl, a text file, or a prepared dir")
+    p.add_argument("--window", type=int, help="tokens per window (default: the context length)")
+    p.add_argument("--stride", type=int, help="start a window every STRIDE tokens (default: window)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--style", help="prompt style for conversations (default: stored with the data/checkpoint)")
+    p.add_argument("--device")
+    p.add_argument("--out", help="write report.json/report.md here and attach results to the run card")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_perplexity)
+
+    p = sub.add_parser("memorization", help="Pythia-style memorization scores of training sequences")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", required=True, help="documents .jsonl / prepared dir / text file")
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--gen-len", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device")
+    p.add_argument("--out", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_memorization)
+
+    p = sub.add_parser("judge", help="pairwise LLM-as-judge, both orders, win/tie/loss and relative score")
+    p.add_argument("--instructions", required=True, help="instruction set .jsonl (e.g. Self-Instruct user-oriented)")
+    p.add_argument("--a", required=True, help="model A: a checkpoint dir or an answers .jsonl")
+    p.add_argument("--b", required=True, help="model B: a checkpoint dir or an answers .jsonl")
+    p.add_argument("--judge", required=True, help="judge: an OpenAI-compatible URL or a checkpoint dir")
+    p.add_argument("--judge-model", default=None, help="model name to ask the endpoint for")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--out", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_judge)
+
+    p = sub.add_parser("tasks", help="exact match, ROUGE-L and BLEU of generated answers against references")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", required=True, help=".jsonl with instruction/input/output (or prompt/reference)")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--out")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_tasks)
+
+    p = sub.add_parser("harness", help="lm-evaluation-harness tasks through openseason's own forward pass")
+    p.add_argument("checkpoint")
+    p.add_argument("--tasks", required=True, help="comma-separated task names")
+    p.add_argument("--include-path", help="directory of local task YAML files")
+    p.add_argument("--num-fewshot", type=int)
+    p.add_argument("--limit", type=float)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device")
+    p.add_argument("--out")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_harness)
+
+
+def _print(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    for key, value in result.items():
+        if not isinstance(value, (dict, list)):
+            print(f"{key:>20}: {value:.4f}" if isinstance(value, float) else f"{key:>20}: {value}")
+
+
+def _load(path, device=None):
+    from ..generate import LLM
+
+    return LLM.load(path, device=device)
+
+
+def _perplexity(args) -> int:
+    from .perplexity import perplexity
+    from .report import write_report
+
+    result = perplexity(_load(args.checkpoint, args.device), args.data, window=args.window, stride=args.stride,
+                        batch_size=args.batch_size, style=args.style)
+    result["data"] = str(args.data)
+    if args.out:
+        write_report(args.out, "perplexity", result, checkpoint=args.checkpoint)
+    _print(result, args.json)
+    return 0
+
+
+def _memorization(args) -> int:
+    from .memorization import memorization_scores, plot_histogram, sequences_from_texts
+    from .perplexity import read_eval_data
+    from .report import write_report
+    from ..fileio import write_jsonl_atomic
+
+    llm = _load(args.checkpoint, args.device)
+    kind, rows = read_eval_data(args.data)
+    if kind != "documents":
+        raise OpenseasonError("memorization reads documents (rows with \"text\")", where=str(args.data))
+    sequences, kept, skipped = sequences_from_texts(rows, llm.tokenizer, args.prompt_len + args.gen_len)
+    result = memorization_scores(llm.model, sequences, prompt_len=args.prompt_len, gen_len=args.gen_len,
+                                 batch_size=args.batch_size, progress=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plot = plot_histogram(result.scores, out / "memorization_hist.png")
+    write_jsonl_atomic(out / "memorized.jsonl", (
+        {"document": kept[i], "prompt": llm.tokenizer.decode(sequences[i, :args.prompt_len].tolist()),
+         "continuation": llm.tokenizer.decode(sequences[i, args.prompt_len:].tolist())}
+        for i in result.memorized.tolist()))
+    write_jsonl_atomic(out / "scores.jsonl", ({"document": kept[i], "score": float(s)}
+                                              for i, s in enumerate(result.scores.tolist())))
+    summary = {**result.summary(), "skipped_short_documents": skipped}
+    write_report(out, "memorization", summary, plots=(str(plot),), checkpoint=args.checkpoint)
+    _print(summary, args.json)
+    return 0
+
+
+def _answers_from(source: str, questions: list[dict], max_new_tokens: int) -> dict:
+    from .judge import load_answers
+
+    path = Path(source)
+    if path.is_file():
+        return load_answers(path)
+    llm = _load(source)
+    return {q["id"]: _chat(llm, q["prompt"], max_new_tokens) for q in questions}
+
+
+def _chat(llm, prompt: str, max_new_tokens: int) -> str:
+    if getattr(llm, "prompt_style", None):
+        return llm.chat([{"role": "user", "content": prompt}], max_new_tokens=max_new_tokens, temperature=0.0)
+    return llm.generate(prompt, max_new_tokens=max_new_tokens, temperature=0.0)
+
+
+def _judge_backend(spec: str, model_name, max_new_tokens: int):
+    if spec.startswith(("http://", "https://")):
+        from ..synth.backends import OpenAIBackend
+
+        backend = OpenAIBackend(spec, model=model_name)
+        return lambda prompt: backend.complete(prompt, max_tokens=max_new_tokens, temperature=0.0)
+    llm = _load(spec)
+    return lambda prompt: _chat(llm, prompt, max_new_tokens)
+
+
+def _judge(args) -> int:
+    from .judge import compare, load_instructions
+    from .report import write_report
+    from ..fileio import write_jsonl_atomic
+
+    questions = load_instructions(args.instructions)[: args.limit]
+    answers_a = _answers_from(args.a, questions, args.max_new_tokens)
+    answers_b = _answers_from(args.b, questions, args.max_new_tokens)
+    judge = _judge_backend(args.judge, args.judge_model, args.max_new_tokens)
+    result = compare(judge, questions, answers_a, answers_b, name_a=Path(args.a).name, name_b=Path(args.b).name)
+    out = Path(args.out)
+    write_jsonl_atomic(out / "judgements.jsonl", result["judgements"])
+    a_is_checkpoint = Path(args.a).is_dir()
+    write_report(out, "judge", result["summary"], checkpoint=args.a if a_is_checkpoint else None)
+    _print(result["summary"], args.json)
+    return 0
+
+
+def _tasks(args) -> int:
+    from .metrics import task_metrics
+    from .judge import load_instructions
+    from .report import write_report
+    from ..fileio import iter_jsonl
+
+    questions = load_instructions(args.data)[: args.limit]
+    references = []
+    for _lineno, row in iter_jsonl(args.data):
+        ref = row.get("output") or row.get("reference")
+        if ref is None and row.get("instances"):
+            ref = row["instances"][0].get("output")
+        references.append(ref or "")
+    references = references[: len(questions)]
+    llm = _load(args.checkpoint)
+    predictions = [_chat(llm, q["prompt"], args.max_new_tokens) for q in questions]
+    result = task_metrics(predictions, references)
+    if args.out:
+        write_report(args.out, "tasks", result, checkpoint=args.checkpoint)
+    _print(result, args.json)
+    return 0
+
+
+def _harness(args) -> int:
+    from .harness import run_harness
+    from .report import write_report
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    result = run_harness(args.checkpoint, tasks, include_path=args.include_path, num_fewshot=args.num_fewshot,
+                         limit=args.limit, batch_size=args.batch_size, device=args.device)
+    flat = {f"{task}/{metric}": value for task, metrics in result["results"].items()
+            for metric, value in metrics.items() if isinstance(value, (int, float))}
+    if args.out:
+        write_report(args.out, "harness", flat, details=result, checkpoint=args.checkpoint)
+    _print(result if args.json else flat, args.json)
+    return 0

@@ -1,0 +1,173 @@
+"""lm-evaluation-harness through our own forward pass.
+
+`OpenseasonLM` implements the harness's three request types on an openseason model (full or adapter
+checkpoint, no conversion to transformers): loglikelihood, loglikelihood_rolling and generate_until.
+Tokenization of (context, continuation) pairs follows the harness's HF model class (trailing spaces
+of the context move to the continuation; the continuation is the whole encoding minus the context's;
+an empty context is the prefix token), so the same model scores the same on either.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..errors import OpenseasonError
+from .scoring import pad_right, score_targets
+
+try:
+    from lm_eval.api.model import LM as _HarnessLM
+    from lm_eval.api.registry import register_model as _register_model
+except ImportError:  # the harness is optional: only `evaluate harness` needs it
+    _HarnessLM = object
+
+    def _register_model(*_names):
+        return lambda cls: cls
+
+
+@_register_model("openseason")
+class OpenseasonLM(_HarnessLM):
+    """An openseason checkpoint as an lm-eval LM (`lm_eval --model openseason --model_args path=CKPT`)."""
+
+    def __init__(self, llm=None, path: Optional[str] = None, batch_size: int | str = 8,
+                 max_length: Optional[int] = None, max_gen_toks: int = 256, device: Optional[str] = None, **_):
+        super().__init__()
+        if llm is None:
+            if path is None:
+                raise OpenseasonError("OpenseasonLM needs a loaded LLM or path=CKPT")
+            from ..generate import LLM
+
+            llm = LLM.load(path, device=device)
+        self.llm = llm
+        self.model = llm.model
+        self.tok = llm.tokenizer
+        self._batch_size = int(batch_size) if str(batch_size).isdigit() else 8
+        self._max_length = int(max_length or llm.config.block_size)
+        self.max_gen_toks = int(max_gen_toks)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: Optional[dict] = None):
+        args = dict(kv.split("=", 1) for kv in arg_string.split(",") if kv)
+        args.update({k: v for k, v in (additional_config or {}).items() if v is not None})
+        return cls(**args)
+
+    # -- tokenization as the harness's HF model does it -------------------------------------------
+    @property
+    def prefix_token_id(self) -> int:
+        if self.tok.bos_id is not None:
+            return self.tok.bos_id
+        return self.tok.eos_id
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tok.eos_id
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    def tok_encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, bos=False)
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces:
+            continuation = context[-n_spaces:] + continuation
+            context = context[:-n_spaces]
+        whole = self.tok_encode(context + continuation)
+        context_enc = self.tok_encode(context)
+        return context_enc, whole[len(context_enc):]
+
+    # -- requests -------------------------------------------------------------------------------------
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        pairs = []
+        for request in requests:
+            context, continuation = request.args
+            if context == "":
+                pairs.append(([self.prefix_token_id], self.tok_encode(continuation)))
+            else:
+                pairs.append(self.encode_pair(context, continuation))
+        return self.loglikelihood_tokens(pairs)
+
+    def loglikelihood_tokens(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        """(sum log p(continuation | context), continuation is the greedy decode) for each pair."""
+        device = next(self.model.parameters()).device
+        sequences, n_targets = [], []
+        for context, continuation in pairs:
+            if not continuation:
+                raise OpenseasonError("empty continuation in a loglikelihood request")
+            whole = (context + continuation)[-(self.max_length + 1):]
+            sequences.append(whole)
+            n_targets.append(min(len(continuation), len(whole) - 1))
+        order = sorted(range(len(pairs)), key=lambda i: -len(sequences[i]))
+        results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
+        pad = self.tok.pad_id if self.tok.pad_id is not None else 0
+        for start in range(0, len(order), self._batch_size):
+            idx = order[start:start + self._batch_size]
+            ids = pad_right([sequences[i] for i in idx], pad).to(device)
+            mask = torch.zeros_like(ids, dtype=torch.bool)
+            for row, i in enumerate(idx):
+                end = len(sequences[i])
+                mask[row, end - n_targets[i]:end] = True
+            scored = score_targets(self.model, ids, mask)
+            sums = torch.zeros(len(idx), dtype=torch.float64).index_add_(0, scored.rows.cpu(), scored.logprobs.cpu())
+            greedy = torch.ones(len(idx), dtype=torch.bool)
+            greedy[scored.rows.cpu()[~scored.is_greedy.cpu()]] = False
+            for row, i in enumerate(idx):
+                results[i] = (float(sums[row]), bool(greedy[row]))
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        from lm_eval import utils
+
+        out = []
+        for request in requests:
+            (text,) = request.args
+            windows = [utils.make_disjoint_window(w) for w in utils.get_rolling_token_windows(
+                token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
+                max_seq_len=self.max_length, context_len=1)]
+            scores = self.loglikelihood_tokens([(list(c), list(t)) for c, t in windows])
+            out.append(sum(s for s, _ in scores))
+        return out
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        out = []
+        for request in requests:
+            context, gen_kwargs = request.args
+            kwargs = dict(gen_kwargs or {})
+            until = kwargs.pop("until", None) or []
+            until = [until] if isinstance(until, str) else list(until)
+            eos_text = self.tok.decode([self.eot_token_id], skip_special_tokens=False)
+            if eos_text and eos_text not in until:
+                until.append(eos_text)
+            max_new = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
+            temperature = float(kwargs.pop("temperature", 0.0)) if kwargs.pop("do_sample", False) else 0.0
+            ids = self.tok.encode(context)[-(self.max_length - max_new):]
+            text = self.llm.generate(ids, max_new_tokens=max_new, temperature=temperature, stop=until)
+            for stop in until:  # the harness expects the text cut before the first stop sequence
+                text = text.split(stop)[0]
+            out.append(text)
+        return out
+
+
+def run_harness(path: str | Path, tasks: list[str], *, include_path: Optional[str] = None,
+                num_fewshot: Optional[int] = None, limit: Optional[float] = None, batch_size: int = 8,
+                device: Optional[str] = None, llm=None) -> dict:
+    """Run lm-eval tasks on a checkpoint through OpenseasonLM; returns the harness's results dict."""
+    try:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise OpenseasonError("lm-evaluation-harness is not installed",
+                              hint="pip install lm_eval (it is part of openseason's test extra)") from None
+    lm = OpenseasonLM(llm=llm, path=None if llm else str(path), batch_size=batch_size, device=device)
+    manager = TaskManager(include_path=include_path) if include_path else TaskManager()
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise OpenseasonError(f"unknown harness task(s) {unknown}",
+                              hint="pass --include-path DIR for local task YAML files")
+    results = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
+                                      task_manager=manager, log_samples=False, bootstrap_iters=0)
+    return {"results": results["results"], "versions": results.get("versions", {}),
+            "n-shot": results.get("n-shot", {}), "config": {"tasks": tasks, "limit": limit}}
