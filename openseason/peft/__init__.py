@@ -1,0 +1,92 @@
+"""Parameter-efficient finetuning by composition: methods inject modules into a normal GPT.
+
+    from openseason.peft import apply, count_trainable
+    model = apply(model, "lora", rank=8, alpha=16, targets=["q", "v"])
+    model = apply(model, "adapter-v2", prompt_length=10, layers=30)   # methods combine
+    count_trainable(model)
+
+Methods: "full" (everything trains), "lora", "adapter" (LLaMA-Adapter v1), "adapter-v2". Each call
+records {"method", "options"} in `model.peft_methods` (what a PEFT checkpoint stores) and re-marks
+which parameters train (see base.py for the protocol).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn as nn
+
+from ..errors import ConfigError
+from .adapter import apply_adapter, apply_adapter_v2
+from .base import AdaptedLinear, count_trainable, mark_trainable, trainable_names, trainable_state_dict
+from .lora import apply_lora, export_peft, merge_lora
+
+METHODS = ("full", "lora", "adapter", "adapter-v2")
+_ALIASES = {"adapter-v1": "adapter", "adapter_v1": "adapter", "adapter_v2": "adapter-v2", "llama-adapter": "adapter"}
+
+__all__ = ["apply", "count_trainable", "merge", "export_peft", "trainable_names", "trainable_state_dict",
+           "METHODS", "AdaptedLinear", "is_peft", "canonical_method"]
+
+
+def canonical_method(method: str) -> str:
+    method = _ALIASES.get(method, method)
+    if method not in METHODS:
+        raise ConfigError(f"unknown finetuning method {method!r}", hint=f"choose from {', '.join(METHODS)}")
+    return method
+
+
+def apply(model: nn.Module, method: str, **options: Any) -> nn.Module:
+    """Adapt `model` in place with `method` and return it; `options` are the method's keyword arguments
+    (lora: rank, alpha, dropout, targets; adapter / adapter-v2: prompt_length, layers)."""
+    method = canonical_method(method)
+    options = {k: v for k, v in options.items() if v is not None}
+    try:
+        if method == "full":
+            if options:
+                raise TypeError(f"unexpected options {sorted(options)}")
+            resolved: dict = {}
+        elif method == "lora":
+            resolved = apply_lora(model, **options)
+        elif method == "adapter":
+            resolved = apply_adapter(model, **options)
+        else:
+            resolved = apply_adapter_v2(model, **options)
+    except TypeError as exc:
+        raise ConfigError(f"bad options for method {method!r}: {exc}") from None
+    if not hasattr(model, "peft_methods"):
+        model.peft_methods = []
+    model.peft_methods.append({"method": method, "options": resolved})
+    mark_trainable(model)
+    return model
+
+
+def is_peft(model: nn.Module) -> bool:
+    """True when the model trains only injected/selected parameters (its checkpoints are small)."""
+    methods = [m["method"] for m in getattr(model, "peft_methods", [])]
+    return bool(methods) and "full" not in methods
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Fold LoRA into the base weights (in place) so the model is a plain GPT again.
+
+    LLaMA-Adapter prompts add attention over learned tokens and cannot be folded into weights."""
+    methods = [m["method"] for m in getattr(model, "peft_methods", [])]
+    if any(m.startswith("adapter") for m in methods):
+        raise ConfigError("LLaMA-Adapter checkpoints cannot be merged into plain weights (the learned prompts "
+                          "are extra attention, not a weight update)",
+                          hint="load the adapter checkpoint directly: LLM.load, generate, chat and serve all do")
+    merge_lora(model)
+    for parent, attr, _ in _wrapped(model):
+        lin = getattr(parent, attr)
+        plain = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None, device="meta")
+        plain.weight, plain.bias = lin.weight, lin.bias
+        setattr(parent, attr, plain)
+    model.peft_methods = [m for m in getattr(model, "peft_methods", []) if m["method"] == "full"]
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def _wrapped(model: nn.Module):
+    from .base import linear_modules
+
+    return [(p, n, f) for p, n, f in linear_modules(model) if isinstance(getattr(p, n), AdaptedLinear)]
