@@ -217,10 +217,17 @@ def build_model(config: Config):
 
 
 def load_model(directory: str | Path, device="cpu", dtype: Optional[torch.dtype] = None):
-    """Load a full-model checkpoint directory into a GPT on `device` (weights cast to `dtype` if given)."""
+    """Load a checkpoint directory into a GPT on `device` (weights cast to `dtype` if given).
+
+    A PEFT checkpoint (peft.json) loads its base, re-applies the methods and loads the trainable
+    weights, so adapters are used directly without a merge step."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError("checkpoint directory not found", where=str(directory))
+    if (directory / "peft.json").exists():  # trainable weights + base reference (openseason.peft.checkpoint)
+        from .peft.checkpoint import load_peft_checkpoint
+
+        return load_peft_checkpoint(directory, device=device, dtype=dtype)
     config = load_config(directory)
     model = build_model(config)
     state = load_state(directory, device)
