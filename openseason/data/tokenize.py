@@ -1,0 +1,234 @@
+"""Documents -> a sharded binary token stream for pretraining (the Pythia way).
+
+    OUT/
+      manifest.json          tokenizer (sha256), dtype, sources with checksums, shards with token and
+                             document counts and checksums, total tokens; written last, atomically
+      shard-00000.bin        raw little-endian token ids (uint16 when the vocabulary fits, else uint32),
+      shard-00000.idx.npy    int64 start offset of every document inside the shard
+      ...
+
+Every document is followed by EOS, so the stream is one long sequence the loader cuts into
+fixed-length samples. The document order is the order of the inputs, optionally shuffled with a
+seed before anything is tokenized (Pythia trained on a pre-shuffled stream), and it is decided up
+front, so the result does not depend on the number of worker processes. Work is cut into units of
+`docs_per_shard` documents; each unit becomes one shard, written atomically, so a killed run started
+again skips the shards that exist and produces byte-identical output.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+
+from ..errors import DataError
+from ..fileio import atomic_open, iter_jsonl, write_json_atomic
+
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class DocRef:
+    """Where a document lives: source index and line number (1-based; 0 for a whole text file)."""
+    source: int
+    line: int
+
+
+def _read_documents(path: Path) -> Iterable[tuple[int, str]]:
+    """(line, text) of every document in a source: RedPajama-style / our documents.jsonl ({"text"}),
+    prepared conversations ({"messages"}: the turns joined as plain text), or a plain text file."""
+    if path.suffix in (".jsonl", ".gz") or path.name.endswith(".jsonl.gz"):
+        for lineno, row in iter_jsonl(path):
+            if isinstance(row, dict) and isinstance(row.get("text"), str):
+                yield lineno, row["text"]
+            elif isinstance(row, dict) and isinstance(row.get("messages"), list):
+                yield lineno, "\n\n".join(str(m.get("content", "")) for m in row["messages"])
+            else:
+                raise DataError('expected a row with "text" (a string) or "messages" (a list)',
+                                where=f"{path}:{lineno}")
+    else:
+        try:
+            yield 0, path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", where=str(path)) from None
+
+
+def expand_sources(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given; directories expand to their documents.jsonl / *.jsonl / *.txt files, sorted."""
+    out = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".txt", ".gz"))
+            if not found:
+                raise DataError("directory holds no .jsonl, .jsonl.gz or .txt files", where=str(path))
+            out.extend(found)
+        elif path.exists():
+            out.append(path)
+        else:
+            raise DataError("input not found", where=str(path))
+    return out
+
+
+def _encode_unit(args) -> tuple[np.ndarray, np.ndarray]:
+    """Worker: tokenize one unit's texts; returns (tokens with an EOS after each doc, doc offsets)."""
+    tokenizer_file, eos_id, bos_id, add_bos, dtype, texts = args
+    from tokenizers import Tokenizer as _T
+
+    backend = _T.from_file(tokenizer_file)
+    encoded = backend.encode_batch(texts, add_special_tokens=False)
+    pieces, offsets, pos = [], [], 0
+    for enc in encoded:
+        ids = ([bos_id] if add_bos and bos_id is not None else []) + enc.ids + [eos_id]
+        offsets.append(pos)
+        pos += len(ids)
+        pieces.append(np.asarray(ids, dtype=dtype))
+    tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
+    return tokens, np.asarray(offsets, dtype=np.int64)
+
+
+def tokenize_documents(inputs: Iterable[str | Path], tokenizer_path: str | Path, out_dir: str | Path, *,
+                       docs_per_shard: int = 10_000, workers: int = 1, shuffle_seed: Optional[int] = None,
+                       progress: bool = True) -> dict:
+    """Tokenize documents into OUT/shard-*.bin + manifest.json; resumable, deterministic. Returns the manifest."""
+    from ..tokenizer import Tokenizer
+
+    tok_dir = Path(tokenizer_path)
+    tokenizer = Tokenizer.from_dir(tok_dir if tok_dir.is_dir() else tok_dir.parent,
+                                   config=_maybe_config(tok_dir))
+    if tokenizer.eos_id is None:
+        raise DataError("the tokenizer has no EOS token to separate documents", where=str(tokenizer_path))
+    tokenizer_file = str(tok_dir / "tokenizer.json" if tok_dir.is_dir() else tok_dir)
+    dtype = np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    sources = expand_sources(inputs)
+    # Decide the document order before tokenizing anything: it must not depend on workers or restarts.
+    texts_by_ref: dict[DocRef, str] = {}
+    refs: list[DocRef] = []
+    for s, path in enumerate(sources):
+        for line, text in _read_documents(path):
+            ref = DocRef(s, line)
+            refs.append(ref)
+            texts_by_ref[ref] = text
+    if not refs:
+        raise DataError("no documents in the inputs", where=", ".join(map(str, sources)))
+    order = np.arange(len(refs))
+    if shuffle_seed is not None:
+        order = np.random.default_rng(shuffle_seed).permutation(len(refs))
+    units = [order[i:i + docs_per_shard] for i in range(0, len(refs), docs_per_shard)]
+    settings = {"tokenizer_sha256": sha256_file(tokenizer_file), "docs_per_shard": docs_per_shard,
+                "shuffle_seed": shuffle_seed, "sources": [str(p) for p in sources],
+                "sources_sha256": [sha256_file(p) for p in sources]}
+    _check_resume_settings(out, settings)
+
+    todo = [u for u in range(len(units)) if not _shard_done(out, u)]
+    jobs = [(tokenizer_file, tokenizer.eos_id, tokenizer.bos_id, tokenizer.add_bos, dtype,
+             [texts_by_ref[refs[i]] for i in units[u]]) for u in todo]
+    bar = _progress(progress, len(units), len(units) - len(todo))
+    try:
+        if workers > 1 and len(jobs) > 1:
+            import multiprocessing as mp
+
+            with mp.get_context("spawn").Pool(workers) as pool:
+                for u, (tokens, offsets) in zip(todo, pool.imap(_encode_unit, jobs)):
+                    _write_shard(out, u, tokens, offsets, units[u], refs)
+                    bar and bar.advance(0)
+        else:
+            for u, job in zip(todo, jobs):
+                _write_shard(out, u, *_encode_unit(job), units[u], refs)
+                bar and bar.advance(0)
+    finally:
+        if bar:
+            bar.stop()
+
+    shards = []
+    for u in range(len(units)):
+        meta = json.loads((out / f"shard-{u:05d}.json").read_text())
+        shards.append(meta)
+    manifest = {"format": "openseason-tokens-v1", "dtype": np.dtype(dtype).name, "eos_id": tokenizer.eos_id,
+                "bos_id": tokenizer.bos_id, "vocab_size": tokenizer.vocab_size,
+                "tokenizer": {"path": str(tokenizer_path), "sha256": settings["tokenizer_sha256"]},
+                "sources": [{"path": str(p), "sha256": h, "documents": sum(1 for r in refs if r.source == i)}
+                            for i, (p, h) in enumerate(zip(sources, settings["sources_sha256"]))],
+                "shuffle_seed": shuffle_seed, "docs_per_shard": docs_per_shard,
+                "shards": [{k: m[k] for k in ("file", "tokens", "documents", "sha256")} for m in shards],
+                "total_tokens": sum(m["tokens"] for m in shards), "documents": len(refs)}
+    write_json_atomic(out / MANIFEST, manifest)
+    return manifest
+
+
+def _maybe_config(path: Path):
+    """A checkpoint directory's model config, for the BOS/EOS policy of its tokenizer."""
+    cfg = path / "config.json" if path.is_dir() else None
+    if cfg is not None and cfg.exists():
+        from ..config import Config
+
+        try:
+            return Config.from_file(cfg)
+        except Exception:  # a Hugging Face config.json is not ours; tokenizer_config.json still applies
+            return None
+    return None
+
+
+def _shard_done(out: Path, unit: int) -> bool:
+    return (out / f"shard-{unit:05d}.json").exists()
+
+
+def _write_shard(out: Path, unit: int, tokens: np.ndarray, offsets: np.ndarray, doc_indices, refs) -> None:
+    name = f"shard-{unit:05d}"
+    with atomic_open(out / f"{name}.bin", "wb") as handle:
+        handle.write(tokens.astype(tokens.dtype.newbyteorder("<"), copy=False).tobytes())
+    with atomic_open(out / f"{name}.idx.npy", "wb") as handle:
+        np.save(handle, offsets)
+    # The .json marker is written last: its presence means the unit is complete.
+    write_json_atomic(out / f"{name}.json", {
+        "file": f"{name}.bin", "tokens": int(tokens.size), "documents": int(offsets.size),
+        "sha256": sha256_file(out / f"{name}.bin"),
+        "first_document": {"source": refs[int(doc_indices[0])].source, "line": refs[int(doc_indices[0])].line}})
+
+
+def _check_resume_settings(out: Path, settings: dict) -> None:
+    """Refuse to mix shards made with other inputs or settings into one stream."""
+    path = out / ".tokenize-settings.json"
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous != settings:
+            changed = sorted(k for k in settings if previous.get(k) != settings[k])
+            raise DataError(f"output directory holds shards made with different {changed}", where=str(out),
+                            hint="use a new --out directory, or the same inputs and settings to resume")
+    else:
+        write_json_atomic(path, settings)
+
+
+def _progress(enabled: bool, total: int, done: int):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("tokenizing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        transient=True)
+    progress.add_task("tokenize", total=total, completed=done)
+    progress.start()
+    return progress
+
+
+def checksums_ok(out_dir: str | Path) -> list[str]:
+    """Shard files whose sha256 no longer matches the manifest (empty when all are intact)."""
+    out = Path(out_dir)
+    manifest = json.loads((out / MANIFEST).read_text())
+    return [s["file"] for s in manifest["shards"] if sha256_file(out / s["file"]) != s["sha256"]]
+
