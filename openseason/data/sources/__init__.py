@@ -1,0 +1,16 @@
+"""One small module per dataset; `SOURCES` maps the name used on the command line to the module."""
+from __future__ import annotations
+
+from ...errors import OpenseasonError
+from . import alpaca, dolly, generic, hh_rlhf, longform, oasst, redpajama, sharegpt
+
+SOURCES = {m.NAME: m for m in (dolly, alpaca, longform, hh_rlhf, oasst, sharegpt, generic, redpajama)}
+SOURCES["oasst2"] = oasst  # same formats
+SOURCES["json"] = SOURCES["jsonl"] = SOURCES["csv"] = SOURCES["parquet"] = generic
+
+
+def get_source(name: str):
+    if name not in SOURCES:
+        raise OpenseasonError(f"unknown data source {name!r}",
+                              hint=f"choose one of: {', '.join(SOURCES)}, or hub (a Hugging Face dataset id)")
+    return SOURCES[name]

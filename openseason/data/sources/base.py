@@ -1,0 +1,171 @@
+"""What every source module shares: the run context that counts rows and records rejects.
+
+A source is a module with `NAME`, `DEFAULT_STYLE`, `MODES` (first = default) and
+`read(paths, ctx, mode, **options)` yielding Conversation / PreferencePair / Document records. It
+calls `ctx.row()` for each input row it reads, `ctx.reject(where, reason)` for rows a filter drops
+(always recorded, never fatal) and `ctx.malformed(where, reason, error)` for rows that cannot be
+understood (fatal with on_error="fail", recorded with "skip").
+"""
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from ...errors import DataError, OpenseasonError, where as fmt_where
+from ...fileio import iter_jsonl, open_text
+
+ON_ERROR = ("fail", "skip")
+
+
+class Context:
+    def __init__(self, on_error: str = "fail"):
+        if on_error not in ON_ERROR:
+            raise OpenseasonError(f"--on-error must be one of {ON_ERROR}, not {on_error!r}")
+        self.on_error = on_error
+        self.read = 0
+        self.rejected: Counter = Counter()
+        self.rejects: list[dict] = []
+        self.extra: dict[str, Any] = {}
+
+    def row(self, n: int = 1) -> None:
+        self.read += n
+
+    def reject(self, where: str, reason: str, detail: Optional[str] = None, **fields) -> None:
+        self.rejected[reason] += 1
+        entry = {"where": where, "reason": reason}
+        if detail:
+            entry["detail"] = detail
+        entry.update(fields)
+        self.rejects.append(entry)
+
+    def malformed(self, where: str, reason: str, error: str, hint: Optional[str] = None) -> None:
+        if self.on_error == "fail":
+            raise DataError(f"{reason}: {error}", where=where,
+                            hint=hint or "fix the row or pass --on-error skip to record it in rejects.jsonl and go on")
+        self.reject(where, reason, error)
+
+    # -- readers that count rows and route parse errors -----------------------------------------------
+    def jsonl(self, path) -> Iterator[tuple[str, Any]]:
+        """(file:line, object) for each row of a JSONL(.gz) file."""
+        errors: list = []
+        for lineno, obj in iter_jsonl(path, on_error=self.on_error, errors=errors):
+            self._flush(errors)
+            self.row()
+            yield fmt_where(path, lineno), obj
+        self._flush(errors)
+
+    def _flush(self, errors: list) -> None:
+        for err in errors:
+            self.row()
+            self.reject(err["where"], err["reason"], err["error"])
+        errors.clear()
+
+    def json_or_jsonl(self, path) -> Iterator[tuple[str, Any]]:
+        """Rows of a JSON array file (where = file:index... reported as file:line of the element's
+        start when possible) or of a JSONL file, chosen by the first non-blank character."""
+        with open_text(path) as handle:
+            head = handle.read(4096).lstrip()
+        if not head.startswith("["):
+            yield from self.jsonl(path)
+            return
+        with open_text(path) as handle:
+            text = handle.read()
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            # A JSON array is one document: nothing after the error can be trusted, so always fail.
+            raise DataError(f"malformed JSON: {exc.msg}", where=fmt_where(path, exc.lineno, exc.colno),
+                            hint="fix the file (a JSON array must parse as a whole)") from None
+        lines = _element_lines(text, len(rows))
+        for i, obj in enumerate(rows):
+            self.row()
+            yield fmt_where(path, lines[i] if lines else None) + (f"[{i}]" if not lines else ""), obj
+
+    def csv_rows(self, path) -> Iterator[tuple[str, dict]]:
+        with open_text(path) as handle:
+            reader = csv.DictReader(handle)
+            for row in reader:
+                self.row()
+                yield fmt_where(path, reader.line_num), row
+
+    def parquet_rows(self, path) -> Iterator[tuple[str, dict]]:
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several unrelated types
+            raise DataError(f"cannot read Parquet: {exc}", where=str(path)) from None
+        for i, row in enumerate(table.to_pylist()):
+            self.row()
+            yield f"{path}:row{i}", row
+
+    def rows(self, path) -> Iterator[tuple[str, Any]]:
+        """Rows of any supported file, by extension: .jsonl/.json(.gz), .csv, .parquet."""
+        name = Path(path).name.lower()
+        if name.endswith(".parquet"):
+            return self.parquet_rows(path)
+        if name.endswith(".csv") or name.endswith(".csv.gz"):
+            return self.csv_rows(path)
+        return self.json_or_jsonl(path)
+
+    def report(self) -> dict:
+        return {"read": self.read, "rejected": dict(sorted(self.rejected.items())), **self.extra}
+
+
+def _element_lines(text: str, n: int) -> Optional[list[int]]:
+    """1-based line of each top-level element of a JSON array written one element per block
+    (the indent=4 layout Alpaca files use); None when the layout does not allow it."""
+    lines = []
+    depth = 0
+    lineno = 1
+    in_str = esc = False
+    for ch in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+            if depth == 1:
+                lines.append(lineno)  # a string element directly in the array
+        elif ch in "[{":
+            if depth == 1:
+                lines.append(lineno)
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        if ch == "\n":
+            lineno += 1
+    return lines if len(lines) == n else None
+
+
+def text_field(row: dict, key: str, where: str, ctx: Context, required: bool = True) -> Optional[str]:
+    """row[key] as a string; a missing or non-string required field is a malformed row."""
+    value = row.get(key) if isinstance(row, dict) else None
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        got = "missing" if value is None else type(value).__name__
+        ctx.malformed(where, "bad_field", f"field {key!r} must be a string ({got})")
+        return None
+    return value
+
+
+def stem(path) -> str:
+    name = Path(path).name
+    for suffix in (".gz", ".jsonl", ".json", ".csv", ".parquet"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
+def row_id(prefix: str, path, where: str) -> str:
+    """A stable record id from the source name, the file stem and the row's place in the file."""
+    place = where[len(str(path)):].lstrip(":") if where.startswith(str(path)) else where
+    return f"{prefix}-{stem(path)}-{place}"
