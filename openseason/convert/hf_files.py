@@ -12,6 +12,7 @@ never sees a torch or safetensors traceback.
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -77,14 +78,25 @@ def weight_files(hf_dir: Path) -> tuple[list[Path], Path]:
         "download the model's weight files next to its config.json")
 
 
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def read_bin(path: Path) -> dict[str, torch.Tensor]:
     """A PyTorch pickle read with weights_only=True (no code from the file runs)."""
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, zipfile errors...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"corrupt, truncated or unsafe PyTorch weights file ({first})", where=str(path),
-                              hint="re-download the file; pickles that need code to load are refused") from None
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower():
+            raise CheckpointError("unsafe PyTorch weights file: it holds objects other than tensors, and loading "
+                                  "them would run code from the file (refused: weights_only=True)", where=str(path),
+                                  hint="use the model's safetensors files, or a .bin that holds only tensors") from None
+        raise CheckpointError(f"corrupt PyTorch weights file ({_first_line(exc)})", where=str(path),
+                              hint="re-download the file") from None
+    except Exception as exc:  # torch raises RuntimeError, EOFError, zipfile errors... for damaged files
+        raise CheckpointError(f"corrupt or truncated PyTorch weights file ({_first_line(exc)})", where=str(path),
+                              hint="re-download the file") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -73,12 +73,14 @@ def state_from_hf(family: ModuleType, config: Config, hf_state: dict[str, torch.
     if unexpected:
         files = sorted({origin.get(k, listing).name for k in unexpected})
         problems.append(f"unexpected weight keys {_list(unexpected)} (in {', '.join(files)})")
-    for name, shape in wanted.items():
-        if name in hf_state and tuple(hf_state[name].shape) != shape:
-            problems.append(f"shape mismatch for {name} in {origin.get(name, listing).name}: "
-                            f"file has {tuple(hf_state[name].shape)}, config.json implies {shape}")
+    mismatched = [f"{name} in {origin.get(name, listing).name}: file has {tuple(hf_state[name].shape)}, "
+                  f"config.json implies {shape}"
+                  for name, shape in wanted.items() if name in hf_state and tuple(hf_state[name].shape) != shape]
+    if mismatched:
+        more = f" (and {len(mismatched) - 3} more)" if len(mismatched) > 3 else ""
+        problems.append(f"shape mismatch for {'; '.join(mismatched[:3])}{more}")
     if problems:
-        raise CheckpointError("; ".join(problems[:12]), where=str(listing),
+        raise CheckpointError("; ".join(problems), where=str(listing),
                               hint="the weights do not match config.json (wrong config, a partial download, "
                                    "or a model variant this converter does not support)")
 
