@@ -1,0 +1,43 @@
+"""`openseason generate CKPT --prompt TEXT`: generate text from a checkpoint (wraps LLM.generate/stream)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _generate(args) -> int:
+    from .generate import LLM
+
+    llm = LLM.load(args.checkpoint, device=args.device, dtype=args.dtype)
+    options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop or None,
+                   seed=args.seed, ignore_eos=args.ignore_eos)
+    if args.stream:
+        for piece in llm.stream(args.prompt, **options):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    else:
+        print(llm.generate(args.prompt, **options))
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("generate", help="generate text from a checkpoint",
+                              description="Generate a continuation of --prompt with the model in CKPT "
+                                          "(greedy by default; --temperature > 0 samples).")
+    p.add_argument("checkpoint", metavar="CKPT", help="an openseason checkpoint directory")
+    p.add_argument("--prompt", required=True, help="the text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
+    p.add_argument("--stop", action="append", default=[], metavar="STR",
+                   help="stop before this string (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true", help="keep generating past the EOS token")
+    p.add_argument("--stream", action="store_true", help="print pieces as they are generated")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: as saved)")
+    p.set_defaults(func=_generate)

@@ -1,0 +1,165 @@
+"""Choosing the next token from logits: sampling parameters, repetition penalty, greedy/top-k/top-p.
+
+Everything here works on a batch of logits [B, V] and never leaves the device, so a decoding loop
+(ours or the server's scheduler) can call it every step without a host round trip.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Optional, Sequence
+
+import torch
+
+from ..errors import OpenseasonError
+
+
+@dataclass
+class SamplingParams:
+    """How to pick tokens and when to stop.
+
+    temperature          0 = greedy (argmax); > 0 divides the logits before sampling
+    top_k                keep only the k most likely tokens (None or 0 = all)
+    top_p                nucleus: keep the smallest set of tokens whose probability reaches top_p
+    repetition_penalty   > 1 discourages tokens already in the prompt or the output (CTRL / HF rule:
+                         positive logits are divided by it, negative ones multiplied)
+    stop                 strings that end generation; the returned text stops just before them
+    stop_token_ids       token ids that end generation (not part of the returned text)
+    ignore_eos           keep going past the tokenizer's EOS (benchmarks, parity tests)
+    seed                 makes sampling reproducible (a torch.Generator seeded with it)
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: Optional[int] = None
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    seed: Optional[int] = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)
+        self.stop = tuple(s for s in (self.stop or ()) if s)
+        self.stop_token_ids = tuple(int(t) for t in (self.stop_token_ids or ()))
+        self.validate()
+
+    def validate(self) -> None:
+        problems = []
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
+                and self.temperature >= 0):
+            problems.append(f"temperature must be >= 0, got {self.temperature!r}")
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 0):
+            problems.append(f"top_k must be a non-negative integer, got {self.top_k!r}")
+        if not (0.0 < float(self.top_p) <= 1.0):
+            problems.append(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not (float(self.repetition_penalty) > 0.0):
+            problems.append(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+        if problems:
+            raise OpenseasonError("bad sampling parameters: " + "; ".join(problems))
+
+    @property
+    def greedy(self) -> bool:
+        """True when the choice is the argmax (temperature 0 or top_k 1)."""
+        return self.temperature == 0 or self.top_k == 1
+
+    def updated(self, **changes) -> "SamplingParams":
+        return replace(self, **changes)
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Penalize tokens already seen, in place; returns `logits` [B, V].
+
+    `seen` is either a bool mask [B, V] (True where the token occurred; cheap to keep up to date
+    while decoding) or token ids [B, L] (negative ids, e.g. padding marked -1, are ignored).
+    Follows the CTRL paper as transformers does: a seen token's logit is divided by `penalty` when
+    positive and multiplied by it when negative, so penalty > 1 always lowers its probability.
+    """
+    if penalty == 1.0:
+        return logits
+    if seen.dtype != torch.bool:
+        ids = seen.long()
+        mask = torch.zeros_like(logits, dtype=torch.bool)
+        valid = ids >= 0
+        mask.scatter_(1, ids.clamp(min=0), valid)
+        seen = mask
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return logits.copy_(torch.where(seen, penalized, logits))
+
+
+def _filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    k = min(k, logits.size(-1))
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def _filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    # Drop a token when the tokens ranked strictly above it already reach p; the top one always stays.
+    above = probs.cumsum(-1) - probs
+    drop_sorted = above >= p
+    drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: Optional[int] = None,
+                      top_p: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Next token ids [B] (int64, on the logits' device) from logits [B, V].
+
+    temperature 0 or top_k 1 is greedy (argmax, no softmax). Otherwise logits are divided by the
+    temperature, filtered by top-k then top-p, and one token is drawn with `generator` (pass a
+    seeded torch.Generator on the logits' device for reproducible output).
+    """
+    if temperature == 0 or top_k == 1:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k:
+        logits = _filter_top_k(logits, top_k)
+    if top_p < 1.0:
+        logits = _filter_top_p(logits, top_p)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def make_generator(seed: Optional[int], device) -> Optional[torch.Generator]:
+    """A torch.Generator on `device` seeded with `seed` (None: use the global RNG)."""
+    if seed is None:
+        return None
+    gen = torch.Generator(device=torch.device(device))
+    gen.manual_seed(int(seed))
+    return gen
+
+
+def next_tokens(logits: torch.Tensor, params: SamplingParams, seen: Optional[torch.Tensor] = None,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Apply `params` to logits [B, V] (penalty, then sampling); returns token ids [B]."""
+    if params.repetition_penalty != 1.0 and seen is not None:
+        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    return sample_next_token(logits, params.temperature, params.top_k, params.top_p, generator)
+
+
+def stop_ids(params: SamplingParams, eos_id: Optional[int]) -> frozenset[int]:
+    """Token ids that end a sequence under `params` (its stop ids plus EOS unless ignore_eos)."""
+    ids = set(params.stop_token_ids)
+    if eos_id is not None and not params.ignore_eos:
+        ids.add(int(eos_id))
+    return frozenset(ids)
+
+
+def as_params(params: Optional[SamplingParams] = None, **overrides) -> SamplingParams:
+    """A SamplingParams from an existing one and/or keyword overrides (None values are ignored)."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "stop" in overrides and isinstance(overrides["stop"], str):
+        overrides["stop"] = (overrides["stop"],)
+    for key in ("stop", "stop_token_ids"):
+        if key in overrides and isinstance(overrides[key], Sequence):
+            overrides[key] = tuple(overrides[key])
+    if params is None:
+        return SamplingParams(**overrides)
+    return params.updated(**overrides) if overrides else params
