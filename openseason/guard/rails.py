@@ -1,0 +1,458 @@
+"""The rails engine: input rails on every user turn, dialog flows, output rails.
+
+    rails = Rails(RailsConfig.from_path("my_rails"), llm=None)   # embeddings only: no LLM calls
+    rails.check("how do I return my order?")       -> Decision (intent, score, flow, which rail fired)
+    rails.generate([{"role": "user", "content": "hi"}])  -> GenerateResult(text, decision)
+
+One call runs:
+1. Input rails (`rails.input.flows`) on each of the last `rails.input.window` user turns, oldest
+   first, not only the last one: splitting a jailbreak over several turns does not get past them.
+   The first rail that reaches `stop` blocks; its bot message is the reply.
+2. Dialog: the user turns are replayed through the flows to recover a multi-turn flow in progress
+   (`when`, or a later `user` step); otherwise the first flow whose first `user` step matches the last
+   message's intent decides. `bot <name>` says a predefined message, or the LLM writes one through
+   a controlled prompt when `<name>` is not defined; no matching flow means a general LLM reply
+   (or "inform cannot help" without an LLM).
+3. Output rails (`rails.output.flows`) on LLM-written replies (and on predefined messages when
+   `rails.output.apply_to_predefined` is true).
+
+Intents come from nearest-neighbour search over embeddings; below the similarity threshold the
+message gets the fallback intent, or, when `embeddings_only` is false and an LLM is given, the LLM
+picks an intent with the nearest examples as few-shot demonstrations.
+"""
+from __future__ import annotations
+
+import inspect
+import random
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+from ..errors import ConfigError, OpenseasonError
+from . import colang, prompts
+from .embeddings import Embedder, default_cache_dir, resolve_model_dir
+from .flows import compile_flow
+from .index import IntentIndex
+from .llm import require_llm
+from .rails_config import RailsConfig, _walk
+
+Messages = Union[str, dict, list]
+
+
+@dataclass
+class Intent:
+    name: str
+    score: Optional[float]       # cosine similarity to the nearest example of the chosen intent
+    fallback: bool = False       # True when nothing was close enough and the fallback intent was used
+    nearest: Optional[str] = None
+    example: Optional[str] = None
+    source: str = "embeddings"   # or "llm"
+
+
+@dataclass
+class Decision:
+    """What the rails decided for one conversation.
+
+    rail: "input" or "output" when such a rail blocked, "dialog" when a flow (or the no-LLM fallback)
+    wrote the reply, None when the LLM replied freely. `turn` is the index in `messages` of the user
+    turn an input rail fired on. `checks` lists every rail that ran with its details.
+    """
+
+    allowed: bool = True
+    rail: Optional[str] = None
+    flow: Optional[str] = None
+    intent: Optional[str] = None
+    score: Optional[float] = None
+    fallback: bool = False
+    nearest_intent: Optional[str] = None
+    turn: Optional[int] = None
+    reply: Optional[str] = None
+    predefined: bool = False
+    reason: str = ""
+    checks: list = field(default_factory=list)
+    llm_calls: int = 0
+
+    @property
+    def blocked(self) -> bool:
+        return not self.allowed
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class GenerateResult:
+    text: str
+    decision: Decision
+
+    @property
+    def blocked(self) -> bool:
+        """An input or output rail refused (the text is the refusal)."""
+        return self.decision.blocked
+
+    @property
+    def fired(self) -> bool:
+        """The reply came from a rail or a flow rather than a free LLM reply."""
+        return self.decision.rail is not None
+
+
+class _Ctx:
+    """Per-call state: whether the LLM may write text, the checks made, and the LLM call count."""
+
+    def __init__(self, messages: list[dict], generate: bool):
+        self.messages = messages
+        self.generate = generate
+        self.checks: list[dict] = []
+        self.llm_calls = 0
+        self.predefined = True
+        self.needs_llm = False
+
+
+Action = Callable[..., Any]
+
+
+class Rails:
+    """Guardrails around an LLM (or none), configured by a RailsConfig."""
+
+    def __init__(self, config: RailsConfig, llm=None, *, embedder: Optional[Embedder] = None,
+                 perplexity_model=None, actions: Optional[dict[str, Action]] = None, seed: Optional[int] = None):
+        self.config = config
+        self.llm = llm
+        self.embedder = embedder or Embedder(resolve_model_dir(config.embedding_model, config.path))
+        cache_dir = None if config.cache_dir is None else (
+            default_cache_dir() if config.cache_dir == "default" else Path(config.cache_dir))
+        self.index = IntentIndex(self.embedder, {n: u.examples for n, u in config.users.items()}, cache_dir)
+        self.code = {name: compile_flow(flow) for name, flow in config.flows.items()}
+        self.dialog_flows = [f.name for f in config.dialog_flows]
+        self.actions: dict[str, Action] = dict(BUILTIN_ACTIONS)
+        self.actions.update(actions or {})
+        self.rng = random.Random(seed if seed is not None else config.seed)
+        self._check_cache: dict[tuple, Any] = {}
+        self.perplexity = perplexity_model
+        if self.perplexity is None and self._uses_action("jailbreak_detection_heuristics"):
+            if not config.jailbreak.model:
+                raise ConfigError("the jailbreak detection heuristics need a local language model to "
+                                  "compute perplexity", where=str(config.path or "<config>"),
+                                  hint="set rails.config.jailbreak_detection.model to an openseason "
+                                       "checkpoint, or pass perplexity_model= to Rails")
+            from .jailbreak import PerplexityScorer
+
+            self.perplexity = PerplexityScorer.from_checkpoint(config.jailbreak.model)
+        for name in self._rail_actions():
+            if name not in self.actions:
+                raise ConfigError(f"action {name!r} is not registered", where=str(config.path or "<config>"),
+                                  hint=f"built in: {sorted(BUILTIN_ACTIONS)}; add others with "
+                                       "Rails(..., actions={name: function}) or rails.register_action")
+
+    # -- public API ----------------------------------------------------------------------------------
+    def register_action(self, name: str, fn: Action) -> None:
+        """Make `execute name(...)` call `fn(**args)` (plus `context=` the flow variables, if it takes it)."""
+        self.actions[name] = fn
+
+    def check(self, messages: Messages) -> Decision:
+        """Input rails and the dialog decision for a message or conversation, without asking the LLM
+        to write a reply (LLM rails such as self check input still call it)."""
+        return self._run(_normalize(messages), generate=False).decision
+
+    def generate(self, messages: Messages) -> GenerateResult:
+        """The assistant's next reply under the rails, with the decision that produced it."""
+        return self._run(_normalize(messages), generate=True)
+
+    def classify(self, text: str, allow_llm: bool = True, ctx: Optional[_Ctx] = None) -> Intent:
+        """The user intent of one message (embeddings first; the LLM only below the threshold)."""
+        cfg = self.config
+        near = self.index.search(text, k=max(cfg.few_shot_k, 1))
+        best = near[0] if near else None
+        if best is not None and best.score >= cfg.threshold:
+            return Intent(best.intent, best.score, example=best.example)
+        if not cfg.embeddings_only and allow_llm and self.llm is not None:
+            ctx = ctx or _Ctx([], False)
+            examples = "\n".join(f"User message: \"{m.example}\"\nIntent: {m.intent}\n" for m in near)
+            prompt = prompts.render(cfg.prompts.get("generate_user_intent", prompts.DEFAULTS["generate_user_intent"]),
+                                    "generate_user_intent", general_instructions=cfg.instructions,
+                                    intents=", ".join(self.index.intents), fallback_intent=cfg.fallback_intent,
+                                    examples=examples, user_input=text)
+            answer = self._call_llm(prompt, ctx, max_tokens=16, stop=["\n"]).strip().strip('."\'').lower()
+            answer = " ".join(answer.split())
+            if answer in self.index.intents:
+                return Intent(answer, self.index.scores(text)[answer], source="llm",
+                              nearest=best.intent if best else None)
+        return Intent(cfg.fallback_intent, best.score if best else None, fallback=True,
+                      nearest=best.intent if best else None, example=best.example if best else None)
+
+    # -- the pipeline --------------------------------------------------------------------------------
+    def _run(self, messages: list[dict], generate: bool) -> GenerateResult:
+        ctx = _Ctx(messages, generate)
+        decision = Decision()
+        user_turns = [i for i, m in enumerate(messages) if m["role"] == "user"]
+        if not user_turns:
+            raise OpenseasonError("the conversation has no user message", hint="add {'role': 'user', ...}")
+        window = user_turns[-self.config.input_window:]
+
+        for turn in window:
+            for name in self.config.input_flows:
+                variables = {"user_message": messages[turn]["content"]}
+                status, out = self._execute(name, 0, variables, ctx)
+                ctx.checks.append({"rail": "input", "flow": name, "turn": turn, "fired": status == "stop"})
+                if status == "stop":
+                    decision.allowed, decision.rail, decision.flow, decision.turn = False, "input", name, turn
+                    decision.reply = "\n".join(t for t in out if t) or self._say("refuse to respond", {})
+                    decision.reason = f"input rail {name!r} blocked user turn {turn}"
+                    last = self.classify(messages[user_turns[-1]]["content"], allow_llm=False)
+                    self._fill_intent(decision, last)
+                    return self._finish(decision, ctx)
+
+        reply, flow, intent = self._dialog(messages, window, ctx)
+        self._fill_intent(decision, intent)
+        decision.flow = flow
+        decision.turn = user_turns[-1]
+        if flow is not None:
+            decision.rail, decision.reason = "dialog", f"flow {flow!r} matched intent {intent.name!r}"
+        elif reply is not None and ctx.predefined:
+            decision.rail = "dialog"
+            decision.reason = "no flow matched and no LLM is configured"
+        else:
+            decision.reason = "no flow matched; the LLM replies"
+        decision.predefined = ctx.predefined and reply is not None
+        if reply is not None and generate and (not ctx.predefined or self.config.output_on_predefined):
+            for name in self.config.output_flows:
+                variables = {"user_message": messages[user_turns[-1]]["content"], "bot_message": reply}
+                status, out = self._execute(name, 0, variables, ctx)
+                ctx.checks.append({"rail": "output", "flow": name, "fired": status == "stop"})
+                if status == "stop":
+                    decision.allowed, decision.rail, decision.flow = False, "output", name
+                    decision.reason = f"output rail {name!r} blocked the reply"
+                    reply = "\n".join(t for t in out if t) or self._say("refuse to respond", {})
+                    break
+        decision.reply = reply
+        return self._finish(decision, ctx)
+
+    def _finish(self, decision: Decision, ctx: _Ctx) -> GenerateResult:
+        decision.checks, decision.llm_calls = ctx.checks, ctx.llm_calls
+        return GenerateResult(decision.reply or "", decision)
+
+    @staticmethod
+    def _fill_intent(decision: Decision, intent: Intent) -> None:
+        decision.intent, decision.score, decision.fallback = intent.name, intent.score, intent.fallback
+        decision.nearest_intent = intent.nearest if intent.fallback else intent.name
+
+    def _dialog(self, messages: list[dict], window: list[int], ctx: _Ctx):
+        """Replay the window's user turns through the flows; returns (reply, flow, intent) for the last."""
+        active = None  # (flow, pc, variables) of a flow paused at a user/when step
+        for j, turn in enumerate(window):
+            last = j == len(window) - 1
+            text = messages[turn]["content"]
+            intent = self.classify(text, allow_llm=last, ctx=ctx)
+            start = None
+            if active is not None:
+                name, pc, variables = active
+                ins = self.code[name][pc]
+                if ins[0] == "user" and _matches(ins[1], intent.name):
+                    start = (name, pc + 1, variables)
+                elif ins[0] == "when":
+                    target = next((t for i, t in ins[1] if _matches(i, intent.name)), ins[2])
+                    if target is not None:
+                        start = (name, target, variables)
+            if start is None:
+                name = next((f for f in self.dialog_flows if _matches(self.code[f][0][1], intent.name)), None)
+                start = (name, 1, {}) if name else None
+            if start is None:
+                active = None
+                if last:
+                    return self._free_reply(messages, None, ctx), None, intent
+                continue
+            name, pc, variables = start
+            variables["user_message"] = text
+            status, out = self._execute(name, pc, variables, ctx, replay=not last)
+            active = (name, status[1], variables) if isinstance(status, tuple) else None
+            if last:
+                texts = [t for t in out if t is not None]
+                return ("\n".join(texts) if texts else None), name, intent
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- the interpreter -----------------------------------------------------------------------------
+    def _execute(self, name: str, pc: int, variables: dict, ctx: _Ctx, *, replay: bool = False,
+                 depth: int = 0):
+        """Run flow `name` from `pc`. Returns (status, bot texts): status is "end", "stop", or
+        ("pause", pc) at a user/when step."""
+        if depth > 32:
+            raise ConfigError(f"subflows call each other more than 32 deep (at {name!r}); is there a cycle?",
+                              where=str(self.config.flows[name].loc))
+        code, out = self.code[name], []
+        while pc < len(code):
+            ins = code[pc]
+            op = ins[0]
+            if op in ("user", "when"):
+                return ("pause", pc), out
+            if op == "bot":
+                if not replay:
+                    text = self._say(ins[1], variables, ctx)
+                    variables["bot_message"] = text
+                    out.append(text)
+            elif op == "exec":
+                step: colang.Execute = ins[1]
+                value = self._action(step, variables, ctx)
+                if step.result:
+                    variables[step.result] = value
+            elif op == "set":
+                variables[ins[1].var] = colang.evaluate(ins[1].expr, variables)
+            elif op == "jf":
+                if not colang.evaluate(ins[1], variables):
+                    pc = ins[2]
+                    continue
+            elif op == "jmp":
+                pc = ins[1]
+                continue
+            elif op == "stop":
+                return "stop", out
+            elif op == "return":
+                return "end", out
+            elif op == "do":
+                status, sub = self._execute(ins[1], 0, variables, ctx, replay=replay, depth=depth + 1)
+                out.extend(sub)
+                if status == "stop":
+                    return "stop", out
+            pc += 1
+        return "end", out
+
+    def _say(self, name: str, variables: dict, ctx: Optional[_Ctx] = None) -> Optional[str]:
+        """A predefined bot message (random choice, $var substituted), else an LLM-written one."""
+        bot = self.config.bots.get(name)
+        if bot is not None:
+            text = self.rng.choice(bot.messages)
+            return re.sub(r"\$([A-Za-z_]\w*)", lambda m: str(variables.get(m.group(1), m.group(0))), text)
+        if ctx is None:
+            raise ConfigError(f"bot message {name!r} is not defined", where=str(self.config.path or "<config>"))
+        return self._free_reply(ctx.messages, None if name == "..." else name, ctx)
+
+    def _free_reply(self, messages: list[dict], bot_intent: Optional[str], ctx: _Ctx) -> Optional[str]:
+        if self.llm is None:
+            if bot_intent is not None:
+                raise ConfigError(f"bot message {bot_intent!r} is not defined and no LLM is configured to "
+                                  "write it", where=str(self.config.path or "<config>"),
+                                  hint=f"add `define bot {bot_intent}` with a quoted message, or give an LLM")
+            return self._say("inform cannot help", {})
+        ctx.predefined = False
+        if not ctx.generate:
+            ctx.needs_llm = True
+            return None
+        cfg = self.config
+        history = "\n".join(f"{'User' if m['role'] == 'user' else 'Assistant'}: {m['content']}"
+                            for m in messages[-2 * cfg.input_window:] if m["role"] in ("user", "assistant"))
+        prompt = prompts.render(cfg.prompts.get("general", prompts.DEFAULTS["general"]), "general",
+                                general_instructions=cfg.instructions, sample_conversation=cfg.sample_conversation,
+                                history=history, user_input=messages[-1]["content"],
+                                bot_intent=f"(The assistant should now: {bot_intent}.)\n" if bot_intent else "")
+        return self._call_llm(prompt, ctx, max_tokens=256, stop=["\nUser:", "\nuser:"]).strip()
+
+    def _call_llm(self, prompt: str, ctx: _Ctx, *, max_tokens: int, stop: Optional[list[str]] = None) -> str:
+        llm = require_llm(self.llm, "this rail")
+        ctx.llm_calls += 1
+        return llm(prompt, max_tokens=max_tokens, temperature=0.0, stop=stop)
+
+    def _action(self, step: colang.Execute, variables: dict, ctx: _Ctx):
+        fn = self.actions.get(step.action)
+        if fn is None:
+            raise ConfigError(f"action {step.action!r} is not registered", where=str(step.loc),
+                              hint=f"built in: {sorted(BUILTIN_ACTIONS)}")
+        args = {k: colang.evaluate(v, variables) for k, v in step.args.items()}
+        if step.action in BUILTIN_ACTIONS and fn is BUILTIN_ACTIONS[step.action]:
+            return fn(self, ctx, variables, **args)
+        if "context" in inspect.signature(fn).parameters:
+            args["context"] = variables
+        return fn(**args)
+
+    def _uses_action(self, action: str) -> bool:
+        return action in self._rail_actions()
+
+    def _rail_actions(self) -> set[str]:
+        """Actions reachable from the configured rails and the dialog flows (through `do`)."""
+        cfg = self.config
+        seen, names = set(), set()
+        todo = list(cfg.input_flows) + list(cfg.output_flows) + list(self.dialog_flows)
+        while todo:
+            flow = todo.pop()
+            if flow in seen or flow not in cfg.flows:
+                continue
+            seen.add(flow)
+            for step in _walk(cfg.flows[flow].body):
+                if isinstance(step, colang.Execute):
+                    names.add(step.action)
+                elif isinstance(step, colang.Do):
+                    todo.append(step.subflow)
+        return names
+
+
+def _matches(pattern: str, intent: str) -> bool:
+    return pattern == "..." or pattern == intent
+
+
+def _normalize(messages: Messages) -> list[dict]:
+    if isinstance(messages, str):
+        return [{"role": "user", "content": messages}]
+    if isinstance(messages, dict):
+        messages = [messages]
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in (
+                "user", "assistant", "bot", "system"):
+            raise OpenseasonError(f"message {i} must be {{'role': 'user'|'assistant'|'system', 'content': str}}, "
+                                  f"got {m!r}")
+        out.append({"role": "assistant" if m["role"] == "bot" else m["role"], "content": m["content"]})
+    return out
+
+
+# -- built-in actions ----------------------------------------------------------------------------------
+def _self_check(rails: Rails, ctx: _Ctx, task: str, key: str, text: str) -> bool:
+    """Ask the LLM the task's yes/no question; "yes" means block. No yes/no answer blocks too."""
+    cache_key = (task, text)
+    if cache_key in rails._check_cache:  # earlier turns of a conversation were already judged
+        verdict, answer = rails._check_cache[cache_key]
+    else:
+        template = rails.config.prompts.get(task, prompts.DEFAULTS[task])
+        answer = rails._call_llm(prompts.render(template, task, **{key: text}), ctx, max_tokens=3)
+        verdict = prompts.parse_yes_no(answer)
+        if verdict is not None:
+            rails._check_cache[cache_key] = (verdict, answer)
+    allowed = verdict is False
+    ctx.checks.append({"action": task, "answer": answer, "allowed": allowed,
+                       **({"note": "the answer had no yes/no; blocked to be safe"} if verdict is None else {})})
+    return allowed
+
+
+def _self_check_input(rails: Rails, ctx: _Ctx, variables: dict, **_):
+    return _self_check(rails, ctx, "self_check_input", "user_input", variables.get("user_message") or "")
+
+
+def _self_check_output(rails: Rails, ctx: _Ctx, variables: dict, **_):
+    return _self_check(rails, ctx, "self_check_output", "bot_response", variables.get("bot_message") or "")
+
+
+def _jailbreak(rails: Rails, ctx: _Ctx, variables: dict, **_):
+    from .jailbreak import jailbreak_heuristics
+
+    j = rails.config.jailbreak
+    verdict = jailbreak_heuristics(variables.get("user_message") or "", rails.perplexity,
+                                   length_per_perplexity_threshold=j.length_per_perplexity_threshold,
+                                   prefix_suffix_perplexity_threshold=j.prefix_suffix_perplexity_threshold,
+                                   prefix_suffix_words=j.prefix_suffix_words)
+    ctx.checks.append({"action": "jailbreak_detection_heuristics", **verdict.to_dict()})
+    return verdict.is_jailbreak
+
+
+def _check_topic(rails: Rails, ctx: _Ctx, variables: dict, **_):
+    intent = rails.classify(variables.get("user_message") or "", allow_llm=False)
+    cfg = rails.config
+    on_topic = intent.name not in cfg.topical_blocked and not (intent.fallback and cfg.topical_refuse_unmatched)
+    ctx.checks.append({"action": "check_topic", "intent": intent.name, "score": intent.score,
+                       "nearest_intent": intent.nearest, "on_topic": on_topic})
+    return on_topic
+
+
+BUILTIN_ACTIONS: dict[str, Action] = {
+    "self_check_input": _self_check_input,
+    "self_check_output": _self_check_output,
+    "jailbreak_detection_heuristics": _jailbreak,
+    "check_topic": _check_topic,
+}
