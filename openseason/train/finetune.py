@@ -1,0 +1,194 @@
+"""`openseason finetune` and `openseason merge` as library functions.
+
+    from openseason.train import finetune
+    result = finetune("checkpoints/pythia-70m", "data/dolly", method="lora", out="runs/dolly-lora",
+                      max_steps=200, save_every=50, micro_batch_size=4, grad_accum=4, resume="auto")
+    LLM.load(result["final"])          # full or PEFT, loads directly
+
+Arguments resolve as: explicit arguments > the recipe (`config="recipes/lora.yaml"`) > method defaults.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, OpenseasonError
+from .loop import TrainConfig, train
+
+METHOD_LR = {"full": 2e-5, "lora": 3e-4, "adapter": 9e-3, "adapter-v2": 3e-3}
+
+DEFAULTS: dict[str, Any] = dict(
+    method="lora", max_steps=None, epochs=None, max_time=None, save_every=None, keep_last=None, eval_every=None,
+    seed=1337, micro_batch_size=4, grad_accum=1, lr=None, min_lr=None, warmup_steps=None, weight_decay=0.0,
+    grad_clip=1.0, max_length=None, packing=False, train_on="assistant", prompt_style=None, val_size=None,
+    lora_rank=8, lora_alpha=16.0, lora_dropout=0.05, lora_targets="q,v", adapter_prompt_length=10,
+    adapter_layers=None, device=None, precision=None, gradient_checkpointing=False,
+)
+
+
+def method_options(method: str, opts: dict) -> dict:
+    if method == "lora":
+        return {"rank": int(opts["lora_rank"]), "alpha": float(opts["lora_alpha"]),
+                "dropout": float(opts["lora_dropout"]), "targets": opts["lora_targets"]}
+    if method in ("adapter", "adapter-v2"):
+        return {"prompt_length": int(opts["adapter_prompt_length"]), "layers": opts["adapter_layers"]}
+    return {}
+
+
+def _data_lineage(data_dir: Path) -> dict:
+    lineage: dict[str, Any] = {"data_dir": str(data_dir.resolve())}
+    report = data_dir / "report.json" if data_dir.is_dir() else None
+    if report is not None and report.exists():
+        try:
+            lineage["prepare_report"] = json.loads(report.read_text())
+        except json.JSONDecodeError:
+            lineage["prepare_report"] = "unreadable"
+    return lineage
+
+
+def _register(final: Path, base: Path, data: Path, method: str, seconds: float, tokens: int) -> None:
+    """Record the run in the catalog when that stage is installed; never lose a run over it."""
+    try:
+        from ..catalog import register_checkpoint
+    except ImportError:
+        return
+    try:
+        hardware = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+        register_checkpoint(final, base_model=str(base), datasets=[str(data)], method=method,
+                            hardware=hardware, seconds=seconds, tokens=tokens)
+    except Exception as exc:  # the checkpoint is already safely on disk
+        warnings.warn(f"could not register {final} in the catalog: {exc}")
+
+
+def finetune(checkpoint: str | Path, data: str | Path, method: Optional[str] = None, out: str | Path = "runs/finetune",
+             *, config: Optional[str | Path] = None, resume: Optional[str] = None, progress: bool = True,
+             register: bool = True, callbacks=(), **options: Any) -> dict[str, Any]:
+    """Finetune `checkpoint` on the prepared directory `data` with `method` (full, lora, adapter,
+    adapter-v2); checkpoints go to out/step-XXXXXX and out/final. Options (see DEFAULTS):
+    max_steps, epochs, max_time, save_every, keep_last, eval_every, seed, micro_batch_size, grad_accum,
+    lr, min_lr, warmup_steps, weight_decay, grad_clip, max_length, packing, train_on, prompt_style,
+    val_size, lora_rank, lora_alpha, lora_dropout, lora_targets, adapter_prompt_length, adapter_layers,
+    device, precision, gradient_checkpointing. `callbacks` are fn(step, metrics) called after every
+    step. Returns train()'s result plus the resolved options."""
+    from ..checkpoint import load_model, read_run_card
+    from ..data.sft import SFTData, load_conversations, prepared_style, style_messages, tokenize_prompt
+    from ..peft import apply, canonical_method, count_trainable, is_peft
+    from ..peft.checkpoint import is_peft_checkpoint, root_base
+    from ..tokenizer import Tokenizer
+    from .data import SFTBatches, fixed_batches
+    from .recipe import load_recipe
+    from .sample import greedy_generate
+
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown finetune options {unknown}", hint=f"valid: {', '.join(sorted(DEFAULTS))}")
+    recipe = load_recipe(config, DEFAULTS) if config else {}
+    opts = {**DEFAULTS, **recipe, **{k: v for k, v in options.items() if v is not None}}
+    if method is not None:
+        opts["method"] = method
+    method = canonical_method(opts["method"])
+    checkpoint, data, out = Path(checkpoint), Path(data), Path(out)
+    if opts["lr"] is None:
+        opts["lr"] = METHOD_LR[method]
+    if opts["max_steps"] is None and opts["epochs"] is None:
+        raise ConfigError("say how long to train: max_steps or epochs", hint="e.g. --max-steps 200 or --epochs 1")
+
+    device = opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if (device.startswith("cuda") and method != "full") else None
+    torch.manual_seed(int(opts["seed"]))
+    model = load_model(checkpoint, device=device, dtype=dtype)
+    tokenizer = Tokenizer.from_dir(checkpoint, model.config)
+    base_ref = root_base(checkpoint) if is_peft_checkpoint(checkpoint) else checkpoint
+    apply(model, method, **method_options(method, opts))
+    if dtype is not None:  # frozen base in bf16, trained parameters and optimizer state in fp32
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    base_card = read_run_card(checkpoint)
+
+    style = opts["prompt_style"] or prepared_style(data) or base_card.get("prompt_style") or "alpaca"
+    max_length = int(opts["max_length"] or min(model.config.block_size, 2048))
+    sft = SFTData(load_conversations(data), tokenizer, style, max_length, train_on=opts["train_on"])
+    if len(sft) == 0:
+        raise OpenseasonError("no usable training examples", where=str(data), hint=f"tokenization report: {sft.report}")
+    order = np.random.default_rng(int(opts["seed"])).permutation(len(sft))
+    val_size = opts["val_size"]
+    if val_size is None:
+        val_size = min(64, len(sft) // 20)
+    val_idx, train_idx = order[:val_size], order[val_size:]
+    if len(train_idx) == 0:
+        raise ConfigError(f"val_size={val_size} leaves no training examples (only {len(sft)})")
+    train_ex = [sft[int(i)] for i in train_idx]
+    val_ex = [sft[int(i)] for i in val_idx]
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    batches = SFTBatches(train_ex, int(opts["micro_batch_size"]), pad_id, max_length, seed=int(opts["seed"]),
+                         packing=bool(opts["packing"]))
+    val_batches = fixed_batches(val_ex, int(opts["micro_batch_size"]), pad_id, max_length) if val_ex else None
+
+    records = load_conversations(data)
+    sample_record = records[int(val_idx[0])] if len(val_idx) else records[0]
+    sample_messages = [m for m in style_messages(sample_record)]
+    while sample_messages and sample_messages[-1].get("role") == "assistant":
+        sample_messages = sample_messages[:-1]
+    sample_prompt = tokenize_prompt(sample_messages, tokenizer, style) if sample_messages else None
+
+    def sample_fn(m) -> str:
+        if not sample_prompt:
+            return ""
+        out_ids = greedy_generate(m, [sample_prompt[-(max_length // 2):]], 48, tokenizer.eos_id, pad_id)[0]
+        return f"{sample_messages[-1]['content'][:200]}\n>>> {tokenizer.decode(out_ids)}"
+
+    tcfg = TrainConfig(
+        max_steps=opts["max_steps"], epochs=opts["epochs"], max_time=opts["max_time"],
+        micro_batch_size=int(opts["micro_batch_size"]), grad_accum=int(opts["grad_accum"]), lr=float(opts["lr"]),
+        min_lr=opts["min_lr"], warmup_steps=int(opts["warmup_steps"] or 0), weight_decay=float(opts["weight_decay"]),
+        grad_clip=opts["grad_clip"], save_every=opts["save_every"], keep_last=opts["keep_last"],
+        eval_every=opts["eval_every"], seed=int(opts["seed"]), device=device, precision=opts["precision"],
+        gradient_checkpointing=bool(opts["gradient_checkpointing"]), progress=progress)
+    from ..prompts import get_style
+    run_card = {
+        "title": f"{method} finetune of {checkpoint.name}", "method": method,
+        "method_options": method_options(method, opts), "base_checkpoint": str(base_ref.resolve()),
+        "base_model": model.config.name, "prompt_style": get_style(style).to_dict(),
+        "options": {k: v for k, v in opts.items()}, "recipe": str(config) if config else None,
+        "data": {**_data_lineage(data), "tokenization": sft.report, "train_examples": len(train_ex),
+                 "val_examples": len(val_ex)},
+        "lineage": {"base": base_card.get("lineage"), "base_data": base_card.get("data")},
+        "trainable_parameters": count_trainable(model), "peft": is_peft(model),
+    }
+    result = train(model, batches, tcfg, out, val_batches=val_batches, resume=resume,
+                   base_checkpoint=base_ref, tokenizer=tokenizer, run_card=run_card,
+                   sample_fn=sample_fn if opts["eval_every"] else None, callbacks=callbacks)
+    if register:
+        _register(result["final"], base_ref, data, method, result["seconds"], result["tokens"])
+    result["options"] = opts
+    return result
+
+
+def merge_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
+    """Load a LoRA (or full) checkpoint, fold LoRA into the weights and write a full checkpoint."""
+    from ..checkpoint import load_model, read_run_card, save_checkpoint
+    from ..peft import merge
+    from ..tokenizer import Tokenizer
+
+    checkpoint = Path(checkpoint)
+    model = load_model(checkpoint)
+    methods = list(getattr(model, "peft_methods", []))
+    merge(model)
+    tokenizer = Tokenizer.from_dir(checkpoint, model.config)
+    card = read_run_card(checkpoint)
+    card.pop("created", None)
+    card.pop("kind", None)
+    return save_checkpoint(out, model, tokenizer=tokenizer,
+                           run_card={**card, "merged_from": str(checkpoint.resolve()), "merged_methods": methods,
+                                     "merged_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+FINETUNE_OPTIONS = tuple(inspect.signature(finetune).parameters)

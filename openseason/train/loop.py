@@ -1,0 +1,368 @@
+"""The one training loop: every finetuning method and pretraining pass through `train()`.
+
+    train(model, data, TrainConfig(...), out_dir, ...)
+
+`model` is a GPT already adapted by `openseason.peft.apply` (whatever is trainable trains); `data`
+is any source of micro-batches with the small protocol below, so SFT and pretraining share the loop:
+
+    data.next_batch() -> {"input_ids", "labels" (aligned, -100 = no loss), optional "segment_ids",
+                          "position_ids"}          LongTensors [B, T]
+    data.state_dict() / data.load_state_dict(s)   the data-order position, saved with checkpoints
+    data.batches_per_epoch (optional)            for `epochs`
+    data.epoch (optional)
+
+One optimizer step accumulates `grad_accum` micro-batches. The loss of each is its summed token
+cross-entropy divided by the number of target tokens across the WHOLE accumulated batch, so a long
+micro-batch weighs more than a short one, exactly as if the step were one big batch.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import OpenseasonError
+from .schedule import lr_at, make_optimizer
+from .state import find_resume, load_train_checkpoint, save_train_checkpoint, step_dir
+
+IGNORE = -100
+METRIC_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "tokens", "target_tokens", "tokens_per_s",
+                 "elapsed_s", "val_loss"]
+
+
+class TrainingError(OpenseasonError):
+    """Training stopped (NaN loss, nothing to train, ...)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything the loop needs besides the model and the data (saved in every run card)."""
+
+    max_steps: Optional[int] = None      # optimizer steps; None = from epochs
+    epochs: Optional[float] = None
+    max_time: Optional[float] = None     # seconds; the run saves `final` and stops when exceeded
+    micro_batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 3e-4
+    min_lr: Optional[float] = None       # default lr / 10
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.95)
+    grad_clip: Optional[float] = 1.0
+    save_every: Optional[int] = None     # steps between step-XXXXXX checkpoints
+    keep_last: Optional[int] = None      # keep only the newest N step checkpoints (None = all)
+    eval_every: Optional[int] = None     # steps between validation loss + sample generation
+    log_every: int = 1
+    seed: int = 1337
+    device: Optional[str] = None         # default: cuda if available, else cpu
+    precision: Optional[str] = None      # "bf16" (autocast) | "fp32"; default bf16 on GPU, fp32 on CPU
+    gradient_checkpointing: bool = False
+    loss_chunk: int = 4096               # target tokens per lm_head + cross-entropy chunk
+    sample_max_new_tokens: int = 48
+    progress: bool = True
+    tensorboard: bool = True
+    plot: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# -- loss ------------------------------------------------------------------------------------------
+def _ce_sum(lm_head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
+
+
+def token_loss_sum(model, batch: dict, chunk: int = 4096) -> tuple[torch.Tensor, int]:
+    """(sum of cross-entropy over target tokens, number of target tokens) for one micro-batch.
+
+    Only positions with a target go through lm_head, in chunks whose logits are recomputed in the
+    backward pass, so the [tokens, vocab] logits never exist for the whole batch at once.
+    """
+    input_ids, labels = batch["input_ids"], batch["labels"]
+    # Right padding never influences earlier positions under a causal mask, so padded rows need no
+    # attention mask (keeping SDPA's fast causal path); packed rows need their segments.
+    hidden = model.hidden_states(input_ids, position_ids=batch.get("position_ids"),
+                                 segment_ids=batch.get("segment_ids"))
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    h = hidden[:, :-1][keep]
+    t = targets[keep]
+    n = int(t.numel())
+    if n == 0:
+        return hidden.sum() * 0.0, 0
+    if n <= chunk:
+        return _ce_sum(model.lm_head, h, t), n
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, n, chunk):
+        total = total + torch.utils.checkpoint.checkpoint(_ce_sum, model.lm_head, h[start:start + chunk],
+                                                          t[start:start + chunk], use_reentrant=False)
+    return total, n
+
+
+def count_targets(batch: dict) -> int:
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+@torch.no_grad()
+def evaluate_loss(model, batches: Iterable[dict], device, autocast) -> Optional[float]:
+    """Mean per-token loss over `batches` (a fixed list: the same tokens every time)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        with autocast():
+            loss, n = token_loss_sum(model, batch)
+        total += float(loss)
+        count += n
+    model.train(was_training)
+    return total / count if count else None
+
+
+# -- metrics ----------------------------------------------------------------------------------------
+class MetricsLog:
+    """metrics.csv (one row per logged step, rewritten up to the resume step) + TensorBoard."""
+
+    def __init__(self, out_dir: Path, resume_step: int, tensorboard: bool):
+        self.path = Path(out_dir) / "metrics.csv"
+        rows = []
+        if self.path.exists() and resume_step > 0:
+            with open(self.path, newline="") as handle:
+                rows = [r for r in csv.DictReader(handle) if r.get("step") and int(r["step"]) <= resume_step]
+        from ..fileio import atomic_open
+        with atomic_open(self.path, "w") as handle:  # drop rows of steps that will be redone
+            writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.rows = rows
+        self.handle = open(self.path, "a", newline="")
+        self.writer = csv.DictWriter(self.handle, fieldnames=METRIC_FIELDS)
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=resume_step + 1)
+            except Exception as exc:  # tensorboard missing or broken must not stop training
+                print(f"openseason: tensorboard logging disabled ({exc})")
+
+    def log(self, row: dict) -> None:
+        row = {k: row.get(k, "") for k in METRIC_FIELDS}
+        self.writer.writerow(row)
+        self.handle.flush()
+        self.rows.append({k: str(v) for k, v in row.items()})
+        if self.tb is not None:
+            for key in ("loss", "lr", "grad_norm", "tokens_per_s", "val_loss"):
+                if row[key] not in ("", None):
+                    self.tb.add_scalar(f"train/{key}" if key != "val_loss" else "val/loss", float(row[key]),
+                                       int(row["step"]))
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        if self.tb is not None:
+            self.tb.add_text(tag, text, step)
+
+    def close(self) -> None:
+        self.handle.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_loss(rows: list[dict], path: Path, title: str = "loss") -> Optional[Path]:
+    """Training (and validation) loss against step, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(int(r["step"]), float(r["loss"])) for r in rows if r.get("loss") not in ("", None)]
+    val = [(int(r["step"]), float(r["val_loss"])) for r in rows if r.get("val_loss") not in ("", None)]
+    if not train:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(*zip(*train), label="train", linewidth=1)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+def _progress(enabled: bool, total: int, start: int):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+                        TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                        disable=not (enabled and console.is_terminal))
+    task = progress.add_task("train", total=total, completed=start, loss="-", tps="-")
+    return progress, task
+
+
+def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path, *,
+          val_batches: Optional[list[dict]] = None, resume: Optional[str | Path] = None,
+          base_checkpoint: Optional[str | Path] = None, tokenizer=None, tokenizer_dir: Optional[Path] = None,
+          run_card: Optional[dict] = None, sample_fn: Optional[Callable[[torch.nn.Module], str]] = None,
+          callbacks: Iterable[Callable[[int, dict], None]] = ()) -> dict[str, Any]:
+    """Train `model` on micro-batches from `data`; checkpoints go to out_dir/step-XXXXXX and out_dir/final.
+
+    resume: None, "auto" (newest complete checkpoint under out_dir, or a fresh start) or a path.
+    base_checkpoint: the full checkpoint a PEFT model stands on (PEFT checkpoints reference it).
+    sample_fn(model) -> text: called at each evaluation, logged to TensorBoard and samples.txt.
+    callbacks: fn(step, metrics) after every optimizer step.
+    Returns {"final": path, "steps", "tokens", "seconds", "final_loss", "val_loss", "stopped"}.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    precision = config.precision or ("bf16" if device.type == "cuda" else "fp32")
+    if precision not in ("bf16", "fp32"):
+        raise TrainingError(f"precision must be 'bf16' or 'fp32', not {precision!r}")
+
+    def autocast():
+        if precision == "bf16":
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    model.to(device)
+    model.init_rope(device=device)
+    model.gradient_checkpointing = bool(config.gradient_checkpointing)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise TrainingError("the model has no trainable parameters", hint="apply a method: openseason.peft.apply")
+    max_steps = config.max_steps
+    if max_steps is None:
+        per_epoch = getattr(data, "batches_per_epoch", None)
+        if config.epochs is None or not per_epoch:
+            raise TrainingError("set max_steps, or epochs with a data source that knows its epoch size")
+        max_steps = max(1, math.ceil(config.epochs * per_epoch / config.grad_accum))
+    min_lr = config.min_lr if config.min_lr is not None else config.lr / 10
+    optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay, betas=tuple(config.betas))
+
+    step, tokens_seen, elapsed_before = 0, 0, 0.0
+    resume_from = find_resume(out_dir, resume)
+    if resume_from is not None:
+        state = load_train_checkpoint(resume_from, model, optimizer, device)
+        step, tokens_seen = int(state["step"]), int(state.get("tokens", 0))
+        elapsed_before = float(state.get("elapsed_s", 0.0))
+        if state.get("data") is not None and hasattr(data, "load_state_dict"):
+            data.load_state_dict(state["data"])
+        print(f"openseason: resumed from {resume_from} at step {step}")
+    else:
+        torch.manual_seed(config.seed)
+    metrics = MetricsLog(out_dir, step, config.tensorboard)
+    card = {**(run_card or {}), "train_config": config.to_dict()}
+    last_good: Optional[Path] = resume_from
+
+    def save(directory: Path, extra_state: Optional[dict] = None) -> Path:
+        state = {"step": step, "tokens": tokens_seen, "elapsed_s": elapsed_before + (time.time() - t_start),
+                 "max_steps": max_steps, "data": data.state_dict() if hasattr(data, "state_dict") else None,
+                 **(extra_state or {})}
+        return save_train_checkpoint(directory, model, optimizer, state, base_checkpoint=base_checkpoint,
+                                     tokenizer=tokenizer, tokenizer_dir=tokenizer_dir,
+                                     run_card={**card, "step": step, "tokens": tokens_seen})
+
+    t_start = time.time()
+    model.train()
+    last_loss, last_val, stopped = None, None, "max_steps"
+    progress, task = _progress(config.progress, max_steps, step)
+    with progress:
+        while step < max_steps:
+            if config.max_time is not None and elapsed_before + time.time() - t_start >= config.max_time:
+                stopped = "max_time"
+                break
+            t0 = time.time()
+            micro = [data.next_batch() for _ in range(config.grad_accum)]
+            n_target = sum(count_targets(b) for b in micro)
+            n_tokens = sum(int(b["input_ids"].numel()) for b in micro)
+            loss_total = 0.0
+            for batch in micro:
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+                with autocast():
+                    loss_sum, _ = token_loss_sum(model, batch, config.loss_chunk)
+                loss = loss_sum / max(n_target, 1)
+                loss.backward()
+                loss_total += float(loss.detach())
+            if not math.isfinite(loss_total):
+                optimizer.zero_grad(set_to_none=True)
+                metrics.close()
+                hint = (f"the last good checkpoint is {last_good}; resume from it with a lower learning rate "
+                        "(--lr) or more warmup" if last_good else "no checkpoint was written yet; lower --lr")
+                raise TrainingError(f"loss is {loss_total} at step {step + 1}; training stopped", hint=hint)
+            lr = lr_at(step, lr=config.lr, warmup_steps=config.warmup_steps, max_steps=max_steps, min_lr=min_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            grad_norm = (torch.nn.utils.clip_grad_norm_(params, config.grad_clip) if config.grad_clip
+                         else torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None)))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += n_tokens
+            dt = max(time.time() - t0, 1e-9)
+            last_loss = loss_total
+            row = {"step": step, "epoch": getattr(data, "epoch", ""), "loss": f"{loss_total:.6f}", "lr": f"{lr:.3e}",
+                   "grad_norm": f"{float(grad_norm):.4f}", "tokens": tokens_seen, "target_tokens": n_target,
+                   "tokens_per_s": f"{n_tokens / dt:.1f}",
+                   "elapsed_s": f"{elapsed_before + time.time() - t_start:.2f}"}
+            if config.eval_every and (step % config.eval_every == 0 or step == max_steps):
+                if val_batches:
+                    last_val = evaluate_loss(model, val_batches, device, autocast)
+                    row["val_loss"] = f"{last_val:.6f}" if last_val is not None else ""
+                if sample_fn is not None:
+                    was_training = model.training
+                    model.eval()
+                    with torch.no_grad(), autocast():
+                        text = sample_fn(model)
+                    model.train(was_training)
+                    metrics.text("sample", text, step)
+                    with open(out_dir / "samples.txt", "a") as handle:
+                        handle.write(f"--- step {step}\n{text}\n")
+            if step % max(1, config.log_every) == 0 or "val_loss" in row or step == max_steps:
+                metrics.log(row)
+            progress.update(task, completed=step, loss=f"{loss_total:.4f}", tps=f"{n_tokens / dt:,.0f}")
+            if not progress.live.is_started and config.progress and (step % max(1, config.log_every) == 0):
+                val = f" val {row['val_loss']}" if row.get("val_loss") else ""
+                print(f"step {step}/{max_steps} loss {loss_total:.4f}{val} lr {lr:.2e} "
+                      f"{n_tokens / dt:,.0f} tok/s", flush=True)
+            if config.save_every and step % config.save_every == 0 and step < max_steps:
+                last_good = save(step_dir(out_dir, step))
+                _prune(out_dir, config.keep_last)
+            for callback in callbacks:
+                callback(step, row)
+    final = save(out_dir / "final", {"stopped": stopped})
+    if config.save_every and step % config.save_every == 0:
+        # the last step's checkpoint is the final one; keep a step-XXXXXX too for `--resume auto`
+        save(step_dir(out_dir, step))
+        _prune(out_dir, config.keep_last)
+    seconds = elapsed_before + time.time() - t_start
+    metrics.close()
+    plot = plot_loss(metrics.rows, out_dir / "loss.png", title=(run_card or {}).get("title", "loss")) if config.plot else None
+    return {"final": final, "steps": step, "tokens": tokens_seen, "seconds": seconds, "final_loss": last_loss,
+            "val_loss": last_val, "stopped": stopped, "loss_plot": plot, "metrics": out_dir / "metrics.csv"}
+
+
+def _prune(out_dir: Path, keep_last: Optional[int]) -> None:
+    if not keep_last:
+        return
+    import re
+    import shutil
+
+    steps = sorted((int(m.group(1)), p) for p in out_dir.iterdir()
+                   if (m := re.match(r"^step-(\d+)$", p.name)))
+    for _, path in steps[:-keep_last]:
+        shutil.rmtree(path, ignore_errors=True)

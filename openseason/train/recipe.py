@@ -1,0 +1,42 @@
+"""Recipes: YAML files of finetune() keyword arguments (see recipes/ at the repository root).
+
+Unknown keys are errors with file:line:col, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import ConfigError
+
+
+def load_recipe(path: str | Path, allowed: Iterable[str]) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        bundled = Path(__file__).resolve().parents[2] / "recipes" / path.name
+        if path.parent == Path(".") and bundled.exists():
+            path = bundled
+        else:
+            raise ConfigError("recipe file not found", where=str(path),
+                              hint="see recipes/*.yaml in the repository for examples")
+    text = path.read_text()
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"malformed YAML: {getattr(exc, 'problem', exc)}", where=where) from None
+    if not isinstance(data, dict):
+        raise ConfigError("a recipe must be a mapping of option: value", where=f"{path}:1:1")
+    allowed = set(allowed)
+    for key_node, _ in node.value if node is not None else []:
+        key = key_node.value.replace("-", "_")
+        if key not in allowed:
+            mark = key_node.start_mark
+            raise ConfigError(f"unknown recipe option {key_node.value!r}",
+                              where=f"{path}:{mark.line + 1}:{mark.column + 1}",
+                              hint=f"valid options: {', '.join(sorted(allowed))}")
+    return {k.replace("-", "_"): v for k, v in data.items()}

@@ -1,0 +1,160 @@
+"""Training checkpoints and resume: model (full or PEFT), optimizer, step, data position and RNG.
+
+    OUT/step-000100/  (and OUT/final/)
+      model files         a full checkpoint (full finetuning / pretraining) or a PEFT one
+      optimizer.safetensors   AdamW moments and steps, plus the torch RNG states
+      trainer_state.json      step, tokens, data-order position, Python RNG, optimizer param groups
+
+Everything is safetensors or JSON (no pickles) and a directory is staged and renamed into place, so
+a run killed at any moment resumes from the last complete one.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from ..checkpoint import (RUN_CARD_NAME, model_state_for_saving, read_safetensors, replace_dir, save_weights,
+                          staging_dir, _now)
+from ..errors import CheckpointError
+from ..peft import is_peft
+from ..peft.checkpoint import load_peft_state, write_peft_files
+
+STATE_NAME = "trainer_state.json"
+OPTIMIZER_NAME = "optimizer.safetensors"
+STEP_DIR = re.compile(r"^step-(\d{6,})$")
+
+
+def step_dir(out_dir: Path, step: int) -> Path:
+    return Path(out_dir) / f"step-{step:06d}"
+
+
+def rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
+    pystate = random.getstate()
+    np_state = np.random.get_state()
+    meta = {"python": [pystate[0], list(pystate[1]), pystate[2]],
+            "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    return meta, tensors
+
+
+def set_rng_state(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+    py = meta["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = meta["numpy"]
+    np.random.set_state((npst[0], np.array(npst[1], dtype=np.uint32), npst[2], npst[3], npst[4]))
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def save_train_checkpoint(directory: Path, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer],
+                          state: dict[str, Any], *, base_checkpoint: Optional[Path] = None, tokenizer=None,
+                          tokenizer_dir: Optional[Path] = None, run_card: Optional[dict] = None) -> Path:
+    """Write one resumable checkpoint atomically. PEFT models store only their trainable weights."""
+    from ..tokenizer import copy_tokenizer_files
+
+    final = Path(directory)
+    tmp = staging_dir(final)
+    try:
+        peft = is_peft(model)
+        if peft:
+            if base_checkpoint is None:
+                raise CheckpointError("a PEFT checkpoint needs the base checkpoint it stands on")
+            write_peft_files(tmp, final, model, base_checkpoint)
+        else:
+            save_weights(model_state_for_saving(model), tmp)
+        (tmp / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+        elif tokenizer_dir is not None:
+            copy_tokenizer_files(tokenizer_dir, tmp)
+        card = {"created": _now(), "kind": "peft" if peft else "full", **(run_card or {})}
+        (tmp / RUN_CARD_NAME).write_text(json.dumps(card, indent=2, default=str) + "\n")
+        tensors: dict[str, torch.Tensor] = {}
+        meta = dict(state)
+        if optimizer is not None:
+            opt = optimizer.state_dict()
+            for index, values in opt["state"].items():
+                for key, value in values.items():
+                    if isinstance(value, torch.Tensor):
+                        tensors[f"opt.{index}.{key}"] = value.detach().cpu().contiguous().clone()
+            meta["optimizer_param_groups"] = opt["param_groups"]
+        rng_meta, rng_tensors = rng_state()
+        meta["rng"] = rng_meta
+        tensors.update(rng_tensors)
+        from safetensors.torch import save_file
+        save_file(tensors, str(tmp / OPTIMIZER_NAME), metadata={"format": "pt"})
+        (tmp / STATE_NAME).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def find_resume(out_dir: Path, resume: Optional[str | Path]) -> Optional[Path]:
+    """`auto`: the newest complete step-XXXXXX (or final) under out_dir, or None; a path: that checkpoint."""
+    if resume is None or resume is False:
+        return None
+    if str(resume) == "auto":
+        out_dir = Path(out_dir)
+        if not out_dir.is_dir():
+            return None
+        found = []
+        for child in out_dir.iterdir():
+            match = STEP_DIR.match(child.name)
+            if match and (child / STATE_NAME).exists():
+                found.append((int(match.group(1)), child))
+        return max(found)[1] if found else None
+    path = Path(resume)
+    if not (path / STATE_NAME).exists():
+        raise CheckpointError(f"no {STATE_NAME} here, so it cannot be resumed", where=str(path),
+                              hint="pass a step-XXXXXX directory written by a training run, or --resume auto")
+    return path
+
+
+def load_train_checkpoint(directory: Path, model: torch.nn.Module,
+                          optimizer: Optional[torch.optim.Optimizer], device="cpu") -> dict[str, Any]:
+    """Restore weights, optimizer and RNG from `directory` into an already-built (and adapted) model;
+    returns the trainer state (step, data position, ...)."""
+    from ..checkpoint import load_state
+
+    directory = Path(directory)
+    meta = json.loads((directory / STATE_NAME).read_text())
+    if is_peft(model):
+        load_peft_state(model, directory, device)
+    else:
+        state = load_state(directory, device)
+        if getattr(model.config, "tie_embeddings", False):
+            state.pop("lm_head.weight", None)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_embeddings)]
+        if missing or unexpected:
+            raise CheckpointError(f"resume weights do not fit the model (missing {missing[:5]}, "
+                                  f"unexpected {unexpected[:5]})", where=str(directory))
+    tensors = read_safetensors(directory / OPTIMIZER_NAME, "cpu")
+    if optimizer is not None and "optimizer_param_groups" in meta:
+        per_param: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("opt."):
+                _, index, name = key.split(".", 2)
+                per_param.setdefault(int(index), {})[name] = value
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        for index, values in per_param.items():
+            for name, value in values.items():
+                if name != "step":
+                    values[name] = value.to(params[index].device)
+        optimizer.load_state_dict({"state": per_param, "param_groups": meta["optimizer_param_groups"]})
+    set_rng_state(meta["rng"], tensors)
+    return meta

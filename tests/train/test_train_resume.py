@@ -1,0 +1,77 @@
+"""Kill -9 in the middle of a run, resume with --resume auto, and end with exactly the same weights."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from openseason.train.finetune import finetune
+
+from .helpers_train import make_base, make_prepared
+
+REPO = Path(__file__).resolve().parents[2]
+ARGS = dict(max_steps=7, save_every=2, micro_batch_size=4, grad_accum=2, seed=3, lr=3e-3, warmup_steps=2,
+            eval_every=3, lora_dropout=0.1, adapter_prompt_length=3, adapter_layers=1)
+
+
+def weights(final: Path) -> dict[str, torch.Tensor]:
+    name = "peft_weights.safetensors" if (final / "peft_weights.safetensors").exists() else "model.safetensors"
+    return load_file(str(final / name))
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "adapter-v2"])
+def test_sigkill_then_resume_gives_identical_weights(tmp_path, tiny_tokenizer, method):
+    base = make_base(tmp_path / "base", tiny_tokenizer)
+    data = make_prepared(tmp_path / "data")
+    reference = finetune(base, data, method, tmp_path / "ref", progress=False, register=False, **ARGS)
+
+    marker = tmp_path / "reached"
+    driver = tmp_path / "driver.py"
+    driver.write_text(textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from openseason.train.finetune import finetune
+
+        def hang(step, row):
+            if step == 5:  # step-000004 is on disk; step 5 is done but not saved
+                Path({str(marker)!r}).write_text("5")
+                time.sleep(600)
+
+        finetune({str(base)!r}, {str(data)!r}, {method!r}, {str(tmp_path / 'run')!r}, progress=False,
+                 register=False, callbacks=[hang], **{ARGS!r})
+    """))
+    proc = subprocess.Popen([sys.executable, str(driver)], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not marker.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"driver exited early: {proc.stderr.read().decode()[-2000:]}")
+        assert time.time() < deadline, "driver never reached step 5"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    run = tmp_path / "run"
+    assert (run / "step-000004").is_dir() and not (run / "final").exists()
+
+    resumed = finetune(base, data, method, run, progress=False, register=False, resume="auto", **ARGS)
+    assert resumed["steps"] == 7
+    ref_w, got_w = weights(reference["final"]), weights(resumed["final"])
+    assert ref_w.keys() == got_w.keys()
+    for key in ref_w:
+        assert torch.equal(ref_w[key], got_w[key]), key
+    # metrics.csv has each step exactly once after the resume
+    steps = [line.split(",")[0] for line in (run / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == [str(i) for i in range(1, 8)]
+    # and the run really moved away from its starting point
+    base_w = load_file(str(base / "model.safetensors"))
+    if method == "full":
+        assert not torch.equal(base_w["blocks.0.attn.qkv.weight"], got_w["blocks.0.attn.qkv.weight"])
