@@ -108,6 +108,15 @@ def _filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: float = 1.0) -> torch.Tensor:
+    """Logits [B, V] with everything outside the top-k, then outside the top-p nucleus, set to -inf."""
+    if top_k:
+        logits = _filter_top_k(logits, top_k)
+    if top_p < 1.0:
+        logits = _filter_top_p(logits, top_p)
+    return logits
+
+
 def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: Optional[int] = None,
                       top_p: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Next token ids [B] (int64, on the logits' device) from logits [B, V].
@@ -118,11 +127,7 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: Opt
     """
     if temperature == 0 or top_k == 1:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k:
-        logits = _filter_top_k(logits, top_k)
-    if top_p < 1.0:
-        logits = _filter_top_p(logits, top_p)
+    logits = filter_logits(logits.float() / temperature, top_k, top_p)
     probs = logits.softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
