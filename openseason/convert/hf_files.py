@@ -16,6 +16,7 @@ import pickle
 from pathlib import Path
 
 import torch
+from rich.progress import track
 
 from ..checkpoint import read_safetensors
 from ..errors import CheckpointError
@@ -113,7 +114,8 @@ def load_hf_state(hf_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path
     files, listing = weight_files(Path(hf_dir))
     state: dict[str, torch.Tensor] = {}
     origin: dict[str, Path] = {}
-    for file in files:
+    # Reading a multi-shard model takes a while; show progress only then.
+    for file in track(files, description="reading weights", transient=True, disable=len(files) < 2):
         part = read_safetensors(file) if file.suffix == ".safetensors" else read_bin(file)
         for key, tensor in part.items():
             if key.endswith(STALE_SUFFIXES):

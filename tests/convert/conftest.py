@@ -90,3 +90,78 @@ def to_bin(directory: Path, shards: int = 1, extra: dict | None = None, state: d
 @pytest.fixture
 def bin_writer():
     return to_bin
+
+
+@pytest.fixture
+def fake_hub():
+    """A loopback HTTP server speaking the few Hub endpoints huggingface_hub uses to download a model
+    (model info, file tree, resolve). fake_hub(repos={"owner/name": directory}) -> (endpoint, request log)."""
+    import hashlib
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    servers = []
+
+    def start(repos: dict[str, Path], sha: str = "0123456789abcdef0123456789abcdef01234567"):
+        log: list[tuple[str, str]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status, body=b"", headers=None, head=False):
+                self.send_response(status)
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(body)
+
+            def _repo(self, path):
+                for repo_id, directory in repos.items():
+                    if path.startswith(repo_id + "/") or path == repo_id:
+                        return repo_id, directory, path[len(repo_id):].lstrip("/")
+                return None, None, None
+
+            def _json(self, obj):
+                self._send(200, json.dumps(obj).encode(), {"Content-Type": "application/json"})
+
+            def _resolve(self, head):
+                repo_id, directory, rest = self._repo(self.path.lstrip("/"))
+                if repo_id is None:
+                    return self._send(404, b"", {"X-Error-Code": "RepoNotFound"}, head)
+                name = rest.split("/", 2)[-1]  # resolve/<revision>/<name>
+                file = directory / name
+                if not file.is_file():
+                    return self._send(404, b"", {"X-Error-Code": "EntryNotFound"}, head)
+                data = file.read_bytes()
+                self._send(200, data, {"X-Repo-Commit": sha, "ETag": f'"{hashlib.sha256(data).hexdigest()}"'}, head)
+
+            def do_HEAD(self):
+                log.append(("HEAD", self.path))
+                self._resolve(head=True)
+
+            def do_GET(self):
+                log.append(("GET", self.path))
+                if not self.path.startswith("/api/models/"):
+                    return self._resolve(head=False)
+                repo_id, directory, rest = self._repo(self.path[len("/api/models/"):].split("?")[0])
+                if repo_id is None:
+                    return self._send(404, b"{}", {"X-Error-Code": "RepoNotFound"})
+                files = sorted(p for p in directory.iterdir() if p.is_file())
+                if rest.startswith("tree/"):
+                    return self._json([{"type": "file", "path": p.name, "size": p.stat().st_size,
+                                        "oid": hashlib.sha1(p.read_bytes()).hexdigest()} for p in files])
+                return self._json({"id": repo_id, "modelId": repo_id, "sha": sha,
+                                   "siblings": [{"rfilename": p.name} for p in files]})
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}", log
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

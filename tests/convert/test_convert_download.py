@@ -2,6 +2,7 @@
 through the same path as from-hf."""
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 
@@ -92,3 +93,44 @@ def test_weight_patterns_prefer_safetensors():
     assert weight_patterns(["pytorch_model.bin.index.json"], "x/y")[0] == "pytorch_model.bin.index.json"
     with pytest.raises(CheckpointError, match="(?s)no weights in a supported layout.*model.gguf"):
         weight_patterns(["config.json", "model.gguf"], "x/y")
+
+
+def test_download_from_a_hub(make_llama, bin_writer, fake_hub, monkeypatch, tmp_path, tiny_tokenizer):
+    """Through huggingface_hub against a loopback Hub: only config, tokenizer and one weight layout are
+    fetched (safetensors over .bin), then the files convert exactly as from-hf would."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    hf_model, hf_dir = make_llama(tokenizer=tiny_tokenizer, vocab_size=512)
+    torch.save({"unused": torch.zeros(1)}, hf_dir / "pytorch_model.bin")  # must not be fetched
+    (hf_dir / "model.gguf").write_bytes(b"not for us")
+    endpoint, log = fake_hub({"tiny/llama": hf_dir})
+    ckpt = download("tiny/llama", tmp_path / "out", cache_dir=tmp_path / "cache", endpoint=endpoint, timeout=5)
+
+    fetched = {path.rsplit("/", 1)[-1] for method, path in log if method == "GET" and "/resolve/" in path}
+    assert fetched == {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                       "generation_config.json"}
+    ids = torch.tensor([tiny_tokenizer.encode("The quick brown fox")])
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(ckpt)(ids), hf_model(ids).logits, atol=1e-4, rtol=0)
+    assert (ckpt / "tokenizer.json").exists()
+    source = read_run_card(ckpt)["source"]
+    assert source["repo_id"] == "tiny/llama" and source["architecture"] == "LlamaForCausalLM"
+
+
+def test_download_checks_architecture_before_weights(make_llama, fake_hub, monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    _, hf_dir = make_llama()
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    cfg["architectures"] = ["MixtralForCausalLM"]
+    (hf_dir / "config.json").write_text(json.dumps(cfg))
+    endpoint, log = fake_hub({"tiny/mixtral": hf_dir})
+    with pytest.raises(CheckpointError, match="(?s)unsupported architecture MixtralForCausalLM.*LlamaForCausalLM"):
+        download("tiny/mixtral", tmp_path / "out", cache_dir=tmp_path / "cache", endpoint=endpoint, timeout=5)
+    assert not any(path.endswith(".safetensors") for _method, path in log), "weights fetched before the check"
+    assert not (tmp_path / "out").exists()
+
+
+def test_download_unknown_repository(fake_hub, monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    endpoint, _log = fake_hub({})
+    with pytest.raises(CheckpointError, match="repository not found"):
+        download("nobody/nothing", tmp_path / "out", cache_dir=tmp_path / "cache", endpoint=endpoint, timeout=5)
