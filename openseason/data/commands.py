@@ -1,0 +1,170 @@
+"""`openseason data prepare | dedup | mix | stats`: thin wrappers over the data library.
+
+Other modules add sub-verbs to `openseason data` in one of two ways: append a registrar function
+`f(data_subparsers)` to `SUBVERBS`, or name a module with `register_data(data_subparsers)` in
+`SUBVERB_MODULES` (a module that does not exist yet is skipped, as cli.py does for stages).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+
+from ..errors import OpenseasonError
+
+SUBVERB_MODULES: list[str] = [
+    "openseason.data.tokenize_commands",   # data tokenize / batch (pretraining shards), when present
+]
+
+
+def _kv(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected FIELD=COLUMN, got {text!r}")
+    return key, value
+
+
+def _print(report: dict) -> None:
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+
+
+# -- prepare ------------------------------------------------------------------------------------------
+def _prepare(args) -> int:
+    from .prepare import prepare
+
+    options = {"langs": args.lang, "top_k": args.top_k, "val_fraction": args.val_fraction,
+               "categories": args.category, "strip_citation_marks": args.strip_citations,
+               "columns": dict(args.columns) if args.columns else None, "meta_columns": args.meta_column or (),
+               "github_filters": args.github_filters, "max_line_length": args.max_line_length,
+               "mean_line_length": args.mean_line_length, "min_alnum_fraction": args.min_alnum_fraction,
+               "as_source": args.as_source, "split": args.split}
+    mode = args.mode
+    if args.alpaca_libre:
+        if args.source != "hh-rlhf":
+            raise OpenseasonError("--alpaca-libre only applies to the hh-rlhf source")
+        mode = "alpaca-libre"
+    options = {k: v for k, v in options.items() if v is not None}
+    report = prepare(args.source, args.paths, args.out, mode=mode, on_error=args.on_error, style=args.style,
+                     **options)
+    summary = {k: report[k] for k in ("read", "written", "rejected", "style")}
+    print(json.dumps(summary, ensure_ascii=False))
+    print(f"wrote {args.out} (report.json, rejects.jsonl)")
+    return 0
+
+
+def register_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="read an open dataset into a prepared directory",
+                       description="Read SOURCE files into canonical conversations / preferences / documents "
+                                   "with report.json, rejects.jsonl and the prompt style.")
+    p.add_argument("source", metavar="SOURCE",
+                   help="dolly, alpaca, longform, hh-rlhf, oasst1 (oasst2), sharegpt, json/jsonl/csv/parquet "
+                        "(generic, with --columns), redpajama, or hub (PATH is a Hugging Face dataset id)")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--mode", help="flatten mode: oasst1 all-threads|top-k|top1|preferences; hh-rlhf "
+                                  "conversations+preferences|conversations|preferences|alpaca-libre; generic sft|documents")
+    p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
+                   help="malformed rows: stop with file:line (default) or record them in rejects.jsonl and go on")
+    p.add_argument("--style", help="prompt style stored with the data (default: the source's own)")
+    p.add_argument("--alpaca-libre", action="store_true", help="hh-rlhf: Alpaca Libre's exact conversion")
+    p.add_argument("--lang", action="append", help="oasst1: keep only these languages (repeatable)")
+    p.add_argument("--top-k", type=int, help="oasst1 --mode top-k: children kept per branch (default 2)")
+    p.add_argument("--val-fraction", type=float, help="oasst1: fraction of trees in meta.split=validation (0.05)")
+    p.add_argument("--category", action="append", help="dolly: keep only these categories (repeatable)")
+    p.add_argument("--strip-citations", action="store_true", help="dolly: remove Wikipedia marks like [12]")
+    p.add_argument("--columns", nargs="+", type=_kv, metavar="FIELD=COLUMN",
+                   help="generic: map instruction/input/output/system/messages/text/id to the file's columns")
+    p.add_argument("--meta-column", action="append", help="generic: columns to keep in meta")
+    p.add_argument("--github-filters", action="store_true",
+                   help="redpajama: RedPajama's GitHub-slice filters (max line 1000, mean line 100, alnum >= 0.25)")
+    p.add_argument("--max-line-length", type=int)
+    p.add_argument("--mean-line-length", type=float)
+    p.add_argument("--min-alnum-fraction", type=float)
+    p.add_argument("--as", dest="as_source", help="hub: which source reads the rows (e.g. dolly)")
+    p.add_argument("--split", help="hub: dataset split (default train)")
+    p.set_defaults(func=_prepare)
+
+
+# -- dedup / mix / stats -------------------------------------------------------------------------------
+def _dedup(args) -> int:
+    from .dedup import dedup
+
+    report = dedup(args.inputs, args.out, threshold=args.threshold, num_perm=args.num_perm, ngram=args.ngram,
+                   exact=not args.no_exact, near=not args.no_near, seed=args.seed, shingle_hash=args.shingle_hash)
+    print(json.dumps({k: report[k] for k in ("read", "written", "rejected", "clusters", "largest_cluster")}))
+    return 0
+
+
+def register_dedup(sub) -> None:
+    p = sub.add_parser("dedup", help="remove exact and near duplicates (MinHash-LSH)")
+    p.add_argument("inputs", nargs="+", metavar="DIR", help="prepared directories, deduplicated as one collection")
+    p.add_argument("--out", required=True)
+    p.add_argument("--threshold", type=float, default=0.87, help="Jaccard threshold (Pythia's dedup: 0.87)")
+    p.add_argument("--num-perm", type=int, default=128)
+    p.add_argument("--ngram", type=int, default=5, help="words per shingle")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--shingle-hash", choices=("fast", "sha1"), default="fast",
+                   help="sha1 gives signatures bit-identical to datasketch's (slower)")
+    p.add_argument("--no-exact", action="store_true")
+    p.add_argument("--no-near", action="store_true")
+    p.set_defaults(func=_dedup)
+
+
+def _mix(args) -> int:
+    from .mix import mix
+
+    report = mix(args.components, args.out, kind=args.kind, total=args.total, seed=args.seed,
+                 allow_repeat=args.allow_repeat)
+    print(json.dumps({"written": report["written"], "components": report["components"]}))
+    return 0
+
+
+def register_mix(sub) -> None:
+    p = sub.add_parser("mix", help="blend prepared directories in exact proportions")
+    p.add_argument("components", nargs="+", metavar="DIR:WEIGHT")
+    p.add_argument("--out", required=True)
+    p.add_argument("--kind", default="conversation", choices=("conversation", "preference", "document"))
+    p.add_argument("--total", type=int, help="records in the mix (default: the most without repeats)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-repeat", action="store_true")
+    p.set_defaults(func=_mix)
+
+
+def _stats(args) -> int:
+    from .stats import stats
+
+    _print(stats(args.dir, tokenizer=args.tokenizer, png=args.png))
+    return 0
+
+
+def register_stats(sub) -> None:
+    p = sub.add_parser("stats", help="counts and a token length histogram of a prepared directory")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--tokenizer", help="directory with tokenizer.json (lengths in tokens; words otherwise)")
+    p.add_argument("--png", help="histogram path (default DIR/length_histogram.png)")
+    p.set_defaults(func=_stats)
+
+
+SUBVERBS = [register_prepare, register_dedup, register_mix, register_stats]
+
+
+def data_subparsers(subparsers):
+    """Add the `data` verb and return its sub-verb parsers object (for more sub-verbs)."""
+    parser = subparsers.add_parser("data", help="prepare, deduplicate, mix and inspect training data")
+    sub = parser.add_subparsers(dest="data_command", metavar="VERB")
+    sub.required = True
+    return sub
+
+
+def register(subparsers) -> None:
+    sub = data_subparsers(subparsers)
+    for registrar in SUBVERBS:
+        registrar(sub)
+    for name in SUBVERB_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        module.register_data(sub)

@@ -1,0 +1,114 @@
+"""A built-in, procedurally generated instruction task suite (offline; used by `openseason quickstart`).
+
+Each family is a function rng -> (instruction, answer) with a short, exactly checkable answer:
+
+    add        "Add 17 and 25."                      -> "42"
+    reverse    "Reverse: kxqe"                       -> "eqxk"
+    sort       "Sort the letters: dbca"              -> "abcd"
+    count      "Count the letter a in: abaca"        -> "3"
+    upper      "Uppercase: tree"                     -> "TREE"
+    repeat     "Repeat: q7x"                         -> "q7x"
+    times      "Multiply 7 by 100."                  -> "700"
+    convert    "Convert 7 km to m."                  -> "7000"   (unit conversion)
+
+`convert` reuses what `repeat` and `times` teach (copy a number, append zeros) in a new format, so a
+model pretrained on the others can learn it with a small adapter: the quickstart holds it back.
+"""
+from __future__ import annotations
+
+import random
+import string
+from typing import Callable, Iterable, Optional
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+UNITS = [("km", "m", 1000), ("m", "cm", 100), ("cm", "mm", 10), ("kg", "g", 1000), ("L", "mL", 1000),
+         ("dm", "cm", 10)]
+
+
+def _word(rng: random.Random, lo: int = 3, hi: int = 6, alphabet: str = LETTERS) -> str:
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(lo, hi)))
+
+
+def add(rng):
+    a, b = rng.randint(0, 49), rng.randint(0, 49)
+    return f"Add {a} and {b}.", str(a + b)
+
+
+def reverse(rng):
+    w = _word(rng)
+    return f"Reverse: {w}", w[::-1]
+
+
+def sort(rng):
+    w = _word(rng)
+    return f"Sort the letters: {w}", "".join(sorted(w))
+
+
+def count(rng):
+    letter = rng.choice("abc")
+    w = "".join(rng.choice("abcd") for _ in range(rng.randint(3, 8)))
+    return f"Count the letter {letter} in: {w}", str(w.count(letter))
+
+
+def upper(rng):
+    w = _word(rng)
+    return f"Uppercase: {w}", w.upper()
+
+
+def repeat(rng):
+    w = _word(rng, 1, 5, LETTERS + string.digits)
+    return f"Repeat: {w}", w
+
+
+def times(rng):
+    n = rng.randint(1, 99)
+    factor = rng.choice([10, 100, 1000])
+    return f"Multiply {n} by {factor}.", str(n * factor)
+
+
+def convert(rng):
+    n = rng.randint(1, 99)
+    src, dst, factor = rng.choice(UNITS)
+    return f"Convert {n} {src} to {dst}.", str(n * factor)
+
+
+FAMILIES: dict[str, Callable[[random.Random], tuple[str, str]]] = {
+    "add": add, "reverse": reverse, "sort": sort, "count": count, "upper": upper, "repeat": repeat,
+    "times": times, "convert": convert,
+}
+
+
+def conversation(instruction: str, answer: str, family: str, index: int) -> dict:
+    return {"id": f"{family}-{index}", "messages": [{"role": "user", "content": instruction},
+                                                    {"role": "assistant", "content": answer}],
+            "meta": {"family": family, "source": "openseason.data.tasks"}}
+
+
+def generate(families: Iterable[str], n_per_family: int, seed: int = 0,
+             exclude: Optional[set[str]] = None) -> list[dict]:
+    """`n_per_family` distinct conversations per family (instructions in `exclude` are skipped),
+    interleaved in a seeded order."""
+    out: list[dict] = []
+    exclude = exclude or set()
+    for family in families:
+        if family not in FAMILIES:
+            raise KeyError(f"unknown task family {family!r}; known: {', '.join(FAMILIES)}")
+        rng = random.Random(f"{seed}-{family}")
+        seen: set[str] = set()
+        tries = 0
+        while len(seen) < n_per_family and tries < 50 * n_per_family:
+            tries += 1
+            instruction, answer = FAMILIES[family](rng)
+            if instruction in seen or instruction in exclude:
+                continue
+            seen.add(instruction)
+            out.append(conversation(instruction, answer, family, len(seen) - 1))
+    random.Random(seed).shuffle(out)
+    return out
+
+
+def split_heldout(family: str, n_train: int, n_eval: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Disjoint train and evaluation items of one family (no instruction appears in both)."""
+    evaluation = generate([family], n_eval, seed=seed + 1000)
+    train = generate([family], n_train, seed=seed, exclude={r["messages"][0]["content"] for r in evaluation})
+    return train, evaluation
