@@ -242,6 +242,7 @@ class _ExprParser:
     def __init__(self, text: str, loc: Loc):
         self.text, self.loc = text, loc
         self.tokens: list[tuple[str, str, int]] = []
+        self.i = 0
         pos = 0
         while pos < len(text):
             if not text[pos:].strip():
@@ -249,7 +250,8 @@ class _ExprParser:
             m = _TOKEN.match(text, pos)
             if not m or m.end() == pos:
                 start = pos + (len(text[pos:]) - len(text[pos:].lstrip()))
-                self.fail("expected a value, `$variable`, operator or `(`", start)
+                raise ColangSyntaxError(f"expected a value, `$variable`, operator or `(`; found {text[start]!r}",
+                                        self.at(start))
             kind = m.lastgroup
             start = m.start(kind)
             self.tokens.append((kind, m.group(kind), start))

@@ -160,12 +160,15 @@ class RailsConfig:
         return [f for f in self.flows.values()
                 if not f.subflow and f.body and isinstance(f.body[0], colang.UserStep)]
 
-    def resolve(self, value: Optional[str]) -> Optional[str]:
-        """A path from the config, relative to the config folder."""
+    def resolve(self, value: Optional[str], always: bool = False) -> Optional[str]:
+        """A path from the config, relative to the config folder; a bare name that is no file there
+        (like all-MiniLM-L6-v2) stays a name unless `always`."""
         if value is None or self.path is None or Path(value).is_absolute():
             return value
         candidate = self.path / value
-        return str(candidate) if candidate.exists() or "/" in value or value.startswith(".") else value
+        if always or candidate.exists() or "/" in value or value.startswith("."):
+            return str(candidate)
+        return value
 
 
 def _walk(body: list):
@@ -285,12 +288,12 @@ class _Yaml:
         j.prefix_suffix_perplexity_threshold = self.get(jb + ("prefix_suffix_perplexity_threshold",), float,
                                                         j.prefix_suffix_perplexity_threshold)
         j.prefix_suffix_words = self.get(jb + ("prefix_suffix_words",), int, j.prefix_suffix_words)
-        j.model = cfg.resolve(self.get(jb + ("model",), str, None))
+        j.model = cfg.resolve(self.get(jb + ("model",), str, None), always=True)
         tp = rails + ("config", "topical")
         cfg.topical_blocked = [str(x) for x in self.get(tp + ("blocked_intents",), list, [])]
         cfg.topical_refuse_unmatched = self.get(tp + ("refuse_unmatched",), bool, True)
         cache = self.get(("embeddings", "cache_dir"), (str, bool), "default")
-        cfg.cache_dir = None if cache is False else ("default" if cache is True else cfg.resolve(cache))
+        cfg.cache_dir = None if cache is False else ("default" if cache is True else cfg.resolve(cache, always=True))
         cfg.seed = self.get(("seed",), int, None)
 
     def _names(self, keys: tuple) -> list[str]:
