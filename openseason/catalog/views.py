@@ -1,0 +1,121 @@
+"""Views of the catalog: a rich terminal table, JSON, Mermaid and DOT graph exports, lineage trees.
+
+The graph exports draw one node per asset (shape by type) and one edge per resolved dependency,
+labelled with its relation; dangling dependency names get a dashed node so nothing disappears.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Iterable
+
+from .graph import Graph
+from .schema import Asset
+
+
+def _fmt_params(p) -> str:
+    if not p:
+        return ""
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if p >= div:
+            return f"{p / div:.3g}{unit}"
+    return f"{p:.0f}"
+
+
+def table(assets: Iterable[Asset], title: str = "catalog"):
+    """A rich Table of the assets (name, type, organization, date, size, access, licenses, source)."""
+    from rich.table import Table
+    t = Table(title=title, show_lines=False)
+    for col in ("name", "type", "organization", "date", "params", "access", "weights", "data", "code", "source"):
+        t.add_column(col, overflow="fold")
+    for a in assets:
+        t.add_row(a.name, a.type, a.organization or "", a.created_date or "", _fmt_params(a.params),
+                  a.access, a.weights_license or "", a.data_license or "", a.code_license or "", a.source)
+    return t
+
+
+def asset_json(a: Asset) -> dict:
+    return a.to_dict()
+
+
+def to_json(assets: Iterable[Asset]) -> str:
+    return json.dumps([asset_json(a) for a in assets], indent=2, ensure_ascii=False)
+
+
+def _node_id(a_or_name) -> str:
+    text = a_or_name if isinstance(a_or_name, str) else f"{a_or_name.source}:{a_or_name.name}:{a_or_name.id}"
+    return "n" + re.sub(r"[^0-9A-Za-z]", "_", text)
+
+
+def _edges(graph: Graph, assets: list[Asset]):
+    ids = {a.id for a in assets}
+    for a in assets:
+        for e in graph.edges(a):
+            if e.target is None:
+                yield a, None, e.dep
+            elif e.target.id in ids:
+                yield a, e.target, e.dep
+
+
+def to_mermaid(graph: Graph, assets: Iterable[Asset]) -> str:
+    """A Mermaid flowchart (arrows point from an asset to what it is built on)."""
+    assets = list(assets)
+    shapes = {"model": ("[", "]"), "dataset": ("[(", ")]"), "application": ("([", "])")}
+    lines = ["flowchart LR"]
+    esc = lambda s: s.replace('"', "#quot;")
+    for a in assets:
+        lo, hi = shapes.get(a.type, ("[", "]"))
+        lines.append(f'  {_node_id(a)}{lo}"{esc(a.name)}"{hi}')
+    dangling = set()
+    for a, target, dep in _edges(graph, assets):
+        if target is None:
+            nid = _node_id("dangling:" + dep.name)
+            if nid not in dangling:
+                dangling.add(nid)
+                lines.append(f'  {nid}["{esc(dep.name)} (not in catalog)"]:::dangling')
+            lines.append(f"  {_node_id(a)} -.->|{dep.relation}| {nid}")
+        else:
+            lines.append(f"  {_node_id(a)} -->|{dep.relation}| {_node_id(target)}")
+    lines.append("  classDef dangling stroke-dasharray: 5 5")
+    return "\n".join(lines) + "\n"
+
+
+def to_dot(graph: Graph, assets: Iterable[Asset]) -> str:
+    """Graphviz DOT (render with `dot -Tsvg`)."""
+    assets = list(assets)
+    shapes = {"model": "box", "dataset": "cylinder", "application": "ellipse"}
+    q = lambda s: '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    lines = ["digraph catalog {", "  rankdir=LR;", "  node [fontname=Helvetica];"]
+    for a in assets:
+        lines.append(f"  {_node_id(a)} [label={q(a.name)}, shape={shapes.get(a.type, 'box')}];")
+    dangling = set()
+    for a, target, dep in _edges(graph, assets):
+        if target is None:
+            nid = _node_id("dangling:" + dep.name)
+            if nid not in dangling:
+                dangling.add(nid)
+                lines.append(f"  {nid} [label={q(dep.name + ' (not in catalog)')}, style=dashed];")
+            lines.append(f"  {_node_id(a)} -> {nid} [label={q(dep.relation)}, style=dashed];")
+        else:
+            lines.append(f"  {_node_id(a)} -> {_node_id(target)} [label={q(dep.relation)}];")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def lineage_tree(lineage: dict):
+    """A rich Tree with the upstream and downstream branches of one asset."""
+    from rich.tree import Tree
+    root = Tree(f"[bold]{lineage['asset']}[/] ({lineage['source']})")
+
+    def add(branch, nodes, key):
+        for n in nodes:
+            label = f"{n['name']} [dim]{n.get('relation', '')}[/]"
+            if n.get("dangling"):
+                label += " [red](not in catalog)[/]"
+            if n.get("cycle"):
+                label += " [yellow](cycle)[/]"
+            add(branch.add(label), n.get(key, []), key)
+
+    add(root.add("[cyan]upstream (built on)[/]"), lineage["upstream"], "upstream")
+    add(root.add("[cyan]downstream (built from it)[/]"), lineage["downstream"], "downstream")
+    return root
