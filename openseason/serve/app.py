@@ -1,0 +1,451 @@
+"""The OpenAI-compatible HTTP API (FastAPI) over a continuous-batching `Engine`, plus the web chat page.
+
+    GET  /                       web chat page (static HTML + JS, streams over the API below)
+    GET  /health                 {"status": "ok", ...}; 503 once the engine has failed
+    GET  /metrics                requests, tokens generated, tokens/s, queue length (JSON)
+    GET  /v1/models              the one model this server holds
+    POST /v1/chat/completions    chat, rendered with the checkpoint's prompt style; SSE with "stream": true
+    POST /v1/completions         raw text completion; SSE with "stream": true
+
+The asyncio side never runs the model: it validates, tokenizes, hands a `Request` to the engine and
+forwards the engine's events (text pieces, finish) to the client. A client that disconnects cancels
+its request, which leaves the batch before the next decode step. Errors are OpenAI-shaped
+(`schema.APIError`); the server keeps serving after any bad request.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Optional
+
+from fastapi import FastAPI, Request as HTTPRequest
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import OpenseasonError
+from .scheduler import Engine, EngineClosed, Event, QueueFull, Request, RequestParams
+from .schema import APIError, ChatCompletionRequest, CompletionRequest, parse_request
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+@dataclass
+class Hooks:
+    """Where guardrails plug in (the guard stage provides them; the server only calls them).
+
+    check_input(messages) -> None to go on, or a reply text that is returned instead of generating.
+    check_output(messages, text) -> None to keep the text, or a replacement text. When set, streamed
+    answers are held back until complete, so nothing unchecked reaches the client.
+    """
+
+    check_input: Optional[Callable[[list[dict]], Optional[str]]] = None
+    check_output: Optional[Callable[[list[dict], str], Optional[str]]] = None
+
+
+@dataclass
+class ServerSettings:
+    model_name: str
+    prompt_style: Any                       # a prompts.PromptStyle
+    api_key: Optional[str] = None
+    max_tokens_cap: int = 1024              # largest max_tokens a request may ask for
+    default_max_tokens: int = 256           # chat requests without max_tokens get at most this
+    max_n: int = 8
+    max_body_bytes: int = 1 << 20
+    retry_after_s: int = 2
+    hooks: Optional[Hooks] = None
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _sse(payload: Any) -> bytes:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
+
+
+async def read_json(request: HTTPRequest, limit: int) -> Any:
+    """The request body as JSON, refusing bodies over `limit` bytes before reading them whole."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise APIError(413, f"request body of {length} bytes exceeds this server's limit of {limit} bytes",
+                       code="request_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise APIError(413, f"request body exceeds this server's limit of {limit} bytes",
+                           code="request_too_large")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"could not parse the request body as JSON: {exc}. Send a JSON object with "
+                            "Content-Type: application/json.", code="invalid_json") from None
+
+
+class _Job:
+    """The requests behind one HTTP call, and the queue their engine events arrive on."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.requests: list[Request] = []
+
+    def emitter(self, offset: int) -> Callable[[Event], None]:
+        def emit(event: Event) -> None:
+            event.index += offset
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        return emit
+
+    def cancel(self) -> None:
+        for r in self.requests:
+            r.cancel()
+
+
+class Server:
+    """Request handling shared by the two completion endpoints."""
+
+    def __init__(self, engine: Engine, settings: ServerSettings):
+        self.engine = engine
+        self.settings = settings
+        self.tokenizer = engine.tokenizer
+        self.context = engine.config.block_size
+        self.http_requests = 0
+        self.http_errors = 0
+
+    # -- checks -------------------------------------------------------------------------------------
+    def check_auth(self, request: HTTPRequest) -> None:
+        key = self.settings.api_key
+        if not key:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), key.encode()):
+            raise APIError(401, "invalid or missing API key: send 'Authorization: Bearer <key>'",
+                           code="invalid_api_key")
+
+    def check_common(self, req) -> None:
+        if req.model != self.settings.model_name:
+            raise APIError(404, f"the model {req.model!r} does not exist; this server serves "
+                                f"{self.settings.model_name!r} (see GET /v1/models)",
+                           param="model", code="model_not_found")
+        max_n = min(self.settings.max_n, self.engine.max_batch)
+        if req.n > max_n:
+            raise APIError(400, f"n={req.n} is more than this server allows ({max_n})", param="n",
+                           code="invalid_value")
+        if req.logprobs:
+            raise APIError(400, "logprobs are not supported by this server", param="logprobs",
+                           code="unsupported_parameter")
+
+    def budget(self, prompt_ids: list[int], requested: Optional[int], default: int, param: str) -> int:
+        """max_tokens for one prompt, after the per-request cap and the context-length check."""
+        cap = self.settings.max_tokens_cap
+        if requested is not None and requested > cap:
+            raise APIError(400, f"{param}={requested} is more than this server allows ({cap})", param=param,
+                           code="invalid_value")
+        room = self.context - len(prompt_ids)
+        max_tokens = requested if requested is not None else min(default, cap, room)
+        if max_tokens < 1 or len(prompt_ids) + max_tokens > self.context:
+            raise APIError(400, f"this model's maximum context length is {self.context} tokens, but "
+                                f"{len(prompt_ids) + max(max_tokens, 1)} were requested ({len(prompt_ids)} in the "
+                                f"prompt, {max(max_tokens, 1)} for the completion); shorten the prompt or lower "
+                                f"{param}", param="messages" if param == "max_completion_tokens" else param,
+                           code="context_length_exceeded")
+        return max_tokens
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text)
+        if not ids:  # an empty prompt starts a fresh document
+            start = self.tokenizer.bos_id if self.tokenizer.bos_id is not None else self.tokenizer.eos_id
+            if start is None:
+                raise APIError(400, "the prompt is empty", param="prompt")
+            ids = [start]
+        return ids
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        style = self.settings.prompt_style
+        eos_text = ""
+        if style.end_with_eos and self.tokenizer.eos_id is not None:
+            eos_text = self.tokenizer.id_to_token(self.tokenizer.eos_id) or ""
+        try:
+            return style.render(messages, add_generation_prompt=True, eos_text=eos_text)
+        except OpenseasonError as exc:
+            raise APIError(400, f"invalid messages: {exc}", param="messages", code="invalid_value") from None
+
+    # -- running ------------------------------------------------------------------------------------
+    def start(self, prompts: list[list[int]], params: list[RequestParams]) -> _Job:
+        job = _Job(asyncio.get_running_loop())
+        offset = 0
+        try:
+            for ids, p in zip(prompts, params):
+                job.requests.append(self.engine.submit(Request(ids, p, job.emitter(offset))))
+                offset += p.n
+        except QueueFull:
+            job.cancel()
+            raise APIError(503, "the server is busy: too many requests are waiting; retry shortly",
+                           type="server_error", code="server_busy",
+                           headers={"Retry-After": str(self.settings.retry_after_s)}) from None
+        except EngineClosed:
+            job.cancel()
+            raise APIError(503, "the server is shutting down", type="server_error", code="unavailable") from None
+        except ValueError as exc:
+            job.cancel()
+            raise APIError(400, str(exc)) from None
+        return job
+
+    async def events(self, job: _Job, http: HTTPRequest, choices: int) -> AsyncIterator[Event]:
+        """Engine events until every choice has finished; cancels the job if the client goes away."""
+        finished = 0
+        done = False
+        try:
+            while finished < choices:
+                try:
+                    event = await asyncio.wait_for(job.queue.get(), timeout=0.25)
+                except asyncio.TimeoutError:
+                    if await http.is_disconnected():
+                        return
+                    continue
+                if event.kind == "error":
+                    raise APIError(500, event.text, type="server_error", code="generation_failed")
+                if event.kind == "finish":
+                    finished += 1
+                yield event
+            done = True
+        finally:
+            if not done:
+                job.cancel()
+
+
+def _completion_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
+    """The FastAPI app serving `engine` under `settings.model_name`. The caller owns the engine."""
+    app = FastAPI(title="openseason", docs_url=None, redoc_url=None, openapi_url=None)
+    server = Server(engine, settings)
+    app.state.server = server
+    created = _now()
+
+    @app.exception_handler(APIError)
+    async def _api_error(request, exc: APIError):
+        server.http_errors += 1
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, exc: StarletteHTTPException):
+        server.http_errors += 1
+        error = APIError(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}",
+                         code="not_found" if exc.status_code == 404 else None)
+        return JSONResponse(error.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.middleware("http")
+    async def _count(request, call_next):
+        server.http_requests += 1
+        return await call_next(request)
+
+    # -- page and operations ------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/health")
+    async def health():
+        if engine.error is not None:
+            return JSONResponse({"status": "error", "error": str(engine.error)}, status_code=503)
+        return {"status": "ok", "model": settings.model_name, "queue_length": engine.queue_length,
+                "running": engine.running}
+
+    @app.get("/metrics")
+    async def metrics(request: HTTPRequest):
+        server.check_auth(request)
+        return {"model": settings.model_name, "http_requests_total": server.http_requests,
+                "http_errors_total": server.http_errors, **engine.metrics()}
+
+    @app.get("/v1/models")
+    async def models(request: HTTPRequest):
+        server.check_auth(request)
+        return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": created,
+                                            "owned_by": "openseason",
+                                            "context_length": server.context}]}
+
+    @app.get("/v1/models/{model_id}")
+    async def model(model_id: str, request: HTTPRequest):
+        server.check_auth(request)
+        if model_id != settings.model_name:
+            raise APIError(404, f"the model {model_id!r} does not exist", param="model", code="model_not_found")
+        return {"id": settings.model_name, "object": "model", "created": created, "owned_by": "openseason"}
+
+    # -- chat ---------------------------------------------------------------------------------------
+    @app.post("/v1/chat/completions")
+    async def chat_completions(http: HTTPRequest):
+        server.check_auth(http)
+        req = parse_request(ChatCompletionRequest, await read_json(http, settings.max_body_bytes))
+        server.check_common(req)
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in req.messages]
+        hooks = settings.hooks or Hooks()
+        param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        canned = hooks.check_input(messages) if hooks.check_input else None
+        prompt_ids: list[int] = []
+        job = None
+        if canned is None:
+            prompt_ids = server.encode(server.chat_prompt(messages))
+            max_tokens = server.budget(prompt_ids, req.requested_max_tokens(), settings.default_max_tokens, param)
+            stops = tuple(dict.fromkeys(list(settings.prompt_style.stop_strings) + req.stop_list()))
+            params = RequestParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
+                                    stop=stops, seed=req.seed, presence_penalty=req.presence_penalty,
+                                    frequency_penalty=req.frequency_penalty, n=req.n)
+            job = server.start([prompt_ids], [params])
+        cid, made = _completion_id("chatcmpl"), _now()
+        base = {"id": cid, "created": made, "model": settings.model_name, "system_fingerprint": None}
+
+        async def outcomes() -> AsyncIterator[Event]:
+            """Engine events, or the canned reply, with output checks applied (buffered) when set."""
+            if job is None:
+                for i in range(req.n):
+                    yield Event("text", i, canned)
+                    yield Event("finish", i, finish_reason="stop", completion_tokens=0)
+                return
+            if hooks.check_output is None:
+                async for event in server.events(job, http, req.n):
+                    yield event
+                return
+            texts: dict[int, list[str]] = {}
+            async for event in server.events(job, http, req.n):
+                if event.kind == "text":
+                    texts.setdefault(event.index, []).append(event.text)
+                    continue
+                text = "".join(texts.get(event.index, []))
+                replaced = hooks.check_output(messages, text)
+                yield Event("text", event.index, replaced if replaced is not None else text)
+                yield event
+
+        if not req.stream:
+            texts: dict[int, list[str]] = {i: [] for i in range(req.n)}
+            finish: dict[int, Event] = {}
+            async for event in outcomes():
+                if event.kind == "text":
+                    texts[event.index].append(event.text)
+                else:
+                    finish[event.index] = event
+            completion = sum(e.completion_tokens for e in finish.values())
+            return {**base, "object": "chat.completion",
+                    "choices": [{"index": i, "message": {"role": "assistant", "content": "".join(texts[i])},
+                                 "logprobs": None, "finish_reason": finish[i].finish_reason}
+                                for i in range(req.n)],
+                    "usage": _usage(len(prompt_ids), completion)}
+
+        include_usage = req.include_usage()
+
+        async def stream():
+            chunk = {**base, "object": "chat.completion.chunk"}
+            if include_usage:
+                chunk["usage"] = None
+            for i in range(req.n):
+                yield _sse({**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                                  "logprobs": None, "finish_reason": None}]})
+            completion = 0
+            async for event in outcomes():
+                if event.kind == "text":
+                    choice = {"index": event.index, "delta": {"content": event.text}, "logprobs": None,
+                              "finish_reason": None}
+                else:
+                    completion += event.completion_tokens
+                    choice = {"index": event.index, "delta": {}, "logprobs": None,
+                              "finish_reason": event.finish_reason}
+                yield _sse({**chunk, "choices": [choice]})
+            if include_usage:
+                yield _sse({**chunk, "choices": [], "usage": _usage(len(prompt_ids), completion)})
+            yield b"data: [DONE]\n\n"
+
+        return _streaming(stream())
+
+    # -- completions --------------------------------------------------------------------------------
+    @app.post("/v1/completions")
+    async def completions(http: HTTPRequest):
+        server.check_auth(http)
+        req = parse_request(CompletionRequest, await read_json(http, settings.max_body_bytes))
+        server.check_common(req)
+        if req.echo:
+            raise APIError(400, "echo is not supported by this server", param="echo", code="unsupported_parameter")
+        if req.suffix:
+            raise APIError(400, "suffix is not supported by this server", param="suffix",
+                           code="unsupported_parameter")
+        prompts = [server.encode(p) for p in req.prompts()]
+        if len(prompts) * req.n > min(settings.max_n, engine.max_batch):
+            raise APIError(400, f"{len(prompts)} prompts x n={req.n} choices is more than this server allows "
+                                f"({min(settings.max_n, engine.max_batch)})", param="prompt", code="invalid_value")
+        params = [RequestParams(max_tokens=server.budget(ids, req.requested_max_tokens(), settings.max_tokens_cap,
+                                                          "max_tokens"),
+                                 temperature=req.temperature, top_p=req.top_p, stop=tuple(req.stop_list()),
+                                 seed=req.seed, presence_penalty=req.presence_penalty,
+                                 frequency_penalty=req.frequency_penalty, n=req.n) for ids in prompts]
+        choices = len(prompts) * req.n
+        prompt_tokens = sum(len(ids) for ids in prompts)
+        job = server.start(prompts, params)
+        base = {"id": _completion_id("cmpl"), "object": "text_completion", "created": _now(),
+                "model": settings.model_name, "system_fingerprint": None}
+
+        if not req.stream:
+            texts: dict[int, list[str]] = {i: [] for i in range(choices)}
+            finish: dict[int, Event] = {}
+            async for event in server.events(job, http, choices):
+                if event.kind == "text":
+                    texts[event.index].append(event.text)
+                else:
+                    finish[event.index] = event
+            return {**base, "choices": [{"index": i, "text": "".join(texts[i]), "logprobs": None,
+                                         "finish_reason": finish[i].finish_reason} for i in range(choices)],
+                    "usage": _usage(prompt_tokens, sum(e.completion_tokens for e in finish.values()))}
+
+        include_usage = req.include_usage()
+
+        async def stream():
+            chunk = dict(base)
+            if include_usage:
+                chunk["usage"] = None
+            completion = 0
+            async for event in server.events(job, http, choices):
+                if event.kind == "text":
+                    choice = {"index": event.index, "text": event.text, "logprobs": None, "finish_reason": None}
+                else:
+                    completion += event.completion_tokens
+                    choice = {"index": event.index, "text": "", "logprobs": None,
+                              "finish_reason": event.finish_reason}
+                yield _sse({**chunk, "choices": [choice]})
+            if include_usage:
+                yield _sse({**chunk, "choices": [], "usage": _usage(prompt_tokens, completion)})
+            yield b"data: [DONE]\n\n"
+
+        return _streaming(stream())
+
+    return app
+
+
+def _streaming(body: AsyncIterator[bytes]) -> StreamingResponse:
+    async def guarded():
+        # Headers are already sent once streaming starts; a failure becomes an error event, then [DONE].
+        try:
+            async for piece in body:
+                yield piece
+        except APIError as exc:
+            yield _sse(exc.body())
+            yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(guarded(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
