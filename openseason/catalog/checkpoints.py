@@ -49,7 +49,9 @@ def register_checkpoint(cat: Catalog, ckpt_dir, *, base_model: Optional[str] = N
     asset.organization = "local"
     asset.finetune_method = method
     asset.training_hardware = hardware
-    asset.training_time = f"{seconds:.0f} s" if seconds is not None else None
+    asset.training_time = f"{seconds:.1f} s" if seconds is not None else None
+    if seconds is not None:
+        asset.extra["training_seconds"] = float(seconds)
     asset.training_tokens = float(tokens) if tokens is not None else None
     asset.created_date = (card.get("created") or "")[:10] or None
     asset.url = ckpt.as_uri()
