@@ -13,7 +13,7 @@ from ..errors import CheckpointError, ConfigError
 from ..tokenizer import Tokenizer
 from .families import family_for_hf_config
 from .hf_files import load_hf_state, read_hf_config
-from .keymap import state_from_hf
+from .keymap import refuse_overwrite, state_from_hf
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -75,6 +75,7 @@ def convert_from_hf(hf_dir: str | Path, out_dir: str | Path, *, dtype=None, name
     they keep the source dtype. Returns `out_dir`.
     """
     hf_dir = Path(hf_dir)
+    refuse_overwrite(hf_dir, Path(out_dir))
     dtype = parse_dtype(dtype)
     hf = read_hf_config(hf_dir)
     family = family_for_hf_config(hf, str(hf_dir / "config.json"))

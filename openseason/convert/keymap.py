@@ -97,6 +97,14 @@ def state_to_hf(family: ModuleType, config: Config, state: dict[str, torch.Tenso
     return out
 
 
+def refuse_overwrite(source: Path, target: Path) -> None:
+    """Writing replaces the target directory as a whole, so it must not be (or contain) the source."""
+    source, target = Path(source).resolve(), Path(target).resolve()
+    if source == target or target in source.parents:
+        raise CheckpointError("the output directory is the input directory (or contains it); writing would "
+                              "delete the input", where=str(target), hint="choose a different output directory")
+
+
 # -- reading config.json values ------------------------------------------------------------------------
 def hf_value(hf: dict, key: str, where: str, default=None, required: bool = False):
     if key in hf and hf[key] is not None:

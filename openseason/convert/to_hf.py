@@ -15,7 +15,7 @@ from ..errors import CheckpointError
 from ..tokenizer import copy_tokenizer_files
 from .families import family_for_config
 from .from_hf import parse_dtype
-from .keymap import state_to_hf
+from .keymap import refuse_overwrite, state_to_hf
 
 
 def convert_to_hf(ckpt_dir: str | Path, hf_dir: str | Path, *, dtype=None,
@@ -29,6 +29,7 @@ def convert_to_hf(ckpt_dir: str | Path, hf_dir: str | Path, *, dtype=None,
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         raise CheckpointError("checkpoint directory not found", where=str(ckpt_dir))
+    refuse_overwrite(ckpt_dir, Path(hf_dir))
     dtype = parse_dtype(dtype)
     config = load_config(ckpt_dir)
     where = str(ckpt_dir / "config.json")

@@ -178,3 +178,23 @@ def test_to_hf_checks_weights(make_neox, tmp_path):
     _no_output(tmp_path / "back", tmp_path)
     with pytest.raises(CheckpointError, match="not found"):
         convert_to_hf(tmp_path / "nope", tmp_path / "back")
+
+
+def test_output_must_not_replace_input(make_llama, tmp_path):
+    _, hf_dir = make_llama()
+    before = sorted(p.name for p in hf_dir.iterdir())
+    for out in (hf_dir, hf_dir.parent):
+        with pytest.raises(CheckpointError, match="would delete the input"):
+            convert_from_hf(hf_dir, out)
+    assert sorted(p.name for p in hf_dir.iterdir()) == before
+    ckpt = convert_from_hf(hf_dir, tmp_path / "ours")
+    with pytest.raises(CheckpointError, match="would delete the input"):
+        convert_to_hf(ckpt, ckpt)
+    load_model(ckpt)
+
+
+def test_unknown_dtype(make_llama, tmp_path):
+    _, hf_dir = make_llama()
+    with pytest.raises(CheckpointError, match="unknown dtype 'int4'"):
+        convert_from_hf(hf_dir, tmp_path / "out", dtype="int4")
+    _no_output(tmp_path / "out", tmp_path)
