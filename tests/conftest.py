@@ -19,6 +19,14 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_catalog(tmp_path_factory):
+    """Runs register their checkpoints in the catalog: keep that out of the user's own catalog."""
+    if "OPENSEASON_CATALOG_DB" not in os.environ:
+        os.environ["OPENSEASON_CATALOG_DB"] = str(tmp_path_factory.mktemp("catalog") / "catalog.sqlite")
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -43,11 +43,13 @@ def attach_to_checkpoint(checkpoint: str | Path, kind: str, summary: dict) -> No
     evaluations = read_run_card(checkpoint).get("evaluations", {})
     evaluations[kind] = summary
     update_run_card(checkpoint, evaluations=evaluations)
+    if not read_run_card(checkpoint).get("catalog"):
+        return  # never registered (e.g. a converted download): nothing to attach to
     try:
         from ..catalog import attach_evaluation
     except ImportError:
         return
-    try:
-        attach_evaluation(Path(checkpoint).resolve().name, {kind: summary})
+    try:  # registered checkpoints carry their absolute path as an alias
+        attach_evaluation(str(Path(checkpoint).resolve()), {kind: summary})
     except Exception as exc:  # the catalog is a convenience here; the run card already holds the results
         warnings.warn(f"could not attach evaluation to the catalog: {exc}")
