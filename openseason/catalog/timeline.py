@@ -52,11 +52,16 @@ def render_timeline(graph: Graph, assets, out_path, title: str = "Open LLM evolu
     order = sorted(families, key=lambda f: min(_date(a) for a in families[f]))
     row = {f: i for i, f in enumerate(order)}
     pos = {}
-    fig, ax = plt.subplots(figsize=(14, max(4, 0.45 * len(order) + 1.5)))
+    # A family's members fan out over its band (in date order) so labels of same-month releases do not collide.
+    band = [max(1.0, 0.28 * len(families[f])) for f in order]
+    base = {f: sum(band[:i]) + band[i] / 2 for i, f in enumerate(order)}
+    fig, ax = plt.subplots(figsize=(15, max(4, 0.5 * sum(band) + 1.5)))
     for fam in order:
-        for j, a in enumerate(sorted(families[fam], key=_date)):
+        members = sorted(families[fam], key=_date)
+        for j, a in enumerate(members):
             x = mdates.date2num(_date(a))
-            y = row[fam] + (0.18 * ((j % 3) - 1) if len(families[fam]) > 1 else 0)
+            n = len(members)
+            y = base[fam] + ((j / (n - 1) - 0.5) * (band[row[fam]] - 0.4) if n > 1 else 0)
             pos[a.id] = (x, y)
             verdict = can_use(graph, a)["verdict"]
             size = 30 + 12 * (max(a.params or 1e9, 1e8) / 1e9) ** 0.5
@@ -68,7 +73,7 @@ def render_timeline(graph: Graph, assets, out_path, title: str = "Open LLM evolu
                 (x0, y0), (x1, y1) = pos[e.target.id], pos[a.id]
                 ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
                             arrowprops=dict(arrowstyle="->", color="#607d8b", lw=0.7, alpha=0.7))
-    ax.set_yticks(range(len(order)))
+    ax.set_yticks([base[f] for f in order])
     ax.set_yticklabels(order, fontsize=8)
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m"))
     ax.grid(axis="x", alpha=0.3)
