@@ -93,7 +93,7 @@ def rationales(data: str | Path, backend: Backend, out: str | Path, *, exemplars
 
     for lo in range(0, len(examples), chunk_size):
         part = examples[lo:lo + chunk_size]
-        items = [(log.key(ex["input"]), with_prompt(DEFAULT_REQUEST, render(template, demos=demos, question=ex["input"])),
+        items = [(log.key(ex["input"]), with_prompt(DEFAULT_REQUEST, render(template, demos=demos, question=ex["input"]).rstrip("\n")),
                   {"id": ex["id"]}) for ex in part]
         for (key, _, _), ex, res in zip(items, part, send_logged(backend, log, items)):
             if res is None:

@@ -90,7 +90,7 @@ def reverse_instructions(corpus: str | Path, backend: Backend, out: str | Path, 
         chosen = [rng.choice(list(styles))] if mode == "random" else list(styles)
         for style in chosen:
             hint = length_hint(doc["text"], rng, templates["length_hints"]) if rng.random() < length_hint_prob else None
-            prompt = render(templates["styles"][style], document=shorten(doc["text"], max_words))
+            prompt = render(templates["styles"][style], document=shorten(doc["text"], max_words)).rstrip("\n")
             jobs.append((doc, style, hint, prompt))
     rows, rejected, counts = [], [], {}
 

@@ -453,7 +453,7 @@ def self_instruct(seeds: str | Path, backend: Backend, num: int, out: str | Path
             part = machine[lo:lo + chunk_size]
             items = []
             for rec in part:
-                prompt = render(template, demos=demos, instruction=rec["instruction"])
+                prompt = render(template, demos=demos, instruction=rec["instruction"]).rstrip("\n")
                 items.append((clf_log.key(rec["instruction"]), with_prompt(rcp.classify_request, prompt),
                               {"instruction": rec["instruction"]}))
             for (key, _, _), rec, res in zip(items, part, send_logged(backend, clf_log, items)):
