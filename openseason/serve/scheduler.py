@@ -237,11 +237,9 @@ class Engine:
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
         self.name = name
-        eos = set()
-        for token in (tokenizer.eos_id, getattr(model.config, "eos_token_id", None)):
-            if token is not None:
-                eos.add(int(token))
-        self.eos_ids = eos
+        # The tokenizer's EOS is the one the model was trained to emit (the config's is only a fallback).
+        eos = tokenizer.eos_id if tokenizer.eos_id is not None else getattr(model.config, "eos_token_id", None)
+        self.eos_ids = {int(eos)} if eos is not None else set()
         self.device = next(model.parameters()).device
         self._waiting: collections.deque[Request] = collections.deque()
         self._lock = threading.Condition()
@@ -267,6 +265,8 @@ class Engine:
             if self._closed:
                 raise EngineClosed("the engine is shut down")
             if len(self._waiting) >= self.max_queue:
+                self._purge_cancelled()
+            if len(self._waiting) >= self.max_queue:
                 self.requests_rejected += 1
                 raise QueueFull(f"{len(self._waiting)} requests are already waiting")
             if request.params.n > self.max_batch:
@@ -280,6 +280,12 @@ class Engine:
             self.requests_total += 1
             self._lock.notify()
         return request
+
+    def _purge_cancelled(self) -> None:
+        """Forget queued requests whose client has gone (caller holds the lock)."""
+        kept = collections.deque(r for r in self._waiting if not r.cancelled.is_set())
+        self.requests_cancelled += len(self._waiting) - len(kept)
+        self._waiting = kept
 
     @property
     def queue_length(self) -> int:

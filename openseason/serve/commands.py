@@ -1,0 +1,70 @@
+"""CLI verbs `openseason serve` and `openseason chat` (thin wrappers over server.serve and chat.chat)."""
+from __future__ import annotations
+
+
+def _positive(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _model_args(p) -> None:
+    p.add_argument("checkpoint", metavar="CKPT", help="openseason checkpoint directory (full or adapter)")
+    p.add_argument("--prompt-style", default=None,
+                   help="chat prompt style (default: the one in run_card.json, else 'plain')")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: as stored)")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="serve a checkpoint: OpenAI-compatible API and a web chat page",
+                              description="Serve CKPT over HTTP: /v1/chat/completions, /v1/completions, "
+                                          "/v1/models (OpenAI-compatible, SSE streaming), /health, /metrics, "
+                                          "and a web chat page at /.")
+    _model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on the API")
+    p.add_argument("--rails", default=None, metavar="DIR", help="guardrails config folder")
+    p.add_argument("--model-name", default=None, help="model id in /v1/models (default: CKPT's directory name)")
+    p.add_argument("--max-batch", type=_positive, default=16, help="sequences decoded together (default 16)")
+    p.add_argument("--max-queue", type=_positive, default=64,
+                   help="requests waiting for a slot before new ones get 503 (default 64)")
+    p.add_argument("--max-tokens-cap", type=_positive, default=1024,
+                   help="largest max_tokens a request may ask for (default 1024)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=_serve)
+
+    c = subparsers.add_parser("chat", help="chat with a checkpoint in the terminal (streaming)",
+                              description="Interactive chat with CKPT. Commands: /reset, /system TEXT, "
+                                          "/history, /help, /exit.")
+    _model_args(c)
+    c.add_argument("--system", default=None, help="system prompt")
+    c.add_argument("--max-tokens", type=_positive, default=256, help="longest answer in tokens (default 256)")
+    c.add_argument("--temperature", type=float, default=0.7)
+    c.add_argument("--top-p", type=float, default=0.95)
+    c.add_argument("--seed", type=int, default=None)
+    c.set_defaults(func=_chat)
+
+
+def _serve(args) -> int:
+    from .server import serve
+
+    return serve(args.checkpoint, host=args.host, port=args.port, api_key=args.api_key, rails=args.rails,
+                 model_name=args.model_name, prompt_style=args.prompt_style, device=args.device, dtype=args.dtype,
+                 max_batch=args.max_batch, max_queue=args.max_queue, max_tokens_cap=args.max_tokens_cap,
+                 log_level=args.log_level)
+
+
+def _chat(args) -> int:
+    from .chat import chat
+
+    return chat(args.checkpoint, system=args.system, max_tokens=args.max_tokens, temperature=args.temperature,
+                top_p=args.top_p, seed=args.seed, prompt_style=args.prompt_style, device=args.device,
+                dtype=args.dtype)

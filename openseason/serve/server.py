@@ -1,0 +1,94 @@
+"""Loading a checkpoint for serving and running the HTTP server (the library side of `openseason serve`).
+
+    from openseason.serve.server import serve
+    serve("runs/my-model", port=8000)                       # blocks; Ctrl-C stops it
+
+    engine, settings = load_for_serving("runs/my-model")    # or build the pieces yourself
+    app = create_app(engine, settings)
+
+Chat prompts use the prompt style stored in the checkpoint's run_card.json; a checkpoint without one
+(a base model) is served with the "plain" style, and the server says so when it starts.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Optional
+
+from ..errors import OpenseasonError
+from ..prompts import get_style
+from .app import Hooks, ServerSettings, create_app
+from .scheduler import Engine
+
+DEFAULT_STYLE = "plain"
+
+
+def load_for_serving(checkpoint: str | Path, *, model_name: Optional[str] = None, prompt_style: Optional[str] = None,
+                     device: Optional[str] = None, dtype: Optional[str] = None, max_batch: int = 16,
+                     max_queue: int = 64, api_key: Optional[str] = None, max_tokens_cap: int = 1024,
+                     hooks: Optional[Hooks] = None, log=print) -> tuple[Engine, ServerSettings]:
+    """Load `checkpoint` (full or adapter) and start its engine; returns (engine, settings) for create_app.
+
+    model_name     the id in /v1/models (default: the checkpoint directory's name)
+    prompt_style   overrides the style stored in run_card.json
+    max_batch      most sequences decoded together; max_queue: most requests waiting (then 503)
+    """
+    from ..generate import LLM
+
+    path = Path(checkpoint)
+    llm = LLM.load(path, device=device, dtype=dtype)
+    style_name = prompt_style or llm.prompt_style
+    if style_name is None:
+        style_name = DEFAULT_STYLE
+        log(f"note: {path} stores no prompt style in run_card.json; chat prompts use the {DEFAULT_STYLE!r} "
+            "style (pass --prompt-style to choose another)")
+    style = get_style(style_name)
+    name = model_name or path.resolve().name
+    engine = Engine(llm.model, llm.tokenizer, max_batch=max_batch, max_queue=max_queue, name=name)
+    settings = ServerSettings(model_name=name, prompt_style=style, api_key=api_key or None,
+                              max_tokens_cap=max_tokens_cap, max_n=min(8, max_batch), hooks=hooks)
+    return engine, settings
+
+
+def rails_hooks(rails_dir: str | Path) -> Hooks:
+    """Guardrail hooks for `rails_dir`, from the guard stage's `openseason.guard.server_hooks(dir)`."""
+    rails_dir = Path(rails_dir)
+    if not rails_dir.is_dir():
+        raise OpenseasonError("rails directory not found", where=str(rails_dir),
+                              hint="pass a folder with config.yml and .co files")
+    guard = importlib.import_module("openseason.guard")
+    factory = getattr(guard, "server_hooks", None)
+    if factory is None:
+        raise OpenseasonError("--rails is not available in this build: openseason.guard provides no "
+                              "server_hooks(dir)", where=str(rails_dir),
+                              hint="run without --rails, or check the rails with `openseason guard` first")
+    hooks = factory(rails_dir)
+    return hooks if isinstance(hooks, Hooks) else Hooks(getattr(hooks, "check_input", None),
+                                                         getattr(hooks, "check_output", None))
+
+
+def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = None,
+          rails: Optional[str | Path] = None, model_name: Optional[str] = None,
+          prompt_style: Optional[str] = None, device: Optional[str] = None, dtype: Optional[str] = None,
+          max_batch: int = 16, max_queue: int = 64, max_tokens_cap: int = 1024,
+          log_level: str = "info") -> int:
+    """Serve `checkpoint` over HTTP until interrupted. Binds 127.0.0.1 unless `host` says otherwise."""
+    import uvicorn
+
+    hooks = rails_hooks(rails) if rails else None
+    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    engine, settings = load_for_serving(checkpoint, model_name=model_name, prompt_style=prompt_style,
+                                        device=device, dtype=dtype, max_batch=max_batch, max_queue=max_queue,
+                                        api_key=api_key, max_tokens_cap=max_tokens_cap, hooks=hooks, log=log)
+    app = create_app(engine, settings)
+    shown = f"[{host}]" if ":" in host else host
+    log(f"serving {settings.model_name!r} (prompt style {settings.prompt_style.name!r}) at "
+        f"http://{shown}:{port}/  (OpenAI API under /v1{', API key required' if api_key else ''})")
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        log("warning: listening beyond this machine without --api-key; anyone who can reach it can use it")
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    finally:
+        engine.close()
+    return 0
