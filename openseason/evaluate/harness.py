@@ -162,7 +162,11 @@ def run_harness(path: str | Path, tasks: list[str], *, include_path: Optional[st
         raise OpenseasonError("lm-evaluation-harness is not installed",
                               hint="pip install lm_eval (it is part of openseason's test extra)") from None
     lm = OpenseasonLM(llm=llm, path=None if llm else str(path), batch_size=batch_size, device=device)
-    manager = TaskManager(include_path=include_path) if include_path else TaskManager()
+    # Indexing the harness's ~15k built-in task files takes tens of seconds: with local tasks, look
+    # there first and only index the built-ins when a task is not found locally.
+    manager = TaskManager(include_path=include_path, include_defaults=False) if include_path else None
+    if manager is None or any(t not in manager.all_tasks for t in tasks):
+        manager = TaskManager(include_path=include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise OpenseasonError(f"unknown harness task(s) {unknown}",
