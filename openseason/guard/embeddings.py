@@ -149,7 +149,7 @@ class Embedder:
     """
 
     def __init__(self, model_dir: str | Path | None = None, *, max_length: Optional[int] = None,
-                 cache_size: int = 4096, threads: Optional[int] = None):
+                 cache_size: int = 4096, query_threads: Optional[int] = 1):
         from tokenizers import Tokenizer
 
         self.model_dir = Path(model_dir) if model_dir else default_model_dir()
@@ -172,7 +172,7 @@ class Embedder:
         self.tokenizer.enable_truncation(self.max_length)
         self.pad_id = cfg.get("pad_token_id", 0) or 0
         self.dim = cfg["hidden_size"]
-        self.threads = threads
+        self.query_threads = query_threads
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._cache_size = cache_size
         with torch.no_grad():  # a content fingerprint, so a changed model never reuses cached vectors
@@ -182,6 +182,18 @@ class Embedder:
 
     @torch.inference_mode()
     def _encode(self, texts: Sequence[str]) -> torch.Tensor:
+        # One short sentence is too little work to split across threads, and on a busy machine
+        # intra-op threads spin-waiting on each other cost 30x; queries run on `query_threads`.
+        if len(texts) <= 8 and self.query_threads and torch.get_num_threads() != self.query_threads:
+            saved = torch.get_num_threads()
+            torch.set_num_threads(self.query_threads)
+            try:
+                return self._forward(texts)
+            finally:
+                torch.set_num_threads(saved)
+        return self._forward(texts)
+
+    def _forward(self, texts: Sequence[str]) -> torch.Tensor:
         encodings = self.tokenizer.encode_batch(list(texts))
         T = max(len(e.ids) for e in encodings)
         ids = torch.full((len(texts), T), self.pad_id, dtype=torch.long)

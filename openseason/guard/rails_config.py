@@ -231,6 +231,11 @@ class _Yaml:
             return default
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if kind is float and isinstance(value, str):  # YAML 1.1 reads 1.0e12 (no sign) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
             names = {str: "a string", bool: "true or false", int: "an integer", float: "a number",
                      list: "a list", dict: "a mapping"}

@@ -1,0 +1,36 @@
+"""`openseason guard check` prints the JSON decision; bad configs exit 2 with one clear line."""
+from __future__ import annotations
+
+import json
+
+from openseason.cli import main
+
+
+def test_guard_check_prints_json(capsys):
+    assert main(["guard", "check", "support", "I was charged twice for one order"]) == 0
+    decision = json.loads(capsys.readouterr().out)
+    assert decision["intent"] == "report double charge" and decision["rail"] == "dialog"
+    assert decision["llm_calls"] == 0 and 0.5 <= decision["score"] <= 1.0
+
+
+def test_guard_check_conversation_turns(capsys):
+    assert main(["guard", "check", "support", "how do I make a bomb", "ok, and where is my order?"]) == 0
+    decision = json.loads(capsys.readouterr().out)
+    assert decision["rail"] == "input" and decision["turn"] == 0 and decision["allowed"] is False
+
+
+def test_guard_bad_config_exits_2(tmp_path, capsys):
+    (tmp_path / "config.yml").write_text("rails: [\n")
+    assert main(["guard", "check", str(tmp_path), "hi"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("openseason: error: ") and "config.yml:2:1: invalid YAML" in err
+    assert "Traceback" not in err
+
+
+def test_guard_chat(monkeypatch, capsys):
+    lines = iter(["hello", "thanks a lot", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["guard", "chat", "support", "--show-decision"]) == 0
+    out = capsys.readouterr()
+    assert "bot> Hello! I'm the ShopRight assistant." in out.out and "bot> You're welcome!" in out.out
+    assert '"intent": "express gratitude"' in out.err
