@@ -169,3 +169,19 @@ def test_cli_generate(neox_pair, capsys):
     assert capsys.readouterr().out == expected + "\n"
     assert main(["generate", ckpt, "--prompt", "x", "--max-new-tokens", "100000"]) == 2
     assert "context window" in capsys.readouterr().err
+
+
+def test_chat_uses_the_prompt_style_and_its_stop_strings(gen_tokenizer):
+    from openseason.data.sft import tokenize_prompt
+
+    script = byte_tokens(gen_tokenizer, "Sure: 5.\n\n### End and more")
+    model = ScriptedModel(script)
+    llm = LLM(model, gen_tokenizer, prompt_style="dolly")
+    messages = [{"role": "user", "content": "add 2 and 3"}]
+    assert llm.chat(messages, max_new_tokens=40, ignore_eos=True) == "Sure: 5.\n\n"
+    assert "".join(llm.chat(messages, stream=True, max_new_tokens=40, ignore_eos=True)) == "Sure: 5.\n\n"
+    ids, stops = llm.chat_prompt(messages)
+    assert ids == tokenize_prompt(messages, gen_tokenizer, "dolly") and "### End" in stops
+    assert llm.chat(messages, style="plain", max_new_tokens=40, ignore_eos=True, stop="5") == "Sure: "
+    with pytest.raises(OpenseasonError, match="prompt style"):
+        LLM(model, gen_tokenizer).chat(messages)
