@@ -247,17 +247,23 @@ class LLMBackend(Backend):
             return 0
 
     def _complete_many(self, requests: list[Request]) -> list[Result]:
+        from ..errors import OpenseasonError
+
         out: list[Result] = []
         for req in requests:
+            kwargs = dict(max_new_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
+                          stop=list(req.stop))
             try:
-                result = self.llm.generate(req.prompt, max_new_tokens=req.max_tokens, temperature=req.temperature,
-                                           top_p=req.top_p, stop=list(req.stop))
-            except (RuntimeError, ValueError) as exc:  # e.g. prompt longer than the context window
+                if hasattr(self.llm, "complete"):  # LLM.complete also reports finish_reason and token counts
+                    c = self.llm.complete(req.prompt, **kwargs)
+                    out.append(Completion(c.text, c.finish_reason, int(c.prompt_tokens), int(c.completion_tokens)))
+                    continue
+                result = self.llm.generate(req.prompt, **kwargs)
+            except (RuntimeError, ValueError, OpenseasonError) as exc:  # e.g. prompt longer than the context
                 out.append(CallFailed(f"{type(exc).__name__}: {exc}", retryable=False))
                 continue
             text = result if isinstance(result, str) else getattr(result, "text", str(result))
-            finish = None if isinstance(result, str) else getattr(result, "finish_reason", None)
-            out.append(Completion(text=text, finish_reason=finish, prompt_tokens=self._count(req.prompt),
+            out.append(Completion(text=text, finish_reason=None, prompt_tokens=self._count(req.prompt),
                                   completion_tokens=self._count(text)))
         return out
 

@@ -180,3 +180,20 @@ def test_make_backend_rejects_unknown_spec(tmp_path):
     with pytest.raises(ConfigError):
         make_backend(str(tmp_path / "missing"))
     assert isinstance(make_backend("http://127.0.0.1:1"), HTTPBackend)
+
+
+def test_llm_backend_with_a_real_tiny_checkpoint(tmp_path, tiny_tokenizer):
+    from openseason.checkpoint import save_checkpoint
+    from openseason.config import Config
+    from openseason.model import GPT
+
+    model = GPT(Config.from_name("tiny-neox"))
+    model.init_weights()
+    save_checkpoint(tmp_path / "ckpt", model, tokenizer=tiny_tokenizer)
+    backend = make_backend(str(tmp_path / "ckpt"))
+    assert isinstance(backend, LLMBackend)
+    ok, too_long = backend.complete_many([Request("Instruction: add 2 and 3.", max_tokens=5, temperature=0.0),
+                                          Request("word " * 400, max_tokens=5)])
+    assert isinstance(ok, Completion) and ok.finish_reason in ("stop", "length") and 0 < ok.completion_tokens <= 5
+    assert ok.prompt_tokens == len(tiny_tokenizer.encode("Instruction: add 2 and 3."))
+    assert isinstance(too_long, CallFailed) and not too_long.retryable
