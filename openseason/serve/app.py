@@ -204,13 +204,17 @@ class Server:
         """Engine events until every choice has finished; cancels the job if the client goes away."""
         finished = 0
         done = False
+        checked = time.monotonic()
         try:
             while finished < choices:
+                # Look for a hang-up every quarter second, also while tokens keep coming.
+                if time.monotonic() - checked > 0.25:
+                    checked = time.monotonic()
+                    if await http.is_disconnected():
+                        return
                 try:
                     event = await asyncio.wait_for(job.queue.get(), timeout=0.25)
                 except asyncio.TimeoutError:
-                    if await http.is_disconnected():
-                        return
                     continue
                 if event.kind == "error":
                     raise APIError(500, event.text, type="server_error", code="generation_failed")
@@ -251,10 +255,7 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
                          code="not_found" if exc.status_code == 404 else None)
         return JSONResponse(error.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
-    @app.middleware("http")
-    async def _count(request, call_next):
-        server.http_requests += 1
-        return await call_next(request)
+    app.add_middleware(_CountRequests, server=server)
 
     # -- page and operations ------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -435,6 +436,19 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
         return _streaming(stream())
 
     return app
+
+
+class _CountRequests:
+    """Pure ASGI middleware (BaseHTTPMiddleware would hide client disconnects from the handlers)."""
+
+    def __init__(self, app, server: Server):
+        self.app = app
+        self.server = server
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            self.server.http_requests += 1
+        await self.app(scope, receive, send)
 
 
 def _streaming(body: AsyncIterator[bytes]) -> StreamingResponse:

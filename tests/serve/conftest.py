@@ -15,12 +15,12 @@ from openseason.model import GPT
 EOS = 0  # <|endoftext|> in the tiny tokenizer
 
 
-def tiny_model(eos_bias: float = -100.0, seed: int = 0, std: float = 0.2) -> GPT:
+def tiny_model(eos_bias: float = -100.0, seed: int = 0, std: float = 0.2, block_size: int = 1024) -> GPT:
     """tiny-llama with a 1024-token window and an lm_head bias on EOS: -100 makes it never end on
     its own (so lengths are exact), 0 leaves it random, +100 makes EOS the first token. std=0.2 gives
     peaked, varied greedy outputs instead of near-ties."""
     torch.manual_seed(seed)
-    config = Config.from_name("tiny-llama", block_size=1024, lm_head_bias=True, eos_token_id=EOS,
+    config = Config.from_name("tiny-llama", block_size=block_size, lm_head_bias=True, eos_token_id=EOS,
                               bos_token_id=None, add_bos_token=False)
     model = GPT(config)
     model.init_weights(std=std)
