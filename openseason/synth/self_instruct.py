@@ -387,7 +387,9 @@ def self_instruct(seeds: str | Path, backend: Backend, num: int, out: str | Path
                 rng = random.Random(f"{seed}:{batch}:{j}")
                 prompt, start = generation_prompt(rcp, rng, seed_tasks, [m["instruction"] for m in machine], template_dir)
                 req = with_prompt(rcp.generate, prompt)
-                items.append((gen_log.key({"prompt": prompt, "params": req.params()}), req,
+                # The slot is part of the key: two slots that happen to draw the same demos still get
+                # two samples, as two API calls would.
+                items.append((gen_log.key({"prompt": prompt, "params": req.params(), "slot": [batch, j]}), req,
                               {"batch": batch, "request": j, "start": start}))
             calls += len(items)
             results = send_logged(backend, gen_log, items)
