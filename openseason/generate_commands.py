@@ -1,8 +1,20 @@
 """`openseason generate CKPT --prompt TEXT`: generate text from a checkpoint (wraps LLM.generate/stream)."""
 from __future__ import annotations
 
-import argparse
 import sys
+
+
+def unescape(text: str) -> str:
+    """Shell-friendly escapes in --stop: \\n, \\t and \\\\ (so `--stop "\\n\\n"` stops at a blank line)."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in "nt\\":
+            out.append({"n": "\n", "t": "\t", "\\": "\\"}[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
 
 def _generate(args) -> int:
@@ -10,7 +22,7 @@ def _generate(args) -> int:
 
     llm = LLM.load(args.checkpoint, device=args.device, dtype=args.dtype)
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                   top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop or None,
+                   top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=[unescape(s) for s in args.stop] or None,
                    seed=args.seed, ignore_eos=args.ignore_eos)
     if args.stream:
         for piece in llm.stream(args.prompt, **options):
@@ -35,7 +47,7 @@ def register(subparsers) -> None:
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
     p.add_argument("--stop", action="append", default=[], metavar="STR",
-                   help="stop before this string (repeatable)")
+                   help="stop before this string (repeatable; \\n and \\t are understood)")
     p.add_argument("--ignore-eos", action="store_true", help="keep generating past the EOS token")
     p.add_argument("--stream", action="store_true", help="print pieces as they are generated")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")

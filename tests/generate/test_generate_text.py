@@ -159,6 +159,13 @@ def test_prompt_longer_than_context_is_a_clear_error(llm):
     assert len(llm.complete(ids, max_new_tokens=10, ignore_eos=True).token_ids) == 10  # exactly fits
 
 
+def test_cli_stop_escapes():
+    from openseason.generate_commands import unescape
+
+    assert unescape(r"\n\n### End") == "\n\n### End"
+    assert unescape(r"a\tb\\n") == "a\tb\\n" and unescape("café\\") == "café\\"
+
+
 def test_cli_generate(neox_pair, capsys):
     ckpt = str(neox_pair[1])
     llm = LLM.load(ckpt, device="cpu")
@@ -167,6 +174,9 @@ def test_cli_generate(neox_pair, capsys):
     assert capsys.readouterr().out == expected + "\n"
     assert main(["generate", ckpt, "--prompt", "The quick brown fox", "--max-new-tokens", "12", "--stream"]) == 0
     assert capsys.readouterr().out == expected + "\n"
+    stop = expected[6:8]
+    assert main(["generate", ckpt, "--prompt", "The quick brown fox", "--max-new-tokens", "12", "--stop", stop]) == 0
+    assert capsys.readouterr().out == llm.generate("The quick brown fox", max_new_tokens=12, stop=stop) + "\n"
     assert main(["generate", ckpt, "--prompt", "x", "--max-new-tokens", "100000"]) == 2
     assert "context window" in capsys.readouterr().err
 
