@@ -23,7 +23,6 @@ on a pool that the retry would change.
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 import string
@@ -306,12 +305,11 @@ class _Counts:
         self.counts[stage][reason] = self.counts[stage].get(reason, 0) + n
 
 
-def _progress(enabled: bool, total: int, description: str):
+def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        disable=not enabled, transient=True)
-    return progress, description, total
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    disable=not enabled, transient=True)
 
 
 def send_logged(backend: Backend, log: StageLog, items: list[tuple[str, Request, dict]]) -> list[Optional[dict]]:
@@ -375,7 +373,7 @@ def self_instruct(seeds: str | Path, backend: Backend, num: int, out: str | Path
     gen_log = StageLog(out / "logs" / "generate.jsonl", "generate", gen_config)
     batch = 0
     calls = 0
-    progress_bar, _, _ = _progress(progress, num, "generate")
+    progress_bar = _progress(progress)
     with progress_bar:
         task = progress_bar.add_task("self-instruct: instructions", total=num)
         while len(machine) < num:

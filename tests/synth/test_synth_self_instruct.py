@@ -144,7 +144,6 @@ def test_alpaca_recipe(seeds_path, tmp_path, fake_teacher):
 
 
 def test_failed_calls_are_recorded_and_retried(seeds_path, tmp_path, fake_teacher):
-    ok = self_instruct(seeds_path, fake_teacher, 10, tmp_path / "ref", batch_size=2, progress=False)
     script = [{"error": "HTTP 503: overloaded (gave up after 6 attempts)"}] + [{"text": "x"}]
     first = self_instruct(seeds_path, ScriptedBackend(script), 10, tmp_path / "run", batch_size=2, progress=False)
     assert first["status"].startswith("generation batch 0: 1 call(s) failed (HTTP 503")
