@@ -175,6 +175,10 @@ def chat(checkpoint: str | Path, *, system: Optional[str] = None, max_tokens: in
     """Load `checkpoint` and chat with it in the terminal (see the module docstring)."""
     from .server import load_for_serving
 
+    if not temperature >= 0:
+        raise OpenseasonError(f"--temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise OpenseasonError(f"--top-p must be in (0, 1], got {top_p}")
     engine, settings = load_for_serving(checkpoint, prompt_style=prompt_style, device=device, dtype=dtype,
                                         max_batch=1, max_queue=1,
                                         log=lambda msg: print(msg, file=sys.stderr))
