@@ -68,3 +68,24 @@ def test_model_forward_returns_logits(llm):
     with torch.no_grad():
         logits = llm.model(x)
     assert logits.shape == (1, x.size(1), llm.config.padded_vocab_size)
+
+
+def test_decode_layout_keeps_values_and_saves(pair, tmp_path):
+    """LLM.load re-stores CPU weights column-major for speed: same values, same Parameters, and the
+    model still saves (contiguous safetensors) and reloads to the same logits."""
+    from openseason.checkpoint import load_model, save_checkpoint
+    from openseason.generation import prepare_for_decoding
+
+    _, ckpt = pair
+    plain = load_model(ckpt)
+    llm = LLM.load(ckpt, device="cpu")
+    assert any(not p.is_contiguous() for p in llm.model.parameters())
+    assert prepare_for_decoding(llm.model) == 0          # idempotent
+    x = torch.tensor([llm.encode("The quick brown fox jumps")])
+    with torch.no_grad():
+        torch.testing.assert_close(llm.model(x), plain(x), atol=1e-5, rtol=1e-5)
+        for (name, a), (_, b) in zip(llm.model.named_parameters(), plain.named_parameters()):
+            assert torch.equal(a, b), name
+    save_checkpoint(tmp_path / "again", llm.model, tokenizer=llm.tokenizer)
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(tmp_path / "again")(x), plain(x), atol=0, rtol=0)
