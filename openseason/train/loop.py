@@ -35,7 +35,7 @@ from .state import find_resume, load_train_checkpoint, save_train_checkpoint, st
 
 IGNORE = -100
 METRIC_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "tokens", "target_tokens", "tokens_per_s",
-                 "elapsed_s", "val_loss"]
+                 "mfu", "elapsed_s", "val_loss"]
 
 
 class TrainingError(OpenseasonError):
@@ -67,6 +67,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     loss_chunk: int = 4096               # target tokens per lm_head + cross-entropy chunk
     sample_max_new_tokens: int = 48
+    flops_per_token: Optional[float] = None  # training FLOPs per token (6N + 12LHQT); with peak_flops gives MFU
+    peak_flops: Optional[float] = None       # the hardware's peak FLOP/s per process (e.g. bf16 dense)
     progress: bool = True
     tensorboard: bool = True
     plot: bool = True
@@ -175,6 +177,21 @@ class MetricsLog:
             self.tb.close()
 
 
+class _NoMetrics:
+    """What ranks other than 0 log: nothing (rank 0 writes metrics.csv and TensorBoard)."""
+
+    rows: list = []
+
+    def log(self, row: dict) -> None:
+        pass
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def plot_loss(rows: list[dict], path: Path, title: str = "loss") -> Optional[Path]:
     """Training (and validation) loss against step, as a PNG."""
     import matplotlib
@@ -218,18 +235,25 @@ def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path
           val_batches: Optional[list[dict]] = None, resume: Optional[str | Path] = None,
           base_checkpoint: Optional[str | Path] = None, tokenizer=None, tokenizer_dir: Optional[Path] = None,
           run_card: Optional[dict] = None, sample_fn: Optional[Callable[[torch.nn.Module], str]] = None,
-          callbacks: Iterable[Callable[[int, dict], None]] = ()) -> dict[str, Any]:
+          callbacks: Iterable[Callable[[int, dict], None]] = (), distributed=None) -> dict[str, Any]:
     """Train `model` on micro-batches from `data`; checkpoints go to out_dir/step-XXXXXX and out_dir/final.
 
     resume: None, "auto" (newest complete checkpoint under out_dir, or a fresh start) or a path.
     base_checkpoint: the full checkpoint a PEFT model stands on (PEFT checkpoints reference it).
     sample_fn(model) -> text: called at each evaluation, logged to TensorBoard and samples.txt.
     callbacks: fn(step, metrics) after every optimizer step.
+    distributed: a train.distributed.DistributedRun (torchrun/FSDP2, or one process writing DCP
+        checkpoints that any number of processes can resume); None = the single-process format.
     Returns {"final": path, "steps", "tokens", "seconds", "final_loss", "val_loss", "stopped"}.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if distributed is not None:
+        device = distributed.device
+    main_process = distributed is None or distributed.is_main
+    reduce_sum = distributed.sum if distributed is not None else (lambda value: value)
+    loss_scale = distributed.loss_scale() if distributed is not None else 1.0
     precision = config.precision or ("bf16" if device.type == "cuda" else "fp32")
     if precision not in ("bf16", "fp32"):
         raise TrainingError(f"precision must be 'bf16' or 'fp32', not {precision!r}")
@@ -256,15 +280,21 @@ def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path
     step, tokens_seen, elapsed_before = 0, 0, 0.0
     resume_from = find_resume(out_dir, resume)
     if resume_from is not None:
-        state = load_train_checkpoint(resume_from, model, optimizer, device)
+        from .distributed import DistributedRun, is_dcp_checkpoint
+
+        if is_dcp_checkpoint(resume_from):
+            state = (distributed or DistributedRun(device=device)).load(resume_from, model, optimizer)
+        else:
+            state = load_train_checkpoint(resume_from, model, optimizer, device)
         step, tokens_seen = int(state["step"]), int(state.get("tokens", 0))
         elapsed_before = float(state.get("elapsed_s", 0.0))
         if state.get("data") is not None and hasattr(data, "load_state_dict"):
             data.load_state_dict(state["data"])
-        print(f"openseason: resumed from {resume_from} at step {step}")
+        if main_process:
+            print(f"openseason: resumed from {resume_from} at step {step}")
     else:
         torch.manual_seed(config.seed)
-    metrics = MetricsLog(out_dir, step, config.tensorboard)
+    metrics = MetricsLog(out_dir, step, config.tensorboard) if main_process else _NoMetrics()
     card = {**(run_card or {}), "train_config": config.to_dict()}
     last_good: Optional[Path] = resume_from
 
@@ -272,6 +302,9 @@ def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path
         state = {"step": step, "tokens": tokens_seen, "elapsed_s": elapsed_before + (time.time() - t_start),
                  "max_steps": max_steps, "data": data.state_dict() if hasattr(data, "state_dict") else None,
                  **(extra_state or {})}
+        if distributed is not None:
+            return distributed.save(directory, model, optimizer, state, tokenizer=tokenizer,
+                                    tokenizer_dir=tokenizer_dir, run_card={**card, "step": step, "tokens": tokens_seen})
         return save_train_checkpoint(directory, model, optimizer, state, base_checkpoint=base_checkpoint,
                                      tokenizer=tokenizer, tokenizer_dir=tokenizer_dir,
                                      run_card={**card, "step": step, "tokens": tokens_seen})
@@ -279,7 +312,7 @@ def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path
     t_start = time.time()
     model.train()
     last_loss, last_val, stopped = None, None, "max_steps"
-    progress, task = _progress(config.progress, max_steps, step)
+    progress, task = _progress(config.progress and main_process, max_steps, step)
     with progress:
         while step < max_steps:
             if config.max_time is not None and elapsed_before + time.time() - t_start >= config.max_time:
@@ -287,16 +320,19 @@ def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path
                 break
             t0 = time.time()
             micro = [data.next_batch() for _ in range(config.grad_accum)]
-            n_target = sum(count_targets(b) for b in micro)
-            n_tokens = sum(int(b["input_ids"].numel()) for b in micro)
+            # counts over every micro-batch of the step on every process: the loss is normalized by
+            # the target tokens of the whole step, whatever way it is split
+            n_target = int(reduce_sum(sum(count_targets(b) for b in micro)))
+            n_tokens = int(reduce_sum(sum(int(b["input_ids"].numel()) for b in micro)))
             loss_total = 0.0
             for batch in micro:
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
                 with autocast():
                     loss_sum, _ = token_loss_sum(model, batch, config.loss_chunk)
                 loss = loss_sum / max(n_target, 1)
-                loss.backward()
+                (loss * loss_scale).backward()
                 loss_total += float(loss.detach())
+            loss_total = reduce_sum(loss_total)
             if not math.isfinite(loss_total):
                 optimizer.zero_grad(set_to_none=True)
                 metrics.close()
@@ -309,6 +345,8 @@ def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path
             params = [p for g in optimizer.param_groups for p in g["params"]]
             grad_norm = (torch.nn.utils.clip_grad_norm_(params, config.grad_clip) if config.grad_clip
                          else torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None)))
+            if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
+                grad_norm = grad_norm.full_tensor()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -318,12 +356,14 @@ def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path
             row = {"step": step, "epoch": getattr(data, "epoch", ""), "loss": f"{loss_total:.6f}", "lr": f"{lr:.3e}",
                    "grad_norm": f"{float(grad_norm):.4f}", "tokens": tokens_seen, "target_tokens": n_target,
                    "tokens_per_s": f"{n_tokens / dt:.1f}",
+                   "mfu": (f"{n_tokens / dt * config.flops_per_token / (config.peak_flops * (distributed.world_size if distributed else 1)):.4f}"
+                           if config.flops_per_token and config.peak_flops else ""),
                    "elapsed_s": f"{elapsed_before + time.time() - t_start:.2f}"}
             if config.eval_every and (step % config.eval_every == 0 or step == max_steps):
-                if val_batches:
+                if val_batches and distributed is None:
                     last_val = evaluate_loss(model, val_batches, device, autocast)
                     row["val_loss"] = f"{last_val:.6f}" if last_val is not None else ""
-                if sample_fn is not None:
+                if sample_fn is not None and distributed is None:
                     was_training = model.training
                     model.eval()
                     with torch.no_grad(), autocast():
@@ -335,10 +375,12 @@ def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path
             if step % max(1, config.log_every) == 0 or "val_loss" in row or step == max_steps:
                 metrics.log(row)
             progress.update(task, completed=step, loss=f"{loss_total:.4f}", tps=f"{n_tokens / dt:,.0f}")
-            if not progress.live.is_started and config.progress and (step % max(1, config.log_every) == 0):
+            if (main_process and not progress.live.is_started and config.progress
+                    and step % max(1, config.log_every) == 0):
                 val = f" val {row['val_loss']}" if row.get("val_loss") else ""
+                mfu = f" MFU {float(row['mfu']):.1%}" if row.get("mfu") else ""
                 print(f"step {step}/{max_steps} loss {loss_total:.4f}{val} lr {lr:.2e} "
-                      f"{n_tokens / dt:,.0f} tok/s", flush=True)
+                      f"{n_tokens / dt:,.0f} tok/s{mfu}", flush=True)
             if config.save_every and step % config.save_every == 0 and step < max_steps:
                 last_good = save(step_dir(out_dir, step))
                 _prune(out_dir, config.keep_last)
@@ -351,7 +393,8 @@ def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path
         _prune(out_dir, config.keep_last)
     seconds = elapsed_before + time.time() - t_start
     metrics.close()
-    plot = plot_loss(metrics.rows, out_dir / "loss.png", title=(run_card or {}).get("title", "loss")) if config.plot else None
+    plot = (plot_loss(metrics.rows, out_dir / "loss.png", title=(run_card or {}).get("title", "loss"))
+            if config.plot and main_process else None)
     return {"final": final, "steps": step, "tokens": tokens_seen, "seconds": seconds, "final_loss": last_loss,
             "val_loss": last_val, "stopped": stopped, "loss_plot": plot, "metrics": out_dir / "metrics.csv"}
 
