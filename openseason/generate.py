@@ -91,7 +91,10 @@ class LLM:
         from .tokenizer import Tokenizer
 
         path = Path(path)
-        device = device or default_device()
+        device = str(device or default_device())
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise OpenseasonError(f"device {device!r} asked for, but torch sees no CUDA GPU",
+                                  hint="use device='cpu' (CLI: --device cpu)")
         model = load_model(path, device=device, dtype=parse_dtype(dtype))
         model.eval()
         prepare_for_decoding(model)

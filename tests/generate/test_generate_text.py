@@ -195,3 +195,10 @@ def test_chat_uses_the_prompt_style_and_its_stop_strings(gen_tokenizer):
     assert llm.chat(messages, style="plain", max_new_tokens=40, ignore_eos=True, stop="5") == "Sure: "
     with pytest.raises(OpenseasonError, match="prompt style"):
         LLM(model, gen_tokenizer).chat(messages)
+
+
+def test_missing_gpu_is_a_clear_error(neox_pair):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(OpenseasonError, match="no CUDA GPU"):
+        LLM.load(neox_pair[1], device="cuda")
