@@ -143,15 +143,18 @@ def run_phase(ckpt: Path, *, max_batch: int, max_queue: int, clients: int, durat
     engine, settings = load_for_serving(ckpt, device="cpu", max_batch=max_batch, max_queue=max_queue,
                                         log=lambda msg: None)
     server = Server(create_app(engine, settings))
-    stats = {"busy": 0, "errors": 0, "completed": 0, "tokens": 0, "ttft": [], "latency": []}
+    stats = {"busy": 0, "errors": 0, "completed": 0, "tokens": 0, "ttft": [], "latency": [], "rss": []}
     try:
         start = time.monotonic()
-        deadline = start + duration
+        # The same server takes the load in two halves; RSS after each shows whether memory keeps growing.
+        for half in range(2):
+            deadline = time.monotonic() + duration / 2
 
-        async def main():
-            await asyncio.gather(*(client(server.url, settings.model_name, deadline, max_tokens, k * 1000, stats)
-                                   for k in range(clients)))
-        asyncio.run(main())
+            async def main():
+                await asyncio.gather(*(client(server.url, settings.model_name, deadline, max_tokens,
+                                              k * 1000 + half * 500, stats) for k in range(clients)))
+            asyncio.run(main())
+            stats["rss"].append(rss_mib())
         elapsed = time.monotonic() - start
         metrics = httpx.get(server.url + "/metrics").json()
     finally:
@@ -191,8 +194,9 @@ def main(argv=None) -> int:
               f"{pct(s['latency'], 99):>9.2f}{s['rss_after']:>9.0f}")
     ratio = results["batched"]["tokens_per_s"] / max(results["one-at-a-time"]["tokens_per_s"], 1e-9)
     print(f"batched / one-at-a-time throughput: {ratio:.2f}x")
-    print(f"RSS before: {rss0:.0f} MiB; after batched: {results['batched']['rss_after']:.0f} MiB; "
-          f"after one-at-a-time: {results['one-at-a-time']['rss_after']:.0f} MiB")
+    print(f"RSS before: {rss0:.0f} MiB; " + "; ".join(
+        f"{name}: {s['rss'][0]:.0f} MiB after the first half, {s['rss'][1]:.0f} MiB after the second"
+        for name, s in results.items()))
     errors = sum(s["errors"] for s in results.values())
     print("every request completed or got a clean 503" if not errors else f"{errors} requests failed otherwise")
     return 1 if errors else 0
