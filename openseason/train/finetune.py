@@ -142,7 +142,9 @@ def finetune(checkpoint: str | Path, data: str | Path, method: Optional[str] = N
     def sample_fn(m) -> str:
         if not sample_prompt:
             return ""
-        out_ids = greedy_generate(m, [sample_prompt[-(max_length // 2):]], 48, tokenizer.eos_id, pad_id)[0]
+        prompt = sample_prompt[-(m.config.block_size // 2):]
+        new_tokens = min(48, m.config.block_size - len(prompt))
+        out_ids = greedy_generate(m, [prompt], new_tokens, tokenizer.eos_id, pad_id)[0]
         return f"{sample_messages[-1]['content'][:200]}\n>>> {tokenizer.decode(out_ids)}"
 
     tcfg = TrainConfig(

@@ -58,6 +58,7 @@ class TrainConfig:
     betas: tuple = (0.9, 0.95)
     grad_clip: Optional[float] = 1.0
     save_every: Optional[int] = None     # steps between step-XXXXXX checkpoints
+    save_at: tuple = ()                  # extra steps to checkpoint (e.g. Pythia's log-spaced schedule; 0 = init)
     keep_last: Optional[int] = None      # keep only the newest N step checkpoints (None = all)
     eval_every: Optional[int] = None     # steps between validation loss + sample generation
     log_every: int = 1
@@ -311,6 +312,8 @@ def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path
 
     t_start = time.time()
     model.train()
+    if step == 0 and 0 in config.save_at:  # the initialization itself, as Pythia's step0
+        save(step_dir(out_dir, 0))
     last_loss, last_val, stopped = None, None, "max_steps"
     progress, task = _progress(config.progress and main_process, max_steps, step)
     with progress:
@@ -381,7 +384,7 @@ def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path
                 mfu = f" MFU {float(row['mfu']):.1%}" if row.get("mfu") else ""
                 print(f"step {step}/{max_steps} loss {loss_total:.4f}{val} lr {lr:.2e} "
                       f"{n_tokens / dt:,.0f} tok/s{mfu}", flush=True)
-            if config.save_every and step % config.save_every == 0 and step < max_steps:
+            if ((config.save_every and step % config.save_every == 0) or step in config.save_at) and step < max_steps:
                 last_good = save(step_dir(out_dir, step))
                 _prune(out_dir, config.keep_last)
             for callback in callbacks:
