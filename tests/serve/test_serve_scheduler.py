@@ -120,14 +120,14 @@ def test_n_choices_share_one_prefill(random_model, tiny_tokenizer):
 def test_stop_string_and_eos(tiny_tokenizer):
     model = tiny_model(eos_bias=-100.0, seed=2)
     ids = tiny_tokenizer.encode(PROMPTS[1])
-    full_ids = reference_greedy(model, ids, 30, tiny_tokenizer.vocab_size)
+    full_ids = reference_greedy(model, ids, 20, tiny_tokenizer.vocab_size)
     full = tiny_tokenizer.decode(full_ids, skip_special_tokens=False)
     stop = full[10:14]
     expected = full[: full.index(stop)]
     engine = Engine(model, tiny_tokenizer)
     try:
         c = Collector()
-        engine.submit(Request(ids, RequestParams(max_tokens=30, temperature=0.0, stop=(stop,)), c))
+        engine.submit(Request(ids, RequestParams(max_tokens=20, temperature=0.0, stop=(stop,)), c))
         c.wait()
         assert c.finished[0].finish_reason == "stop"
         assert c.texts.get(0, "") == expected
