@@ -32,6 +32,16 @@ class OpenseasonLLM:
 
     def __call__(self, prompt: str, *, max_tokens: int = 256, temperature: float = 0.0,
                  stop: Optional[list[str]] = None) -> str:
+        # a small local model's context may not hold prompt + max_tokens: write what still fits
+        config, tokenizer = getattr(self.llm, "config", None), getattr(self.llm, "tokenizer", None)
+        if config is not None and tokenizer is not None and getattr(config, "block_size", None):
+            room = config.block_size - len(tokenizer.encode(prompt))
+            if room < 1:
+                raise OpenseasonError(f"the rails prompt ({config.block_size - room} tokens) does not fit the "
+                                      f"model's context of {config.block_size} tokens",
+                                      hint="shorten the config's instructions and sample_conversation, or lower "
+                                           "rails.input.window")
+            max_tokens = min(max_tokens, room)
         return self.llm.generate(prompt, max_new_tokens=max_tokens, temperature=temperature, stop=stop)
 
 

@@ -99,3 +99,16 @@ def test_jailbreak_rail_needs_a_model(tmp_path, embedder):
     (tmp_path / "config.yml").write_text("rails:\n  input:\n    flows: [jailbreak detection heuristics]\n")
     with pytest.raises(Exception, match="need a local language model"):
         Rails(RailsConfig.from_path(tmp_path), embedder=embedder)
+
+
+def test_openseason_llm_adapter_writes_free_replies(tiny_ckpt, embedder):
+    from openseason.guard import OpenseasonLLM
+
+    llm = OpenseasonLLM.load(tiny_ckpt)
+    config = RailsConfig.from_content('define user greet\n  "hello"\ndefine flow greet\n  user greet\n  bot hi there\n',
+                                      "embeddings: {cache_dir: false}")
+    rails = Rails(config, llm=llm, embedder=embedder)
+    result = rails.generate("hello")  # `bot hi there` is not defined: the local model writes it
+    assert isinstance(result.text, str) and result.decision.llm_calls == 1 and not result.decision.predefined
+    direct = llm("Instruction: add 2 and 3. Response:", max_tokens=5, temperature=0.0, stop=["\n"])
+    assert direct == llm.llm.generate("Instruction: add 2 and 3. Response:", max_new_tokens=5, stop=["\n"])
