@@ -70,8 +70,16 @@ def register_checkpoint(cat: Catalog, ckpt_dir, *, base_model: Optional[str] = N
     cat.store.replace_collection(SOURCE, str(ckpt), [asset])
     cat.changed()
     stored = cat.find(asset.name, source=SOURCE)
+    _note_in_run_card(ckpt, asset.name, cat)
     return {"name": asset.name, "id": stored.id if stored else None,
             "can_use": cat.can_use(asset.name, "commercial", source=SOURCE)}
+
+
+def _note_in_run_card(ckpt: Path, name: str, cat: Catalog) -> None:
+    """Remember where the checkpoint is registered, so evaluations can be attached to it later."""
+    from ..checkpoint import update_run_card
+
+    update_run_card(ckpt, catalog={"name": name, "db": str(cat.store.path)})
 
 
 def attach_evaluation(cat: Catalog, name: str, results: dict) -> dict:

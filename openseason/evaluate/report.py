@@ -43,13 +43,14 @@ def attach_to_checkpoint(checkpoint: str | Path, kind: str, summary: dict) -> No
     evaluations = read_run_card(checkpoint).get("evaluations", {})
     evaluations[kind] = summary
     update_run_card(checkpoint, evaluations=evaluations)
-    if not read_run_card(checkpoint).get("catalog"):
+    entry = read_run_card(checkpoint).get("catalog")
+    if not isinstance(entry, dict) or not entry.get("name"):
         return  # never registered (e.g. a converted download): nothing to attach to
     try:
         from ..catalog import attach_evaluation
     except ImportError:
         return
-    try:  # registered checkpoints carry their absolute path as an alias
-        attach_evaluation(str(Path(checkpoint).resolve()), {kind: summary})
+    try:
+        attach_evaluation(entry["name"], {kind: summary}, db=entry.get("db"))
     except Exception as exc:  # the catalog is a convenience here; the run card already holds the results
         warnings.warn(f"could not attach evaluation to the catalog: {exc}")

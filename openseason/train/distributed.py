@@ -17,8 +17,10 @@ token counts and losses across ranks, decides who writes logs, and saves/loads r
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import warnings
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,13 +104,17 @@ class DistributedRun:
         """FSDP2: shard each block, then the root (embedding, final norm, head)."""
         if not self.active:
             return model.to(self.device)
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
         policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
                   if bf16_params else MixedPrecisionPolicy())
         for block in model.blocks:
             fully_shard(block, mp_policy=policy)
+        if not model.config.tie_embeddings:
+            # the loop applies lm_head itself, in chunks, after hidden_states(): its own unit
+            fully_shard(model.lm_head, mp_policy=policy)
         fully_shard(model, mp_policy=policy)
+        register_fsdp_forward_method(model, "hidden_states")
         model.to(self.device)
         model.init_rope(device=self.device)
         return model
@@ -135,8 +141,9 @@ class DistributedRun:
             tmp.mkdir(parents=True)
         self.barrier()
         model_state, optim_state = get_state_dict(model, optimizer)
-        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / DCP_DIR),
-                 no_dist=not self.active)
+        with _single_process_quiet():
+            dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / DCP_DIR),
+                     no_dist=not self.active)
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.is_main:
             if getattr(model.config, "tie_embeddings", False):
@@ -175,10 +182,19 @@ class DistributedRun:
         meta = json.loads((directory / STATE_NAME).read_text())
         model_state, optim_state = get_state_dict(model, optimizer)
         target = {"model": model_state, "optim": optim_state}
-        dcp.load(target, checkpoint_id=str(directory / DCP_DIR), no_dist=not self.active)
+        with _single_process_quiet():
+            dcp.load(target, checkpoint_id=str(directory / DCP_DIR), no_dist=not self.active)
         set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optim"])
         set_rng_state(meta["rng"], read_safetensors(directory / "rng.safetensors"))
         return meta
+
+
+@contextlib.contextmanager
+def _single_process_quiet():
+    """DCP warns that it 'assumes' single-process use when no process group exists: that is intended."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def is_dcp_checkpoint(directory: Path) -> bool:

@@ -164,7 +164,7 @@ def pretrain(config: str | Path, data: str | Path, out: str | Path, *, seq_len: 
                        run_card=card, distributed=run)
         if register and run.is_main:
             _register(result["final"], card, time.time() - t0, result["tokens"], run)
-        return result
+        return {**result, "main_process": run.is_main, "world_size": run.world_size}
     finally:
         run.close()
 

@@ -43,7 +43,7 @@ def _pretrain(args) -> int:
                       keep_last=args.keep_last, resume=args.resume, seed=args.seed, device=args.device,
                       precision=args.precision, gradient_checkpointing=args.gradient_checkpointing,
                       max_time=args.max_time)
-    if result.get("final") is not None:
+    if result["main_process"]:
         print(f"pretrained {result['steps']} steps, {result['tokens']:,} tokens in {result['seconds']:.1f}s; "
               f"final loss {result['final_loss']}; checkpoint {result['final']}")
     return 0
