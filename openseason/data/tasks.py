@@ -8,11 +8,13 @@ Each family is a function rng -> (instruction, answer) with a short, exactly che
     count      "Count the letter a in: abaca"        -> "3"
     upper      "Uppercase: tree"                     -> "TREE"
     repeat     "Repeat: q7x"                         -> "q7x"
-    times      "Multiply 7 by 100."                  -> "700"
-    convert    "Convert 7 km to m."                  -> "7000"   (unit conversion)
+    times      "Multiply by 100: 47"                 -> "4700"
+    convert    "Convert km to m: 47"                 -> "47000"  (unit conversion)
 
-`convert` reuses what `repeat` and `times` teach (copy a number, append zeros) in a new format, so a
-model pretrained on the others can learn it with a small adapter: the quickstart holds it back.
+`convert` reuses what `times` teaches (copy a two-digit number, append zeros) in a new format: the
+adapter only has to learn which unit pair means how many zeros, so a model pretrained on the other
+families can learn it with a small adapter; the quickstart holds it back. The operand comes last
+in both, so copying it is a fixed-distance lookup that a tiny model learns in a few hundred steps.
 """
 from __future__ import annotations
 
@@ -61,15 +63,15 @@ def repeat(rng):
 
 
 def times(rng):
-    n = rng.randint(1, 99)
+    n = rng.randint(10, 99)
     factor = rng.choice([10, 100, 1000])
-    return f"Multiply {n} by {factor}.", str(n * factor)
+    return f"Multiply by {factor}: {n}", str(n * factor)
 
 
 def convert(rng):
-    n = rng.randint(1, 99)
+    n = rng.randint(10, 99)
     src, dst, factor = rng.choice(UNITS)
-    return f"Convert {n} {src} to {dst}.", str(n * factor)
+    return f"Convert {src} to {dst}: {n}", str(n * factor)
 
 
 FAMILIES: dict[str, Callable[[random.Random], tuple[str, str]]] = {

@@ -1,7 +1,7 @@
 """`openseason quickstart`: the whole finetuning story in a few minutes on a laptop CPU, offline.
 
 1. Generate the built-in task suite (openseason.data.tasks) and a byte-level tokenizer.
-2. Pretrain a tiny model from scratch on every family except one (`convert`, unit conversion).
+2. Pretrain a tiny model from scratch on the copy-heavy families (repeat, times, add, upper).
 3. Measure greedy exact match on held-out `convert` items (before).
 4. Finetune with LLaMA-Adapter v2 on `convert` training items through the public `finetune()`.
 5. Measure again (after) and write OUT/report.md, OUT/report.json and OUT/loss_curves.png.
@@ -29,7 +29,9 @@ QUICKSTART_MODEL = dict(name="quickstart-tiny", family="llama", block_size=64, n
                         n_query_groups=4, intermediate_size=352, rotary_percentage=1.0, parallel_residual=False,
                         bias=False, norm_class="RMSNorm", norm_eps=1e-5, mlp_class="LLaMAMLP",
                         tie_embeddings=False, add_bos_token=False)
-PRETRAIN_FAMILIES = ("add", "reverse", "sort", "count", "upper", "repeat", "times")
+# The copy-heavy families: a 4-layer model learns to copy digits and letters within a few hundred
+# steps, which is what the held-back family needs; reverse/sort/count take far longer to learn.
+PRETRAIN_FAMILIES = ("repeat", "times", "add", "upper")
 HELDOUT_FAMILY = "convert"
 STYLE = "plain"
 
@@ -112,7 +114,7 @@ def quickstart(out: str | Path, *, model: Optional[str | Path] = None, data: Opt
 
     if model is None:
         eval_items = eval_items or 100
-        pretrain_steps = 500 if pretrain_steps is None else pretrain_steps
+        pretrain_steps = 600 if pretrain_steps is None else pretrain_steps
         finetune_steps = 150 if finetune_steps is None else finetune_steps
         base, tokenizer, style, heldout_name = _pretrain(out, pretrain_steps, seed, progress, timings, curves,
                                                          pretrain_items)

@@ -16,7 +16,7 @@ def test_task_suite_answers_are_right():
         if family == "reverse":
             assert a == q.split(": ")[1][::-1]
         elif family == "convert":
-            n, unit = int(q.split()[1]), q.split()[2]
+            n, unit = int(q.split(": ")[1]), q.split()[1]
             assert int(a) == n * {"km": 1000, "m": 100, "cm": 10, "kg": 1000, "L": 1000, "dm": 10}[unit]
         elif family == "add":
             nums = [int(t.strip(".")) for t in q.split() if t.strip(".").isdigit()]
