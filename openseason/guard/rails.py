@@ -9,7 +9,8 @@ One call runs:
    first, not only the last one: splitting a jailbreak over several turns does not get past them.
    The first rail that reaches `stop` blocks; its bot message is the reply.
 2. Dialog: the user turns are replayed through the flows to recover a multi-turn flow in progress
-   (`when`, or a later `user` step); otherwise the first flow whose first `user` step matches the last
+   (`when`, or a later `user` step; actions in replayed steps run again, bot steps do not);
+   otherwise the first flow whose first `user` step matches the last
    message's intent decides. `bot <name>` says a predefined message, or the LLM writes one through
    a controlled prompt when `<name>` is not defined; no matching flow means a general LLM reply
    (or "inform cannot help" without an LLM).
