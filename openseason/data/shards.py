@@ -92,10 +92,11 @@ class PretrainLoader:
         return range(first, first + self.per_rank)
 
     def batch(self, step: int, rank: Optional[int] = None) -> dict[str, torch.Tensor]:
-        """{"input_ids": [b, seq_len], "labels": [b, seq_len]} for this rank's share of `step`."""
+        """{"input_ids": [b, seq_len], "targets": [b, seq_len]} for this rank's share of `step`: the
+        first seq_len tokens of each sample, and the token that follows each of them."""
         rows = np.stack([self.sample(i) for i in self.sample_indices(step, rank)])
         tokens = torch.from_numpy(rows)
-        return {"input_ids": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous()}
+        return {"input_ids": tokens[:, :-1].contiguous(), "targets": tokens[:, 1:].contiguous()}
 
     def epoch_of(self, step: int) -> float:
         return (step + 1) * self.global_batch / self.num_samples

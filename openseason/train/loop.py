@@ -5,7 +5,9 @@
 `model` is a GPT already adapted by `openseason.peft.apply` (whatever is trainable trains); `data`
 is any source of micro-batches with the small protocol below, so SFT and pretraining share the loop:
 
-    data.next_batch() -> {"input_ids", "labels" (aligned, -100 = no loss), optional "segment_ids",
+    data.next_batch() -> {"input_ids", "labels" (aligned, -100 = no loss) or "targets" (already
+                          shifted: the token to predict at each position, as pretraining samples of
+                          seq_len + 1 tokens give), optional "segment_ids",
                           "position_ids"}          LongTensors [B, T]
     data.state_dict() / data.load_state_dict(s)   the data-order position, saved with checkpoints
     data.batches_per_epoch (optional)            for `epochs`
@@ -90,14 +92,17 @@ def token_loss_sum(model, batch: dict, chunk: int = 4096) -> tuple[torch.Tensor,
     Only positions with a target go through lm_head, in chunks whose logits are recomputed in the
     backward pass, so the [tokens, vocab] logits never exist for the whole batch at once.
     """
-    input_ids, labels = batch["input_ids"], batch["labels"]
+    input_ids = batch["input_ids"]
     # Right padding never influences earlier positions under a causal mask, so padded rows need no
     # attention mask (keeping SDPA's fast causal path); packed rows need their segments.
     hidden = model.hidden_states(input_ids, position_ids=batch.get("position_ids"),
                                  segment_ids=batch.get("segment_ids"))
-    targets = labels[:, 1:]
+    if "targets" in batch:
+        targets, predictors = batch["targets"], hidden
+    else:
+        targets, predictors = batch["labels"][:, 1:], hidden[:, :-1]
     keep = targets != IGNORE
-    h = hidden[:, :-1][keep]
+    h = predictors[keep]
     t = targets[keep]
     n = int(t.numel())
     if n == 0:
@@ -112,6 +117,8 @@ def token_loss_sum(model, batch: dict, chunk: int = 4096) -> tuple[torch.Tensor,
 
 
 def count_targets(batch: dict) -> int:
+    if "targets" in batch:
+        return int((batch["targets"] != IGNORE).sum())
     return int((batch["labels"][:, 1:] != IGNORE).sum())
 
 

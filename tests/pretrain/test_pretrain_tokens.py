@@ -102,7 +102,7 @@ def test_loader_step_order_is_independent_of_process_count(tmp_path, corpus):
         j = step * 8 + 3
         expected = stream.read(16 * j, 17)
         assert whole["input_ids"][3].tolist() == expected[:-1].tolist()
-        assert whole["labels"][3].tolist() == expected[1:].tolist()
+        assert whole["targets"][3].tolist() == expected[1:].tolist()
     # after the last sample the stream wraps around to the first (the next epoch)
     assert one.sample(one.num_samples).tolist() == one.sample(0).tolist()
     rows = describe_step(tmp_path / "o", 2, 16, 8)
