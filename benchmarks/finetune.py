@@ -37,7 +37,8 @@ def build_checkpoint(model_key: str, root: Path) -> Path:
     from openseason.tokenizer import train_bpe
 
     spec = MODELS[model_key]
-    config = Config.from_name(spec["name"], **spec.get("overrides", {}))
+    from openseason.config import NAMED_CONFIGS
+    config = Config(**{**NAMED_CONFIGS[spec["name"]], **spec.get("overrides", {})})
     torch.manual_seed(0)
     model = GPT(config)
     model.init_weights()
