@@ -142,8 +142,9 @@ def test_bundled_recipes_load(recipe):
 
 def test_adapter_v2_training_lowers_the_loss(tmp_path, setup):
     base, data = setup
-    result = finetune(base, data, "adapter-v2", tmp_path / "run", max_steps=25, lr=1e-2, micro_batch_size=8,
-                      eval_every=25, val_size=16, adapter_layers=2, progress=False, register=False)
+    result = finetune(base, data, "adapter-v2", tmp_path / "run", max_steps=30, lr=5e-2, micro_batch_size=8,
+                      eval_every=30, val_size=16, adapter_layers=2, progress=False, register=False)
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
     first = float(rows[0].split(",")[2])
-    assert result["final_loss"] < 0.7 * first, (first, result["final_loss"])
+    assert result["final_loss"] < 0.6 * first, (first, result["final_loss"])
+    assert result["val_loss"] < 0.6 * first
