@@ -3,6 +3,7 @@ concurrency limit), the scripted backend's strictness, and the in-process model 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 import time
@@ -27,6 +28,7 @@ class Server:
         self.max_in_flight = 0
         self.headers: list[dict] = []
         self.bodies: list[dict] = []
+        self.responder = None  # prompt -> text, for pipeline runs over HTTP
 
         async def handle(body: dict, chat: bool, request: HTTPRequest):
             self.headers.append(dict(request.headers))
@@ -47,7 +49,8 @@ class Server:
                     await asyncio.sleep(2.0)
                 if prompt.startswith("busy"):
                     await asyncio.sleep(0.15)
-                text = f"echo:{prompt}"
+                text = self.responder(prompt) if self.responder and not prompt.startswith(
+                    ("busy", "slow", "hello", "hi", "flaky")) else f"echo:{prompt}"
                 usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": 2}
                 if chat:
                     return {"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
@@ -197,3 +200,20 @@ def test_llm_backend_with_a_real_tiny_checkpoint(tmp_path, tiny_tokenizer):
     assert isinstance(ok, Completion) and ok.finish_reason in ("stop", "length") and 0 < ok.completion_tokens <= 5
     assert ok.prompt_tokens == len(tiny_tokenizer.encode("Instruction: add 2 and 3."))
     assert isinstance(too_long, CallFailed) and not too_long.retryable
+
+
+def test_self_instruct_cli_over_http(server, fake_teacher, seeds_path, tmp_path, capsys):
+    from openseason.cli import main
+
+    server.responder = lambda prompt: fake_teacher.complete(Request(prompt)).text
+    try:
+        args = ["synth", "self-instruct", "--seeds", str(seeds_path), "--backend", server.url, "--num", "6",
+                "--out", str(tmp_path / "run"), "--concurrency", "4", "--no-progress"]
+        assert main(args) == 0
+        report = json.loads((tmp_path / "run/report.json").read_text())
+        assert report["status"] == "complete" and report["counts"]["machine_instructions"] == 6
+        assert report["run"]["backend"]["url"] == server.url + "/v1" and report["cost"]["calls"] > 6
+        assert main(args) == 0  # rerun: answered from the logs, no HTTP call
+        assert json.loads((tmp_path / "run/report.json").read_text())["cost"]["calls"] == 0
+    finally:
+        server.responder = None
