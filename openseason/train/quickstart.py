@@ -97,14 +97,23 @@ def quickstart(out: str | Path, *, model: Optional[str | Path] = None, data: Opt
                pretrain_steps: Optional[int] = None, finetune_steps: Optional[int] = None, seed: int = 0,
                eval_items: Optional[int] = None, pretrain_items: int = 4000, progress: bool = True) -> dict[str, Any]:
     """Run the quickstart into `out`; returns the report (also OUT/report.json and OUT/report.md)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    _pick_threads()
+    try:
+        return _quickstart(out, model, data, pretrain_steps, finetune_steps, seed, eval_items, pretrain_items,
+                           progress)
+    finally:
+        torch.set_num_threads(threads)  # leave the caller's process as we found it
+
+
+def _quickstart(out, model, data, pretrain_steps, finetune_steps, seed, eval_items, pretrain_items, progress):
     from ..checkpoint import load_model
     from ..data.tasks import generate as generate_tasks
     from ..tokenizer import Tokenizer
     from .finetune import finetune
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _pick_threads()
     torch.manual_seed(seed)
     t0 = time.time()
     timings: dict[str, float] = {}

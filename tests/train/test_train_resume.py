@@ -38,7 +38,10 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path, tiny_tokenizer, m
     driver.write_text(textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
+        import torch
         from openseason.train.finetune import finetune
+
+        torch.set_num_threads({torch.get_num_threads()})  # same float summation order as the reference
 
         def hang(step, row):
             if step == 5:  # step-000004 is on disk; step 5 is done but not saved
