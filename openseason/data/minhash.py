@@ -16,7 +16,6 @@ negative probabilities at the threshold, as datasketch's MinHashLSH does.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +29,8 @@ MASK32 = np.uint64(0xFFFFFFFF)
 # MurmurHash3 fmix32 constants (public domain, Austin Appleby).
 FMIX = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))
 SHINGLE_HASHES = ("fast", "sha1")
+FAST_PRIME = 4294967291  # 2^32 - 5
+_P = np.uint64(FAST_PRIME)
 
 
 def normalize(text: str) -> str:
@@ -41,7 +42,7 @@ def words(text: str) -> list[str]:
     """The words of `text` after normalization (NFKC is a no-op on ASCII, so skip it there)."""
     if text.isascii():
         return WORD.findall(text.lower())
-    return WORD.findall(unicodedata.normalize("NFKC", text).lower())
+    return WORD.findall(_nfkc(text).lower())
 
 
 def shingles(text: str, ngram: int = 5) -> list[bytes]:
@@ -52,6 +53,84 @@ def shingles(text: str, ngram: int = 5) -> list[bytes]:
     if len(w) < ngram:
         return [" ".join(w).encode()]
     return [" ".join(w[i:i + ngram]).encode() for i in range(len(w) - ngram + 1)]
+
+
+def fast_hash32(data: bytes) -> int:
+    """The `fast` shingle hash: the UTF-8 bytes read as one big-endian integer, modulo the largest prime
+    below 2^32. `MinHasher` computes it for all shingles at once with numpy; this plain version is for
+    handing to datasketch (`MinHash(hashfunc=fast_hash32)`) to get bit-identical signatures."""
+    return int.from_bytes(data, "big") % FAST_PRIME
+
+
+def _nfkc(text: str) -> str:
+    # the quick check is much cheaper than normalizing text that already is NFKC (most text)
+    return text if unicodedata.is_normalized("NFKC", text) else unicodedata.normalize("NFKC", text)
+
+
+def _modp(x: np.ndarray) -> np.ndarray:
+    return x - (x // _P) * _P  # floor division by a scalar is much faster than numpy's %
+
+
+# `\w` of str patterns is "isalnum() or _" (CPython's SRE_UNI_IS_WORD); a table per code point
+_WORD_ASCII = np.array([chr(c).isalnum() or c == 95 for c in range(128)] + [False] * 128, dtype=np.int8)
+_WORD_BMP: Optional[np.ndarray] = None
+_POW256 = np.ones(1, dtype=np.uint64)  # 256^k mod FAST_PRIME, grown on demand
+
+
+def _word_bytes(data: np.ndarray) -> np.ndarray:
+    """int8 [len(data)]: 1 where the UTF-8 byte belongs to a word character (`\\w`)."""
+    global _WORD_BMP
+    out = _WORD_ASCII[data]
+    lead = np.flatnonzero((data >= 0xC0) & (data < 0xF8))  # first byte of each non-ASCII character
+    if len(lead) == 0:
+        return out
+    if _WORD_BMP is None:
+        _WORD_BMP = np.array([c.isalnum() for c in map(chr, range(0x10000))], dtype=np.int8)
+    b0 = data[lead].astype(np.uint32)
+    size = 2 + (b0 >= 0xE0) + (b0 >= 0xF0)
+    cont = [data[np.minimum(lead + k, len(data) - 1)].astype(np.uint32) & 0x3F for k in (1, 2, 3)]
+    cp = np.select([size == 2, size == 3],
+                   [(b0 & 0x1F) << 6 | cont[0], (b0 & 0x0F) << 12 | cont[0] << 6 | cont[1]],
+                   (b0 & 0x07) << 18 | cont[0] << 12 | cont[1] << 6 | cont[2])
+    word = _WORD_BMP.take(cp, mode="clip")
+    astral = np.flatnonzero(cp > 0xFFFF)
+    if len(astral):
+        uniq, inv = np.unique(cp[astral], return_inverse=True)
+        word[astral] = np.array([chr(c).isalnum() for c in uniq.tolist()], dtype=np.int8)[inv]
+    for k in range(size.max()):  # every byte of the character gets its class
+        m = size > k
+        out[lead[m] + k] = word[m]
+    return out
+
+
+def _pow256(exponents: np.ndarray) -> np.ndarray:
+    global _POW256
+    top = int(exponents.max())
+    if top >= len(_POW256):
+        vals = [1]
+        for _ in range(max(top + 1, 2 * len(_POW256), 256) - 1):
+            vals.append(vals[-1] * 256 % FAST_PRIME)
+        _POW256 = np.array(vals, dtype=np.uint64)
+    return _POW256[exponents]
+
+
+def _word_hashes(data: np.ndarray, w_start: np.ndarray, w_len: np.ndarray) -> np.ndarray:
+    """fast_hash32 (as uint64) of the words at byte offsets `w_start`, `w_len` bytes long, in the UTF-8
+    buffer `data` (padded with at least 8 zero bytes). The integer is folded 8 bytes at a time, the
+    short chunk first (one step for most words), over all words at once; 2^64 = 25 (mod p) keeps every
+    intermediate below 2^64."""
+    # uint64 starting at every byte offset: a strided view, no copy; byteswapped after the gather
+    le8 = np.ndarray((len(data) - 7,), dtype="<u8", buffer=data, strides=(1,))
+    chunks = (w_len + 7) // 8
+    head = (w_len - 8 * (chunks - 1)).astype(np.uint64)  # 1..8 bytes in the first chunk
+    h = _modp(le8[w_start].byteswap() >> ((np.uint64(8) - head) * np.uint64(8)))
+    at = np.flatnonzero(chunks > 1)
+    pos, left = w_start[at] + head[at].astype(np.int64), chunks[at] - 1
+    while len(at):
+        h[at] = _modp(h[at] * np.uint64(25) + _modp(le8[pos].byteswap()))
+        go = left > 1
+        at, pos, left = at[go], pos[go] + 8, left[go] - 1
+    return h
 
 
 def sha1_hash32(data: bytes) -> int:
@@ -85,56 +164,52 @@ class MinHasher:
         self.num_perm, self.seed, self.ngram, self.shingle_hash = num_perm, seed, ngram, shingle_hash
         self.a, self.b = permutations(num_perm, seed)
         self.chunk_shingles = max(1, chunk_elements // num_perm)
-        # fast mode: one 64-bit hash per distinct word, n odd multipliers to combine a window
-        self._vocab: dict[str, int] = {}
-        self._word_hash = np.zeros(1024, dtype=np.uint64)
-        self._mult = (np.random.RandomState(seed + 7919).randint(0, 1 << 62, ngram, dtype=np.uint64)
-                      * np.uint64(2) + np.uint64(1))
 
     # -- shingle hashes -----------------------------------------------------------------------------
-    def _word_ids(self, word_lists: list[list[str]]) -> np.ndarray:
-        """Ids of all words of all documents, concatenated; new words get an id and a hash."""
-        vocab = self._vocab
-        new = set().union(*word_lists).difference(vocab)
-        if new:
-            first = len(vocab)
-            need = first + len(new)
-            if need > len(self._word_hash):
-                grown = np.zeros(max(need, 2 * len(self._word_hash)), dtype=np.uint64)
-                grown[:len(self._word_hash)] = self._word_hash
-                self._word_hash = grown
-            fresh = sorted(new)  # sorted: ids do not depend on set order
-            vocab.update(zip(fresh, range(first, need)))
-            digests = b"".join(hashlib.blake2b(w.encode(), digest_size=8).digest() for w in fresh)
-            # | 1 keeps every word's hash away from the 0 that pads short documents
-            self._word_hash[first:need] = np.frombuffer(digests, dtype="<u8") | np.uint64(1)
-        total = sum(map(len, word_lists))
-        return np.fromiter(map(vocab.__getitem__, itertools.chain.from_iterable(word_lists)), dtype=np.int64,
-                           count=total)
-
     def _fast_hashes(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(shingle hashes uint32 concatenated over texts, count per text)."""
+        """(`fast_hash32` of every shingle, concatenated over texts; count per text), computed without a
+        Python loop over words or shingles: the texts are joined into one array of code points, words
+        are runs of word characters, word hashes are folded a character at a time over all words at
+        once, and shingle hashes are folded from word hashes (the hash of a concatenation is a function
+        of the parts' hashes and byte lengths)."""
         n = self.ngram
-        word_lists = [words(t) for t in texts]
-        all_ids = self._word_ids(word_lists)
-        lens = np.fromiter(map(len, word_lists), dtype=np.int64, count=len(word_lists))
-        padded = np.where(lens == 0, 0, np.maximum(lens, n))
-        total = int(padded.sum())
-        flat = np.zeros(total + n, dtype=np.uint64)  # zero hash pads short docs and the tail
-        starts = np.concatenate([[0], np.cumsum(padded)[:-1]]).astype(np.int64)
-        if total:
-            pos = np.repeat(starts, lens) + (np.arange(len(all_ids)) - np.repeat(np.cumsum(lens) - lens, lens))
-            flat[pos] = self._word_hash[all_ids]
-        combined = np.zeros(total, dtype=np.uint64)
-        for k in range(n):
-            combined += flat[k:k + total] * self._mult[k]
-        counts = np.where(padded == 0, 0, padded - n + 1)
-        # keep windows that start inside their own document
-        offs = np.arange(total) - np.repeat(starts, padded)
-        valid = offs < np.repeat(counts, padded)
-        h = combined[valid]
-        h = ((h ^ (h >> np.uint64(32))) & MASK32).astype(np.uint32)
-        return h, counts
+        encoded = [(t if t.isascii() else _nfkc(t).lower()).encode("utf-8", "surrogatepass") for t in texts]
+        doc_start = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)) + 1, out=doc_start[1:])
+        # 0xFF never occurs in UTF-8, so it separates documents; bytes.lower() lowers the ASCII
+        # documents (the others are lowered already) and nothing else
+        data = np.frombuffer(b"\xff".join(encoded).lower() + bytes(8), dtype=np.uint8)
+        is_word = _word_bytes(data[:-8])
+        edges = np.flatnonzero(np.diff(is_word, prepend=np.int8(0), append=np.int8(0)))
+        w_start, w_end = edges[0::2], edges[1::2]
+        n_words = len(w_start)
+        first = np.searchsorted(w_start, doc_start)  # index of each document's first word
+        per_doc = np.diff(first)
+        counts = np.where(per_doc == 0, 0, np.maximum(per_doc - n + 1, 1))
+        if n_words == 0:
+            return np.zeros(0, dtype=np.uint32), counts
+        b_len = w_end - w_start
+        h = _word_hashes(data, w_start, b_len)
+        # appending b" " + word to a hash h: h * 256^(1+len) + 32 * 256^len + word (mod p) = h * mul + add
+        pw = _pow256(b_len)
+        mul = _modp(pw << np.uint64(8))
+        add = _modp((pw << np.uint64(5)) + h)
+        # the window starting at every word, computed in place over contiguous slices; windows are
+        # n words, or all words of a shorter document, and must not leave their document
+        w_doc = np.repeat(np.arange(len(per_doc)), per_doc)
+        size = np.minimum(n, per_doc)
+        at = np.flatnonzero(np.arange(n_words) - first[:-1][w_doc] <= (per_doc - size)[w_doc])
+        short = np.flatnonzero((size < n) & (size > 0))  # documents with one window of `size` words
+        done = {}
+        for k in range(1, n):
+            for d in short[size[short] == k].tolist():
+                done[d] = h[first[d]]
+            h[:n_words - k] = _modp(h[:n_words - k] * mul[k:] + add[k:])
+        h = h[at]
+        if done:
+            docs = np.fromiter(done, dtype=np.int64, count=len(done))
+            h[np.searchsorted(at, first[docs])] = np.fromiter(done.values(), dtype=np.uint64, count=len(done))
+        return h.astype(np.uint32), counts
 
     def _sha1_hashes(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         parts = [shingles(t, self.ngram) for t in texts]
