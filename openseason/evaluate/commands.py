@@ -41,6 +41,8 @@ def register(subparsers) -> None:
     p.add_argument("--b", required=True, help="model B: a checkpoint dir or an answers .jsonl")
     p.add_argument("--judge", required=True, help="judge: an OpenAI-compatible URL or a checkpoint dir")
     p.add_argument("--judge-model", default=None, help="model name to ask the endpoint for")
+    p.add_argument("--judge-mode", choices=["chat", "completions"], default="chat",
+                   help="endpoint API for a URL judge (default chat)")
     p.add_argument("--limit", type=int)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--out", required=True)
@@ -141,12 +143,21 @@ def _chat(llm, prompt: str, max_new_tokens: int) -> str:
     return llm.generate(prompt, max_new_tokens=max_new_tokens, temperature=0.0)
 
 
-def _judge_backend(spec: str, model_name, max_new_tokens: int):
+def _judge_backend(spec: str, model_name, max_new_tokens: int, mode: str = "chat"):
+    """A judge callable: an OpenAI-compatible endpoint (the synth stage's HTTP backend, with its
+    retries and timeouts) or a checkpoint answering in its own prompt style."""
     if spec.startswith(("http://", "https://")):
-        from ..synth.backends import OpenAIBackend
+        from ..synth.backends import CallFailed, Request, make_backend
 
-        backend = OpenAIBackend(spec, model=model_name)
-        return lambda prompt: backend.complete(prompt, max_tokens=max_new_tokens, temperature=0.0)
+        backend = make_backend(spec, model=model_name, mode=mode)
+
+        def judge(prompt: str) -> str:
+            result = backend.complete(Request(prompt, max_tokens=max_new_tokens, temperature=0.0, top_p=1.0))
+            if isinstance(result, CallFailed):
+                raise OpenseasonError(f"the judge call failed: {result.reason}", where=spec)
+            return result.text
+
+        return judge
     llm = _load(spec)
     return lambda prompt: _chat(llm, prompt, max_new_tokens)
 
@@ -159,7 +170,7 @@ def _judge(args) -> int:
     questions = load_instructions(args.instructions)[: args.limit]
     answers_a = _answers_from(args.a, questions, args.max_new_tokens)
     answers_b = _answers_from(args.b, questions, args.max_new_tokens)
-    judge = _judge_backend(args.judge, args.judge_model, args.max_new_tokens)
+    judge = _judge_backend(args.judge, args.judge_model, args.max_new_tokens, args.judge_mode)
     result = compare(judge, questions, answers_a, answers_b, name_a=Path(args.a).name, name_b=Path(args.b).name)
     out = Path(args.out)
     write_jsonl_atomic(out / "judgements.jsonl", result["judgements"])

@@ -62,3 +62,55 @@ def test_user_oriented_instructions_load(shared_data):
     items = load_instructions(shared_data / "self-instruct" / "user_oriented_instructions.jsonl")
     assert len(items) == 252
     assert all(item["prompt"].strip() for item in items)
+
+
+def test_judge_cli_through_an_openai_compatible_endpoint(tmp_path, capsys):
+    """The judge verb end to end against a loopback endpoint that scores the longer answer higher."""
+    import json
+    import socket
+    import threading
+
+    import uvicorn
+    from fastapi import FastAPI
+
+    from openseason.cli import main
+
+    app = FastAPI()
+    seen = []
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: dict):
+        prompt = body["messages"][-1]["content"]
+        seen.append(prompt)
+        a, b = _answers(prompt)
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": body.get("model", "j"),
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": f"{len(a.split())} {len(b.split())}\nok"}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            pass
+        (tmp_path / "q.jsonl").write_text("".join(json.dumps({"id": str(i), "instruction": f"q{i}"}) + "\n"
+                                                  for i in range(3)))
+        (tmp_path / "a.jsonl").write_text("".join(json.dumps({"id": str(i), "output": "a b c d"}) + "\n"
+                                                  for i in range(3)))
+        (tmp_path / "b.jsonl").write_text("".join(json.dumps({"id": str(i), "output": "a b"}) + "\n"
+                                                  for i in range(3)))
+        code = main(["evaluate", "judge", "--instructions", str(tmp_path / "q.jsonl"), "--a", str(tmp_path / "a.jsonl"),
+                     "--b", str(tmp_path / "b.jsonl"), "--judge", f"http://127.0.0.1:{port}/v1",
+                     "--out", str(tmp_path / "out"), "--json"])
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["win"], summary["tie"], summary["loss"]) == (3, 0, 0)
+    assert summary["relative_score"] == 2.0 and len(seen) == 6
+    assert len((tmp_path / "out" / "judgements.jsonl").read_text().splitlines()) == 3
