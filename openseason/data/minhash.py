@@ -154,16 +154,31 @@ def permutations(num_perm: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
+def _batches(texts: Sequence[str], max_chars: int = 1 << 22) -> Iterable[tuple[int, int]]:
+    """(lo, hi) runs of texts of about `max_chars` characters: bounds the memory of the per-byte and
+    per-shingle arrays (~40 bytes per character) while keeping numpy calls large."""
+    lo, size = 0, 0
+    for i, n in enumerate(map(len, texts)):
+        size += n
+        if size >= max_chars:
+            yield lo, i + 1
+            lo, size = i + 1, 0
+    if lo < len(texts):
+        yield lo, len(texts)
+
+
 class MinHasher:
     """Signatures of many texts at once: `signatures(texts) -> (uint32 [N, num_perm], has_shingles [N])`."""
 
     def __init__(self, num_perm: int = 128, seed: int = 1, ngram: int = 5, shingle_hash: str = "fast",
-                 chunk_elements: int = 1 << 18):
+                 chunk_elements: int = 1 << 21, threads: Optional[int] = None):
         if shingle_hash not in SHINGLE_HASHES:
             raise ValueError(f"shingle_hash must be one of {SHINGLE_HASHES}")
         self.num_perm, self.seed, self.ngram, self.shingle_hash = num_perm, seed, ngram, shingle_hash
         self.a, self.b = permutations(num_perm, seed)
+        # 2M elements (8 MB of uint32 per thread): measured fastest; small slices pay per-call overhead
         self.chunk_shingles = max(1, chunk_elements // num_perm)
+        self.threads = threads or os.cpu_count() or 1
 
     # -- shingle hashes -----------------------------------------------------------------------------
     def _fast_hashes(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -236,11 +251,10 @@ class MinHasher:
         texts = list(texts)
         out = np.full((len(texts), self.num_perm), 0xFFFFFFFF, dtype=np.uint32)
         has = np.zeros(len(texts), dtype=bool)
-        doc_batch = 4096  # bounds the memory of the concatenated shingle arrays
-        for lo in range(0, len(texts), doc_batch):
-            hv, counts = self.shingle_hashes(texts[lo:lo + doc_batch])
-            has[lo:lo + len(counts)] = counts > 0
-            out[lo:lo + len(counts)] = self.signatures_from_hashes(hv, counts)
+        for lo, hi in _batches(texts):
+            hv, counts = self.shingle_hashes(texts[lo:hi])
+            has[lo:hi] = counts > 0
+            out[lo:hi] = self.signatures_from_hashes(hv, counts)
         return out, has
 
     def _reduce(self, hv: np.ndarray, counts: np.ndarray, out: np.ndarray) -> None:
@@ -260,11 +274,12 @@ class MinHasher:
             start, stop = int(ends[d] - counts[d]), int(ends[e - 1])
             nonempty = np.arange(d, e)[counts[d:e] > 0]
             if len(nonempty):
-                phv = hv[start:stop, None] * self.a[None, :]
-                phv += self.b[None, :]
-                out[nonempty] = np.minimum.reduceat(phv, (ends[nonempty] - counts[nonempty]) - start, axis=0)
+                # [num_perm, shingles]: reduceat along the contiguous axis is ~5x faster than along axis 0
+                phv = self.a[:, None] * hv[None, start:stop]
+                phv += self.b[:, None]
+                out[nonempty] = np.minimum.reduceat(phv, (ends[nonempty] - counts[nonempty]) - start, axis=1).T
 
-        workers = min(len(slices), os.cpu_count() or 1)
+        workers = min(len(slices), self.threads)
         if workers <= 1:
             for span in slices:
                 work(span)
