@@ -289,38 +289,68 @@ class MinHasher:
 
 
 # -- LSH ---------------------------------------------------------------------------------------------
-def _integrate(f, lo: float, hi: float, n: int = 2049) -> float:
+def _simpson_weights(lo: float, hi: float, n: int) -> tuple[np.ndarray, np.ndarray]:
     x = np.linspace(lo, hi, n)
-    y = f(x)
-    h = (hi - lo) / (n - 1)
-    return float(h / 3 * (y[0] + y[-1] + 4 * y[1:-1:2].sum() + 2 * y[2:-1:2].sum()))  # Simpson
+    w = np.full(n, 2.0)
+    w[1:-1:2] = 4.0
+    w[0] = w[-1] = 1.0
+    return x, w * (hi - lo) / (3 * (n - 1))
 
 
 def lsh_params(threshold: float, num_perm: int, weights: tuple[float, float] = (0.5, 0.5)) -> tuple[int, int]:
-    """(bands, rows) minimizing weights[0]*P(false positive) + weights[1]*P(false negative)."""
+    """(bands, rows) minimizing weights[0]*P(false positive) + weights[1]*P(false negative), the
+    probabilities integrated over the Jaccard similarity below / above the threshold (Simpson's rule)
+    for every (b, r) with b*r <= num_perm at once; ties go to the smallest b, then r, as datasketch's."""
     if not 0.0 < threshold < 1.0:
         raise ValueError("threshold must be in (0, 1)")
+    n = 1025
+    x_fp, w_fp = _simpson_weights(0.0, threshold, n)
+    x_fn, w_fn = _simpson_weights(threshold, 1.0, n)
+    rows = np.arange(1, num_perm + 1)[:, None]
+    with np.errstate(divide="ignore"):
+        # log(1 - s^r) for every r; P(candidate) = 1 - (1 - s^r)^b = 1 - exp(b * log(1 - s^r))
+        log_fp = np.log1p(-x_fp[None, :] ** rows)
+        log_fn = np.log1p(-x_fn[None, :] ** rows)
     best, best_err = (1, 1), float("inf")
     for b in range(1, num_perm + 1):
-        for r in range(1, num_perm // b + 1):
-            fp = _integrate(lambda s: 1 - (1 - s ** r) ** b, 0.0, threshold)
-            fn = _integrate(lambda s: 1 - (1 - (1 - s ** r) ** b), threshold, 1.0)
-            err = weights[0] * fp + weights[1] * fn
-            if err < best_err:
-                best, best_err = (b, r), err
+        r_max = num_perm // b
+        fp = (1 - np.exp(b * log_fp[:r_max])) @ w_fp
+        fn = np.exp(b * log_fn[:r_max]) @ w_fn
+        err = weights[0] * fp + weights[1] * fn
+        r = int(np.argmin(err))
+        if err[r] < best_err:
+            best, best_err = (b, r + 1), float(err[r])
     return best
+
+
+def _band_keys(band: np.ndarray) -> np.ndarray:
+    """One uint64 per row of `band` (uint32 [N, r]): a polynomial in odd 64-bit multipliers, so equal
+    rows get equal keys; unequal rows that collide are caught by the check in `_band_groups`."""
+    key = np.zeros(len(band), dtype=np.uint64)
+    for c in range(band.shape[1]):
+        key = (key ^ band[:, c]) * np.uint64(0x9E3779B97F4A7C15)
+        key ^= key >> np.uint64(29)
+    return key
 
 
 def _band_groups(sigs: np.ndarray, b: int, r: int, rows: np.ndarray) -> Iterable[np.ndarray]:
     """For each band, arrays of row indices (into `rows`) whose band values agree (groups of >= 2)."""
     for j in range(b):
         band = np.ascontiguousarray(sigs[rows, j * r:(j + 1) * r])
-        keys = band.view(np.dtype((np.void, band.dtype.itemsize * r))).ravel()
+        keys = _band_keys(band)
         order = np.argsort(keys, kind="stable")
         sk = keys[order]
         if len(sk) < 2:
             continue
-        change = np.flatnonzero(sk[1:] != sk[:-1]) + 1
+        same = sk[1:] == sk[:-1]
+        # a 64-bit key collision between different band values would merge buckets: compare the
+        # rows themselves and fall back to sorting the full values if that ever happens
+        if not (band[order[1:][same]] == band[order[:-1][same]]).all():
+            keys = band.view(np.dtype((np.void, band.dtype.itemsize * r))).ravel()
+            order = np.argsort(keys, kind="stable")
+            sk = keys[order]
+            same = sk[1:] == sk[:-1]
+        change = np.flatnonzero(~same) + 1
         bounds = np.concatenate([[0], change, [len(sk)]])
         sizes = np.diff(bounds)
         for g in np.flatnonzero(sizes > 1):
