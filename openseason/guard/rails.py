@@ -216,18 +216,34 @@ class Rails:
         else:
             decision.reason = "no flow matched; the LLM replies"
         decision.predefined = ctx.predefined and reply is not None
-        if reply is not None and generate and (not ctx.predefined or self.config.output_on_predefined):
-            for name in self.config.output_flows:
-                variables = {"user_message": messages[user_turns[-1]]["content"], "bot_message": reply}
-                status, out = self._execute(name, 0, variables, ctx)
-                ctx.checks.append({"rail": "output", "flow": name, "fired": status == "stop"})
-                if status == "stop":
-                    decision.allowed, decision.rail, decision.flow = False, "output", name
-                    decision.reason = f"output rail {name!r} blocked the reply"
-                    reply = "\n".join(t for t in out if t) or self._say("refuse to respond", {})
-                    break
         decision.reply = reply
+        if reply is not None and generate and (not ctx.predefined or self.config.output_on_predefined):
+            self._output_rails(messages[user_turns[-1]]["content"], decision, ctx)
         return self._finish(decision, ctx)
+
+    def check_output(self, messages: Messages, text: str) -> Decision:
+        """The output rails on a reply written elsewhere (e.g. by the model `openseason serve --rails`
+        serves): allowed, or blocked with the refusal in `reply`."""
+        messages = _normalize(messages)
+        user_turns = [i for i, m in enumerate(messages) if m["role"] == "user"]
+        if not user_turns:
+            raise OpenseasonError("the conversation has no user message", hint="add {'role': 'user', ...}")
+        ctx = _Ctx(messages, generate=True)
+        decision = Decision(reply=text, turn=user_turns[-1], predefined=False)
+        self._output_rails(messages[user_turns[-1]]["content"], decision, ctx)
+        return self._finish(decision, ctx).decision
+
+    def _output_rails(self, user_message: str, decision: Decision, ctx: _Ctx) -> None:
+        """Run the output flows on decision.reply; the first that stops replaces it with its refusal."""
+        for name in self.config.output_flows:
+            variables = {"user_message": user_message, "bot_message": decision.reply}
+            status, out = self._execute(name, 0, variables, ctx)
+            ctx.checks.append({"rail": "output", "flow": name, "fired": status == "stop"})
+            if status == "stop":
+                decision.allowed, decision.rail, decision.flow = False, "output", name
+                decision.reason = f"output rail {name!r} blocked the reply"
+                decision.reply = "\n".join(t for t in out if t) or self._say("refuse to respond", {})
+                break
 
     def _finish(self, decision: Decision, ctx: _Ctx) -> GenerateResult:
         decision.checks, decision.llm_calls = ctx.checks, ctx.llm_calls

@@ -301,7 +301,8 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
                     for m in req.messages]
         hooks = settings.hooks or Hooks()
         param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-        canned = hooks.check_input(messages) if hooks.check_input else None
+        # rails may embed, run a perplexity model or ask the LLM: keep the event loop free meanwhile
+        canned = await asyncio.to_thread(hooks.check_input, messages) if hooks.check_input else None
         prompt_ids: list[int] = []
         job = None
         if canned is None:
@@ -332,7 +333,7 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
                     texts.setdefault(event.index, []).append(event.text)
                     continue
                 text = "".join(texts.get(event.index, []))
-                replaced = hooks.check_output(messages, text)
+                replaced = await asyncio.to_thread(hooks.check_output, messages, text)
                 yield Event("text", event.index, replaced if replaced is not None else text)
                 yield event
 

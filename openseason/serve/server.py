@@ -11,7 +11,6 @@ Chat prompts use the prompt style stored in the checkpoint's run_card.json; a ch
 """
 from __future__ import annotations
 
-import importlib
 import sys
 from pathlib import Path
 from typing import Optional
@@ -51,23 +50,6 @@ def load_for_serving(checkpoint: str | Path, *, model_name: Optional[str] = None
     return engine, settings
 
 
-def rails_hooks(rails_dir: str | Path) -> Hooks:
-    """Guardrail hooks for `rails_dir`, from the guard stage's `openseason.guard.server_hooks(dir)`."""
-    rails_dir = Path(rails_dir)
-    if not rails_dir.is_dir():
-        raise OpenseasonError("rails directory not found", where=str(rails_dir),
-                              hint="pass a folder with config.yml and .co files")
-    guard = importlib.import_module("openseason.guard")
-    factory = getattr(guard, "server_hooks", None)
-    if factory is None:
-        raise OpenseasonError("--rails is not available in this build: openseason.guard provides no "
-                              "server_hooks(dir)", where=str(rails_dir),
-                              hint="run without --rails, or check the rails with `openseason guard` first")
-    hooks = factory(rails_dir)
-    return hooks if isinstance(hooks, Hooks) else Hooks(getattr(hooks, "check_input", None),
-                                                         getattr(hooks, "check_output", None))
-
-
 def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = None,
           rails: Optional[str | Path] = None, model_name: Optional[str] = None,
           prompt_style: Optional[str] = None, device: Optional[str] = None, dtype: Optional[str] = None,
@@ -76,11 +58,22 @@ def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
     """Serve `checkpoint` over HTTP until interrupted. Binds 127.0.0.1 unless `host` says otherwise."""
     import uvicorn
 
-    hooks = rails_hooks(rails) if rails else None
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    if rails and not Path(rails).is_dir():
+        raise OpenseasonError("rails directory not found", where=str(rails),
+                              hint="pass a folder with config.yml and .co files")
     engine, settings = load_for_serving(checkpoint, model_name=model_name, prompt_style=prompt_style,
                                         device=device, dtype=dtype, max_batch=max_batch, max_queue=max_queue,
-                                        api_key=api_key, max_tokens_cap=max_tokens_cap, hooks=hooks, log=log)
+                                        api_key=api_key, max_tokens_cap=max_tokens_cap, log=log)
+    if rails:
+        from .rails import rails_hooks
+
+        try:
+            settings.hooks = rails_hooks(rails, engine)
+        except BaseException:
+            engine.close()
+            raise
+        log(f"guardrails from {rails}")
     app = create_app(engine, settings)
     shown = f"[{host}]" if ":" in host else host
     log(f"serving {settings.model_name!r} (prompt style {settings.prompt_style.name!r}) at "

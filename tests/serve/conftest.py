@@ -79,3 +79,9 @@ def live(serve_ckpt):
     yield server
     server.close()
     engine.close()
+
+
+@pytest.fixture(scope="session")
+def live_server_class():
+    """LiveServer, for tests that build their own app (test modules cannot import conftest)."""
+    return LiveServer
