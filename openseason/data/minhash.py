@@ -1,13 +1,18 @@
 """MinHash signatures and banded LSH, vectorized with numpy over many documents at once.
 
-Shingles are word n-grams of the normalized text (NFKC, lower case, `\\w+` words; a document with
-fewer than n words is one shingle). Each shingle gets a 32-bit hash, which is avalanched with the
-MurmurHash3 finalizer and mapped through `num_perm` affine permutations h -> a*h + b (mod 2^32, a
-odd): the same permutation family and parameters (numpy RandomState(seed)) as datasketch >= 2.0's
-default "affine32" scheme. With `shingle_hash="sha1"` the shingle hash is also datasketch's
-(first 4 bytes of SHA-1, little endian), so signatures are bit-identical to datasketch's; the
-default `"fast"` hashes each distinct word once and combines word hashes into n-gram hashes with
-numpy, which is many times faster and statistically equivalent.
+Shingles are word n-grams of the normalized text (NFKC, lower case, `\\w+` words, joined by one
+space; a document with fewer than n words is one shingle). Each shingle gets a 32-bit hash, which
+is avalanched with the MurmurHash3 finalizer and mapped through `num_perm` affine permutations
+h -> a*h + b (mod 2^32, a odd): the same permutation family and parameters (numpy
+RandomState(seed)) as datasketch >= 2.0's default "affine32" scheme.
+
+Shingle hashes: the default `"fast"` one is `fast_hash32`, the shingle's UTF-8 bytes read as one
+big-endian integer modulo 2^32 - 5. It is computed for a whole batch of documents without a Python
+loop over words or shingles (UTF-8 bytes classified as word / not word, word hashes folded 8 bytes
+at a time, shingle hashes folded from word hashes), and datasketch given `hashfunc=fast_hash32`
+produces bit-identical signatures. `"sha1"` is datasketch's default hash (first 4 bytes of SHA-1,
+little endian), for bit-identical signatures with datasketch's defaults; it is hashed one shingle at
+a time and is several times slower.
 
 LSH splits the first b*r signature values into b bands of r rows; two documents are candidates when
 all r values of some band agree. (b, r) minimize the equally weighted false positive and false
@@ -181,12 +186,11 @@ class MinHasher:
         self.threads = threads or os.cpu_count() or 1
 
     # -- shingle hashes -----------------------------------------------------------------------------
-    def _fast_hashes(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(`fast_hash32` of every shingle, concatenated over texts; count per text), computed without a
-        Python loop over words or shingles: the texts are joined into one array of code points, words
-        are runs of word characters, word hashes are folded a character at a time over all words at
-        once, and shingle hashes are folded from word hashes (the hash of a concatenation is a function
-        of the parts' hashes and byte lengths)."""
+    def _words(self, texts: Sequence[str]):
+        """The words of all texts at once, as byte ranges of one UTF-8 buffer: (buffer padded with 8
+        zero bytes, word starts, word byte lengths, index of each text's first word [N + 1], shingle
+        windows (index of the first word, number of words), shingles per text). A window is n
+        consecutive words of one text, or all words of a text with fewer than n."""
         n = self.ngram
         encoded = [(t if t.isascii() else _nfkc(t).lower()).encode("utf-8", "surrogatepass") for t in texts]
         doc_start = np.zeros(len(encoded) + 1, dtype=np.int64)
@@ -197,39 +201,60 @@ class MinHasher:
         is_word = _word_bytes(data[:-8])
         edges = np.flatnonzero(np.diff(is_word, prepend=np.int8(0), append=np.int8(0)))
         w_start, w_end = edges[0::2], edges[1::2]
-        n_words = len(w_start)
-        first = np.searchsorted(w_start, doc_start)  # index of each document's first word
+        first = np.searchsorted(w_start, doc_start)
         per_doc = np.diff(first)
         counts = np.where(per_doc == 0, 0, np.maximum(per_doc - n + 1, 1))
+        w_doc = np.repeat(np.arange(len(per_doc)), per_doc)
+        size = np.minimum(n, per_doc)
+        at = np.flatnonzero(np.arange(len(w_start)) - first[:-1][w_doc] <= (per_doc - size)[w_doc])
+        return data, w_start, w_end - w_start, first, (at, size[w_doc[at]]), counts
+
+    def _fast_hashes(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(`fast_hash32` of every shingle, concatenated over texts; count per text), computed without a
+        Python loop over words or shingles: word hashes are folded from the bytes for all words at
+        once, and shingle hashes from word hashes (the hash of a concatenation is a function of the
+        parts' hashes and byte lengths)."""
+        n = self.ngram
+        data, w_start, b_len, first, (at, size), counts = self._words(texts)
+        n_words = len(w_start)
         if n_words == 0:
             return np.zeros(0, dtype=np.uint32), counts
-        b_len = w_end - w_start
         h = _word_hashes(data, w_start, b_len)
         # appending b" " + word to a hash h: h * 256^(1+len) + 32 * 256^len + word (mod p) = h * mul + add
         pw = _pow256(b_len)
         mul = _modp(pw << np.uint64(8))
         add = _modp((pw << np.uint64(5)) + h)
-        # the window starting at every word, computed in place over contiguous slices; windows are
-        # n words, or all words of a shorter document, and must not leave their document
-        w_doc = np.repeat(np.arange(len(per_doc)), per_doc)
-        size = np.minimum(n, per_doc)
-        at = np.flatnonzero(np.arange(n_words) - first[:-1][w_doc] <= (per_doc - size)[w_doc])
-        short = np.flatnonzero((size < n) & (size > 0))  # documents with one window of `size` words
+        # the window starting at every word, in place over contiguous slices; windows of texts shorter
+        # than n words are set aside when complete
+        short = np.flatnonzero(size < n)
         done = {}
         for k in range(1, n):
-            for d in short[size[short] == k].tolist():
-                done[d] = h[first[d]]
+            for w in short[size[short] == k].tolist():
+                done[w] = h[at[w]]
             h[:n_words - k] = _modp(h[:n_words - k] * mul[k:] + add[k:])
         h = h[at]
         if done:
-            docs = np.fromiter(done, dtype=np.int64, count=len(done))
-            h[np.searchsorted(at, first[docs])] = np.fromiter(done.values(), dtype=np.uint64, count=len(done))
+            h[np.fromiter(done, dtype=np.int64)] = np.fromiter(done.values(), dtype=np.uint64, count=len(done))
         return h.astype(np.uint32), counts
 
     def _sha1_hashes(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        parts = [shingles(t, self.ngram) for t in texts]
-        counts = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
-        digests = b"".join(hashlib.sha1(s).digest()[:4] for p in parts for s in p)
+        """datasketch's shingle hash: SHA-1 one shingle at a time (the C call per shingle is the cost),
+        over slices of one buffer of the normalized text ("word word word ...") instead of joined strings."""
+        data, w_start, b_len, first, (at, size), counts = self._words(texts)
+        if len(w_start) == 0:
+            return np.zeros(0, dtype=np.uint32), counts
+        # every word followed by one space, all words back to back
+        new_start = np.zeros(len(w_start), dtype=np.int64)
+        np.cumsum(b_len[:-1] + 1, out=new_start[1:])
+        total = int(new_start[-1] + b_len[-1])
+        offset = np.arange(int(b_len.sum())) - np.repeat(np.cumsum(b_len) - b_len, b_len)  # within its word
+        flat = np.full(total, 32, dtype=np.uint8)
+        flat[np.repeat(new_start, b_len) + offset] = data[np.repeat(w_start, b_len) + offset]
+        buf = flat.tobytes()
+        last = at + size - 1
+        ends = (new_start[last] + b_len[last]).tolist()
+        sha1 = hashlib.sha1
+        digests = b"".join([sha1(buf[s:e]).digest()[:4] for s, e in zip(new_start[at].tolist(), ends)])
         return np.frombuffer(digests, dtype="<u4").astype(np.uint32), counts
 
     # -- signatures ---------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The vectorized `fast` shingle hash against its plain definition, and against datasketch given it."""
+"""The vectorized shingle hashes against their plain definitions, and against datasketch given the same hash."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from openseason.data import minhash
-from openseason.data.minhash import MinHasher, candidate_pairs, clusters, fast_hash32, lsh_params, shingles
+from openseason.data.minhash import (MinHasher, candidate_pairs, clusters, fast_hash32, lsh_params, sha1_hash32,
+                                     shingles)
 
 TRICKY = [
     "", "!!! ... ???", "one", "Two words", "a b c d", "a b c d e", "a b c d e f",
@@ -57,6 +58,9 @@ def test_vectorized_fast_hash_equals_its_definition(ngram, shared_data):
     ref, ref_counts = reference_hashes(texts, ngram)
     assert np.array_equal(counts, ref_counts)
     assert np.array_equal(hv, ref)
+    sha1, sha1_counts = MinHasher(64, ngram=ngram, shingle_hash="sha1").shingle_hashes(texts)
+    assert np.array_equal(sha1_counts, ref_counts)
+    assert sha1.tolist() == [sha1_hash32(s) for t in texts for s in shingles(t, ngram)]
     # an all-ASCII batch takes a shorter path
     ascii_texts = [t for t in texts if t.isascii()]
     hv, counts = MinHasher(64, ngram=ngram).shingle_hashes(ascii_texts)
