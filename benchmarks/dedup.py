@@ -6,12 +6,20 @@ copies of a fifth of them (0-20% of words replaced) so that there are duplicates
 similarity. Both sides are timed from raw text to the set of candidate pairs; datasketch uses its
 fastest documented path (MinHash.bulk + an insertion session, then one query per document).
 
+Rows: (1) each side's default shingle hash (datasketch: SHA-1; ours: `fast_hash32`), independent
+hash functions, so pairs near the threshold fall either way by chance; (2) the same shingle hash on
+both sides: datasketch gets `hashfunc=fast_hash32`, a one-line C-speed function (cheaper per call
+than its default SHA-1), so signatures are bit-identical and the comparison is engine against engine;
+(3) both sides SHA-1; (4) MinHash + LSH only, from the same precomputed 32-bit shingle hashes.
+openseason uses numpy threads for the signatures (2 on this machine); a 1-thread row is printed too.
+
     .venv/bin/python benchmarks/dedup.py [--num-perm 128] [--threshold 0.87] [--repeat 3]
 """
 from __future__ import annotations
 
 import argparse
 import gzip
+import os
 import json
 import random
 import sys
@@ -23,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from openseason.data.minhash import MinHasher, candidate_pairs, lsh_params, shingles  # noqa: E402
+from openseason.data.minhash import MinHasher, candidate_pairs, fast_hash32, lsh_params, shingles  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 
@@ -77,18 +85,19 @@ def _lsh_pairs(keep, hashes, num_perm, threshold):
     return pairs
 
 
-def ours(texts, num_perm, threshold, shingle_hash):
+def ours(texts, num_perm, threshold, shingle_hash, threads=None):
     b, r = lsh_params(threshold, num_perm)
-    sigs, has = MinHasher(num_perm, shingle_hash=shingle_hash).signatures(texts)
+    sigs, has = MinHasher(num_perm, shingle_hash=shingle_hash, threads=threads).signatures(texts)
     return candidate_pairs(sigs, b, r, mask=has)
 
 
-def theirs(texts, num_perm, threshold, seed=1):
+def theirs(texts, num_perm, threshold, seed=1, hashfunc=None):
     from datasketch import MinHash
 
     sets = [shingles(t) for t in texts]
     keep = [i for i, s in enumerate(sets) if s]
-    hashes = MinHash.bulk([sets[i] for i in keep], num_perm=num_perm, seed=seed)
+    extra = {"hashfunc": hashfunc} if hashfunc else {}
+    hashes = MinHash.bulk([sets[i] for i in keep], num_perm=num_perm, seed=seed, **extra)
     return _lsh_pairs(keep, hashes, num_perm, threshold)
 
 
@@ -106,6 +115,12 @@ def best_of(fn, repeat):
     return best, result
 
 
+def row(name, t, p, t_ref, p_ref, n):
+    print(f"  {name:44s} {t:7.3f} s {n / t:8.0f} docs/s  {len(p)} pairs  speedup {t_ref / t:4.1f}x  "
+          f"pair agreement {100 * agreement(p, p_ref):6.2f}% (only ours {len(p - p_ref)}, only datasketch "
+          f"{len(p_ref - p)})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-perm", type=int, default=128)
@@ -113,32 +128,45 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     texts = load_texts()
+    n, k, th = len(texts), args.num_perm, args.threshold
     mb = sum(len(t.encode()) for t in texts) / 1e6
     import datasketch
-    print(f"{len(texts)} documents, {mb:.1f} MB; num_perm={args.num_perm} threshold={args.threshold} "
-          f"bands,rows={lsh_params(args.threshold, args.num_perm)}; datasketch {datasketch.__version__}")
-    print("\n1) end to end, from raw text (same tokenizer and 5-gram shingles on both sides)")
-    t_ds, p_ds = best_of(lambda: theirs(texts, args.num_perm, args.threshold), args.repeat)
-    print(f"  datasketch MinHash.bulk + MinHashLSH  {t_ds:7.3f} s {len(texts) / t_ds:8.0f} docs/s  {len(p_ds)} pairs")
-    for mode in ("fast", "sha1"):
-        t, p = best_of(lambda: ours(texts, args.num_perm, args.threshold, mode), args.repeat)
-        print(f"  openseason, {mode} shingle hash       {t:7.3f} s {len(texts) / t:8.0f} docs/s  {len(p)} pairs  "
-              f"speedup {t_ds / t:4.1f}x  pair agreement {100 * agreement(p, p_ds):6.2f}% "
-              f"(only ours {len(p - p_ds)}, only datasketch {len(p_ds - p)})")
-    p_seed2 = theirs(texts, args.num_perm, args.threshold, seed=2)
-    print(f"  (ceiling for independent hashing: datasketch seed 1 vs seed 2 agree on "
-          f"{100 * agreement(p_ds, p_seed2):.2f}% of pairs)")
+    print(f"{n} documents, {mb:.1f} MB; num_perm={k} threshold={th} bands,rows={lsh_params(th, k)}; "
+          f"datasketch {datasketch.__version__}; {os.cpu_count()} CPUs, load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}; best of {args.repeat}")
+    ours(texts[:50], k, th, "fast")  # one-off lookup tables, outside the timings
 
-    print("\n2) MinHash + LSH engine only: both sides get the same 32-bit shingle hashes")
-    hasher = MinHasher(args.num_perm)
+    print("\n1) end to end, each side's default shingle hash (datasketch SHA-1, ours fast_hash32)")
+    t_ds, p_ds = best_of(lambda: theirs(texts, k, th), args.repeat)
+    print(f"  {'datasketch, sha1_hash32 (its default)':44s} {t_ds:7.3f} s {n / t_ds:8.0f} docs/s  {len(p_ds)} pairs")
+    t, p = best_of(lambda: ours(texts, k, th, "fast"), args.repeat)
+    row("openseason, fast_hash32 (default)", t, p, t_ds, p_ds, n)
+    p_seed2 = theirs(texts, k, th, seed=2)
+    print(f"  (independent hashing agrees only by chance near the threshold: datasketch seed 1 vs seed 2 "
+          f"agree on {100 * agreement(p_ds, p_seed2):.2f}% of pairs)")
+
+    print("\n2) end to end, the same shingle hash on both sides: fast_hash32 (bit-identical signatures)")
+    t_df, p_df = best_of(lambda: theirs(texts, k, th, hashfunc=fast_hash32), args.repeat)
+    print(f"  {'datasketch, hashfunc=fast_hash32':44s} {t_df:7.3f} s {n / t_df:8.0f} docs/s  {len(p_df)} pairs")
+    t, p = best_of(lambda: ours(texts, k, th, "fast"), args.repeat)
+    row("openseason, fast_hash32", t, p, t_df, p_df, n)
+    t, p = best_of(lambda: ours(texts, k, th, "fast", threads=1), args.repeat)
+    row("openseason, fast_hash32, 1 thread", t, p, t_df, p_df, n)
+
+    print("\n3) end to end, SHA-1 shingle hash on both sides (bit-identical signatures)")
+    t, p = best_of(lambda: ours(texts, k, th, "sha1"), args.repeat)
+    row("openseason, sha1", t, p, t_ds, p_ds, n)
+
+    print("\n4) MinHash + LSH engine only: both sides get the same precomputed 32-bit shingle hashes")
+    hasher = MinHasher(k)
     hv, counts = hasher.shingle_hashes(texts)
     ends = np.cumsum(counts)
     sets = [hv[e - c:e].tolist() for e, c in zip(ends, counts)]
-    t_de, p_de = best_of(lambda: engine_theirs(sets, args.num_perm, args.threshold), args.repeat)
-    t_oe, p_oe = best_of(lambda: engine_ours(hv, counts, args.num_perm, args.threshold), args.repeat)
-    print(f"  datasketch  {t_de:7.3f} s {len(texts) / t_de:8.0f} docs/s  {len(p_de)} pairs")
-    print(f"  openseason  {t_oe:7.3f} s {len(texts) / t_oe:8.0f} docs/s  {len(p_oe)} pairs  speedup {t_de / t_oe:4.1f}x  "
-          f"pair agreement {100 * agreement(p_oe, p_de):6.2f}%")
+    t_de, p_de = best_of(lambda: engine_theirs(sets, k, th), args.repeat)
+    print(f"  {'datasketch':44s} {t_de:7.3f} s {n / t_de:8.0f} docs/s  {len(p_de)} pairs")
+    t_oe, p_oe = best_of(lambda: engine_ours(hv, counts, k, th), args.repeat)
+    row("openseason", t_oe, p_oe, t_de, p_de, n)
+    print(f"\nload average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
