@@ -67,36 +67,36 @@ def test_user_oriented_instructions_load(shared_data):
 def test_judge_cli_through_an_openai_compatible_endpoint(tmp_path, capsys):
     """The judge verb end to end against a loopback endpoint that scores the longer answer higher."""
     import json
-    import socket
     import threading
-
-    import uvicorn
-    from fastapi import FastAPI
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from openseason.cli import main
 
-    app = FastAPI()
     seen = []
 
-    @app.post("/v1/chat/completions")
-    async def chat(body: dict):
-        prompt = body["messages"][-1]["content"]
-        seen.append(prompt)
-        a, b = _answers(prompt)
-        return {"id": "x", "object": "chat.completion", "created": 0, "model": body.get("model", "j"),
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": f"{len(a.split())} {len(b.split())}\nok"}}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+    class Judge(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            prompt = body["messages"][-1]["content"]
+            seen.append((self.path, prompt))
+            a, b = _answers(prompt)
+            reply = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "judge",
+                                "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                                    "role": "assistant", "content": f"{len(a.split())} {len(b.split())}\nok"}}],
+                                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        while not server.started:
-            pass
         (tmp_path / "q.jsonl").write_text("".join(json.dumps({"id": str(i), "instruction": f"q{i}"}) + "\n"
                                                   for i in range(3)))
         (tmp_path / "a.jsonl").write_text("".join(json.dumps({"id": str(i), "output": "a b c d"}) + "\n"
@@ -104,13 +104,14 @@ def test_judge_cli_through_an_openai_compatible_endpoint(tmp_path, capsys):
         (tmp_path / "b.jsonl").write_text("".join(json.dumps({"id": str(i), "output": "a b"}) + "\n"
                                                   for i in range(3)))
         code = main(["evaluate", "judge", "--instructions", str(tmp_path / "q.jsonl"), "--a", str(tmp_path / "a.jsonl"),
-                     "--b", str(tmp_path / "b.jsonl"), "--judge", f"http://127.0.0.1:{port}/v1",
+                     "--b", str(tmp_path / "b.jsonl"), "--judge", f"http://127.0.0.1:{server.server_port}/v1",
                      "--out", str(tmp_path / "out"), "--json"])
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        server.shutdown()
+        server.server_close()
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert (summary["win"], summary["tie"], summary["loss"]) == (3, 0, 0)
     assert summary["relative_score"] == 2.0 and len(seen) == 6
+    assert all(path == "/v1/chat/completions" for path, _ in seen)
     assert len((tmp_path / "out" / "judgements.jsonl").read_text().splitlines()) == 3
