@@ -124,7 +124,7 @@ def _quickstart(out, model, data, pretrain_steps, finetune_steps, seed, eval_ite
     if model is None:
         eval_items = eval_items or 100
         # ~3 minutes on 2 idle CPU cores: enough pretraining that adapter-v2 can learn the held-back family
-        pretrain_steps = 1500 if pretrain_steps is None else pretrain_steps
+        pretrain_steps = 2000 if pretrain_steps is None else pretrain_steps
         finetune_steps = 300 if finetune_steps is None else finetune_steps
         base, tokenizer, style, heldout_name = _pretrain(out, pretrain_steps, seed, progress, timings, curves,
                                                          pretrain_items)
