@@ -97,23 +97,32 @@ def staging_dir(final: Path) -> Path:
     return tmp
 
 
+def write_checkpoint_metadata(directory: Path, config: Config, *, tokenizer=None,
+                              tokenizer_dir: Optional[str | Path] = None, run_card: Optional[dict[str, Any]] = None,
+                              kind: str = "full") -> None:
+    """config.json, the tokenizer files and run_card.json: what every checkpoint holds besides weights."""
+    from .tokenizer import copy_tokenizer_files
+
+    directory = Path(directory)
+    (directory / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    if tokenizer is not None:
+        tokenizer.save(directory)
+    elif tokenizer_dir is not None:
+        copy_tokenizer_files(tokenizer_dir, directory)
+    card = {"created": _now(), "kind": kind, **(run_card or {})}
+    (directory / RUN_CARD_NAME).write_text(json.dumps(card, indent=2, default=str) + "\n")
+
+
 def save_checkpoint(directory: str | Path, model: torch.nn.Module, *, tokenizer=None,
                     tokenizer_dir: Optional[str | Path] = None, run_card: Optional[dict[str, Any]] = None,
                     max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
     """Write a full-model checkpoint directory atomically; returns its path."""
-    from .tokenizer import copy_tokenizer_files
-
     final = Path(directory)
     tmp = staging_dir(final)
     try:
         save_weights(model_state_for_saving(model), tmp, max_shard_bytes)
-        (tmp / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
-        if tokenizer is not None:
-            tokenizer.save(tmp)
-        elif tokenizer_dir is not None:
-            copy_tokenizer_files(tokenizer_dir, tmp)
-        card = {"created": _now(), "kind": "full", **(run_card or {})}
-        (tmp / RUN_CARD_NAME).write_text(json.dumps(card, indent=2, default=str) + "\n")
+        write_checkpoint_metadata(tmp, model.config, tokenizer=tokenizer, tokenizer_dir=tokenizer_dir,
+                                  run_card=run_card)
         replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -29,7 +29,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from ..checkpoint import RUN_CARD_NAME, _now, fsync_dir, replace_dir, save_weights
+from ..checkpoint import fsync_dir, replace_dir, save_weights, write_checkpoint_metadata
 from ..errors import CheckpointError
 
 DCP_DIR = "dcp"
@@ -130,7 +130,6 @@ class DistributedRun:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
 
-        from ..tokenizer import copy_tokenizer_files
         from .state import rng_state
 
         final = Path(directory)
@@ -149,13 +148,8 @@ class DistributedRun:
             if getattr(model.config, "tie_embeddings", False):
                 full.pop("lm_head.weight", None)
             save_weights(full, tmp)
-            (tmp / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
-            if tokenizer is not None:
-                tokenizer.save(tmp)
-            elif tokenizer_dir is not None:
-                copy_tokenizer_files(tokenizer_dir, tmp)
-            card = {"created": _now(), "kind": "full", "world_size": self.world_size, **(run_card or {})}
-            (tmp / RUN_CARD_NAME).write_text(json.dumps(card, indent=2, default=str) + "\n")
+            write_checkpoint_metadata(tmp, model.config, tokenizer=tokenizer, tokenizer_dir=tokenizer_dir,
+                                      run_card={"world_size": self.world_size, **(run_card or {})})
             rng_meta, rng_tensors = rng_state()
             from safetensors.torch import save_file
 

@@ -20,8 +20,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..checkpoint import (RUN_CARD_NAME, model_state_for_saving, read_safetensors, replace_dir, save_weights,
-                          staging_dir, _now)
+from ..checkpoint import (model_state_for_saving, read_safetensors, replace_dir, save_weights, staging_dir,
+                          write_checkpoint_metadata)
 from ..errors import CheckpointError
 from ..peft import is_peft
 from ..peft.checkpoint import load_peft_state, write_peft_files
@@ -62,8 +62,6 @@ def save_train_checkpoint(directory: Path, model: torch.nn.Module, optimizer: Op
                           state: dict[str, Any], *, base_checkpoint: Optional[Path] = None, tokenizer=None,
                           tokenizer_dir: Optional[Path] = None, run_card: Optional[dict] = None) -> Path:
     """Write one resumable checkpoint atomically. PEFT models store only their trainable weights."""
-    from ..tokenizer import copy_tokenizer_files
-
     final = Path(directory)
     tmp = staging_dir(final)
     try:
@@ -74,13 +72,8 @@ def save_train_checkpoint(directory: Path, model: torch.nn.Module, optimizer: Op
             write_peft_files(tmp, final, model, base_checkpoint)
         else:
             save_weights(model_state_for_saving(model), tmp)
-        (tmp / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
-        if tokenizer is not None:
-            tokenizer.save(tmp)
-        elif tokenizer_dir is not None:
-            copy_tokenizer_files(tokenizer_dir, tmp)
-        card = {"created": _now(), "kind": "peft" if peft else "full", **(run_card or {})}
-        (tmp / RUN_CARD_NAME).write_text(json.dumps(card, indent=2, default=str) + "\n")
+        write_checkpoint_metadata(tmp, model.config, tokenizer=tokenizer, tokenizer_dir=tokenizer_dir,
+                                  run_card=run_card, kind="peft" if peft else "full")
         tensors: dict[str, torch.Tensor] = {}
         meta = dict(state)
         if optimizer is not None:
