@@ -8,13 +8,15 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 # shellcheck disable=SC1091
 . .venv/bin/activate
-python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+# (this machine's pip config names local mirrors that may be absent: drop those warnings, keep errors)
+quiet() { grep -v '^WARNING: Location' || true; }
+python -m pip install -q --upgrade pip 2>&1 | quiet
 if ! python -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1; then
-    pip install -q torch
+    pip install -q torch 2>&1 | quiet
   else
-    pip install -q torch==2.13.0 || pip install -q torch
+    { pip install -q torch==2.13.0 2>&1 || pip install -q torch 2>&1; } | quiet
   fi
 fi
-pip install -q -e ".[test]" 2>&1 | grep -v '^WARNING: Location' || true
+pip install -q -e ".[test]" 2>&1 | quiet
 python -c "import openseason, torch; print(f'openseason ready (torch {torch.__version__})')"
