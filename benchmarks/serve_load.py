@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socket
-import statistics
 import sys
 import tempfile
 import threading

@@ -24,7 +24,6 @@ from __future__ import annotations
 import collections
 import itertools
 import os
-import queue
 import threading
 import time
 from dataclasses import dataclass, field

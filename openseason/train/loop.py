@@ -200,17 +200,12 @@ class _NoMetrics:
         pass
 
 
-def plot_loss(rows: list[dict], path: Path, title: str = "loss") -> Optional[Path]:
-    """Training (and validation) loss against step, as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def draw_loss(ax, rows: list[dict], title: str = "loss") -> bool:
+    """Draw training (and validation) loss against step from metrics rows; False when there is none."""
     train = [(int(r["step"]), float(r["loss"])) for r in rows if r.get("loss") not in ("", None)]
     val = [(int(r["step"]), float(r["val_loss"])) for r in rows if r.get("val_loss") not in ("", None)]
     if not train:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4))
+        return False
     ax.plot(*zip(*train), label="train", linewidth=1)
     if val:
         ax.plot(*zip(*val), "o-", label="validation")
@@ -219,10 +214,22 @@ def plot_loss(rows: list[dict], path: Path, title: str = "loss") -> Optional[Pat
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    return True
+
+
+def plot_loss(rows: list[dict], path: Path, title: str = "loss") -> Optional[Path]:
+    """Training (and validation) loss against step, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    drawn = draw_loss(ax, rows, title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    if drawn:
+        fig.savefig(path, dpi=110)
     plt.close(fig)
-    return path
+    return path if drawn else None
 
 
 # -- the loop ---------------------------------------------------------------------------------------

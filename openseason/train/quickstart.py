@@ -12,7 +12,6 @@ held-out conversations of that data.
 """
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import time
@@ -73,20 +72,13 @@ def _plot(curves: dict[str, Path], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .loop import draw_loss
+
     fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 3.8))
     axes = [axes] if len(curves) == 1 else axes
     for ax, (title, metrics) in zip(axes, curves.items()):
         with open(metrics, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], label="train", linewidth=1)
-        val = [(int(r["step"]), float(r["val_loss"])) for r in rows if r.get("val_loss")]
-        if val:
-            ax.plot(*zip(*val), "o-", label="validation")
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss (nats/token)")
-        ax.grid(alpha=0.3)
-        ax.legend()
+            draw_loss(ax, list(csv.DictReader(handle)), title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -4,7 +4,6 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 from ..core import Catalog
-from ..graph import Graph
 from ..schema import Asset, name_key
 
 
