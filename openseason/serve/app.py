@@ -66,7 +66,9 @@ def _now() -> int:
 
 
 def _sse(payload: Any) -> bytes:
-    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
+    # ASCII-only JSON: generated text may hold U+2028, U+0085 and the like, which line readers that
+    # split like str.splitlines (httpx's aiter_lines among them) would take for line breaks.
+    return f"data: {json.dumps(payload, ensure_ascii=True)}\n\n".encode()
 
 
 async def read_json(request: HTTPRequest, limit: int) -> Any:
