@@ -298,7 +298,9 @@ class _Yaml:
         cfg.topical_blocked = [str(x) for x in self.get(tp + ("blocked_intents",), list, [])]
         cfg.topical_refuse_unmatched = self.get(tp + ("refuse_unmatched",), bool, True)
         cache = self.get(("embeddings", "cache_dir"), (str, bool), "default")
-        cfg.cache_dir = None if cache is False else ("default" if cache is True else cfg.resolve(cache, always=True))
+        # "default" (or true) is the user cache directory, never a folder named "default" next to config.yml
+        cfg.cache_dir = (None if cache is False else "default" if cache is True or cache == "default"
+                         else cfg.resolve(cache, always=True))
         cfg.seed = self.get(("seed",), int, None)
 
     def _names(self, keys: tuple) -> list[str]:
