@@ -102,6 +102,23 @@ def iter_jsonl(path: str | os.PathLike, on_error: str = "fail", errors: list | N
                     errors.append({"where": where(path, lineno), "reason": "malformed_json", "error": exc.msg})
 
 
+def read_json_rows(path: str | os.PathLike) -> list[tuple[int, Any]]:
+    """(position, row) pairs from a JSON array file (position = 1-based index) or a JSONL(.gz) file
+    (position = line number); malformed JSON raises DataError with file:line:col."""
+    path = Path(path)
+    if path.suffix != ".json":
+        return list(iter_jsonl(path))
+    if not path.exists():
+        raise DataError("file not found", where=str(path))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"malformed JSON: {exc.msg}", where=where(path, exc.lineno, exc.colno)) from None
+    if not isinstance(data, list):
+        raise DataError("expected a JSON array of rows", where=str(path))
+    return list(enumerate(data, start=1))
+
+
 def append_jsonl(handle, row: Any) -> None:
     """Append one row to an open JSONL file and make it durable before returning."""
     handle.write(json.dumps(row, ensure_ascii=False) + "\n")

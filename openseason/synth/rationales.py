@@ -10,7 +10,6 @@ Every call is logged and resumable (store.py); unparseable answers are written t
 """
 from __future__ import annotations
 
-import json
 import re
 import string
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import DataError, where
-from ..fileio import iter_jsonl, write_jsonl_atomic
+from ..fileio import read_json_rows, write_jsonl_atomic
 from .backends import Backend, Request
 from .prompting import TEMPLATE_DIR, load_template, render
 from .report import write_report
@@ -48,13 +47,7 @@ def load_examples(path: str | Path, input_field: str = "input", label_field: str
                   rationale_field: Optional[str] = None) -> list[dict]:
     """Rows from JSONL, or a JSON list (exemplar files)."""
     path = Path(path)
-    if path.suffix == ".json":
-        try:
-            raw = list(enumerate(json.loads(path.read_text(encoding="utf-8")), start=1))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"malformed JSON: {exc.msg}", where=where(path, exc.lineno, exc.colno)) from None
-    else:
-        raw = list(iter_jsonl(path))
+    raw = read_json_rows(path)
     rows = []
     for lineno, row in raw:
         loc = where(path, lineno)

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..errors import ConfigError, DataError, where
-from ..fileio import iter_jsonl, write_json_atomic, write_jsonl_atomic
+from ..fileio import read_json_rows, write_json_atomic, write_jsonl_atomic
 from .report import write_report
 from .rouge import rouge_l
 from .store import StageLog, stable_hash
@@ -109,15 +109,7 @@ METRICS = {"bleu": sentence_bleu, "rouge-l": lambda h, r: rouge_l(h, r)}
 def load_training_set(path: str | Path) -> list[dict]:
     """Alpaca JSON/JSONL rows {"instruction", "input"?, "output"}."""
     path = Path(path)
-    if path.suffix == ".json":
-        import json
-
-        try:
-            rows = list(enumerate(json.loads(path.read_text(encoding="utf-8")), start=1))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"malformed JSON: {exc.msg}", where=where(path, exc.lineno, exc.colno)) from None
-    else:
-        rows = list(iter_jsonl(path))
+    rows = read_json_rows(path)
     out = []
     for lineno, row in rows:
         if not isinstance(row, dict) or not isinstance(row.get("instruction"), str) or not isinstance(row.get("output"), str):
