@@ -84,7 +84,7 @@ def finetune(checkpoint: str | Path, data: str | Path, method: Optional[str] = N
     from ..tokenizer import Tokenizer
     from .data import SFTBatches, fixed_batches
     from .recipe import load_recipe
-    from .sample import greedy_generate
+    from ..generation import SamplingParams, generate_ids
 
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
@@ -144,8 +144,8 @@ def finetune(checkpoint: str | Path, data: str | Path, method: Optional[str] = N
             return ""
         prompt = sample_prompt[-(m.config.block_size // 2):]
         new_tokens = min(48, m.config.block_size - len(prompt))
-        out_ids = greedy_generate(m, [prompt], new_tokens, tokenizer.eos_id, pad_id)[0]
-        return f"{sample_messages[-1]['content'][:200]}\n>>> {tokenizer.decode(out_ids)}"
+        out = generate_ids(m, [prompt], SamplingParams(max_new_tokens=new_tokens), tokenizer=tokenizer)[0]
+        return f"{sample_messages[-1]['content'][:200]}\n>>> {out.text}"
 
     tcfg = TrainConfig(
         max_steps=opts["max_steps"], epochs=opts["epochs"], max_time=opts["max_time"],

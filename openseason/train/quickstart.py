@@ -48,7 +48,7 @@ def _write_prepared(directory: Path, records: list[dict]) -> Path:
 def exact_match(model, tokenizer, records: list[dict], style: str, max_new_tokens: int = 16) -> dict[str, Any]:
     """Greedy answers to each record's user turn; exact match (whitespace-stripped) with the reference."""
     from ..data.sft import style_messages, tokenize_prompt
-    from .sample import greedy_generate
+    from ..generation import SamplingParams, generate_ids
 
     prompts, refs = [], []
     for record in records:
@@ -56,9 +56,8 @@ def exact_match(model, tokenizer, records: list[dict], style: str, max_new_token
         refs.append(messages[-1]["content"].strip())
         prompts.append(tokenize_prompt(messages[:-1], tokenizer, style))
     model.eval()
-    outs = greedy_generate(model, prompts, max_new_tokens, tokenizer.eos_id,
-                           tokenizer.pad_id if tokenizer.pad_id is not None else 0)
-    answers = [tokenizer.decode(o).strip() for o in outs]
+    outs = generate_ids(model, prompts, SamplingParams(max_new_tokens=max_new_tokens), tokenizer=tokenizer)
+    answers = [o.text.strip() for o in outs]
     hits = [a == r for a, r in zip(answers, refs)]
     examples = [{"prompt": style_messages(rec)[-2]["content"], "reference": r, "answer": a}
                 for rec, r, a in zip(records[:8], refs[:8], answers[:8])]
