@@ -35,19 +35,12 @@ class MemorizationResult:
                 "prompt_len": self.prompt_len, "gen_len": self.gen_len}
 
 
-@torch.inference_mode()
 def greedy_continuations(model, prompts: torch.Tensor, gen_len: int) -> torch.Tensor:
-    """Greedy decode `gen_len` tokens for a batch of equal-length prompts [B, P] (no padding needed)."""
-    B, P = prompts.shape
-    cache = model.new_kv_cache(B, P + gen_len)
-    logits = model(prompts, kv_cache=cache, last_only=True)
-    out = torch.empty(B, gen_len, dtype=torch.long, device=prompts.device)
-    for step in range(gen_len):
-        token = logits[:, -1].argmax(-1)
-        out[:, step] = token
-        if step + 1 < gen_len:
-            logits = model(token.unsqueeze(1), kv_cache=cache, last_only=True)
-    return out
+    """Greedy decode exactly `gen_len` tokens (no stopping at EOS) for a batch of prompts [B, P]."""
+    from ..generation import SamplingParams, generate_ids
+
+    outs = generate_ids(model, prompts.tolist(), SamplingParams(max_new_tokens=gen_len, ignore_eos=True))
+    return torch.tensor([o.token_ids for o in outs], dtype=torch.long, device=prompts.device)
 
 
 def memorization_scores(model, sequences: torch.Tensor, *, prompt_len: int = 32, gen_len: int = 32,
