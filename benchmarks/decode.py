@@ -27,7 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from openseason.config import Config  # noqa: E402
-from openseason.generate import SamplingParams, generate_ids, parse_dtype, prepare_for_decoding  # noqa: E402
+from openseason.generation import SamplingParams, generate_ids, prepare_for_decoding  # noqa: E402
+from openseason.generation.llm import parse_dtype  # noqa: E402
 from openseason.model import GPT  # noqa: E402
 
 # Peak memory bandwidth (GB/s) by GPU name fragment, from the vendors' data sheets.

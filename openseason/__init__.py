@@ -9,7 +9,7 @@ __all__ = ["LLM", "__version__"]
 def __getattr__(name):
     # Keep `import openseason` light: the generation stack (torch, tokenizers) loads on first use.
     if name == "LLM":
-        from .generate import LLM
+        from .generation.llm import LLM
 
         return LLM
     raise AttributeError(f"module 'openseason' has no attribute {name!r}")

@@ -15,7 +15,7 @@ from .errors import OpenseasonError
 # Stage modules that contribute verbs, in the order they appear in --help.
 COMMAND_MODULES = [
     "openseason.convert.commands",      # convert from-hf / to-hf, download
-    "openseason.generate_commands",     # generate
+    "openseason.generation.commands",   # generate
     "openseason.data.commands",         # data prepare / dedup / mix / stats / tokenize / batch
     "openseason.synth.commands",        # synth self-instruct / reverse-instructions / rationales / self-improve
     "openseason.train.commands",        # finetune, merge, quickstart

@@ -107,6 +107,12 @@ class KVCache:
 
     `length` counts the positions already written; a forward call with a cache writes its T new
     positions at [length, length+T) and advances `length` once all layers are done.
+
+    A batch whose rows hold different numbers of real positions keeps them right-aligned: every row
+    ends at `length`, and a shorter row's first slots are padding that the attention mask hides. Keys
+    are stored after rotary embedding at each row's own positions, so moving a row to other slots
+    (`select`, `append`, `trim`) does not change what it computes. Only these methods rearrange the
+    tensors; decoding code never writes them itself.
     """
 
     def __init__(self, config: Config, batch_size: int, max_len: int, device=None, dtype=torch.float32):
@@ -120,11 +126,51 @@ class KVCache:
     def reset(self) -> None:
         self.length = 0
 
+    @property
+    def free(self) -> int:
+        """Positions that can still be written before the storage is full."""
+        return self.max_len - self.length
+
     def select(self, index: torch.Tensor) -> None:
-        """Keep only the batch rows in `index` (finished sequences drop out of a batch)."""
+        """Keep only the batch rows in `index`, in that order (repeats allowed: n choices of one prompt)."""
         self.k = [t.index_select(0, index) for t in self.k]
         self.v = [t.index_select(0, index) for t in self.v]
         self.batch_size = int(index.numel())
+
+    def _rebuild(self, parts: list["KVCache"], keep: int, capacity: int) -> None:
+        """New storage of `capacity` slots holding the last `keep` positions of every part's rows,
+        right-aligned at `keep`; parts are stacked along the batch in order."""
+        capacity = max(capacity, keep)
+        first = parts[0].k[0]
+        rows = sum(p.batch_size for p in parts)
+        shape = (rows, first.size(1), capacity, first.size(3))
+        ks, vs = [], []
+        for layer in range(len(parts[0].k)):
+            k = torch.zeros(shape, device=first.device, dtype=first.dtype)
+            v = torch.zeros(shape, device=first.device, dtype=first.dtype)
+            row = 0
+            for part in parts:
+                take = min(part.length, keep)
+                end = row + part.batch_size
+                k[row:end, :, keep - take:keep] = part.k[layer][:, :, part.length - take:part.length]
+                v[row:end, :, keep - take:keep] = part.v[layer][:, :, part.length - take:part.length]
+                row = end
+            ks.append(k)
+            vs.append(v)
+        self.k, self.v = ks, vs
+        self.batch_size, self.max_len, self.length = rows, capacity, keep
+
+    def append(self, other: "KVCache", capacity: int) -> None:
+        """Add `other`'s rows after ours; both right-aligned at the longer of the two lengths."""
+        keep = max(self.length, other.length)
+        self._rebuild([self, other], keep, capacity)
+
+    def trim(self, keep: int, capacity: int) -> None:
+        """Keep the last `keep` positions of every row (drop padding columns no row needs) in storage
+        of `capacity` slots."""
+        if keep > self.length:
+            raise ValueError(f"cannot keep {keep} positions of a cache holding {self.length}")
+        self._rebuild([self], keep, capacity)
 
 
 class CausalSelfAttention(nn.Module):

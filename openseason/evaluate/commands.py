@@ -81,7 +81,7 @@ def _print(result: dict, as_json: bool) -> None:
 
 
 def _load(path, device=None):
-    from ..generate import LLM
+    from ..generation.llm import LLM
 
     return LLM.load(path, device=device)
 

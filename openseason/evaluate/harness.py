@@ -36,7 +36,7 @@ class OpenseasonLM(_HarnessLM):
         if llm is None:
             if path is None:
                 raise OpenseasonError("OpenseasonLM needs a loaded LLM or path=CKPT")
-            from ..generate import LLM
+            from ..generation.llm import LLM
 
             llm = LLM.load(path, device=device)
         self.llm = llm

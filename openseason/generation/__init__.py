@@ -1,12 +1,19 @@
-"""Generation building blocks: sampling, streamed text with stop strings, the step-wise decoder.
+"""The one inference path: sampling, streamed text with stop strings, the running batch behind the
+step-wise `Decoder` and the continuous-batching `Engine`, the `LLM` API and the `LLMClient` protocol.
 
-`openseason.generate` puts them together behind `LLM`; the server reuses them directly.
+    SamplingParams, sample_next_token, apply_repetition_penalty     sampling.py
+    IncrementalDecoder, StopMatcher, TextStream                     text.py
+    RunningBatch, Decoder, Engine, Request, Event, generate_ids     engine.py
+    LLM                                                             llm.py
+    prepare_for_decoding                                            speed.py
 """
-from .engine import Completion, Decoder, TokenEvent, check_context, generate_ids
+from .engine import (Completion, Decoder, Engine, EngineClosed, Event, QueueFull, Request, RunningBatch, Sequence,
+                     TokenEvent, check_context, generate_ids)
 from .sampling import SamplingParams, apply_repetition_penalty, make_generator, sample_next_token
 from .speed import prepare_for_decoding
 from .text import IncrementalDecoder, StopMatcher, TextStream
 
-__all__ = ["Completion", "Decoder", "TokenEvent", "check_context", "generate_ids", "SamplingParams",
-           "apply_repetition_penalty", "make_generator", "sample_next_token", "prepare_for_decoding",
-           "IncrementalDecoder", "StopMatcher", "TextStream"]
+__all__ = ["Completion", "Decoder", "Engine", "EngineClosed", "Event", "QueueFull", "Request", "RunningBatch",
+           "Sequence", "TokenEvent", "check_context", "generate_ids", "SamplingParams", "apply_repetition_penalty",
+           "make_generator", "sample_next_token", "prepare_for_decoding", "IncrementalDecoder", "StopMatcher",
+           "TextStream"]

@@ -1,12 +1,12 @@
-"""Choosing the next token from logits: sampling parameters, repetition penalty, greedy/top-k/top-p.
+"""Choosing the next token from logits: sampling parameters, penalties, greedy/top-k/top-p.
 
-Everything here works on a batch of logits [B, V] and never leaves the device, so a decoding loop
-(ours or the server's scheduler) can call it every step without a host round trip.
+Everything here works on logits [B, V] and never leaves the device, so the engine's decoding loop
+can call it every step without a host round trip.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 import torch
@@ -14,19 +14,33 @@ import torch
 from ..errors import OpenseasonError
 
 
+# Below this a temperature stops meaning "sample": logits / 1e-300 overflow to inf and the softmax
+# turns into NaN. 0 means greedy; anything in (0, MIN_TEMPERATURE) is refused.
+MIN_TEMPERATURE = 1e-3
+MAX_SEED = 2**64 - 1          # torch.Generator.manual_seed takes an unsigned 64-bit seed
+MAX_TOP_LOGPROBS = 20         # OpenAI's bound on top_logprobs
+
+
 @dataclass
 class SamplingParams:
-    """How to pick tokens and when to stop.
+    """How to pick tokens and when to stop: one request's settings, for every caller of the engine.
 
-    temperature          0 = greedy (argmax); > 0 divides the logits before sampling
+    max_new_tokens       the most tokens to generate (the server's max_tokens)
+    temperature          0 = greedy (argmax); >= MIN_TEMPERATURE divides the logits before sampling
     top_k                keep only the k most likely tokens (None or 0 = all)
     top_p                nucleus: keep the smallest set of tokens whose probability reaches top_p
     repetition_penalty   > 1 discourages tokens already in the prompt or the output (CTRL / HF rule:
                          positive logits are divided by it, negative ones multiplied)
+    presence_penalty     OpenAI's: subtracted once from the logit of every token already generated
+    frequency_penalty    OpenAI's: subtracted per occurrence of a token already generated
     stop                 strings that end generation; the returned text stops just before them
     stop_token_ids       token ids that end generation (not part of the returned text)
     ignore_eos           keep going past the tokenizer's EOS (benchmarks, parity tests)
-    seed                 makes sampling reproducible (a torch.Generator seeded with it)
+    seed                 makes sampling reproducible: choice i draws from a generator seeded with
+                         seed + i, whatever else shares the batch (None: torch's global RNG)
+    n                    choices generated for the prompt (they share one prefill)
+    logprobs             None: no log-probabilities; k >= 0: the chosen token's log-probability under
+                         the model's raw distribution plus the k most likely alternatives
     """
 
     max_new_tokens: int = 64
@@ -34,11 +48,14 @@ class SamplingParams:
     top_k: Optional[int] = None
     top_p: float = 1.0
     repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     seed: Optional[int] = None
-    extra: dict = field(default_factory=dict)
+    n: int = 1
+    logprobs: Optional[int] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -49,17 +66,38 @@ class SamplingParams:
 
     def validate(self) -> None:
         problems = []
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+
+        def is_int(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        def is_number(value) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             problems.append(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
-                and self.temperature >= 0):
-            problems.append(f"temperature must be >= 0, got {self.temperature!r}")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 0):
+        if not is_number(self.temperature) or self.temperature < 0:
+            problems.append(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        elif 0 < self.temperature < MIN_TEMPERATURE:
+            problems.append(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {self.temperature!r}")
+        if self.top_k is not None and (not is_int(self.top_k) or self.top_k < 0):
             problems.append(f"top_k must be a non-negative integer, got {self.top_k!r}")
-        if not (0.0 < float(self.top_p) <= 1.0):
+        if not is_number(self.top_p) or not (0.0 < float(self.top_p) <= 1.0):
             problems.append(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not (float(self.repetition_penalty) > 0.0):
+        if not is_number(self.repetition_penalty) or not (float(self.repetition_penalty) > 0.0):
             problems.append(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not is_number(getattr(self, name)):
+                problems.append(f"{name} must be a finite number, got {getattr(self, name)!r}")
+        if not is_int(self.n) or self.n < 1:
+            problems.append(f"n must be a positive integer, got {self.n!r}")
+        if self.seed is not None:
+            if not is_int(self.seed) or not (0 <= self.seed <= MAX_SEED):
+                problems.append(f"seed must be an integer in [0, {MAX_SEED}], got {self.seed!r}")
+            elif is_int(self.n) and self.n >= 1 and self.seed + self.n - 1 > MAX_SEED:
+                problems.append(f"seed + n - 1 must be at most {MAX_SEED} (choice i uses seed + i), "
+                                f"got seed {self.seed} with n {self.n}")
+        if self.logprobs is not None and (not is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_TOP_LOGPROBS):
+            problems.append(f"logprobs must be None or an integer in [0, {MAX_TOP_LOGPROBS}], got {self.logprobs!r}")
         if problems:
             raise OpenseasonError("bad sampling parameters: " + "; ".join(problems))
 
@@ -67,6 +105,11 @@ class SamplingParams:
     def greedy(self) -> bool:
         """True when the choice is the argmax (temperature 0 or top_k 1)."""
         return self.temperature == 0 or self.top_k == 1
+
+    @property
+    def penalized(self) -> bool:
+        """True when logits are changed by what was already seen or generated."""
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0 or self.frequency_penalty != 0
 
     def updated(self, **changes) -> "SamplingParams":
         return replace(self, **changes)
@@ -90,6 +133,14 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
         seen = mask
     penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
     return logits.copy_(torch.where(seen, penalized, logits))
+
+
+def apply_openai_penalties(logits: torch.Tensor, counts: torch.Tensor, presence: float, frequency: float) -> torch.Tensor:
+    """OpenAI's presence and frequency penalties on logits [..., V] given generated-token counts [..., V]:
+    logit -= frequency * count + presence * (count > 0). Returns a new tensor."""
+    if presence == 0 and frequency == 0:
+        return logits
+    return logits - (frequency * counts + presence * (counts > 0).to(logits.dtype))
 
 
 def _filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -139,14 +190,6 @@ def make_generator(seed: Optional[int], device) -> Optional[torch.Generator]:
     gen = torch.Generator(device=torch.device(device))
     gen.manual_seed(int(seed))
     return gen
-
-
-def next_tokens(logits: torch.Tensor, params: SamplingParams, seen: Optional[torch.Tensor] = None,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Apply `params` to logits [B, V] (penalty, then sampling); returns token ids [B]."""
-    if params.repetition_penalty != 1.0 and seen is not None:
-        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
-    return sample_next_token(logits, params.temperature, params.top_k, params.top_p, generator)
 
 
 def stop_ids(params: SamplingParams, eos_id: Optional[int]) -> frozenset[int]:

@@ -115,8 +115,9 @@ class StopMatcher:
 class TextStream:
     """Token ids in, safe text deltas out: IncrementalDecoder followed by StopMatcher."""
 
-    def __init__(self, tokenizer, stop: Iterable[str] = (), context: Sequence[int] = ()):
-        self.decoder = IncrementalDecoder(tokenizer, context)
+    def __init__(self, tokenizer, stop: Iterable[str] = (), context: Sequence[int] = (),
+                 skip_special_tokens: bool = True):
+        self.decoder = IncrementalDecoder(tokenizer, context, skip_special_tokens=skip_special_tokens)
         self.matcher = StopMatcher(stop)
         self.text = ""
 
@@ -141,15 +142,3 @@ class TextStream:
         delta += self.matcher.flush()
         self.text += delta
         return delta
-
-
-def decode_text(tokenizer, ids: Sequence[int], stop: Iterable[str] = (), context: Sequence[int] = ()) -> tuple[str, bool]:
-    """(text, stopped) for a whole list of generated ids, as streaming would produce it."""
-    stream = TextStream(tokenizer, stop, context)
-    for t in ids:
-        stream.add(t)
-        if stream.stopped:
-            break
-    stream.finish()
-    return stream.text, stream.stopped
-

@@ -26,7 +26,7 @@ class OpenseasonLLM:
 
     @classmethod
     def load(cls, path, **kwargs) -> "OpenseasonLLM":
-        from ..generate import LLM
+        from ..generation.llm import LLM
 
         return cls(LLM.load(path, **kwargs))
 

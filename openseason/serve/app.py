@@ -1,4 +1,4 @@
-"""The OpenAI-compatible HTTP API (FastAPI) over a continuous-batching `Engine`, plus the web chat page.
+"""The OpenAI-compatible HTTP API (FastAPI) over the generation `Engine`, plus the web chat page.
 
     GET  /                       web chat page (static HTML + JS, streams over the API below)
     GET  /health                 {"status": "ok", ...}; 503 once the engine has failed
@@ -29,7 +29,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import OpenseasonError
-from .scheduler import Engine, EngineClosed, Event, QueueFull, Request, RequestParams
+from ..generation.engine import Engine, EngineClosed, Event, QueueFull, Request
+from ..generation.sampling import SamplingParams
 from .schema import APIError, ChatCompletionRequest, CompletionRequest, parse_request
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -181,8 +182,17 @@ class Server:
         except OpenseasonError as exc:
             raise APIError(400, f"invalid messages: {exc}", param="messages", code="invalid_value") from None
 
+    def sampling(self, req, max_tokens: int, stop) -> SamplingParams:
+        """The one SamplingParams of a request (OpenAI names at the edge, ours inside)."""
+        try:
+            return SamplingParams(max_new_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
+                                  stop=tuple(stop), seed=req.seed, presence_penalty=req.presence_penalty,
+                                  frequency_penalty=req.frequency_penalty, n=req.n)
+        except OpenseasonError as exc:
+            raise APIError(400, str(exc), code="invalid_value") from None
+
     # -- running ------------------------------------------------------------------------------------
-    def start(self, prompts: list[list[int]], params: list[RequestParams]) -> _Job:
+    def start(self, prompts: list[list[int]], params: list[SamplingParams]) -> _Job:
         job = _Job(asyncio.get_running_loop())
         offset = 0
         try:
@@ -197,7 +207,7 @@ class Server:
         except EngineClosed:
             job.cancel()
             raise APIError(503, "the server is shutting down", type="server_error", code="unavailable") from None
-        except ValueError as exc:
+        except OpenseasonError as exc:
             job.cancel()
             raise APIError(400, str(exc)) from None
         return job
@@ -311,10 +321,7 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
             prompt_ids = server.encode(server.chat_prompt(messages))
             max_tokens = server.budget(prompt_ids, req.requested_max_tokens(), settings.default_max_tokens, param)
             stops = tuple(dict.fromkeys(list(settings.prompt_style.stop_strings) + req.stop_list()))
-            params = RequestParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
-                                    stop=stops, seed=req.seed, presence_penalty=req.presence_penalty,
-                                    frequency_penalty=req.frequency_penalty, n=req.n)
-            job = server.start([prompt_ids], [params])
+            job = server.start([prompt_ids], [server.sampling(req, max_tokens, stops)])
         cid, made = _completion_id("chatcmpl"), _now()
         base = {"id": cid, "created": made, "model": settings.model_name, "system_fingerprint": None}
 
@@ -394,11 +401,8 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
         if len(prompts) * req.n > min(settings.max_n, engine.max_batch):
             raise APIError(400, f"{len(prompts)} prompts x n={req.n} choices is more than this server allows "
                                 f"({min(settings.max_n, engine.max_batch)})", param="prompt", code="invalid_value")
-        params = [RequestParams(max_tokens=server.budget(ids, req.requested_max_tokens(), settings.max_tokens_cap,
-                                                          "max_tokens"),
-                                 temperature=req.temperature, top_p=req.top_p, stop=tuple(req.stop_list()),
-                                 seed=req.seed, presence_penalty=req.presence_penalty,
-                                 frequency_penalty=req.frequency_penalty, n=req.n) for ids in prompts]
+        params = [server.sampling(req, server.budget(ids, req.requested_max_tokens(), settings.max_tokens_cap,
+                                                     "max_tokens"), req.stop_list()) for ids in prompts]
         choices = len(prompts) * req.n
         prompt_tokens = sum(len(ids) for ids in prompts)
         job = server.start(prompts, params)

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Iterator, Optional, TextIO
 
 from ..errors import OpenseasonError
-from .scheduler import Engine, Event, Request, RequestParams
+from ..generation.engine import Engine, Event, Request
+from ..generation.sampling import SamplingParams
 
 HELP = ("commands: /reset (forget the conversation), /system TEXT (set the system prompt; '/system -' "
         "clears it), /history, /help, /exit")
@@ -78,8 +79,8 @@ class ChatSession:
         at the end (also when the caller stops early, with the text produced so far)."""
         ids, budget = self._prompt_ids(user)
         events: queue.Queue[Event] = queue.Queue()
-        params = RequestParams(max_tokens=budget, temperature=self.temperature, top_p=self.top_p,
-                               stop=tuple(self.style.stop_strings), seed=self.seed)
+        params = SamplingParams(max_new_tokens=budget, temperature=self.temperature, top_p=self.top_p,
+                                stop=tuple(self.style.stop_strings), seed=self.seed)
         request = self.engine.submit(Request(ids, params, events.put))
         pieces: list[str] = []
         self.last_finish = None

@@ -19,7 +19,8 @@ from typing import Optional
 
 from ..errors import OpenseasonError
 from .app import Hooks
-from .scheduler import Event, Request, RequestParams
+from ..generation.engine import Event, Request
+from ..generation.sampling import SamplingParams
 
 
 class EngineLLM:
@@ -38,8 +39,8 @@ class EngineLLM:
             raise OpenseasonError(f"the rails prompt ({len(ids)} tokens) does not fit the model's context of "
                                   f"{block} tokens", hint="shorten the rails config's instructions")
         events: "queue.Queue[Event]" = queue.Queue()
-        params = RequestParams(max_tokens=min(max_tokens, room), temperature=temperature,
-                               stop=tuple(stop or ()), seed=0)
+        params = SamplingParams(max_new_tokens=min(max_tokens, room), temperature=temperature,
+                                stop=tuple(stop or ()), seed=0)
         self.engine.submit(Request(ids, params, events.put))
         pieces = []
         while True:

@@ -18,7 +18,7 @@ from typing import Optional
 from ..errors import OpenseasonError
 from ..prompts import get_style
 from .app import Hooks, ServerSettings, create_app
-from .scheduler import Engine
+from ..generation.engine import Engine
 
 DEFAULT_STYLE = "plain"
 
@@ -33,7 +33,7 @@ def load_for_serving(checkpoint: str | Path, *, model_name: Optional[str] = None
     prompt_style   overrides the style stored in run_card.json
     max_batch      most sequences decoded together; max_queue: most requests waiting (then 503)
     """
-    from ..generate import LLM
+    from ..generation.llm import LLM
 
     path = Path(checkpoint)
     llm = LLM.load(path, device=device, dtype=dtype)

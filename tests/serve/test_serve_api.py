@@ -12,7 +12,7 @@ import torch
 from openseason.checkpoint import load_model
 from openseason.prompts import get_style
 
-from .test_serve_scheduler import reference_greedy
+from ..generation.test_generation_engine import reference_greedy
 
 MODEL = "tiny-chat"  # the checkpoint directory's name
 

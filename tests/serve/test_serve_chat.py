@@ -10,10 +10,10 @@ import pytest
 
 from openseason.prompts import get_style
 from openseason.serve.chat import ChatSession, run_repl
-from openseason.serve.scheduler import Engine
+from openseason.generation.engine import Engine
 
 from .conftest import tiny_model
-from .test_serve_scheduler import reference_greedy
+from ..generation.test_generation_engine import reference_greedy
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,16 @@ from openseason import LLM
 PROMPTS = ["The quick brown fox", "Instruction: add 2 and 3. Response:", "café", "0123456789 + - * / = ? ! , . The lazy"]
 
 
-def _hf_greedy(hf, ids: list[int], n: int) -> list[int]:
+def _hf_greedy(hf, ids: list[int], n: int, vocab: int) -> list[int]:
     x = torch.tensor([ids])
     # No EOS on either side (min_new_tokens would instead mask EOS out of the argmax).
     hf.generation_config.eos_token_id = None
+    # The model has more output rows than the tokenizer has tokens; ids past the tokenizer cannot be
+    # decoded, so our engine never picks them: transformers is told the same with suppress_tokens.
+    padding = list(range(vocab, hf.config.vocab_size))
     with torch.no_grad():
         out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False,
-                          pad_token_id=0)
+                          pad_token_id=0, suppress_tokens=padding or None)
     assert out.size(1) == len(ids) + n
     return out[0, len(ids):].tolist()
 
@@ -27,9 +30,9 @@ def test_greedy_equals_transformers(pair, prompt):
     llm = LLM.load(ckpt, device="cpu")
     ids = llm.encode(prompt)
     ours = llm.complete(ids, max_new_tokens=40, ignore_eos=True)
-    assert ours.token_ids == _hf_greedy(hf, ids, 40)
+    assert ours.token_ids == _hf_greedy(hf, ids, 40, llm.tokenizer.vocab_size)
     assert ours.finish_reason == "length" and ours.completion_tokens == 40
-    assert ours.text == llm.tokenizer.decode(ours.token_ids)
+    assert ours.text == llm.tokenizer.decode(ours.token_ids, skip_special_tokens=False)  # as transformers decodes
 
 
 def test_left_padded_batch_equals_one_at_a_time(pair):

@@ -9,9 +9,11 @@ import time
 import pytest
 import torch
 
-from openseason.serve.scheduler import Engine, QueueFull, Request, RequestParams
+from openseason.errors import OpenseasonError
+from openseason.generation.engine import Engine, QueueFull, Request
+from openseason.generation.sampling import SamplingParams
 
-from .conftest import EOS, tiny_model
+from ..serve.conftest import EOS, tiny_model
 
 PROMPTS = ["The quick brown", "add 2 and 3", "lazy dog jumps over the quick fox and", "Response: 5",
            "### Instruction:\nadd", "0123456789 + - *", "Below is an instruction that describes a task."]
@@ -79,13 +81,14 @@ def test_batched_greedy_equals_unbatched(random_model, tiny_tokenizer):
         collectors = []
         for i, (p, b) in enumerate(zip(prompts, budgets)):
             c = Collector()
-            engine.submit(Request(p, RequestParams(max_tokens=b, temperature=0.0), c))
+            engine.submit(Request(p, SamplingParams(max_new_tokens=b, temperature=0.0), c))
             collectors.append(c)
             if i % 2:
                 time.sleep(0.02)  # let the batch decode a few steps before the next request joins
         for c, ref, b in zip(collectors, refs, budgets):
             done = c.wait().finished[0]
-            assert done.token_ids == ref
+            # token_ids count every generated id, the EOS that ended a row included (as in usage)
+            assert done.token_ids == (ref if len(ref) == b else ref + [EOS])
             assert done.finish_reason == ("length" if len(ref) == b else "stop")
             assert c.texts.get(0, "") == tiny_tokenizer.decode(ref, skip_special_tokens=False)
         assert engine.steps < sum(budgets)  # decode steps were shared between requests
@@ -99,19 +102,19 @@ def test_n_choices_share_one_prefill(random_model, tiny_tokenizer):
     engine = Engine(random_model, tiny_tokenizer, max_batch=4)
     try:
         c = Collector(n=3)
-        engine.submit(Request(ids, RequestParams(max_tokens=12, temperature=0.0, n=3), c))
+        engine.submit(Request(ids, SamplingParams(max_new_tokens=12, temperature=0.0, n=3), c))
         c.wait()
         assert [c.finished[i].token_ids for i in range(3)] == [ref] * 3
         assert engine.prompt_tokens == len(ids)
 
         sampled = Collector(n=3)
-        engine.submit(Request(ids, RequestParams(max_tokens=12, temperature=1.0, seed=5, n=3), sampled))
+        engine.submit(Request(ids, SamplingParams(max_new_tokens=12, temperature=1.0, seed=5, n=3), sampled))
         sampled.wait()
         outs = [sampled.finished[i].token_ids for i in range(3)]
         assert len({tuple(o) for o in outs}) > 1  # each choice samples with its own generator
 
         again = Collector(n=3)
-        engine.submit(Request(ids, RequestParams(max_tokens=12, temperature=1.0, seed=5, n=3), again))
+        engine.submit(Request(ids, SamplingParams(max_new_tokens=12, temperature=1.0, seed=5, n=3), again))
         assert [again.wait().finished[i].token_ids for i in range(3)] == outs  # same seed, same text
     finally:
         engine.close()
@@ -127,7 +130,7 @@ def test_stop_string_and_eos(tiny_tokenizer):
     engine = Engine(model, tiny_tokenizer)
     try:
         c = Collector()
-        engine.submit(Request(ids, RequestParams(max_tokens=20, temperature=0.0, stop=(stop,)), c))
+        engine.submit(Request(ids, SamplingParams(max_new_tokens=20, temperature=0.0, stop=(stop,)), c))
         c.wait()
         assert c.finished[0].finish_reason == "stop"
         assert c.texts.get(0, "") == expected
@@ -138,9 +141,9 @@ def test_stop_string_and_eos(tiny_tokenizer):
     engine = Engine(eos_model, tiny_tokenizer)
     try:
         c = Collector()
-        engine.submit(Request(ids, RequestParams(max_tokens=30, temperature=0.7, seed=0), c))
+        engine.submit(Request(ids, SamplingParams(max_new_tokens=30, temperature=0.7, seed=0), c))
         done = c.wait().finished[0]
-        assert (done.finish_reason, done.completion_tokens, c.texts.get(0, "")) == ("stop", 0, "")
+        assert (done.finish_reason, done.token_ids, c.texts.get(0, "")) == ("stop", [EOS], "")
     finally:
         engine.close()
 
@@ -151,8 +154,8 @@ def test_presence_penalty_changes_greedy_choice(tiny_tokenizer):
     engine = Engine(model, tiny_tokenizer)
     try:
         plain, penalized = Collector(), Collector()
-        engine.submit(Request(ids, RequestParams(max_tokens=40, temperature=0.0), plain))
-        engine.submit(Request(ids, RequestParams(max_tokens=40, temperature=0.0, presence_penalty=2.0,
+        engine.submit(Request(ids, SamplingParams(max_new_tokens=40, temperature=0.0), plain))
+        engine.submit(Request(ids, SamplingParams(max_new_tokens=40, temperature=0.0, presence_penalty=2.0,
                                                  frequency_penalty=2.0), penalized))
         a, b = plain.wait().finished[0].token_ids, penalized.wait().finished[0].token_ids
         assert len(set(b)) > len(set(a))  # penalties push away from tokens already generated
@@ -166,18 +169,18 @@ def test_cancel_leaves_the_batch_and_queue_is_bounded(tiny_tokenizer):
     engine = Engine(model, tiny_tokenizer, max_batch=1, max_queue=2)
     try:
         first = Collector()
-        long_request = engine.submit(Request(ids, RequestParams(max_tokens=1000, temperature=0.0), first))
+        long_request = engine.submit(Request(ids, SamplingParams(max_new_tokens=1000, temperature=0.0), first))
         first.events.get(timeout=30)        # it is decoding
-        waiting = [engine.submit(Request(ids, RequestParams(max_tokens=5, temperature=0.0), Collector()))
+        waiting = [engine.submit(Request(ids, SamplingParams(max_new_tokens=5, temperature=0.0), Collector()))
                    for _ in range(2)]       # the batch is full: these two wait
         assert engine.queue_length == 2
         with pytest.raises(QueueFull):
-            engine.submit(Request(ids, RequestParams(max_tokens=5, temperature=0.0), Collector()))
+            engine.submit(Request(ids, SamplingParams(max_new_tokens=5, temperature=0.0), Collector()))
         assert engine.metrics()["requests_rejected"] == 1
         long_request.cancel()
         waiting[0].cancel()                  # cancelled while still queued: never runs
         done = Collector()
-        engine.submit(Request(ids, RequestParams(max_tokens=5, temperature=0.0), done))
+        engine.submit(Request(ids, SamplingParams(max_new_tokens=5, temperature=0.0), done))
         assert done.wait().finished[0].completion_tokens == 5
         wait_until(lambda: engine.running == 0 and engine.queue_length == 0)
         metrics = engine.metrics()
@@ -191,7 +194,7 @@ def test_cancel_leaves_the_batch_and_queue_is_bounded(tiny_tokenizer):
 def test_engine_rejects_requests_beyond_the_context(tiny_tokenizer):
     engine = Engine(tiny_model(), tiny_tokenizer)
     try:
-        with pytest.raises(ValueError, match="context window"):
-            engine.submit(Request([5] * 1000, RequestParams(max_tokens=100), Collector()))
+        with pytest.raises(OpenseasonError, match="context window"):
+            engine.submit(Request([5] * 1000, SamplingParams(max_new_tokens=100), Collector()))
     finally:
         engine.close()

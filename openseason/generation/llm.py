@@ -1,4 +1,4 @@
-"""Text generation and the Python API: `LLM.load(path)`, then generate, stream or chat.
+"""The Python API: `LLM.load(path)`, then generate, stream or chat.
 
     from openseason import LLM
     llm = LLM.load("runs/my-model")
@@ -6,13 +6,8 @@
     for piece in llm.stream("Once upon a time", temperature=0.8, top_p=0.9, seed=0):
         print(piece, end="", flush=True)
 
-The building blocks live in `openseason.generation` and are re-exported here for other stages (the
-OpenAI-compatible server drives `Decoder` step by step):
-
-    SamplingParams, sample_next_token, apply_repetition_penalty     sampling.py
-    IncrementalDecoder, StopMatcher, TextStream                     text.py
-    Decoder, Completion, TokenEvent, generate_ids, check_context    engine.py
-    prepare_for_decoding                                            speed.py
+Generation runs through the one decoding implementation (`engine.RunningBatch`, stepped here by a
+`Decoder` in the caller's thread), so it gives the same tokens as the server's engine.
 """
 from __future__ import annotations
 
@@ -21,16 +16,12 @@ from typing import Iterator, Optional, Sequence, Union
 
 import torch
 
-from .errors import OpenseasonError
-from .generation.engine import Completion, Decoder, TokenEvent, check_context, generate_ids
-from .generation.sampling import (SamplingParams, apply_repetition_penalty, as_params, make_generator,
-                                  sample_next_token)
-from .generation.speed import prepare_for_decoding
-from .generation.text import IncrementalDecoder, StopMatcher, TextStream
+from ..errors import OpenseasonError
+from .engine import Completion, Decoder, generate_ids
+from .sampling import SamplingParams, as_params
+from .speed import prepare_for_decoding
 
-__all__ = ["LLM", "SamplingParams", "sample_next_token", "apply_repetition_penalty", "make_generator",
-           "IncrementalDecoder", "StopMatcher", "TextStream", "Decoder", "Completion", "TokenEvent",
-           "generate_ids", "check_context", "prepare_for_decoding", "parse_dtype", "default_device"]
+__all__ = ["LLM", "parse_dtype", "default_device"]
 
 Prompt = Union[str, Sequence[int]]
 
@@ -87,8 +78,8 @@ class LLM:
     def load(cls, path: str | Path, device=None, dtype=None) -> "LLM":
         """Load a checkpoint directory (full or adapter checkpoints, via checkpoint.load_model) and its
         tokenizer. device: "cpu", "cuda", ... (default: cuda when available); dtype: e.g. "bfloat16"."""
-        from .checkpoint import load_model, read_run_card
-        from .tokenizer import Tokenizer
+        from ..checkpoint import load_model, read_run_card
+        from ..tokenizer import Tokenizer
 
         path = Path(path)
         device = str(device or default_device())
@@ -161,7 +152,7 @@ class LLM:
     # -- chat ---------------------------------------------------------------------------------------
     def chat_prompt(self, messages, style: Optional[str] = None) -> tuple[list[int], tuple[str, ...]]:
         """(prompt token ids, the style's stop strings) for a conversation, tokenized as in training."""
-        from .prompts import get_style
+        from ..prompts import get_style
 
         name = style or self.prompt_style
         if name is None:
@@ -170,7 +161,7 @@ class LLM:
                                   hint="pass style='alpaca' (or dolly, oasst, chatml, ...), or use generate()")
         prompt_style = get_style(name)
         try:
-            from .data.sft import tokenize_prompt
+            from ..data.sft import tokenize_prompt
         except ImportError:  # the data stage is optional here: fall back to rendering the text
             ids = self.tokenizer.encode(prompt_style.render(messages, add_generation_prompt=True))
         else:

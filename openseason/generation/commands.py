@@ -18,7 +18,7 @@ def unescape(text: str) -> str:
 
 
 def _generate(args) -> int:
-    from .generate import LLM
+    from .llm import LLM
 
     llm = LLM.load(args.checkpoint, device=args.device, dtype=args.dtype)
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
