@@ -109,7 +109,7 @@ def _plain_messages(messages, where: Optional[str]) -> list[dict]:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: special_tokens is a dict
 class ChatTemplate:
     """A Hugging Face chat template with the special-token texts it is rendered with.
 
