@@ -14,9 +14,20 @@ End of turn. Styles with a literal marker (oasst `<|endoftext|>`, chatml `<|im_e
 ` </s>`, dolly `\\n\\n### End`) put it in the text. Styles with `end_with_eos = True` (alpaca, vicuna,
 plain) end each reply with the *tokenizer's* EOS token instead, whatever its spelling: `render` and
 `segments` insert `eos_text` there (default "", so the text carries no marker) and
-`openseason.data.sft.tokenize_conversation` appends `tokenizer.eos_id` after every trained piece. For
-multi-turn inference with such a style pass `eos_text=tokenizer.id_to_token(tokenizer.eos_id)` or,
-better, use `openseason.data.sft.tokenize_prompt`, which tokenizes exactly like training.
+`chat_pieces` appends `tokenizer.eos_id` after every trained piece.
+
+Token ids. `encode_chat(messages, tokenizer, fmt)` is THE way messages become prompt ids for inference
+(LLM.chat, the server, the terminal chat, judge, guard, synth); training
+(`openseason.data.sft.tokenize_conversation`) builds its ids from the same `chat_pieces`, so the prompt
+ids of a conversation are exactly the ids the model saw up to the same point in training. A prompt
+style is tokenized segment by segment (BOS per `tokenizer.add_bos`, the EOS id after replies of
+`end_with_eos` styles); a Hugging Face chat template (`openseason.chat_template.ChatTemplate`) is
+rendered whole and encoded without adding BOS, as transformers' `apply_chat_template` does.
+`chat_stops(fmt, tokenizer)` gives the stop strings and stop token ids that go with a format.
+
+Which format a checkpoint uses: `resolve_chat_format(checkpoint_dir, requested)`, one rule for every
+caller: an explicitly requested style wins; else the style stored in the checkpoint's run_card.json
+("prompt_style"); else the Hugging Face chat template stored with its tokenizer; else "plain".
 
 Messages are `[{"role": "system" | "user" | "assistant", "content": str}]`: an optional system
 message first, then user and assistant alternating, starting with user. A user message may carry an
@@ -26,8 +37,10 @@ optional `"input"` (Alpaca's input / Dolly's context): alpaca and dolly render i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Callable, Optional, Union
 
+from .chat_template import NAME as CHAT_TEMPLATE_NAME, ChatTemplate, ChatTemplateError  # noqa: F401 (re-exported)
 from .errors import DataError, OpenseasonError
 
 Segments = list[tuple[str, bool]]
@@ -248,3 +261,144 @@ def get_style(name) -> PromptStyle:
         raise OpenseasonError(f"unknown prompt style {name!r}",
                               hint=f"choose one of: {', '.join(STYLES)}")
     return style
+
+
+# -- chat formats: prompt styles and Hugging Face chat templates -----------------------------------
+# A chat format is a PromptStyle or a ChatTemplate; both have .name, .stop_strings and .render().
+ChatFormat = Union[PromptStyle, ChatTemplate]
+DEFAULT_CHAT_STYLE = "plain"  # the last step of resolve_chat_format's rule
+
+
+def as_chat_format(fmt) -> ChatFormat:
+    """A PromptStyle or ChatTemplate from a style name, a saved style dict, a PromptStyle or a ChatTemplate."""
+    if isinstance(fmt, ChatTemplate):
+        return fmt
+    if fmt == CHAT_TEMPLATE_NAME or (isinstance(fmt, dict) and fmt.get("name") == CHAT_TEMPLATE_NAME):
+        raise OpenseasonError("the name 'chat-template' means a checkpoint's own Hugging Face chat template",
+                              hint="load it with resolve_chat_format(checkpoint_dir, 'chat-template') or "
+                                   "ChatTemplate.from_dir(checkpoint_dir)")
+    return get_style(fmt)
+
+
+def chat_pieces(messages, tokenizer, style, add_generation_prompt: bool = False,
+                *, where: Optional[str] = None) -> list[tuple[list[int], str]]:
+    """A conversation as token-id pieces, each tagged "bos", "prompt" or "reply" (an assistant reply with
+    its end-of-turn marker or EOS id: what training puts loss on). The one tokenization of a prompt
+    style: `encode_chat` joins the pieces, `data.sft.tokenize_conversation` adds labels to them.
+
+    BOS comes first when `tokenizer.add_bos`; each segment of `style.segments` is encoded on its own
+    (so the prompt/reply boundary is exact); replies of `end_with_eos` styles get `tokenizer.eos_id`.
+    """
+    style = as_chat_format(style)
+    if isinstance(style, ChatTemplate):
+        raise OpenseasonError("a Hugging Face chat template gives no prompt/reply boundaries to train on",
+                              where=style.origin,
+                              hint="train with a prompt style (--prompt-style chatml, alpaca, ...); chat templates "
+                                   "are used for inference")
+    pieces: list[tuple[list[int], str]] = []
+    if tokenizer.add_bos and tokenizer.bos_id is not None:
+        pieces.append(([tokenizer.bos_id], "bos"))
+    for text, trained in style.segments(messages, add_generation_prompt, where=where):
+        ids = tokenizer.encode(text, bos=False)
+        if trained and style.end_with_eos:
+            if tokenizer.eos_id is None:
+                raise OpenseasonError(f"prompt style {style.name!r} ends replies with EOS but the tokenizer has none",
+                                      hint="set eos_token in tokenizer_config.json or choose a style with a "
+                                           "literal marker")
+            ids = ids + [tokenizer.eos_id]
+        pieces.append((ids, "reply" if trained else "prompt"))
+    return pieces
+
+
+def encode_chat(messages, tokenizer, style, *, add_generation_prompt: bool = True) -> list[int]:
+    """Prompt token ids for `messages` in a chat format: THE way messages become ids for inference.
+
+    style   a PromptStyle, a style name ("chatml", ...), a saved style dict, or a ChatTemplate (see
+            `resolve_chat_format` to pick one for a checkpoint)
+
+    A prompt style gives exactly the ids training gave the same conversation up to the point where the
+    assistant starts writing (see `chat_pieces`). A chat template is rendered and encoded without adding
+    BOS, like transformers' `apply_chat_template(tokenize=True)`. Bad messages raise DataError, a
+    template that refuses them ChatTemplateError (both OpenseasonError).
+    """
+    fmt = as_chat_format(style)
+    if isinstance(fmt, ChatTemplate):
+        return fmt.encode(messages, tokenizer, add_generation_prompt)
+    return [t for ids, _ in chat_pieces(messages, tokenizer, fmt, add_generation_prompt) for t in ids]
+
+
+def chat_stops(style, tokenizer=None) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """(stop strings, stop token ids) for generating a reply in a chat format.
+
+    The strings are the format's own (`stop_strings`). The ids are the tokenizer's EOS and every stop
+    string that the tokenizer holds as one added (special) token, e.g. ChatML's <|im_end|>: stopping on
+    the id ends the reply without decoding it first. Generation stops at EOS anyway unless told to
+    ignore it; listing it keeps the ids complete for callers that pass ignore_eos.
+    """
+    fmt = as_chat_format(style)
+    strings = tuple(fmt.stop_strings)
+    ids: list[int] = []
+    if tokenizer is not None:
+        if tokenizer.eos_id is not None:
+            ids.append(tokenizer.eos_id)
+        added = _added_token_ids(tokenizer)
+        for text in strings:
+            token_id = tokenizer.token_to_id(text)
+            if token_id is not None and token_id in added and token_id not in ids:
+                ids.append(token_id)
+    return strings, tuple(ids)
+
+
+def _added_token_ids(tokenizer) -> set[int]:
+    backend = getattr(tokenizer, "backend", None)
+    try:
+        return set(backend.get_added_tokens_decoder())
+    except AttributeError:  # not a tokenizers.Tokenizer (a stand-in in tests, or an old tokenizers)
+        return set()
+
+
+def resolve_chat_format(checkpoint=None, requested=None) -> tuple[ChatFormat, str]:
+    """The chat format to use for a checkpoint, and a short human reason for the choice.
+
+    The rule, the same for every caller (LLM.chat, serve, chat, judge, guard, synth):
+      1. an explicitly requested format wins: a style name, a PromptStyle, a ChatTemplate, or
+         "chat-template" for the checkpoint's own Hugging Face template;
+      2. else the style stored in the checkpoint's run_card.json ("prompt_style": a name or a dict with
+         "name"), i.e. what the model was finetuned with;
+      3. else the Hugging Face chat template stored with the checkpoint's tokenizer (chat_template.jinja,
+         tokenizer_config.json "chat_template", chat_template.json), e.g. a converted chat model;
+      4. else "plain" (a base model: turns separated by blank lines).
+    `checkpoint` may be None (then only 1 and 4 apply).
+    """
+    path = None if checkpoint is None else Path(checkpoint)
+    if requested is not None and requested != CHAT_TEMPLATE_NAME:
+        fmt = as_chat_format(requested)
+        return fmt, f"prompt style {fmt.name!r} was requested"
+    if requested == CHAT_TEMPLATE_NAME:
+        template = ChatTemplate.from_dir(path) if path is not None else None
+        if template is None:
+            raise OpenseasonError("the checkpoint's chat template was requested, but it has none",
+                                  where=str(path) if path is not None else None,
+                                  hint="look for chat_template.jinja or a 'chat_template' in tokenizer_config.json; "
+                                       f"or choose a prompt style: {', '.join(STYLES)}")
+        return template, f"the chat template from {template.origin} was requested"
+    if path is not None:
+        from .checkpoint import read_run_card
+
+        stored = read_run_card(path).get("prompt_style")
+        if isinstance(stored, dict):
+            stored = stored.get("name")
+        if stored:
+            try:
+                fmt = get_style(stored)
+            except OpenseasonError as exc:
+                raise OpenseasonError(f"run_card.json names an unknown prompt style {stored!r}",
+                                      where=str(path / "run_card.json"), hint=exc.hint) from None
+            return fmt, f"prompt style {fmt.name!r} stored in run_card.json"
+        template = ChatTemplate.from_dir(path)
+        if template is not None:
+            return template, f"the chat template stored with the tokenizer ({Path(template.origin).name})"
+    reason = "no prompt style was requested"
+    if path is not None:
+        reason = f"{path} stores no prompt style in run_card.json and no chat template"
+    return STYLES[DEFAULT_CHAT_STYLE], f"{reason}: using {DEFAULT_CHAT_STYLE!r}"

@@ -15,8 +15,10 @@ from tokenizers import Tokenizer as _HFTokenizer
 
 from .errors import CheckpointError
 
+# Copied with a checkpoint both ways by `convert`; the chat template files keep a model's chat format
+# (see openseason.chat_template).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "tokenizer.model", "generation_config.json")
+                   "tokenizer.model", "generation_config.json", "chat_template.jinja", "chat_template.json")
 
 
 def _token_text(value) -> Optional[str]:

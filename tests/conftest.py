@@ -43,3 +43,39 @@ def tiny_tokenizer():
              "Below is an instruction that describes a task. Write a response that appropriately completes it.",
              "### Instruction:\n### Input:\n### Response:\n", "0123456789 + - * / = ? ! , ."] * 20
     return train_bpe(texts, vocab_size=512)
+
+
+CHAT_TEXTS = ["Below is an instruction that describes a task, paired with an input that provides further context. "
+              "Write a response that appropriately completes the request.",
+              "### Instruction:\n### Input:\n### Response:\n### End\nInput:\n",
+              "A chat between a curious user and an artificial intelligence assistant. USER: ASSISTANT:",
+              "[INST] <<SYS>>\n<</SYS>>\n\n [/INST] system user assistant",
+              "Be nice. Hi Hello! What is 2+2? 4 Add these numbers 2, 3 The sum is 5. Thanks! You're welcome.",
+              "The quick brown fox jumps over the lazy dog. 0123456789 + - * / = ? ! , . ' \n\n"] * 10
+CHAT_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|user|>", "<|assistant|>", "<|system|>",
+                 "<|prompter|>")
+
+
+@pytest.fixture(scope="session")
+def bpe_chat_tokenizer():
+    """GPT-NeoX-like: byte-level BPE, no BOS added, <|endoftext|> = EOS, chat markers as special tokens."""
+    from openseason.tokenizer import train_bpe
+
+    return train_bpe(CHAT_TEXTS, vocab_size=400, special_tokens=CHAT_SPECIALS)
+
+
+@pytest.fixture(scope="session")
+def sp_chat_tokenizer():
+    """LLaMA-like: BPE over a Metaspace pre-tokenizer (sentencepiece's '▁'), <unk>, <s> = BOS (added),
+    </s> = EOS."""
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+
+    from openseason.tokenizer import Tokenizer
+
+    backend = HFTokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>", *CHAT_SPECIALS[1:]],
+                                  show_progress=False)
+    backend.train_from_iterator(CHAT_TEXTS, trainer=trainer)
+    return Tokenizer(backend, bos_id=backend.token_to_id("<s>"), eos_id=backend.token_to_id("</s>"), add_bos=True)

@@ -4,9 +4,10 @@ Label convention: `labels` are aligned with `input_ids` (NOT shifted). A label i
 the model is trained to produce that token and -100 elsewhere; the training loop computes
 cross-entropy of `logits[:, :-1]` against `labels[:, 1:]`.
 
-Tokenization goes segment by segment (see `openseason.prompts.PromptStyle.segments`) so the boundary
-between prompt and reply is exact; `tokenize_prompt` tokenizes an inference prompt the same way, so
-a model sees at inference exactly the ids it was trained on. BOS follows `tokenizer.add_bos`.
+Tokenization goes segment by segment (see `openseason.prompts.chat_pieces`) so the boundary between
+prompt and reply is exact; `openseason.prompts.encode_chat` tokenizes an inference prompt from the
+same pieces, so a model sees at inference exactly the ids it was trained on. BOS follows
+`tokenizer.add_bos`.
 
 Packing puts several conversations in one row. `segment_ids` (1, 2, ... per conversation, 0 for
 padding) keep attention inside a conversation, `position_ids` restart at 0 for each, and the label of
@@ -23,7 +24,7 @@ import torch
 
 from ..errors import DataError, OpenseasonError, where
 from ..fileio import iter_jsonl
-from ..prompts import PromptStyle, get_style
+from ..prompts import PromptStyle, chat_pieces, encode_chat, get_style
 
 IGNORE = -100
 TRAIN_ON = ("assistant", "all")
@@ -42,27 +43,19 @@ def tokenize_conversation(messages, tokenizer, style, max_length: int, train_on:
                           truncation: str = "right") -> Optional[dict]:
     """{"input_ids": [...], "labels": [...]} for one conversation.
 
-    train_on="assistant" puts loss on every assistant reply (with its end-of-turn marker / EOS);
-    "all" on every token but BOS. truncation: "right" keeps the first max_length tokens, "left" the
+    The ids come from `openseason.prompts.chat_pieces`, the same pieces `encode_chat` joins for
+    inference. train_on="assistant" puts loss on every assistant reply (with its end-of-turn marker /
+    EOS); "all" on every token but BOS. truncation: "right" keeps the first max_length tokens, "left" the
     last ones (keeping BOS first), "drop" returns None for a conversation that does not fit.
     """
     _check(train_on, truncation)
-    style = get_style(style)
     ids: list[int] = []
     labels: list[int] = []
-    bos = tokenizer.add_bos and tokenizer.bos_id is not None
-    if bos:
-        ids.append(tokenizer.bos_id)
-        labels.append(IGNORE)
-    for text, trained in style.segments(messages):
-        piece = tokenizer.encode(text, bos=False)
-        if trained and style.end_with_eos:
-            if tokenizer.eos_id is None:
-                raise OpenseasonError(f"prompt style {style.name!r} ends replies with EOS but the tokenizer has none",
-                                      hint="set eos_token in tokenizer_config.json or choose a style with a literal marker")
-            piece = piece + [tokenizer.eos_id]
+    bos = False
+    for piece, kind in chat_pieces(messages, tokenizer, style):
+        bos = bos or kind == "bos"
         ids.extend(piece)
-        labels.extend(piece if (trained or train_on == "all") else [IGNORE] * len(piece))
+        labels.extend(piece if kind == "reply" or (train_on == "all" and kind != "bos") else [IGNORE] * len(piece))
     if len(ids) > max_length:
         if truncation == "drop":
             return None
@@ -76,15 +69,8 @@ def tokenize_conversation(messages, tokenizer, style, max_length: int, train_on:
 
 
 def tokenize_prompt(messages, tokenizer, style) -> list[int]:
-    """Token ids of an inference prompt, tokenized exactly as training does (segment by segment);
-    for styles that end replies with EOS, earlier replies get `tokenizer.eos_id` as in training."""
-    style = get_style(style)
-    ids = [tokenizer.bos_id] if tokenizer.add_bos and tokenizer.bos_id is not None else []
-    for text, trained in style.segments(messages, add_generation_prompt=True):
-        ids.extend(tokenizer.encode(text, bos=False))
-        if trained and style.end_with_eos and tokenizer.eos_id is not None:
-            ids.append(tokenizer.eos_id)
-    return ids
+    """Deprecated alias of `openseason.prompts.encode_chat(messages, tokenizer, style)`."""
+    return encode_chat(messages, tokenizer, style)
 
 
 # -- prepared directories ---------------------------------------------------------------------------

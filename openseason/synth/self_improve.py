@@ -124,7 +124,7 @@ def self_improve(data: str | Path, checkpoint: str | Path, out: str | Path, *, n
     """Write OUT/augmented.json (the training set plus the best beam per example), OUT/added.jsonl,
     OUT/rejected.jsonl and a report."""
     from ..checkpoint import load_config, load_model
-    from ..prompts import get_style
+    from ..prompts import encode_chat, get_style
     from ..tokenizer import Tokenizer
 
     if metric not in METRICS:
@@ -152,10 +152,11 @@ def self_improve(data: str | Path, checkpoint: str | Path, out: str | Path, *, n
     with Progress(transient=True) as progress:
         task = progress.add_task("self-improve: beam search", total=len(rows))
         for i, row in enumerate(rows):
-            prompt = style.render([{"role": "user", "content": row["instruction"], "input": row["input"]}])
+            messages = [{"role": "user", "content": row["instruction"], "input": row["input"]}]
+            prompt = style.render(messages)
             key = log.key({"prompt": prompt})
             if not log.done(key):
-                ids = tokenizer.encode(prompt)
+                ids = encode_chat(messages, tokenizer, style)
                 if len(ids) + max_new_tokens > config.block_size:
                     log.record_failure(key, f"prompt of {len(ids)} tokens + {max_new_tokens} new exceeds the "
                                             f"context window ({config.block_size})", input={"row": i})

@@ -22,6 +22,7 @@ import torch
 from ..errors import ConfigError, OpenseasonError
 from .loop import TrainConfig, train
 
+TRAIN_DEFAULT_STYLE = "alpaca"  # when neither the options, the data nor the base checkpoint name a style
 METHOD_LR = {"full": 2e-5, "lora": 3e-4, "adapter": 9e-3, "adapter-v2": 3e-3}
 
 DEFAULTS: dict[str, Any] = dict(
@@ -76,9 +77,16 @@ def finetune(checkpoint: str | Path, data: str | Path, method: Optional[str] = N
     lr, min_lr, warmup_steps, weight_decay, grad_clip, max_length, packing, train_on, prompt_style,
     val_size, lora_rank, lora_alpha, lora_dropout, lora_targets, adapter_prompt_length, adapter_layers,
     device, precision, gradient_checkpointing. `callbacks` are fn(step, metrics) called after every
-    step. Returns train()'s result plus the resolved options."""
+    step. Returns train()'s result plus the resolved options.
+
+    The prompt style the DATA is tokenized with (and which run_card.json records for inference) is:
+    `prompt_style` if given, else the style stored with the prepared data (prompt_style.json), else the
+    base checkpoint's run_card.json style, else TRAIN_DEFAULT_STYLE ("alpaca"). This is a training rule,
+    not `openseason.prompts.resolve_chat_format` (the inference rule): a Hugging Face chat template
+    cannot be trained on, and the data's own style is the source of truth."""
     from ..checkpoint import load_model, read_run_card
-    from ..data.sft import SFTData, load_conversations, prepared_style, style_messages, tokenize_prompt
+    from ..data.sft import SFTData, load_conversations, prepared_style, style_messages
+    from ..prompts import encode_chat
     from ..peft import apply, canonical_method, count_trainable, is_peft
     from ..peft.checkpoint import is_peft_checkpoint, root_base
     from ..tokenizer import Tokenizer
@@ -113,7 +121,7 @@ def finetune(checkpoint: str | Path, data: str | Path, method: Optional[str] = N
                 p.data = p.data.float()
     base_card = read_run_card(checkpoint)
 
-    style = opts["prompt_style"] or prepared_style(data) or base_card.get("prompt_style") or "alpaca"
+    style = opts["prompt_style"] or prepared_style(data) or base_card.get("prompt_style") or TRAIN_DEFAULT_STYLE
     max_length = int(opts["max_length"] or min(model.config.block_size, 2048))
     sft = SFTData(load_conversations(data), tokenizer, style, max_length, train_on=opts["train_on"])
     if len(sft) == 0:
@@ -137,7 +145,7 @@ def finetune(checkpoint: str | Path, data: str | Path, method: Optional[str] = N
     sample_messages = [m for m in style_messages(sample_record)]
     while sample_messages and sample_messages[-1].get("role") == "assistant":
         sample_messages = sample_messages[:-1]
-    sample_prompt = tokenize_prompt(sample_messages, tokenizer, style) if sample_messages else None
+    sample_prompt = encode_chat(sample_messages, tokenizer, style) if sample_messages else None
 
     def sample_fn(m) -> str:
         if not sample_prompt:

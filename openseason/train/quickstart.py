@@ -47,14 +47,15 @@ def _write_prepared(directory: Path, records: list[dict]) -> Path:
 
 def exact_match(model, tokenizer, records: list[dict], style: str, max_new_tokens: int = 16) -> dict[str, Any]:
     """Greedy answers to each record's user turn; exact match (whitespace-stripped) with the reference."""
-    from ..data.sft import style_messages, tokenize_prompt
+    from ..data.sft import style_messages
+    from ..prompts import encode_chat
     from ..generation import SamplingParams, generate_ids
 
     prompts, refs = [], []
     for record in records:
         messages = style_messages(record)
         refs.append(messages[-1]["content"].strip())
-        prompts.append(tokenize_prompt(messages[:-1], tokenizer, style))
+        prompts.append(encode_chat(messages[:-1], tokenizer, style))
     model.eval()
     outs = generate_ids(model, prompts, SamplingParams(max_new_tokens=max_new_tokens), tokenizer=tokenizer)
     answers = [o.text.strip() for o in outs]
