@@ -24,7 +24,7 @@ import torch
 
 from ..errors import DataError, OpenseasonError, where
 from ..fileio import iter_jsonl
-from ..prompts import PromptStyle, chat_pieces, encode_chat, get_style
+from ..prompts import PromptStyle, chat_pieces, get_style
 
 IGNORE = -100
 TRAIN_ON = ("assistant", "all")
@@ -66,11 +66,6 @@ def tokenize_conversation(messages, tokenizer, style, max_length: int, train_on:
             ids = ids[:int(bos)] + ids[len(ids) - keep:]
             labels = labels[:int(bos)] + labels[len(labels) - keep:]
     return {"input_ids": ids, "labels": labels}
-
-
-def tokenize_prompt(messages, tokenizer, style) -> list[int]:
-    """Deprecated alias of `openseason.prompts.encode_chat(messages, tokenizer, style)`."""
-    return encode_chat(messages, tokenizer, style)
 
 
 # -- prepared directories ---------------------------------------------------------------------------

@@ -63,22 +63,33 @@ class LLM:
     model         openseason.model.GPT (a torch.nn.Module; forward(input_ids) -> logits [B, T, vocab])
     tokenizer     openseason.tokenizer.Tokenizer
     config        openseason.config.Config
-    prompt_style  the name saved in run_card.json ("prompt_style"), or None
+    chat_format   how chat() turns messages into ids: a prompts.PromptStyle or a Hugging Face
+                  ChatTemplate, chosen by prompts.resolve_chat_format (requested > run_card.json's
+                  style > the tokenizer's chat template > "plain"); `chat_format_reason` says why
+    prompt_style  the chat format's name
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer, config=None, prompt_style: Optional[str] = None,
+    def __init__(self, model: torch.nn.Module, tokenizer, config=None, prompt_style=None,
                  path: Optional[Path] = None):
+        from ..prompts import resolve_chat_format
+
         self.model = model
         self.tokenizer = tokenizer
         self.config = config if config is not None else model.config
-        self.prompt_style = prompt_style
         self.path = path
+        self.chat_format, self.chat_format_reason = resolve_chat_format(path, prompt_style)
+
+    @property
+    def prompt_style(self) -> str:
+        return self.chat_format.name
 
     @classmethod
-    def load(cls, path: str | Path, device=None, dtype=None) -> "LLM":
+    def load(cls, path: str | Path, device=None, dtype=None, prompt_style=None) -> "LLM":
         """Load a checkpoint directory (full or adapter checkpoints, via checkpoint.load_model) and its
-        tokenizer. device: "cpu", "cuda", ... (default: cuda when available); dtype: e.g. "bfloat16"."""
-        from ..checkpoint import load_model, read_run_card
+        tokenizer. device: "cpu", "cuda", ... (default: cuda when available); dtype: e.g. "bfloat16";
+        prompt_style: the chat format to use instead of the checkpoint's (a style name, or
+        "chat-template" for the tokenizer's Hugging Face template)."""
+        from ..checkpoint import load_model
         from ..tokenizer import Tokenizer
 
         path = Path(path)
@@ -91,10 +102,7 @@ class LLM:
         prepare_for_decoding(model)
         config = model.config
         tokenizer = Tokenizer.from_dir(path, config)
-        style = read_run_card(path).get("prompt_style")
-        if isinstance(style, dict):  # a saved PromptStyle.to_dict()
-            style = style.get("name")
-        return cls(model, tokenizer, config, prompt_style=style, path=path)
+        return cls(model, tokenizer, config, prompt_style=prompt_style, path=path)
 
     # -- prompts ------------------------------------------------------------------------------------
     def encode(self, prompt: Prompt) -> list[int]:
@@ -150,33 +158,27 @@ class LLM:
                     yield event.text
 
     # -- chat ---------------------------------------------------------------------------------------
-    def chat_prompt(self, messages, style: Optional[str] = None) -> tuple[list[int], tuple[str, ...]]:
-        """(prompt token ids, the style's stop strings) for a conversation, tokenized as in training."""
-        from ..prompts import get_style
+    def chat_prompt(self, messages, style=None) -> tuple[list[int], tuple[str, ...], tuple[int, ...]]:
+        """(prompt token ids, stop strings, stop token ids) for a conversation in the checkpoint's chat
+        format (or `style`), tokenized by prompts.encode_chat exactly as training tokenized it."""
+        from ..prompts import as_chat_format, chat_stops, encode_chat
 
-        name = style or self.prompt_style
-        if name is None:
-            raise OpenseasonError("this checkpoint records no prompt style, so chat cannot format messages",
-                                  where=str(self.path) if self.path else None,
-                                  hint="pass style='alpaca' (or dolly, oasst, chatml, ...), or use generate()")
-        prompt_style = get_style(name)
-        try:
-            from ..data.sft import tokenize_prompt
-        except ImportError:  # the data stage is optional here: fall back to rendering the text
-            ids = self.tokenizer.encode(prompt_style.render(messages, add_generation_prompt=True))
-        else:
-            ids = tokenize_prompt(messages, self.tokenizer, prompt_style)
-        return ids, tuple(prompt_style.stop_strings)
+        fmt = as_chat_format(style) if style is not None else self.chat_format
+        ids = encode_chat(messages, self.tokenizer, fmt)
+        strings, token_ids = chat_stops(fmt, self.tokenizer)
+        return ids, strings, token_ids
 
-    def chat(self, messages, style: Optional[str] = None, stream: bool = False, **kwargs):
-        """Reply to `messages` ([{"role": "user", "content": ...}, ...]) in the checkpoint's prompt style
-        (or `style`); the style's stop strings are added to `stop`. stream=True yields pieces."""
-        ids, style_stops = self.chat_prompt(messages, style)
+    def chat(self, messages, style=None, stream: bool = False, **kwargs):
+        """Reply to `messages` ([{"role": "user", "content": ...}, ...]) in the checkpoint's chat format
+        (or `style`); the format's stop strings and stop tokens are added to `stop` / `stop_token_ids`.
+        stream=True yields pieces."""
+        ids, strings, token_ids = self.chat_prompt(messages, style)
         extra = kwargs.pop("stop", None) or ()
-        stops = tuple(dict.fromkeys(((extra,) if isinstance(extra, str) else tuple(extra)) + style_stops))
+        stops = tuple(dict.fromkeys(((extra,) if isinstance(extra, str) else tuple(extra)) + strings))
+        stop_ids = tuple(dict.fromkeys(tuple(kwargs.pop("stop_token_ids", None) or ()) + token_ids))
         if stream:
-            return self.stream(ids, stop=stops, **kwargs)
-        return self.generate(ids, stop=stops, **kwargs)
+            return self.stream(ids, stop=stops, stop_token_ids=stop_ids, **kwargs)
+        return self.generate(ids, stop=stops, stop_token_ids=stop_ids, **kwargs)
 
     def __repr__(self) -> str:
         device = next(self.model.parameters()).device

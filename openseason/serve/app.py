@@ -29,6 +29,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import OpenseasonError
+from ..prompts import chat_stops, encode_chat
 from ..generation.engine import Engine, EngineClosed, Event, QueueFull, Request
 from ..generation.sampling import SamplingParams
 from .schema import APIError, ChatCompletionRequest, CompletionRequest, parse_request
@@ -52,7 +53,7 @@ class Hooks:
 @dataclass
 class ServerSettings:
     model_name: str
-    prompt_style: Any                       # a prompts.PromptStyle
+    chat_format: Any                        # a prompts.ChatFormat (PromptStyle or ChatTemplate)
     api_key: Optional[str] = None
     max_tokens_cap: int = 1024              # largest max_tokens a request may ask for
     default_max_tokens: int = 256           # chat requests without max_tokens get at most this
@@ -172,22 +173,20 @@ class Server:
             ids = [start]
         return ids
 
-    def chat_prompt(self, messages: list[dict]) -> str:
-        style = self.settings.prompt_style
-        eos_text = ""
-        if style.end_with_eos and self.tokenizer.eos_id is not None:
-            eos_text = self.tokenizer.id_to_token(self.tokenizer.eos_id) or ""
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        """The prompt ids of a conversation, by prompts.encode_chat (the ids training produced for it)."""
         try:
-            return style.render(messages, add_generation_prompt=True, eos_text=eos_text)
-        except OpenseasonError as exc:
+            return encode_chat(messages, self.tokenizer, self.settings.chat_format)
+        except OpenseasonError as exc:   # bad role order, a chat template that refuses the messages
             raise APIError(400, f"invalid messages: {exc}", param="messages", code="invalid_value") from None
 
-    def sampling(self, req, max_tokens: int, stop) -> SamplingParams:
+    def sampling(self, req, max_tokens: int, stop, stop_token_ids=()) -> SamplingParams:
         """The one SamplingParams of a request (OpenAI names at the edge, ours inside)."""
         try:
             return SamplingParams(max_new_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
-                                  stop=tuple(stop), seed=req.seed, presence_penalty=req.presence_penalty,
-                                  frequency_penalty=req.frequency_penalty, n=req.n)
+                                  stop=tuple(stop), stop_token_ids=tuple(stop_token_ids), seed=req.seed,
+                                  presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+                                  n=req.n)
         except OpenseasonError as exc:
             raise APIError(400, str(exc), code="invalid_value") from None
 
@@ -318,10 +317,11 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
         prompt_ids: list[int] = []
         job = None
         if canned is None:
-            prompt_ids = server.encode(server.chat_prompt(messages))
+            prompt_ids = server.chat_prompt(messages)
             max_tokens = server.budget(prompt_ids, req.requested_max_tokens(), settings.default_max_tokens, param)
-            stops = tuple(dict.fromkeys(list(settings.prompt_style.stop_strings) + req.stop_list()))
-            job = server.start([prompt_ids], [server.sampling(req, max_tokens, stops)])
+            strings, token_ids = chat_stops(settings.chat_format, server.tokenizer)
+            stops = tuple(dict.fromkeys(list(strings) + req.stop_list()))
+            job = server.start([prompt_ids], [server.sampling(req, max_tokens, stops, token_ids)])
         cid, made = _completion_id("chatcmpl"), _now()
         base = {"id": cid, "created": made, "model": settings.model_name, "system_fingerprint": None}
 

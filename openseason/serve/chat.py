@@ -9,7 +9,7 @@ Commands: /reset forgets the conversation (keeps the system prompt), /system TEX
 prompt (/system alone shows it, `/system -` clears it), /history shows the turns so far, /help,
 /exit (or end of input). Ctrl-C during an answer stops that answer and keeps what was written.
 
-The conversation is rendered with the checkpoint's prompt style and decoded by the same engine as
+The conversation is tokenized by prompts.encode_chat in the checkpoint's chat format and decoded by the same engine as
 `openseason serve`. When it outgrows the context window the oldest turns are dropped (and the user is
 told). `ChatSession` is the programmatic side (tests drive it, or the loop, with plain strings).
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator, Optional, TextIO
 
 from ..errors import OpenseasonError
+from ..prompts import chat_stops, encode_chat
 from ..generation.engine import Engine, Event, Request
 from ..generation.sampling import SamplingParams
 
@@ -31,10 +32,10 @@ HELP = ("commands: /reset (forget the conversation), /system TEXT (set the syste
 class ChatSession:
     """A conversation with history over an `Engine`; `send(text)` yields the answer piece by piece."""
 
-    def __init__(self, engine: Engine, style, *, system: Optional[str] = None, max_tokens: int = 256,
+    def __init__(self, engine: Engine, chat_format, *, system: Optional[str] = None, max_tokens: int = 256,
                  temperature: float = 0.7, top_p: float = 0.95, seed: Optional[int] = None):
         self.engine = engine
-        self.style = style
+        self.chat_format = chat_format
         self.system = system
         self.max_tokens = max_tokens
         self.temperature = temperature
@@ -56,14 +57,9 @@ class ChatSession:
         return out
 
     def _prompt_ids(self, user: str) -> tuple[list[int], int]:
-        tokenizer = self.engine.tokenizer
-        eos_text = ""
-        if self.style.end_with_eos and tokenizer.eos_id is not None:
-            eos_text = tokenizer.id_to_token(tokenizer.eos_id) or ""
         context = self.engine.config.block_size
         while True:
-            ids = tokenizer.encode(self.style.render(self.messages(user), add_generation_prompt=True,
-                                                     eos_text=eos_text))
+            ids = encode_chat(self.messages(user), self.engine.tokenizer, self.chat_format)
             room = context - len(ids)
             if room >= min(self.max_tokens, 16) or not self.turns:
                 break
@@ -79,8 +75,9 @@ class ChatSession:
         at the end (also when the caller stops early, with the text produced so far)."""
         ids, budget = self._prompt_ids(user)
         events: queue.Queue[Event] = queue.Queue()
+        strings, token_ids = chat_stops(self.chat_format, self.engine.tokenizer)
         params = SamplingParams(max_new_tokens=budget, temperature=self.temperature, top_p=self.top_p,
-                                stop=tuple(self.style.stop_strings), seed=self.seed)
+                                stop=strings, stop_token_ids=token_ids, seed=self.seed)
         request = self.engine.submit(Request(ids, params, events.put))
         pieces: list[str] = []
         self.last_finish = None
@@ -184,7 +181,7 @@ def chat(checkpoint: str | Path, *, system: Optional[str] = None, max_tokens: in
                                         max_batch=1, max_queue=1,
                                         log=lambda msg: print(msg, file=sys.stderr))
     try:
-        session = ChatSession(engine, settings.prompt_style, system=system, max_tokens=max_tokens,
+        session = ChatSession(engine, settings.chat_format, system=system, max_tokens=max_tokens,
                               temperature=temperature, top_p=top_p, seed=seed)
         return run_repl(session, stdin, stdout)
     finally:

@@ -6,8 +6,9 @@
     engine, settings = load_for_serving("runs/my-model")    # or build the pieces yourself
     app = create_app(engine, settings)
 
-Chat prompts use the prompt style stored in the checkpoint's run_card.json; a checkpoint without one
-(a base model) is served with the "plain" style, and the server says so when it starts.
+Chat prompts use the checkpoint's chat format by the one rule of `prompts.resolve_chat_format`
+(--prompt-style, else the style in run_card.json, else the tokenizer's Hugging Face chat template,
+else "plain"); the server says which and why when it starts.
 """
 from __future__ import annotations
 
@@ -16,12 +17,8 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import OpenseasonError
-from ..prompts import get_style
 from .app import Hooks, ServerSettings, create_app
 from ..generation.engine import Engine
-
-DEFAULT_STYLE = "plain"
-
 
 def load_for_serving(checkpoint: str | Path, *, model_name: Optional[str] = None, prompt_style: Optional[str] = None,
                      device: Optional[str] = None, dtype: Optional[str] = None, max_batch: int = 16,
@@ -30,22 +27,18 @@ def load_for_serving(checkpoint: str | Path, *, model_name: Optional[str] = None
     """Load `checkpoint` (full or adapter) and start its engine; returns (engine, settings) for create_app.
 
     model_name     the id in /v1/models (default: the checkpoint directory's name)
-    prompt_style   overrides the style stored in run_card.json
+    prompt_style   overrides the checkpoint's chat format (a style name, or "chat-template")
     max_batch      most sequences decoded together; max_queue: most requests waiting (then 503)
     """
     from ..generation.llm import LLM
 
     path = Path(checkpoint)
-    llm = LLM.load(path, device=device, dtype=dtype)
-    style_name = prompt_style or llm.prompt_style
-    if style_name is None:
-        style_name = DEFAULT_STYLE
-        log(f"note: {path} stores no prompt style in run_card.json; chat prompts use the {DEFAULT_STYLE!r} "
-            "style (pass --prompt-style to choose another)")
-    style = get_style(style_name)
+    llm = LLM.load(path, device=device, dtype=dtype, prompt_style=prompt_style)
+    log(f"chat format {llm.chat_format.name!r}: {llm.chat_format_reason}"
+        + ("" if prompt_style else " (--prompt-style chooses another)"))
     name = model_name or path.resolve().name
     engine = Engine(llm.model, llm.tokenizer, max_batch=max_batch, max_queue=max_queue, name=name)
-    settings = ServerSettings(model_name=name, prompt_style=style, api_key=api_key or None,
+    settings = ServerSettings(model_name=name, chat_format=llm.chat_format, api_key=api_key or None,
                               max_tokens_cap=max_tokens_cap, max_n=min(8, max_batch), hooks=hooks)
     return engine, settings
 
@@ -76,7 +69,7 @@ def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
         log(f"guardrails from {rails}")
     app = create_app(engine, settings)
     shown = f"[{host}]" if ":" in host else host
-    log(f"serving {settings.model_name!r} (prompt style {settings.prompt_style.name!r}) at "
+    log(f"serving {settings.model_name!r} (chat format {settings.chat_format.name!r}) at "
         f"http://{shown}:{port}/  (OpenAI API under /v1{', API key required' if api_key else ''})")
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log("warning: listening beyond this machine without --api-key; anyone who can reach it can use it")

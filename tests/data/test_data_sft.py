@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from openseason.config import Config
+from openseason.prompts import encode_chat
 from openseason.data.sft import (IGNORE, SFTData, ShuffledSampler, batches, collate, load_conversations,
-                                 prepared_style, tokenize_conversation, tokenize_prompt)
+                                 prepared_style, tokenize_conversation)
 from openseason.model import GPT
 from openseason.tokenizer import train_bpe
 
@@ -45,7 +46,7 @@ def test_eos_styles_append_the_tokenizer_eos_and_bos_follows_policy():
     assert ex["input_ids"] == [tok.bos_id] + prompt + reply
     assert ex["labels"] == [IGNORE] * (1 + len(prompt)) + reply
     # the inference prompt is tokenized the same way as training
-    assert tokenize_prompt(CONV[:1], tok, "alpaca") == [tok.bos_id] + prompt
+    assert encode_chat(CONV[:1], tok, "alpaca") == [tok.bos_id] + prompt
     # llama-2-chat's literal "</s>" is the EOS token; BOS is still only the tokenizer's
     l2 = tokenize_conversation(CONV, tok, "llama-2-chat", max_length=512)
     assert l2["input_ids"][0] == tok.bos_id and l2["input_ids"].count(tok.bos_id) == 2  # "<s>" between turns

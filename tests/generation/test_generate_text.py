@@ -185,7 +185,7 @@ def test_cli_generate(neox_pair, capsys):
 
 
 def test_chat_uses_the_prompt_style_and_its_stop_strings(gen_tokenizer):
-    from openseason.data.sft import tokenize_prompt
+    from openseason.prompts import encode_chat
 
     script = byte_tokens(gen_tokenizer, "Sure: 5.\n\n### End and more")
     model = ScriptedModel(script)
@@ -193,11 +193,12 @@ def test_chat_uses_the_prompt_style_and_its_stop_strings(gen_tokenizer):
     messages = [{"role": "user", "content": "add 2 and 3"}]
     assert llm.chat(messages, max_new_tokens=40, ignore_eos=True) == "Sure: 5.\n\n"
     assert "".join(llm.chat(messages, stream=True, max_new_tokens=40, ignore_eos=True)) == "Sure: 5.\n\n"
-    ids, stops = llm.chat_prompt(messages)
-    assert ids == tokenize_prompt(messages, gen_tokenizer, "dolly") and "### End" in stops
+    ids, stops, stop_ids = llm.chat_prompt(messages)
+    assert ids == encode_chat(messages, gen_tokenizer, "dolly") and "### End" in stops
+    assert gen_tokenizer.eos_id in stop_ids
     assert llm.chat(messages, style="plain", max_new_tokens=40, ignore_eos=True, stop="5") == "Sure: "
-    with pytest.raises(OpenseasonError, match="prompt style"):
-        LLM(model, gen_tokenizer).chat(messages)
+    # the one rule for a model with no stored style: "plain"
+    assert LLM(model, gen_tokenizer).prompt_style == "plain"
 
 
 def test_missing_gpu_is_a_clear_error(neox_pair):

@@ -160,4 +160,4 @@ def test_model_name_override_and_default_style(tmp_path, tiny_tokenizer):
     engine, settings = load_for_serving(ckpt, model_name="my-assistant", device="cpu", log=notes.append)
     engine.close()
     assert settings.model_name == "my-assistant"
-    assert settings.prompt_style.name == "plain" and "no prompt style" in notes[0]
+    assert settings.chat_format.name == "plain" and "no prompt style" in notes[0]
