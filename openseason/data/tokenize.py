@@ -254,8 +254,8 @@ def shard_path(directory: str | Path, name) -> Path:
 
 def read_manifest(directory: str | Path) -> dict:
     """manifest.json of a finished token directory, checked: DataError (file:line:col for bad JSON)
-    for a missing or malformed manifest, an unknown dtype, or a shard entry that is not
-    {file inside the directory, tokens >= 0, sha256}."""
+    for a missing or malformed manifest, an unknown dtype, counts that are not integers, or a shard
+    entry that is not {file inside the directory, tokens >= 0, sha256}."""
     directory = Path(directory)
     path = directory / MANIFEST
     if not path.exists():
@@ -276,9 +276,12 @@ def read_manifest(directory: str | Path) -> dict:
         raise bad("is not a JSON object")
     if manifest.get("dtype") not in DTYPES:
         raise bad(f"dtype must be one of {list(DTYPES)}, not {manifest.get('dtype')!r}")
-    for key in ("eos_id",):
+    for key in ("eos_id", "total_tokens", "documents"):  # pretraining records the last two in its run card
         if not isinstance(manifest.get(key), int) or isinstance(manifest.get(key), bool) or manifest[key] < 0:
-            raise bad(f"{key} must be a token id, not {manifest.get(key)!r}")
+            raise bad(f"{key} must be an integer >= 0, not {manifest.get(key)!r}")
+    if not isinstance(manifest.get("sources"), list) or not all(
+            isinstance(x, dict) and isinstance(x.get("path"), str) for x in manifest["sources"]):
+        raise bad("sources must be a list of {path, sha256, documents}")
     shards = manifest.get("shards")
     if not isinstance(shards, list):
         raise bad(f"shards must be a list, not {type(shards).__name__}")
@@ -289,5 +292,7 @@ def read_manifest(directory: str | Path) -> dict:
         tokens = shard.get("tokens")
         if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
             raise bad(f"shards[{i}].tokens must be a count >= 0, not {tokens!r}")
+        if not isinstance(shard.get("sha256"), str):
+            raise bad(f"shards[{i}].sha256 must be a hex digest")
     return manifest
 
