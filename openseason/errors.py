@@ -11,6 +11,7 @@ class OpenseasonError(Exception):
     """An error in the user's input, printed by the CLI as one clear message (exit status 2)."""
 
     def __init__(self, message: str, *, where: str | None = None, hint: str | None = None):
+        self.message = message
         self.where = where
         self.hint = hint
         text = f"{where}: {message}" if where else message

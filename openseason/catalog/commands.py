@@ -114,6 +114,7 @@ def cmd_list(args) -> int:
 
 def cmd_show(args) -> int:
     from .core import Catalog
+    from . import views
     with Catalog(args.db) as cat:
         asset = cat.get(args.name, args.source)
         others = cat.others_named(asset)
@@ -124,7 +125,8 @@ def cmd_show(args) -> int:
             return 0
         from rich.console import Console
         from rich.table import Table
-        t = Table(title=f"{asset.name} ({asset.type}, {asset.source})", show_header=False)
+        esc = views.esc  # every value here comes from imported files: never markup
+        t = Table(title=esc(f"{asset.name} ({asset.type}, {asset.source})"), show_header=False)
         t.add_column("field", style="cyan")
         t.add_column("value", overflow="fold")
         for key, value in asset.to_dict().items():
@@ -133,9 +135,9 @@ def cmd_show(args) -> int:
             if key == "dependencies":
                 value = ", ".join(f"{d['name']} ({d['relation']})" for d in value)
             why = asset.explanations.get(key)
-            t.add_row(key, f"{value}" + (f"\n[dim]{why}[/]" if why and key != "explanations" else ""))
+            t.add_row(key, esc(value) + (f"\n[dim]{esc(why)}[/]" if why and key != "explanations" else ""))
         for o in others:
-            t.add_row("also recorded", f"{o.name} from {o.source} ({o.origin})")
+            t.add_row("also recorded", esc(f"{o.name} from {o.source} ({o.origin})"))
         Console().print(t)
     return 0
 
@@ -222,14 +224,14 @@ def cmd_register(args) -> int:
 
 
 def cmd_licenses(args) -> int:
-    from . import licenses
+    from . import licenses, views
     from rich.console import Console
     from rich.table import Table
     t = Table(title="license table")
     for c in ("id", "spdx", "commercial", "research", "name"):
         t.add_column(c, overflow="fold")
     for lic in licenses.all_licenses():
-        t.add_row(lic.id, lic.spdx or "", lic.commercial, lic.research, lic.name)
+        t.add_row(*(views.esc(v) for v in (lic.id, lic.spdx or "", lic.commercial, lic.research, lic.name)))
     Console().print(t)
     return 0
 

@@ -16,9 +16,8 @@ import os
 from importlib import resources
 from typing import Optional
 
-import yaml
-
 from ..errors import OpenseasonError
+from ..fileio import parse_yaml
 from .graph import Graph
 from .normalize import asset_from_record
 from .schema import Asset, name_key
@@ -37,7 +36,7 @@ def load_builtin() -> list[Asset]:
     """The curated built-in assets (a problem in them is a bug in openseason, so it raises)."""
     out = []
     for fname, text in builtin_texts().items():
-        for i, raw in enumerate(yaml.safe_load(text)):
+        for i, raw in enumerate(parse_yaml(text, f"builtin/{fname}", error=OpenseasonError)):
             asset, problems = asset_from_record(raw, source="builtin", origin=f"builtin/{fname}#{i}")
             if problems:
                 raise ValueError(f"built-in catalog {fname} asset {raw.get('name')!r}: {'; '.join(problems)}")

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Optional
 
-import yaml
+from ..errors import OpenseasonError
+from ..fileio import parse_yaml
 
 ROLES = ("weights", "code", "data")
 VERDICTS = ("yes", "no", "unknown")
@@ -57,7 +58,7 @@ def _verdict(value) -> str:
 @functools.lru_cache(maxsize=1)
 def _table() -> tuple[dict[str, License], dict[str, str], dict[str, str]]:
     text = resources.files("openseason.catalog").joinpath("data/licenses.yaml").read_text(encoding="utf-8")
-    raw = yaml.safe_load(text)
+    raw = parse_yaml(text, "licenses.yaml", error=OpenseasonError)
     by_id: dict[str, License] = {}
     keys: dict[str, str] = {}
     for entry in raw["licenses"]:

@@ -66,7 +66,8 @@ def render_timeline(graph: Graph, assets, out_path, title: str = "Open LLM evolu
             verdict = can_use(graph, a)["verdict"]
             size = 30 + 12 * (max(a.params or 1e9, 1e8) / 1e9) ** 0.5
             ax.scatter([x], [y], s=size, color=COLORS[verdict], zorder=3, edgecolor="black", linewidth=0.4)
-            ax.annotate(a.name, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7)
+            ax.annotate(a.name, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7,
+                        parse_math=False)  # imported names are text: "$x$" is not a formula
     for a in models:
         for e in graph.edges(a):
             if e.target is not None and e.target.id in pos and e.dep.relation in BASE_RELATIONS + ("component",):
@@ -74,13 +75,13 @@ def render_timeline(graph: Graph, assets, out_path, title: str = "Open LLM evolu
                 ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
                             arrowprops=dict(arrowstyle="->", color="#607d8b", lw=0.7, alpha=0.7))
     ax.set_yticks([base[f] for f in order])
-    ax.set_yticklabels(order, fontsize=8)
+    ax.set_yticklabels(order, fontsize=8, parse_math=False)
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m"))
     ax.grid(axis="x", alpha=0.3)
     for verdict, color in COLORS.items():
         ax.scatter([], [], color=color, label=f"commercial use: {verdict}")
     ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(title)
+    ax.set_title(title, parse_math=False)
     fig.tight_layout()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -22,15 +22,22 @@ def _fmt_params(p) -> str:
     return f"{p:.0f}"
 
 
+def esc(value) -> str:
+    """Text from imported data, made safe to put into rich markup (a name like `[/red]` is not a tag)."""
+    from rich.markup import escape
+    return escape(str(value))
+
+
 def table(assets: Iterable[Asset], title: str = "catalog"):
     """A rich Table of the assets (name, type, organization, date, size, access, licenses, source)."""
     from rich.table import Table
-    t = Table(title=title, show_lines=False)
+    t = Table(title=esc(title), show_lines=False)
     for col in ("name", "type", "organization", "date", "params", "access", "weights", "data", "code", "source"):
         t.add_column(col, overflow="fold")
     for a in assets:
-        t.add_row(a.name, a.type, a.organization or "", a.created_date or "", _fmt_params(a.params),
-                  a.access, a.weights_license or "", a.data_license or "", a.code_license or "", a.source)
+        t.add_row(*(esc(v) for v in (a.name, a.type, a.organization or "", a.created_date or "",
+                                     _fmt_params(a.params), a.access, a.weights_license or "",
+                                     a.data_license or "", a.code_license or "", a.source)))
     return t
 
 
@@ -105,11 +112,11 @@ def to_dot(graph: Graph, assets: Iterable[Asset]) -> str:
 def lineage_tree(lineage: dict):
     """A rich Tree with the upstream and downstream branches of one asset."""
     from rich.tree import Tree
-    root = Tree(f"[bold]{lineage['asset']}[/] ({lineage['source']})")
+    root = Tree(f"[bold]{esc(lineage['asset'])}[/] ({esc(lineage['source'])})")
 
     def add(branch, nodes, key):
         for n in nodes:
-            label = f"{n['name']} [dim]{n.get('relation', '')}[/]"
+            label = f"{esc(n['name'])} [dim]{esc(n.get('relation', ''))}[/]"
             if n.get("dangling"):
                 label += " [red](not in catalog)[/]"
             if n.get("cycle"):

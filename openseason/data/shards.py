@@ -9,7 +9,6 @@ and `openseason data batch --step i` shows what any step trained on.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .tokenize import MANIFEST
+from .tokenize import read_manifest, shard_path
 
 
 class TokenStream:
@@ -25,15 +24,11 @@ class TokenStream:
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
-        path = self.directory / MANIFEST
-        if not path.exists():
-            raise DataError("no manifest.json: not a finished token directory", where=str(self.directory),
-                            hint="run `openseason data tokenize ... --out DIR` (again, to finish it)")
-        self.manifest = json.loads(path.read_text())
+        self.manifest = read_manifest(self.directory)
         dtype = np.dtype(self.manifest["dtype"]).newbyteorder("<")
         self.shards = []
         for shard in self.manifest["shards"]:
-            file = self.directory / shard["file"]
+            file = shard_path(self.directory, shard["file"])
             size = file.stat().st_size if file.exists() else -1
             if size != shard["tokens"] * dtype.itemsize:
                 raise DataError(f"shard has {size} bytes, the manifest says {shard['tokens']} tokens",

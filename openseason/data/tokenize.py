@@ -24,7 +24,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, where
 from ..fileio import atomic_open, iter_jsonl, write_json_atomic
 
 MANIFEST = "manifest.json"
@@ -228,6 +228,71 @@ def _progress(enabled: bool, total: int, done: int):
 def checksums_ok(out_dir: str | Path) -> list[str]:
     """Shard files whose sha256 no longer matches the manifest (empty when all are intact)."""
     out = Path(out_dir)
-    manifest = json.loads((out / MANIFEST).read_text())
-    return [s["file"] for s in manifest["shards"] if sha256_file(out / s["file"]) != s["sha256"]]
+    manifest = read_manifest(out)
+    return [s["file"] for s in manifest["shards"] if sha256_file(shard_path(out, s["file"])) != s["sha256"]]
+
+
+DTYPES = ("uint16", "uint32")
+
+
+def shard_path(directory: str | Path, name) -> Path:
+    """The shard file a manifest names, which must lie inside the manifest's directory: a manifest is
+    data (it can be copied from anywhere), so `"file": "../x"` or an absolute path is refused."""
+    directory = Path(directory)
+    loc = str(directory / MANIFEST)
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise DataError(f"shard entry {name!r} must be a file name in the token directory", where=loc)
+    if Path(name).is_absolute() or name.startswith(("/", "\\")):
+        raise DataError(f"shard file {name!r} is an absolute path", where=loc,
+                        hint="shard files are named relative to the manifest's directory")
+    full = directory / name
+    if not full.resolve().is_relative_to(directory.resolve()):
+        raise DataError(f"shard file {name!r} lies outside the token directory", where=loc,
+                        hint="a manifest names only files in its own directory; tokenize again")
+    return full
+
+
+def read_manifest(directory: str | Path) -> dict:
+    """manifest.json of a finished token directory, checked: DataError (file:line:col for bad JSON)
+    for a missing or malformed manifest, an unknown dtype, counts that are not integers, or a shard
+    entry that is not {file inside the directory, tokens >= 0, sha256}."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.exists():
+        raise DataError("no manifest.json: not a finished token directory", where=str(directory),
+                        hint="run `openseason data tokenize ... --out DIR` (again, to finish it)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"malformed JSON: {exc.msg}", where=where(path, exc.lineno, exc.colno)) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text ({exc.reason})", where=str(path)) from None
+    loc = str(path)
+
+    def bad(what: str):
+        return DataError(f"manifest {what}", where=loc, hint="the directory is damaged; tokenize again")
+
+    if not isinstance(manifest, dict):
+        raise bad("is not a JSON object")
+    if manifest.get("dtype") not in DTYPES:
+        raise bad(f"dtype must be one of {list(DTYPES)}, not {manifest.get('dtype')!r}")
+    for key in ("eos_id", "total_tokens", "documents"):  # pretraining records the last two in its run card
+        if not isinstance(manifest.get(key), int) or isinstance(manifest.get(key), bool) or manifest[key] < 0:
+            raise bad(f"{key} must be an integer >= 0, not {manifest.get(key)!r}")
+    if not isinstance(manifest.get("sources"), list) or not all(
+            isinstance(x, dict) and isinstance(x.get("path"), str) for x in manifest["sources"]):
+        raise bad("sources must be a list of {path, sha256, documents}")
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        raise bad(f"shards must be a list, not {type(shards).__name__}")
+    for i, shard in enumerate(shards):
+        if not isinstance(shard, dict):
+            raise bad(f"shards[{i}] must be an object")
+        shard_path(directory, shard.get("file"))
+        tokens = shard.get("tokens")
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+            raise bad(f"shards[{i}].tokens must be a count >= 0, not {tokens!r}")
+        if not isinstance(shard.get("sha256"), str):
+            raise bad(f"shards[{i}].sha256 must be a hex digest")
+    return manifest
 

@@ -10,8 +10,8 @@ Flow steps: `user <intent>` / `user ...`, `bot <name>` / `bot ...`, `execute act
 `when user <intent>` / `else when user <intent>` / `else`, `stop`, `return`, `do <subflow>`,
 and `#` comments. Blocks nest by indentation, as in NeMo Guardrails' Colang 1.0, so its configs of
 this subset load unchanged. Expressions are parsed here into a small tree and evaluated by
-`evaluate` without `eval`: literals, `$var` (with `.field`), `not`/`and`/`or`, comparisons, `in`,
-and parentheses. Every error names file:line:col and what was expected there.
+`evaluate` without `eval`: literals, `$var` (with `.field`, never a `_private` or `__dunder__` one),
+`not`/`and`/`or`, comparisons, `in`, and parentheses. Every error names file:line:col and what was expected there.
 """
 from __future__ import annotations
 
@@ -329,6 +329,12 @@ class _ExprParser:
             return Lit(float(value) if any(c in value for c in ".eE") else int(value))
         if kind == "var":
             name, *fields = value[1:].split(".")
+            col = _col + 1 + len(name)
+            for f in fields:
+                if f.startswith("_"):  # $x.__class__ ... would walk from any object to Python internals
+                    raise ColangSyntaxError(f"field `.{f}`: names starting with `_` are not accessible",
+                                            self.at(col + 1), hint="use a plain field name such as `$result.text`")
+                col += 1 + len(f)
             return Var(name, tuple(fields))
         if kind == "word" and value in _KEYWORD_LITERALS:
             return Lit(_KEYWORD_LITERALS[value])
@@ -353,6 +359,9 @@ def evaluate(expr: Expr, variables: dict[str, Any]) -> Any:
     if isinstance(expr, Var):
         value = variables.get(expr.name)
         for name in expr.fields:
+            if name.startswith("_"):  # the parser refuses these too; an AST built elsewhere must not either
+                raise ConfigError(f"`${expr.name}.{'.'.join(expr.fields)}`: field names starting with `_` "
+                                  "are not accessible")
             value = value.get(name) if isinstance(value, dict) else getattr(value, name, None)
         return value
     if isinstance(expr, Unary):

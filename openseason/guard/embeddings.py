@@ -15,7 +15,6 @@ import importlib.util
 import json
 import math
 import os
-from collections import OrderedDict
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .cache import ByteLRU, text_key
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _PACKAGED = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
@@ -144,12 +144,12 @@ def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
 class Embedder:
     """Text -> unit-length vectors with a sentence-transformers BERT model from a local directory.
 
-    Query embeddings are kept in a small LRU cache, so re-checking the earlier turns of a
+    Query embeddings are kept in a small LRU cache bounded in bytes (`cache_bytes`), so re-checking the earlier turns of a
     conversation costs nothing; `embed_cached_to_disk` stores whole utterance sets by content hash.
     """
 
     def __init__(self, model_dir: str | Path | None = None, *, max_length: Optional[int] = None,
-                 cache_size: int = 4096, query_threads: Optional[int] = 1):
+                 cache_bytes: int = 16 * 2**20, query_threads: Optional[int] = 1):
         from tokenizers import Tokenizer
 
         self.model_dir = Path(model_dir) if model_dir else default_model_dir()
@@ -173,8 +173,8 @@ class Embedder:
         self.pad_id = cfg.get("pad_token_id", 0) or 0
         self.dim = cfg["hidden_size"]
         self.query_threads = query_threads
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._cache_size = cache_size
+        # query text key -> vector; bounded in bytes (texts are the users', of any length)
+        self._cache = ByteLRU(cache_bytes)
         with torch.no_grad():  # a content fingerprint, so a changed model never reuses cached vectors
             checksum = sum(float(p.double().sum()) for p in self.model.parameters())
         self.fingerprint = hashlib.sha256(f"{json.dumps(cfg, sort_keys=True)}|{self.max_length}|{checksum!r}"
@@ -210,11 +210,13 @@ class Embedder:
         """Unit-length embeddings [N, dim] (float32) for `texts`; similar lengths are batched together."""
         texts = list(texts)
         out = torch.empty((len(texts), self.dim))
-        todo = [i for i, t in enumerate(texts) if t not in self._cache]
+        todo = []
         for i, t in enumerate(texts):
-            if t in self._cache:
-                out[i] = self._cache[t]
-                self._cache.move_to_end(t)
+            hit = self._cache.get(text_key(t))
+            if hit is None:
+                todo.append(i)
+            else:
+                out[i] = hit
         # sort by length so a batch pads little
         todo.sort(key=lambda i: len(texts[i]))
         for start in range(0, len(todo), batch_size):
@@ -230,9 +232,8 @@ class Embedder:
         return self.embed([text])[0]
 
     def _remember(self, text: str, vector: torch.Tensor) -> None:
-        self._cache[text] = vector.clone()
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        vector = vector.clone()
+        self._cache.put(text_key(text), vector, vector.numel() * vector.element_size())
 
     def embed_cached_to_disk(self, texts: Sequence[str], cache_dir: Optional[Path]) -> torch.Tensor:
         """Embed a set of utterances, reusing a safetensors file keyed by model and content hash."""

@@ -23,6 +23,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .cache import ByteLRU, text_key
+
 
 class PerplexityScorer:
     def __init__(self, model, tokenizer, device: str = "cpu"):
@@ -32,7 +34,7 @@ class PerplexityScorer:
         start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
         self.start_id = start
         self.window = model.config.block_size - (1 if start is not None else 0)
-        self._cache: dict[str, float] = {}
+        self._cache = ByteLRU(2 * 2**20)  # text key -> perplexity; long texts keyed by digest
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> "PerplexityScorer":
@@ -63,12 +65,13 @@ class PerplexityScorer:
         return total, count
 
     def perplexity(self, text: str) -> float:
-        if text not in self._cache:
+        key = text_key(text)
+        value = self._cache.get(key)
+        if value is None:
             total, count = self.nll(text)
-            self._cache[text] = math.exp(total / count) if count else float("nan")
-            if len(self._cache) > 4096:
-                self._cache.pop(next(iter(self._cache)))
-        return self._cache[text]
+            value = math.exp(total / count) if count else float("nan")
+            self._cache.put(key, value, 8)
+        return value
 
 
 @dataclass

@@ -32,11 +32,16 @@ from typing import Any, Callable, Optional, Union
 
 from ..errors import ConfigError, OpenseasonError
 from . import colang, prompts
+from .cache import ByteLRU, text_key
 from .embeddings import Embedder, default_cache_dir, resolve_model_dir
 from .flows import compile_flow
 from .index import IntentIndex
 from .llm import require_llm
 from .rails_config import RailsConfig, _walk
+
+# Self-check verdicts remembered across calls (earlier turns come back with every request); long
+# texts are keyed by digest, so this holds ~10k verdicts whatever the users send.
+CHECK_CACHE_BYTES = 4 * 2**20
 
 Messages = Union[str, dict, list]
 
@@ -106,6 +111,7 @@ class _Ctx:
         self.generate = generate
         self.checks: list[dict] = []
         self.llm_calls = 0
+        self.steps = 0  # interpreter steps of the flow run in progress (see Rails.max_steps)
         self.predefined = True
         self.needs_llm = False
 
@@ -115,6 +121,10 @@ Action = Callable[..., Any]
 
 class Rails:
     """Guardrails around an LLM (or none), configured by a RailsConfig."""
+
+    # Steps one flow run (a rail on one turn, or a dialog flow) may take, subflows included. Depth
+    # alone is no bound: 25 subflows that each `do` the next twice are 2**25 steps.
+    max_steps = 10_000
 
     def __init__(self, config: RailsConfig, llm=None, *, embedder: Optional[Embedder] = None,
                  perplexity_model=None, actions: Optional[dict[str, Action]] = None, seed: Optional[int] = None):
@@ -129,7 +139,7 @@ class Rails:
         self.actions: dict[str, Action] = dict(BUILTIN_ACTIONS)
         self.actions.update(actions or {})
         self.rng = random.Random(seed if seed is not None else config.seed)
-        self._check_cache: dict[tuple, Any] = {}
+        self._check_cache = ByteLRU(CHECK_CACHE_BYTES)  # (task, text key) -> (verdict, answer)
         self.perplexity = perplexity_model
         if self.perplexity is None and self._uses_action("jailbreak_detection_heuristics"):
             if not config.jailbreak.model:
@@ -296,8 +306,16 @@ class Rails:
         if depth > 32:
             raise ConfigError(f"subflows call each other more than 32 deep (at {name!r}); is there a cycle?",
                               where=str(self.config.flows[name].loc))
+        if depth == 0:
+            ctx.steps = 0
         code, out = self.code[name], []
         while pc < len(code):
+            ctx.steps += 1
+            if ctx.steps > self.max_steps:
+                raise ConfigError(f"a flow run took more than {self.max_steps} steps (at {name!r}); do subflows "
+                                  "call each other in a loop or more and more times per level?",
+                                  where=str(self.config.flows[name].loc),
+                                  hint="flatten the subflows, or raise Rails.max_steps if this is intended")
             ins = code[pc]
             op = ins[0]
             if op in ("user", "when"):
@@ -423,15 +441,16 @@ def _normalize(messages: Messages) -> list[dict]:
 # -- built-in actions ----------------------------------------------------------------------------------
 def _self_check(rails: Rails, ctx: _Ctx, task: str, key: str, text: str) -> bool:
     """Ask the LLM the task's yes/no question; "yes" means block. No yes/no answer blocks too."""
-    cache_key = (task, text)
-    if cache_key in rails._check_cache:  # earlier turns of a conversation were already judged
-        verdict, answer = rails._check_cache[cache_key]
+    cache_key = (task, text_key(text))
+    hit = rails._check_cache.get(cache_key)
+    if hit is not None:  # earlier turns of a conversation were already judged
+        verdict, answer = hit
     else:
         template = rails.config.prompts.get(task, prompts.DEFAULTS[task])
         answer = rails._call_llm(prompts.render(template, task, **{key: text}), ctx, max_tokens=3)
         verdict = prompts.parse_yes_no(answer)
         if verdict is not None:
-            rails._check_cache[cache_key] = (verdict, answer)
+            rails._check_cache.put(cache_key, (verdict, answer), len(answer.encode("utf-8", "replace")))
     allowed = verdict is False
     ctx.checks.append({"action": task, "answer": answer, "allowed": allowed,
                        **({"note": "the answer had no yes/no; blocked to be safe"} if verdict is None else {})})

@@ -36,6 +36,7 @@ from typing import Any, Optional
 import yaml
 
 from ..errors import ConfigError, where
+from ..fileio import parse_yaml
 from . import colang
 
 LIBRARY = Path(__file__).with_name("library.co")
@@ -193,13 +194,7 @@ class _Yaml:
 
     def __init__(self, text: str, name: str):
         self.name = name
-        try:
-            self.node = yaml.compose(text, Loader=yaml.SafeLoader) if text.strip() else None
-            self.data = yaml.safe_load(text) if text.strip() else {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            loc = where(name, mark.line + 1, mark.column + 1) if mark else name
-            raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}", where=loc) from None
+        self.node, self.data = parse_yaml(text, name, error=ConfigError, with_node=True)
         if self.data is None:
             self.data = {}
         if not isinstance(self.data, dict):

@@ -89,7 +89,7 @@ class Backend:
 
     def complete_many(self, requests: Sequence[Request]) -> list[Result]:
         start = time.perf_counter()
-        results = self._complete_many(list(requests))
+        results = [_checked(r) for r in self._complete_many(list(requests))]
         self.stats.seconds += time.perf_counter() - start
         for r in results:
             self.stats.count(r)
@@ -106,10 +106,31 @@ class Backend:
         return {"backend": self.name}
 
 
+def _checked(result: Result) -> Result:
+    """A completion whose fields are not what stages log (text a string, ...) becomes a retryable
+    failure here, before any stage records it as done: a logged non-string would be reused, and
+    crash, on every rerun."""
+    if isinstance(result, CallFailed):
+        return result
+    problem = None
+    if not isinstance(result.text, str):
+        problem = f"text is {type(result.text).__name__}, not a string"
+    elif result.finish_reason is not None and not isinstance(result.finish_reason, str):
+        problem = f"finish_reason is {type(result.finish_reason).__name__}, not a string"
+    elif not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                 for n in (result.prompt_tokens, result.completion_tokens)):
+        problem = "token counts are not integers >= 0"
+    return CallFailed(f"malformed response: {problem}") if problem else result
+
+
 # -- HTTP ---------------------------------------------------------------------------------------------
 
 class HTTPBackend(Backend):
     """An OpenAI-compatible server: POST {base}/completions or {base}/chat/completions.
+
+    The key: `api_key` (or OPENSEASON_BACKEND_API_KEY) is meant for this backend and sent to it;
+    OPENAI_API_KEY from the environment is sent only to https:// URLs, never in clear text to
+    whatever plain-http server `--backend` names.
 
     At most `max_concurrency` requests are in flight; each has `timeout` seconds; 429, 5xx and
     connection errors or timeouts are retried up to `max_retries` times with exponential backoff
@@ -130,8 +151,9 @@ class HTTPBackend(Backend):
             base += "/v1"
         self.base_url = base
         self.model = model
-        self.api_key = api_key if api_key is not None else (
-            os.environ.get("OPENSEASON_API_KEY") or os.environ.get("OPENAI_API_KEY"))
+        self.api_key = api_key if api_key is not None else os.environ.get("OPENSEASON_BACKEND_API_KEY")
+        if self.api_key is None and base.lower().startswith("https://"):
+            self.api_key = os.environ.get("OPENAI_API_KEY")
         self.mode = mode
         self.max_concurrency = max(1, int(max_concurrency))
         self.timeout = timeout
@@ -162,9 +184,12 @@ class HTTPBackend(Backend):
 
     def _parse(self, data: dict) -> Completion:
         choice = data["choices"][0]
+        field = "message.content" if self.mode == "chat" else "text"
         text = choice["message"]["content"] if self.mode == "chat" else choice["text"]
+        if not isinstance(text, str):  # null (e.g. a refusal or tool call), a number, a list ...
+            raise TypeError(f"{field} is {'null' if text is None else type(text).__name__}, not a string")
         usage = data.get("usage") or {}
-        return Completion(text=text or "", finish_reason=choice.get("finish_reason"),
+        return Completion(text=text, finish_reason=choice.get("finish_reason"),
                           prompt_tokens=int(usage.get("prompt_tokens") or 0),
                           completion_tokens=int(usage.get("completion_tokens") or 0))
 
@@ -307,6 +332,10 @@ class ScriptedBackend(Backend):
             unknown = set(item) - {"text", "finish_reason", "expect", "prompt", "error"}
             if unknown:
                 raise DataError(f"unknown keys {sorted(unknown)} in scripted response", where=f"{source}[{i}]")
+            for key in ("text", "expect", "prompt", "error"):
+                if item.get(key) is not None and not isinstance(item[key], str):
+                    raise DataError(f"scripted response {key!r} must be a string, not {type(item[key]).__name__}",
+                                    where=f"{source}[{i}]")
             self.entries.append(_Entry(where=f"{source}[{i}]", **item))
         self.position = 0
         self.source = source

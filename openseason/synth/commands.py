@@ -20,13 +20,16 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--concurrency", type=int, default=8, help="HTTP requests in flight at most")
     g.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request")
     g.add_argument("--max-retries", type=int, default=5, help="retries on 429, 5xx, timeouts, connection errors")
+    g.add_argument("--api-key", default=None,
+                   help="key sent to the HTTP backend (default: OPENSEASON_BACKEND_API_KEY; OPENAI_API_KEY "
+                        "is sent only to https:// URLs)")
 
 
 def _backend(args):
     from .backends import make_backend
 
     return make_backend(args.backend, model=args.model, mode=args.mode, max_concurrency=args.concurrency,
-                        timeout=args.timeout, max_retries=args.max_retries)
+                        timeout=args.timeout, max_retries=args.max_retries, api_key=args.api_key)
 
 
 def _print_summary(report: dict, out) -> int:

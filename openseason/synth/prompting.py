@@ -7,9 +7,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional
 
-import yaml
-
 from ..errors import ConfigError
+from ..fileio import parse_yaml
 
 TEMPLATE_DIR = Path(str(resources.files("openseason.synth") / "templates"))
 
@@ -29,7 +28,8 @@ def load_template(name: str, directory: Optional[str | Path] = None) -> str:
 
 
 def load_yaml_template(name: str, directory: Optional[str | Path] = None) -> dict:
-    return yaml.safe_load(load_template(name, directory))
+    path = Path(directory or TEMPLATE_DIR) / name
+    return parse_yaml(load_template(name, directory), path, error=ConfigError)
 
 
 def render(template: str, **values) -> str:

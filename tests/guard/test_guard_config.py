@@ -164,6 +164,7 @@ seed: 3
 
 @pytest.mark.parametrize("yml,where,message", [
     ("rails:\n  input:\n    flows: [a\n", ":4:1", "invalid YAML"),
+    ("x: &x [1, 2]\nrails:\n  input:\n    flows: *x\n", ":4:12", "YAML aliases (*name) are not accepted"),
     ("- just\n- a list\n", ":1:1", "must be a mapping"),
     ("rails:\n  dialog:\n    user_messages:\n      embeddings_only_similarity_threshold: high\n", ":4:45",
      "must be a number, not 'high'"),

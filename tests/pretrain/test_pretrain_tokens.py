@@ -118,3 +118,45 @@ def test_damaged_directory_is_reported(tmp_path, corpus):
         TokenStream(tmp_path / "o")
     with pytest.raises(DataError, match="no manifest.json"):
         TokenStream(tmp_path)
+
+
+@pytest.mark.parametrize("name,message", [
+    ("../outside.bin", "outside the token directory"),
+    ("sub/../../outside.bin", "outside the token directory"),
+    ("/etc/passwd", "absolute path"),
+    (None, "must be a file name"),
+])
+def test_manifest_cannot_name_files_outside_its_directory(tmp_path, corpus, name, message):
+    tok_dir, docs = corpus
+    out = tmp_path / "o"
+    tokenize_documents([docs], tok_dir, out, docs_per_shard=100, progress=False)
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes((out / "shard-00000.bin").read_bytes())  # a file that would pass the size check
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["shards"][0]["file"] = name
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=message) as info:
+        TokenStream(out)
+    assert str(out / "manifest.json") in str(info.value)
+    with pytest.raises(DataError, match=message):
+        checksums_ok(out)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda m: m.update(dtype="object"), "dtype"),
+    (lambda m: m.update(shards="x"), "shards"),
+    (lambda m: m["shards"][0].update(tokens=-1), "tokens"),
+    (lambda m: m.pop("eos_id"), "eos_id"),
+])
+def test_malformed_manifest_is_a_clear_error(tmp_path, corpus, edit, message):
+    tok_dir, docs = corpus
+    out = tmp_path / "o"
+    tokenize_documents([docs], tok_dir, out, docs_per_shard=100, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    edit(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=message):
+        TokenStream(out)
+    (out / "manifest.json").write_text("{not json")
+    with pytest.raises(DataError, match="manifest.json:1:2: malformed JSON"):
+        TokenStream(out)

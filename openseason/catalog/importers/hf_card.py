@@ -11,9 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import yaml
-
 from ...errors import DataError, where
+from ...fileio import parse_yaml
 from ..core import Catalog
 from ..normalize import finish_asset
 from ..licenses import normalize
@@ -34,12 +33,7 @@ def parse_front_matter(path: Path) -> tuple[dict, str, int]:
         end = next(i for i in range(1, len(lines)) if lines[i].strip() == "---")
     except StopIteration:
         raise DataError("front matter is not closed by a second '---' line", where=where(path, 1)) from None
-    try:
-        meta = yaml.safe_load("\n".join(lines[1:end])) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        loc = where(path, mark.line + 2, mark.column + 1) if mark else where(path, 2)
-        raise DataError(f"malformed YAML front matter: {getattr(exc, 'problem', exc)}", where=loc) from None
+    meta = parse_yaml("\n".join(lines[1:end]), path, line_offset=1, what="malformed YAML front matter") or {}
     if not isinstance(meta, dict):
         raise DataError("front matter is not a mapping", where=where(path, 2))
     return meta, "\n".join(lines[end + 1:]), end + 2
