@@ -19,12 +19,12 @@ from ..errors import DataError, OpenseasonError
 from ..fileio import fsync_dir, write_json_atomic, write_jsonl_atomic
 from ..prompts import get_style
 from .records import KINDS
+from .sft import STYLE_FILE
 from .sources import get_source
 from .sources.base import Context
 
 REPORT = "report.json"
 REJECTS = "rejects.jsonl"
-STYLE_FILE = "prompt_style.json"
 
 
 def write_style(out_dir, style, **extra) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, OpenseasonError
-from .loop import TrainConfig, train
+from .loop import TrainConfig, register_run, train
 
 METHOD_LR = {"full": 2e-5, "lora": 3e-4, "adapter": 9e-3, "adapter-v2": 3e-3}
 
@@ -53,20 +53,6 @@ def _data_lineage(data_dir: Path) -> dict:
     return lineage
 
 
-def _register(final: Path, base: Path, data: Path, method: str, seconds: float, tokens: int) -> None:
-    """Record the run in the catalog when that stage is installed; never lose a run over it."""
-    try:
-        from ..catalog import register_checkpoint
-    except ImportError:
-        return
-    try:
-        hardware = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-        register_checkpoint(final, base_model=str(base), datasets=[str(data)], method=method,
-                            hardware=hardware, seconds=seconds, tokens=tokens)
-    except Exception as exc:  # the checkpoint is already safely on disk
-        warnings.warn(f"could not register {final} in the catalog: {exc}")
-
-
 def finetune(checkpoint: str | Path, data: str | Path, method: Optional[str] = None, out: str | Path = "runs/finetune",
              *, config: Optional[str | Path] = None, resume: Optional[str] = None, progress: bool = True,
              register: bool = True, callbacks=(), **options: Any) -> dict[str, Any]:
@@ -77,10 +63,9 @@ def finetune(checkpoint: str | Path, data: str | Path, method: Optional[str] = N
     val_size, lora_rank, lora_alpha, lora_dropout, lora_targets, adapter_prompt_length, adapter_layers,
     device, precision, gradient_checkpointing. `callbacks` are fn(step, metrics) called after every
     step. Returns train()'s result plus the resolved options."""
-    from ..checkpoint import load_model, read_run_card
+    from ..checkpoint import is_peft_checkpoint, load_model, read_run_card, root_base
     from ..data.sft import SFTData, load_conversations, prepared_style, style_messages, tokenize_prompt
     from ..peft import apply, canonical_method, count_trainable, is_peft
-    from ..peft.checkpoint import is_peft_checkpoint, root_base
     from ..tokenizer import Tokenizer
     from .data import SFTBatches, fixed_batches
     from .recipe import load_recipe
@@ -169,7 +154,8 @@ def finetune(checkpoint: str | Path, data: str | Path, method: Optional[str] = N
                    base_checkpoint=base_ref, tokenizer=tokenizer, run_card=run_card,
                    sample_fn=sample_fn if opts["eval_every"] else None, callbacks=callbacks)
     if register:
-        _register(result["final"], base_ref, data, method, result["seconds"], result["tokens"])
+        register_run(result["final"], base_model=str(base_ref), datasets=[str(data)], method=method,
+                     seconds=result["seconds"], tokens=result["tokens"], device=device)
     result["options"] = opts
     return result
 

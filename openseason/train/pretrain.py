@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,7 +21,7 @@ import torch
 from ..config import Config
 from ..data.shards import PretrainLoader
 from ..errors import ConfigError, DataError
-from .loop import TrainConfig, train
+from .loop import TrainConfig, register_run, train
 
 # Peak learning rates of the released Pythia models (their GPT-NeoX configs).
 PYTHIA_LR = {"14m": 1e-3, "31m": 1e-3, "70m": 1e-3, "160m": 6e-4, "410m": 3e-4, "1b": 3e-4, "1.4b": 2e-4,
@@ -163,7 +162,9 @@ def pretrain(config: str | Path, data: str | Path, out: str | Path, *, seq_len: 
         result = train(model, batches, train_config, out, resume=resume, tokenizer_dir=tokenizer_dir,
                        run_card=card, distributed=run)
         if register and run.is_main:
-            _register(result["final"], card, time.time() - t0, result["tokens"], run)
+            register_run(result["final"], base_model=card["lineage"]["base_model"],
+                         datasets=card["lineage"]["datasets"], method="pretraining", seconds=time.time() - t0,
+                         tokens=result["tokens"], device=run.device, world_size=run.world_size)
         return {**result, "main_process": run.is_main, "world_size": run.world_size}
     finally:
         run.close()
@@ -187,18 +188,3 @@ def _tokenizer_dir(manifest: dict) -> Optional[Path]:
     path = Path(manifest["tokenizer"]["path"])
     path = path if path.is_dir() else path.parent
     return path if (path / "tokenizer.json").exists() else None
-
-
-def _register(final: Path, card: dict, seconds: float, tokens: int, run) -> None:
-    """Record the run in the catalog; never lose a run over it."""
-    try:
-        from ..catalog import register_checkpoint
-    except ImportError:
-        return
-    try:
-        hardware = torch.cuda.get_device_name(0) if run.device.type == "cuda" else "cpu"
-        register_checkpoint(final, base_model=card["lineage"]["base_model"], datasets=card["lineage"]["datasets"],
-                            method="pretraining", hardware=f"{run.world_size} x {hardware}", seconds=seconds,
-                            tokens=tokens)
-    except Exception as exc:  # the checkpoint is already safely on disk
-        warnings.warn(f"could not register {final} in the catalog: {exc}")
