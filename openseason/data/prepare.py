@@ -127,11 +127,3 @@ def _progress(items, enabled: bool, label: str):
         for item in items:
             yield item
             bar.advance(task)
-
-
-def read_report(prepared_dir) -> dict:
-    file = Path(prepared_dir) / REPORT
-    if not file.exists():
-        raise DataError("not a complete prepared directory (no report.json)", where=str(prepared_dir),
-                        hint="run `openseason data prepare` (or dedup / mix) to make one")
-    return json.loads(file.read_text())
