@@ -18,8 +18,7 @@ COMMAND_MODULES = [
     "openseason.generation.commands",   # generate
     "openseason.data.commands",         # data prepare / dedup / mix / stats / tokenize / batch
     "openseason.synth.commands",        # synth self-instruct / reverse-instructions / rationales / self-improve
-    "openseason.train.commands",        # finetune, merge, quickstart
-    "openseason.train.pretrain_commands",  # pretrain (also under torchrun)
+    "openseason.train.commands",        # finetune, merge, quickstart, pretrain (also under torchrun)
     "openseason.evaluate.commands",     # evaluate perplexity / memorization / judge / harness
     "openseason.guard.commands",        # guard check / chat
     "openseason.serve.commands",        # serve, chat

@@ -1,8 +1,19 @@
-"""Small file helpers every stage shares: atomic writes, output-directory locks, JSONL reading with
-file:line errors, and the one safe YAML loader.
+"""Small file helpers every stage shares: atomic writes, staged directories with a crash-safe swap,
+output-directory locks, JSONL reading with file:line errors, and the one safe YAML loader.
 
 Writes go to a temporary file in the same directory, are fsynced and then renamed over the target,
 so a crash or kill -9 leaves either the old file or the new one, never half of one.
+
+Whole directories (checkpoints) are written into a staging directory next to the target and swapped
+in by `replace_dir`. Every sibling the swap uses is named `.NAME.KIND-HOST-PID`:
+
+    .NAME.tmp-HOST-PID   being written (incomplete until the swap starts)
+    .NAME.new-HOST-PID   complete and fsynced, about to become NAME
+    .NAME.old-HOST-PID   the previous NAME, moved aside for the swap
+
+so after a kill at any moment `recover_dir` (called by the next save and by loaders that find NAME
+missing) can tell, from the owner's PID being dead, what to roll forward (`new`), roll back (`old`)
+and delete (`tmp`, and whatever is left once NAME is in place).
 """
 from __future__ import annotations
 
@@ -10,9 +21,13 @@ import contextlib
 import gzip
 import json
 import os
+import re
+import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import yaml
 
@@ -184,3 +199,145 @@ def load_yaml(path: str | os.PathLike, *, error: type[OpenseasonError] = DataErr
     except UnicodeDecodeError as exc:
         raise error(f"not UTF-8 text ({exc.reason} at byte {exc.start})", where=str(path)) from None
     return parse_yaml(text, path, error=error, with_node=with_node)
+
+
+# -- staged directories ------------------------------------------------------------------------------
+
+_SIBLING = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|new|old)-(?P<host>[A-Za-z0-9_-]*)-(?P<pid>\d+)$")
+# Test hook: called with "new" (staged dir renamed complete), "old" (previous one moved aside) inside
+# replace_dir, so a test can kill the process between the renames. Never set in production.
+_swap_hook: Optional[Callable[[str], None]] = None
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname().split(".")[0]) or "host"
+
+
+def _sibling(final: Path, kind: str) -> Path:
+    return final.with_name(f".{final.name}.{kind}-{_host()}-{os.getpid()}")
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with this id exists (a zombie counts as gone: it will write nothing)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):  # Linux: a killed child not yet reaped is a zombie
+        with open(f"/proc/{pid}/stat") as handle:
+            if handle.read().rsplit(")", 1)[-1].split()[0] == "Z":
+                return False
+    return True
+
+
+def _stale_siblings(final: Path) -> list[tuple[str, Path]]:
+    """(kind, path) of the swap siblings of `final` whose owner on this host is dead."""
+    if not final.parent.is_dir():
+        return []
+    host, found = _host(), []
+    for child in final.parent.iterdir():
+        match = _SIBLING.match(child.name)
+        if (match and match["name"] == final.name and match["host"] == host
+                and not pid_alive(int(match["pid"]))):
+            found.append((match["kind"], child))
+    return found
+
+
+def recover_dir(final: str | os.PathLike) -> bool:
+    """Repair what a process killed inside `replace_dir` left behind, and delete the staging
+    directories of dead processes. If `final` is missing, the newest complete copy is moved back:
+    a staged `new` one (the swap was under way) or else the `old` one. Returns True if `final`
+    was restored. Siblings of live processes (on this host) are never touched."""
+    final = Path(final)
+    stale = _stale_siblings(final)
+    restored = False
+    if not final.exists():
+        for kind in ("new", "old"):
+            candidates = sorted((p for k, p in stale if k == kind), key=lambda p: p.stat().st_mtime)
+            if candidates:
+                os.replace(candidates[-1], final)
+                fsync_dir(final.parent)
+                restored = True
+                break
+    for _, path in stale:
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+    return restored
+
+
+def recover_children(parent: str | os.PathLike) -> None:
+    """`recover_dir` for every staged directory under `parent` (e.g. the step checkpoints of a run)."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return
+    names = {m["name"] for child in parent.iterdir() if (m := _SIBLING.match(child.name))}
+    for name in sorted(names):
+        recover_dir(parent / name)
+
+
+def _swapping(final: Path) -> bool:
+    """A live writer has moved `final` aside or staged its replacement (it is between renames)."""
+    return final.parent.is_dir() and any(
+        (m := _SIBLING.match(c.name)) and m["name"] == final.name and m["kind"] in ("new", "old")
+        for c in final.parent.iterdir())
+
+
+def wait_for_dir(final: str | os.PathLike, timeout: float = 5.0) -> bool:
+    """Make sure `final` exists if a complete copy of it does: recover after a dead writer, or wait
+    (up to `timeout` s) while a live writer is between its two renames. Returns final.exists()."""
+    final = Path(final)
+    deadline = time.monotonic() + timeout
+    while not final.exists():
+        recover_dir(final)
+        if final.exists() or time.monotonic() > deadline or not _swapping(final):
+            break
+        time.sleep(0.02)
+    return final.exists()
+
+
+def staging_dir(final: str | os.PathLike) -> Path:
+    """A fresh empty directory next to `final` to write its new contents into (then `replace_dir`).
+    Leftovers of killed writers of `final` are repaired or removed first."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(final)
+    tmp = _sibling(final, "tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
+def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Move the fully written directory `tmp` into place as `final`, replacing any previous one.
+
+    Crash-safe: the staged copy is fsynced and renamed to `.NAME.new-HOST-PID` (marking it
+    complete) before the previous `final` is moved aside, so a kill between the renames leaves a
+    complete copy that `recover_dir` moves back into place."""
+    tmp, final = Path(tmp), Path(final)
+    for root, _dirs, files in os.walk(tmp):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        fsync_dir(root)
+    new = _sibling(final, "new")
+    os.replace(tmp, new)
+    fsync_dir(final.parent)
+    if _swap_hook is not None:
+        _swap_hook("new")
+    old = None
+    if final.exists():
+        old = _sibling(final, "old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+        if _swap_hook is not None:
+            _swap_hook("old")
+    os.replace(new, final)
+    fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from ..errors import OpenseasonError
-from .schema import Asset, Dependency, name_key
+from .schema import Asset, name_key
 
 SCHEMA_VERSION = 2
 
@@ -289,8 +289,3 @@ class Store:
     def imports(self) -> list[dict]:
         return [{"source": s, "collection": c, "at": a, "report": json.loads(r)}
                 for s, c, a, r in self.conn.execute("SELECT source, collection, at, report FROM imports ORDER BY id")]
-
-
-def dependency_rows(store: Store) -> list[tuple[int, Dependency]]:
-    return [(a, Dependency(n, r)) for a, n, r in store.conn.execute(
-        "SELECT asset_id, name, relation FROM dependencies ORDER BY asset_id, position")]

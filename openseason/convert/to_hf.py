@@ -10,8 +10,9 @@ import shutil
 from pathlib import Path
 
 from ..checkpoint import (DEFAULT_SHARD_BYTES, build_model, check_state_against_model, load_config, load_state,
-                          replace_dir, save_weights, staging_dir)
+                          save_weights)
 from ..errors import CheckpointError
+from ..fileio import replace_dir, staging_dir
 from ..tokenizer import copy_tokenizer_files
 from .families import family_for_config
 from .from_hf import parse_dtype

@@ -18,7 +18,8 @@ from pathlib import Path
 from ..errors import DataError, OpenseasonError
 from ..fileio import iter_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic, where as fmt_where
 from .minhash import MinHasher, clusters, lsh_params, normalize
-from .prepare import REJECTS, REPORT, STYLE_FILE
+from .prepare import REJECTS, REPORT
+from .sft import STYLE_FILE
 from .records import KINDS, record_text
 
 

@@ -420,7 +420,3 @@ def clusters(sigs: np.ndarray, b: int, r: int, mask: Optional[np.ndarray] = None
     for i in rows.tolist():
         comps.setdefault(find(i), []).append(i)
     return sorted((sorted(c) for c in comps.values() if len(c) > 1), key=lambda c: c[0])
-
-
-def jaccard(a: set, b: set) -> float:
-    return len(a & b) / max(len(a | b), 1)

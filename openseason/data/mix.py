@@ -16,7 +16,8 @@ from typing import Optional
 
 from ..errors import OpenseasonError
 from ..fileio import write_json_atomic, write_jsonl_atomic, write_text_atomic
-from .prepare import REJECTS, REPORT, STYLE_FILE
+from .prepare import REJECTS, REPORT
+from .sft import STYLE_FILE
 from .records import KINDS
 from ..fileio import iter_jsonl
 

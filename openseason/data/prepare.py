@@ -19,12 +19,12 @@ from ..errors import DataError, OpenseasonError
 from ..fileio import fsync_dir, write_json_atomic, write_jsonl_atomic
 from ..prompts import get_style
 from .records import KINDS
+from .sft import STYLE_FILE
 from .sources import get_source
 from .sources.base import Context
 
 REPORT = "report.json"
 REJECTS = "rejects.jsonl"
-STYLE_FILE = "prompt_style.json"
 
 
 def write_style(out_dir, style, **extra) -> None:
@@ -127,11 +127,3 @@ def _progress(items, enabled: bool, label: str):
         for item in items:
             yield item
             bar.advance(task)
-
-
-def read_report(prepared_dir) -> dict:
-    file = Path(prepared_dir) / REPORT
-    if not file.exists():
-        raise DataError("not a complete prepared directory (no report.json)", where=str(prepared_dir),
-                        hint="run `openseason data prepare` (or dedup / mix) to make one")
-    return json.loads(file.read_text())

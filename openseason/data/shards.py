@@ -93,9 +93,6 @@ class PretrainLoader:
         tokens = torch.from_numpy(rows)
         return {"input_ids": tokens[:, :-1].contiguous(), "targets": tokens[:, 1:].contiguous()}
 
-    def epoch_of(self, step: int) -> float:
-        return (step + 1) * self.global_batch / self.num_samples
-
     def state_dict(self) -> dict:
         # Nothing to save but the step, which the training loop owns: the order is a pure function of it.
         return {"seq_len": self.seq_len, "global_batch": self.global_batch, "num_samples": self.num_samples}

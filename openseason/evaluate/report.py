@@ -46,10 +46,8 @@ def attach_to_checkpoint(checkpoint: str | Path, kind: str, summary: dict) -> No
     entry = read_run_card(checkpoint).get("catalog")
     if not isinstance(entry, dict) or not entry.get("name"):
         return  # never registered (e.g. a converted download): nothing to attach to
-    try:
-        from ..catalog import attach_evaluation
-    except ImportError:
-        return
+    from ..catalog import attach_evaluation
+
     try:
         attach_evaluation(entry["name"], {kind: summary}, db=entry.get("db"))
     except Exception as exc:  # the catalog is a convenience here; the run card already holds the results

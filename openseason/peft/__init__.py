@@ -20,17 +20,21 @@ from .adapter import apply_adapter, apply_adapter_v2
 from .base import AdaptedLinear, count_trainable, mark_trainable, trainable_names, trainable_state_dict
 from .lora import apply_lora, export_peft, merge_lora
 
+# The one list of finetuning method names, and the aliases accepted for them everywhere (API, CLI, recipes).
 METHODS = ("full", "lora", "adapter", "adapter-v2")
-_ALIASES = {"adapter-v1": "adapter", "adapter_v1": "adapter", "adapter_v2": "adapter-v2", "llama-adapter": "adapter"}
+METHOD_ALIASES = {"adapter-v1": "adapter", "adapter_v1": "adapter", "adapter_v2": "adapter-v2",
+                  "llama-adapter": "adapter"}
 
 __all__ = ["apply", "count_trainable", "merge", "export_peft", "trainable_names", "trainable_state_dict",
-           "METHODS", "AdaptedLinear", "is_peft", "canonical_method"]
+           "METHODS", "METHOD_ALIASES", "AdaptedLinear", "is_peft", "canonical_method"]
 
 
 def canonical_method(method: str) -> str:
-    method = _ALIASES.get(method, method)
+    """The method's canonical name (aliases resolved); an unknown name is a ConfigError."""
+    method = METHOD_ALIASES.get(method, method)
     if method not in METHODS:
-        raise ConfigError(f"unknown finetuning method {method!r}", hint=f"choose from {', '.join(METHODS)}")
+        raise ConfigError(f"unknown finetuning method {method!r}",
+                          hint=f"choose from {', '.join(METHODS)} (or an alias: {', '.join(METHOD_ALIASES)})")
     return method
 
 

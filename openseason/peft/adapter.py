@@ -92,10 +92,3 @@ def apply_adapter_v2(model: nn.Module, prompt_length: int = 10, layers: Optional
         if isinstance(module, nn.LayerNorm) or type(module).__name__ == "RMSNorm":
             declare(module, [n for n in ("weight", "bias") if getattr(module, n, None) is not None])
     return options
-
-
-def remove_attend_override(model: nn.Module) -> None:
-    """Drop the per-instance attend (e.g. before merging when no adapter is left)."""
-    for block in model.blocks:
-        if "attend" in block.attn.__dict__ and not hasattr(block.attn, "adapter"):
-            del block.attn.__dict__["attend"]

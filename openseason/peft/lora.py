@@ -220,7 +220,7 @@ def export_peft(model: nn.Module, out_dir: str | Path, base_model_name_or_path: 
     loads over the Hugging Face model written by `openseason.convert.convert_to_hf`."""
     from safetensors.torch import save_file
 
-    from ..checkpoint import replace_dir, staging_dir
+    from ..fileio import replace_dir, staging_dir
 
     state, ranks, alphas = peft_state(model)
     if not state:

@@ -1,61 +1,15 @@
-"""CLI verbs of the training stage: finetune, merge, quickstart (thin wrappers over finetune.py and
-quickstart.py; the pretraining verb lives with pretraining)."""
+"""CLI verbs of the training stage: finetune, merge, quickstart, pretrain (thin wrappers over
+finetune.py, quickstart.py and pretrain.py; their flags are built from train/options.py)."""
 from __future__ import annotations
 
-import argparse
-
-
-def _finetune_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("run")
-    g.add_argument("--max-steps", type=int, help="optimizer steps")
-    g.add_argument("--epochs", type=float, help="passes over the data (when --max-steps is not given)")
-    g.add_argument("--max-time", type=float, help="stop (saving final) after this many seconds")
-    g.add_argument("--save-every", type=int, help="write out/step-XXXXXX every K steps")
-    g.add_argument("--keep-last", type=int, help="keep only the newest N step checkpoints")
-    g.add_argument("--eval-every", type=int, help="validation loss and a sample generation every K steps")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--resume", help="'auto' (newest checkpoint under --out, if any) or a step-XXXXXX directory")
-    g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    g.add_argument("--precision", choices=["bf16", "fp32"], help="default: bf16 autocast on GPU, fp32 on CPU")
-    g.add_argument("--gradient-checkpointing", action="store_true", default=None,
-                   help="recompute activations in the backward pass (less memory, ~30%% slower)")
-    g = p.add_argument_group("optimization")
-    g.add_argument("--micro-batch-size", type=int)
-    g.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
-    g.add_argument("--lr", type=float, help="peak learning rate (default per method)")
-    g.add_argument("--min-lr", type=float, help="end of the cosine decay (default lr/10)")
-    g.add_argument("--warmup-steps", type=int)
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--grad-clip", type=float)
-    g = p.add_argument_group("data")
-    g.add_argument("--max-length", type=int, help="tokens per example (longer ones are cut)")
-    g.add_argument("--packing", action="store_true", default=None, help="pack several examples per row")
-    g.add_argument("--train-on", choices=["assistant", "all"], help="which tokens carry loss")
-    g.add_argument("--prompt-style", help="override the style stored with the data")
-    g.add_argument("--val-size", type=int, help="held-out examples for validation loss")
-    g = p.add_argument_group("LoRA")
-    g.add_argument("--lora-rank", type=int)
-    g.add_argument("--lora-alpha", type=float)
-    g.add_argument("--lora-dropout", type=float)
-    g.add_argument("--lora-targets", help="comma list of q,k,v,qkv,proj,mlp,lm_head or all (default q,v)")
-    g = p.add_argument_group("LLaMA-Adapter")
-    g.add_argument("--adapter-prompt-length", type=int, help="learned prompt tokens per layer (default 10)")
-    g.add_argument("--adapter-layers", type=int, help="adapt the top L layers (default all but the first two)")
-
-
-OPTION_NAMES = ["max_steps", "epochs", "max_time", "save_every", "keep_last", "eval_every", "seed", "device",
-                "precision", "gradient_checkpointing", "micro_batch_size", "grad_accum", "lr", "min_lr",
-                "warmup_steps", "weight_decay", "grad_clip", "max_length", "packing", "train_on", "prompt_style",
-                "val_size", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "adapter_prompt_length",
-                "adapter_layers"]
+from .options import FinetuneOptions, PretrainOptions, add_arguments, given_options
 
 
 def _finetune(args) -> int:
     from .finetune import finetune
 
-    options = {name: getattr(args, name) for name in OPTION_NAMES}
-    result = finetune(args.checkpoint, args.data, args.method, args.out, config=args.config, resume=args.resume,
-                      **options)
+    result = finetune(args.checkpoint, args.data, out=args.out, config=args.config, resume=args.resume,
+                      **given_options(args, FinetuneOptions))
     print(f"finetuned {result['steps']} steps, {result['tokens']:,} tokens in {result['seconds']:.1f}s; "
           f"final loss {result['final_loss']}; checkpoint {result['final']}")
     return 0
@@ -84,10 +38,10 @@ def register(sub) -> None:
                                    "and OUT/final (PEFT methods store only their weights + a base reference).")
     p.add_argument("checkpoint", help="an openseason checkpoint directory (see `openseason convert from-hf`)")
     p.add_argument("--data", required=True, help="a prepared directory (`openseason data prepare`)")
-    p.add_argument("--method", choices=["full", "lora", "adapter", "adapter-v2"], help="default lora")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--config", help="recipe YAML (see recipes/); flags override it")
-    _finetune_args(p)
+    p.add_argument("--resume", help="'auto' (newest checkpoint under --out, if any) or a step-XXXXXX directory")
+    add_arguments(p, FinetuneOptions)
     p.set_defaults(func=_finetune)
 
     p = sub.add_parser("merge", help="fold a LoRA checkpoint into a full checkpoint")
@@ -107,3 +61,25 @@ def register(sub) -> None:
     p.add_argument("--eval-items", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_quickstart)
+
+    p = sub.add_parser("pretrain", help="pretrain from a named config on a token directory (Pythia recipe)",
+                       description="Pretrain with the Pythia recipe on a token directory from `openseason data "
+                                   "tokenize`. Under `torchrun --nproc-per-node N -m openseason pretrain ...` the "
+                                   "model is sharded with FSDP2 and every process reads its slice of each step.")
+    p.add_argument("--config", required=True, help="a named config (pythia-70m, llama-7b, tiny-neox, ...), a "
+                                                    "config.json, or a checkpoint directory to continue")
+    p.add_argument("--data", required=True, help="token directory (`openseason data tokenize`)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--resume", help="'auto' or a step-XXXXXX directory (saved on any number of processes)")
+    add_arguments(p, PretrainOptions)
+    p.set_defaults(func=_pretrain)
+
+
+def _pretrain(args) -> int:
+    from .pretrain import pretrain
+
+    result = pretrain(args.config, args.data, args.out, resume=args.resume, **given_options(args, PretrainOptions))
+    if result["main_process"]:
+        print(f"pretrained {result['steps']} steps, {result['tokens']:,} tokens in {result['seconds']:.1f}s; "
+              f"final loss {result['final_loss']}; checkpoint {result['final']}")
+    return 0

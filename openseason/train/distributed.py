@@ -13,27 +13,22 @@ token counts and losses across ranks, decides who writes logs, and saves/loads r
 * Checkpoints: the model and optimizer state go through torch.distributed.checkpoint (DCP) in a
   `dcp/` folder, so a run saved on N processes resumes on M; rank 0 also writes the full model as an
   ordinary safetensors checkpoint next to it, so LLM.load, generate and serve read any step directly.
-  The same format is used by a single process, so resuming on 1 process works too.
+  The same format is used by a single process, so resuming on 1 process works too. The format is
+  openseason.checkpoint.distributed; this module only calls it.
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import warnings
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 
-from ..checkpoint import fsync_dir, replace_dir, save_weights, write_checkpoint_metadata
-from ..errors import CheckpointError
+from ..checkpoint.distributed import is_dcp_checkpoint, load_dcp_checkpoint, save_dcp_checkpoint
 
-DCP_DIR = "dcp"
-STATE_NAME = "trainer_state.json"
+__all__ = ["DistributedRun", "launched_by_torchrun", "is_dcp_checkpoint"]
 
 
 def launched_by_torchrun() -> bool:
@@ -92,13 +87,6 @@ class DistributedRun:
         dist.all_reduce(t)
         return t.item()
 
-    def broadcast_object(self, obj: Any) -> Any:
-        if not self.active:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     # -- sharding ------------------------------------------------------------------------------------
     def shard(self, model: torch.nn.Module, bf16_params: bool = False) -> torch.nn.Module:
         """FSDP2: shard each block, then the root (embedding, final norm, head)."""
@@ -123,73 +111,13 @@ class DistributedRun:
         """FSDP averages gradients over ranks; undo it so the step equals one big batch."""
         return float(self.world_size)
 
-    # -- checkpoints ---------------------------------------------------------------------------------
+    # -- checkpoints (the format lives in checkpoint/distributed.py) -------------------------------------
     def save(self, directory: Path, model, optimizer, state: dict, *, tokenizer=None, tokenizer_dir=None,
              run_card: Optional[dict] = None) -> Path:
-        """Write DCP model+optimizer shards and (rank 0) a full safetensors checkpoint; atomic rename."""
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
-
-        from .state import rng_state
-
-        final = Path(directory)
-        tmp = final.with_name(f".{final.name}.tmp-dcp")
-        if self.is_main:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
-        self.barrier()
-        model_state, optim_state = get_state_dict(model, optimizer)
-        with _single_process_quiet():
-            dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / DCP_DIR),
-                     no_dist=not self.active)
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if self.is_main:
-            if getattr(model.config, "tie_embeddings", False):
-                full.pop("lm_head.weight", None)
-            save_weights(full, tmp)
-            write_checkpoint_metadata(tmp, model.config, tokenizer=tokenizer, tokenizer_dir=tokenizer_dir,
-                                      run_card={"world_size": self.world_size, **(run_card or {})})
-            rng_meta, rng_tensors = rng_state()
-            from safetensors.torch import save_file
-
-            save_file(rng_tensors, str(tmp / "rng.safetensors"))
-            meta = {**state, "rng": rng_meta, "format": "dcp", "world_size": self.world_size}
-            (tmp / STATE_NAME).write_text(json.dumps(meta, indent=2, default=str) + "\n")
-            replace_dir(tmp, final)
-            fsync_dir(final.parent)
-        self.barrier()
-        return final
+        """Write DCP model+optimizer shards and (rank 0) a full safetensors checkpoint; atomic swap."""
+        return save_dcp_checkpoint(self, directory, model, optimizer, state, tokenizer=tokenizer,
+                                   tokenizer_dir=tokenizer_dir, run_card=run_card)
 
     def load(self, directory: Path, model, optimizer) -> dict:
         """Restore a DCP checkpoint saved on any number of processes into this run's (sharded) model."""
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
-        from ..checkpoint import read_safetensors
-        from .state import set_rng_state
-
-        directory = Path(directory)
-        if not (directory / DCP_DIR).is_dir():
-            raise CheckpointError("not a distributed (DCP) training checkpoint", where=str(directory),
-                                  hint="resume it with the command that wrote it (finetune without torchrun)")
-        meta = json.loads((directory / STATE_NAME).read_text())
-        model_state, optim_state = get_state_dict(model, optimizer)
-        target = {"model": model_state, "optim": optim_state}
-        with _single_process_quiet():
-            dcp.load(target, checkpoint_id=str(directory / DCP_DIR), no_dist=not self.active)
-        set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optim"])
-        set_rng_state(meta["rng"], read_safetensors(directory / "rng.safetensors"))
-        return meta
-
-
-@contextlib.contextmanager
-def _single_process_quiet():
-    """DCP warns that it 'assumes' single-process use when no process group exists: that is intended."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        yield
-
-
-def is_dcp_checkpoint(directory: Path) -> bool:
-    return (Path(directory) / DCP_DIR).is_dir()
+        return load_dcp_checkpoint(self, directory, model, optimizer)

@@ -5,14 +5,14 @@
                       max_steps=200, save_every=50, micro_batch_size=4, grad_accum=4, resume="auto")
     LLM.load(result["final"])          # full or PEFT, loads directly
 
-Arguments resolve as: explicit arguments > the recipe (`config="recipes/lora.yaml"`) > method defaults.
+Arguments resolve as: explicit arguments > the recipe (`config="recipes/lora.yaml"`) > the defaults
+of `train.options.FinetuneOptions` (the one list of options, with their documentation).
 """
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import json
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,21 +20,13 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, OpenseasonError
-from .loop import TrainConfig, train
+from .loop import TrainConfig, register_run, train
+from .options import METHOD_LR, FinetuneOptions, resolve
 
 TRAIN_DEFAULT_STYLE = "alpaca"  # when neither the options, the data nor the base checkpoint name a style
-METHOD_LR = {"full": 2e-5, "lora": 3e-4, "adapter": 9e-3, "adapter-v2": 3e-3}
-
-DEFAULTS: dict[str, Any] = dict(
-    method="lora", max_steps=None, epochs=None, max_time=None, save_every=None, keep_last=None, eval_every=None,
-    seed=1337, micro_batch_size=4, grad_accum=1, lr=None, min_lr=None, warmup_steps=None, weight_decay=0.0,
-    grad_clip=1.0, max_length=None, packing=False, train_on="assistant", prompt_style=None, val_size=None,
-    lora_rank=8, lora_alpha=16.0, lora_dropout=0.05, lora_targets="q,v", adapter_prompt_length=10,
-    adapter_layers=None, device=None, precision=None, gradient_checkpointing=False,
-)
-
 
 def method_options(method: str, opts: dict) -> dict:
+    """The keyword arguments of `peft.apply` for `method`, from the finetune options."""
     if method == "lora":
         return {"rank": int(opts["lora_rank"]), "alpha": float(opts["lora_alpha"]),
                 "dropout": float(opts["lora_dropout"]), "targets": opts["lora_targets"]}
@@ -54,54 +46,35 @@ def _data_lineage(data_dir: Path) -> dict:
     return lineage
 
 
-def _register(final: Path, base: Path, data: Path, method: str, seconds: float, tokens: int) -> None:
-    """Record the run in the catalog when that stage is installed; never lose a run over it."""
-    try:
-        from ..catalog import register_checkpoint
-    except ImportError:
-        return
-    try:
-        hardware = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-        register_checkpoint(final, base_model=str(base), datasets=[str(data)], method=method,
-                            hardware=hardware, seconds=seconds, tokens=tokens)
-    except Exception as exc:  # the checkpoint is already safely on disk
-        warnings.warn(f"could not register {final} in the catalog: {exc}")
-
-
 def finetune(checkpoint: str | Path, data: str | Path, method: Optional[str] = None, out: str | Path = "runs/finetune",
              *, config: Optional[str | Path] = None, resume: Optional[str] = None, progress: bool = True,
              register: bool = True, callbacks=(), **options: Any) -> dict[str, Any]:
-    """Finetune `checkpoint` on the prepared directory `data` with `method` (full, lora, adapter,
-    adapter-v2); checkpoints go to out/step-XXXXXX and out/final. Options (see DEFAULTS):
-    max_steps, epochs, max_time, save_every, keep_last, eval_every, seed, micro_batch_size, grad_accum,
-    lr, min_lr, warmup_steps, weight_decay, grad_clip, max_length, packing, train_on, prompt_style,
-    val_size, lora_rank, lora_alpha, lora_dropout, lora_targets, adapter_prompt_length, adapter_layers,
-    device, precision, gradient_checkpointing. `callbacks` are fn(step, metrics) called after every
-    step. Returns train()'s result plus the resolved options.
+    """Finetune `checkpoint` on the prepared directory `data` with `method` (see peft.METHODS and
+    peft.METHOD_ALIASES); checkpoints go to out/step-XXXXXX and out/final. `options` are the fields
+    of `train.options.FinetuneOptions` (max_steps, lr, lora_rank, ...; unknown names are an error);
+    `config` is a recipe YAML of the same fields. `resume` is "auto" or a step directory.
+    `callbacks` are fn(step, metrics) called after every step. Returns train()'s result plus the
+    resolved options.
 
     The prompt style the DATA is tokenized with (and which run_card.json records for inference) is:
     `prompt_style` if given, else the style stored with the prepared data (prompt_style.json), else the
     base checkpoint's run_card.json style, else TRAIN_DEFAULT_STYLE ("alpaca"). This is a training rule,
     not `openseason.prompts.resolve_chat_format` (the inference rule): a Hugging Face chat template
     cannot be trained on, and the data's own style is the source of truth."""
-    from ..checkpoint import load_model, read_run_card
+    from ..checkpoint import is_peft_checkpoint, load_model, read_run_card, root_base
     from ..data.sft import SFTData, load_conversations, prepared_style, style_messages
+    from ..generation import SamplingParams, generate_ids
     from ..prompts import encode_chat
     from ..peft import apply, canonical_method, count_trainable, is_peft
-    from ..peft.checkpoint import is_peft_checkpoint, root_base
     from ..tokenizer import Tokenizer
     from .data import SFTBatches, fixed_batches
     from .recipe import load_recipe
-    from ..generation import SamplingParams, generate_ids
 
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(f"unknown finetune options {unknown}", hint=f"valid: {', '.join(sorted(DEFAULTS))}")
-    recipe = load_recipe(config, DEFAULTS) if config else {}
-    opts = {**DEFAULTS, **recipe, **{k: v for k, v in options.items() if v is not None}}
+    recipe = load_recipe(config, FinetuneOptions) if config else {}
     if method is not None:
-        opts["method"] = method
-    method = canonical_method(opts["method"])
+        options = {**options, "method": method}
+    opts = dataclasses.asdict(resolve(FinetuneOptions, options, recipe, what="finetune options"))
+    method = opts["method"] = canonical_method(opts["method"])
     checkpoint, data, out = Path(checkpoint), Path(data), Path(out)
     if opts["lr"] is None:
         opts["lr"] = METHOD_LR[method]
@@ -177,7 +150,8 @@ def finetune(checkpoint: str | Path, data: str | Path, method: Optional[str] = N
                    base_checkpoint=base_ref, tokenizer=tokenizer, run_card=run_card,
                    sample_fn=sample_fn if opts["eval_every"] else None, callbacks=callbacks)
     if register:
-        _register(result["final"], base_ref, data, method, result["seconds"], result["tokens"])
+        register_run(result["final"], base_model=str(base_ref), datasets=[str(data)], method=method,
+                     seconds=result["seconds"], tokens=result["tokens"], device=device)
     result["options"] = opts
     return result
 
@@ -200,5 +174,3 @@ def merge_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
                            run_card={**card, "merged_from": str(checkpoint.resolve()), "merged_methods": methods,
                                      "merged_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
-
-FINETUNE_OPTIONS = tuple(inspect.signature(finetune).parameters)

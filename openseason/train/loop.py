@@ -31,11 +31,11 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 import torch.nn.functional as F
 
+from ..data.sft import IGNORE
 from ..errors import OpenseasonError
 from .schedule import lr_at, make_optimizer
-from .state import find_resume, load_train_checkpoint, save_train_checkpoint, step_dir
+from ..checkpoint.training import STEP_DIR, find_resume, load_train_checkpoint, save_train_checkpoint, step_dir
 
-IGNORE = -100
 METRIC_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "tokens", "target_tokens", "tokens_per_s",
                  "mfu", "elapsed_s", "val_loss"]
 
@@ -416,13 +416,30 @@ def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path
             "val_loss": last_val, "stopped": stopped, "loss_plot": plot, "metrics": out_dir / "metrics.csv"}
 
 
+def register_run(final: Path, *, base_model: Optional[str], datasets: list[str], method: str, seconds: float,
+                 tokens: int, device: torch.device | str = "cpu", world_size: int = 1) -> None:
+    """Record a finished run in the catalog (lineage for `catalog can-use`); never lose a run over it:
+    the checkpoint is already safely on disk, so a catalog failure is a warning."""
+    import warnings
+
+    from ..catalog import register_checkpoint
+
+    try:
+        device = torch.device(device)
+        hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        if world_size > 1:
+            hardware = f"{world_size} x {hardware}"
+        register_checkpoint(final, base_model=base_model, datasets=datasets, method=method, hardware=hardware,
+                            seconds=seconds, tokens=tokens)
+    except Exception as exc:
+        warnings.warn(f"could not register {final} in the catalog: {exc}")
+
+
 def _prune(out_dir: Path, keep_last: Optional[int]) -> None:
     if not keep_last:
         return
-    import re
     import shutil
 
-    steps = sorted((int(m.group(1)), p) for p in out_dir.iterdir()
-                   if (m := re.match(r"^step-(\d+)$", p.name)))
+    steps = sorted((int(m.group(1)), p) for p in out_dir.iterdir() if (m := STEP_DIR.match(p.name)))
     for _, path in steps[:-keep_last]:
         shutil.rmtree(path, ignore_errors=True)

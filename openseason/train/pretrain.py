@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,7 +21,8 @@ import torch
 from ..config import Config
 from ..data.shards import PretrainLoader
 from ..errors import ConfigError, DataError
-from .loop import TrainConfig, train
+from .loop import TrainConfig, register_run, train
+from .options import PretrainOptions, resolve
 
 # Peak learning rates of the released Pythia models (their GPT-NeoX configs).
 PYTHIA_LR = {"14m": 1e-3, "31m": 1e-3, "70m": 1e-3, "160m": 6e-4, "410m": 3e-4, "1b": 3e-4, "1.4b": 2e-4,
@@ -95,26 +95,28 @@ def _resolve_config(config: str | Path) -> tuple[Config, Optional[Path]]:
     return Config.from_name(str(config)), None
 
 
-def pretrain(config: str | Path, data: str | Path, out: str | Path, *, seq_len: Optional[int] = None,
-             micro_batch_size: int = 8, grad_accum: int = 1, max_steps: int = 1000, lr: Optional[float] = None,
-             warmup_steps: Optional[int] = None, min_lr: Optional[float] = None, weight_decay: Optional[float] = None,
-             grad_clip: Optional[float] = None, checkpoint_schedule: Optional[str] = None,
-             save_every: Optional[int] = None, keep_last: Optional[int] = None, resume: Optional[str] = None,
-             seed: int = 1234, device: Optional[str] = None, precision: Optional[str] = None,
-             gradient_checkpointing: bool = False, max_time: Optional[float] = None, progress: bool = True,
-             register: bool = True, overrides: Optional[dict] = None) -> dict[str, Any]:
+def pretrain(config: str | Path, data: str | Path, out: str | Path, *, resume: Optional[str] = None,
+             progress: bool = True, register: bool = True, overrides: Optional[dict] = None,
+             **options: Any) -> dict[str, Any]:
     """Pretrain a model from a named config (or continue a checkpoint) on a token directory.
 
-    The global batch is micro_batch_size x grad_accum x processes samples of seq_len + 1 tokens;
-    step i reads samples [B*i, B*(i+1)) of the stream. Checkpoints: OUT/step-XXXXXX and OUT/final,
-    each a full safetensors checkpoint plus DCP state resumable on any number of processes.
+    `options` are the fields of `train.options.PretrainOptions` (seq_len, micro_batch_size,
+    grad_accum, max_steps, lr, ...; unknown names are an error). `overrides` change fields of the
+    model Config. The global batch is micro_batch_size x grad_accum x processes samples of
+    seq_len + 1 tokens; step i reads samples [B*i, B*(i+1)) of the stream. Checkpoints:
+    OUT/step-XXXXXX and OUT/final, each a full safetensors checkpoint plus DCP state resumable on
+    any number of processes.
     """
     from .distributed import DistributedRun
 
+    o = resolve(PretrainOptions, options, what="pretrain options")
+    seq_len, micro_batch_size, grad_accum, max_steps = o.seq_len, o.micro_batch_size, o.grad_accum, o.max_steps
+    lr, min_lr, warmup_steps, weight_decay, grad_clip = o.lr, o.min_lr, o.warmup_steps, o.weight_decay, o.grad_clip
+    seed, precision = o.seed, o.precision
     model_config, init_from = _resolve_config(config)
     if overrides:
         model_config = Config.from_dict({**model_config.to_dict(), **overrides})
-    run = DistributedRun.from_environment(device)
+    run = DistributedRun.from_environment(o.device)
     try:
         seq_len = seq_len or model_config.block_size
         if seq_len > model_config.block_size:
@@ -136,9 +138,7 @@ def pretrain(config: str | Path, data: str | Path, out: str | Path, *, seq_len: 
         model = _build_model(model_config, init_from)
         model = run.shard(model, bf16_params=(precision == "bf16" and run.active))
         tokenizer_dir = _tokenizer_dir(manifest)
-        save_at = tuple(pythia_checkpoint_steps(max_steps)) if checkpoint_schedule == "pythia" else ()
-        if checkpoint_schedule not in (None, "none", "pythia"):
-            raise ConfigError(f"unknown checkpoint schedule {checkpoint_schedule!r}; use 'pythia' or 'none'")
+        save_at = tuple(pythia_checkpoint_steps(max_steps)) if o.checkpoint_schedule == "pythia" else ()
         train_config = TrainConfig(
             max_steps=max_steps, micro_batch_size=micro_batch_size, grad_accum=grad_accum, lr=peak_lr,
             min_lr=min_lr if min_lr is not None else peak_lr * PYTHIA_RECIPE["min_lr_ratio"],
@@ -146,8 +146,8 @@ def pretrain(config: str | Path, data: str | Path, out: str | Path, *, seq_len: 
                           else math.ceil(PYTHIA_RECIPE["warmup_fraction"] * max_steps)),
             weight_decay=PYTHIA_RECIPE["weight_decay"] if weight_decay is None else weight_decay,
             betas=PYTHIA_RECIPE["betas"], grad_clip=PYTHIA_RECIPE["grad_clip"] if grad_clip is None else grad_clip,
-            save_every=save_every, save_at=save_at, keep_last=keep_last, seed=seed, device=str(run.device),
-            precision=precision, gradient_checkpointing=gradient_checkpointing, max_time=max_time,
+            save_every=o.save_every, save_at=save_at, keep_last=o.keep_last, seed=seed, device=str(run.device),
+            precision=precision, gradient_checkpointing=o.gradient_checkpointing, max_time=o.max_time,
             progress=progress, flops_per_token=flops_per_token(model_config, seq_len),
             peak_flops=peak_flops(run.device))
         card = {"title": f"pretrain {model_config.name}", "method": "pretraining", "prompt_style": None,
@@ -163,7 +163,9 @@ def pretrain(config: str | Path, data: str | Path, out: str | Path, *, seq_len: 
         result = train(model, batches, train_config, out, resume=resume, tokenizer_dir=tokenizer_dir,
                        run_card=card, distributed=run)
         if register and run.is_main:
-            _register(result["final"], card, time.time() - t0, result["tokens"], run)
+            register_run(result["final"], base_model=card["lineage"]["base_model"],
+                         datasets=card["lineage"]["datasets"], method="pretraining", seconds=time.time() - t0,
+                         tokens=result["tokens"], device=run.device, world_size=run.world_size)
         return {**result, "main_process": run.is_main, "world_size": run.world_size}
     finally:
         run.close()
@@ -187,18 +189,3 @@ def _tokenizer_dir(manifest: dict) -> Optional[Path]:
     path = Path(manifest["tokenizer"]["path"])
     path = path if path.is_dir() else path.parent
     return path if (path / "tokenizer.json").exists() else None
-
-
-def _register(final: Path, card: dict, seconds: float, tokens: int, run) -> None:
-    """Record the run in the catalog; never lose a run over it."""
-    try:
-        from ..catalog import register_checkpoint
-    except ImportError:
-        return
-    try:
-        hardware = torch.cuda.get_device_name(0) if run.device.type == "cuda" else "cpu"
-        register_checkpoint(final, base_model=card["lineage"]["base_model"], datasets=card["lineage"]["datasets"],
-                            method="pretraining", hardware=f"{run.world_size} x {hardware}", seconds=seconds,
-                            tokens=tokens)
-    except Exception as exc:  # the checkpoint is already safely on disk
-        warnings.warn(f"could not register {final} in the catalog: {exc}")

@@ -1,16 +1,20 @@
-"""Recipes: YAML files of finetune() keyword arguments (see recipes/ at the repository root).
+"""Recipes: YAML files of options (the fields of a train.options dataclass; see recipes/ at the
+repository root).
 
 Unknown keys are errors with file:line:col, so a typo never silently falls back to a default.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import ConfigError
+from .options import option_names
 
 
-def load_recipe(path: str | Path, allowed: Iterable[str]) -> dict[str, Any]:
+def load_recipe(path: str | Path, options_class) -> dict[str, Any]:
+    """The option: value mapping of a recipe file; `options_class` (e.g. FinetuneOptions) names the
+    valid keys. A bare file name is also looked up among the bundled recipes."""
     import yaml
 
     path = Path(path)
@@ -31,7 +35,7 @@ def load_recipe(path: str | Path, allowed: Iterable[str]) -> dict[str, Any]:
         raise ConfigError(f"malformed YAML: {getattr(exc, 'problem', exc)}", where=where) from None
     if not isinstance(data, dict):
         raise ConfigError("a recipe must be a mapping of option: value", where=f"{path}:1:1")
-    allowed = set(allowed)
+    allowed = set(option_names(options_class))
     for key_node, _ in node.value if node is not None else []:
         key = key_node.value.replace("-", "_")
         if key not in allowed:

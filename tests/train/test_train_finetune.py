@@ -132,12 +132,14 @@ def test_recipe_unknown_key_points_at_the_line(tmp_path, setup):
 def test_bundled_recipes_load(recipe):
     from pathlib import Path
 
-    from openseason.train.finetune import DEFAULTS
+    from openseason.peft import METHODS
+    from openseason.train.options import FinetuneOptions, resolve
     from openseason.train.recipe import load_recipe
 
     path = Path(__file__).resolve().parents[2] / "recipes" / recipe
-    loaded = load_recipe(path, DEFAULTS)
-    assert loaded["method"] in ("lora", "adapter", "adapter-v2", "full")
+    loaded = load_recipe(path, FinetuneOptions)
+    assert loaded["method"] in METHODS and loaded["method"] == recipe.removesuffix(".yaml")
+    assert resolve(FinetuneOptions, {}, loaded).method == loaded["method"]
 
 
 def test_adapter_v2_training_lowers_the_loss(tmp_path, setup):

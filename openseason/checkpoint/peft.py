@@ -1,10 +1,13 @@
 """PEFT checkpoints: only the trainable weights, the methods with their options, and a reference to
-the base checkpoint. `openseason.checkpoint.load_model` loads them transparently.
+the base checkpoint they stand on. `checkpoint.load_model` loads them transparently.
 
     CKPT/
       peft.json                  {"base_checkpoint": ..., "base_checkpoint_abs": ..., "methods": [...]}
       peft_weights.safetensors   the trainable tensors, keyed like model.state_dict()
       config.json, tokenizer files, run_card.json  (as in a full checkpoint)
+
+The base may itself be a PEFT checkpoint (finetuning an adapter further); `base_chain` follows the
+references down to the full checkpoint and refuses a chain that comes back to itself.
 """
 from __future__ import annotations
 
@@ -16,21 +19,29 @@ from typing import Optional
 import torch
 
 from ..errors import CheckpointError
+from ..fileio import wait_for_dir
+from .full import load_full_model, read_safetensors
 
 PEFT_CONFIG_NAME = "peft.json"
 PEFT_WEIGHTS_NAME = "peft_weights.safetensors"
 
 
 def is_peft_checkpoint(directory: str | Path) -> bool:
+    wait_for_dir(directory)
     return (Path(directory) / PEFT_CONFIG_NAME).exists()
 
 
 def read_peft_config(directory: str | Path) -> dict:
     path = Path(directory) / PEFT_CONFIG_NAME
     try:
-        return json.loads(path.read_text())
+        cfg = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"no {PEFT_CONFIG_NAME}: not a PEFT checkpoint", where=str(directory)) from None
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"malformed JSON: {exc.msg}", where=f"{path}:{exc.lineno}:{exc.colno}") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError("peft.json must be a JSON object", where=str(path))
+    return cfg
 
 
 def resolve_base(directory: str | Path, cfg: Optional[dict] = None) -> Path:
@@ -41,6 +52,7 @@ def resolve_base(directory: str | Path, cfg: Optional[dict] = None) -> Path:
         ref = cfg.get(key)
         if ref:
             path = (directory / ref) if not os.path.isabs(ref) else Path(ref)
+            wait_for_dir(path)
             if (path / "config.json").exists():
                 return path.resolve()
     raise CheckpointError(f"the base checkpoint {cfg.get('base_checkpoint_abs') or cfg.get('base_checkpoint')!r} "
@@ -48,13 +60,39 @@ def resolve_base(directory: str | Path, cfg: Optional[dict] = None) -> Path:
                           hint="put the base checkpoint back, or edit base_checkpoint in peft.json")
 
 
+def base_chain(directory: str | Path) -> list[Path]:
+    """[directory, its base, the base's base, ..., the full checkpoint at the bottom] (resolved).
+
+    A PEFT checkpoint whose references lead back to one already in the chain is a CheckpointError
+    naming the whole chain (it would otherwise be loaded forever)."""
+    chain = [Path(directory).resolve()]
+    while is_peft_checkpoint(chain[-1]):
+        base = resolve_base(chain[-1])
+        if base in chain:
+            loop = " -> ".join(str(p) for p in chain + [base])
+            raise CheckpointError(f"the base_checkpoint references form a cycle: {loop}",
+                                  where=str(chain[-1] / PEFT_CONFIG_NAME),
+                                  hint="point base_checkpoint in peft.json at the full checkpoint the adapter "
+                                       "was trained on")
+        chain.append(base)
+    return chain
+
+
+def root_base(directory: str | Path) -> Path:
+    """Follow PEFT references down to the full checkpoint they stand on."""
+    return base_chain(directory)[-1]
+
+
 def write_peft_files(tmp: Path, final: Path, model: torch.nn.Module, base_checkpoint: str | Path) -> None:
     """Write peft.json + peft_weights.safetensors into the staging dir `tmp` of checkpoint `final`."""
     from safetensors.torch import save_file
 
-    from .base import trainable_state_dict
+    from ..peft import trainable_state_dict
 
     base = Path(base_checkpoint).resolve()
+    if base == Path(final).resolve():
+        raise CheckpointError("a PEFT checkpoint cannot be its own base", where=str(final),
+                              hint="write the finetuned checkpoint to another directory than its base")
     state = {k: v.detach().contiguous().cpu().clone() for k, v in trainable_state_dict(model).items()}
     save_file(state, str(tmp / PEFT_WEIGHTS_NAME), metadata={"format": "pt"})
     cfg = {"base_checkpoint": os.path.relpath(base, Path(final).resolve()), "base_checkpoint_abs": str(base),
@@ -62,18 +100,8 @@ def write_peft_files(tmp: Path, final: Path, model: torch.nn.Module, base_checkp
     (tmp / PEFT_CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
 
 
-def root_base(directory: str | Path) -> Path:
-    """Follow PEFT references down to the full checkpoint they stand on."""
-    path = Path(directory)
-    while is_peft_checkpoint(path):
-        path = resolve_base(path)
-    return path
-
-
 def load_peft_state(model: torch.nn.Module, directory: str | Path, device="cpu") -> None:
     """Load peft_weights.safetensors into an already-adapted model (strict about names and shapes)."""
-    from ..checkpoint import read_safetensors
-
     directory = Path(directory)
     state = read_safetensors(directory / PEFT_WEIGHTS_NAME, device)
     own = model.state_dict()
@@ -92,14 +120,14 @@ def load_peft_state(model: torch.nn.Module, directory: str | Path, device="cpu")
 
 
 def load_peft_checkpoint(directory: str | Path, device="cpu", dtype: Optional[torch.dtype] = None):
-    """Base model + methods re-applied + the stored trainable weights; no merge step."""
-    from ..checkpoint import load_model
-    from . import apply
+    """The full model at the bottom of the chain, then each PEFT level's methods re-applied and its
+    stored trainable weights loaded, base first; no merge step."""
+    from ..peft import apply
 
-    directory = Path(directory)
-    cfg = read_peft_config(directory)
-    model = load_model(resolve_base(directory, cfg), device=device, dtype=dtype)
-    for entry in cfg.get("methods", []):
-        apply(model, entry["method"], **entry.get("options", {}))
-    load_peft_state(model, directory, device)
+    chain = base_chain(directory)
+    model = load_full_model(chain[-1], device=device, dtype=dtype)
+    for level in reversed(chain[:-1]):
+        for entry in read_peft_config(level).get("methods", []):
+            apply(model, entry["method"], **entry.get("options", {}))
+        load_peft_state(model, level, device)
     return model.eval()

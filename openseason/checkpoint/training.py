@@ -5,8 +5,9 @@
       optimizer.safetensors   AdamW moments and steps, plus the torch RNG states
       trainer_state.json      step, tokens, data-order position, Python RNG, optimizer param groups
 
-Everything is safetensors or JSON (no pickles) and a directory is staged and renamed into place, so
-a run killed at any moment resumes from the last complete one.
+Everything is safetensors or JSON (no pickles) and a directory is staged and swapped into place
+(fileio.replace_dir), so a run killed at any moment resumes from the last complete one; `find_resume`
+repairs a swap that a kill interrupted and removes the staging directories of dead runs.
 """
 from __future__ import annotations
 
@@ -20,11 +21,11 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..checkpoint import (model_state_for_saving, read_safetensors, replace_dir, save_weights, staging_dir,
-                          write_checkpoint_metadata)
 from ..errors import CheckpointError
+from ..fileio import recover_children, replace_dir, staging_dir, wait_for_dir
 from ..peft import is_peft
-from ..peft.checkpoint import load_peft_state, write_peft_files
+from .full import load_state, model_state_for_saving, read_safetensors, save_weights, write_checkpoint_metadata
+from .peft import load_peft_state, write_peft_files
 
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
@@ -32,10 +33,12 @@ STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 
 def step_dir(out_dir: Path, step: int) -> Path:
+    """OUT/step-XXXXXX, the checkpoint written after optimizer step `step`."""
     return Path(out_dir) / f"step-{step:06d}"
 
 
 def rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
+    """Python, NumPy (JSON-able metadata) and torch/CUDA (tensors) random generator states."""
     pystate = random.getstate()
     np_state = np.random.get_state()
     meta = {"python": [pystate[0], list(pystate[1]), pystate[2]],
@@ -48,6 +51,7 @@ def rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def set_rng_state(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Restore what `rng_state` returned."""
     py = meta["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     npst = meta["numpy"]
@@ -104,6 +108,7 @@ def find_resume(out_dir: Path, resume: Optional[str | Path]) -> Optional[Path]:
         out_dir = Path(out_dir)
         if not out_dir.is_dir():
             return None
+        recover_children(out_dir)
         found = []
         for child in out_dir.iterdir():
             match = STEP_DIR.match(child.name)
@@ -111,6 +116,7 @@ def find_resume(out_dir: Path, resume: Optional[str | Path]) -> Optional[Path]:
                 found.append((int(match.group(1)), child))
         return max(found)[1] if found else None
     path = Path(resume)
+    wait_for_dir(path)
     if not (path / STATE_NAME).exists():
         raise CheckpointError(f"no {STATE_NAME} here, so it cannot be resumed", where=str(path),
                               hint="pass a step-XXXXXX directory written by a training run, or --resume auto")
@@ -121,8 +127,6 @@ def load_train_checkpoint(directory: Path, model: torch.nn.Module,
                           optimizer: Optional[torch.optim.Optimizer], device="cpu") -> dict[str, Any]:
     """Restore weights, optimizer and RNG from `directory` into an already-built (and adapted) model;
     returns the trainer state (step, data position, ...)."""
-    from ..checkpoint import load_state
-
     directory = Path(directory)
     meta = json.loads((directory / STATE_NAME).read_text())
     if is_peft(model):

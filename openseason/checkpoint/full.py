@@ -1,4 +1,4 @@
-"""Our checkpoint directory: safetensors weights, config.json, tokenizer files and a run card.
+"""Full checkpoints: safetensors weights, config.json, tokenizer files and a run card.
 
     CKPT/
       config.json                      openseason Config (see config.py)
@@ -6,23 +6,23 @@
       tokenizer.json, tokenizer_config.json, ...
       run_card.json                    what made it: prompt style, lineage, recipe, metrics
 
-We never write pickles. A whole directory is written next to its target and renamed into place, so
-a reader sees the old checkpoint or the new one, never a half-written one.
+We never write pickles. A whole directory is written into a staging directory next to its target
+and swapped into place (fileio.staging_dir / replace_dir), so a reader sees the old checkpoint or
+the new one, never a half-written one, even after a kill -9 in the middle of the swap.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from .config import Config
-from .errors import CheckpointError
-from .fileio import fsync_dir, write_json_atomic
+from ..config import Config
+from ..errors import CheckpointError
+from ..fileio import replace_dir, staging_dir, wait_for_dir, write_json_atomic
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -71,37 +71,11 @@ def save_weights(state: dict[str, torch.Tensor], directory: Path, max_shard_byte
     return names
 
 
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a fully written directory into place, replacing any previous one."""
-    for root, _dirs, files in os.walk(tmp):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as handle:
-                os.fsync(handle.fileno())
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def staging_dir(final: Path) -> Path:
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    return tmp
-
-
 def write_checkpoint_metadata(directory: Path, config: Config, *, tokenizer=None,
                               tokenizer_dir: Optional[str | Path] = None, run_card: Optional[dict[str, Any]] = None,
                               kind: str = "full") -> None:
     """config.json, the tokenizer files and run_card.json: what every checkpoint holds besides weights."""
-    from .tokenizer import copy_tokenizer_files
+    from ..tokenizer import copy_tokenizer_files
 
     directory = Path(directory)
     (directory / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
@@ -131,6 +105,8 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module, *, tokenizer=
 
 
 def read_run_card(directory: str | Path) -> dict[str, Any]:
+    """What made the checkpoint (run_card.json), or {} when it has none."""
+    wait_for_dir(directory)
     path = Path(directory) / RUN_CARD_NAME
     if not path.exists():
         return {}
@@ -149,6 +125,7 @@ def update_run_card(directory: str | Path, **fields: Any) -> dict[str, Any]:
 
 
 def weight_files(directory: Path) -> list[Path]:
+    """The safetensors files of a full checkpoint: the shards its index lists, or model.safetensors."""
     index = directory / INDEX_NAME
     if index.exists():
         try:
@@ -180,6 +157,7 @@ def read_safetensors(path: Path, device="cpu") -> dict[str, torch.Tensor]:
 
 
 def load_state(directory: str | Path, device="cpu") -> dict[str, torch.Tensor]:
+    """All weights of a full checkpoint (every shard) as one state dict."""
     directory = Path(directory)
     state: dict[str, torch.Tensor] = {}
     for file in weight_files(directory):
@@ -210,6 +188,8 @@ def check_state_against_model(state: dict[str, torch.Tensor], model: torch.nn.Mo
 
 
 def load_config(directory: str | Path) -> Config:
+    """The model Config a checkpoint directory (full or PEFT) was written for."""
+    wait_for_dir(directory)
     path = Path(directory) / "config.json"
     if not path.exists():
         raise CheckpointError("no config.json", where=str(directory))
@@ -218,25 +198,19 @@ def load_config(directory: str | Path) -> Config:
 
 def build_model(config: Config):
     """Build an uninitialized model on the meta device (no memory) for weights to be assigned into."""
-    from .model import GPT
+    from ..model import GPT
 
     with torch.device("meta"):
         model = GPT(config)
     return model
 
 
-def load_model(directory: str | Path, device="cpu", dtype: Optional[torch.dtype] = None):
-    """Load a checkpoint directory into a GPT on `device` (weights cast to `dtype` if given).
-
-    A PEFT checkpoint (peft.json) loads its base, re-applies the methods and loads the trainable
-    weights, so adapters are used directly without a merge step."""
+def load_full_model(directory: str | Path, device="cpu", dtype: Optional[torch.dtype] = None):
+    """Load a full checkpoint directory into a GPT on `device` (weights cast to `dtype` if given).
+    `checkpoint.load_model` also loads PEFT checkpoints; use that unless you need a full one."""
     directory = Path(directory)
-    if not directory.is_dir():
+    if not wait_for_dir(directory) or not directory.is_dir():
         raise CheckpointError("checkpoint directory not found", where=str(directory))
-    if (directory / "peft.json").exists():  # trainable weights + base reference (openseason.peft.checkpoint)
-        from .peft.checkpoint import load_peft_checkpoint
-
-        return load_peft_checkpoint(directory, device=device, dtype=dtype)
     config = load_config(directory)
     model = build_model(config)
     state = load_state(directory, device)

@@ -1,0 +1,143 @@
+"""One source of truth for the options of `finetune()` and `pretrain()`.
+
+Each option is one field of a dataclass below: its default and its documentation. The Python API
+validates keyword arguments against it, recipes (recipes/*.yaml) may set any field, and the CLI
+builds its flags from it (`--max-steps` for `max_steps`, help text = the field's doc). Resolution:
+explicit arguments > the recipe > the defaults here. CLI flags default to "not given", so a recipe
+value is never overridden by a flag the user did not pass.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from ..errors import ConfigError
+from ..peft import METHOD_ALIASES, METHODS
+
+# Peak learning rate per finetuning method when none is given (LLaMA-Adapter papers, LoRA common use).
+METHOD_LR = {"full": 2e-5, "lora": 3e-4, "adapter": 9e-3, "adapter-v2": 3e-3}
+
+
+def option(default: Any, doc: str, *, group: str = "run", choices: Optional[tuple] = None) -> Any:
+    """A dataclass field carrying its documentation (CLI help) and CLI group."""
+    return field(default=default, metadata={"doc": doc, "group": group, "choices": choices})
+
+
+_METHODS_DOC = (f"{', '.join(METHODS)} (also accepted: "
+                f"{', '.join(f'{alias}={name}' for alias, name in METHOD_ALIASES.items())})")
+
+
+@dataclass
+class FinetuneOptions:
+    """Options of `openseason finetune` / `train.finetune()`; see each field's doc."""
+
+    method: str = option("lora", f"finetuning method: {_METHODS_DOC}")
+    max_steps: Optional[int] = option(None, "optimizer steps")
+    epochs: Optional[float] = option(None, "passes over the data (when max_steps is not given)")
+    max_time: Optional[float] = option(None, "stop (saving final) after this many seconds")
+    save_every: Optional[int] = option(None, "write OUT/step-XXXXXX every K steps")
+    keep_last: Optional[int] = option(None, "keep only the newest N step checkpoints")
+    eval_every: Optional[int] = option(None, "validation loss and a sample generation every K steps")
+    seed: int = option(1337, "seed of initialization, data order and the validation split")
+    device: Optional[str] = option(None, "cpu, cuda, cuda:1 (default: cuda if available)")
+    precision: Optional[str] = option(None, "bf16 autocast or fp32 (default: bf16 on GPU, fp32 on CPU)",
+                                      choices=("bf16", "fp32"))
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass "
+                                                 "(less memory, ~30% slower)")
+    micro_batch_size: int = option(4, "examples per forward pass", group="optimization")
+    grad_accum: int = option(1, "micro-batches per optimizer step", group="optimization")
+    lr: Optional[float] = option(None, "peak learning rate (default per method: "
+                                       + ", ".join(f"{m} {v:g}" for m, v in METHOD_LR.items()) + ")",
+                                 group="optimization")
+    min_lr: Optional[float] = option(None, "end of the cosine decay (default lr/10)", group="optimization")
+    warmup_steps: Optional[int] = option(None, "linear warmup steps (default 0)", group="optimization")
+    weight_decay: float = option(0.0, "AdamW weight decay", group="optimization")
+    grad_clip: Optional[float] = option(1.0, "clip the gradient norm to this", group="optimization")
+    max_length: Optional[int] = option(None, "tokens per example, longer ones are cut "
+                                             "(default: the context length, at most 2048)", group="data")
+    packing: bool = option(False, "pack several examples per row", group="data")
+    train_on: str = option("assistant", "which tokens carry loss", group="data", choices=("assistant", "all"))
+    prompt_style: Optional[str] = option(None, "override the prompt style stored with the data", group="data")
+    val_size: Optional[int] = option(None, "held-out examples for validation loss (default min(64, 5%))",
+                                     group="data")
+    lora_rank: int = option(8, "LoRA rank r", group="LoRA")
+    lora_alpha: float = option(16.0, "LoRA alpha (the update is scaled by alpha / r)", group="LoRA")
+    lora_dropout: float = option(0.05, "dropout on the LoRA branch input", group="LoRA")
+    lora_targets: str = option("q,v", "comma list of q,k,v,qkv,proj,mlp,lm_head or all", group="LoRA")
+    adapter_prompt_length: int = option(10, "learned prompt tokens per adapted layer", group="LLaMA-Adapter")
+    adapter_layers: Optional[int] = option(None, "adapt the top L layers (default all but the first two)",
+                                           group="LLaMA-Adapter")
+
+
+@dataclass
+class PretrainOptions:
+    """Options of `openseason pretrain` / `train.pretrain.pretrain()` (Pythia recipe defaults)."""
+
+    seq_len: Optional[int] = option(None, "tokens per sample (default: the context length)")
+    micro_batch_size: int = option(8, "samples per process per micro-batch")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    max_steps: int = option(1000, "optimizer steps")
+    lr: Optional[float] = option(None, "peak learning rate (default: the Pythia size's)")
+    min_lr: Optional[float] = option(None, "end of the cosine (default 0.1 x lr)")
+    warmup_steps: Optional[int] = option(None, "linear warmup steps (default 1% of max_steps)")
+    weight_decay: Optional[float] = option(None, "AdamW weight decay (default 0.1)")
+    grad_clip: Optional[float] = option(None, "clip the gradient norm to this (default 1.0)")
+    checkpoint_schedule: str = option("none", "pythia: step 0, 1, 2, 4, ..., 512, then every 1000",
+                                      choices=("pythia", "none"))
+    save_every: Optional[int] = option(None, "write OUT/step-XXXXXX every K steps")
+    keep_last: Optional[int] = option(None, "keep only the newest N step checkpoints")
+    seed: int = option(1234, "seed of the initial weights")
+    device: Optional[str] = option(None, "cpu, cuda (default: cuda if available; torchrun sets the rank's GPU)")
+    precision: Optional[str] = option(None, "bf16 or fp32 (default: bf16 on GPU, fp32 on CPU)",
+                                      choices=("bf16", "fp32"))
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass")
+    max_time: Optional[float] = option(None, "stop (saving final) after this many seconds")
+
+
+def option_names(cls) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def resolve(cls, given: dict[str, Any], recipe: Optional[dict[str, Any]] = None, *, what: str = "options"):
+    """defaults < recipe < given (None in `given` means "not given"); unknown names are a ConfigError."""
+    names = option_names(cls)
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown {what} {unknown}", hint=f"valid: {', '.join(sorted(names))}")
+    values = {**(recipe or {}), **{k: v for k, v in given.items() if v is not None}}
+    for f in dataclasses.fields(cls):
+        choices = f.metadata.get("choices")
+        if choices and values.get(f.name) is not None and values[f.name] not in choices:
+            raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, not {values[f.name]!r}")
+    return cls(**values)
+
+
+def _scalar_type(hint) -> type:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if typing.get_origin(hint) is Union and args else hint
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per field (`--max-steps` for max_steps), grouped, with the field's doc and default."""
+    hints = typing.get_type_hints(cls)
+    groups: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        group_name = f.metadata.get("group", "run")
+        group = groups.get(group_name) or groups.setdefault(group_name, parser.add_argument_group(group_name))
+        kind = _scalar_type(hints[f.name])
+        doc = f.metadata.get("doc", "").replace("%", "%%")
+        if f.default is not None and kind is not bool:
+            doc += f" (default {f.default})"
+        flag = "--" + f.name.replace("_", "-")
+        if kind is bool:
+            group.add_argument(flag, action="store_true", default=None, help=doc)
+        else:
+            group.add_argument(flag, type=kind, choices=f.metadata.get("choices"), default=None, help=doc)
+
+
+def given_options(args: argparse.Namespace, cls) -> dict[str, Any]:
+    """The options the user passed on the command line (None = not given)."""
+    return {name: getattr(args, name) for name in option_names(cls)}
