@@ -136,13 +136,12 @@ def perplexity(llm, data: str | Path, *, window: Optional[int] = None, stride: O
     if kind == "documents":
         items = document_items(rows, llm.tokenizer)
     else:
-        from ..prompts import get_style
+        from ..prompts import as_chat_format
 
-        style_name = style or _stored_style(data) or getattr(llm, "prompt_style", None)
-        if not style_name:
-            raise OpenseasonError("scoring conversations needs a prompt style",
-                                  hint="pass --style, or use a prepared directory / checkpoint that stores one")
-        items = conversation_items(rows, llm.tokenizer, get_style(style_name))
+        # --style, else the prepared data's style, else the checkpoint's chat format (the one rule:
+        # run_card style > chat template > "plain"; a template cannot mark assistant tokens: error)
+        fmt = as_chat_format(style or _stored_style(data) or llm.chat_format)
+        items = conversation_items(rows, llm.tokenizer, fmt)
     pad = llm.tokenizer.pad_id if llm.tokenizer.pad_id is not None else 0
     totals = score_items(llm.model, items, window=window, stride=stride, batch_size=batch_size, pad_id=pad)
     if totals["tokens"] == 0:

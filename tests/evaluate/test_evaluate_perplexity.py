@@ -73,8 +73,10 @@ def test_conversations_score_assistant_tokens_only(tmp_path, hf_and_ours):
     enc = tokenize_conversation(messages, llm.tokenizer, get_style("alpaca"), 10**6)
     assert result["tokens"] == sum(1 for label in enc["labels"] if label != -100)
     assert result["kind"] == "conversations"
-    with pytest.raises(OpenseasonError, match="prompt style"):
-        perplexity(llm, conv)
+    # no --style and nothing stored with the data: the checkpoint's chat format ("plain" here)
+    plain = tokenize_conversation(messages, llm.tokenizer, get_style("plain"), 10**6)
+    assert llm.prompt_style == "plain"
+    assert perplexity(llm, conv)["tokens"] == sum(1 for label in plain["labels"] if label != -100)
 
 
 def test_cli_json_and_bad_input(tmp_path, hf_and_ours, capsys):
