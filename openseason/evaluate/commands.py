@@ -138,28 +138,17 @@ def _answers_from(source: str, questions: list[dict], max_new_tokens: int) -> di
 
 
 def _chat(llm, prompt: str, max_new_tokens: int) -> str:
-    if getattr(llm, "prompt_style", None):
-        return llm.chat([{"role": "user", "content": prompt}], max_new_tokens=max_new_tokens, temperature=0.0)
-    return llm.generate(prompt, max_new_tokens=max_new_tokens, temperature=0.0)
+    """A checkpoint's answer to one instruction: a user message in its chat format, greedy."""
+    return llm.chat([{"role": "user", "content": prompt}], max_new_tokens=max_new_tokens, temperature=0.0)
 
 
 def _judge_backend(spec: str, model_name, max_new_tokens: int, mode: str = "chat"):
-    """A judge callable: an OpenAI-compatible endpoint (the synth stage's HTTP backend, with its
-    retries and timeouts) or a checkpoint answering in its own prompt style."""
-    if spec.startswith(("http://", "https://")):
-        from ..synth.backends import CallFailed, Request, make_backend
+    """The judge: an LLMClient for an OpenAI-compatible endpoint (with its retries and timeouts) or a
+    checkpoint, called with the judge prompt as one user message ("chat") or raw ("completions")."""
+    from ..generation.client import make_client
 
-        backend = make_backend(spec, model=model_name, mode=mode)
-
-        def judge(prompt: str) -> str:
-            result = backend.complete(Request(prompt, max_tokens=max_new_tokens, temperature=0.0, top_p=1.0))
-            if isinstance(result, CallFailed):
-                raise OpenseasonError(f"the judge call failed: {result.reason}", where=spec)
-            return result.text
-
-        return judge
-    llm = _load(spec)
-    return lambda prompt: _chat(llm, prompt, max_new_tokens)
+    client = make_client(spec, model=model_name, mode=mode)
+    return lambda prompt: client(prompt, max_tokens=max_new_tokens, temperature=0.0)
 
 
 def _judge(args) -> int:

@@ -12,15 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from .colang import ColangSyntaxError, parse, parse_file
-from .llm import LLMCallable, OpenseasonLLM, ScriptedLLM, UnexpectedLLMCall
+from ..generation.client import LocalClient, ScriptedClient, UnexpectedCall
 from .rails import Decision, GenerateResult, Intent, Rails
 from .rails_config import RailsConfig
 
 EXAMPLES = Path(__file__).with_name("examples")
 
-__all__ = ["ColangSyntaxError", "Decision", "EXAMPLES", "GenerateResult", "Intent", "LLMCallable",
-           "OpenseasonLLM", "Rails", "RailsConfig", "ScriptedLLM", "UnexpectedLLMCall", "example_config",
-           "parse", "parse_file"]
+# The rails call their LLM through the one LLMClient protocol (openseason.generation.client); the
+# in-process and scripted clients are re-exported here for convenience.
+__all__ = ["ColangSyntaxError", "Decision", "EXAMPLES", "GenerateResult", "Intent", "LocalClient", "Rails",
+           "RailsConfig", "ScriptedClient", "UnexpectedCall", "example_config", "parse", "parse_file"]
 
 
 def example_config(name: str) -> Path:

@@ -31,12 +31,12 @@ def register(subparsers) -> None:
 def load_rails(config: str, model: str | None = None):
     """Rails for a config folder or shipped example name, with an openseason LLM if `model` is given."""
     from . import Rails, RailsConfig, example_config
-    from .llm import OpenseasonLLM
+    from ..generation.client import LocalClient
 
     path = Path(config)
     if not path.exists() and "/" not in config:
         path = example_config(config)
-    llm = OpenseasonLLM.load(model) if model else None
+    llm = LocalClient(model) if model else None
     return Rails(RailsConfig.from_path(path), llm=llm)
 
 

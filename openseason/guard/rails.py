@@ -36,7 +36,7 @@ from .cache import ByteLRU, text_key
 from .embeddings import Embedder, default_cache_dir, resolve_model_dir
 from .flows import compile_flow
 from .index import IntentIndex
-from .llm import require_llm
+from ..generation.client import require_client
 from .rails_config import RailsConfig, _walk
 
 # Self-check verdicts remembered across calls (earlier turns come back with every request); long
@@ -382,7 +382,7 @@ class Rails:
         return self._call_llm(prompt, ctx, max_tokens=256, stop=["\nUser:", "\nuser:"]).strip()
 
     def _call_llm(self, prompt: str, ctx: _Ctx, *, max_tokens: int, stop: Optional[list[str]] = None) -> str:
-        llm = require_llm(self.llm, "this rail")
+        llm = require_client(self.llm, "this rail")
         ctx.llm_calls += 1
         return llm(prompt, max_tokens=max_tokens, temperature=0.0, stop=stop)
 

@@ -13,44 +13,12 @@ served model through the same continuous-batching engine as every other request.
 """
 from __future__ import annotations
 
-import queue
 from pathlib import Path
 from typing import Optional
 
 from ..errors import OpenseasonError
 from .app import Hooks
-from ..generation.engine import Event, Request
-from ..generation.sampling import SamplingParams
-
-
-class EngineLLM:
-    """The rails' LLM protocol (prompt -> text) on top of the serving engine."""
-
-    def __init__(self, engine, timeout: float = 300.0):
-        self.engine = engine
-        self.timeout = timeout
-
-    def __call__(self, prompt: str, *, max_tokens: int = 256, temperature: float = 0.0,
-                 stop: Optional[list[str]] = None) -> str:
-        tokenizer, block = self.engine.tokenizer, self.engine.config.block_size
-        ids = tokenizer.encode(prompt)
-        room = block - len(ids)
-        if room < 1:
-            raise OpenseasonError(f"the rails prompt ({len(ids)} tokens) does not fit the model's context of "
-                                  f"{block} tokens", hint="shorten the rails config's instructions")
-        events: "queue.Queue[Event]" = queue.Queue()
-        params = SamplingParams(max_new_tokens=min(max_tokens, room), temperature=temperature,
-                                stop=tuple(stop or ()), seed=0)
-        self.engine.submit(Request(ids, params, events.put))
-        pieces = []
-        while True:
-            event = events.get(timeout=self.timeout)
-            if event.kind == "text":
-                pieces.append(event.text)
-            elif event.kind == "finish":
-                return "".join(pieces)
-            else:
-                raise OpenseasonError(f"the rails' LLM call failed: {event.text}")
+from ..generation.client import LocalClient
 
 
 def rails_hooks(rails_dir: str | Path, engine=None, rails=None) -> Hooks:
@@ -62,7 +30,7 @@ def rails_hooks(rails_dir: str | Path, engine=None, rails=None) -> Hooks:
         if not rails_dir.is_dir():
             raise OpenseasonError("rails directory not found", where=str(rails_dir),
                                   hint="pass a folder with config.yml and .co files")
-        rails = Rails(RailsConfig.from_path(rails_dir), llm=EngineLLM(engine) if engine is not None else None)
+        rails = Rails(RailsConfig.from_path(rails_dir), llm=LocalClient(engine) if engine is not None else None)
 
     def check_input(messages: list[dict]) -> Optional[str]:
         decision = rails.check(messages)

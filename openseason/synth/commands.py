@@ -26,9 +26,9 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
 
 
 def _backend(args):
-    from .backends import make_backend
+    from ..generation.client import make_client
 
-    return make_backend(args.backend, model=args.model, mode=args.mode, max_concurrency=args.concurrency,
+    return make_client(args.backend, model=args.model, mode=args.mode, max_concurrency=args.concurrency,
                         timeout=args.timeout, max_retries=args.max_retries, api_key=args.api_key)
 
 

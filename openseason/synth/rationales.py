@@ -18,13 +18,13 @@ from typing import Optional
 
 from ..errors import DataError, where
 from ..fileio import read_json_rows, write_jsonl_atomic
-from .backends import Backend, Request
+from ..generation.client import LLMClient, LLMRequest
 from .prompting import TEMPLATE_DIR, load_template, render
 from .report import write_report
 from .self_instruct import send_logged, with_prompt
 from .store import StageLog, stable_hash
 
-DEFAULT_REQUEST = Request("", max_tokens=256, temperature=0.0, top_p=1.0, stop=("\nQ:", "\n\nQ:"))
+DEFAULT_REQUEST = LLMRequest("", max_tokens=256, temperature=0.0, top_p=1.0, stop=("\nQ:", "\n\nQ:"))
 _ANSWER = re.compile(r"^(.*?)\bSo the answer is\s*:?\s*(.+?)\s*$", re.DOTALL | re.IGNORECASE)
 
 
@@ -67,7 +67,7 @@ def load_examples(path: str | Path, input_field: str = "input", label_field: str
     return rows
 
 
-def rationales(data: str | Path, backend: Backend, out: str | Path, *, exemplars: Optional[str | Path] = None,
+def rationales(data: str | Path, backend: LLMClient, out: str | Path, *, exemplars: Optional[str | Path] = None,
                input_field: str = "input", label_field: str = "label", drop_mismatched: bool = False,
                template_dir=None, chunk_size: int = 64) -> dict:
     """Write OUT/rationales.jsonl, OUT/multitask.jsonl ({"input","output","task"}), conversations and a report."""

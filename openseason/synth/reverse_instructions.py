@@ -19,14 +19,14 @@ from typing import Optional, Sequence
 
 from ..errors import ConfigError, DataError, where
 from ..fileio import iter_jsonl, write_jsonl_atomic
-from .backends import Backend, Request
+from ..generation.client import LLMClient, LLMRequest
 from .prompting import load_yaml_template, render
 from .report import write_report
 from .self_instruct import send_logged, with_prompt
 from .store import StageLog, stable_hash
 
 STYLES = ("instruction", "chatbot", "query")
-DEFAULT_REQUEST = Request("", max_tokens=128, temperature=0.7, top_p=0.9, stop=("\n\n",))
+DEFAULT_REQUEST = LLMRequest("", max_tokens=128, temperature=0.7, top_p=0.9, stop=("\n\n",))
 
 
 def load_corpus(path: str | Path, text_field: Optional[str] = None) -> list[dict]:
@@ -66,7 +66,7 @@ def length_hint(text: str, rng: random.Random, hints: Sequence[str]) -> str:
     return render(rng.choice(list(hints)), words=max(10, round(words, -1)), sentences=sentences)
 
 
-def reverse_instructions(corpus: str | Path, backend: Backend, out: str | Path, *, styles: Sequence[str] = STYLES,
+def reverse_instructions(corpus: str | Path, backend: LLMClient, out: str | Path, *, styles: Sequence[str] = STYLES,
                          mode: str = "random", length_hint_prob: float = 0.0, max_words: int = 600, seed: int = 0,
                          text_field: Optional[str] = None, template_dir=None, max_instruction_words: int = 200,
                          chunk_size: int = 64) -> dict:

@@ -33,7 +33,7 @@ from typing import Optional
 
 from ..errors import ConfigError, DataError, where
 from ..fileio import iter_jsonl, write_json_atomic, write_jsonl_atomic
-from .backends import Backend, CallFailed, Request
+from ..generation.client import LLMClient, CallFailed, LLMRequest
 from .blacklists import compile_blacklist, resolve
 from .prompting import clean, load_template, render
 from .rouge import NoveltyFilter
@@ -62,9 +62,9 @@ class Recipe:
     classify: bool                  # run the classification-identification step
     blacklist: str
     batch_size: int                 # generation prompts per step (sent concurrently)
-    generate: Request               # sampling parameters for step 1 (prompt filled per call)
-    classify_request: Request
-    instances_request: Request
+    generate: LLMRequest               # sampling parameters for step 1 (prompt filled per call)
+    classify_request: LLMRequest
+    instances_request: LLMRequest
     max_instances: int = 5
     threshold: float = 0.7
 
@@ -75,15 +75,15 @@ RECIPES: dict[str, Recipe] = {
     "self-instruct": Recipe(
         "self-instruct", seed_demos=6, machine_demos=2, tasks_per_call=16, inline_instances=False, classify=True,
         blacklist="paper", batch_size=5,
-        generate=Request("", max_tokens=1024, temperature=0.7, top_p=0.5, stop=("\n\n", "\n16", "16.", "16 .")),
-        classify_request=Request("", max_tokens=3, temperature=0.0, top_p=0.0, stop=("\n", "Task:")),
-        instances_request=Request("", max_tokens=350, temperature=0.0, top_p=0.0, stop=("Example 6", "Task:"))),
+        generate=LLMRequest("", max_tokens=1024, temperature=0.7, top_p=0.5, stop=("\n\n", "\n16", "16.", "16 .")),
+        classify_request=LLMRequest("", max_tokens=3, temperature=0.0, top_p=0.0, stop=("\n", "Task:")),
+        instances_request=LLMRequest("", max_tokens=350, temperature=0.0, top_p=0.0, stop=("Example 6", "Task:"))),
     # Stanford Alpaca: 3 seed demos, 20 tasks per call each with its instance, no classification step.
     "alpaca": Recipe(
         "alpaca", seed_demos=3, machine_demos=0, tasks_per_call=20, inline_instances=True, classify=False,
         blacklist="alpaca", batch_size=5,
-        generate=Request("", max_tokens=3072, temperature=1.0, top_p=1.0, stop=("\n20", "20.", "20 .")),
-        classify_request=Request(""), instances_request=Request("")),
+        generate=LLMRequest("", max_tokens=3072, temperature=1.0, top_p=1.0, stop=("\n20", "20.", "20 .")),
+        classify_request=LLMRequest(""), instances_request=LLMRequest("")),
 }
 
 
@@ -312,7 +312,7 @@ def _progress(enabled: bool):
                     disable=not enabled, transient=True)
 
 
-def send_logged(backend: Backend, log: StageLog, items: list[tuple[str, Request, dict]]) -> list[Optional[dict]]:
+def send_logged(backend: LLMClient, log: StageLog, items: list[tuple[str, LLMRequest, dict]]) -> list[Optional[dict]]:
     """Ask for every (key, request, input) not yet logged "ok"; log each answer or failure as it lands.
     Returns the stored result per item (None for a failure)."""
     todo = [(k, r, i) for k, r, i in items if not log.done(k)]
@@ -328,11 +328,11 @@ def send_logged(backend: Backend, log: StageLog, items: list[tuple[str, Request,
     return [log.get(k) for k, _, _ in items]
 
 
-def with_prompt(req: Request, prompt: str) -> Request:
-    return Request(prompt, req.max_tokens, req.temperature, req.top_p, tuple(req.stop))
+def with_prompt(req: LLMRequest, prompt: str) -> LLMRequest:
+    return LLMRequest(prompt, req.max_tokens, req.temperature, req.top_p, tuple(req.stop))
 
 
-def self_instruct(seeds: str | Path, backend: Backend, num: int, out: str | Path, *, recipe: str = "self-instruct",
+def self_instruct(seeds: str | Path, backend: LLMClient, num: int, out: str | Path, *, recipe: str = "self-instruct",
                   threshold: Optional[float] = None, blacklist=None, batch_size: Optional[int] = None, seed: int = 0,
                   max_calls: Optional[int] = None, tokenizer: str = "default", template_dir=None,
                   chunk_size: int = 64, progress: bool = True) -> dict:

@@ -21,9 +21,9 @@ def embedder():
 
 @pytest.fixture(scope="session")
 def support_rails(embedder):
-    from openseason.guard import Rails, RailsConfig, ScriptedLLM, example_config
+    from openseason.guard import Rails, RailsConfig, ScriptedClient, example_config
 
-    return Rails(RailsConfig.from_path(example_config("support")), llm=ScriptedLLM(), embedder=embedder)
+    return Rails(RailsConfig.from_path(example_config("support")), llm=ScriptedClient(), embedder=embedder)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from openseason.errors import ConfigError
-from openseason.guard import ScriptedLLM
+from openseason.guard import ScriptedClient
 from openseason.guard.cache import ByteLRU, text_key
 from openseason.guard.colang import ColangSyntaxError, Var, evaluate, parse
 
@@ -101,7 +101,7 @@ prompts:
 
 
 def test_self_check_cache_is_bounded_in_bytes(make_rails):
-    llm = ScriptedLLM([("Should the user message be blocked", "No")] * 200)
+    llm = ScriptedClient([("Should the user message be blocked", "No")] * 200)
     rails = make_rails('define user a\n  "hello"\n', SELF_CHECK_YML, llm=llm)
     for i in range(40):
         rails.check(f"{i} " + "a" * 100_000)          # 40 distinct 100 kB messages

@@ -102,9 +102,9 @@ def test_jailbreak_rail_needs_a_model(tmp_path, embedder):
 
 
 def test_openseason_llm_adapter_writes_free_replies(tiny_ckpt, embedder):
-    from openseason.guard import OpenseasonLLM
+    from openseason.guard import LocalClient
 
-    llm = OpenseasonLLM.load(tiny_ckpt)
+    llm = LocalClient(tiny_ckpt)
     config = RailsConfig.from_content('define user greet\n  "hello"\ndefine flow greet\n  user greet\n  bot hi there\n',
                                       "embeddings: {cache_dir: false}")
     rails = Rails(config, llm=llm, embedder=embedder)

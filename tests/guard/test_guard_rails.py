@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from openseason.errors import ConfigError, OpenseasonError
-from openseason.guard import ScriptedLLM, UnexpectedLLMCall
+from openseason.guard import ScriptedClient, UnexpectedCall
 
 GREET = """
 define user express greeting
@@ -76,7 +76,7 @@ CHECK_OUT = "Should the bot message be blocked"
 
 def test_embeddings_only_makes_zero_llm_calls(support_rails):
     llm = support_rails.llm
-    assert isinstance(llm, ScriptedLLM) and not llm.script  # fails on any call
+    assert isinstance(llm, ScriptedClient) and not llm.rules and not llm.entries  # fails on any call
     conversation = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"},
                     {"role": "user", "content": "my parcel is three days late"}]
     decision = support_rails.check(conversation)
@@ -178,7 +178,7 @@ def test_unregistered_action_is_a_config_error(make_rails):
 
 
 def test_self_check_input_and_output(make_rails):
-    llm = ScriptedLLM([(lambda p: CHECK_IN in p and "steal" in p, "Yes"),
+    llm = ScriptedClient([(lambda p: CHECK_IN in p and "steal" in p, "Yes"),
                        (CHECK_IN, "No, it is fine."),
                        (lambda p: CHECK_OUT in p and "Hello friend" in p, "no"),
                        (CHECK_OUT, "Yes.")])
@@ -193,7 +193,7 @@ def test_self_check_input_and_output(make_rails):
     assert blocked.decision.llm_calls == 1
     rails.config.output_on_predefined = True
     assert not rails.generate("hello").blocked
-    llm.script.insert(0, (lambda p: "General" in p and "Assistant:" in p, "Something nasty."))
+    llm.rules.insert(0, (lambda p: "General" in p and "Assistant:" in p, "Something nasty."))
     rails.config.instructions = "General instructions."
     free = rails.generate("I need help")  # `bot offer help` is not defined: the LLM writes it ...
     assert free.blocked and free.decision.rail == "output" and free.text == "I'm sorry, I can't respond to that."
@@ -202,13 +202,13 @@ def test_self_check_input_and_output(make_rails):
 
 
 def test_self_check_without_yes_or_no_blocks(make_rails):
-    rails = make_rails(GREET, SELF_CHECK_YML, llm=ScriptedLLM([(CHECK_IN, "Maybe?")]))
+    rails = make_rails(GREET, SELF_CHECK_YML, llm=ScriptedClient([(CHECK_IN, "Maybe?")]))
     decision = rails.check("hello")
     assert decision.blocked and any("no yes/no" in c.get("note", "") for c in decision.checks)
 
 
 def test_general_reply_and_unexpected_calls(make_rails):
-    llm = ScriptedLLM([(lambda p: p.rstrip().endswith("Assistant:"), " Sure, here is a reply.\n")])
+    llm = ScriptedClient([(lambda p: p.rstrip().endswith("Assistant:"), " Sure, here is a reply.\n")])
     rails = make_rails(GREET, "instructions:\n  - type: general\n    content: Be brief.\n", llm=llm)
     result = rails.generate([{"role": "user", "content": "tell me about black holes"}])
     assert result.text == "Sure, here is a reply." and result.decision.rail is None and not result.fired
@@ -217,9 +217,9 @@ def test_general_reply_and_unexpected_calls(make_rails):
     assert llm.calls[0]["stop"] == ["\nUser:", "\nuser:"]
     # check() never asks the LLM to write a reply
     assert rails.check("tell me about black holes").reply is None and len(llm.calls) == 1
-    once = ScriptedLLM(["only one"])
+    once = ScriptedClient(["only one"])
     assert once("a") == "only one"
-    with pytest.raises(UnexpectedLLMCall, match="unexpected LLM call #2"):
+    with pytest.raises(UnexpectedCall, match="unexpected LLM call #2"):
         once("b")
 
 
@@ -232,7 +232,7 @@ rails:
       embeddings_only_similarity_threshold: 0.95
       few_shot_k: 3
 """
-    llm = ScriptedLLM([(lambda p: p.rstrip().endswith("Intent:"), " ask about weather\n")], consume=True)
+    llm = ScriptedClient([(lambda p: p.rstrip().endswith("Intent:"), " ask about weather\n")], consume=True)
     rails = make_rails(GREET, yml, llm=llm)
     hi = {"role": "user", "content": "hello"}  # exact example: cosine 1.0, no LLM call
     said = {"role": "assistant", "content": "Hello friend!"}

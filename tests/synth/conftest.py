@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from openseason.synth.backends import Backend, Completion
+from openseason.generation.client import LLMClient, LLMReply
 
 WORDS = ("river mountain recipe budget poem contract sensor garden violin planet ladder museum protein "
          "algorithm harbor blanket cactus diploma engine festival glacier hammock igloo jacket kettle lantern "
@@ -47,11 +47,11 @@ def fake_answer(prompt: str) -> str:
     raise AssertionError(f"unexpected prompt kind: {prompt[:60]!r}")
 
 
-class FakeTeacher(Backend):
+class FakeTeacher(LLMClient):
     name = "fake"
 
     def _complete_many(self, requests):
-        return [Completion(fake_answer(r.prompt), "stop", len(r.prompt.split()), 10) for r in requests]
+        return [LLMReply(fake_answer(r.prompt), "stop", len(r.prompt.split()), 10) for r in requests]
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from openseason.errors import DataError
-from openseason.synth.backends import (CallFailed, Completion, HTTPBackend, LLMBackend, Request, ScriptedBackend,
-                                       make_backend)
+from openseason.generation.client import (CallFailed, LLMClient, LLMReply, HTTPClient, LocalClient, LLMRequest, ScriptedClient,
+                                       make_client)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -58,43 +58,43 @@ def url():
 def test_non_string_answers_are_failures_not_rows(url, mode, answer, reason):
     prompt = f"p-{mode}-{json.dumps(answer)}"
     _Handler.answers[prompt] = answer
-    backend = HTTPBackend(url, mode=mode, max_retries=0, api_key="")
-    [res] = backend.complete_many([Request(prompt)])
+    backend = HTTPClient(url, mode=mode, max_retries=0, api_key="")
+    [res] = backend.complete_many([LLMRequest(prompt)])
     assert isinstance(res, CallFailed) and res.retryable and reason in res.reason, res
     assert backend.stats.failed == 1
 
 
 def test_good_answer_still_works(url):
-    [res] = HTTPBackend(url, max_retries=0).complete_many([Request("hello")])
-    assert isinstance(res, Completion) and res.text == "fine"
+    [res] = HTTPClient(url, max_retries=0).complete_many([LLMRequest("hello")])
+    assert isinstance(res, LLMReply) and res.text == "fine"
 
 
 def test_any_backend_result_is_validated():
-    class FakeLLM:
+    class FakeClient(LLMClient):   # whatever a client returns, the base class validates it
         answers = [None, 7, "ok"]
 
-        def complete(self, prompt, **_):
-            return Completion(self.answers.pop(0), "stop", 1, 1)
+        def _complete_many(self, requests):
+            return [LLMReply(self.answers.pop(0), "stop", 1, 1) for _ in requests]
 
-    backend = LLMBackend(FakeLLM())
-    results = backend.complete_many([Request("a"), Request("b"), Request("c")])
-    assert [type(r).__name__ for r in results] == ["CallFailed", "CallFailed", "Completion"]
+    backend = FakeClient()
+    results = backend.complete_many([LLMRequest("a"), LLMRequest("b"), LLMRequest("c")])
+    assert [type(r).__name__ for r in results] == ["CallFailed", "CallFailed", "LLMReply"]
     assert "text is NoneType" in results[0].reason and results[2].text == "ok"
     with pytest.raises(DataError, match=r"<script>\[0\]: scripted response 'text' must be a string"):
-        ScriptedBackend([{"text": 5}])
+        ScriptedClient([{"text": 5}])
 
 
 def test_env_openai_key_only_goes_to_https(url, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
     monkeypatch.delenv("OPENSEASON_BACKEND_API_KEY", raising=False)
     _Handler.auth.clear()
-    HTTPBackend(url, max_retries=0).complete_many([Request("hello")])
+    HTTPClient(url, max_retries=0).complete_many([LLMRequest("hello")])
     assert _Handler.auth == [None]                                   # plain http: the env key stays home
-    assert HTTPBackend("https://api.example.invalid/v1")._headers()["Authorization"] == "Bearer sk-env"
+    assert HTTPClient("https://api.example.invalid/v1")._headers()["Authorization"] == "Bearer sk-env"
     # a key named for this backend is sent, over http too
-    make_backend(url, max_retries=0, api_key="local-key").complete_many([Request("hello")])
+    make_client(url, max_retries=0, api_key="local-key").complete_many([LLMRequest("hello")])
     monkeypatch.setenv("OPENSEASON_BACKEND_API_KEY", "from-env")
-    HTTPBackend(url, max_retries=0).complete_many([Request("hello")])
+    HTTPClient(url, max_retries=0).complete_many([LLMRequest("hello")])
     assert _Handler.auth[1:] == ["Bearer local-key", "Bearer from-env"]
 
 

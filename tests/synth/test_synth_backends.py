@@ -14,8 +14,8 @@ from fastapi import FastAPI, Request as HTTPRequest
 from fastapi.responses import JSONResponse
 
 from openseason.errors import ConfigError
-from openseason.synth.backends import (CallFailed, Completion, HTTPBackend, LLMBackend, Request, ScriptedBackend,
-                                       UnexpectedCall, make_backend)
+from openseason.generation.client import (CallFailed, LLMReply, HTTPClient, LocalClient, LLMRequest, ScriptedClient,
+                                       UnexpectedCall, make_client)
 
 
 class Server:
@@ -89,37 +89,37 @@ def server():
 
 
 def test_completions_and_chat(server):
-    b = HTTPBackend(server.url, model="tiny", api_key="sk-test", backoff=0.01)
-    [res] = b.complete_many([Request("hello there", max_tokens=7, stop=("\n",))])
-    assert res == Completion("echo:hello there", "length", 2, 2)
+    b = HTTPClient(server.url, model="tiny", api_key="sk-test", backoff=0.01)
+    [res] = b.complete_many([LLMRequest("hello there", max_tokens=7, stop=("\n",))])
+    assert res == LLMReply("echo:hello there", "length", 2, 2)
     body = server.bodies[-1]
     assert body == {"max_tokens": 7, "temperature": 0.7, "top_p": 0.5, "stop": ["\n"], "model": "tiny",
                     "prompt": "hello there"}
     assert server.headers[-1]["authorization"] == "Bearer sk-test"
-    chat = HTTPBackend(server.url + "/v1", mode="chat", backoff=0.01)
-    assert chat.complete(Request("hi")).text == "echo:hi"
+    chat = HTTPClient(server.url + "/v1", mode="chat", backoff=0.01)
+    assert chat.complete(LLMRequest("hi")).text == "echo:hi"
     assert b.stats.calls == 1 and b.stats.prompt_tokens == 2
 
 
 def test_retries_429_and_5xx_then_succeeds(server):
-    b = HTTPBackend(server.url, backoff=0.01, max_retries=3)
-    results = b.complete_many([Request("flaky429 a"), Request("flaky503 b")])
+    b = HTTPClient(server.url, backoff=0.01, max_retries=3)
+    results = b.complete_many([LLMRequest("flaky429 a"), LLMRequest("flaky503 b")])
     assert [r.text for r in results] == ["echo:flaky429 a", "echo:flaky503 b"]
     assert server.attempts["flaky429 a"] == 3 and server.attempts["flaky503 b"] == 3
     assert b.stats.retries == 4
 
 
 def test_gives_up_with_reason_and_does_not_retry_4xx(server):
-    b = HTTPBackend(server.url, backoff=0.01, max_retries=1)
-    [res] = b.complete_many([Request("flaky503 c")])
+    b = HTTPClient(server.url, backoff=0.01, max_retries=1)
+    [res] = b.complete_many([LLMRequest("flaky503 c")])
     assert isinstance(res, CallFailed) and res.reason.startswith("HTTP 503") and "2 attempts" in res.reason
-    [res] = b.complete_many([Request("bad d")])
+    [res] = b.complete_many([LLMRequest("bad d")])
     assert isinstance(res, CallFailed) and not res.retryable and server.attempts["bad d"] == 1
 
 
 def test_timeout_is_retried_then_reported(server):
-    b = HTTPBackend(server.url, timeout=0.3, backoff=0.01, max_retries=1)
-    [res] = b.complete_many([Request("slow e")])
+    b = HTTPClient(server.url, timeout=0.3, backoff=0.01, max_retries=1)
+    [res] = b.complete_many([LLMRequest("slow e")])
     assert isinstance(res, CallFailed) and res.reason.startswith("timeout after 0.3s")
     assert server.attempts["slow e"] == 2
 
@@ -129,35 +129,35 @@ def test_connection_errors_are_retried_and_reported():
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()  # nothing listens here now
-    b = HTTPBackend(f"http://127.0.0.1:{port}", backoff=0.01, max_retries=2)
-    [res] = b.complete_many([Request("x")])
+    b = HTTPClient(f"http://127.0.0.1:{port}", backoff=0.01, max_retries=2)
+    [res] = b.complete_many([LLMRequest("x")])
     assert isinstance(res, CallFailed) and res.reason.startswith("connection error") and b.stats.retries == 2
 
 
 def test_concurrency_limit(server):
     server.max_in_flight = 0
-    b = HTTPBackend(server.url, max_concurrency=3)
-    results = b.complete_many([Request(f"busy {i}") for i in range(10)])
+    b = HTTPClient(server.url, max_concurrency=3)
+    results = b.complete_many([LLMRequest(f"busy {i}") for i in range(10)])
     assert [r.text for r in results] == [f"echo:busy {i}" for i in range(10)]  # order kept
     assert server.max_in_flight == 3
 
 
 def test_scripted_backend_is_strict():
-    b = ScriptedBackend([{"expect": "Task:", "text": "Yes"}, "plain"])
-    assert b.complete(Request("Task: x")).text == "Yes"
+    b = ScriptedClient([{"expect": "Task:", "text": "Yes"}, "plain"])
+    assert b.complete(LLMRequest("Task: x")).text == "Yes"
     with pytest.raises(UnexpectedCall):
-        ScriptedBackend([{"expect": "Task:", "text": "Yes"}]).complete(Request("something else"))
-    assert b.complete(Request("anything")).text == "plain"
+        ScriptedClient([{"expect": "Task:", "text": "Yes"}]).complete(LLMRequest("something else"))
+    assert b.complete(LLMRequest("anything")).text == "plain"
     with pytest.raises(UnexpectedCall):
-        b.complete(Request("one too many"))
-    rec = ScriptedBackend([{"prompt": "a", "text": "1"}, {"prompt": "b", "text": "2"}])
-    assert rec.complete(Request("b")).text == "2" and rec.complete(Request("a")).text == "1"
+        b.complete(LLMRequest("one too many"))
+    rec = ScriptedClient([{"prompt": "a", "text": "1"}, {"prompt": "b", "text": "2"}])
+    assert rec.complete(LLMRequest("b")).text == "2" and rec.complete(LLMRequest("a")).text == "1"
     with pytest.raises(UnexpectedCall):
-        rec.complete(Request("a"))  # each recorded answer is used once
-    failing = ScriptedBackend([{"error": "HTTP 500"}])
-    assert failing.complete(Request("x")) == CallFailed("HTTP 500")
+        rec.complete(LLMRequest("a"))  # each recorded answer is used once
+    failing = ScriptedClient([{"error": "HTTP 500"}])
+    assert failing.complete(LLMRequest("x")) == CallFailed("HTTP 500")
     with pytest.raises(AssertionError):
-        ScriptedBackend(["unused"]).assert_done()
+        ScriptedClient(["unused"]).assert_done()
 
 
 def test_llm_backend_adapts_openseason_llm_api():
@@ -172,17 +172,17 @@ def test_llm_backend_adapts_openseason_llm_api():
             return prompt.upper()
 
     llm = FakeLLM()
-    b = LLMBackend(llm)
-    ok, bad = b.complete_many([Request("abc", max_tokens=5, temperature=0.0, top_p=1.0, stop=("\n",)),
-                               Request("too long")])
+    b = LocalClient(llm)
+    ok, bad = b.complete_many([LLMRequest("abc", max_tokens=5, temperature=0.0, top_p=1.0, stop=("\n",)),
+                               LLMRequest("too long")])
     assert ok.text == "ABC" and llm.calls[0] == ("abc", 5, 0.0, 1.0, ["\n"])
     assert isinstance(bad, CallFailed) and "context window" in bad.reason
 
 
 def test_make_backend_rejects_unknown_spec(tmp_path):
     with pytest.raises(ConfigError):
-        make_backend(str(tmp_path / "missing"))
-    assert isinstance(make_backend("http://127.0.0.1:1"), HTTPBackend)
+        make_client(str(tmp_path / "missing"))
+    assert isinstance(make_client("http://127.0.0.1:1"), HTTPClient)
 
 
 def test_llm_backend_with_a_real_tiny_checkpoint(tmp_path, tiny_tokenizer):
@@ -193,11 +193,11 @@ def test_llm_backend_with_a_real_tiny_checkpoint(tmp_path, tiny_tokenizer):
     model = GPT(Config.from_name("tiny-neox"))
     model.init_weights()
     save_checkpoint(tmp_path / "ckpt", model, tokenizer=tiny_tokenizer)
-    backend = make_backend(str(tmp_path / "ckpt"))
-    assert isinstance(backend, LLMBackend)
-    ok, too_long = backend.complete_many([Request("Instruction: add 2 and 3.", max_tokens=5, temperature=0.0),
-                                          Request("word " * 400, max_tokens=5)])
-    assert isinstance(ok, Completion) and ok.finish_reason in ("stop", "length") and 0 < ok.completion_tokens <= 5
+    backend = make_client(str(tmp_path / "ckpt"))
+    assert isinstance(backend, LocalClient)
+    ok, too_long = backend.complete_many([LLMRequest("Instruction: add 2 and 3.", max_tokens=5, temperature=0.0),
+                                          LLMRequest("word " * 400, max_tokens=5)])
+    assert isinstance(ok, LLMReply) and ok.finish_reason in ("stop", "length") and 0 < ok.completion_tokens <= 5
     assert ok.prompt_tokens == len(tiny_tokenizer.encode("Instruction: add 2 and 3."))
     assert isinstance(too_long, CallFailed) and not too_long.retryable
 
@@ -205,7 +205,7 @@ def test_llm_backend_with_a_real_tiny_checkpoint(tmp_path, tiny_tokenizer):
 def test_self_instruct_cli_over_http(server, fake_teacher, seeds_path, tmp_path, capsys):
     from openseason.cli import main
 
-    server.responder = lambda prompt: fake_teacher.complete(Request(prompt)).text
+    server.responder = lambda prompt: fake_teacher.complete(LLMRequest(prompt)).text
     try:
         args = ["synth", "self-instruct", "--seeds", str(seeds_path), "--backend", server.url, "--num", "6",
                 "--out", str(tmp_path / "run"), "--concurrency", "4", "--no-progress"]

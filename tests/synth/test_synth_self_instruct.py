@@ -12,7 +12,7 @@ import pytest
 
 from openseason.cli import main
 from openseason.data.records import Conversation
-from openseason.synth.backends import RecordingBackend, ScriptedBackend, UnexpectedCall
+from openseason.generation.client import RecordingClient, ScriptedClient, UnexpectedCall
 from openseason.synth.blacklists import PRESETS, compile_blacklist
 from openseason.synth.self_instruct import (filter_instances, heuristic_reject_reason, load_seeds, parse_alpaca_list,
                                             parse_instances_input_first, parse_instances_output_first,
@@ -94,7 +94,7 @@ def scripted_run_script():
 
 
 def test_end_to_end_scripted_on_real_seeds(seeds_path, tmp_path):
-    backend = ScriptedBackend(scripted_run_script())
+    backend = ScriptedClient(scripted_run_script())
     report = self_instruct(seeds_path, backend, 3, tmp_path, batch_size=2, progress=False)
     backend.assert_done()  # every scripted answer was used, none was missing
     assert report["status"] == "complete"
@@ -125,13 +125,13 @@ def test_end_to_end_scripted_on_real_seeds(seeds_path, tmp_path):
     assert (tmp_path / "rouge_hist.png").read_bytes()[:4] == b"\x89PNG"
     assert report["diversity"]["unique_verbs"] == 3  # suggest, classify, translate
     # A rerun is answered entirely from the logs: a script with nothing in it is never called.
-    again = self_instruct(seeds_path, ScriptedBackend([]), 3, tmp_path, batch_size=2, progress=False)
+    again = self_instruct(seeds_path, ScriptedClient([]), 3, tmp_path, batch_size=2, progress=False)
     assert again["cost"]["calls"] == 0 and json.loads((tmp_path / "alpaca.json").read_text()) == alpaca
 
 
 def test_scripted_backend_fails_on_unexpected_call(seeds_path, tmp_path):
     with pytest.raises(UnexpectedCall):
-        self_instruct(seeds_path, ScriptedBackend(scripted_run_script()[:4]), 3, tmp_path, batch_size=2, progress=False)
+        self_instruct(seeds_path, ScriptedClient(scripted_run_script()[:4]), 3, tmp_path, batch_size=2, progress=False)
 
 
 def test_alpaca_recipe(seeds_path, tmp_path, fake_teacher):
@@ -145,7 +145,7 @@ def test_alpaca_recipe(seeds_path, tmp_path, fake_teacher):
 
 def test_failed_calls_are_recorded_and_retried(seeds_path, tmp_path, fake_teacher):
     script = [{"error": "HTTP 503: overloaded (gave up after 6 attempts)"}] + [{"text": "x"}]
-    first = self_instruct(seeds_path, ScriptedBackend(script), 10, tmp_path / "run", batch_size=2, progress=False)
+    first = self_instruct(seeds_path, ScriptedClient(script), 10, tmp_path / "run", batch_size=2, progress=False)
     assert first["status"].startswith("generation batch 0: 1 call(s) failed (HTTP 503")
     log = [json.loads(l) for l in open(tmp_path / "run/logs/generate.jsonl")]
     assert [r["status"] for r in log] == ["failed", "ok"] and "HTTP 503" in log[0]["reason"]
@@ -157,10 +157,10 @@ def test_failed_calls_are_recorded_and_retried(seeds_path, tmp_path, fake_teache
 
 CRASHING_RUN = r"""
 import os, sys
-from openseason.synth.backends import ScriptedBackend
+from openseason.generation.client import ScriptedClient
 from openseason.synth.self_instruct import self_instruct
 
-class Crash(ScriptedBackend):
+class Crash(ScriptedClient):
     def _complete_many(self, requests):
         out = super()._complete_many(requests)
         if self.position >= int(sys.argv[3]):
@@ -173,7 +173,7 @@ self_instruct(sys.argv[1], Crash.from_file(sys.argv[2]), 8, sys.argv[4], batch_s
 
 def test_resume_after_crashes_gives_identical_output(seeds_path, tmp_path, fake_teacher):
     recording = tmp_path / "recording.jsonl"
-    self_instruct(seeds_path, RecordingBackend(fake_teacher, recording), 8, tmp_path / "ref", batch_size=3,
+    self_instruct(seeds_path, RecordingClient(fake_teacher, recording), 8, tmp_path / "ref", batch_size=3,
                   chunk_size=4, progress=False)
     total = sum(1 for _ in open(recording))
     run = tmp_path / "run"
@@ -205,7 +205,7 @@ def test_resume_after_crashes_gives_identical_output(seeds_path, tmp_path, fake_
 
 def test_cli_self_instruct_with_recording_and_bad_input(seeds_path, tmp_path, fake_teacher, capsys):
     recording = tmp_path / "rec.jsonl"
-    self_instruct(seeds_path, RecordingBackend(fake_teacher, recording), 4, tmp_path / "a", batch_size=2,
+    self_instruct(seeds_path, RecordingClient(fake_teacher, recording), 4, tmp_path / "a", batch_size=2,
                   progress=False)
     code = main(["synth", "self-instruct", "--seeds", str(seeds_path), "--backend", f"scripted:{recording}",
                  "--num", "4", "--batch-size", "2", "--out", str(tmp_path / "b"), "--no-progress"])

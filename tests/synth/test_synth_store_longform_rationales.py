@@ -6,7 +6,7 @@ import json
 import pytest
 
 from openseason.errors import DataError
-from openseason.synth.backends import ScriptedBackend
+from openseason.generation.client import ScriptedClient
 from openseason.synth.rationales import parse_rationale, rationales
 from openseason.synth.reverse_instructions import clean_instruction, reverse_instructions
 from openseason.synth.store import StageLog
@@ -55,7 +55,7 @@ def test_reverse_instructions_all_styles_with_length_hint(corpus, tmp_path):
         script += [{"expect": doc, "text": " Instruction: How do I grow tomatoes?\n\nextra"},
                    {"expect": "casual message", "text": ' "hey how do i grow tomatoes lol"'},
                    {"expect": "search-engine query", "text": "   "}]
-    backend = ScriptedBackend(script)
+    backend = ScriptedClient(script)
     report = reverse_instructions(corpus, backend, tmp_path / "out", mode="all", length_hint_prob=1.0)
     backend.assert_done()
     rows = [json.loads(l) for l in open(tmp_path / "out/longform.jsonl")]
@@ -68,11 +68,11 @@ def test_reverse_instructions_all_styles_with_length_hint(corpus, tmp_path):
     rejected = [json.loads(l) for l in open(tmp_path / "out/rejected.jsonl")]
     assert {r["reason"] for r in rejected} == {"empty instruction"}
     # Same command again: everything comes from the log.
-    reverse_instructions(corpus, ScriptedBackend([]), tmp_path / "out", mode="all", length_hint_prob=1.0)
+    reverse_instructions(corpus, ScriptedClient([]), tmp_path / "out", mode="all", length_hint_prob=1.0)
 
 
 def test_reverse_instructions_random_style_is_one_per_document(corpus, tmp_path):
-    backend = ScriptedBackend(["Explain it."] * 3)
+    backend = ScriptedClient(["Explain it."] * 3)
     reverse_instructions(corpus, backend, tmp_path / "o", seed=3)
     rows = [json.loads(l) for l in open(tmp_path / "o/longform.jsonl")]
     assert len(rows) == 3 and all(r["length_hint"] is None for r in rows)
@@ -90,7 +90,7 @@ def test_rationales_multitask_rows(tmp_path):
     data.write_text(json.dumps({"id": "q1", "question": "What is 6 times 7?", "answer": "42"}) + "\n" +
                     json.dumps({"id": "q2", "question": "Is ice cold?", "answer": "yes"}) + "\n" +
                     json.dumps({"id": "q3", "question": "Capital of France?", "answer": "Paris"}) + "\n")
-    backend = ScriptedBackend([
+    backend = ScriptedClient([
         {"expect": "Q: What is 6 times 7?\nA:", "text": " Six sevens are 42. So the answer is 42."},
         {"expect": "Q: Is ice cold?", "text": " Ice is frozen water, colder than 0 C. So the answer is No."},
         {"expect": "Q: Capital of France?", "text": " Paris."}])
