@@ -247,6 +247,13 @@ def _stale_siblings(final: Path) -> list[tuple[str, Path]]:
     return found
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def recover_dir(final: str | os.PathLike) -> bool:
     """Repair what a process killed inside `replace_dir` left behind, and delete the staging
     directories of dead processes. If `final` is missing, the newest complete copy is moved back:
@@ -257,11 +264,17 @@ def recover_dir(final: str | os.PathLike) -> bool:
     restored = False
     if not final.exists():
         for kind in ("new", "old"):
-            candidates = sorted((p for k, p in stale if k == kind), key=lambda p: p.stat().st_mtime)
+            candidates = sorted((p for k, p in stale if k == kind), key=_mtime)
             if candidates:
-                os.replace(candidates[-1], final)
-                fsync_dir(final.parent)
-                restored = True
+                try:
+                    # rename(2) onto a missing name; another process recovering too (ranks of one
+                    # run) may have moved it already, or put `final` in place: both are fine
+                    os.rename(candidates[-1], final)
+                except OSError:
+                    pass
+                else:
+                    fsync_dir(final.parent)
+                    restored = True
                 break
     for _, path in stale:
         if path.exists():

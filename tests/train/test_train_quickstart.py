@@ -25,15 +25,50 @@ def test_task_suite_answers_are_right():
     assert not {r["messages"][0]["content"] for r in train} & {r["messages"][0]["content"] for r in held}
 
 
-def test_reduced_quickstart_writes_report(tmp_path):
-    report = quickstart(tmp_path / "qs", pretrain_steps=6, finetune_steps=4, eval_items=8, pretrain_items=60,
+def _heldout_loss(checkpoint, tokenizer, records) -> float:
+    """Mean cross-entropy of the reference answers (the tokens finetuning trains on) of `records`."""
+    import torch
+    import torch.nn.functional as F
+
+    from openseason.checkpoint import load_model
+    from openseason.data.sft import IGNORE, SFTData
+
+    model = load_model(checkpoint)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ex in SFTData(records, tokenizer, "plain", model.config.block_size):
+            ids, labels = torch.tensor([ex["input_ids"]]), torch.tensor(ex["labels"])
+            logits, targets = model(ids)[0, :-1].float(), labels[1:]
+            keep = targets != IGNORE
+            total += F.cross_entropy(logits[keep], targets[keep], reduction="sum").item()
+            count += int(keep.sum())
+    return total / count
+
+
+def test_reduced_quickstart_improves_on_the_heldout_task(tmp_path):
+    """A short run (~30 s on 2 cores): too short for exact match to move, so the improvement is
+    measured as the loss of the held-out reference answers, before vs after finetuning."""
+    import csv
+
+    from openseason.tokenizer import Tokenizer
+
+    report = quickstart(tmp_path / "qs", pretrain_steps=40, finetune_steps=40, eval_items=16, pretrain_items=400,
                         progress=False)
     out = tmp_path / "qs"
     data = json.loads((out / "report.json").read_text())
-    for key in ("before", "after"):
-        assert 0.0 <= data[key]["exact_match"] <= 1.0 and data[key]["n"] == 8
     assert data["heldout_family"] == "convert" and data["finetune"]["method"] == "adapter-v2"
+    assert data["before"]["n"] == data["after"]["n"] == 16
     assert (out / "report.md").read_text().startswith("# openseason quickstart")
     assert (out / "loss_curves.png").stat().st_size > 1000
     assert (out / "finetune" / "final" / "peft.json").exists()
     assert report["finetune"]["trainable_parameters"] < report["finetune"]["total_parameters"] / 5
+
+    with open(out / "finetune" / "metrics.csv", newline="") as handle:
+        losses = [float(row["loss"]) for row in csv.DictReader(handle)]
+    assert losses[-1] < 0.6 * losses[0], losses
+
+    _, heldout = split_heldout("convert", 600, 16, seed=0)      # the items the report evaluated
+    tokenizer = Tokenizer.from_dir(data["base_checkpoint"])
+    before = _heldout_loss(data["base_checkpoint"], tokenizer, heldout)
+    after = _heldout_loss(data["finetuned_checkpoint"], tokenizer, heldout)
+    assert after < 0.75 * before, (before, after)
