@@ -7,9 +7,12 @@ so a crash or kill -9 leaves either the old file or the new one, never half of o
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import json
 import os
+import secrets
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -184,3 +187,81 @@ def load_yaml(path: str | os.PathLike, *, error: type[OpenseasonError] = DataErr
     except UnicodeDecodeError as exc:
         raise error(f"not UTF-8 text ({exc.reason} at byte {exc.start})", where=str(path)) from None
     return parse_yaml(text, path, error=error, with_node=with_node)
+
+
+# -- output directories: one writer at a time, staged outputs -------------------------------------------
+LOCK_NAME = ".openseason.lock"
+STAGING_PREFIX = ".staging-"
+
+
+@contextlib.contextmanager
+def lock_directory(directory: str | os.PathLike):
+    """Hold the output directory's lock while the block runs; a second writer gets a clear error
+    naming the directory and the holder's PID. The lock is an `fcntl.flock` on DIR/.openseason.lock,
+    so the kernel releases it when the holder exits, even after kill -9: it never blocks forever."""
+    import fcntl
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            raise OpenseasonError(f"another process (PID {holder}) is writing to this directory",
+                                  where=str(directory),
+                                  hint="wait for it to finish, or choose another output directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield directory
+    finally:
+        os.close(fd)  # releases the flock; the file stays (unlinking it would race a waiting writer)
+
+
+def foreign_entries(directory: str | os.PathLike, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Names in `directory` other than our lock file, staging leftovers and `ignore` (sorted)."""
+    directory = Path(directory)
+    if not directory.exists():
+        return []
+    return sorted(p.name for p in directory.iterdir()
+                  if p.name != LOCK_NAME and not p.name.startswith(STAGING_PREFIX) and p.name not in ignore)
+
+
+def refuse_non_empty(directory: str | os.PathLike, overwrite: bool, ignore: tuple[str, ...] = ()) -> None:
+    """OpenseasonError when `directory` holds anything (but ours) and `overwrite` is not set."""
+    names = foreign_entries(directory, ignore)
+    if names and not overwrite:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise OpenseasonError(f"output directory is not empty ({shown})", where=str(directory),
+                              hint="pass --overwrite to replace its outputs, or choose a new output directory")
+
+
+@contextlib.contextmanager
+def staging_dir(directory: str | os.PathLike):
+    """A fresh DIR/.staging-PID-RANDOM folder (names unique per writer), removed with whatever is
+    left in it when the block ends; move finished files out of it with `os.replace`."""
+    directory = Path(directory)
+    stage = directory / f"{STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        # leftovers of writers that died (kill -9) before cleaning up; we hold the lock, so none is live
+        for old in directory.glob(STAGING_PREFIX + "*"):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def io_error(exc: OSError, directory: str | os.PathLike) -> OpenseasonError:
+    """A clear error for an OSError while reading inputs or writing outputs (a full disk, ...)."""
+    hint = None
+    if exc.errno == errno.ENOSPC:
+        hint = "free some disk space (or choose an output directory on another disk) and run again"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "check the permissions of the output directory"
+    what = exc.strerror or type(exc).__name__
+    return OpenseasonError(f"{what}" + (f" ({exc.filename})" if exc.filename else ""), where=str(directory),
+                           hint=hint)
