@@ -6,6 +6,7 @@ so a crash or kill -9 leaves either the old file or the new one, never half of o
 """
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import gzip
@@ -14,6 +15,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -77,14 +79,72 @@ def write_jsonl_atomic(path: str | os.PathLike, rows) -> int:
     return count
 
 
+class _Utf8Text:
+    """A read-only text handle over a UTF-8 file (or .gz) that turns bytes which are not UTF-8, and a
+    damaged gzip stream, into DataError at file:line:col instead of a UnicodeDecodeError. Lines are
+    decoded one at a time, so the line number is exact; they keep their "\n" / "\r\n" endings."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+        self._line = 1  # line of the next byte to be decoded
+        self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
+
+    def _bytes(self, reader):
+        try:
+            return reader()
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise DataError(f"cannot decompress: {exc}", where=str(self.path)) from None
+
+    def _decode(self, data: bytes, final: bool) -> str:
+        try:
+            text = self._decoder.decode(data, final)
+        except UnicodeDecodeError as exc:
+            buf = exc.object  # the decoder's held-back bytes (never a newline) + data
+            before = buf[:exc.start]
+            line = self._line + before.count(b"\n")
+            col = exc.start - (before.rfind(b"\n") + 1) + 1
+            raise DataError(f"not UTF-8 text (byte 0x{buf[exc.start]:02x})", where=where(self.path, line, col),
+                            hint="convert the file to UTF-8") from None
+        self._line += data.count(b"\n")
+        return text
+
+    def readline(self) -> str:
+        raw = self._bytes(self._raw.readline)
+        return self._decode(raw, final=not raw)
+
+    def read(self, size: int = -1) -> str:
+        raw = self._bytes(lambda: self._raw.read(size) if size >= 0 else self._raw.read())
+        return self._decode(raw, final=size < 0 or not raw)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def open_text(path: str | os.PathLike):
-    """Open a text file for reading, transparently decompressing `.gz`."""
+    """Open a UTF-8 text file for reading, transparently decompressing `.gz`; bytes that are not
+    UTF-8 raise DataError at file:line:col."""
     path = Path(path)
     if not path.exists():
         raise DataError("file not found", where=str(path))
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, "r", encoding="utf-8")
+    if path.is_dir():
+        raise DataError("is a directory, not a file", where=str(path))
+    return _Utf8Text(path)
 
 
 def iter_jsonl(path: str | os.PathLike, on_error: str = "fail", errors: list | None = None
@@ -117,10 +177,10 @@ def read_json_rows(path: str | os.PathLike) -> list[tuple[int, Any]]:
     path = Path(path)
     if path.suffix != ".json":
         return list(iter_jsonl(path))
-    if not path.exists():
-        raise DataError("file not found", where=str(path))
+    with open_text(path) as handle:
+        text = handle.read()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"malformed JSON: {exc.msg}", where=where(path, exc.lineno, exc.colno)) from None
     if not isinstance(data, list):
