@@ -17,15 +17,19 @@ and delete (`tmp`, and whatever is left once NAME is in place).
 """
 from __future__ import annotations
 
+import codecs
 import contextlib
+import errno
 import gzip
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -89,14 +93,72 @@ def write_jsonl_atomic(path: str | os.PathLike, rows) -> int:
     return count
 
 
+class _Utf8Text:
+    """A read-only text handle over a UTF-8 file (or .gz) that turns bytes which are not UTF-8, and a
+    damaged gzip stream, into DataError at file:line:col instead of a UnicodeDecodeError. Lines are
+    decoded one at a time, so the line number is exact; they keep their "\n" / "\r\n" endings."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+        self._line = 1  # line of the next byte to be decoded
+        self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
+
+    def _bytes(self, reader):
+        try:
+            return reader()
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise DataError(f"cannot decompress: {exc}", where=str(self.path)) from None
+
+    def _decode(self, data: bytes, final: bool) -> str:
+        try:
+            text = self._decoder.decode(data, final)
+        except UnicodeDecodeError as exc:
+            buf = exc.object  # the decoder's held-back bytes (never a newline) + data
+            before = buf[:exc.start]
+            line = self._line + before.count(b"\n")
+            col = exc.start - (before.rfind(b"\n") + 1) + 1
+            raise DataError(f"not UTF-8 text (byte 0x{buf[exc.start]:02x})", where=where(self.path, line, col),
+                            hint="convert the file to UTF-8") from None
+        self._line += data.count(b"\n")
+        return text
+
+    def readline(self) -> str:
+        raw = self._bytes(self._raw.readline)
+        return self._decode(raw, final=not raw)
+
+    def read(self, size: int = -1) -> str:
+        raw = self._bytes(lambda: self._raw.read(size) if size >= 0 else self._raw.read())
+        return self._decode(raw, final=size < 0 or not raw)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def open_text(path: str | os.PathLike):
-    """Open a text file for reading, transparently decompressing `.gz`."""
+    """Open a UTF-8 text file for reading, transparently decompressing `.gz`; bytes that are not
+    UTF-8 raise DataError at file:line:col."""
     path = Path(path)
     if not path.exists():
         raise DataError("file not found", where=str(path))
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, "r", encoding="utf-8")
+    if path.is_dir():
+        raise DataError("is a directory, not a file", where=str(path))
+    return _Utf8Text(path)
 
 
 def iter_jsonl(path: str | os.PathLike, on_error: str = "fail", errors: list | None = None
@@ -129,10 +191,10 @@ def read_json_rows(path: str | os.PathLike) -> list[tuple[int, Any]]:
     path = Path(path)
     if path.suffix != ".json":
         return list(iter_jsonl(path))
-    if not path.exists():
-        raise DataError("file not found", where=str(path))
+    with open_text(path) as handle:
+        text = handle.read()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"malformed JSON: {exc.msg}", where=where(path, exc.lineno, exc.colno)) from None
     if not isinstance(data, list):
@@ -354,3 +416,81 @@ def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# -- output directories: one writer at a time, staged outputs -------------------------------------------
+LOCK_NAME = ".openseason.lock"
+STAGING_PREFIX = ".staging-"
+
+
+@contextlib.contextmanager
+def lock_directory(directory: str | os.PathLike):
+    """Hold the output directory's lock while the block runs; a second writer gets a clear error
+    naming the directory and the holder's PID. The lock is an `fcntl.flock` on DIR/.openseason.lock,
+    so the kernel releases it when the holder exits, even after kill -9: it never blocks forever."""
+    import fcntl
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            raise OpenseasonError(f"another process (PID {holder}) is writing to this directory",
+                                  where=str(directory),
+                                  hint="wait for it to finish, or choose another output directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield directory
+    finally:
+        os.close(fd)  # releases the flock; the file stays (unlinking it would race a waiting writer)
+
+
+def foreign_entries(directory: str | os.PathLike, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Names in `directory` other than our lock file, staging leftovers and `ignore` (sorted)."""
+    directory = Path(directory)
+    if not directory.exists():
+        return []
+    return sorted(p.name for p in directory.iterdir()
+                  if p.name != LOCK_NAME and not p.name.startswith(STAGING_PREFIX) and p.name not in ignore)
+
+
+def refuse_non_empty(directory: str | os.PathLike, overwrite: bool, ignore: tuple[str, ...] = ()) -> None:
+    """OpenseasonError when `directory` holds anything (but ours) and `overwrite` is not set."""
+    names = foreign_entries(directory, ignore)
+    if names and not overwrite:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise OpenseasonError(f"output directory is not empty ({shown})", where=str(directory),
+                              hint="pass --overwrite to replace its outputs, or choose a new output directory")
+
+
+@contextlib.contextmanager
+def output_staging(directory: str | os.PathLike):
+    """A fresh DIR/.staging-PID-RANDOM folder (names unique per writer), removed with whatever is
+    left in it when the block ends; move finished files out of it with `os.replace`."""
+    directory = Path(directory)
+    stage = directory / f"{STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        # leftovers of writers that died (kill -9) before cleaning up; we hold the lock, so none is live
+        for old in directory.glob(STAGING_PREFIX + "*"):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def io_error(exc: OSError, directory: str | os.PathLike) -> OpenseasonError:
+    """A clear error for an OSError while reading inputs or writing outputs (a full disk, ...)."""
+    hint = None
+    if exc.errno == errno.ENOSPC:
+        hint = "free some disk space (or choose an output directory on another disk) and run again"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "check the permissions of the output directory"
+    what = exc.strerror or type(exc).__name__
+    return OpenseasonError(f"{what}" + (f" ({exc.filename})" if exc.filename else ""), where=str(directory),
+                           hint=hint)

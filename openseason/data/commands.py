@@ -45,7 +45,7 @@ def _prepare(args) -> int:
         mode = "alpaca-libre"
     options = {k: v for k, v in options.items() if v is not None}
     report = prepare(args.source, args.paths, args.out, mode=mode, on_error=args.on_error, style=args.style,
-                     **options)
+                     overwrite=args.overwrite, **options)
     summary = {k: report[k] for k in ("read", "written", "rejected", "style")}
     print(json.dumps(summary, ensure_ascii=False))
     print(f"wrote {args.out} (report.json, rejects.jsonl)")
@@ -60,7 +60,9 @@ def register_prepare(sub) -> None:
                    help="dolly, alpaca, longform, hh-rlhf, oasst1 (oasst2), sharegpt, json/jsonl/csv/parquet "
                         "(generic, with --columns), redpajama, or hub (PATH is a Hugging Face dataset id)")
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory (must be empty unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the outputs of a directory that already holds files (e.g. an earlier prepare)")
     p.add_argument("--mode", help="flatten mode: oasst1 all-threads|top-k|top1|preferences; hh-rlhf "
                                   "conversations+preferences|conversations|preferences|alpaca-libre; generic sft|documents")
     p.add_argument("--on-error", choices=("fail", "skip"), default="fail",

@@ -3,8 +3,9 @@
 A prepared directory holds conversations.jsonl / preferences.jsonl / documents.jsonl (whichever kinds
 the source produced), report.json ({"read", "written", "rejected": {reason: n}, ...}), rejects.jsonl
 (one {"where": file:line, "reason", ...} per dropped row) and prompt_style.json (the style training
-and inference must use). Every file is written to a temporary name and renamed when complete, and
-report.json goes last, so a directory with a report.json is complete.
+and inference must use). One writer at a time holds the directory's lock; every file is written in a
+staging folder and moved in when all are complete, report.json last, so a directory with a
+report.json is complete; `check_prepared` verifies that its files match it.
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Optional
 
-from ..errors import DataError, OpenseasonError
-from ..fileio import fsync_dir, write_json_atomic, write_jsonl_atomic
+from ..errors import DataError, OpenseasonError, where
+from ..fileio import (fsync_dir, io_error, iter_jsonl, lock_directory, refuse_non_empty, output_staging,
+                      write_json_atomic, write_jsonl_atomic)
 from ..prompts import get_style
 from .records import KINDS
 from .sft import STYLE_FILE
@@ -25,6 +27,7 @@ from .sources.base import Context
 
 REPORT = "report.json"
 REJECTS = "rejects.jsonl"
+HUB_CACHE = ".hub-cache"
 
 
 def write_style(out_dir, style, **extra) -> None:
@@ -32,45 +35,60 @@ def write_style(out_dir, style, **extra) -> None:
 
 
 def prepare(source: str, paths, out, mode: Optional[str] = None, on_error: str = "fail",
-            style: Optional[str] = None, progress: bool = True, **options) -> dict:
+            style: Optional[str] = None, progress: bool = True, overwrite: bool = False, **options) -> dict:
     """Read `paths` with source module `source` and write a prepared directory at `out`.
 
     `mode` picks the source's flatten mode (its first MODES entry by default); `options` go to the
     source (e.g. langs=["en"], top_k=2, categories=[...], strip_citation_marks=True, columns={...},
     github_filters=True). Returns the report (also written to out/report.json).
+
+    The writer holds `out`'s lock (a second writer gets an error naming the holder's PID) and refuses
+    a directory that holds anything unless `overwrite`. Every output is written to a staging folder
+    first; only when all are complete is the old report.json removed, the outputs moved in, and the
+    new report.json written last. An I/O error (a full disk) leaves the old outputs as they were.
     """
     paths = [str(p) for p in paths]
     if not paths:
         raise OpenseasonError("no input files given", hint="openseason data prepare SOURCE FILE... --out DIR")
     out = Path(out)
+    hub_ids = None
     if source == "hub":
-        from .sources import hub
-
         as_source = options.pop("as_source", None)
         if not as_source:
             raise OpenseasonError("a Hub dataset needs --as SOURCE (the format of its rows, e.g. dolly)")
-        paths = [str(hub.fetch(p, out / ".hub-cache", split=options.pop("split", "train") or "train",
-                               config=options.pop("hub_config", None))) for p in paths]
+        hub_ids, hub_split, hub_config = paths, options.pop("split", "train") or "train", options.pop("hub_config", None)
         source = as_source
     module = get_source(source)
     if mode is None:
         mode = module.MODES[0]
     if mode not in module.MODES:
         raise OpenseasonError(f"source {source!r} has no mode {mode!r}", hint=f"choose one of: {', '.join(module.MODES)}")
-    for p in paths:
-        if not Path(p).exists():
-            raise DataError("file not found", where=p)
+    if hub_ids is None:
+        for p in paths:
+            if not Path(p).exists():
+                raise DataError("file not found", where=p)
     style_name = get_style(style or module.DEFAULT_STYLE or "chatml").name
-    ctx = Context(on_error)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / REPORT).unlink(missing_ok=True)  # the report marks a complete directory; not any more
-    started = time.time()
-
-    written = {kind: 0 for kind in KINDS}
-    tmp = {kind: out / f".{name}.tmp" for kind, name in KINDS.items()}
     try:
+        out.mkdir(parents=True, exist_ok=True)
+        with lock_directory(out):
+            refuse_non_empty(out, overwrite, ignore=(HUB_CACHE,))
+            if hub_ids is not None:
+                from .sources import hub
+
+                paths = [str(hub.fetch(p, out / HUB_CACHE, split=hub_split, config=hub_config)) for p in hub_ids]
+            return _write_prepared(module, source, mode, paths, out, on_error, style_name, progress, options)
+    except OSError as exc:  # a full disk, a read-only directory: a clear error, the old outputs intact
+        raise io_error(exc, out) from None
+
+
+def _write_prepared(module, source, mode, paths, out: Path, on_error, style_name, progress, options) -> dict:
+    ctx = Context(on_error)
+    started = time.time()
+    written = {kind: 0 for kind in KINDS}
+    with output_staging(out) as stage:
         with ExitStack() as stack:
-            handles = {kind: stack.enter_context(open(tmp[kind], "w", encoding="utf-8")) for kind in KINDS}
+            handles = {kind: stack.enter_context(open(stage / name, "w", encoding="utf-8"))
+                       for kind, name in KINDS.items()}
             records = module.read(paths, ctx, mode=mode, **options)
             for where_, record in _progress(records, progress, f"prepare {source}"):
                 try:
@@ -84,25 +102,28 @@ def prepare(source: str, paths, out, mode: Optional[str] = None, on_error: str =
                 handle.flush()
                 os.fsync(handle.fileno())
         produced = [k for k in KINDS if written[k]] or [_primary_kind(module, mode)]
+        write_jsonl_atomic(stage / REJECTS, ctx.rejects)
+        write_style(stage, style_name)
+        report = {"source": source, "mode": mode, "inputs": paths, "style": style_name, "read": ctx.read,
+                  "written": sum(written.values()), "written_by_kind": {k: written[k] for k in produced},
+                  **{k: v for k, v in ctx.report().items() if k != "read"},
+                  "options": {k: v for k, v in options.items() if v not in (None, False, (), [])},
+                  "on_error": on_error, "seconds": round(time.time() - started, 3)}
+        write_json_atomic(stage / REPORT, report)
+        # Everything is complete in the stage: now swap. The report goes first and comes back last,
+        # so a crash in between leaves a directory that readers refuse, never a mixed one they trust.
+        (out / REPORT).unlink(missing_ok=True)
+        fsync_dir(out)
         for kind, name in KINDS.items():
             if kind in produced:
-                os.replace(tmp[kind], out / name)
+                os.replace(stage / name, out / name)
             else:
-                tmp[kind].unlink()
                 (out / name).unlink(missing_ok=True)  # a stale file from an earlier run would mislead
+        os.replace(stage / REJECTS, out / REJECTS)
+        os.replace(stage / STYLE_FILE, out / STYLE_FILE)
         fsync_dir(out)
-    finally:
-        for path in tmp.values():
-            path.unlink(missing_ok=True)
-
-    write_jsonl_atomic(out / REJECTS, ctx.rejects)
-    write_style(out, style_name)
-    report = {"source": source, "mode": mode, "inputs": paths, "style": style_name, "read": ctx.read,
-              "written": sum(written.values()), "written_by_kind": {k: written[k] for k in produced},
-              **{k: v for k, v in ctx.report().items() if k != "read"},
-              "options": {k: v for k, v in options.items() if v not in (None, False, (), [])},
-              "on_error": on_error, "seconds": round(time.time() - started, 3)}
-    write_json_atomic(out / REPORT, report)
+        os.replace(stage / REPORT, out / REPORT)
+        fsync_dir(out)
     return report
 
 
@@ -127,3 +148,53 @@ def _progress(items, enabled: bool, label: str):
         for item in items:
             yield item
             bar.advance(task)
+
+
+def read_report(prepared_dir) -> dict:
+    file = Path(prepared_dir) / REPORT
+    if not file.exists():
+        raise DataError("not a complete prepared directory (no report.json)", where=str(prepared_dir),
+                        hint="run `openseason data prepare` (or dedup / mix) to make one")
+    try:
+        report = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"malformed JSON: {exc.msg}", where=where(file, exc.lineno, exc.colno)) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text ({exc.reason})", where=str(file)) from None
+    if not isinstance(report, dict):
+        raise DataError("report.json is not a JSON object", where=str(file))
+    return report
+
+
+def check_prepared(prepared_dir) -> dict:
+    """The report of a prepared directory whose files match it: for each kind the report counts,
+    the file exists, every line parses as a JSON object, and the line count is the report's. Returns
+    the report; DataError naming the file (and line) otherwise. Readers call this before trusting
+    a directory: two writers or a crash mid-swap must not pass as complete data."""
+    directory = Path(prepared_dir)
+    report = read_report(directory)
+    file = directory / REPORT
+    by_kind = report.get("written_by_kind")
+    if not isinstance(by_kind, dict) or not all(k in KINDS and isinstance(n, int) and not isinstance(n, bool)
+                                                for k, n in by_kind.items()):
+        raise DataError("report.json has no valid written_by_kind counts", where=str(file),
+                        hint="prepare the directory again")
+    if report.get("written") != sum(by_kind.values()):
+        raise DataError(f"report.json says written={report.get('written')!r} but its kinds add up to "
+                        f"{sum(by_kind.values())}", where=str(file), hint="prepare the directory again")
+    for kind, expected in by_kind.items():
+        path = directory / KINDS[kind]
+        if not path.exists():
+            raise DataError(f"report.json counts {expected} {kind} rows but the file is missing", where=str(path),
+                            hint="prepare the directory again")
+        count = 0
+        for lineno, row in iter_jsonl(path):
+            if not isinstance(row, dict):
+                raise DataError(f"a {kind} row must be a JSON object", where=where(path, lineno))
+            count += 1
+        with open(path, "rb") as handle:
+            lines = sum(1 for _ in handle)
+        if count != expected or lines != expected:
+            raise DataError(f"holds {lines} lines ({count} rows), report.json says {expected}", where=str(path),
+                            hint="the directory was written by two processes or damaged; prepare it again")
+    return report

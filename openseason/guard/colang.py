@@ -348,7 +348,14 @@ class _ExprParser:
         self.fail("expected a value (\"text\", number, true/false/none), `$variable` or `(`")
 
 
+MAX_EXPRESSION_DEPTH = 50
+
+
 def parse_expression(text: str, loc: Loc) -> Expr:
+    depth = max(text.count("("), len(re.findall(r"\bnot\b", text)))
+    if depth > MAX_EXPRESSION_DEPTH:  # evaluate() recurses as deep as the tree; refuse before that
+        raise ColangSyntaxError(f"expression nested too deeply (more than {MAX_EXPRESSION_DEPTH} `(` or `not`)",
+                                loc, hint="split it into several `$var = ...` steps")
     return _ExprParser(text, loc).parse()
 
 
@@ -597,7 +604,12 @@ def parse(source: str, file: str = "<string>") -> Document:
                 name = f"flow at {top.loc}"  # anonymous flows are allowed in Colang 1.0
             else:
                 raise ColangSyntaxError("expected a subflow name after `define subflow`", name_loc)
-            doc.flows.append(FlowDef(name, _block(top.children, top), kind == "subflow", top.loc))
+            try:
+                body = _block(top.children, top)
+            except RecursionError:  # hundreds of nested if/when blocks: refuse, do not crash
+                raise ColangSyntaxError(f"blocks nested too deeply in {kind} {name!r}", top.loc,
+                                        hint="a few dozen levels of if/when is plenty; split it into subflows") from None
+            doc.flows.append(FlowDef(name, body, kind == "subflow", top.loc))
         else:
             raise ColangSyntaxError(f"expected `user`, `bot`, `flow` or `subflow` after `define`, found {kind!r}",
                                     _sub(top.loc, m.start(1)))

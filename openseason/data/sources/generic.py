@@ -37,7 +37,8 @@ def read(paths, ctx, mode="sft", columns=None, meta_columns=(), **_):
             if not isinstance(row, dict):
                 ctx.malformed(where, "bad_row", "expected an object / a row with columns")
                 continue
-            rid = str(row[columns["id"]]) if columns.get("id") in row else row_id(NAME, path, where)
+            id_col = columns.get("id")  # a CSV row with extra cells has a None key: no accidental match
+            rid = str(row[id_col]) if id_col is not None and id_col in row else row_id(NAME, path, where)
             meta = {c: row.get(c) for c in meta_columns}
 
             def col(field, required=True):

@@ -40,12 +40,29 @@ def split_of(tree_id: str, val_fraction: float, seed: int = 0) -> str:
 
 
 def _flatten_tree(node: dict, tree_id: str, out: list, parent_id=None):
-    msg = {k: node.get(k) for k in FIELDS}
-    msg["message_tree_id"] = msg["message_tree_id"] or tree_id
-    msg["parent_id"] = msg["parent_id"] if msg["parent_id"] is not None else parent_id
-    out.append(msg)
-    for child in node.get("replies") or []:
-        _flatten_tree(child, tree_id, out, node.get("message_id"))
+    # Iterative (a hostile or just deep tree must not hit the recursion limit); a node that is not an
+    # object becomes an empty message, which the reader reports as malformed.
+    stack = [(node, parent_id)]
+    while stack:
+        node, parent_id = stack.pop()
+        node = node if isinstance(node, dict) else {}
+        msg = {k: node.get(k) for k in FIELDS}
+        msg["message_tree_id"] = msg["message_tree_id"] or tree_id
+        msg["parent_id"] = msg["parent_id"] if msg["parent_id"] is not None else parent_id
+        out.append(msg)
+        replies = node.get("replies")
+        replies = replies if isinstance(replies, list) else []
+        stack.extend((child, node.get("message_id")) for child in reversed(replies))
+
+
+def _well_formed(msg: dict) -> bool:
+    def opt(key, *types):
+        value = msg.get(key)
+        return value is None or (isinstance(value, types) and not isinstance(value, bool))
+
+    return (isinstance(msg.get("message_id"), str) and isinstance(msg.get("role"), str) and msg["role"] in ROLE
+            and isinstance(msg.get("text"), str)
+            and opt("parent_id", str) and opt("lang", str) and opt("rank", int, float))
 
 
 def _rank_key(msg: dict):
@@ -71,9 +88,10 @@ def read(paths, ctx, mode="all-threads", langs=None, top_k: int = 2, val_fractio
                 flat = [row]
             for msg in flat:
                 mid = msg.get("message_id")
-                if not isinstance(mid, str) or msg.get("role") not in ROLE or not isinstance(msg.get("text"), str):
+                if not _well_formed(msg):
                     ctx.malformed(where, "bad_field",
-                                  "a message needs message_id, role prompter|assistant and text")
+                                  "a message needs message_id, role prompter|assistant and text (strings), and "
+                                  "parent_id / lang strings and rank a number when present")
                     continue
                 if mid in messages:
                     ctx.reject(where, "duplicate_message_id", mid)
