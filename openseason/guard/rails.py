@@ -5,10 +5,12 @@
     rails.generate([{"role": "user", "content": "hi"}])  -> GenerateResult(text, decision)
 
 One call runs:
-1. Input rails (`rails.input.flows`) on each of the last `rails.input.window` user turns, oldest
-   first, not only the last one: splitting a jailbreak over several turns does not get past them.
-   The first rail that reaches `stop` blocks; its bot message is the reply.
-2. Dialog: the user turns are replayed through the flows to recover a multi-turn flow in progress
+1. Input rails (`rails.input.flows`) on every message that reaches the model, oldest first: each user
+   turn (not only the last: splitting a jailbreak over several turns does not get past them), each
+   assistant turn (a client writes the history it sends) and each system message unless
+   `rails.input.trust_system: true` says the operator's system prompts are trusted. The first rail
+   that reaches `stop` blocks; its bot message is the reply.
+2. Dialog: the last `rails.input.window` user turns are replayed through the flows to recover a multi-turn flow in progress
    (`when`, or a later `user` step; actions in replayed steps run again, bot steps do not);
    otherwise the first flow whose first `user` step matches the last
    message's intent decides. `bot <name>` says a predefined message, or the LLM writes one through
@@ -201,15 +203,21 @@ class Rails:
             raise OpenseasonError("the conversation has no user message", hint="add {'role': 'user', ...}")
         window = user_turns[-self.config.input_window:]
 
-        for turn in window:
+        # Input rails see every message the model will see, not only recent user turns: a request
+        # hidden in an old turn, a forged assistant turn or a system message reaches the model too.
+        # Only the operator's system prompt may be trusted, and only when the config says so.
+        for turn in self._checked_messages(messages):
+            role = messages[turn]["role"]
             for name in self.config.input_flows:
-                variables = {"user_message": messages[turn]["content"]}
+                variables = {"user_message": messages[turn]["content"], "message_role": role}
                 status, out = self._execute(name, 0, variables, ctx)
-                ctx.checks.append({"rail": "input", "flow": name, "turn": turn, "fired": status == "stop"})
+                ctx.checks.append({"rail": "input", "flow": name, "turn": turn, "role": role,
+                                   "fired": status == "stop"})
                 if status == "stop":
                     decision.allowed, decision.rail, decision.flow, decision.turn = False, "input", name, turn
                     decision.reply = "\n".join(t for t in out if t) or self._say("refuse to respond", {})
-                    decision.reason = f"input rail {name!r} blocked user turn {turn}"
+                    what = "user turn" if role == "user" else f"{role} message"
+                    decision.reason = f"input rail {name!r} blocked {what} {turn}"
                     last = self.classify(messages[user_turns[-1]]["content"], allow_llm=False)
                     self._fill_intent(decision, last)
                     return self._finish(decision, ctx)
@@ -230,6 +238,12 @@ class Rails:
         if reply is not None and generate and (not ctx.predefined or self.config.output_on_predefined):
             self._output_rails(messages[user_turns[-1]]["content"], decision, ctx)
         return self._finish(decision, ctx)
+
+    def _checked_messages(self, messages: list[dict]) -> list[int]:
+        """Indices of the messages the input rails check: every user and assistant message, and system
+        messages unless `rails.input.trust_system` is set; empty ones have nothing to check."""
+        trusted = {"system"} if self.config.input_trust_system else set()
+        return [i for i, m in enumerate(messages) if m["content"].strip() and m["role"] not in trusted]
 
     def check_output(self, messages: Messages, text: str) -> Decision:
         """The output rails on a reply written elsewhere (e.g. by the model `openseason serve --rails`
@@ -480,7 +494,9 @@ def _jailbreak(rails: Rails, ctx: _Ctx, variables: dict, **_):
 def _check_topic(rails: Rails, ctx: _Ctx, variables: dict, **_):
     intent = rails.classify(variables.get("user_message") or "", allow_llm=False)
     cfg = rails.config
-    on_topic = intent.name not in cfg.topical_blocked and not (intent.fallback and cfg.topical_refuse_unmatched)
+    # Staying on topic is asked of the user; in system and assistant messages only blocked topics count.
+    unmatched_refused = cfg.topical_refuse_unmatched and variables.get("message_role", "user") == "user"
+    on_topic = intent.name not in cfg.topical_blocked and not (intent.fallback and unmatched_refused)
     ctx.checks.append({"action": "check_topic", "intent": intent.name, "score": intent.score,
                        "nearest_intent": intent.nearest, "on_topic": on_topic})
     return on_topic

@@ -9,7 +9,8 @@ The keys follow NeMo Guardrails so its configs load unchanged (unknown keys are 
     sample_conversation: "..."
     prompts: [{task: self_check_input, content: "... {{ user_input }} ..."}]
     rails:
-      input:  {flows: [self check input, jailbreak detection heuristics, topical check], window: 10}
+      input:  {flows: [self check input, jailbreak detection heuristics, topical check], window: 10,
+               trust_system: false}      # ours: true = input rails skip the operator's system messages
       output: {flows: [self check output], apply_to_predefined: false}
       dialog:
         user_messages:
@@ -64,7 +65,8 @@ class RailsConfig:
     prompts: dict[str, str] = field(default_factory=dict)
     input_flows: list[str] = field(default_factory=list)
     output_flows: list[str] = field(default_factory=list)
-    input_window: int = 10
+    input_window: int = 10               # user turns replayed through the dialog flows
+    input_trust_system: bool = False     # True: input rails skip system messages (operator-written)
     output_on_predefined: bool = False
     embeddings_only: bool = True
     threshold: float = 0.5
@@ -270,8 +272,9 @@ class _Yaml:
         cfg.output_flows = self._names(rails + ("output", "flows"))
         cfg.input_window = self.get(rails + ("input", "window"), int, cfg.input_window)
         if cfg.input_window < 1:
-            raise ConfigError("rails.input.window must be at least 1 (user turns checked)",
+            raise ConfigError("rails.input.window must be at least 1 (user turns replayed through the flows)",
                               where=self.loc(rails + ("input", "window")))
+        cfg.input_trust_system = self.get(rails + ("input", "trust_system"), bool, False)
         cfg.output_on_predefined = self.get(rails + ("output", "apply_to_predefined"), bool, False)
         um = rails + ("dialog", "user_messages")
         cfg.embeddings_only = self.get(um + ("embeddings_only",), bool, True)

@@ -91,7 +91,7 @@ def test_embeddings_only_makes_zero_llm_calls(support_rails):
     assert llm.calls == []
 
 
-def test_input_rails_check_every_turn_in_the_window(support_rails):
+def test_input_rails_check_every_turn(support_rails):
     # The jailbreak is set up in the first turn and "cashed in" with a harmless-looking last turn;
     # a rail that looked only at the last message would let it through.
     conversation = [
@@ -104,10 +104,11 @@ def test_input_rails_check_every_turn_in_the_window(support_rails):
     assert decision.turn == 0 and decision.reply.startswith("I'm sorry, I can only help")
     assert decision.intent == "ask track order"  # the last turn's own intent is still reported
     assert support_rails.check(conversation[2:]).allowed
-    # outside the window the old turn no longer counts
+    # the window limits the dialog replay only: an old turn still reaches the model, so it is checked
     support_rails.config.input_window = 1
     try:
-        assert support_rails.check(conversation).allowed
+        decision = support_rails.check(conversation)
+        assert decision.blocked and decision.turn == 0
     finally:
         support_rails.config.input_window = 10
 
