@@ -120,11 +120,12 @@ class LLM:
     # -- generation ---------------------------------------------------------------------------------
     def complete(self, prompt, params: Optional[SamplingParams] = None, **kwargs) -> Union[Completion, list[Completion]]:
         """Like generate(), but returns Completion objects: token_ids, text, finish_reason ("stop" /
-        "length"), prompt_tokens, completion_tokens."""
+        "length"), prompt_tokens, completion_tokens. One prompt with n = 1 gives one Completion; a
+        list of prompts, or n > 1, gives a list (prompt-major: each prompt's n choices together)."""
         params = as_params(params, **kwargs)
-        if _is_batch(prompt):
-            return generate_ids(self.model, [self.encode(p) for p in prompt], params, tokenizer=self.tokenizer)
-        return generate_ids(self.model, [self.encode(prompt)], params, tokenizer=self.tokenizer)[0]
+        prompts = [self.encode(p) for p in prompt] if _is_batch(prompt) else [self.encode(prompt)]
+        out = generate_ids(self.model, prompts, params, tokenizer=self.tokenizer)
+        return out if _is_batch(prompt) or params.n > 1 else out[0]
 
     def generate(self, prompt, max_new_tokens: int = 64, temperature: float = 0.0, top_k: Optional[int] = None,
                  top_p: float = 1.0, repetition_penalty: float = 1.0, stop: Union[str, Sequence[str], None] = None,
