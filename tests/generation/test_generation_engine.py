@@ -198,3 +198,101 @@ def test_engine_rejects_requests_beyond_the_context(tiny_tokenizer):
             engine.submit(Request([5] * 1000, SamplingParams(max_new_tokens=100), Collector()))
     finally:
         engine.close()
+
+
+class _FailOnce:
+    """Wraps a model: the forward call whose input has `length` tokens per row raises once."""
+
+    def __init__(self, model, *, when):
+        self.model, self.when, self.fired = model, when, False
+        self.config, self.embed = model.config, model.embed
+
+    def eval(self):
+        return self
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def new_kv_cache(self, *args, **kwargs):
+        return self.model.new_kv_cache(*args, **kwargs)
+
+    def __call__(self, ids, **kwargs):
+        if not self.fired and self.when(ids):
+            self.fired = True
+            raise RuntimeError("injected fault")
+        return self.model(ids, **kwargs)
+
+
+def test_a_failed_prefill_fails_only_its_request(tiny_tokenizer):
+    """A fault while prefilling new requests reaches those requests as an error event; the running
+    batch goes on untouched and later requests are served (issue: one request stopped the engine)."""
+    model = tiny_model(eos_bias=-100.0)
+    ids = tiny_tokenizer.encode(PROMPTS[0])
+    bad_ids = tiny_tokenizer.encode(PROMPTS[2])
+    faulty = _FailOnce(model, when=lambda x: x.size(1) == len(bad_ids))
+    engine = Engine(faulty, tiny_tokenizer, max_batch=4)
+    try:
+        running = Collector()
+        engine.submit(Request(ids, SamplingParams(max_new_tokens=40), running))
+        running.events.get(timeout=30)                      # it is decoding
+        failed = queue.Queue()
+        engine.submit(Request(bad_ids, SamplingParams(max_new_tokens=5), failed.put))
+        event = failed.get(timeout=30)
+        assert event.kind == "error" and "injected fault" in event.text
+        done = running.wait().finished[0]
+        assert done.token_ids == reference_greedy(model, ids, 40, tiny_tokenizer.vocab_size)
+        after = Collector()
+        engine.submit(Request(bad_ids, SamplingParams(max_new_tokens=5), after))
+        assert after.wait().finished[0].completion_tokens == 5
+        assert engine.error is None and engine.metrics()["healthy"] and engine.requests_failed == 1
+    finally:
+        engine.close()
+
+
+def test_a_failed_decode_step_fails_its_sequences_and_the_engine_goes_on(tiny_tokenizer):
+    model = tiny_model(eos_bias=-100.0)
+    ids = tiny_tokenizer.encode(PROMPTS[1])
+    faulty = _FailOnce(model, when=lambda x: x.size(1) == 1)   # the first decode step
+    engine = Engine(faulty, tiny_tokenizer, max_batch=4)
+    try:
+        failed = queue.Queue()
+        engine.submit(Request(ids, SamplingParams(max_new_tokens=8, n=2), failed.put))
+        errors = []                                   # after the first tokens' text, one error per choice
+        while len(errors) < 2:
+            event = failed.get(timeout=30)
+            if event.kind == "error":
+                errors.append(event)
+        assert {e.index for e in errors} == {0, 1} and all("injected fault" in e.text for e in errors)
+        ok = Collector()
+        engine.submit(Request(ids, SamplingParams(max_new_tokens=8), ok))
+        assert ok.wait().finished[0].token_ids == reference_greedy(model, ids, 8, tiny_tokenizer.vocab_size)
+        assert engine.error is None and engine.running == 0
+    finally:
+        engine.close()
+
+
+def test_hostile_sampling_numbers_never_reach_the_engine():
+    """The numbers that stopped the old server are refused before any work: seed beyond uint64,
+    seed + n past it, and a temperature so small the softmax turns into NaN."""
+    from openseason.errors import OpenseasonError
+    from openseason.generation.sampling import MAX_SEED, MIN_TEMPERATURE
+
+    for bad in (dict(seed=2**64), dict(seed=MAX_SEED, n=2), dict(seed=-1), dict(temperature=1e-300),
+                dict(temperature=float("nan")), dict(temperature=True), dict(n=0), dict(logprobs=21),
+                dict(top_p=0.0), dict(max_new_tokens=0), dict(presence_penalty=float("inf"))):
+        with pytest.raises(OpenseasonError, match="bad sampling parameters"):
+            SamplingParams(**bad)
+    assert SamplingParams(seed=MAX_SEED).seed == MAX_SEED
+    assert SamplingParams(seed=MAX_SEED - 1, n=2, temperature=MIN_TEMPERATURE).n == 2
+
+
+def test_logprobs_are_the_raw_distribution(random_model, tiny_tokenizer):
+    ids = tiny_tokenizer.encode(PROMPTS[0])
+    from openseason.generation.engine import generate_ids
+
+    [c] = generate_ids(random_model, [ids], SamplingParams(max_new_tokens=4, logprobs=3), tokenizer=tiny_tokenizer)
+    with torch.no_grad():
+        logits = random_model(torch.tensor([ids + c.token_ids[:1]]))[0, -2:, :tiny_tokenizer.vocab_size]
+    logp = torch.log_softmax(logits.float(), -1)
+    assert c.logprobs[0] == pytest.approx(float(logp[0, c.token_ids[0]]), abs=1e-4)
+    assert [t for t, _ in c.top_logprobs[1]] == torch.topk(logp[1], 3).indices.tolist()
