@@ -28,6 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
+from .fileio import read_json_object
 from .errors import DataError, OpenseasonError
 
 TEMPLATE_FILE = "chat_template.jinja"       # transformers >= 4.50
@@ -227,12 +228,4 @@ def _pick_default(value, where: str) -> str:
 def _read_json(path: Path) -> dict:
     if not path.exists():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ChatTemplateError(f"malformed JSON: {exc.msg}", where=f"{path}:{exc.lineno}:{exc.colno}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ChatTemplateError(f"cannot read file ({exc})", where=str(path)) from None
-    if not isinstance(data, dict):
-        raise ChatTemplateError(f"expected a JSON object, found {type(data).__name__}", where=str(path))
-    return data
+    return read_json_object(path, ChatTemplateError)

@@ -185,6 +185,24 @@ def iter_jsonl(path: str | os.PathLike, on_error: str = "fail", errors: list | N
                     errors.append({"where": where(path, lineno), "reason": "malformed_json", "error": exc.msg})
 
 
+def read_json_object(path: str | os.PathLike, error: type[OpenseasonError] = DataError) -> dict:
+    """A JSON object from the file `path`, with `error` naming file:line:col for malformed JSON, the
+    file for unreadable text or a value that is not an object. A missing file raises FileNotFoundError
+    (callers say what it means to miss it)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise error(f"malformed JSON: {exc.msg}", where=where(path, exc.lineno, exc.colno)) from None
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"cannot read file ({exc})", where=str(path)) from None
+    if not isinstance(data, dict):
+        raise error(f"expected a JSON object, found {type(data).__name__}", where=str(path))
+    return data
+
+
 def read_json_rows(path: str | os.PathLike) -> list[tuple[int, Any]]:
     """(position, row) pairs from a JSON array file (position = 1-based index) or a JSONL(.gz) file
     (position = line number); malformed JSON raises DataError with file:line:col."""

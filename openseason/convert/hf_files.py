@@ -19,6 +19,7 @@ import torch
 from rich.progress import track
 
 from ..checkpoint import read_safetensors
+from ..fileio import read_json_object
 from ..errors import CheckpointError
 
 SAFE_SINGLE = "model.safetensors"
@@ -36,15 +37,7 @@ def read_json(path: Path) -> dict:
     if not path.exists():
         raise CheckpointError(f"no {path.name}", where=str(path.parent),
                               hint="pass a Hugging Face model directory (config.json plus weights)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"malformed JSON: {exc.msg}", where=f"{path}:{exc.lineno}:{exc.colno}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"cannot read file ({exc})", where=str(path)) from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"expected a JSON object, found {type(data).__name__}", where=str(path))
-    return data
+    return read_json_object(path, CheckpointError)
 
 
 def read_hf_config(hf_dir: Path) -> dict:
