@@ -11,7 +11,6 @@ never sees a torch or safetensors traceback.
 """
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
 
