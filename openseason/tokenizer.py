@@ -96,6 +96,18 @@ class Tokenizer:
     def id_to_token(self, token_id: Optional[int]) -> Optional[str]:
         return None if token_id is None else self.backend.id_to_token(token_id)
 
+    @property
+    def special_ids(self) -> frozenset[int]:
+        """Ids of the special tokens (added tokens flagged special: EOS, padding, <|im_end|>, ...),
+        which decode(skip_special_tokens=True) leaves out of the text."""
+        if getattr(self, "_special_ids", None) is None:
+            try:
+                added = self.backend.get_added_tokens_decoder()
+            except AttributeError:   # an old tokenizers
+                added = {}
+            self._special_ids = frozenset(i for i, token in added.items() if getattr(token, "special", False))
+        return self._special_ids
+
     def encode(self, text: str, *, bos: Optional[bool] = None, eos: bool = False) -> list[int]:
         """Token ids of `text`; BOS follows the family policy unless `bos` says otherwise."""
         ids = self.backend.encode(text, add_special_tokens=False).ids

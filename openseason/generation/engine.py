@@ -97,6 +97,16 @@ def check_context(block_size: int, prompt_len: int, max_new_tokens: int, name: s
 
 
 # -- one sequence ----------------------------------------------------------------------------------
+def _special_stop_ids(params: SamplingParams, tokenizer) -> frozenset[int]:
+    """Stop strings that are one special token (ChatML's <|im_end|>): without special tokens in the
+    text they could never match as text, so they stop at their id."""
+    if tokenizer is None or not params.stop or not params.skip_special_tokens:
+        return frozenset()
+    special = getattr(tokenizer, "special_ids", frozenset())
+    ids = (tokenizer.token_to_id(s) for s in params.stop)
+    return frozenset(i for i in ids if i is not None and i in special)
+
+
 class Sequence:
     """One choice being generated: its sampling state, its text stream and its Completion."""
 
@@ -107,10 +117,10 @@ class Sequence:
         self.row = index                       # position in a Decoder's completions
         self.owner = owner                     # the Engine request it belongs to (None under Decoder)
         self.completion = Completion(prompt_ids=[int(t) for t in prompt_ids])
-        self.stop_ids = stop_ids(params, eos_id)
-        # Special tokens stay in the text so stop strings spelled as one (ChatML's <|im_end|>) match.
+        self.stop_ids = stop_ids(params, eos_id) | _special_stop_ids(params, tokenizer)
         self.stream = (TextStream(tokenizer, params.stop, context=self.completion.prompt_ids,
-                                  skip_special_tokens=False) if tokenizer is not None else None)
+                                  skip_special_tokens=params.skip_special_tokens)
+                       if tokenizer is not None else None)
         self.generator = (make_generator(params.seed + index, device)
                           if params.seed is not None and not params.greedy else None)
         self.device = device

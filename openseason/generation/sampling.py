@@ -41,6 +41,9 @@ class SamplingParams:
     n                    choices generated for the prompt (they share one prefill)
     logprobs             None: no log-probabilities; k >= 0: the chosen token's log-probability under
                          the model's raw distribution plus the k most likely alternatives
+    skip_special_tokens  leave special tokens (EOS, padding, <|im_end|>, ...) out of the text, as
+                         transformers' decode(skip_special_tokens=True) and vLLM do; a stop string that
+                         is one special token stops at its id instead
     """
 
     max_new_tokens: int = 64
@@ -56,6 +59,7 @@ class SamplingParams:
     seed: Optional[int] = None
     n: int = 1
     logprobs: Optional[int] = None
+    skip_special_tokens: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

@@ -112,10 +112,15 @@ def test_stop_tokens_eos_and_length(gen_tokenizer):
     assert at_eos.text == "hello" and at_eos.finish_reason == "stop"
     assert at_eos.stop_reason == gen_tokenizer.eos_id and at_eos.completion_tokens == 6
     past_eos = llm.complete([5], max_new_tokens=8, ignore_eos=True)
-    # past EOS it is an ordinary token, spelled in the text (special tokens are kept, as transformers'
-    # decode keeps them, so stop strings spelled as special tokens can match)
-    assert past_eos.text == "hello<|endoftext|>mo" and past_eos.finish_reason == "length"
+    # past EOS it is an ordinary token, but special tokens stay out of the text (as vLLM and
+    # transformers' decode(skip_special_tokens=True)); skip_special_tokens=False spells them
+    assert past_eos.text == "hellomo" and past_eos.finish_reason == "length"
     assert past_eos.completion_tokens == 8
+    spelled = llm.complete([5], max_new_tokens=8, ignore_eos=True, skip_special_tokens=False)
+    assert spelled.text == "hello<|endoftext|>mo"
+    # a stop string that is one special token stops at its id, although the text never shows it
+    at_special = llm.complete([5], max_new_tokens=8, ignore_eos=True, stop="<|endoftext|>")
+    assert at_special.text == "hello" and at_special.stop_reason == gen_tokenizer.eos_id
     o_id = script[4]
     at_token = llm.complete([5, 6], max_new_tokens=20, stop_token_ids=[o_id])
     assert at_token.text == "hell" and at_token.finish_reason == "stop" and at_token.prompt_tokens == 2
