@@ -1,5 +1,5 @@
-"""Backends: the OpenAI-compatible HTTP client against a real local server (retries, timeouts,
-concurrency limit), the scripted backend's strictness, and the in-process model adapter."""
+"""LLM clients: the OpenAI-compatible HTTP client against a real local server (retries, timeouts,
+concurrency limit), the scripted client's strictness, and the in-process client.
 from __future__ import annotations
 
 import asyncio
@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse
 from openseason.errors import ConfigError
 from openseason.generation.client import (CallFailed, LLMReply, HTTPClient, LocalClient, LLMRequest, ScriptedClient,
                                        UnexpectedCall, make_client)
+
+from ..synth.conftest import fake_teacher, seeds_path  # noqa: F401  (fixtures: the CLI test drives synth)
 
 
 class Server:
