@@ -1,5 +1,5 @@
 """LLM clients: the OpenAI-compatible HTTP client against a real local server (retries, timeouts,
-concurrency limit), the scripted client's strictness, and the in-process client.
+concurrency limit), the scripted client's strictness, and the in-process client."""
 from __future__ import annotations
 
 import asyncio
