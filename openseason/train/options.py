@@ -26,6 +26,8 @@ def option(default: Any, doc: str, *, group: str = "run", choices: Optional[tupl
     return field(default=default, metadata={"doc": doc, "group": group, "choices": choices})
 
 
+OVERWRITE_DOC = ("delete what an earlier run left in --out (step checkpoints, final, metrics, logs) and start "
+                 "over; without it a non-empty --out is refused unless --resume")
 _METHODS_DOC = (f"{', '.join(METHODS)} (also accepted: "
                 f"{', '.join(f'{alias}={name}' for alias, name in METHOD_ALIASES.items())})")
 
@@ -40,6 +42,7 @@ class FinetuneOptions:
     max_time: Optional[float] = option(None, "stop (saving final) after this many seconds")
     save_every: Optional[int] = option(None, "write OUT/step-XXXXXX every K steps")
     keep_last: Optional[int] = option(None, "keep only the newest N step checkpoints")
+    overwrite: bool = option(False, OVERWRITE_DOC)
     eval_every: Optional[int] = option(None, "validation loss and a sample generation every K steps")
     seed: int = option(1337, "seed of initialization, data order and the validation split")
     device: Optional[str] = option(None, "cpu, cuda, cuda:1 (default: cuda if available)")
@@ -95,6 +98,7 @@ class PretrainOptions:
                                       choices=("bf16", "fp32"))
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass")
     max_time: Optional[float] = option(None, "stop (saving final) after this many seconds")
+    overwrite: bool = option(False, OVERWRITE_DOC)
 
 
 def option_names(cls) -> tuple[str, ...]:
