@@ -109,7 +109,8 @@ def _finetune(checkpoint: Path, data: Path, out: Path, opts: dict, *, config, re
 
     style = opts["prompt_style"] or prepared_style(data) or base_card.get("prompt_style") or TRAIN_DEFAULT_STYLE
     max_length = int(opts["max_length"] or min(model.config.block_size, 2048))
-    sft = SFTData(load_conversations(data), tokenizer, style, max_length, train_on=opts["train_on"])
+    records = load_conversations(data)  # checked against its report.json when it has one
+    sft = SFTData(records, tokenizer, style, max_length, train_on=opts["train_on"])
     if len(sft) == 0:
         raise OpenseasonError("no usable training examples", where=str(data), hint=f"tokenization report: {sft.report}")
     order = np.random.default_rng(int(opts["seed"])).permutation(len(sft))
@@ -126,7 +127,6 @@ def _finetune(checkpoint: Path, data: Path, out: Path, opts: dict, *, config, re
                          packing=bool(opts["packing"]))
     val_batches = fixed_batches(val_ex, int(opts["micro_batch_size"]), pad_id, max_length) if val_ex else None
 
-    records = load_conversations(data)
     sample_record = records[int(val_idx[0])] if len(val_idx) else records[0]
     sample_messages = [m for m in style_messages(sample_record)]
     while sample_messages and sample_messages[-1].get("role") == "assistant":
