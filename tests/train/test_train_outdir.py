@@ -142,3 +142,21 @@ def test_pretrain_refusal_under_torchrun_stops_every_rank(tmp_path, tokens):
     assert "run directory is not empty" in result.stderr
     assert "rank 0 could not take the run directory" in result.stderr  # rank 1 stopped too, did not hang
     assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == ["old.txt"]
+
+
+# -- recipes -------------------------------------------------------------------------------------------
+def test_recipe_with_a_yaml_alias_is_refused_at_its_line(tmp_path):
+    from openseason.train.options import FinetuneOptions
+    from openseason.train.recipe import load_recipe
+
+    recipe = tmp_path / "alias.yaml"
+    recipe.write_text("method: lora\nlr: &peak 0.001\nmin_lr: *peak\n")
+    with pytest.raises(ConfigError, match=r"alias.yaml:3:9: YAML aliases"):
+        load_recipe(recipe, FinetuneOptions)
+    recipe.write_text("method: lora\nlora_rank: [4\n")
+    with pytest.raises(ConfigError, match=r"alias.yaml:\d+:\d+: malformed YAML"):
+        load_recipe(recipe, FinetuneOptions)
+    recipe.write_text("")
+    assert load_recipe(recipe, FinetuneOptions) == {}
+    recipe.write_text("method: lora\nlora-rank: 4\n")
+    assert load_recipe(recipe, FinetuneOptions) == {"method": "lora", "lora_rank": 4}
