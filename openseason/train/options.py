@@ -1,4 +1,4 @@
-"""One source of truth for the options of `finetune()` and `pretrain()`.
+"""One source of truth for the options of `finetune()`, `pretrain()` and `quickstart()`.
 
 Each option is one field of a dataclass below: its default and its documentation. The Python API
 validates keyword arguments against it, recipes (recipes/*.yaml) may set any field, and the CLI
@@ -99,6 +99,23 @@ class PretrainOptions:
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass")
     max_time: Optional[float] = option(None, "stop (saving final) after this many seconds")
     overwrite: bool = option(False, OVERWRITE_DOC)
+
+
+@dataclass
+class QuickstartOptions:
+    """Options of `openseason quickstart` / `train.quickstart.quickstart()`."""
+
+    model: Optional[str] = option(None, "a real checkpoint to finetune instead of the tiny pretrained one "
+                                        "(with --data)")
+    data: Optional[str] = option(None, "a prepared directory to finetune on (with --model)")
+    pretrain_steps: Optional[int] = option(None, "pretraining steps of the tiny model (default 2000)")
+    pretrain_items: int = option(4000, "generated task items the tiny model is pretrained on")
+    finetune_steps: Optional[int] = option(None, "adapter-v2 finetuning steps (default 300; 200 with --model)")
+    eval_items: Optional[int] = option(None, "held-out items measured before and after (default 100; 50 with "
+                                             "--model)")
+    seed: int = option(0, "seed of the data, the initialization and the training order")
+    overwrite: bool = option(False, "delete what an earlier quickstart left in --out and start over; without it "
+                                    "a non-empty --out is refused")
 
 
 def option_names(cls) -> tuple[str, ...]:

@@ -49,7 +49,11 @@ def clear_run_dir(out: str | os.PathLike) -> list[str]:
     return names
 
 
-def _claim(out: Path, resume: Optional[str | os.PathLike], overwrite: bool) -> None:
+RESUME_HINT = ("continue that run with --resume auto, start over with --overwrite (deletes its checkpoints and "
+               "logs), or choose a new --out")
+
+
+def _claim(out: Path, resume: Optional[str | os.PathLike], overwrite: bool, hint: str) -> None:
     if (out / TRASH).exists():
         print(f"openseason: finishing an interrupted --overwrite of {out}", file=sys.stderr)
         clear_run_dir(out)
@@ -61,17 +65,15 @@ def _claim(out: Path, resume: Optional[str | os.PathLike], overwrite: bool) -> N
     names = foreign_entries(out, ignore=(TRASH,))
     if names:
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        raise OpenseasonError(f"run directory is not empty ({shown})", where=str(out),
-                              hint="continue that run with --resume auto, start over with --overwrite "
-                                   "(deletes its checkpoints and logs), or choose a new --out")
+        raise OpenseasonError(f"run directory is not empty ({shown})", where=str(out), hint=hint)
 
 
 @contextlib.contextmanager
 def claim_run_dir(out: str | os.PathLike, *, resume: Optional[str | os.PathLike] = None, overwrite: bool = False,
-                  distributed=None) -> Iterator[Path]:
+                  distributed=None, hint: str = RESUME_HINT) -> Iterator[Path]:
     """Hold `out`'s lock while the block runs, after refusing (or, with `overwrite`, clearing) a
     directory that holds an earlier run. `distributed` is the run's DistributedRun: only its rank 0
-    touches the directory, the other ranks learn the outcome from it."""
+    touches the directory, the other ranks learn the outcome from it. `hint` goes with the refusal."""
     out = Path(out)
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other",
@@ -82,7 +84,7 @@ def claim_run_dir(out: str | os.PathLike, *, resume: Optional[str | os.PathLike]
         if main:
             try:
                 stack.enter_context(lock_directory(out))
-                _claim(out, resume, overwrite)
+                _claim(out, resume, overwrite, hint)
             except OpenseasonError as exc:
                 error = exc
             except OSError as exc:
