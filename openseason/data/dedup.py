@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import DataError, OpenseasonError
 from ..fileio import iter_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic, where as fmt_where
 from .minhash import MinHasher, clusters, lsh_params, normalize
-from .prepare import CLUSTERS, REJECTS, REPORT, check_prepared, writing_prepared
+from .prepare import CLUSTERS, REJECTS, REPORT, check_if_prepared, writing_prepared
 from .sft import STYLE_FILE, prepared_style
 from .records import KINDS, record_text
 
@@ -48,8 +48,7 @@ def dedup(inputs, out, threshold: float = 0.87, num_perm: int = 128, ngram: int 
         if not directory.is_dir() or not any((directory / f).exists() for f in KINDS.values()):
             raise DataError("not a prepared directory (no conversations/preferences/documents.jsonl)",
                             where=str(directory), hint="run `openseason data prepare` first")
-        if (directory / REPORT).exists():
-            check_prepared(directory)  # a damaged or half-written input is an error, not silent data
+        check_if_prepared(directory)  # a damaged or half-written input is an error, not silent data
     if not 0.0 < threshold < 1.0:
         raise OpenseasonError(f"--threshold must be between 0 and 1, not {threshold}")
     out = Path(out)

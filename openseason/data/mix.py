@@ -15,7 +15,7 @@ from typing import Optional
 
 from ..errors import OpenseasonError
 from ..fileio import write_json_atomic, write_jsonl_atomic, write_text_atomic
-from .prepare import REJECTS, REPORT, check_prepared, writing_prepared
+from .prepare import REJECTS, REPORT, check_if_prepared, writing_prepared
 from .sft import STYLE_FILE, prepared_style
 from .records import KINDS
 from ..fileio import iter_jsonl
@@ -64,8 +64,8 @@ def mix(components, out, kind: str = "conversation", total: Optional[int] = None
     if out.resolve() in [Path(p).resolve() for p, _ in parsed]:
         raise OpenseasonError("--out must be a new directory, not one of the components")
     for p, _ in parsed:
-        if (Path(p) / REPORT).exists():
-            check_prepared(p)  # a damaged or half-written component is an error, not silent data
+        if Path(p).is_dir():
+            check_if_prepared(p)  # a damaged or half-written component is an error, not silent data
     started = time.time()
     pools = [_rows(Path(p) / KINDS[kind]) for p, _ in parsed]
     for (p, _), pool in zip(parsed, pools):

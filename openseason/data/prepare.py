@@ -196,6 +196,18 @@ def read_report(prepared_dir) -> dict:
     return report
 
 
+def check_if_prepared(directory) -> Optional[dict]:
+    """`check_prepared` for a directory whose report.json is a data stage's (prepare, dedup, mix: it
+    counts what was `written`); None when it has no report.json or another stage's (a synth run report
+    counts per filter and has no per-file counts to check). Readers of conversations call this."""
+    if not (Path(directory) / REPORT).is_file():
+        return None
+    report = read_report(directory)
+    if "written" not in report and "written_by_kind" not in report:
+        return None
+    return check_prepared(directory)
+
+
 def check_prepared(prepared_dir) -> dict:
     """The report of a prepared directory whose files match it: for each kind the report counts,
     the file exists, every line parses as a JSON object, and the line count is the report's. Returns

@@ -90,14 +90,14 @@ def prepared_style(prepared_dir) -> Optional[str]:
 def load_conversations(prepared_dir, on_error: str = "fail") -> list[dict]:
     """The records of `prepared_dir`/conversations.jsonl (or a .jsonl file given directly).
 
-    A directory with a report.json (made by `data prepare`, `dedup` or `mix`) is checked against it
-    first (`data.prepare.check_prepared`): a damaged or half-written directory is a DataError naming
-    the file, never silently trained on."""
+    A directory with the report.json of `data prepare`, `dedup` or `mix` is checked against it first
+    (`data.prepare.check_if_prepared`): a damaged or half-written directory is a DataError naming the
+    file, never silently trained on."""
     path = Path(prepared_dir)
-    if path.is_dir() and (path / "report.json").exists():
-        from .prepare import check_prepared  # prepare imports this module
+    if path.is_dir():
+        from .prepare import check_if_prepared  # prepare imports this module
 
-        check_prepared(path)
+        check_if_prepared(path)
     file = path / "conversations.jsonl" if path.is_dir() else path
     if not file.exists():
         raise DataError("no conversations.jsonl here", where=str(path),

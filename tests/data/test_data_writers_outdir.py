@@ -127,3 +127,15 @@ def test_malformed_prompt_style_is_a_located_error(tmp_path, text, loc):
     with pytest.raises(DataError) as err:
         prepared_style(tmp_path)
     assert f"prompt_style.json{loc}" in str(err.value) and "hint" in str(err.value)
+
+
+def test_a_synth_run_directory_is_not_a_prepared_one(tmp_path):
+    """synth writes conversations.jsonl next to its own run report (counts per filter): readers take it."""
+    run = tmp_path / "synth"
+    run.mkdir()
+    (run / "conversations.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "say hello to everyone here"},
+                                                                      {"role": "assistant", "content": "hello all of you"}]}) + "\n")
+    (run / "report.json").write_text(json.dumps({"run": {"stage": "self-instruct"}, "status": "done",
+                                                 "counts": {"kept": 1}}))
+    assert len(load_conversations(run)) == 1
+    assert dedup([run], tmp_path / "d")["written"] == 1
