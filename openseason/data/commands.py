@@ -10,7 +10,8 @@ import json
 
 from ..errors import OpenseasonError
 
-OVERWRITE_HELP = "replace the outputs of a directory that already holds files (without it, a non-empty --out is refused)"
+OVERWRITE_HELP = ("replace the outputs of a directory that already holds files "
+                  "(without it, a non-empty --out is refused)")
 
 
 def _kv(text: str) -> tuple[str, str]:

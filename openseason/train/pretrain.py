@@ -132,7 +132,8 @@ def pretrain(config: str | Path, data: str | Path, out: str | Path, *, resume: O
             if manifest["vocab_size"] > model_config.padded_vocab_size:
                 raise DataError(f"the tokenizer has {manifest['vocab_size']} tokens but the model's embedding has "
                                 f"{model_config.padded_vocab_size} rows", where=str(data),
-                                hint="tokenize with the model's own tokenizer, or pick a config with a larger vocabulary")
+                                hint="tokenize with the model's own tokenizer, or pick a config with a larger "
+                                     "vocabulary")
 
             size = model_config.name.split("pythia-")[-1].replace("-deduped", "")
             peak_lr = lr or PYTHIA_LR.get(size, 3e-4)

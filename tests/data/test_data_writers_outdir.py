@@ -133,8 +133,9 @@ def test_a_synth_run_directory_is_not_a_prepared_one(tmp_path):
     """synth writes conversations.jsonl next to its own run report (counts per filter): readers take it."""
     run = tmp_path / "synth"
     run.mkdir()
-    (run / "conversations.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "say hello to everyone here"},
-                                                                      {"role": "assistant", "content": "hello all of you"}]}) + "\n")
+    messages = [{"role": "user", "content": "say hello to everyone here"},
+                {"role": "assistant", "content": "hello all of you"}]
+    (run / "conversations.jsonl").write_text(json.dumps({"messages": messages}) + "\n")
     (run / "report.json").write_text(json.dumps({"run": {"stage": "self-instruct"}, "status": "done",
                                                  "counts": {"kept": 1}}))
     assert len(load_conversations(run)) == 1
