@@ -1,20 +1,17 @@
-"""`openseason data prepare | dedup | mix | stats`: thin wrappers over the data library.
+"""`openseason data prepare | dedup | mix | stats | tokenize | batch`: thin wrappers over the data library.
 
-Other modules add sub-verbs to `openseason data` in one of two ways: append a registrar function
-`f(data_subparsers)` to `SUBVERBS`, or name a module with `register_data(data_subparsers)` in
-`SUBVERB_MODULES` (a module that does not exist yet is skipped, as cli.py does for stages).
+Every sub-verb of `openseason data` lives here: a registrar function `f(data_subparsers)` per verb,
+listed in `SUBVERBS`.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 
 from ..errors import OpenseasonError
 
-SUBVERB_MODULES: list[str] = [
-    "openseason.data.tokenize_commands",   # data tokenize / batch (pretraining shards), when present
-]
+OVERWRITE_HELP = ("replace the outputs of a directory that already holds files "
+                  "(without it, a non-empty --out is refused)")
 
 
 def _kv(text: str) -> tuple[str, str]:
@@ -92,7 +89,8 @@ def _dedup(args) -> int:
     from .dedup import dedup
 
     report = dedup(args.inputs, args.out, threshold=args.threshold, num_perm=args.num_perm, ngram=args.ngram,
-                   exact=not args.no_exact, near=not args.no_near, seed=args.seed, shingle_hash=args.shingle_hash)
+                   exact=not args.no_exact, near=not args.no_near, seed=args.seed, shingle_hash=args.shingle_hash,
+                   overwrite=args.overwrite)
     print(json.dumps({k: report[k] for k in ("read", "written", "rejected", "clusters", "largest_cluster")}))
     return 0
 
@@ -100,7 +98,8 @@ def _dedup(args) -> int:
 def register_dedup(sub) -> None:
     p = sub.add_parser("dedup", help="remove exact and near duplicates (MinHash-LSH)")
     p.add_argument("inputs", nargs="+", metavar="DIR", help="prepared directories, deduplicated as one collection")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output directory (must be empty unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--threshold", type=float, default=0.87, help="Jaccard threshold (Pythia's dedup: 0.87)")
     p.add_argument("--num-perm", type=int, default=128)
     p.add_argument("--ngram", type=int, default=5, help="words per shingle")
@@ -116,7 +115,7 @@ def _mix(args) -> int:
     from .mix import mix
 
     report = mix(args.components, args.out, kind=args.kind, total=args.total, seed=args.seed,
-                 allow_repeat=args.allow_repeat)
+                 allow_repeat=args.allow_repeat, overwrite=args.overwrite)
     print(json.dumps({"written": report["written"], "components": report["components"]}))
     return 0
 
@@ -124,7 +123,8 @@ def _mix(args) -> int:
 def register_mix(sub) -> None:
     p = sub.add_parser("mix", help="blend prepared directories in exact proportions")
     p.add_argument("components", nargs="+", metavar="DIR:WEIGHT")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output directory (must be empty unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--kind", default="conversation", choices=("conversation", "preference", "document"))
     p.add_argument("--total", type=int, help="records in the mix (default: the most without repeats)")
     p.add_argument("--seed", type=int, default=0)
@@ -147,12 +147,71 @@ def register_stats(sub) -> None:
     p.set_defaults(func=_stats)
 
 
-SUBVERBS = [register_prepare, register_dedup, register_mix, register_stats]
+# -- tokenize / batch (pretraining token shards) ----------------------------------------------------
+def register_tokenize(sub) -> None:
+    p = sub.add_parser("tokenize", help="documents -> sharded binary token stream for pretraining",
+                       description="Tokenize documents (RedPajama-style JSONL, text files, prepared "
+                                   "conversations) into memory-mapped shards with an index and a manifest. "
+                                   "Resumable: run the same command again after a crash.")
+    p.add_argument("inputs", nargs="+", metavar="DOCS", help="files or directories of .jsonl/.jsonl.gz/.txt")
+    p.add_argument("--tokenizer", required=True, help="a directory with tokenizer.json (e.g. a checkpoint)")
+    p.add_argument("--out", required=True, help="output directory: empty, or this command's own partial "
+                                                "output to resume (anything else needs --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete what --out holds (another token directory, other files) and tokenize from scratch")
+    p.add_argument("--docs-per-shard", type=int, default=10_000)
+    p.add_argument("--workers", type=int, default=1, help="tokenizer processes")
+    p.add_argument("--shuffle-seed", type=int, help="shuffle the document order first (Pythia's pre-shuffled stream)")
+    p.set_defaults(func=_tokenize)
+
+
+def register_batch(sub) -> None:
+    p = sub.add_parser("batch", help="show the samples a pretraining step trained on (Pythia's batch viewer)")
+    p.add_argument("tokens", metavar="DIR", help="a token directory from `data tokenize`")
+    p.add_argument("--step", type=int, required=True)
+    p.add_argument("--seq-len", type=int, required=True)
+    p.add_argument("--batch-size", type=int, required=True, help="the run's global batch (samples per step)")
+    p.add_argument("--tokenizer", help="decode the samples with this tokenizer directory")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_batch)
+
+
+def _tokenize(args) -> int:
+    from .tokenize import tokenize_documents
+
+    manifest = tokenize_documents(args.inputs, args.tokenizer, args.out, docs_per_shard=args.docs_per_shard,
+                                  workers=args.workers, shuffle_seed=args.shuffle_seed,
+                                  overwrite=args.overwrite)
+    print(f"{manifest['documents']:,} documents -> {manifest['total_tokens']:,} tokens in "
+          f"{len(manifest['shards'])} shard(s) ({manifest['dtype']}) under {args.out}")
+    return 0
+
+
+def _batch(args) -> int:
+    from .shards import describe_step
+
+    tokenizer = None
+    if args.tokenizer:
+        from ..tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.from_dir(args.tokenizer)
+    rows = describe_step(args.tokens, args.step, args.seq_len, args.batch_size, tokenizer=tokenizer)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for row in rows:
+        head = f"sample {row['sample']} (stream offset {row['token_offset']})"
+        body = row.get("text") if "text" in row else " ".join(map(str, row["tokens"][:32])) + " ..."
+        print(f"{head}\n  {body!r}")
+    return 0
+
+
+SUBVERBS = [register_prepare, register_dedup, register_mix, register_stats, register_tokenize, register_batch]
 
 
 def data_subparsers(subparsers):
     """Add the `data` verb and return its sub-verb parsers object (for more sub-verbs)."""
-    parser = subparsers.add_parser("data", help="prepare, deduplicate, mix and inspect training data")
+    parser = subparsers.add_parser("data", help="prepare, deduplicate, mix, inspect and tokenize training data")
     sub = parser.add_subparsers(dest="data_command", metavar="VERB")
     sub.required = True
     return sub
@@ -162,11 +221,3 @@ def register(subparsers) -> None:
     sub = data_subparsers(subparsers)
     for registrar in SUBVERBS:
         registrar(sub)
-    for name in SUBVERB_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        module.register_data(sub)

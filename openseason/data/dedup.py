@@ -11,15 +11,14 @@ with its file:line, reason and the id it duplicates).
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 
 from ..errors import DataError, OpenseasonError
 from ..fileio import iter_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic, where as fmt_where
 from .minhash import MinHasher, clusters, lsh_params, normalize
-from .prepare import REJECTS, REPORT
-from .sft import STYLE_FILE
+from .prepare import CLUSTERS, REJECTS, REPORT, check_if_prepared, writing_prepared
+from .sft import STYLE_FILE, prepared_style
 from .records import KINDS, record_text
 
 
@@ -39,20 +38,28 @@ def _load(inputs, kind_file):
 
 
 def dedup(inputs, out, threshold: float = 0.87, num_perm: int = 128, ngram: int = 5, exact: bool = True,
-          near: bool = True, seed: int = 1, shingle_hash: str = "fast") -> dict:
-    """Deduplicate the prepared directories `inputs` (as one collection) into `out`; returns the report."""
+          near: bool = True, seed: int = 1, shingle_hash: str = "fast", overwrite: bool = False) -> dict:
+    """Deduplicate the prepared directories `inputs` (as one collection) into `out`; returns the report.
+
+    Like `data prepare`, the writer holds `out`'s lock, refuses a non-empty `out` unless `overwrite`,
+    and writes everything to a staging folder that is moved in when complete (report.json last)."""
     inputs = [Path(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
     for directory in inputs:
         if not directory.is_dir() or not any((directory / f).exists() for f in KINDS.values()):
             raise DataError("not a prepared directory (no conversations/preferences/documents.jsonl)",
                             where=str(directory), hint="run `openseason data prepare` first")
+        check_if_prepared(directory)  # a damaged or half-written input is an error, not silent data
     if not 0.0 < threshold < 1.0:
         raise OpenseasonError(f"--threshold must be between 0 and 1, not {threshold}")
     out = Path(out)
     if out.resolve() in [p.resolve() for p in inputs]:
         raise OpenseasonError("--out must be a new directory, not one of the inputs")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / REPORT).unlink(missing_ok=True)
+    with writing_prepared(out, overwrite) as stage:
+        return _dedup(inputs, stage, threshold, num_perm, ngram, exact, near, seed, shingle_hash)
+
+
+def _dedup(inputs, out: Path, threshold, num_perm, ngram, exact, near, seed, shingle_hash) -> dict:
+    """Write the deduplicated outputs into `out` (a staging folder)."""
     started = time.time()
     bands, rows_per_band = lsh_params(threshold, num_perm)
     hasher = MinHasher(num_perm=num_perm, seed=seed, ngram=ngram, shingle_hash=shingle_hash)
@@ -60,11 +67,10 @@ def dedup(inputs, out, threshold: float = 0.87, num_perm: int = 128, ngram: int 
     report = {"inputs": [str(p) for p in inputs], "read": 0, "written": 0, "rejected": {}, "threshold": threshold,
               "num_perm": num_perm, "bands": bands, "rows_per_band": rows_per_band, "ngram": ngram,
               "shingle_hash": shingle_hash, "clusters": {"exact": 0, "near": 0}, "largest_cluster": 0,
-              "by_kind": {}}
+              "by_kind": {}, "written_by_kind": {}}
     for kind, name in KINDS.items():
         rows, wheres = _load(inputs, name)
         if not rows:
-            (out / name).unlink(missing_ok=True)
             continue
         report["read"] += len(rows)
         texts = [record_text(r) for r in rows]
@@ -98,16 +104,17 @@ def dedup(inputs, out, threshold: float = 0.87, num_perm: int = 128, ngram: int 
         write_jsonl_atomic(out / name, kept_rows)
         report["written"] += len(kept_rows)
         report["by_kind"][kind] = {"read": len(rows), "written": len(kept_rows)}
+        report["written_by_kind"][kind] = len(kept_rows)
     for r in rejects:
         report["rejected"][r["reason"]] = report["rejected"].get(r["reason"], 0) + 1
-    write_jsonl_atomic(out / "clusters.jsonl", cluster_rows)
+    write_jsonl_atomic(out / CLUSTERS, cluster_rows)
     write_jsonl_atomic(out / REJECTS, rejects)
     styles = [p / STYLE_FILE for p in inputs if (p / STYLE_FILE).exists()]
     if styles:
         write_text_atomic(out / STYLE_FILE, styles[0].read_text())
-        names = {json.loads(s.read_text()).get("name") for s in styles}
+        names = {prepared_style(s.parent) for s in styles}
         if len(names) > 1:
-            report["style_note"] = f"inputs had styles {sorted(names)}; kept {json.loads(styles[0].read_text())['name']}"
+            report["style_note"] = f"inputs had styles {sorted(names)}; kept {prepared_style(styles[0].parent)}"
     report["seconds"] = round(time.time() - started, 3)
     write_json_atomic(out / REPORT, report)
     return report

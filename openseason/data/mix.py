@@ -7,7 +7,6 @@ is a seeded shuffle, and the output is shuffled too. Records keep their ids and 
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -16,8 +15,8 @@ from typing import Optional
 
 from ..errors import OpenseasonError
 from ..fileio import write_json_atomic, write_jsonl_atomic, write_text_atomic
-from .prepare import REJECTS, REPORT
-from .sft import STYLE_FILE
+from .prepare import REJECTS, REPORT, check_if_prepared, writing_prepared
+from .sft import STYLE_FILE, prepared_style
 from .records import KINDS
 from ..fileio import iter_jsonl
 
@@ -51,13 +50,22 @@ def _rows(file: Path) -> list[dict]:
 
 
 def mix(components, out, kind: str = "conversation", total: Optional[int] = None, seed: int = 0,
-        allow_repeat: bool = False) -> dict:
-    """components: ["DIR:WEIGHT", ...] or [(dir, weight), ...]."""
+        allow_repeat: bool = False, overwrite: bool = False) -> dict:
+    """components: ["DIR:WEIGHT", ...] or [(dir, weight), ...].
+
+    Like `data prepare`, the writer holds `out`'s lock, refuses a non-empty `out` unless `overwrite`,
+    and writes everything to a staging folder that is moved in when complete (report.json last)."""
     parsed = [parse_spec(c) if isinstance(c, str) else (str(c[0]), float(c[1])) for c in components]
     if len(parsed) < 1:
         raise OpenseasonError("mix needs at least one DIR:WEIGHT")
     if kind not in KINDS:
         raise OpenseasonError(f"unknown record kind {kind!r}", hint=f"one of: {', '.join(KINDS)}")
+    out = Path(out)
+    if out.resolve() in [Path(p).resolve() for p, _ in parsed]:
+        raise OpenseasonError("--out must be a new directory, not one of the components")
+    for p, _ in parsed:
+        if Path(p).is_dir():
+            check_if_prepared(p)  # a damaged or half-written component is an error, not silent data
     started = time.time()
     pools = [_rows(Path(p) / KINDS[kind]) for p, _ in parsed]
     for (p, _), pool in zip(parsed, pools):
@@ -82,20 +90,19 @@ def mix(components, out, kind: str = "conversation", total: Optional[int] = None
             row["meta"] = {**(row.get("meta") or {}), "mix_source": path}
             chosen.append(row)
     rng.shuffle(chosen)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / REPORT).unlink(missing_ok=True)
-    write_jsonl_atomic(out / KINDS[kind], chosen)
-    write_jsonl_atomic(out / REJECTS, [])
     styles = [Path(p) / STYLE_FILE for p, _ in parsed if (Path(p) / STYLE_FILE).exists()]
-    report = {"read": sum(len(p) for p in pools), "written": len(chosen), "rejected": {}, "kind": kind, "seed": seed,
+    report = {"read": sum(len(p) for p in pools), "written": len(chosen), "written_by_kind": {kind: len(chosen)},
+              "rejected": {}, "kind": kind, "seed": seed,
               "components": [{"dir": p, "weight": w, "available": len(pool), "taken": n,
                               "fraction": n / max(total, 1)} for (p, w), pool, n in zip(parsed, pools, counts)]}
-    if styles:
-        write_text_atomic(out / STYLE_FILE, styles[0].read_text())
-        names = sorted({json.loads(s.read_text()).get("name") for s in styles})
-        if len(names) > 1:
-            report["style_note"] = f"components had styles {names}; kept the first one's"
-    report["seconds"] = round(time.time() - started, 3)
-    write_json_atomic(out / REPORT, report)
+    with writing_prepared(out, overwrite) as stage:
+        write_jsonl_atomic(stage / KINDS[kind], chosen)
+        write_jsonl_atomic(stage / REJECTS, [])
+        if styles:
+            write_text_atomic(stage / STYLE_FILE, styles[0].read_text())
+            names = sorted({prepared_style(s.parent) for s in styles})
+            if len(names) > 1:
+                report["style_note"] = f"components had styles {names}; kept the first one's"
+        report["seconds"] = round(time.time() - started, 3)
+        write_json_atomic(stage / REPORT, report)
     return report

@@ -9,6 +9,7 @@ report.json is complete; `check_prepared` verifies that its files match it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -28,6 +29,9 @@ from .sources.base import Context
 REPORT = "report.json"
 REJECTS = "rejects.jsonl"
 HUB_CACHE = ".hub-cache"
+CLUSTERS = "clusters.jsonl"  # data dedup
+# every file a prepare / dedup / mix may leave in a prepared directory (besides report.json)
+PREPARED_OUTPUTS = (*KINDS.values(), REJECTS, STYLE_FILE, CLUSTERS)
 
 
 def write_style(out_dir, style, **extra) -> None:
@@ -110,21 +114,47 @@ def _write_prepared(module, source, mode, paths, out: Path, on_error, style_name
                   "options": {k: v for k, v in options.items() if v not in (None, False, (), [])},
                   "on_error": on_error, "seconds": round(time.time() - started, 3)}
         write_json_atomic(stage / REPORT, report)
-        # Everything is complete in the stage: now swap. The report goes first and comes back last,
-        # so a crash in between leaves a directory that readers refuse, never a mixed one they trust.
-        (out / REPORT).unlink(missing_ok=True)
-        fsync_dir(out)
         for kind, name in KINDS.items():
-            if kind in produced:
-                os.replace(stage / name, out / name)
-            else:
-                (out / name).unlink(missing_ok=True)  # a stale file from an earlier run would mislead
-        os.replace(stage / REJECTS, out / REJECTS)
-        os.replace(stage / STYLE_FILE, out / STYLE_FILE)
-        fsync_dir(out)
-        os.replace(stage / REPORT, out / REPORT)
-        fsync_dir(out)
+            if kind not in produced:
+                (stage / name).unlink()
+        publish_prepared(stage, out)
     return report
+
+
+@contextlib.contextmanager
+def writing_prepared(out, overwrite: bool = False, ignore: tuple[str, ...] = ()):
+    """The writer's side of a prepared directory (dedup, mix): hold `out`'s lock, refuse a non-empty
+    directory unless `overwrite`, yield a staging folder to write every output into (report.json
+    included), and publish them when the block ends cleanly. An OSError (a full disk) is a clear
+    error and leaves the old outputs as they were."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with lock_directory(out):
+            refuse_non_empty(out, overwrite, ignore=ignore)
+            with output_staging(out) as stage:
+                yield stage
+                publish_prepared(stage, out)
+    except OSError as exc:
+        raise io_error(exc, out) from None
+
+
+def publish_prepared(stage: Path, out: Path) -> None:
+    """Move the complete outputs in `stage` into the prepared directory `out` (whose lock the caller
+    holds). The old report.json goes first and the new one comes last, so a crash in between leaves a
+    directory that readers refuse (no report), never a mixed one they trust. Known outputs of an
+    earlier run that this one did not produce are removed: a stale file would mislead."""
+    names = sorted(p.name for p in stage.iterdir() if p.name != REPORT)
+    (out / REPORT).unlink(missing_ok=True)
+    fsync_dir(out)
+    for name in PREPARED_OUTPUTS:
+        if name not in names:
+            (out / name).unlink(missing_ok=True)
+    for name in names:
+        os.replace(stage / name, out / name)
+    fsync_dir(out)
+    os.replace(stage / REPORT, out / REPORT)
+    fsync_dir(out)
 
 
 def _primary_kind(module, mode) -> str:
@@ -164,6 +194,18 @@ def read_report(prepared_dir) -> dict:
     if not isinstance(report, dict):
         raise DataError("report.json is not a JSON object", where=str(file))
     return report
+
+
+def check_if_prepared(directory) -> Optional[dict]:
+    """`check_prepared` for a directory whose report.json is a data stage's (prepare, dedup, mix: it
+    counts what was `written`); None when it has no report.json or another stage's (a synth run report
+    counts per filter and has no per-file counts to check). Readers of conversations call this."""
+    if not (Path(directory) / REPORT).is_file():
+        return None
+    report = read_report(directory)
+    if "written" not in report and "written_by_kind" not in report:
+        return None
+    return check_prepared(directory)
 
 
 def check_prepared(prepared_dir) -> dict:

@@ -70,19 +70,34 @@ def tokenize_conversation(messages, tokenizer, style, max_length: int, train_on:
 
 # -- prepared directories ---------------------------------------------------------------------------
 def prepared_style(prepared_dir) -> Optional[str]:
-    """The prompt style name stored in a prepared directory (None when it holds none)."""
+    """The prompt style name stored in a prepared directory (None when it holds none); a malformed
+    prompt_style.json is a DataError at file:line:col."""
     file = Path(prepared_dir) / STYLE_FILE
     if not file.exists():
         return None
+    hint = 'it must be a JSON object with a "name", e.g. {"name": "alpaca"}; prepare the directory again'
     try:
-        return json.loads(file.read_text())["name"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DataError(f"cannot read the stored prompt style: {exc}", where=str(file)) from None
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"malformed JSON: {exc.msg}", where=where(file, exc.lineno, exc.colno), hint=hint) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", where=str(file), hint=hint) from None
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not data["name"]:
+        raise DataError("the stored prompt style has no \"name\" string", where=where(file, 1, 1), hint=hint)
+    return data["name"]
 
 
 def load_conversations(prepared_dir, on_error: str = "fail") -> list[dict]:
-    """The records of `prepared_dir`/conversations.jsonl (or a .jsonl file given directly)."""
+    """The records of `prepared_dir`/conversations.jsonl (or a .jsonl file given directly).
+
+    A directory with the report.json of `data prepare`, `dedup` or `mix` is checked against it first
+    (`data.prepare.check_if_prepared`): a damaged or half-written directory is a DataError naming the
+    file, never silently trained on."""
     path = Path(prepared_dir)
+    if path.is_dir():
+        from .prepare import check_if_prepared  # prepare imports this module
+
+        check_if_prepared(path)
     file = path / "conversations.jsonl" if path.is_dir() else path
     if not file.exists():
         raise DataError("no conversations.jsonl here", where=str(path),

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
@@ -25,7 +27,8 @@ from typing import Iterable, Optional
 import numpy as np
 
 from ..errors import DataError, where
-from ..fileio import atomic_open, iter_jsonl, write_json_atomic
+from ..fileio import (atomic_open, foreign_entries, fsync_dir, io_error, iter_jsonl, lock_directory,
+                      write_json_atomic)
 
 MANIFEST = "manifest.json"
 
@@ -100,8 +103,23 @@ def _encode_unit(args) -> tuple[np.ndarray, np.ndarray]:
 
 def tokenize_documents(inputs: Iterable[str | Path], tokenizer_path: str | Path, out_dir: str | Path, *,
                        docs_per_shard: int = 10_000, workers: int = 1, shuffle_seed: Optional[int] = None,
-                       progress: bool = True) -> dict:
-    """Tokenize documents into OUT/shard-*.bin + manifest.json; resumable, deterministic. Returns the manifest."""
+                       progress: bool = True, overwrite: bool = False) -> dict:
+    """Tokenize documents into OUT/shard-*.bin + manifest.json; resumable, deterministic. Returns the manifest.
+
+    The writer holds OUT's lock for the whole run (a second writer gets an error naming the holder's
+    PID). OUT must be empty or hold only this command's own (partial) output, which is resumed; a
+    directory holding anything else is refused unless `overwrite`, which deletes it all first."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with lock_directory(out):
+            _claim_token_dir(out, overwrite)
+            return _tokenize(inputs, tokenizer_path, out, docs_per_shard, workers, shuffle_seed, progress)
+    except OSError as exc:
+        raise io_error(exc, out) from None
+
+
+def _tokenize(inputs, tokenizer_path, out: Path, docs_per_shard, workers, shuffle_seed, progress) -> dict:
     from ..tokenizer import Tokenizer
 
     tok_dir = Path(tokenizer_path)
@@ -111,8 +129,6 @@ def tokenize_documents(inputs: Iterable[str | Path], tokenizer_path: str | Path,
         raise DataError("the tokenizer has no EOS token to separate documents", where=str(tokenizer_path))
     tokenizer_file = str(tok_dir / "tokenizer.json" if tok_dir.is_dir() else tok_dir)
     dtype = np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
 
     sources = expand_sources(inputs)
     # Decide the document order before tokenizing anything: it must not depend on workers or restarts.
@@ -200,15 +216,47 @@ def _write_shard(out: Path, unit: int, tokens: np.ndarray, offsets: np.ndarray, 
         "first_document": {"source": refs[int(doc_indices[0])].source, "line": refs[int(doc_indices[0])].line}})
 
 
+SETTINGS = ".tokenize-settings.json"
+# what this command writes (and atomic_open's temporary files of it, left by a kill -9)
+_OWN = re.compile(r"^(shard-\d{5}\.(bin|idx\.npy|json)|manifest\.json|\.tokenize-settings\.json)$")
+_OWN_TMP = re.compile(r"^\.(shard-\d{5}\.(bin|idx\.npy|json)|manifest\.json|\.tokenize-settings\.json)\..+\.tmp$")
+
+
+def _claim_token_dir(out: Path, overwrite: bool) -> None:
+    """With the lock held: clear OUT for `overwrite`; otherwise refuse anything but our own partial
+    output (which needs its settings file: it is written before the first shard)."""
+    names = foreign_entries(out)
+    if overwrite:
+        # the settings and the manifest go first: a kill part-way leaves shards without settings,
+        # which the next run refuses to resume (or clears with --overwrite), never a mixed stream
+        for name in sorted(names, key=lambda n: {MANIFEST: 0, SETTINGS: 1}.get(n, 2)):
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            if name in (MANIFEST, SETTINGS):
+                fsync_dir(out)
+        return
+    foreign = [n for n in names if not (_OWN.match(n) or _OWN_TMP.match(n))]
+    if names and not (out / SETTINGS).exists():
+        foreign = names
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise DataError(f"output directory holds files that are not a partial `data tokenize` output ({shown})",
+                        where=str(out), hint="choose a new --out, or pass --overwrite to delete them and start over")
+    for name in names:  # temporary files of a killed run (we hold the lock: nobody is writing them)
+        if _OWN_TMP.match(name):
+            (out / name).unlink(missing_ok=True)
+
+
 def _check_resume_settings(out: Path, settings: dict) -> None:
     """Refuse to mix shards made with other inputs or settings into one stream."""
-    path = out / ".tokenize-settings.json"
+    path = out / SETTINGS
     if path.exists():
         previous = json.loads(path.read_text())
         if previous != settings:
             changed = sorted(k for k in settings if previous.get(k) != settings[k])
             raise DataError(f"output directory holds shards made with different {changed}", where=str(out),
-                            hint="use a new --out directory, or the same inputs and settings to resume")
+                            hint="use a new --out directory, the same inputs and settings to resume, "
+                                 "or --overwrite to start over")
     else:
         write_json_atomic(path, settings)
 

@@ -2,7 +2,7 @@
 finetune.py, quickstart.py and pretrain.py; their flags are built from train/options.py)."""
 from __future__ import annotations
 
-from .options import FinetuneOptions, PretrainOptions, add_arguments, given_options
+from .options import FinetuneOptions, PretrainOptions, QuickstartOptions, add_arguments, given_options
 
 
 def _finetune(args) -> int:
@@ -25,8 +25,7 @@ def _merge(args) -> int:
 def _quickstart(args) -> int:
     from .quickstart import quickstart
 
-    report = quickstart(args.out, model=args.model, data=args.data, pretrain_steps=args.pretrain_steps,
-                        finetune_steps=args.finetune_steps, seed=args.seed, eval_items=args.eval_items)
+    report = quickstart(args.out, **given_options(args, QuickstartOptions))
     print(f"exact match on held-out '{report['heldout_family']}' items: before {report['before']['exact_match']:.1%}"
           f", after {report['after']['exact_match']:.1%}  (report: {report['report_md']})")
     return 0
@@ -53,13 +52,8 @@ def register(sub) -> None:
                        description="Pretrains a tiny model on built-in generated tasks, finetunes it with "
                                    "LLaMA-Adapter v2 on a held-back task and reports exact match before/after. "
                                    "With --model and --data it finetunes a real checkpoint instead.")
-    p.add_argument("--out", required=True)
-    p.add_argument("--model", help="a real checkpoint to finetune instead of the tiny pretrained one")
-    p.add_argument("--data", help="a prepared directory to finetune on (with --model)")
-    p.add_argument("--pretrain-steps", type=int)
-    p.add_argument("--finetune-steps", type=int)
-    p.add_argument("--eval-items", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output directory (must be empty unless --overwrite)")
+    add_arguments(p, QuickstartOptions)
     p.set_defaults(func=_quickstart)
 
     p = sub.add_parser("pretrain", help="pretrain from a named config on a token directory (Pythia recipe)",

@@ -22,6 +22,7 @@ import torch
 from ..errors import ConfigError, OpenseasonError
 from .loop import TrainConfig, register_run, train
 from .options import METHOD_LR, FinetuneOptions, resolve
+from .outdir import claim_run_dir
 
 TRAIN_DEFAULT_STYLE = "alpaca"  # when neither the options, the data nor the base checkpoint name a style
 
@@ -61,13 +62,7 @@ def finetune(checkpoint: str | Path, data: str | Path, method: Optional[str] = N
     base checkpoint's run_card.json style, else TRAIN_DEFAULT_STYLE ("alpaca"). This is a training rule,
     not `openseason.prompts.resolve_chat_format` (the inference rule): a Hugging Face chat template
     cannot be trained on, and the data's own style is the source of truth."""
-    from ..checkpoint import is_peft_checkpoint, load_model, read_run_card, root_base
-    from ..data.sft import SFTData, load_conversations, prepared_style, style_messages
-    from ..generation import SamplingParams, generate_ids
-    from ..prompts import encode_chat
-    from ..peft import apply, canonical_method, count_trainable, is_peft
-    from ..tokenizer import Tokenizer
-    from .data import SFTBatches, fixed_batches
+    from ..peft import canonical_method
     from .recipe import load_recipe
 
     recipe = load_recipe(config, FinetuneOptions) if config else {}
@@ -80,7 +75,25 @@ def finetune(checkpoint: str | Path, data: str | Path, method: Optional[str] = N
         opts["lr"] = METHOD_LR[method]
     if opts["max_steps"] is None and opts["epochs"] is None:
         raise ConfigError("say how long to train: max_steps or epochs", hint="e.g. --max-steps 200 or --epochs 1")
+    # one writer per run directory, for the whole run; an earlier run is refused unless resumed or overwritten
+    with claim_run_dir(out, resume=resume, overwrite=bool(opts["overwrite"])):
+        result = _finetune(checkpoint, data, out, opts, config=config, resume=resume, progress=progress,
+                           register=register, callbacks=callbacks)
+    result["options"] = opts
+    return result
 
+
+def _finetune(checkpoint: Path, data: Path, out: Path, opts: dict, *, config, resume, progress, register,
+              callbacks) -> dict:
+    from ..checkpoint import is_peft_checkpoint, load_model, read_run_card, root_base
+    from ..data.sft import SFTData, load_conversations, prepared_style, style_messages
+    from ..generation import SamplingParams, generate_ids
+    from ..prompts import encode_chat
+    from ..peft import apply, count_trainable, is_peft
+    from ..tokenizer import Tokenizer
+    from .data import SFTBatches, fixed_batches
+
+    method = opts["method"]
     device = opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if (device.startswith("cuda") and method != "full") else None
     torch.manual_seed(int(opts["seed"]))
@@ -96,7 +109,8 @@ def finetune(checkpoint: str | Path, data: str | Path, method: Optional[str] = N
 
     style = opts["prompt_style"] or prepared_style(data) or base_card.get("prompt_style") or TRAIN_DEFAULT_STYLE
     max_length = int(opts["max_length"] or min(model.config.block_size, 2048))
-    sft = SFTData(load_conversations(data), tokenizer, style, max_length, train_on=opts["train_on"])
+    records = load_conversations(data)  # checked against its report.json when it has one
+    sft = SFTData(records, tokenizer, style, max_length, train_on=opts["train_on"])
     if len(sft) == 0:
         raise OpenseasonError("no usable training examples", where=str(data), hint=f"tokenization report: {sft.report}")
     order = np.random.default_rng(int(opts["seed"])).permutation(len(sft))
@@ -113,7 +127,6 @@ def finetune(checkpoint: str | Path, data: str | Path, method: Optional[str] = N
                          packing=bool(opts["packing"]))
     val_batches = fixed_batches(val_ex, int(opts["micro_batch_size"]), pad_id, max_length) if val_ex else None
 
-    records = load_conversations(data)
     sample_record = records[int(val_idx[0])] if len(val_idx) else records[0]
     sample_messages = [m for m in style_messages(sample_record)]
     while sample_messages and sample_messages[-1].get("role") == "assistant":
@@ -152,7 +165,6 @@ def finetune(checkpoint: str | Path, data: str | Path, method: Optional[str] = N
     if register:
         register_run(result["final"], base_model=str(base_ref), datasets=[str(data)], method=method,
                      seconds=result["seconds"], tokens=result["tokens"], device=device)
-    result["options"] = opts
     return result
 
 

@@ -1,4 +1,4 @@
-"""One source of truth for the options of `finetune()` and `pretrain()`.
+"""One source of truth for the options of `finetune()`, `pretrain()` and `quickstart()`.
 
 Each option is one field of a dataclass below: its default and its documentation. The Python API
 validates keyword arguments against it, recipes (recipes/*.yaml) may set any field, and the CLI
@@ -26,6 +26,8 @@ def option(default: Any, doc: str, *, group: str = "run", choices: Optional[tupl
     return field(default=default, metadata={"doc": doc, "group": group, "choices": choices})
 
 
+OVERWRITE_DOC = ("delete what an earlier run left in --out (step checkpoints, final, metrics, logs) and start "
+                 "over; without it a non-empty --out is refused unless --resume")
 _METHODS_DOC = (f"{', '.join(METHODS)} (also accepted: "
                 f"{', '.join(f'{alias}={name}' for alias, name in METHOD_ALIASES.items())})")
 
@@ -40,6 +42,7 @@ class FinetuneOptions:
     max_time: Optional[float] = option(None, "stop (saving final) after this many seconds")
     save_every: Optional[int] = option(None, "write OUT/step-XXXXXX every K steps")
     keep_last: Optional[int] = option(None, "keep only the newest N step checkpoints")
+    overwrite: bool = option(False, OVERWRITE_DOC)
     eval_every: Optional[int] = option(None, "validation loss and a sample generation every K steps")
     seed: int = option(1337, "seed of initialization, data order and the validation split")
     device: Optional[str] = option(None, "cpu, cuda, cuda:1 (default: cuda if available)")
@@ -95,6 +98,24 @@ class PretrainOptions:
                                       choices=("bf16", "fp32"))
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass")
     max_time: Optional[float] = option(None, "stop (saving final) after this many seconds")
+    overwrite: bool = option(False, OVERWRITE_DOC)
+
+
+@dataclass
+class QuickstartOptions:
+    """Options of `openseason quickstart` / `train.quickstart.quickstart()`."""
+
+    model: Optional[str] = option(None, "a real checkpoint to finetune instead of the tiny pretrained one "
+                                        "(with --data)")
+    data: Optional[str] = option(None, "a prepared directory to finetune on (with --model)")
+    pretrain_steps: Optional[int] = option(None, "pretraining steps of the tiny model (default 2000)")
+    pretrain_items: int = option(4000, "generated task items the tiny model is pretrained on")
+    finetune_steps: Optional[int] = option(None, "adapter-v2 finetuning steps (default 300; 200 with --model)")
+    eval_items: Optional[int] = option(None, "held-out items measured before and after (default 100; 50 with "
+                                             "--model)")
+    seed: int = option(0, "seed of the data, the initialization and the training order")
+    overwrite: bool = option(False, "delete what an earlier quickstart left in --out and start over; without it "
+                                    "a non-empty --out is refused")
 
 
 def option_names(cls) -> tuple[str, ...]:

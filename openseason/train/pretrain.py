@@ -23,6 +23,7 @@ from ..data.shards import PretrainLoader
 from ..errors import ConfigError, DataError
 from .loop import TrainConfig, register_run, train
 from .options import PretrainOptions, resolve
+from .outdir import claim_run_dir
 
 # Peak learning rates of the released Pythia models (their GPT-NeoX configs).
 PYTHIA_LR = {"14m": 1e-3, "31m": 1e-3, "70m": 1e-3, "160m": 6e-4, "410m": 3e-4, "1b": 3e-4, "1.4b": 2e-4,
@@ -118,55 +119,59 @@ def pretrain(config: str | Path, data: str | Path, out: str | Path, *, resume: O
         model_config = Config.from_dict({**model_config.to_dict(), **overrides})
     run = DistributedRun.from_environment(o.device)
     try:
-        seq_len = seq_len or model_config.block_size
-        if seq_len > model_config.block_size:
-            raise ConfigError(f"seq_len {seq_len} is longer than the context window {model_config.block_size}",
-                              where=f"config {model_config.name!r}")
-        global_batch = micro_batch_size * grad_accum * run.world_size
-        loader = PretrainLoader(data, seq_len, global_batch, rank=run.rank, world_size=run.world_size)
-        manifest = loader.stream.manifest
-        if manifest["vocab_size"] > model_config.padded_vocab_size:
-            raise DataError(f"the tokenizer has {manifest['vocab_size']} tokens but the model's embedding has "
-                            f"{model_config.padded_vocab_size} rows", where=str(data),
-                            hint="tokenize with the model's own tokenizer, or pick a config with a larger vocabulary")
+        # one writer per run directory (rank 0 holds the lock for the job); an earlier run is refused
+        # unless resumed or overwritten
+        with claim_run_dir(out, resume=resume, overwrite=o.overwrite, distributed=run):
+            seq_len = seq_len or model_config.block_size
+            if seq_len > model_config.block_size:
+                raise ConfigError(f"seq_len {seq_len} is longer than the context window {model_config.block_size}",
+                                  where=f"config {model_config.name!r}")
+            global_batch = micro_batch_size * grad_accum * run.world_size
+            loader = PretrainLoader(data, seq_len, global_batch, rank=run.rank, world_size=run.world_size)
+            manifest = loader.stream.manifest
+            if manifest["vocab_size"] > model_config.padded_vocab_size:
+                raise DataError(f"the tokenizer has {manifest['vocab_size']} tokens but the model's embedding has "
+                                f"{model_config.padded_vocab_size} rows", where=str(data),
+                                hint="tokenize with the model's own tokenizer, or pick a config with a larger "
+                                     "vocabulary")
 
-        size = model_config.name.split("pythia-")[-1].replace("-deduped", "")
-        peak_lr = lr or PYTHIA_LR.get(size, 3e-4)
-        on_cuda = run.device.type == "cuda"
-        precision = precision or ("bf16" if on_cuda else "fp32")
-        torch.manual_seed(seed)
-        model = _build_model(model_config, init_from)
-        model = run.shard(model, bf16_params=(precision == "bf16" and run.active))
-        tokenizer_dir = _tokenizer_dir(manifest)
-        save_at = tuple(pythia_checkpoint_steps(max_steps)) if o.checkpoint_schedule == "pythia" else ()
-        train_config = TrainConfig(
-            max_steps=max_steps, micro_batch_size=micro_batch_size, grad_accum=grad_accum, lr=peak_lr,
-            min_lr=min_lr if min_lr is not None else peak_lr * PYTHIA_RECIPE["min_lr_ratio"],
-            warmup_steps=(warmup_steps if warmup_steps is not None
-                          else math.ceil(PYTHIA_RECIPE["warmup_fraction"] * max_steps)),
-            weight_decay=PYTHIA_RECIPE["weight_decay"] if weight_decay is None else weight_decay,
-            betas=PYTHIA_RECIPE["betas"], grad_clip=PYTHIA_RECIPE["grad_clip"] if grad_clip is None else grad_clip,
-            save_every=o.save_every, save_at=save_at, keep_last=o.keep_last, seed=seed, device=str(run.device),
-            precision=precision, gradient_checkpointing=o.gradient_checkpointing, max_time=o.max_time,
-            progress=progress, flops_per_token=flops_per_token(model_config, seq_len),
-            peak_flops=peak_flops(run.device))
-        card = {"title": f"pretrain {model_config.name}", "method": "pretraining", "prompt_style": None,
-                "recipe": {"name": "pythia", **PYTHIA_RECIPE, "lr": peak_lr, "seq_len": seq_len,
-                           "global_batch": global_batch, "world_size": run.world_size},
-                "lineage": {"base_model": str(init_from) if init_from else None,
-                            "datasets": [s["path"] for s in manifest["sources"]],
-                            "tokens_dir": str(Path(data).resolve()), "tokens_manifest": {
-                                "total_tokens": manifest["total_tokens"], "documents": manifest["documents"],
-                                "shards_sha256": [s["sha256"] for s in manifest["shards"]]}}}
-        batches = PretrainBatches(loader, micro_batch_size, grad_accum)
-        t0 = time.time()
-        result = train(model, batches, train_config, out, resume=resume, tokenizer_dir=tokenizer_dir,
-                       run_card=card, distributed=run)
-        if register and run.is_main:
-            register_run(result["final"], base_model=card["lineage"]["base_model"],
-                         datasets=card["lineage"]["datasets"], method="pretraining", seconds=time.time() - t0,
-                         tokens=result["tokens"], device=run.device, world_size=run.world_size)
-        return {**result, "main_process": run.is_main, "world_size": run.world_size}
+            size = model_config.name.split("pythia-")[-1].replace("-deduped", "")
+            peak_lr = lr or PYTHIA_LR.get(size, 3e-4)
+            on_cuda = run.device.type == "cuda"
+            precision = precision or ("bf16" if on_cuda else "fp32")
+            torch.manual_seed(seed)
+            model = _build_model(model_config, init_from)
+            model = run.shard(model, bf16_params=(precision == "bf16" and run.active))
+            tokenizer_dir = _tokenizer_dir(manifest)
+            save_at = tuple(pythia_checkpoint_steps(max_steps)) if o.checkpoint_schedule == "pythia" else ()
+            train_config = TrainConfig(
+                max_steps=max_steps, micro_batch_size=micro_batch_size, grad_accum=grad_accum, lr=peak_lr,
+                min_lr=min_lr if min_lr is not None else peak_lr * PYTHIA_RECIPE["min_lr_ratio"],
+                warmup_steps=(warmup_steps if warmup_steps is not None
+                              else math.ceil(PYTHIA_RECIPE["warmup_fraction"] * max_steps)),
+                weight_decay=PYTHIA_RECIPE["weight_decay"] if weight_decay is None else weight_decay,
+                betas=PYTHIA_RECIPE["betas"], grad_clip=PYTHIA_RECIPE["grad_clip"] if grad_clip is None else grad_clip,
+                save_every=o.save_every, save_at=save_at, keep_last=o.keep_last, seed=seed, device=str(run.device),
+                precision=precision, gradient_checkpointing=o.gradient_checkpointing, max_time=o.max_time,
+                progress=progress, flops_per_token=flops_per_token(model_config, seq_len),
+                peak_flops=peak_flops(run.device))
+            card = {"title": f"pretrain {model_config.name}", "method": "pretraining", "prompt_style": None,
+                    "recipe": {"name": "pythia", **PYTHIA_RECIPE, "lr": peak_lr, "seq_len": seq_len,
+                               "global_batch": global_batch, "world_size": run.world_size},
+                    "lineage": {"base_model": str(init_from) if init_from else None,
+                                "datasets": [s["path"] for s in manifest["sources"]],
+                                "tokens_dir": str(Path(data).resolve()), "tokens_manifest": {
+                                    "total_tokens": manifest["total_tokens"], "documents": manifest["documents"],
+                                    "shards_sha256": [s["sha256"] for s in manifest["shards"]]}}}
+            batches = PretrainBatches(loader, micro_batch_size, grad_accum)
+            t0 = time.time()
+            result = train(model, batches, train_config, out, resume=resume, tokenizer_dir=tokenizer_dir,
+                           run_card=card, distributed=run)
+            if register and run.is_main:
+                register_run(result["final"], base_model=card["lineage"]["base_model"],
+                             datasets=card["lineage"]["datasets"], method="pretraining", seconds=time.time() - t0,
+                             tokens=result["tokens"], device=run.device, world_size=run.world_size)
+            return {**result, "main_process": run.is_main, "world_size": run.world_size}
     finally:
         run.close()
 

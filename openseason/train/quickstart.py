@@ -22,6 +22,7 @@ import torch
 
 from ..errors import OpenseasonError
 from ..fileio import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from .options import QuickstartOptions, resolve
 
 # The embedded tiny model (not a released config): 4 layers, 128 wide, byte-level vocabulary.
 QUICKSTART_MODEL = dict(name="quickstart-tiny", family="llama", block_size=64, n_layer=4, n_embd=128, n_head=4,
@@ -41,7 +42,8 @@ def _write_prepared(directory: Path, records: list[dict]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(directory / "conversations.jsonl", records)
     write_style(directory, STYLE)
-    write_json_atomic(directory / "report.json", {"source": "openseason.data.tasks", "written": len(records)})
+    write_json_atomic(directory / "report.json", {"source": "openseason.data.tasks", "written": len(records),
+                                                  "written_by_kind": {"conversation": len(records)}})
     return directory
 
 
@@ -85,19 +87,25 @@ def _plot(curves: dict[str, Path], path: Path) -> Path:
     return path
 
 
-def quickstart(out: str | Path, *, model: Optional[str | Path] = None, data: Optional[str | Path] = None,
-               pretrain_steps: Optional[int] = None, finetune_steps: Optional[int] = None, seed: int = 0,
-               eval_items: Optional[int] = None, pretrain_items: int = 4000, progress: bool = True) -> dict[str, Any]:
-    """Run the quickstart into `out`; returns the report (also OUT/report.json and OUT/report.md)."""
+def quickstart(out: str | Path, *, progress: bool = True, **options: Any) -> dict[str, Any]:
+    """Run the quickstart into `out`; returns the report (also OUT/report.json and OUT/report.md).
+
+    `options` are the fields of `train.options.QuickstartOptions` (model, data, pretrain_steps,
+    finetune_steps, eval_items, seed, overwrite, ...; unknown names are an error). The run holds
+    `out`'s lock and refuses a non-empty `out` unless `overwrite`."""
+    from .outdir import claim_run_dir
+
+    o = resolve(QuickstartOptions, options, what="quickstart options")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    _pick_threads()
-    try:
-        return _quickstart(out, model, data, pretrain_steps, finetune_steps, seed, eval_items, pretrain_items,
-                           progress)
-    finally:
-        torch.set_num_threads(threads)  # leave the caller's process as we found it
+    with claim_run_dir(out, overwrite=o.overwrite,
+                       hint="pass --overwrite to delete the earlier quickstart and start over, or choose a new --out"):
+        threads = torch.get_num_threads()
+        _pick_threads()
+        try:
+            return _quickstart(out, o.model, o.data, o.pretrain_steps, o.finetune_steps, o.seed, o.eval_items,
+                               o.pretrain_items, progress)
+        finally:
+            torch.set_num_threads(threads)  # leave the caller's process as we found it
 
 
 def _quickstart(out, model, data, pretrain_steps, finetune_steps, seed, eval_items, pretrain_items, progress):

@@ -14,8 +14,9 @@ from .options import option_names
 
 def load_recipe(path: str | Path, options_class) -> dict[str, Any]:
     """The option: value mapping of a recipe file; `options_class` (e.g. FinetuneOptions) names the
-    valid keys. A bare file name is also looked up among the bundled recipes."""
-    import yaml
+    valid keys. A bare file name is also looked up among the bundled recipes. Parsed with
+    `fileio.parse_yaml` (safe semantics; YAML aliases are refused with file:line:col)."""
+    from ..fileio import parse_yaml
 
     path = Path(path)
     if not path.exists():
@@ -25,22 +26,21 @@ def load_recipe(path: str | Path, options_class) -> dict[str, Any]:
         else:
             raise ConfigError("recipe file not found", where=str(path),
                               hint="see recipes/*.yaml in the repository for examples")
-    text = path.read_text()
     try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ConfigError(f"malformed YAML: {getattr(exc, 'problem', exc)}", where=where) from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", where=str(path)) from None
+    node, data = parse_yaml(text, path, error=ConfigError, with_node=True, what="malformed YAML")
+    if data is None:
+        return {}
     if not isinstance(data, dict):
         raise ConfigError("a recipe must be a mapping of option: value", where=f"{path}:1:1")
     allowed = set(option_names(options_class))
-    for key_node, _ in node.value if node is not None else []:
-        key = key_node.value.replace("-", "_")
+    for key_node, _ in node.value:
+        key = str(key_node.value).replace("-", "_")
         if key not in allowed:
             mark = key_node.start_mark
             raise ConfigError(f"unknown recipe option {key_node.value!r}",
                               where=f"{path}:{mark.line + 1}:{mark.column + 1}",
                               hint=f"valid options: {', '.join(sorted(allowed))}")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    return {str(k).replace("-", "_"): v for k, v in data.items()}

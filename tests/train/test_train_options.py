@@ -10,7 +10,8 @@ from openseason.cli import build_parser
 from openseason.errors import ConfigError
 from openseason.peft import METHOD_ALIASES, METHODS, canonical_method
 from openseason.train.finetune import finetune
-from openseason.train.options import METHOD_LR, FinetuneOptions, PretrainOptions, option_names, resolve
+from openseason.train.options import (METHOD_LR, FinetuneOptions, PretrainOptions, QuickstartOptions, option_names,
+                                      resolve)
 from openseason.train.pretrain import pretrain
 
 
@@ -19,7 +20,8 @@ def _flags(verb: str) -> dict[str, object]:
     return {a.dest: a for a in sub.choices[verb]._actions}
 
 
-@pytest.mark.parametrize("verb, cls", [("finetune", FinetuneOptions), ("pretrain", PretrainOptions)])
+@pytest.mark.parametrize("verb, cls", [("finetune", FinetuneOptions), ("pretrain", PretrainOptions),
+                                       ("quickstart", QuickstartOptions)])
 def test_cli_flags_are_the_dataclass_fields(verb, cls):
     flags = _flags(verb)
     for f in dataclasses.fields(cls):
@@ -36,6 +38,9 @@ def test_defaults_live_only_in_the_dataclasses():
         duplicated = set(params) & set(option_names(FinetuneOptions) + option_names(PretrainOptions))
         assert duplicated <= {"method"}, f"{fn.__name__} repeats option defaults: {duplicated}"
     assert inspect.signature(finetune).parameters["method"].default is None
+    from openseason.train.quickstart import quickstart
+
+    assert not set(inspect.signature(quickstart).parameters) & set(option_names(QuickstartOptions))
 
 
 def test_cli_parses_into_the_api_options():

@@ -72,3 +72,22 @@ def test_reduced_quickstart_improves_on_the_heldout_task(tmp_path):
     before = _heldout_loss(data["base_checkpoint"], tokenizer, heldout)
     after = _heldout_loss(data["finetuned_checkpoint"], tokenizer, heldout)
     assert after < 0.75 * before, (before, after)
+
+
+def test_quickstart_options_and_a_non_empty_out(tmp_path, capsys):
+    import pytest
+
+    from openseason.cli import main
+    from openseason.errors import ConfigError, OpenseasonError
+
+    with pytest.raises(ConfigError, match="unknown quickstart options"):
+        quickstart(tmp_path / "a", pretrain_stepz=1)
+    out = tmp_path / "qs"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OpenseasonError, match="run directory is not empty"):
+        quickstart(out, pretrain_steps=1, finetune_steps=1, progress=False)
+    assert main(["quickstart", "--out", str(out), "--pretrain-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "--resume" not in err and "Traceback" not in err
+    assert (out / "notes.txt").read_text() == "mine"
