@@ -126,6 +126,11 @@ class Sequence:
         self.device = device
         self.seen: Optional[torch.Tensor] = None     # bool [V]: prompt + output tokens (repetition penalty)
         self.counts: Optional[torch.Tensor] = None   # float [V]: output token counts (OpenAI penalties)
+        self.grammar = None
+        if params.constraint is not None:
+            if tokenizer is None:
+                raise OpenseasonError("structured output needs a tokenizer")
+            self.grammar = params.constraint.matcher(tokenizer, tokenizer.vocab_size)
 
     @property
     def done(self) -> bool:
@@ -163,6 +168,12 @@ class Sequence:
                 for t in self.completion.token_ids:
                     self.counts[t] += 1
             x = apply_openai_penalties(x, self.counts, p.presence_penalty, p.frequency_penalty)
+        if p.logit_bias:
+            ids = torch.tensor([t for t in p.logit_bias if t < x.size(-1)], dtype=torch.long, device=x.device)
+            bias = torch.tensor([v for t, v in p.logit_bias.items() if t < x.size(-1)], device=x.device)
+            x = x.clone().index_add_(0, ids, bias) if ids.numel() else x
+        if self.grammar is not None:
+            x = self.grammar.apply(x)
         if p.greedy:
             return int(x.argmax())
         token = sample_next_token(x.unsqueeze(0), p.temperature, p.top_k, p.top_p, self.generator)
@@ -182,6 +193,8 @@ class Sequence:
             self.seen[token] = True
         if self.counts is not None:
             self.counts[token] += 1
+        if self.grammar is not None and token not in self.stop_ids:
+            self.grammar.accept(token)
         text, reason = "", None
         if token in self.stop_ids:
             reason = "stop"
@@ -369,8 +382,11 @@ class RunningBatch:
         for s, token, (logprob, top) in zip(seqs, tokens, extras):
             if isinstance(token, BaseException):
                 events.append(s.fail(f"sampling failed: {token}"))
-            else:
+                continue
+            try:
                 events.append(s.accept(token, logprob, top))
+            except Exception as exc:   # e.g. a grammar that cannot go on: this row only
+                events.append(s.fail(str(exc)))
         self.remove(lambda s: s.done)
         return events
 

@@ -44,6 +44,9 @@ class SamplingParams:
     skip_special_tokens  leave special tokens (EOS, padding, <|im_end|>, ...) out of the text, as
                          transformers' decode(skip_special_tokens=True) and vLLM do; a stop string that
                          is one special token stops at its id instead
+    logit_bias           {token id: bias in [-100, 100]} added to those logits (OpenAI's logit_bias)
+    constraint           a structured.Constraint (JSON schema, JSON object, regex, Lark): every token
+                         must follow the grammar, and the sequence stops once it is complete
     """
 
     max_new_tokens: int = 64
@@ -60,6 +63,8 @@ class SamplingParams:
     n: int = 1
     logprobs: Optional[int] = None
     skip_special_tokens: bool = True
+    logit_bias: Optional[dict] = None
+    constraint: Optional[object] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -102,6 +107,13 @@ class SamplingParams:
                                 f"got seed {self.seed} with n {self.n}")
         if self.logprobs is not None and (not is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_TOP_LOGPROBS):
             problems.append(f"logprobs must be None or an integer in [0, {MAX_TOP_LOGPROBS}], got {self.logprobs!r}")
+        if self.logit_bias is not None:
+            from .structured import validate_logit_bias
+
+            try:
+                self.logit_bias = validate_logit_bias(self.logit_bias)
+            except OpenseasonError as exc:
+                problems.append(str(exc))
         if problems:
             raise OpenseasonError("bad sampling parameters: " + "; ".join(problems))
 
@@ -112,8 +124,10 @@ class SamplingParams:
 
     @property
     def penalized(self) -> bool:
-        """True when logits are changed by what was already seen or generated."""
-        return self.repetition_penalty != 1.0 or self.presence_penalty != 0 or self.frequency_penalty != 0
+        """True when logits are changed before the choice (penalties, biases, a grammar): the engine
+        then chooses this row on its own instead of in the batch-wide argmax."""
+        return (self.repetition_penalty != 1.0 or self.presence_penalty != 0 or self.frequency_penalty != 0
+                or bool(self.logit_bias) or self.constraint is not None)
 
     def updated(self, **changes) -> "SamplingParams":
         return replace(self, **changes)
