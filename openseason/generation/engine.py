@@ -263,11 +263,7 @@ class RunningBatch:
         for row, p in enumerate(prompts):
             ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
         ids = ids.to(self.device)
-        seqs = [s for g in groups for s in g]
-        budget = max(s.remaining for s in seqs)
-        # alone in the batch, the prefill cache becomes the running cache: give it room to grow
-        capacity = width if self.rows else min(self.block_size, width + budget)
-        cache = self.model.new_kv_cache(batch, capacity)
+        cache = self.model.new_kv_cache(batch, self._prefill_capacity(width, groups))
         if min(lengths) != width:
             mask = torch.zeros(batch, width, dtype=torch.long, device=self.device)
             for row, n in enumerate(lengths):
@@ -276,9 +272,34 @@ class RunningBatch:
             logits = self.model(ids, kv_cache=cache, attention_mask=mask, position_ids=positions, last_only=True)
         else:
             logits = self.model(ids, kv_cache=cache, last_only=True)
-        logits = logits[:, -1]
+        return self.join(groups, cache, logits[:, -1], lengths)
+
+    def _prefill_capacity(self, width: int, groups: list[list[Sequence]]) -> int:
+        # alone in the batch, the prefill cache becomes the running cache: give it room to grow
+        budget = max(s.remaining for g in groups for s in g)
+        return width if self.rows else min(self.block_size, width + budget)
+
+    @torch.inference_mode()
+    def prefill_chunk(self, job: "ChunkedPrefill") -> Optional[list[TokenEvent]]:
+        """Run the next `job.chunk` tokens of one long prompt into its own cache; after the last
+        chunk its sequences pick their first tokens and join the batch (their events are returned).
+        Between chunks the running batch keeps decoding, so a long prompt does not stall it."""
+        prompt = job.groups[0][0].completion.prompt_ids
+        if job.cache is None:
+            job.cache = self.model.new_kv_cache(1, self._prefill_capacity(len(prompt), job.groups))
+        start = job.cache.length
+        piece = torch.tensor([prompt[start:start + job.chunk]], dtype=torch.long, device=self.device)
+        logits = self.model(piece, kv_cache=job.cache, last_only=True)
+        if job.cache.length < len(prompt):
+            return None
+        return self.join(job.groups, job.cache, logits[:, -1], [len(prompt)])
+
+    def join(self, groups: list[list[Sequence]], cache, logits: torch.Tensor, lengths: list[int]) -> list[TokenEvent]:
+        """Prefilled prompts (`cache` rows and last-position `logits`, one per group) pick their first
+        tokens and join the running batch; a group's n choices share its row."""
+        seqs = [s for g in groups for s in g]
         rows = [gi for gi, g in enumerate(groups) for _ in g]
-        if rows != list(range(batch)):
+        if rows != list(range(len(groups))):
             index = torch.tensor(rows, device=self.device)
             cache.select(index)
             logits = logits.index_select(0, index)
@@ -288,7 +309,7 @@ class RunningBatch:
         if self.cache is None:
             self.cache = cache
         else:
-            keep = max(max(self.lens), width)
+            keep = max(max(self.lens), max(lengths))
             self.cache.append(cache, capacity=self._capacity(keep, seqs))
         self.rows += seqs
         self.lens += row_lens
@@ -524,12 +545,25 @@ class Request:
         self.cancelled.set()
 
 
+@dataclass
+class ChunkedPrefill:
+    """A long prompt being prefilled `chunk` tokens at a time between decode steps."""
+
+    request: Request
+    groups: list[list[Sequence]]
+    chunk: int
+    cache: object = None
+
+
 class Engine:
     """Owns the model and its thread. `submit` queues a request; events arrive through `request.emit`.
 
     max_batch      most sequences decoded together (a request with n choices takes n rows)
     max_queue      most requests waiting for a row; `submit` raises QueueFull beyond it
     prefill_chunk  most requests prefilled together between two decode steps
+    prefill_tokens a prompt longer than this is prefilled in chunks of this many tokens, one chunk
+                   between two decode steps, so running requests keep streaming (chunked prefill);
+                   None: every prompt in one piece
 
     A failure while prefilling new requests fails only those requests; a failure in a decode step
     fails the sequences of that step; either way the requests get an "error" event and the engine
@@ -538,13 +572,17 @@ class Engine:
     """
 
     def __init__(self, model, tokenizer, *, max_batch: int = 16, max_queue: int = 64,
-                 prefill_chunk: int = 8, name: str = "model"):
+                 prefill_chunk: int = 8, prefill_tokens: Optional[int] = 512, name: str = "model"):
+        if prefill_tokens is not None and prefill_tokens < 1:
+            raise OpenseasonError(f"prefill_tokens must be at least 1 (or None), got {prefill_tokens}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = model.config
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
+        self.prefill_tokens = prefill_tokens
+        self._chunked: Optional[ChunkedPrefill] = None
         self.name = name
         # The tokenizer's EOS is the one the model was trained to emit (the config's is only a fallback).
         eos = tokenizer.eos_id if tokenizer.eos_id is not None else getattr(model.config, "eos_token_id", None)
@@ -670,11 +708,12 @@ class Engine:
             with torch.inference_mode():
                 while True:
                     with self._lock:
-                        while not self._closed and not self._waiting and not self.batch.rows:
+                        while not self._closed and not self._waiting and not self.batch.rows and not self._chunked:
                             self._lock.wait(0.5)
                         if self._closed:
                             break
                     self._admit()
+                    self._advance_chunked()
                     self._drop_cancelled()
                     if self.batch.rows:
                         self._step()
@@ -690,42 +729,84 @@ class Engine:
     def _fail_all(self, message: str) -> None:
         with self._lock:
             pending, self._waiting = list(self._waiting), collections.deque()
+        if self._chunked is not None:
+            pending.append(self._chunked.request)
+            self._chunked = None
         for request in pending:
-            request.emit(Event("error", 0, message))
+            for i in range(request.params.n):
+                request.emit(Event("error", i, message))
         for seq in self.batch.clear():
             seq.owner.emit(Event("error", seq.index, message))
 
     def _take_admissible(self) -> list[Request]:
         taken: list[Request] = []
         with self._lock:
-            free = self.max_batch - len(self.batch.rows)
+            free = self.max_batch - len(self.batch.rows) - (self._chunked.request.params.n if self._chunked else 0)
+            kept: collections.deque[Request] = collections.deque()
             while self._waiting and len(taken) < self.prefill_chunk:
-                request = self._waiting[0]
+                request = self._waiting.popleft()
                 if request.cancelled.is_set():
-                    self._waiting.popleft()
                     self.requests_cancelled += 1
                     continue
                 if request.params.n > free:
+                    kept.append(request)
                     break
+                if self._is_long(request):
+                    if self._chunked is not None:
+                        kept.append(request)   # one long prompt at a time; shorter ones may pass it
+                        continue
+                    self._chunked = ChunkedPrefill(request, self._groups([request]), self.prefill_tokens)
+                else:
+                    taken.append(request)
                 free -= request.params.n
-                taken.append(self._waiting.popleft())
+            kept.extend(self._waiting)
+            self._waiting = kept
         return taken
+
+    def _is_long(self, request: Request) -> bool:
+        return self.prefill_tokens is not None and len(request.prompt_ids) > self.prefill_tokens
+
+    def _groups(self, requests: list[Request]) -> list[list[Sequence]]:
+        return [[Sequence(r.prompt_ids, r.params, index=i, tokenizer=self.tokenizer, eos_id=self.eos_id,
+                          device=self.device, owner=r) for i in range(r.params.n)] for r in requests]
+
+    def _fail_requests(self, requests: list[Request], exc: BaseException, where: str) -> None:
+        self._report(exc, where)
+        for r in requests:
+            self.requests_failed += 1
+            for i in range(r.params.n):
+                r.emit(Event("error", i, f"generation failed: {exc}"))
+
+    def _advance_chunked(self) -> None:
+        """One chunk of the long prompt being prefilled (then its sequences join the batch)."""
+        job = self._chunked
+        if job is None:
+            return
+        if job.request.cancelled.is_set():
+            self._chunked = None
+            self.requests_cancelled += 1
+            return
+        try:
+            events = self.batch.prefill_chunk(job)
+        except Exception as exc:   # fails this request only; the running batch is untouched
+            self._chunked = None
+            self._fail_requests([job.request], exc, "chunked prefill")
+            return
+        if events is not None:
+            self._chunked = None
+            self.prompt_tokens += len(job.request.prompt_ids)
+            self._deliver(events, [s for g in job.groups for s in g])
 
     def _admit(self) -> None:
         while True:
             requests = self._take_admissible()
             if not requests:
                 return
-            groups = [[Sequence(r.prompt_ids, r.params, index=i, tokenizer=self.tokenizer, eos_id=self.eos_id,
-                                device=self.device, owner=r) for i in range(r.params.n)] for r in requests]
+            groups = self._groups(requests)
             try:
                 events = self.batch.prefill(groups)
             except Exception as exc:   # fails these requests only; the running batch is untouched
-                self._report(exc, "prefill")
-                for r in requests:
-                    self.requests_failed += 1
-                    for i in range(r.params.n):
-                        r.emit(Event("error", i, f"generation failed: {exc}"))
+                self._fail_requests(requests, exc, "prefill")
                 continue
             self.prompt_tokens += sum(len(r.prompt_ids) for r in requests)
             self._deliver(events, [s for g in groups for s in g])

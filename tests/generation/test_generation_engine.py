@@ -296,3 +296,37 @@ def test_logprobs_are_the_raw_distribution(random_model, tiny_tokenizer):
     logp = torch.log_softmax(logits.float(), -1)
     assert c.logprobs[0] == pytest.approx(float(logp[0, c.token_ids[0]]), abs=1e-4)
     assert [t for t, _ in c.top_logprobs[1]] == torch.topk(logp[1], 3).indices.tolist()
+
+
+def test_chunked_prefill_equals_one_piece_and_keeps_others_streaming(random_model, tiny_tokenizer):
+    """A prompt longer than prefill_tokens is prefilled a chunk at a time between decode steps: its
+    tokens equal a one-piece prefill, and a request already decoding keeps getting tokens meanwhile."""
+    long_ids = (tiny_tokenizer.encode(" ".join(PROMPTS)) * 4)[:200]
+    short_ids = tiny_tokenizer.encode(PROMPTS[0])
+    ref_long = reference_greedy(random_model, long_ids, 6, tiny_tokenizer.vocab_size)
+    order = []
+    lock = threading.Lock()
+
+    def tagged(tag, collector):
+        def emit(event):
+            with lock:
+                order.append((tag, event.kind))
+            collector(event)
+        return emit
+
+    engine = Engine(random_model, tiny_tokenizer, max_batch=4, prefill_tokens=8)
+    try:
+        running, long_done = Collector(), Collector()
+        # logprobs make every token an event, also those whose text is held back (UTF-8, stop prefix)
+        engine.submit(Request(short_ids, SamplingParams(max_new_tokens=60, ignore_eos=True, logprobs=0),
+                              tagged("a", running)))
+        running.events.get(timeout=30)
+        engine.submit(Request(long_ids, SamplingParams(max_new_tokens=6), tagged("b", long_done)))
+        done = long_done.wait().finished[0]
+        assert done.token_ids[:len(ref_long)] == ref_long[:len(done.token_ids)]
+        assert running.wait().finished[0].completion_tokens == 60
+    finally:
+        engine.close()
+    first_b = next(i for i, (tag, _) in enumerate(order) if tag == "b")
+    # 200 tokens in chunks of 8: 25 chunks, each followed by a decode step of the running request
+    assert sum(1 for tag, _ in order[:first_b] if tag == "a") >= 20
