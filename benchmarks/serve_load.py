@@ -6,6 +6,11 @@ prints aggregate tokens/s, p50/p99 time to first token and request latency, the 
 throughput ratio, how many requests completed or got a clean 503, and the process RSS before and after.
 
     .venv/bin/python benchmarks/serve_load.py --clients 32 --duration 20
+    .venv/bin/python benchmarks/serve_load.py --long-clients 2 --clients 8 --duration 30   # chunked prefill
+
+With --long-clients K, K more clients send long prompts (~900 tokens) while the others send short
+ones, and the two phases compare whole-prompt prefill with chunked prefill (--prefill-tokens): time to
+first token and inter-token latency p99 of the short requests show whether long prompts stall the batch.
 
 Every response must be a complete stream (finish_reason, usage, [DONE]) or a 503 with Retry-After;
 anything else is counted as an error and makes the script exit 1.
@@ -81,16 +86,22 @@ class Server:
         self.sock.close()
 
 
-async def client(url: str, model: str, deadline: float, max_tokens: int, seed: int, stats: dict) -> None:
+LONG_PROMPT = " ".join(PROMPTS) * 14   # ~900 tokens with the benchmark's tokenizer
+
+
+async def client(url: str, model: str, deadline: float, max_tokens: int, seed: int, stats: dict,
+                 long: bool = False) -> None:
     async with httpx.AsyncClient(timeout=300) as http:
         i = seed
         while time.monotonic() < deadline:
-            body = {"model": model, "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+            content = LONG_PROMPT[: 3000 + (i % 7) * 10] if long else PROMPTS[i % len(PROMPTS)]
+            body = {"model": model, "messages": [{"role": "user", "content": content}],
                     "max_tokens": max_tokens, "temperature": 0.8, "seed": i, "stream": True,
                     "stream_options": {"include_usage": True}}
             i += 1
             start = time.monotonic()
             first = None
+            last_piece, gaps = None, []
             finish, usage, done = None, None, False
             try:
                 async with http.stream("POST", url + "/v1/chat/completions", json=body) as r:
@@ -115,8 +126,13 @@ async def client(url: str, model: str, deadline: float, max_tokens: int, seed: i
                             break
                         chunk = json.loads(data)
                         for choice in chunk.get("choices", []):
-                            if choice["delta"].get("content") and first is None:
-                                first = time.monotonic() - start
+                            if choice["delta"].get("content"):
+                                now = time.monotonic()
+                                if first is None:
+                                    first = now - start
+                                if last_piece is not None:
+                                    gaps.append(now - last_piece)
+                                last_piece = now
                             finish = choice.get("finish_reason") or finish
                         usage = chunk.get("usage") or usage
             except httpx.HTTPError:
@@ -127,8 +143,12 @@ async def client(url: str, model: str, deadline: float, max_tokens: int, seed: i
                 continue
             stats["completed"] += 1
             stats["tokens"] += usage["completion_tokens"]
+            if long:
+                stats["long_completed"] += 1
+                continue
             stats["ttft"].append(first if first is not None else time.monotonic() - start)
             stats["latency"].append(time.monotonic() - start)
+            stats["itl"].extend(gaps)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -138,11 +158,14 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
-def run_phase(ckpt: Path, *, max_batch: int, max_queue: int, clients: int, duration: float, max_tokens: int) -> dict:
+def run_phase(ckpt: Path, *, max_batch: int, max_queue: int, clients: int, duration: float, max_tokens: int,
+              long_clients: int = 0, prefill_tokens=512) -> dict:
     engine, settings = load_for_serving(ckpt, device="cpu", max_batch=max_batch, max_queue=max_queue,
                                         log=lambda msg: None)
+    engine.prefill_tokens = prefill_tokens
     server = Server(create_app(engine, settings))
-    stats = {"busy": 0, "errors": 0, "completed": 0, "tokens": 0, "ttft": [], "latency": [], "rss": []}
+    stats = {"busy": 0, "errors": 0, "completed": 0, "long_completed": 0, "tokens": 0, "ttft": [], "latency": [],
+             "itl": [], "rss": []}
     try:
         start = time.monotonic()
         # The same server takes the load in two halves; RSS after each shows whether memory keeps growing.
@@ -151,7 +174,8 @@ def run_phase(ckpt: Path, *, max_batch: int, max_queue: int, clients: int, durat
 
             async def main():
                 await asyncio.gather(*(client(server.url, settings.model_name, deadline, max_tokens,
-                                              k * 1000 + half * 500, stats) for k in range(clients)))
+                                              k * 1000 + half * 500, stats, long=k >= clients)
+                                       for k in range(clients + long_clients)))
             asyncio.run(main())
             stats["rss"].append(rss_mib())
         elapsed = time.monotonic() - start
@@ -172,8 +196,13 @@ def main(argv=None) -> int:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--max-queue", type=int, default=24, help="smaller than --clients so 503s really happen")
+    ap.add_argument("--long-clients", type=int, default=0,
+                    help="clients sending ~900-token prompts: compare whole-prompt and chunked prefill")
+    ap.add_argument("--prefill-tokens", type=int, default=64, help="chunk size of the chunked phase")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.long_clients:
+        return long_prompt_phases(args)
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = make_checkpoint(Path(tmp))
@@ -198,6 +227,30 @@ def main(argv=None) -> int:
         for name, s in results.items()))
     errors = sum(s["errors"] for s in results.values())
     print("every request completed or got a clean 503" if not errors else f"{errors} requests failed otherwise")
+    return 1 if errors else 0
+
+
+def long_prompt_phases(args) -> int:
+    """Short requests while long prompts arrive: whole-prompt prefill vs chunked prefill."""
+    import os
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = make_checkpoint(Path(tmp))
+        results = {}
+        for name, chunk in (("whole prefill", None), (f"chunked ({args.prefill_tokens})", args.prefill_tokens)):
+            results[name] = run_phase(ckpt, max_batch=args.max_batch, max_queue=args.max_queue, clients=args.clients,
+                                      duration=args.duration, max_tokens=args.max_tokens,
+                                      long_clients=args.long_clients, prefill_tokens=chunk)
+    print(f"{args.clients} short + {args.long_clients} long-prompt streaming clients, {args.duration:.0f} s per "
+          f"phase, max_tokens {args.max_tokens}, torch threads {torch.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"{'phase':<16}{'short':>6}{'long':>5}{'err':>5}{'tok/s':>8}{'TTFT p50':>10}{'TTFT p99':>10}"
+          f"{'ITL p50':>9}{'ITL p99':>9}")
+    for name, s in results.items():
+        print(f"{name:<16}{s['completed'] - s['long_completed']:>6}{s['long_completed']:>5}{s['errors']:>5}"
+              f"{s['tokens_per_s']:>8.1f}{pct(s['ttft'], 50):>10.3f}{pct(s['ttft'], 99):>10.3f}"
+              f"{pct(s['itl'], 50):>9.3f}{pct(s['itl'], 99):>9.3f}")
+    errors = sum(s["errors"] for s in results.values())
     return 1 if errors else 0
 
 
