@@ -39,7 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import OpenseasonError
 from ..prompts import chat_stops, encode_chat
 from ..generation.engine import Engine, EngineClosed, Event, QueueFull, Request
-from ..generation.sampling import SamplingParams
+from ..generation.sampling import MIN_TEMPERATURE, SamplingParams
 from .schema import APIError, ChatCompletionRequest, CompletionRequest, decode_json, parse_request
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -326,8 +326,9 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
     """The FastAPI app serving `engine` under `settings.model_name`. The caller owns the engine."""
-    app = FastAPI(title="openseason", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="openseason", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     server = Server(engine, settings)
+    app.openapi = lambda: _openapi(app, settings)
     app.state.server = server
     created = _now()
 
@@ -381,7 +382,7 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
         return {"id": settings.model_name, "object": "model", "created": created, "owned_by": "openseason"}
 
     # -- chat ---------------------------------------------------------------------------------------
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=_body("ChatCompletionRequest"))
     async def chat_completions(http: HTTPRequest):
         server.check_auth(http)
         req = await read_request(http, ChatCompletionRequest, settings.max_body_bytes)
@@ -467,7 +468,7 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
         return _streaming(stream())
 
     # -- completions --------------------------------------------------------------------------------
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=_body("CompletionRequest"))
     async def completions(http: HTTPRequest):
         server.check_auth(http)
         req = await read_request(http, CompletionRequest, settings.max_body_bytes)
@@ -526,6 +527,33 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
         return _streaming(stream())
 
     return app
+
+
+def _body(model: str) -> dict:
+    """The requestBody of an endpoint that parses its body itself (strictly, with our error shape)."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}}}
+
+
+def _openapi(app: FastAPI, settings: ServerSettings) -> dict:
+    """The OpenAPI document: FastAPI's routes plus the request models' JSON schemas (with their bounds)."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+        from pydantic.json_schema import models_json_schema
+
+        doc = get_openapi(title="openseason", version="1", routes=app.routes,
+                          description="OpenAI-compatible API of `openseason serve`.")
+        _, defs = models_json_schema([(ChatCompletionRequest, "validation"), (CompletionRequest, "validation")],
+                                     ref_template="#/components/schemas/{model}")
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        schemas.update(defs["$defs"])
+        for name in ("ChatCompletionRequest", "CompletionRequest"):
+            props = schemas[name]["properties"]
+            # the one model this server holds (any other id is a 404)
+            props["model"] = {"type": "string", "enum": [settings.model_name], "title": "Model"}
+            props["temperature"]["description"] = (f"0 (greedy) or from {MIN_TEMPERATURE} to 2")
+        app.openapi_schema = doc
+    return app.openapi_schema
 
 
 class _CountRequests:
