@@ -144,7 +144,7 @@ def test_schemathesis_fuzz_finds_no_server_error(fuzzed):
                           for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)])
     calls = []
 
-    @settings(FUZZ, max_examples=EXAMPLES or 120)
+    @settings(FUZZ, max_examples=EXAMPLES or 80)
     @given(case=strategy)
     def run(case):
         response = case.call(base_url=fuzzed.url, timeout=30)
