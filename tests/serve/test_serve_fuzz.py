@@ -107,7 +107,7 @@ def test_live_app_answers_mutated_requests_with_results_or_4xx(fuzzed):
     statuses = []
     with httpx.Client(base_url=fuzzed.url, timeout=30) as client:
 
-        @settings(FUZZ, max_examples=EXAMPLES or 60)
+        @settings(FUZZ, max_examples=EXAMPLES or 40)
         @given(data=st.data(), cls=st.sampled_from([ChatCompletionRequest, CompletionRequest]))
         def run(data, cls):
             body = data.draw(mutated(cls) | json_values)
@@ -144,7 +144,7 @@ def test_schemathesis_fuzz_finds_no_server_error(fuzzed):
                           for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)])
     calls = []
 
-    @settings(FUZZ, max_examples=EXAMPLES or 80)
+    @settings(FUZZ, max_examples=EXAMPLES or 50)
     @given(case=strategy)
     def run(case):
         response = case.call(base_url=fuzzed.url, timeout=30)
