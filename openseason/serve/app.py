@@ -10,8 +10,8 @@
 
 The asyncio side never runs the model, and never does work that grows with the input: parsing the body,
 validating it and tokenizing run in worker threads (tokenizing with the GIL released); the loop hands a
-`Request` to the engine and forwards the engine's events (text pieces, finish) to the client. A client that disconnects cancels
-its request, which leaves the batch before the next decode step. Errors are OpenAI-shaped
+`Request` to the engine and forwards the engine's events (text pieces, finish) to the client. A client
+that disconnects cancels its request, which leaves the batch before the next decode step. Errors are OpenAI-shaped
 (`schema.APIError`); the server keeps serving after any bad request.
 
 Cross-site requests (`_CrossSite`): a web page the user visits could POST to a server on 127.0.0.1, and

@@ -257,15 +257,16 @@ def decode_json(raw: bytes) -> Any:
     surrogates written as escapes ("\\ud800"), which no later step could encode."""
     hint = "Send a JSON object with Content-Type: application/json."
     if _json_depth(raw) > MAX_JSON_DEPTH:
-        raise APIError(400, f"the request body nests arrays/objects more than {MAX_JSON_DEPTH} levels deep. {hint}",
-                       code="invalid_json")
+        raise APIError(400, f"the request body nests arrays/objects more than {MAX_JSON_DEPTH} levels deep. "
+                            f"{hint}", code="invalid_json")
     try:
         text = raw.decode("utf-8")
         body = json.loads(text, parse_constant=_no_constant)
     except UnicodeDecodeError as exc:
         raise APIError(400, f"the request body is not valid UTF-8: {exc}. {hint}", code="invalid_json") from None
     except (ValueError, RecursionError) as exc:   # JSONDecodeError, NaN, an integer of > 4300 digits
-        raise APIError(400, f"could not parse the request body as JSON: {exc}. {hint}", code="invalid_json") from None
+        raise APIError(400, f"could not parse the request body as JSON: {exc}. {hint}",
+                       code="invalid_json") from None
     if _SURROGATE_ESCAPE.search(text):
         try:
             json.dumps(body, ensure_ascii=False).encode("utf-8")

@@ -1,6 +1,7 @@
-"""Every request field at its bounds, on both endpoints: the minimum and the maximum are served; just
-outside, the wrong type and a bool for a number get a 400 naming the field (never a 500); the server
-keeps serving (checked once after all of them). The bounds themselves are in openseason.serve.schema (README "Serving and chat")."""
+"""Every request field at its bounds, on both endpoints: the minimum and the maximum are served;
+just outside, the wrong type and a bool for a number get a 400 naming the field (never a 500);
+the server keeps serving (checked once after all of them). The bounds themselves are in
+openseason.serve.schema (README "Serving and chat")."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
