@@ -12,7 +12,8 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from openseason.serve.schema import APIError, ChatCompletionRequest, CompletionRequest, decode_json, parse_request
+from openseason.serve.schema import (MAX_JSON_DEPTH, APIError, ChatCompletionRequest, CompletionRequest, decode_json,
+                                     parse_request)
 
 from .conftest import start_server
 
@@ -79,12 +80,27 @@ def test_mutated_requests_parse_or_are_a_4xx(data, cls):
 
 @FUZZ
 @given(raw=st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode())
-       | st.text(max_size=50).map(lambda t: json.dumps(t).encode()))
+       | st.text(max_size=50).map(lambda t: json.dumps(t).encode())
+       | st.lists(st.sampled_from([b"[", b"]", b"{", b"}", b'"', b"\\", b"\\u", b"d800", b"dc00", b"1", b",", b":"]),
+                  max_size=300).map(b"".join))
 def test_any_bytes_decode_or_are_a_400(raw):
     try:
-        decode_json(raw)
+        body = decode_json(raw)
     except APIError as exc:
         assert exc.status == 400
+    else:   # what decodes is nested within bounds and encodes to UTF-8 again
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+        assert _depth(body) <= MAX_JSON_DEPTH
+
+
+def _depth(value) -> int:
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (list, dict)):
+            deepest = max(deepest, depth + 1)
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return deepest
 
 
 @pytest.fixture(scope="module")

@@ -128,6 +128,7 @@ RAW_BAD = [
     ("200,000 deep", b"[" * 200_000 + b"]" * 200_000),
     ("65 deep in an ignored field", b'{"model": "tiny-chat", "prompt": "x", "extra": ' + b"[" * 65 + b"]" * 65 + b"}"),
     ("deep objects", b'{"a":' * 100_000 + b"1" + b"}" * 100_000),
+    ("unterminated escaped quotes", b'{"prompt": "' + b'\\"[' * 200_000),   # linear to scan, not quadratic
     ("NaN", b'{"model": "tiny-chat", "prompt": "x", "temperature": NaN}'),
     ("Infinity", b'{"model": "tiny-chat", "prompt": "x", "top_p": -Infinity}'),
     ("5000-digit integer", b'{"model": "tiny-chat", "prompt": "x", "seed": ' + b"9" * 5000 + b"}"),
