@@ -3,14 +3,22 @@
     GET  /                       web chat page (static HTML + JS, streams over the API below)
     GET  /health                 {"status": "ok", ...}; 503 once the engine has failed
     GET  /metrics                requests, tokens generated, tokens/s, queue length (JSON)
+    GET  /openapi.json           the OpenAPI schema of this API (request bodies with their bounds)
     GET  /v1/models              the one model this server holds
     POST /v1/chat/completions    chat, rendered with the checkpoint's prompt style; SSE with "stream": true
     POST /v1/completions         raw text completion; SSE with "stream": true
 
-The asyncio side never runs the model: it validates, tokenizes, hands a `Request` to the engine and
-forwards the engine's events (text pieces, finish) to the client. A client that disconnects cancels
-its request, which leaves the batch before the next decode step. Errors are OpenAI-shaped
+The asyncio side never runs the model, and never does work that grows with the input: parsing the body,
+validating it and tokenizing run in worker threads (tokenizing with the GIL released); the loop hands a
+`Request` to the engine and forwards the engine's events (text pieces, finish) to the client. A client
+that disconnects cancels its request, which leaves the batch before the next decode step. Errors are OpenAI-shaped
 (`schema.APIError`); the server keeps serving after any bad request.
+
+Cross-site requests (`_CrossSite`): a web page the user visits could POST to a server on 127.0.0.1, and
+through DNS rebinding read the answer. So the Host header must name an allowed host (loopback names by
+default), a request carrying an Origin other than the server's own is refused unless
+`ServerSettings.cors_origins` lists it (then CORS is answered properly, preflight included), and POST
+bodies must be `Content-Type: application/json` (which a page cannot send cross-site without a preflight).
 """
 from __future__ import annotations
 
@@ -24,17 +32,18 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Optional
 
 from fastapi import FastAPI, Request as HTTPRequest
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import OpenseasonError
 from ..prompts import chat_stops, encode_chat
 from ..generation.engine import Engine, EngineClosed, Event, QueueFull, Request
-from ..generation.sampling import SamplingParams
-from .schema import APIError, ChatCompletionRequest, CompletionRequest, parse_request
+from ..generation.sampling import MIN_TEMPERATURE, SamplingParams
+from .schema import APIError, ChatCompletionRequest, CompletionRequest, decode_json, parse_request
 
 STATIC_DIR = Path(__file__).parent / "static"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")   # Host header names allowed by default (any port)
 
 
 @dataclass
@@ -61,6 +70,15 @@ class ServerSettings:
     max_body_bytes: int = 1 << 20
     retry_after_s: int = 2
     hooks: Optional[Hooks] = None
+    # Host header names (optionally name:port) this server answers; "*" answers any. Loopback by default,
+    # against DNS rebinding; `serve` allows any when it binds beyond loopback and none are given.
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    # Origins (scheme://host[:port]) of web pages allowed to call the API cross-origin (CORS).
+    cors_origins: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        self.allowed_hosts = tuple(check_allowed_host(h) for h in self.allowed_hosts)
+        self.cors_origins = tuple(check_origin(o) for o in self.cors_origins)
 
 
 def _now() -> int:
@@ -73,8 +91,45 @@ def _sse(payload: Any) -> bytes:
     return f"data: {json.dumps(payload, ensure_ascii=True)}\n\n".encode()
 
 
-async def read_json(request: HTTPRequest, limit: int) -> Any:
-    """The request body as JSON, refusing bodies over `limit` bytes before reading them whole."""
+def check_allowed_host(host: str) -> str:
+    """An --allowed-hosts entry, normalized (lower case), or OpenseasonError saying what is wrong."""
+    entry = host.strip().lower()
+    if entry != "*" and _split_host(entry) is None:
+        raise OpenseasonError(f"not a host name: {host!r}", hint="use a name or address with an optional port, "
+                              "e.g. localhost, 192.168.1.5:8000, [::1], or * for any host")
+    return entry
+
+
+def check_origin(origin: str) -> str:
+    """A --cors-origin entry, normalized, or OpenseasonError: scheme://host[:port], no path."""
+    entry = origin.strip().lower().rstrip("/")
+    scheme, sep, netloc = entry.partition("://")
+    if scheme not in ("http", "https") or not sep or _split_host(netloc) is None:
+        raise OpenseasonError(f"not a web origin: {origin!r}",
+                              hint="give scheme://host[:port] as a browser sends it, e.g. http://localhost:3000")
+    return entry
+
+
+def _split_host(value: str) -> Optional[tuple[str, Optional[str]]]:
+    """'name[:port]' or '[v6][:port]' -> (name, port or None); None when it is not one."""
+    if len(value) > 300:
+        return None
+    if value.startswith("["):
+        name, bracket, rest = value.partition("]")
+        name += bracket
+        if not bracket or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return None
+        return name, rest[1:] or None
+    name, colon, port = value.partition(":")
+    if not name or (colon and not (port.isdigit() and len(port) <= 5)):
+        return None
+    if not all(c.isalnum() or c in "-._" for c in name):
+        return None
+    return name, port or None
+
+
+async def read_body(request: HTTPRequest, limit: int) -> bytes:
+    """The request body, refusing bodies over `limit` bytes before reading them whole."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise APIError(413, f"request body of {length} bytes exceeds this server's limit of {limit} bytes",
@@ -86,12 +141,31 @@ async def read_json(request: HTTPRequest, limit: int) -> Any:
             raise APIError(413, f"request body exceeds this server's limit of {limit} bytes",
                            code="request_too_large")
         chunks.append(chunk)
-    raw = b"".join(chunks)
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"could not parse the request body as JSON: {exc}. Send a JSON object with "
-                            "Content-Type: application/json.", code="invalid_json") from None
+    return b"".join(chunks)
+
+
+async def read_request(request: HTTPRequest, cls, limit: int):
+    """The body parsed and validated as `cls`, in a worker thread: work that grows with the body never
+    runs on the event loop."""
+    raw = await read_body(request, limit)
+    return await asyncio.to_thread(lambda: parse_request(cls, decode_json(raw)))
+
+
+class _GILFree:
+    """The engine's tokenizer with `encode` going through `encode_batch`, which releases the GIL
+    (tokenizers' single `encode` holds it: a 1 MB prompt would stall the event loop even from a thread)."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+    def encode(self, text: str, **kwargs) -> list[int]:
+        batch = getattr(self._tokenizer, "encode_batch", None)
+        if batch is None:
+            return self._tokenizer.encode(text, **kwargs)
+        return batch([text], **kwargs)[0]
 
 
 class _Job:
@@ -165,7 +239,8 @@ class Server:
         return max_tokens
 
     def encode(self, text: str) -> list[int]:
-        ids = self.tokenizer.encode(text)
+        """Prompt ids of `text`; blocking: call it off the event loop."""
+        ids = _GILFree(self.tokenizer).encode(text)
         if not ids:  # an empty prompt starts a fresh document
             start = self.tokenizer.bos_id if self.tokenizer.bos_id is not None else self.tokenizer.eos_id
             if start is None:
@@ -174,9 +249,10 @@ class Server:
         return ids
 
     def chat_prompt(self, messages: list[dict]) -> list[int]:
-        """The prompt ids of a conversation, by prompts.encode_chat (the ids training produced for it)."""
+        """The prompt ids of a conversation, by prompts.encode_chat (the ids training produced for it).
+        Blocking: call it off the event loop."""
         try:
-            return encode_chat(messages, self.tokenizer, self.settings.chat_format)
+            return encode_chat(messages, _GILFree(self.tokenizer), self.settings.chat_format)
         except OpenseasonError as exc:   # bad role order, a chat template that refuses the messages
             raise APIError(400, f"invalid messages: {exc}", param="messages", code="invalid_value") from None
 
@@ -212,7 +288,8 @@ class Server:
         return job
 
     async def events(self, job: _Job, http: HTTPRequest, choices: int) -> AsyncIterator[Event]:
-        """Engine events until every choice has finished; cancels the job if the client goes away."""
+        """Engine events until every choice has finished; cancels the job if the client goes away (then
+        the events just stop: callers check that every choice finished, see `_ClientGone`)."""
         finished = 0
         done = False
         checked = time.monotonic()
@@ -249,8 +326,9 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
     """The FastAPI app serving `engine` under `settings.model_name`. The caller owns the engine."""
-    app = FastAPI(title="openseason", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="openseason", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     server = Server(engine, settings)
+    app.openapi = lambda: _openapi(app, settings)
     app.state.server = server
     created = _now()
 
@@ -266,7 +344,8 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
                          code="not_found" if exc.status_code == 404 else None)
         return JSONResponse(error.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
-    app.add_middleware(_CountRequests, server=server)
+    app.add_middleware(_CrossSite, server=server)
+    app.add_middleware(_CountRequests, server=server)   # added last: outermost, so it counts refusals too
 
     # -- page and operations ------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -303,10 +382,10 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
         return {"id": settings.model_name, "object": "model", "created": created, "owned_by": "openseason"}
 
     # -- chat ---------------------------------------------------------------------------------------
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=_body("ChatCompletionRequest"))
     async def chat_completions(http: HTTPRequest):
         server.check_auth(http)
-        req = parse_request(ChatCompletionRequest, await read_json(http, settings.max_body_bytes))
+        req = await read_request(http, ChatCompletionRequest, settings.max_body_bytes)
         server.check_common(req)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in req.messages]
@@ -317,7 +396,7 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
         prompt_ids: list[int] = []
         job = None
         if canned is None:
-            prompt_ids = server.chat_prompt(messages)
+            prompt_ids = await asyncio.to_thread(server.chat_prompt, messages)
             max_tokens = server.budget(prompt_ids, req.requested_max_tokens(), settings.default_max_tokens, param)
             strings, token_ids = chat_stops(settings.chat_format, server.tokenizer)
             stops = tuple(dict.fromkeys(list(strings) + req.stop_list()))
@@ -354,6 +433,8 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
                     texts[event.index].append(event.text)
                 else:
                     finish[event.index] = event
+            if len(finish) < req.n:
+                return _client_gone()
             completion = sum(e.completion_tokens for e in finish.values())
             return {**base, "object": "chat.completion",
                     "choices": [{"index": i, "message": {"role": "assistant", "content": "".join(texts[i])},
@@ -387,20 +468,21 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
         return _streaming(stream())
 
     # -- completions --------------------------------------------------------------------------------
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=_body("CompletionRequest"))
     async def completions(http: HTTPRequest):
         server.check_auth(http)
-        req = parse_request(CompletionRequest, await read_json(http, settings.max_body_bytes))
+        req = await read_request(http, CompletionRequest, settings.max_body_bytes)
         server.check_common(req)
         if req.echo:
             raise APIError(400, "echo is not supported by this server", param="echo", code="unsupported_parameter")
         if req.suffix:
             raise APIError(400, "suffix is not supported by this server", param="suffix",
                            code="unsupported_parameter")
-        prompts = [server.encode(p) for p in req.prompts()]
-        if len(prompts) * req.n > min(settings.max_n, engine.max_batch):
-            raise APIError(400, f"{len(prompts)} prompts x n={req.n} choices is more than this server allows "
+        texts = req.prompts()
+        if len(texts) * req.n > min(settings.max_n, engine.max_batch):   # before any tokenizing
+            raise APIError(400, f"{len(texts)} prompts x n={req.n} choices is more than this server allows "
                                 f"({min(settings.max_n, engine.max_batch)})", param="prompt", code="invalid_value")
+        prompts = await asyncio.to_thread(lambda: [server.encode(p) for p in texts])
         params = [server.sampling(req, server.budget(ids, req.requested_max_tokens(), settings.max_tokens_cap,
                                                      "max_tokens"), req.stop_list()) for ids in prompts]
         choices = len(prompts) * req.n
@@ -410,14 +492,16 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
                 "model": settings.model_name, "system_fingerprint": None}
 
         if not req.stream:
-            texts: dict[int, list[str]] = {i: [] for i in range(choices)}
+            pieces: dict[int, list[str]] = {i: [] for i in range(choices)}
             finish: dict[int, Event] = {}
             async for event in server.events(job, http, choices):
                 if event.kind == "text":
-                    texts[event.index].append(event.text)
+                    pieces[event.index].append(event.text)
                 else:
                     finish[event.index] = event
-            return {**base, "choices": [{"index": i, "text": "".join(texts[i]), "logprobs": None,
+            if len(finish) < choices:
+                return _client_gone()
+            return {**base, "choices": [{"index": i, "text": "".join(pieces[i]), "logprobs": None,
                                          "finish_reason": finish[i].finish_reason} for i in range(choices)],
                     "usage": _usage(prompt_tokens, sum(e.completion_tokens for e in finish.values()))}
 
@@ -445,6 +529,33 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
     return app
 
 
+def _body(model: str) -> dict:
+    """The requestBody of an endpoint that parses its body itself (strictly, with our error shape)."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}}}
+
+
+def _openapi(app: FastAPI, settings: ServerSettings) -> dict:
+    """The OpenAPI document: FastAPI's routes plus the request models' JSON schemas (with their bounds)."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+        from pydantic.json_schema import models_json_schema
+
+        doc = get_openapi(title="openseason", version="1", routes=app.routes,
+                          description="OpenAI-compatible API of `openseason serve`.")
+        _, defs = models_json_schema([(ChatCompletionRequest, "validation"), (CompletionRequest, "validation")],
+                                     ref_template="#/components/schemas/{model}")
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        schemas.update(defs["$defs"])
+        for name in ("ChatCompletionRequest", "CompletionRequest"):
+            props = schemas[name]["properties"]
+            # the one model this server holds (any other id is a 404)
+            props["model"] = {"type": "string", "enum": [settings.model_name], "title": "Model"}
+            props["temperature"]["description"] = (f"0 (greedy) or from {MIN_TEMPERATURE} to 2")
+        app.openapi_schema = doc
+    return app.openapi_schema
+
+
 class _CountRequests:
     """Pure ASGI middleware (BaseHTTPMiddleware would hide client disconnects from the handlers)."""
 
@@ -456,6 +567,103 @@ class _CountRequests:
         if scope["type"] == "http":
             self.server.http_requests += 1
         await self.app(scope, receive, send)
+
+
+class _CrossSite:
+    """Pure ASGI middleware refusing cross-site use (see the module docstring), answering CORS for the
+    origins in `settings.cors_origins`. Its refusals are OpenAI-shaped errors like the app's."""
+
+    METHODS = "GET, POST, OPTIONS"
+
+    def __init__(self, app, server: Server):
+        self.app = app
+        self.server = server
+        settings = server.settings
+        self.any_host = "*" in settings.allowed_hosts
+        self.hosts = set(settings.allowed_hosts)
+        self.origins = set(settings.cors_origins)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers: dict[str, str] = {}
+        for key, value in scope["headers"]:
+            headers.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
+        host = headers.get("host", "").strip().lower()
+        if not self.host_allowed(host):
+            shown = repr(host[:100]) if host else "none"
+            return await self.refuse(send, 421, f"this server does not answer for the Host {shown}; it answers "
+                                     f"{', '.join(sorted(self.hosts))} (start it with --allowed-hosts to add names)",
+                                     "host_not_allowed")
+        origin = headers.get("origin")
+        cors = None
+        if origin is not None:
+            normal = origin.strip().lower().rstrip("/")
+            same = normal.partition("://")[2] == host and normal.startswith(("http://", "https://"))
+            if not same:
+                if normal not in self.origins:
+                    return await self.refuse(send, 403, f"requests from the web origin {origin[:100]!r} are not "
+                                             "allowed (start the server with --cors-origin ORIGIN to allow a page "
+                                             "there to call it)", "origin_not_allowed")
+                cors = origin
+        method = scope["method"]
+        if cors is not None and method == "OPTIONS" and "access-control-request-method" in headers:
+            return await self.preflight(send, cors, headers)
+        if method in ("POST", "PUT", "PATCH"):
+            media = headers.get("content-type", "").partition(";")[0].strip().lower()
+            if media != "application/json":
+                shown = repr(media[:100]) if media else "none"
+                return await self.refuse(send, 415, f"the request body must be sent with Content-Type: "
+                                         f"application/json (got {shown})", "unsupported_media_type", cors)
+        if cors is None:
+            return await self.app(scope, receive, send)
+
+        async def send_with_cors(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": list(message.get("headers", [])) + self.cors_headers(cors)}
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+    def host_allowed(self, host: str) -> bool:
+        if self.any_host:
+            return True
+        parts = _split_host(host)
+        return parts is not None and (parts[0] in self.hosts or host in self.hosts)
+
+    @staticmethod
+    def cors_headers(origin: str) -> list[tuple[bytes, bytes]]:
+        return [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin"),
+                (b"access-control-expose-headers", b"Retry-After")]
+
+    async def preflight(self, send, origin: str, headers: dict[str, str]) -> None:
+        requested = headers.get("access-control-request-headers", "")
+        # echo the header names asked for (the openai JS client sends x-stainless-*), if they are names
+        names = [h.strip() for h in requested.split(",") if h.strip()][:64]
+        allowed = ", ".join(h for h in names if len(h) <= 100 and all(c.isalnum() or c in "-_" for c in h))
+        extra = [(b"access-control-allow-methods", self.METHODS.encode()),
+                 (b"access-control-allow-headers", (allowed or "Authorization, Content-Type").encode("latin-1")),
+                 (b"access-control-max-age", b"600")]
+        if headers.get("access-control-request-private-network") == "true":
+            extra.append((b"access-control-allow-private-network", b"true"))
+        await send({"type": "http.response.start", "status": 204,
+                    "headers": self.cors_headers(origin) + extra + [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def refuse(self, send, status: int, message: str, code: str, cors: Optional[str] = None) -> None:
+        self.server.http_errors += 1
+        body = json.dumps(APIError(status, message, code=code).body()).encode()
+        extra = self.cors_headers(cors) if cors else []
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())] + extra})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _client_gone() -> Response:
+    """What a non-streaming handler returns once its client has hung up (its job is cancelled already):
+    nobody reads it; 499 ("client closed request", as nginx logs it) keeps the access log honest."""
+    return Response(status_code=499)
 
 
 def _streaming(body: AsyncIterator[bytes]) -> StreamingResponse:

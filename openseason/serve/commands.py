@@ -38,6 +38,13 @@ def register(subparsers) -> None:
                    help="requests waiting for a slot before new ones get 503 (default 64)")
     p.add_argument("--max-tokens-cap", type=_positive, default=1024,
                    help="largest max_tokens a request may ask for (default 1024)")
+    p.add_argument("--allowed-hosts", default=None, metavar="HOSTS",
+                   help="comma-separated Host header names to answer, optionally with :port ('*': any); "
+                        "default: 127.0.0.1,localhost,[::1] when bound to loopback (against DNS rebinding), "
+                        "any host otherwise")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="web page origin (scheme://host[:port]) allowed to call the API from a browser; "
+                        "repeatable (default: only the server's own page)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=_serve)
 
@@ -59,7 +66,9 @@ def _serve(args) -> int:
     return serve(args.checkpoint, host=args.host, port=args.port, api_key=args.api_key, rails=args.rails,
                  model_name=args.model_name, prompt_style=args.prompt_style, device=args.device, dtype=args.dtype,
                  max_batch=args.max_batch, max_queue=args.max_queue, max_tokens_cap=args.max_tokens_cap,
-                 log_level=args.log_level)
+                 allowed_hosts=None if args.allowed_hosts is None else
+                 [h for h in args.allowed_hosts.split(",") if h.strip()] or [""],
+                 cors_origins=args.cors_origin, log_level=args.log_level)
 
 
 def _chat(args) -> int:

@@ -8,13 +8,31 @@ use). Every problem becomes an `APIError`, rendered as OpenAI renders errors:
 """
 from __future__ import annotations
 
+import json
+import re
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from ..generation.sampling import MAX_SEED, MIN_TEMPERATURE
 
 # Roles a chat message may have. "developer" is OpenAI's newer name for "system".
 CHAT_ROLES = ("system", "developer", "user", "assistant")
+
+# Bounds on every field, checked before any work (README "Serving and chat" lists them). The server's own
+# limits (--max-tokens-cap, n up to min(8, --max-batch), the context window) apply after these.
 MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 1024            # characters in one stop sequence
+MAX_MODEL_CHARS = 256            # `model`
+MAX_USER_CHARS = 256             # `user`, and a message's `name`
+MAX_N = 128                      # `n` at the schema; the server allows at most min(8, --max-batch)
+MAX_TOKENS_LIMIT = 2**31 - 1     # max_tokens / max_completion_tokens at the schema; then --max-tokens-cap
+MAX_MESSAGES = 1024              # messages in one chat request
+MAX_CONTENT_PARTS = 256          # text parts in one message's content list
+MAX_PROMPTS = 128                # prompts in one /v1/completions request (then prompts x n <= the server's n limit)
+MAX_PROMPT_CHARS = 512 * 1024    # characters of all message contents, or of all prompts, in one request
+MAX_LOGPROBS = 20                # /v1/completions `logprobs` (any value above 0 is refused as unsupported)
+MAX_JSON_DEPTH = 64              # nesting of arrays and objects in a request body
 
 
 class APIError(Exception):
@@ -41,13 +59,20 @@ class _Strict(BaseModel):
 
 class TextPart(_Strict):
     type: Literal["text"]
-    text: str
+    text: str = Field(max_length=MAX_PROMPT_CHARS)
 
 
 class ChatMessage(_Strict):
-    role: str
-    content: Union[str, list[TextPart], None] = None
-    name: Optional[str] = None
+    role: str = Field(max_length=32)
+    content: Union[str, list[TextPart], None] = None   # bounded in total by ChatCompletionRequest
+    name: Optional[str] = Field(default=None, max_length=MAX_USER_CHARS)
+
+    @field_validator("content")
+    @classmethod
+    def _few_parts(cls, content):
+        if isinstance(content, list) and len(content) > MAX_CONTENT_PARTS:
+            raise ValueError(f"at most {MAX_CONTENT_PARTS} content parts are allowed, got {len(content)}")
+        return content
 
     @field_validator("role")
     @classmethod
@@ -70,18 +95,33 @@ class StreamOptions(_Strict):
 
 
 class _Sampling(_Strict):
-    model: str
-    max_tokens: Optional[int] = Field(default=None, ge=1)
+    model: str = Field(max_length=MAX_MODEL_CHARS)
+    max_tokens: Optional[int] = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1)
+    n: int = Field(default=1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     stop: Union[str, list[str], None] = None
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(default=None, ge=0, le=MAX_SEED)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    user: Optional[str] = None
+    user: Optional[str] = Field(default=None, max_length=MAX_USER_CHARS)
+
+    @field_validator("temperature")
+    @classmethod
+    def _greedy_or_warm(cls, temperature: float) -> float:
+        if 0 < temperature < MIN_TEMPERATURE:
+            raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}")
+        return temperature
+
+    @field_validator("seed")
+    @classmethod
+    def _seeds_fit(cls, seed: Optional[int], info: ValidationInfo) -> Optional[int]:
+        n = info.data.get("n")  # declared before seed, so validated already (absent if it was invalid)
+        if seed is not None and isinstance(n, int) and seed + n - 1 > MAX_SEED:
+            raise ValueError(f"seed + n - 1 must be at most {MAX_SEED} (choice i samples with seed + i)")
+        return seed
 
     @field_validator("stop")
     @classmethod
@@ -93,6 +133,8 @@ class _Sampling(_Strict):
             raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed, got {len(stops)}")
         if any(s == "" for s in stops):
             raise ValueError("stop sequences must not be empty strings")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"a stop sequence may have at most {MAX_STOP_CHARS} characters")
         return stops
 
     def stop_list(self) -> list[str]:
@@ -103,9 +145,18 @@ class _Sampling(_Strict):
 
 
 class ChatCompletionRequest(_Sampling):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: Optional[int] = Field(default=None, ge=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_completion_tokens: Optional[int] = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     logprobs: Optional[bool] = None
+
+    @field_validator("messages")
+    @classmethod
+    def _bounded_text(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        total = sum(len(m.content) if isinstance(m.content, str) else sum(len(p.text) for p in m.content or ())
+                    for m in messages)
+        if total > MAX_PROMPT_CHARS:
+            raise ValueError(f"the messages hold {total} characters; at most {MAX_PROMPT_CHARS} are allowed")
+        return messages
 
     def requested_max_tokens(self) -> Optional[int]:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -114,15 +165,21 @@ class ChatCompletionRequest(_Sampling):
 class CompletionRequest(_Sampling):
     prompt: Union[str, list[str]]
     echo: bool = False
-    logprobs: Optional[int] = None
-    suffix: Optional[str] = None
-    max_tokens: Optional[int] = Field(default=16, ge=1)  # OpenAI's default for /v1/completions
+    logprobs: Optional[int] = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    suffix: Optional[str] = Field(default=None, max_length=MAX_STOP_CHARS)
+    max_tokens: Optional[int] = Field(default=16, ge=1, le=MAX_TOKENS_LIMIT)  # OpenAI's default: 16
 
     @field_validator("prompt")
     @classmethod
-    def _non_empty(cls, prompt):
-        if isinstance(prompt, list) and not prompt:
+    def _bounded_prompts(cls, prompt):
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not prompts:
             raise ValueError("prompt list must not be empty")
+        if len(prompts) > MAX_PROMPTS:
+            raise ValueError(f"at most {MAX_PROMPTS} prompts are allowed in one request, got {len(prompts)}")
+        total = sum(len(p) for p in prompts)
+        if total > MAX_PROMPT_CHARS:
+            raise ValueError(f"the prompt holds {total} characters; at most {MAX_PROMPT_CHARS} are allowed")
         return prompt
 
     def prompts(self) -> list[str]:
@@ -167,3 +224,75 @@ def parse_request(cls: type[BaseModel], body: Any) -> BaseModel:
             message = f"invalid value for {param!r}: {msg} (got {shown[:80]})"
         raise APIError(400, message, param=param,
                        code="missing_required_parameter" if first.get("type") == "missing" else "invalid_value") from None
+
+
+# -- decoding a body ------------------------------------------------------------------------------------
+# Bytes that matter to nesting: quotes and backslashes (strings), brackets. UTF-8 continuation bytes are
+# never ASCII, so scanning bytes is safe.
+_STRUCTURE = re.compile(rb'[\\"\[\]{}]')
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _json_depth(raw: bytes) -> int:
+    """Deepest nesting of arrays/objects in `raw`, counted without parsing (so without recursion), in one
+    linear pass; stops counting once past MAX_JSON_DEPTH (and returns an upper bound for bodies with at
+    most MAX_JSON_DEPTH opening brackets). (A regex that cuts out strings first goes
+    quadratic on bodies like '"\\"\\"\\"...' and holds the GIL meanwhile.)"""
+    openings = raw.count(b"[") + raw.count(b"{")
+    if openings <= MAX_JSON_DEPTH:   # the usual body: no need to look closer
+        return openings
+    depth = deepest = 0
+    in_string = False
+    escaped_until = -1
+    for match in _STRUCTURE.finditer(raw):
+        pos = match.start()
+        if pos < escaped_until:   # the byte after a backslash inside a string
+            continue
+        byte = raw[pos]
+        if in_string:
+            if byte == 0x5C:      # backslash
+                escaped_until = pos + 2
+            elif byte == 0x22:    # closing quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_JSON_DEPTH:
+                    break
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_json(raw: bytes) -> Any:
+    """A request body (UTF-8 JSON) as Python values, or APIError(400) saying why it is not one.
+
+    Refused before or while parsing, so nothing later trips over them: bodies nested deeper than
+    MAX_JSON_DEPTH, NaN/Infinity, integers too long to convert, invalid UTF-8, and lone UTF-16
+    surrogates written as escapes ("\\ud800"), which no later step could encode."""
+    hint = "Send a JSON object with Content-Type: application/json."
+    if _json_depth(raw) > MAX_JSON_DEPTH:
+        raise APIError(400, f"the request body nests arrays/objects more than {MAX_JSON_DEPTH} levels deep. "
+                            f"{hint}", code="invalid_json")
+    try:
+        text = raw.decode("utf-8")
+        body = json.loads(text, parse_constant=_no_constant)
+    except UnicodeDecodeError as exc:
+        raise APIError(400, f"the request body is not valid UTF-8: {exc}. {hint}", code="invalid_json") from None
+    except (ValueError, RecursionError) as exc:   # JSONDecodeError, NaN, an integer of > 4300 digits
+        raise APIError(400, f"could not parse the request body as JSON: {exc}. {hint}",
+                       code="invalid_json") from None
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise APIError(400, "the request body holds a lone UTF-16 surrogate escape (such as \\ud800 without "
+                                "its pair), which is not a valid character", code="invalid_json") from None
+    return body

@@ -14,22 +14,26 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..errors import OpenseasonError
-from .app import Hooks, ServerSettings, create_app
+from .app import LOOPBACK_HOSTS, Hooks, ServerSettings, check_allowed_host, check_origin, create_app
 from ..generation.engine import Engine
 
 def load_for_serving(checkpoint: str | Path, *, model_name: Optional[str] = None, prompt_style: Optional[str] = None,
                      device: Optional[str] = None, dtype: Optional[str] = None, max_batch: int = 16,
                      max_queue: int = 64, api_key: Optional[str] = None, max_tokens_cap: int = 1024,
-                     hooks: Optional[Hooks] = None, log=print) -> tuple[Engine, ServerSettings]:
+                     hooks: Optional[Hooks] = None, allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
+                     cors_origins: Sequence[str] = (), log=print) -> tuple[Engine, ServerSettings]:
     """Load `checkpoint` (full or adapter) and start its engine; returns (engine, settings) for create_app.
 
     model_name     the id in /v1/models (default: the checkpoint directory's name)
     prompt_style   overrides the checkpoint's chat format (a style name, or "chat-template")
     max_batch      most sequences decoded together; max_queue: most requests waiting (then 503)
+    allowed_hosts  Host header names answered ("*": any); cors_origins: web origins allowed cross-origin
     """
+    allowed_hosts = tuple(check_allowed_host(h) for h in allowed_hosts)   # bad values fail before loading
+    cors_origins = tuple(check_origin(o) for o in cors_origins)
     from ..generation.llm import LLM
 
     path = Path(checkpoint)
@@ -39,7 +43,8 @@ def load_for_serving(checkpoint: str | Path, *, model_name: Optional[str] = None
     name = model_name or path.resolve().name
     engine = Engine(llm.model, llm.tokenizer, max_batch=max_batch, max_queue=max_queue, name=name)
     settings = ServerSettings(model_name=name, chat_format=llm.chat_format, api_key=api_key or None,
-                              max_tokens_cap=max_tokens_cap, max_n=min(8, max_batch), hooks=hooks)
+                              max_tokens_cap=max_tokens_cap, max_n=min(8, max_batch), hooks=hooks,
+                              allowed_hosts=allowed_hosts, cors_origins=cors_origins)
     return engine, settings
 
 
@@ -47,17 +52,29 @@ def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
           rails: Optional[str | Path] = None, model_name: Optional[str] = None,
           prompt_style: Optional[str] = None, device: Optional[str] = None, dtype: Optional[str] = None,
           max_batch: int = 16, max_queue: int = 64, max_tokens_cap: int = 1024,
+          allowed_hosts: Optional[Sequence[str]] = None, cors_origins: Sequence[str] = (),
           log_level: str = "info") -> int:
-    """Serve `checkpoint` over HTTP until interrupted. Binds 127.0.0.1 unless `host` says otherwise."""
+    """Serve `checkpoint` over HTTP until interrupted. Binds 127.0.0.1 unless `host` says otherwise.
+
+    allowed_hosts  Host header names answered; default: the loopback names when bound to loopback (against
+                   DNS rebinding), any host otherwise
+    cors_origins   web page origins (scheme://host[:port]) allowed to call the API from a browser
+    """
     import uvicorn
 
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    if allowed_hosts is None:
+        allowed_hosts = LOOPBACK_HOSTS if loopback else ("*",)
+    allowed_hosts = tuple(check_allowed_host(h) for h in allowed_hosts)
+    cors_origins = tuple(check_origin(o) for o in cors_origins)
     if rails and not Path(rails).is_dir():
         raise OpenseasonError("rails directory not found", where=str(rails),
                               hint="pass a folder with config.yml and .co files")
     engine, settings = load_for_serving(checkpoint, model_name=model_name, prompt_style=prompt_style,
                                         device=device, dtype=dtype, max_batch=max_batch, max_queue=max_queue,
-                                        api_key=api_key, max_tokens_cap=max_tokens_cap, log=log)
+                                        api_key=api_key, max_tokens_cap=max_tokens_cap,
+                                        allowed_hosts=allowed_hosts, cors_origins=cors_origins, log=log)
     if rails:
         from .rails import rails_hooks
 
@@ -71,7 +88,11 @@ def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
     shown = f"[{host}]" if ":" in host else host
     log(f"serving {settings.model_name!r} (chat format {settings.chat_format.name!r}) at "
         f"http://{shown}:{port}/  (OpenAI API under /v1{', API key required' if api_key else ''})")
-    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+    if "*" not in allowed_hosts:
+        log(f"answering Host {', '.join(allowed_hosts)} only (--allowed-hosts adds names)")
+    if cors_origins:
+        log(f"web pages at {', '.join(cors_origins)} may call the API (CORS)")
+    if not loopback and not api_key:
         log("warning: listening beyond this machine without --api-key; anyone who can reach it can use it")
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

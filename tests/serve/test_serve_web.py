@@ -58,6 +58,18 @@ def test_serve_cli_binds_loopback_and_names_the_model(served):
     r = httpx.post(url + "/v1/chat/completions", timeout=60,
                    json={"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
+    # bound to loopback with no --allowed-hosts: only loopback Host headers (DNS rebinding)
+    assert httpx.get(url + "/health", headers={"host": "rebound.example"}).status_code == 421
+    assert httpx.get(url + "/openapi.json").json()["components"]["schemas"]["CompletionRequest"]
+
+
+def test_serve_cli_refuses_bad_cross_site_flags(serve_ckpt, capsys):
+    from openseason.cli import main
+
+    for flags in (["--allowed-hosts", "bad host"], ["--allowed-hosts", ","], ["--cors-origin", "localhost:3000"]):
+        assert main(["serve", str(serve_ckpt), *flags]) == 2   # before the checkpoint is loaded
+        err = capsys.readouterr().err
+        assert "openseason: error:" in err and "hint:" in err and "Traceback" not in err
 
 
 def test_web_page_streams_an_answer_in_chromium(served):
