@@ -207,6 +207,13 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _report_drawing(result: dict) -> None:
+    for page in result["pages"]:
+        extra = f"; earlier than {page['dense_from']}, in the gutter: {', '.join(page['outliers'])}" if page["outliers"] else ""
+        print(f"wrote {page['path']} ({page['assets']} models in {len(page['lanes'])} lanes, "
+              f"{page['size_px'][0]}x{page['size_px'][1]} px{extra})")
+
+
 def cmd_timeline(args) -> int:
     from .core import Catalog
     from .timeline import render_timeline
@@ -215,10 +222,26 @@ def cmd_timeline(args) -> int:
         if args.type is None:
             assets = [a for a in assets if a.type == "model"]
         try:
-            out = render_timeline(cat.graph, assets, args.output)
+            result = render_timeline(cat.graph, assets, args.output, page_by=args.page_by, max_rows=args.max_rows)
         except ValueError as exc:
             raise OpenseasonError(str(exc), hint="widen the filters (--source builtin, --since 2023)") from None
-    print(f"wrote {out}")
+    _report_drawing(result)
+    return 0
+
+
+def cmd_tree(args) -> int:
+    from .core import Catalog
+    from .tree import render_tree
+    with Catalog(args.db) as cat:
+        assets = _query(cat, args)
+        try:
+            result = render_tree(cat.graph, assets, args.out, family=args.family, page_by=args.page_by,
+                                 max_rows=args.max_rows)
+        except ValueError as exc:
+            raise OpenseasonError(str(exc), where=args.out,
+                                  hint="widen the filters; --family takes a lane name from a full drawing "
+                                       "(LLaMA, Pythia, T5, ...); the output must end in .svg, .png or .pdf") from None
+    _report_drawing(result)
     return 0
 
 
@@ -345,9 +368,20 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--output")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("timeline", parents=[db, filters], help="evolution-tree timeline PNG")
+    paging = argparse.ArgumentParser(add_help=False)
+    paging.add_argument("--page-by", choices=["family", "year"],
+                        help="one file per page of families (out-p1.png, ...) or per year (out-2023.png, ...); "
+                             "drawings taller than --max-rows rows are paged by family anyway")
+    paging.add_argument("--max-rows", type=int, default=70, help="label rows per page (default 70)")
+    p = sub.add_parser("timeline", parents=[db, filters, paging], help="evolution timeline PNG, coloured by verdict")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_timeline)
+
+    p = sub.add_parser("tree", parents=[db, filters, paging],
+                       help="evolution tree (families over time; open / restricted / API-only) as SVG or PNG")
+    p.add_argument("--out", "-o", required=True, help="tree.svg, tree.png or tree.pdf")
+    p.add_argument("--family", help="draw one family (LLaMA, Pythia, T5, ...) with its derivatives")
+    p.set_defaults(func=cmd_tree)
 
     p = sub.add_parser("conflicts", parents=[db], help="facts two sources disagree on (licenses, access, size, date)")
     p.add_argument("name", nargs="?", help="only the records answering to this name")
