@@ -173,6 +173,11 @@ def render(graph: Graph, assets, out_path, style: Style, *, title: str, page_by:
     import matplotlib.pyplot as plt
     import matplotlib.dates as mdates
 
+    with matplotlib.rc_context({"svg.fonttype": "none"}):      # SVG text stays text: searchable, small
+        return _render(graph, assets, out_path, style, title, page_by, max_rows, dpi, plt, mdates)
+
+
+def _render(graph, assets, out_path, style, title, page_by, max_rows, dpi, plt, mdates) -> dict:
     if page_by not in (None, "family", "year"):
         raise ValueError(f"page_by must be 'family' or 'year', not {page_by!r}")
     models = dedupe(graph, [a for a in assets if a.type == "model" and date_of(a) is not None])
@@ -251,31 +256,39 @@ def render(graph: Graph, assets, out_path, style: Style, *, title: str, page_by:
             for a in l.members:
                 xd = x0 + xs[a.id] / ((FIG_W - left_in - RIGHT_IN) * 72) * (x1 - x0)
                 pos[a.id] = (xd, l.y0 + l.slot[a.id] + 0.2)
-        texts = []
+        texts, pts = [], {"o": ([], [], []), "<": ([], [], [])}
         for l in chunk:
             for a in l.members:
                 xd, yy = pos[a.id]
                 outl = a.name in outliers and date_of(a) < lo
-                ax.scatter([xd], [yy], s=28, marker="<" if outl else "o", color=style.color(a), zorder=3,
-                           edgecolor="black", linewidth=0.4)
+                px, py, pc = pts["<" if outl else "o"]
+                px.append(xd); py.append(yy); pc.append(style.color(a))
                 right = l.right[a.id]
                 texts.append(ax.annotate(labels[a.id], (xd, yy), xytext=(5 if right else -5, -0.5),
                                          textcoords="offset points", fontsize=FONT, va="center",
                                          ha="left" if right else "right", parse_math=False, zorder=4))
+        for marker, (px, py, pc) in pts.items():   # one scatter per marker kind, not one per model
+            if px:
+                ax.scatter(px, py, s=28, marker=marker, c=pc, zorder=3, edgecolors="black", linewidths=0.4)
+        # connectors as two line collections (one annotate() per edge took most of the drawing time)
+        from matplotlib.collections import LineCollection
+        solid, dotted = [], []
         for a_id, (xd, yy) in pos.items():
             a = graph.by_id[a_id]
+            base = base_of(graph, a)
             for e in graph.edges(a):
-                if e.target is None or e.target.id not in pos:
+                if e.target is None or e.target.id not in pos or e.target.id == a_id:
                     continue
                 bx, by = pos[e.target.id]
                 if style.connectors == "elbows":
-                    if base_of(graph, a) is e.target:
-                        ax.plot([bx, bx, xd], [by, yy, yy], color="#78909c", lw=0.8, zorder=1)
+                    if base is e.target:
+                        solid.append([(bx, by), (bx, yy), (xd, yy)])
                     else:
-                        ax.plot([bx, xd], [by, yy], color="#b0bec5", lw=0.6, ls=":", zorder=1)
+                        dotted.append([(bx, by), (xd, yy)])
                 elif e.dep.relation in BASE_RELATIONS + ("component", "depends"):
-                    ax.annotate("", xy=(xd, yy), xytext=(bx, by),
-                                arrowprops=dict(arrowstyle="->", color="#607d8b", lw=0.6, alpha=0.6), zorder=1)
+                    solid.append([(bx, by), (xd, yy)])
+        ax.add_collection(LineCollection(solid, colors="#78909c", linewidths=0.7, alpha=0.75, zorder=1))
+        ax.add_collection(LineCollection(dotted, colors="#b0bec5", linewidths=0.6, linestyles=":", zorder=1))
         ax.set_yticks([l.y0 + (l.rows - 1) / 2 + 0.2 for l in chunk])
         ax.set_yticklabels([_lane_label(l.name) for l in chunk], fontsize=8, parse_math=False)
         ax.tick_params(axis="y", length=0)
@@ -295,8 +308,7 @@ def render(graph: Graph, assets, out_path, style: Style, *, title: str, page_by:
                    bbox_to_anchor=(1 - RIGHT_IN / FIG_W, 1 - 0.05 / height))
         page_title = title + (f" -- {suffix}" if page_by == "year" else (f" (page {suffix[1:]} of {nchunks})" if nchunks > 1 else ""))
         fig.text(left_in / FIG_W, 1 - 0.08 / height, page_title, fontsize=11, va="top", parse_math=False)
-        fig.canvas.draw()
-        renderer = fig.canvas.get_renderer()
+        renderer = fig.canvas.get_renderer()     # text extents need layout only, not a full draw
         boxes = [t.get_window_extent(renderer) for t in texts]
         overlaps = sum(1 for i in range(len(boxes)) for j in range(i + 1, len(boxes))
                        if boxes[i].overlaps(boxes[j]) and boxes[i].intersection(boxes[i], boxes[j]).width > 1
