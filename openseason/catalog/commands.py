@@ -46,7 +46,7 @@ def _depth(text: str) -> int:
     return value
 
 
-def _filters_parent() -> argparse.ArgumentParser:
+def _filters_parent(formats=("table", "json", "mermaid", "dot")) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--type", choices=["model", "dataset", "application"])
     p.add_argument("--organization", help="substring of the organization, case-insensitive")
@@ -58,7 +58,7 @@ def _filters_parent() -> argparse.ArgumentParser:
     p.add_argument("--max-params", type=_size)
     p.add_argument("--source", choices=["builtin", "ecosystem-graphs", "hf-card", "llama-cult", "checkpoint"])
     p.add_argument("--limit", type=int)
-    p.add_argument("--format", choices=["table", "json", "mermaid", "dot"], default="table")
+    p.add_argument("--format", choices=list(formats), default=formats[0])
     return p
 
 
@@ -388,8 +388,7 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_conflicts)
 
-    table_filters = argparse.ArgumentParser(add_help=False, parents=[filters], conflict_handler="resolve")
-    table_filters.add_argument("--format", choices=["markdown", "csv"], default="markdown")
+    table_filters = _filters_parent(("markdown", "csv"))
     p = sub.add_parser("table", parents=[db, table_filters],
                        help="size and license table (or the LLaMA-Cult chart) as Markdown or CSV")
     p.add_argument("--view", choices=["table", "chart"], default="table",
