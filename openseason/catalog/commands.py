@@ -3,7 +3,9 @@
     catalog import ecosystem-graphs PATH | hf-card README.md | llama-cult chart.md
     catalog list / search TEXT   [--type --organization --license --access --since --until --min-params --max-params --source]
     catalog show NAME            catalog lineage NAME          catalog can-use NAME --commercial|--research
-    catalog export --format json|mermaid|dot   catalog timeline -o tree.png   catalog serve
+    catalog export --format json|mermaid|dot   catalog timeline -o tl.png [--page-by family|year]
+    catalog tree --out tree.svg [--family F]   catalog table --format csv|markdown [--view chart]
+    catalog conflicts [NAME]                   catalog serve
     catalog register CKPT_DIR --base-model NAME --dataset NAME ...   catalog licenses
 Every verb takes --db PATH (default $OPENSEASON_CATALOG_DB or $XDG_DATA_HOME/openseason/catalog.sqlite).
 """
@@ -34,7 +36,17 @@ def _size(text: str) -> float:
         return value
 
 
-def _filters_parent() -> argparse.ArgumentParser:
+def _depth(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a depth: {text!r} (use 0, 1, 2, ...)")
+    return value
+
+
+def _filters_parent(formats=("table", "json", "mermaid", "dot")) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--type", choices=["model", "dataset", "application"])
     p.add_argument("--organization", help="substring of the organization, case-insensitive")
@@ -46,7 +58,7 @@ def _filters_parent() -> argparse.ArgumentParser:
     p.add_argument("--max-params", type=_size)
     p.add_argument("--source", choices=["builtin", "ecosystem-graphs", "hf-card", "llama-cult", "checkpoint"])
     p.add_argument("--limit", type=int)
-    p.add_argument("--format", choices=["table", "json", "mermaid", "dot"], default="table")
+    p.add_argument("--format", choices=list(formats), default=formats[0])
     return p
 
 
@@ -56,14 +68,14 @@ def _query(cat, args, text=None):
                            max_params=args.max_params, source=args.source, text=text, limit=args.limit)
 
 
-def _emit(cat, assets, fmt, title):
+def _emit(cat, assets, fmt, title, dangling_for=None):
     from . import views
     if fmt == "json":
         print(views.to_json(assets))
     elif fmt == "mermaid":
-        print(views.to_mermaid(cat.graph, assets), end="")
+        print(views.to_mermaid(cat.graph, assets, dangling_for), end="")
     elif fmt == "dot":
-        print(views.to_dot(cat.graph, assets), end="")
+        print(views.to_dot(cat.graph, assets, dangling_for), end="")
     else:
         from rich.console import Console
         Console().print(views.table(assets, title=f"{title} ({len(assets)})"))
@@ -148,8 +160,10 @@ def cmd_lineage(args) -> int:
     with Catalog(args.db) as cat:
         if args.format in ("mermaid", "dot"):
             asset = cat.get(args.name, args.source)
-            assets = cat.graph.reachable(asset)
-            _emit(cat, assets, args.format, "lineage")
+            # the same cut as the tree: `depth` edges upstream and `depth` edges downstream
+            assets = cat.graph.reachable(asset, "both", args.depth)
+            expanded = {i for i, d in cat.graph.distances(asset, "up", args.depth).items() if d < args.depth}
+            _emit(cat, assets, args.format, "lineage", dangling_for=expanded)
             return 0
         result = cat.lineage(args.name, args.depth, args.source)
         if args.format == "json" or args.json:
@@ -193,6 +207,13 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _report_drawing(result: dict) -> None:
+    for page in result["pages"]:
+        extra = f"; earlier than {page['dense_from']}, in the gutter: {', '.join(page['outliers'])}" if page["outliers"] else ""
+        print(f"wrote {page['path']} ({page['assets']} models in {len(page['lanes'])} lanes, "
+              f"{page['size_px'][0]}x{page['size_px'][1]} px{extra})")
+
+
 def cmd_timeline(args) -> int:
     from .core import Catalog
     from .timeline import render_timeline
@@ -201,10 +222,74 @@ def cmd_timeline(args) -> int:
         if args.type is None:
             assets = [a for a in assets if a.type == "model"]
         try:
-            out = render_timeline(cat.graph, assets, args.output)
+            result = render_timeline(cat.graph, assets, args.output, page_by=args.page_by, max_rows=args.max_rows)
         except ValueError as exc:
             raise OpenseasonError(str(exc), hint="widen the filters (--source builtin, --since 2023)") from None
-    print(f"wrote {out}")
+    _report_drawing(result)
+    return 0
+
+
+def cmd_tree(args) -> int:
+    from .core import Catalog
+    from .tree import render_tree
+    with Catalog(args.db) as cat:
+        assets = _query(cat, args)
+        try:
+            result = render_tree(cat.graph, assets, args.out, family=args.family, page_by=args.page_by,
+                                 max_rows=args.max_rows)
+        except ValueError as exc:
+            raise OpenseasonError(str(exc), where=args.out,
+                                  hint="widen the filters; --family takes a lane name from a full drawing "
+                                       "(LLaMA, Pythia, T5, ...); the output must end in .svg, .png or .pdf") from None
+    _report_drawing(result)
+    return 0
+
+
+def cmd_conflicts(args) -> int:
+    from .core import Catalog
+    from .conflicts import find_conflicts
+    from . import views
+    with Catalog(args.db) as cat:
+        if args.name:
+            cat.get(args.name)            # an unknown name is an error with close matches, not an empty list
+        found = find_conflicts(cat.graph, name=args.name)
+    if args.json:
+        print(json.dumps(found, indent=2, ensure_ascii=False))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title=f"facts the sources disagree on ({len(found)})")
+    for c in ("asset", "field", "source: value (record, origin)"):
+        t.add_column(c, overflow="fold")
+    for c in found:
+        t.add_row(views.esc(c["asset"]), c["field"], "\n".join(
+            views.esc(f"{v['source']}: {v['value']} ({v['name']}, {v['origin']})"
+                      + (f" -- {v['explanation']}" if v.get("explanation") else "")) for v in c["values"]))
+    Console().print(t)
+    return 0
+
+
+def cmd_table(args) -> int:
+    from .core import Catalog
+    from . import tables
+    from ..fileio import write_text_atomic
+    with Catalog(args.db) as cat:
+        assets = _query(cat, args)
+        if args.view == "chart" and args.source is None:
+            assets = [a for a in assets if a.source == "llama-cult"]
+        elif args.type is None:
+            assets = [a for a in assets if a.type == "model"]
+        table = tables.rows(cat.graph, assets)
+    if args.sort:
+        table = tables.sort_rows(table, args.sort, args.descending)
+    columns = tables.VIEWS[args.view]
+    fmt = args.format if args.format in ("csv", "markdown") else "markdown"
+    text = tables.to_csv(table, columns) if fmt == "csv" else tables.to_markdown(table, columns)
+    if args.output:
+        write_text_atomic(args.output, text)
+        print(f"wrote {len(table)} rows as {fmt} to {args.output}")
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -265,7 +350,7 @@ def register(subparsers) -> None:
     p = sub.add_parser("lineage", parents=[db], help="what an asset is built on and what is built from it")
     p.add_argument("name")
     p.add_argument("--source")
-    p.add_argument("--depth", type=int, default=20)
+    p.add_argument("--depth", type=_depth, default=20, help="edges to follow each way (every --format)")
     p.add_argument("--format", choices=["tree", "json", "mermaid", "dot"], default="tree")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_lineage)
@@ -283,9 +368,36 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--output")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("timeline", parents=[db, filters], help="evolution-tree timeline PNG")
+    paging = argparse.ArgumentParser(add_help=False)
+    paging.add_argument("--page-by", choices=["family", "year"],
+                        help="one file per page of families (out-p1.png, ...) or per year (out-2023.png, ...); "
+                             "drawings taller than --max-rows rows are paged by family anyway")
+    paging.add_argument("--max-rows", type=int, default=70, help="label rows per page (default 70)")
+    p = sub.add_parser("timeline", parents=[db, filters, paging], help="evolution timeline PNG, coloured by verdict")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_timeline)
+
+    p = sub.add_parser("tree", parents=[db, filters, paging],
+                       help="evolution tree (families over time; open / restricted / API-only) as SVG or PNG")
+    p.add_argument("--out", "-o", required=True, help="tree.svg, tree.png or tree.pdf")
+    p.add_argument("--family", help="draw one family (LLaMA, Pythia, T5, ...) with its derivatives")
+    p.set_defaults(func=cmd_tree)
+
+    p = sub.add_parser("conflicts", parents=[db], help="facts two sources disagree on (licenses, access, size, date)")
+    p.add_argument("name", nargs="?", help="only the records answering to this name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_conflicts)
+
+    table_filters = _filters_parent(("markdown", "csv"))
+    p = sub.add_parser("table", parents=[db, table_filters],
+                       help="size and license table (or the LLaMA-Cult chart) as Markdown or CSV")
+    p.add_argument("--view", choices=["table", "chart"], default="table",
+                   help="table: sizes, licenses, commercial use and why; chart: the LLaMA-Cult columns")
+    p.add_argument("--sort", choices=["name", "date", "params", "context", "training_tokens", "license",
+                                      "commercial", "organization"])
+    p.add_argument("--descending", action="store_true")
+    p.add_argument("-o", "--output")
+    p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("serve", parents=[db], help="interactive catalog page on 127.0.0.1")
     p.add_argument("--host", default="127.0.0.1")

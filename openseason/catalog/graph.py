@@ -100,22 +100,36 @@ class Graph:
             node["downstream"].append(child)
         return node
 
-    def reachable(self, asset: Asset, direction: str = "both") -> list[Asset]:
-        """Every asset connected to `asset` upstream and/or downstream (for exports of one lineage)."""
-        seen = {asset.id: asset}
-        todo = [asset]
-        while todo:
-            a = todo.pop()
-            nxt = []
-            if direction in ("up", "both"):
-                nxt += [e.target for e in self.edges(a) if e.target is not None]
-            if direction in ("down", "both"):
-                nxt += [e.src for e in self.downstream_edges(a)]
-            for b in nxt:
-                if b.id not in seen:
-                    seen[b.id] = b
-                    todo.append(b)
-        return list(seen.values())
+    def reachable(self, asset: Asset, direction: str = "both", max_depth: Optional[int] = None) -> list[Asset]:
+        """Every asset connected to `asset` upstream and/or downstream, at most `max_depth` edges away."""
+        return [self.by_id[i] for i in self.distances(asset, direction, max_depth)]
+
+    def distances(self, asset: Asset, direction: str = "both", max_depth: Optional[int] = None) -> dict[int, int]:
+        """{asset id: edges from `asset`} for everything reachable within `max_depth` (None: no limit).
+
+        Breadth-first, and upstream and downstream walks do not mix: with "both", the LLaMA
+        finetunes of Alpaca's data are not Alpaca's lineage."""
+        if direction not in ("up", "down", "both"):
+            raise ValueError("direction must be 'up', 'down' or 'both'")
+        dist = {asset.id: 0}
+        for way in ("up", "down"):
+            if direction not in (way, "both"):
+                continue
+            seen = {asset.id: 0}
+            frontier = [asset]
+            while frontier and (max_depth is None or seen[frontier[0].id] < max_depth):
+                nxt = []
+                for a in frontier:
+                    step = ([e.target for e in self.edges(a) if e.target is not None] if way == "up"
+                            else [e.src for e in self.downstream_edges(a)])
+                    for b in step:
+                        if b.id not in seen:
+                            seen[b.id] = seen[a.id] + 1
+                            nxt.append(b)
+                frontier = nxt
+            for i, d in seen.items():
+                dist[i] = min(d, dist.get(i, d))
+        return dist
 
     def cycles(self, assets: Optional[Iterable[Asset]] = None) -> list[list[str]]:
         """Dependency cycles among `assets` (default all), each as the list of names around it."""

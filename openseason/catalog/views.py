@@ -54,18 +54,22 @@ def _node_id(a_or_name) -> str:
     return "n" + re.sub(r"[^0-9A-Za-z]", "_", text)
 
 
-def _edges(graph: Graph, assets: list[Asset]):
+def _edges(graph: Graph, assets: list[Asset], dangling_for=None):
     ids = {a.id for a in assets}
     for a in assets:
         for e in graph.edges(a):
             if e.target is None:
-                yield a, None, e.dep
+                if dangling_for is None or a.id in dangling_for:
+                    yield a, None, e.dep
             elif e.target.id in ids:
                 yield a, e.target, e.dep
 
 
-def to_mermaid(graph: Graph, assets: Iterable[Asset]) -> str:
-    """A Mermaid flowchart (arrows point from an asset to what it is built on)."""
+def to_mermaid(graph: Graph, assets: Iterable[Asset], dangling_for=None) -> str:
+    """A Mermaid flowchart (arrows point from an asset to what it is built on).
+
+    `dangling_for`: ids whose dependencies outside the catalog are drawn (default all); a lineage
+    cut at some depth passes the assets it expanded, so the edge of the cut stays clean."""
     assets = list(assets)
     shapes = {"model": ("[", "]"), "dataset": ("[(", ")]"), "application": ("([", "])")}
     lines = ["flowchart LR"]
@@ -74,7 +78,7 @@ def to_mermaid(graph: Graph, assets: Iterable[Asset]) -> str:
         lo, hi = shapes.get(a.type, ("[", "]"))
         lines.append(f'  {_node_id(a)}{lo}"{esc(a.name)}"{hi}')
     dangling = set()
-    for a, target, dep in _edges(graph, assets):
+    for a, target, dep in _edges(graph, assets, dangling_for):
         if target is None:
             nid = _node_id("dangling:" + dep.name)
             if nid not in dangling:
@@ -87,7 +91,7 @@ def to_mermaid(graph: Graph, assets: Iterable[Asset]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_dot(graph: Graph, assets: Iterable[Asset]) -> str:
+def to_dot(graph: Graph, assets: Iterable[Asset], dangling_for=None) -> str:
     """Graphviz DOT (render with `dot -Tsvg`)."""
     assets = list(assets)
     shapes = {"model": "box", "dataset": "cylinder", "application": "ellipse"}
@@ -96,7 +100,7 @@ def to_dot(graph: Graph, assets: Iterable[Asset]) -> str:
     for a in assets:
         lines.append(f"  {_node_id(a)} [label={q(a.name)}, shape={shapes.get(a.type, 'box')}];")
     dangling = set()
-    for a, target, dep in _edges(graph, assets):
+    for a, target, dep in _edges(graph, assets, dangling_for):
         if target is None:
             nid = _node_id("dangling:" + dep.name)
             if nid not in dangling:
