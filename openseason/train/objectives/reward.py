@@ -94,11 +94,15 @@ def load_reward_model(checkpoint, device="cpu") -> nn.Module:
                 add_reward_head(model)
             load_peft_state(model, level, device)
     else:
-        model = build_model(load_config(checkpoint))
-        add_reward_head(model)
+        model = build_model(load_config(checkpoint))  # on the meta device until the weights are assigned
         state = load_state(checkpoint, device)
+        head = {k.split(".", 1)[1]: state.pop(k) for k in list(state) if k.startswith("reward_head.")}
+        if not head:
+            raise CheckpointError("the reward checkpoint holds no reward_head weights", where=str(checkpoint))
+        model.load_state_dict(state, strict=False, assign=True)
         if model.config.tie_embeddings:
-            state.pop("lm_head.weight", None)
-        model.load_state_dict(state, strict=not model.config.tie_embeddings)
+            model.lm_head.weight = model.embed.weight
         model.init_rope(device=torch.device(device))
+        add_reward_head(model)
+        model.reward_head.load_state_dict(head)
     return model.to(device).eval()
