@@ -156,3 +156,13 @@ def test_reward_model_loads_and_scores(setup, tmp_path):
         model = load_reward_model(res["final"])
         scores = reward_scores(model, torch.tensor([[1, 2, 3, 0]]), torch.tensor([3]))
         assert scores.shape == (1,) and torch.isfinite(scores).all()
+
+
+def test_evaluate_reward_cli(setup, tmp_path, capsys):
+    from openseason.cli import main
+
+    base, pairs, _ = setup
+    res = finetune(base, pairs, "lora", tmp_path / "rm", objective="reward", max_steps=1, **FAST)
+    assert main(["evaluate", "reward", str(res["final"]), "--data", str(pairs), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["pairs"] == 24 and 0 <= out["accuracy"] <= 1 and out["ci95"][0] <= out["accuracy"] <= out["ci95"][1]
