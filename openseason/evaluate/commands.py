@@ -12,6 +12,16 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="evaluate_command", metavar="WHAT")
     sub.required = True
 
+    p = sub.add_parser("reward", help="a reward model's accuracy on preference pairs (chosen scored above rejected)")
+    p.add_argument("checkpoint", help="a reward-model checkpoint (`finetune --objective reward`)")
+    p.add_argument("--data", required=True, help="a prepared preferences directory or preferences .jsonl")
+    p.add_argument("--style", help="prompt style (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=int, help="only the first N pairs")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_reward)
+
     p = sub.add_parser("perplexity", help="token-level perplexity with a sliding window")
     p.add_argument("checkpoint")
     p.add_argument("--data", required=True, help="documents/conversations .jsonl, a text file, or a prepared dir")
@@ -204,4 +214,18 @@ def _harness(args) -> int:
     if args.out:
         write_report(args.out, "harness", flat, details=result, checkpoint=args.checkpoint)
     _print(result if args.json else flat, args.json)
+    return 0
+
+
+def _reward(args) -> int:
+    from .reward import evaluate_reward
+
+    result = evaluate_reward(args.checkpoint, args.data, style=args.style, batch_size=args.batch_size,
+                             device=args.device, limit=args.limit)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        lo, hi = result["ci95"]
+        print(f"reward accuracy {result['accuracy']:.1%} on {result['pairs']} pairs (95% CI {lo:.1%}-{hi:.1%}); "
+              f"mean margin {result['mean_margin']:.3f}")
     return 0

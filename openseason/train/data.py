@@ -48,3 +48,52 @@ def fixed_batches(examples, micro_batch_size: int, pad_id: int, max_length: int,
     examples = list(examples)[:limit] if limit else list(examples)
     return [collate(examples[i:i + micro_batch_size], pad_id, max_length)
             for i in range(0, len(examples), micro_batch_size)]
+
+
+class PairBatches:
+    """Endless shuffled micro-batches of preference pairs (`data.preferences.collate_pairs`).
+
+    `reference` [N, 3] holds the reference model's log-probabilities of each pair's chosen, rejected
+    and (KTO) mismatched completion; they ride along as "ref_logps". With `kto` each pair i also gets
+    the row (prompt i, chosen completion of pair i+1 mod N): a fixed mismatch, so its reference
+    log-probability can be computed once like the others."""
+
+    def __init__(self, examples, micro_batch_size: int, pad_id: int, seed: int = 0, reference=None,
+                 kto: bool = False):
+        self.examples, self.micro_batch_size, self.pad_id = examples, micro_batch_size, pad_id
+        self.reference, self.kto = reference, kto
+        self.sampler = ShuffledSampler(len(examples), seed=seed)
+        self.batches_per_epoch = max(1, math.ceil(len(examples) / micro_batch_size))
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    def make(self, indices: list[int]) -> dict:
+        from ..data.preferences import collate_pairs
+
+        import torch
+
+        chosen = [self.examples[i] for i in indices]
+        kl = [self.examples[(i + 1) % len(self.examples)] for i in indices] if self.kto else None
+        batch = collate_pairs(chosen, self.pad_id, kl)
+        if self.reference is not None:
+            idx = torch.tensor(indices, dtype=torch.long)
+            parts = [self.reference[idx, 0], self.reference[idx, 1]] + ([self.reference[idx, 2]] if self.kto else [])
+            batch["ref_logps"] = torch.cat(parts)
+        return batch
+
+    def next_batch(self) -> dict:
+        return self.make([next(self.sampler) for _ in range(self.micro_batch_size)])
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+
+
+def fixed_pair_batches(data: PairBatches, indices: list[int]) -> list[dict]:
+    """Validation pair batches in a fixed order."""
+    step = data.micro_batch_size
+    return [data.make(indices[i:i + step]) for i in range(0, len(indices), step)]

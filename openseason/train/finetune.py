@@ -21,7 +21,7 @@ import torch
 
 from ..errors import ConfigError, OpenseasonError
 from .loop import TrainConfig, register_run, train
-from .options import METHOD_LR, FinetuneOptions, resolve
+from .options import METHOD_LR, FinetuneOptions, resolve, resolve_objective
 from .outdir import claim_run_dir
 
 TRAIN_DEFAULT_STYLE = "alpaca"  # when neither the options, the data nor the base checkpoint name a style
@@ -73,6 +73,7 @@ def finetune(checkpoint: str | Path, data: str | Path, method: Optional[str] = N
     checkpoint, data, out = Path(checkpoint), Path(data), Path(out)
     if opts["lr"] is None:
         opts["lr"] = METHOD_LR[method]
+    resolve_objective(opts)
     if opts["max_steps"] is None and opts["epochs"] is None:
         raise ConfigError("say how long to train: max_steps or epochs", hint="e.g. --max-steps 200 or --epochs 1")
     # one writer per run directory, for the whole run; an earlier run is refused unless resumed or overwritten
@@ -93,6 +94,11 @@ def _finetune(checkpoint: Path, data: Path, out: Path, opts: dict, *, config, re
     from ..tokenizer import Tokenizer
     from .data import SFTBatches, fixed_batches
 
+    if opts.get("objective", "sft") != "sft":
+        from .objective_run import finetune_objective
+
+        return finetune_objective(checkpoint, data, out, opts, config=config, resume=resume, progress=progress,
+                                  register=register, callbacks=callbacks)
     method = opts["method"]
     device = opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if (device.startswith("cuda") and method != "full") else None

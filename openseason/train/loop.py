@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..data.sft import IGNORE
 from ..errors import OpenseasonError
@@ -81,45 +80,10 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# -- loss ------------------------------------------------------------------------------------------
-def _ce_sum(lm_head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
-
-
-def token_loss_sum(model, batch: dict, chunk: int = 4096) -> tuple[torch.Tensor, int]:
-    """(sum of cross-entropy over target tokens, number of target tokens) for one micro-batch.
-
-    Only positions with a target go through lm_head, in chunks whose logits are recomputed in the
-    backward pass, so the [tokens, vocab] logits never exist for the whole batch at once.
-    """
-    input_ids = batch["input_ids"]
-    # Right padding never influences earlier positions under a causal mask, so padded rows need no
-    # attention mask (keeping SDPA's fast causal path); packed rows need their segments.
-    hidden = model.hidden_states(input_ids, position_ids=batch.get("position_ids"),
-                                 segment_ids=batch.get("segment_ids"))
-    if "targets" in batch:
-        targets, predictors = batch["targets"], hidden
-    else:
-        targets, predictors = batch["labels"][:, 1:], hidden[:, :-1]
-    keep = targets != IGNORE
-    h = predictors[keep]
-    t = targets[keep]
-    n = int(t.numel())
-    if n == 0:
-        return hidden.sum() * 0.0, 0
-    if n <= chunk:
-        return _ce_sum(model.lm_head, h, t), n
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, n, chunk):
-        total = total + torch.utils.checkpoint.checkpoint(_ce_sum, model.lm_head, h[start:start + chunk],
-                                                          t[start:start + chunk], use_reentrant=False)
-    return total, n
-
-
-def count_targets(batch: dict) -> int:
-    if "targets" in batch:
-        return int((batch["targets"] != IGNORE).sum())
-    return int((batch["labels"][:, 1:] != IGNORE).sum())
+# -- loss ----------------------------------------------------------------------------------------
+# The objective (what a micro-batch's loss is) is a parameter of the loop; see objectives/base.py.
+from .objectives.base import combine  # noqa: E402
+from .objectives.sft import SFTObjective, count_targets, token_loss_sum  # noqa: E402,F401 (re-exported)
 
 
 @torch.no_grad()
@@ -138,11 +102,39 @@ def evaluate_loss(model, batches: Iterable[dict], device, autocast) -> Optional[
     return total / count if count else None
 
 
+@torch.no_grad()
+def evaluate_objective(model, objective, batches: Iterable[dict], device, autocast) -> dict[str, float]:
+    """{"val_loss", "val_<metric>" ...} of any objective over fixed `batches` (normalized over all of them)."""
+    was_training = model.training
+    model.eval()
+    terms: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    sums: dict[str, float] = {}
+    for batch in batches:
+        for key, value in objective.counts(batch).items():
+            counts[key] = counts.get(key, 0) + int(value)
+        batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        with autocast():
+            part, metrics = objective.loss(model, batch)
+        for key, value in part.items():
+            terms[key] = terms.get(key, 0.0) + float(value)
+        for key, value in metrics.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+    model.train(was_training)
+    out = {"val_loss": float(combine({k: torch.tensor(v, dtype=torch.float64) for k, v in terms.items()}, counts,
+                                     objective.weights))} if terms else {}
+    for key, norm in objective.metric_fields.items():
+        if key in sums and counts.get(norm):
+            out[f"val_{key}"] = sums[key] / counts[norm]
+    return out
+
+
 # -- metrics ----------------------------------------------------------------------------------------
 class MetricsLog:
     """metrics.csv (one row per logged step, rewritten up to the resume step) + TensorBoard."""
 
-    def __init__(self, out_dir: Path, resume_step: int, tensorboard: bool):
+    def __init__(self, out_dir: Path, resume_step: int, tensorboard: bool, fields: Iterable[str] = ()):
+        self.fields = list(METRIC_FIELDS) + [f for f in fields if f not in METRIC_FIELDS]
         self.path = Path(out_dir) / "metrics.csv"
         rows = []
         if self.path.exists() and resume_step > 0:
@@ -150,12 +142,12 @@ class MetricsLog:
                 rows = [r for r in csv.DictReader(handle) if r.get("step") and int(r["step"]) <= resume_step]
         from ..fileio import atomic_open
         with atomic_open(self.path, "w") as handle:  # drop rows of steps that will be redone
-            writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
+            writer = csv.DictWriter(handle, fieldnames=self.fields, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
         self.rows = rows
         self.handle = open(self.path, "a", newline="")
-        self.writer = csv.DictWriter(self.handle, fieldnames=METRIC_FIELDS)
+        self.writer = csv.DictWriter(self.handle, fieldnames=self.fields)
         self.tb = None
         if tensorboard:
             try:
@@ -165,15 +157,16 @@ class MetricsLog:
                 print(f"openseason: tensorboard logging disabled ({exc})")
 
     def log(self, row: dict) -> None:
-        row = {k: row.get(k, "") for k in METRIC_FIELDS}
+        row = {k: row.get(k, "") for k in self.fields}
         self.writer.writerow(row)
         self.handle.flush()
         self.rows.append({k: str(v) for k, v in row.items()})
         if self.tb is not None:
-            for key in ("loss", "lr", "grad_norm", "tokens_per_s", "val_loss"):
+            extra = [f for f in self.fields if f not in METRIC_FIELDS]
+            for key in ("loss", "lr", "grad_norm", "tokens_per_s", "val_loss", *extra):
                 if row[key] not in ("", None):
-                    self.tb.add_scalar(f"train/{key}" if key != "val_loss" else "val/loss", float(row[key]),
-                                       int(row["step"]))
+                    tag = (f"val/{key[4:]}" if key.startswith("val_") else f"train/{key}")
+                    self.tb.add_scalar(tag, float(row[key]), int(row["step"]))
 
     def text(self, tag: str, text: str, step: int) -> None:
         if self.tb is not None:
@@ -250,7 +243,8 @@ def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path
           val_batches: Optional[list[dict]] = None, resume: Optional[str | Path] = None,
           base_checkpoint: Optional[str | Path] = None, tokenizer=None, tokenizer_dir: Optional[Path] = None,
           run_card: Optional[dict] = None, sample_fn: Optional[Callable[[torch.nn.Module], str]] = None,
-          callbacks: Iterable[Callable[[int, dict], None]] = (), distributed=None) -> dict[str, Any]:
+          callbacks: Iterable[Callable[[int, dict], None]] = (), distributed=None,
+          objective=None) -> dict[str, Any]:
     """Train `model` on micro-batches from `data`; checkpoints go to out_dir/step-XXXXXX and out_dir/final.
 
     resume: None, "auto" (newest complete checkpoint under out_dir, or a fresh start) or a path.
@@ -259,10 +253,16 @@ def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path
     callbacks: fn(step, metrics) after every optimizer step.
     distributed: a train.distributed.DistributedRun (torchrun/FSDP2, or one process writing DCP
         checkpoints that any number of processes can resume); None = the single-process format.
+    objective: what a micro-batch's loss is (train.objectives: sft, reward, dpo family, grpo, distill);
+        None = SFT (token cross-entropy). Each loss term is normalized over the whole step.
     Returns {"final": path, "steps", "tokens", "seconds", "final_loss", "val_loss", "stopped"}.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    objective = objective if objective is not None else SFTObjective(config.loss_chunk)
+    extra_fields = list(objective.metric_fields)
+    if objective.name != "sft":
+        extra_fields += [f"val_{k}" for k in objective.metric_fields]
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if distributed is not None:
         device = distributed.device
@@ -309,7 +309,7 @@ def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path
             print(f"openseason: resumed from {resume_from} at step {step}")
     else:
         torch.manual_seed(config.seed)
-    metrics = MetricsLog(out_dir, step, config.tensorboard) if main_process else _NoMetrics()
+    metrics = MetricsLog(out_dir, step, config.tensorboard, extra_fields) if main_process else _NoMetrics()
     card = {**(run_card or {}), "train_config": config.to_dict()}
     last_good: Optional[Path] = resume_from
 
@@ -329,6 +329,7 @@ def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path
     if step == 0 and 0 in config.save_at:  # the initialization itself, as Pythia's step0
         save(step_dir(out_dir, 0))
     last_loss, last_val, stopped = None, None, "max_steps"
+    last_val_metrics: dict[str, float] = {}
     progress, task = _progress(config.progress and main_process, max_steps, step)
     with progress:
         while step < max_steps:
@@ -337,18 +338,25 @@ def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path
                 break
             t0 = time.time()
             micro = [data.next_batch() for _ in range(config.grad_accum)]
-            # counts over every micro-batch of the step on every process: the loss is normalized by
-            # the target tokens of the whole step, whatever way it is split
-            n_target = int(reduce_sum(sum(count_targets(b) for b in micro)))
+            # counts over every micro-batch of the step on every process: each loss term is normalized by
+            # its count (target tokens, pairs, ...) over the whole step, whatever way it is split
+            counts_per = [objective.counts(b) for b in micro]
+            totals = {k: int(reduce_sum(sum(c.get(k, 0) for c in counts_per)))
+                      for k in dict.fromkeys(k for c in counts_per for k in c)}
+            n_target = totals.get("tokens", next(iter(totals.values()), 0))
             n_tokens = int(reduce_sum(sum(int(b["input_ids"].numel()) for b in micro)))
             loss_total = 0.0
+            metric_sums: dict[str, float] = {}
             for batch in micro:
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+                batch = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+                         for k, v in batch.items()}
                 with autocast():
-                    loss_sum, _ = token_loss_sum(model, batch, config.loss_chunk)
-                loss = loss_sum / max(n_target, 1)
+                    terms, step_metrics = objective.loss(model, batch)
+                loss = combine(terms, totals, objective.weights)
                 (loss * loss_scale).backward()
                 loss_total += float(loss.detach())
+                for key, value in step_metrics.items():
+                    metric_sums[key] = metric_sums.get(key, 0.0) + float(value)
             loss_total = reduce_sum(loss_total)
             if not math.isfinite(loss_total):
                 optimizer.zero_grad(set_to_none=True)
@@ -376,9 +384,18 @@ def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path
                    "mfu": (f"{n_tokens / dt * config.flops_per_token / (config.peak_flops * (distributed.world_size if distributed else 1)):.4f}"
                            if config.flops_per_token and config.peak_flops else ""),
                    "elapsed_s": f"{elapsed_before + time.time() - t_start:.2f}"}
+            for key, norm in objective.metric_fields.items():
+                if key in metric_sums and totals.get(norm):
+                    row[key] = f"{reduce_sum(metric_sums[key]) / totals[norm]:.6f}"
             if config.eval_every and (step % config.eval_every == 0 or step == max_steps):
                 if val_batches and distributed is None:
-                    last_val = evaluate_loss(model, val_batches, device, autocast)
+                    if objective.name == "sft":
+                        last_val = evaluate_loss(model, val_batches, device, autocast)
+                    else:
+                        val = evaluate_objective(model, objective, val_batches, device, autocast)
+                        last_val = val.pop("val_loss", None)
+                        row.update({k: f"{v:.6f}" for k, v in val.items()})
+                        last_val_metrics.update(val)
                     row["val_loss"] = f"{last_val:.6f}" if last_val is not None else ""
                 if sample_fn is not None and distributed is None:
                     was_training = model.training
@@ -413,7 +430,8 @@ def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path
     plot = (plot_loss(metrics.rows, out_dir / "loss.png", title=(run_card or {}).get("title", "loss"))
             if config.plot and main_process else None)
     return {"final": final, "steps": step, "tokens": tokens_seen, "seconds": seconds, "final_loss": last_loss,
-            "val_loss": last_val, "stopped": stopped, "loss_plot": plot, "metrics": out_dir / "metrics.csv"}
+            "val_loss": last_val, "stopped": stopped, "loss_plot": plot, "metrics": out_dir / "metrics.csv",
+            "val_metrics": last_val_metrics}
 
 
 def register_run(final: Path, *, base_model: Optional[str], datasets: list[str], method: str, seconds: float,

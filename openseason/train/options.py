@@ -20,6 +20,46 @@ from ..peft import METHOD_ALIASES, METHODS
 # Peak learning rate per finetuning method when none is given (LLaMA-Adapter papers, LoRA common use).
 METHOD_LR = {"full": 2e-5, "lora": 3e-4, "adapter": 9e-3, "adapter-v2": 3e-3}
 
+OBJECTIVES = ("sft", "reward", "dpo", "cdpo", "ipo", "kto", "orpo", "simpo", "grpo", "rloo")
+# Which objective options apply to which objectives, and their defaults; any other given is an error.
+OBJECTIVE_DEFAULTS = {
+    "sft": {},
+    "reward": {"margin": 0.0},
+    "dpo": {"beta": 0.1, "label_smoothing": 0.0},
+    "cdpo": {"beta": 0.1, "label_smoothing": 0.1},
+    "ipo": {"beta": 0.1},
+    "kto": {"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0},
+    "orpo": {"beta": 0.1},
+    "simpo": {"beta": 2.0, "simpo_gamma": 0.5, "label_smoothing": 0.0},
+    "grpo": {"beta": 0.04, "reward": None, "num_generations": 4, "max_new_tokens": 16, "temperature": 1.0,
+             "clip_epsilon": 0.2},
+}
+OBJECTIVE_DEFAULTS["rloo"] = OBJECTIVE_DEFAULTS["grpo"]
+OBJECTIVE_OPTIONS = ("beta", "label_smoothing", "simpo_gamma", "desirable_weight", "undesirable_weight", "margin",
+                     "reward", "num_generations", "max_new_tokens", "temperature", "clip_epsilon")
+
+
+def resolve_objective(opts: dict) -> dict:
+    """Fill the objective's options with its defaults (in place); an option given for an objective it does
+    not apply to is a ConfigError (never silently ignored)."""
+    name = opts.get("objective") or "sft"
+    defaults = OBJECTIVE_DEFAULTS[name]
+    stray = [k for k in OBJECTIVE_OPTIONS if opts.get(k) is not None and k not in defaults]
+    if stray:
+        flags = ", ".join("--" + k.replace("_", "-") for k in stray)
+        raise ConfigError(f"{flags} does not apply to --objective {name}",
+                          hint=f"--objective {name} takes: "
+                               + (", ".join("--" + k.replace("_", "-") for k in defaults) or "no objective options"))
+    for key, value in defaults.items():
+        if opts.get(key) is None:
+            opts[key] = value
+    if name in ("grpo", "rloo") and not opts.get("reward"):
+        raise ConfigError(f"--objective {name} needs --reward (module:function or a reward-model checkpoint)",
+                          hint="e.g. --reward openseason.train.objectives.grpo:exact_match_reward")
+    if name == "cdpo" and not 0 < float(opts["label_smoothing"]) < 0.5:
+        raise ConfigError("cdpo needs 0 < --label-smoothing < 0.5")
+    return opts
+
 
 def option(default: Any, doc: str, *, group: str = "run", choices: Optional[tuple] = None) -> Any:
     """A dataclass field carrying its documentation (CLI help) and CLI group."""
@@ -66,6 +106,24 @@ class FinetuneOptions:
     prompt_style: Optional[str] = option(None, "override the prompt style stored with the data", group="data")
     val_size: Optional[int] = option(None, "held-out examples for validation loss (default min(64, 5%))",
                                      group="data")
+    objective: str = option("sft", "training objective: sft, reward (Bradley-Terry reward model), dpo, cdpo, ipo, "
+                                   "kto, orpo, simpo (preference pairs), grpo, rloo (online RL with --reward)",
+                            group="objective", choices=OBJECTIVES)
+    beta: Optional[float] = option(None, "preference / KL strength (default: dpo, cdpo, ipo, kto, orpo 0.1; "
+                                         "simpo 2.0; grpo, rloo 0.04)", group="objective")
+    label_smoothing: Optional[float] = option(None, "dpo/simpo label smoothing (cdpo default 0.1)", group="objective")
+    simpo_gamma: Optional[float] = option(None, "SimPO target reward margin gamma (default 0.5)", group="objective")
+    desirable_weight: Optional[float] = option(None, "KTO weight of desirable (chosen) examples (default 1.0)",
+                                               group="objective")
+    undesirable_weight: Optional[float] = option(None, "KTO weight of undesirable (rejected) examples (default 1.0)",
+                                                 group="objective")
+    margin: Optional[float] = option(None, "reward model: Bradley-Terry margin (default 0)", group="objective")
+    reward: Optional[str] = option(None, "grpo/rloo: module:function or a reward-model checkpoint",
+                                   group="objective")
+    num_generations: Optional[int] = option(None, "grpo/rloo: completions per prompt (default 4)", group="objective")
+    max_new_tokens: Optional[int] = option(None, "grpo/rloo: tokens per completion (default 16)", group="objective")
+    temperature: Optional[float] = option(None, "grpo/rloo: sampling temperature (default 1.0)", group="objective")
+    clip_epsilon: Optional[float] = option(None, "grpo/rloo: importance-ratio clip (default 0.2)", group="objective")
     lora_rank: int = option(8, "LoRA rank r", group="LoRA")
     lora_alpha: float = option(16.0, "LoRA alpha (the update is scaled by alpha / r)", group="LoRA")
     lora_dropout: float = option(0.05, "dropout on the LoRA branch input", group="LoRA")

@@ -102,7 +102,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, setup):
             import openseason.train.loop as loop
             model_holder["hook"] = True
 
-    import openseason.train.loop as loop
+    import openseason.train.objectives.sft as loop  # the SFT objective's loss (the loop's default objective)
     original = loop.token_loss_sum
 
     def nan_after_two(model, batch, chunk=4096):

@@ -1,0 +1,193 @@
+"""`finetune(..., objective=...)` for every objective but SFT: reward models, the DPO family, GRPO/RLOO.
+
+Same checkpoint loading, methods, options, run directory and loop as SFT finetuning (finetune.py);
+what differs is the data source and the objective handed to `train()`:
+
+    reward, dpo, cdpo, ipo, kto, orpo, simpo   DIR/preferences.jsonl -> PairBatches (+ reference
+                                               log-probabilities computed once, before the method is
+                                               applied, cached in OUT with fingerprints)
+    grpo, rloo                                  DIR/conversations.jsonl prompts -> RolloutBatches
+
+Held-out pairs (val_size) give val_loss and val_reward_acc in metrics.csv at every eval_every, and a
+final held-out reward accuracy with a 95% Wilson interval in OUT/report.json.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, OpenseasonError
+from ..fileio import write_json_atomic
+from .loop import TrainConfig, register_run, train
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def build_objective(opts: dict):
+    from .objectives.grpo import GRPOObjective
+    from .objectives.preference import PREFERENCE_OBJECTIVES, PreferenceObjective
+    from .objectives.reward import RewardObjective
+
+    name = opts["objective"]
+    if name == "reward":
+        return RewardObjective(opts["margin"])
+    if name in PREFERENCE_OBJECTIVES:
+        return PreferenceObjective(name, opts["beta"], label_smoothing=opts.get("label_smoothing") or 0.0,
+                                   gamma=opts.get("simpo_gamma") or 0.0,
+                                   desirable_weight=opts.get("desirable_weight") or 1.0,
+                                   undesirable_weight=opts.get("undesirable_weight") or 1.0)
+    if name in ("grpo", "rloo"):
+        return GRPOObjective(name, opts["beta"], opts["clip_epsilon"], int(opts["num_generations"]))
+    raise ConfigError(f"unknown objective {name!r}")
+
+
+def finetune_objective(checkpoint: Path, data: Path, out: Path, opts: dict, *, config, resume, progress, register,
+                       callbacks) -> dict:
+    from ..checkpoint import is_peft_checkpoint, load_model, read_run_card, root_base
+    from ..peft import apply, count_trainable, is_peft
+    from ..prompts import get_style
+    from ..tokenizer import Tokenizer
+    from .finetune import TRAIN_DEFAULT_STYLE, _data_lineage, method_options
+
+    method, name = opts["method"], opts["objective"]
+    device = opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if (device.startswith("cuda") and method != "full") else None
+    seed = int(opts["seed"])
+    torch.manual_seed(seed)
+    model = load_model(checkpoint, device=device, dtype=dtype)
+    tokenizer = Tokenizer.from_dir(checkpoint, model.config)
+    base_ref = root_base(checkpoint) if is_peft_checkpoint(checkpoint) else checkpoint
+    base_card = read_run_card(checkpoint)
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    from ..data.sft import prepared_style
+
+    style = opts["prompt_style"] or prepared_style(data) or base_card.get("prompt_style") or TRAIN_DEFAULT_STYLE
+    if isinstance(style, dict):
+        style = style.get("name")
+    max_length = int(opts["max_length"] or min(model.config.block_size, 2048))
+    if opts.get("packing"):
+        raise ConfigError(f"--packing does not apply to --objective {name} (pairs and rollouts are not packed)")
+    objective = build_objective(opts)
+    mb = int(opts["micro_batch_size"])
+    val_batches, data_card, reference_status = None, {}, None
+
+    if name in ("grpo", "rloo"):
+        from ..data.sft import load_conversations, style_messages
+        from ..prompts import chat_stops, encode_chat
+        from .objectives.grpo import ReferenceWeights, RolloutBatches, load_reward_function
+
+        records = load_conversations(data)
+        prompts = []
+        for r in records:
+            messages = style_messages(r)
+            if messages[-1]["role"] == "assistant":
+                messages = messages[:-1]
+            prompts.append(encode_chat(messages, tokenizer, style))
+        reward = load_reward_function(opts["reward"], device=device)
+        apply(model, method, **method_options(method, opts))
+        _to_fp32_trainable(model, dtype)
+        reference = ReferenceWeights(model) if float(opts["beta"]) != 0 else None
+        _, stop_ids = chat_stops(style, tokenizer)
+        batches = RolloutBatches(model, records, prompts, tokenizer, reward, group_size=int(opts["num_generations"]),
+                                 prompts_per_batch=mb, max_new_tokens=int(opts["max_new_tokens"]),
+                                 temperature=float(opts["temperature"]), seed=seed,
+                                 baseline="rloo" if name == "rloo" else "grpo", reference=reference,
+                                 stop_ids=stop_ids)
+        data_card = {"prompts": len(records), "reward": opts["reward"]}
+    else:
+        from ..data.preferences import PreferenceData, data_fingerprint, load_preferences
+        from .data import PairBatches, fixed_pair_batches
+
+        pairs = PreferenceData(load_preferences(data), tokenizer, style, max_length)
+        if len(pairs) < 2:
+            raise OpenseasonError("fewer than 2 usable preference pairs", where=str(data),
+                                  hint=f"tokenization report: {pairs.report}")
+        order = np.random.default_rng(seed).permutation(len(pairs))
+        val_size = opts["val_size"]
+        if val_size is None:
+            val_size = min(64, len(pairs) // 10)
+        val_idx, train_idx = [int(i) for i in order[:val_size]], [int(i) for i in order[val_size:]]
+        if not train_idx:
+            raise ConfigError(f"val_size={val_size} leaves no training pairs (only {len(pairs)})")
+        reference = None
+        if getattr(objective, "needs_reference", False):
+            from .reference import cached_reference_logps, fingerprint
+
+            out.mkdir(parents=True, exist_ok=True)
+            expected = fingerprint(data_file_hash=data_fingerprint(data), checkpoint=checkpoint, style=style,
+                                   max_length=max_length, kto=True)
+            # the model as loaded IS the reference: the method is applied only after this
+            reference, reference_status = cached_reference_logps(out, model, pairs.examples, pad_id, expected,
+                                                                 batch_size=mb, device=device)
+        apply(model, method, **method_options(method, opts))
+        if name == "reward":
+            from .objectives.reward import add_reward_head
+
+            add_reward_head(model)
+        _to_fp32_trainable(model, dtype)
+        train_ex = [pairs[i] for i in train_idx]
+        kto = name == "kto"
+        batches = PairBatches(train_ex, mb, pad_id, seed=seed,
+                              reference=reference[train_idx] if reference is not None else None, kto=kto)
+        if val_idx:
+            holder = PairBatches([pairs[i] for i in val_idx], mb, pad_id, seed=seed,
+                                 reference=reference[val_idx] if reference is not None else None, kto=kto)
+            val_batches = fixed_pair_batches(holder, list(range(len(val_idx))))
+        data_card = {"tokenization": pairs.report, "train_pairs": len(train_idx), "val_pairs": len(val_idx),
+                     "reference_logps": reference_status}
+
+    tcfg = TrainConfig(
+        max_steps=opts["max_steps"], epochs=opts["epochs"], max_time=opts["max_time"], micro_batch_size=mb,
+        grad_accum=int(opts["grad_accum"]), lr=float(opts["lr"]), min_lr=opts["min_lr"],
+        warmup_steps=int(opts["warmup_steps"] or 0), weight_decay=float(opts["weight_decay"]),
+        grad_clip=opts["grad_clip"], save_every=opts["save_every"], keep_last=opts["keep_last"],
+        eval_every=opts["eval_every"], seed=seed, device=device, precision=opts["precision"],
+        gradient_checkpointing=bool(opts["gradient_checkpointing"]), progress=progress)
+    run_card = {
+        "title": f"{method} {name} finetune of {checkpoint.name}", "method": method, "objective": name,
+        "method_options": method_options(method, opts), "base_checkpoint": str(base_ref.resolve()),
+        "base_model": model.config.name, "prompt_style": get_style(style).to_dict(),
+        "options": dict(opts), "recipe": str(config) if config else None,
+        "data": {**_data_lineage(data), **data_card},
+        "lineage": {"base": base_card.get("lineage"), "base_data": base_card.get("data"),
+                    "reference_checkpoint": str(Path(checkpoint).resolve())},
+        "trainable_parameters": count_trainable(model), "peft": is_peft(model), "reward_head": name == "reward",
+    }
+    result = train(model, batches, tcfg, out, val_batches=val_batches, resume=resume, base_checkpoint=base_ref,
+                   tokenizer=tokenizer, run_card=run_card, callbacks=callbacks, objective=objective)
+    report = {"objective": name, "method": method, "steps": result["steps"], "final_loss": result["final_loss"],
+              "reference_logps": reference_status}
+    if val_batches:
+        from .loop import evaluate_objective
+        import contextlib
+
+        held = evaluate_objective(model, objective, val_batches, torch.device(device), contextlib.nullcontext)
+        n_val = sum(int(b["pairs"]) for b in val_batches)
+        k = round(held.get("val_reward_acc", 0.0) * n_val)
+        report.update({"heldout_pairs": n_val, "heldout_loss": held.get("val_loss"),
+                       "heldout_reward_acc": held.get("val_reward_acc"), "heldout_reward_acc_ci95": wilson(k, n_val),
+                       "heldout_reward_margin": held.get("val_reward_margin")})
+    write_json_atomic(out / "report.json", report)
+    result["report"] = report
+    if register:
+        register_run(result["final"], base_model=str(base_ref), datasets=[str(data)], method=f"{method}+{name}",
+                     seconds=result["seconds"], tokens=result["tokens"], device=device)
+    return result
+
+
+def _to_fp32_trainable(model, dtype) -> None:
+    if dtype is not None:  # frozen base in bf16, trained parameters and optimizer state in fp32
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
