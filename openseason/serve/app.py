@@ -5,7 +5,7 @@
     GET  /metrics                requests, tokens generated, tokens/s, queue length (JSON)
     GET  /openapi.json           the OpenAPI schema of this API (request bodies with their bounds)
     GET  /v1/models              the one model this server holds
-    POST /v1/chat/completions    chat, rendered with the checkpoint's prompt style; SSE with "stream": true
+    POST /v1/chat/completions    chat, tokenized by prompts.encode_chat in the checkpoint's chat format; SSE
     POST /v1/completions         raw text completion; SSE with "stream": true
 
 The asyncio side never runs the model, and never does work that grows with the input: parsing the body,

@@ -17,7 +17,8 @@ def _positive(text: str) -> int:
 def _model_args(p) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help="openseason checkpoint directory (full or adapter)")
     p.add_argument("--prompt-style", default=None,
-                   help="chat prompt style (default: the one in run_card.json, else 'plain')")
+                   help="chat format: a prompt style name, or 'chat-template' for the tokenizer's Hugging Face "
+                        "template (default: run_card.json's style, else the chat template, else 'plain')")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: as stored)")
 
