@@ -179,7 +179,7 @@ def run_phase(ckpt: Path, *, max_batch: int, max_queue: int, clients: int, durat
             asyncio.run(main())
             stats["rss"].append(rss_mib())
         elapsed = time.monotonic() - start
-        metrics = httpx.get(server.url + "/metrics").json()
+        metrics = httpx.get(server.url + "/metrics.json").json()
     finally:
         server.close()
         engine.close()

@@ -83,7 +83,17 @@ class Constraint:
             raise OpenseasonError(f"cannot compile the {kind.replace('_', ' ')} grammar: {messages[0]}")
         return cls(kind, grammar)
 
+    def prepare(self, tokenizer, vocab_size: int) -> "Constraint":
+        """Build the tokenizer view and compile the grammar once, here (a server calls this off its
+        model thread); each sequence's matcher is then a copy. Returns self."""
+        template = GrammarMatcher(self, llguidance_tokenizer(tokenizer, vocab_size))
+        object.__setattr__(self, "_template", (tokenizer, vocab_size, template))
+        return self
+
     def matcher(self, tokenizer, vocab_size: int) -> "GrammarMatcher":
+        template = getattr(self, "_template", None)
+        if template is not None and template[0] is tokenizer and template[1] == vocab_size:
+            return template[2].copy()
         return GrammarMatcher(self, llguidance_tokenizer(tokenizer, vocab_size))
 
 
@@ -114,6 +124,13 @@ class GrammarMatcher:
         self._check()
         self.mask = torch.full(((self.vocab_size + 31) // 32,), -1, dtype=torch.int32)
         self._bits = torch.arange(32, dtype=torch.int32)
+
+    def copy(self) -> "GrammarMatcher":
+        twin = object.__new__(GrammarMatcher)
+        twin.constraint, twin.vocab_size, twin.eos_id = self.constraint, self.vocab_size, self.eos_id
+        twin.matcher = self.matcher.deep_copy()
+        twin.mask, twin._bits = self.mask.clone(), self._bits
+        return twin
 
     def _check(self) -> None:
         if self.matcher.is_error():

@@ -38,6 +38,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import OpenseasonError
 from ..prompts import chat_stops, encode_chat
+from . import tools
+from .metrics import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE, ServerMetrics
 from ..generation.engine import Engine, EngineClosed, Event, QueueFull, Request
 from ..generation.sampling import MIN_TEMPERATURE, SamplingParams
 from .schema import APIError, ChatCompletionRequest, CompletionRequest, decode_json, parse_request
@@ -197,6 +199,7 @@ class Server:
         self.context = engine.config.block_size
         self.http_requests = 0
         self.http_errors = 0
+        self.metrics = ServerMetrics(engine, self, settings.model_name)
 
     # -- checks -------------------------------------------------------------------------------------
     def check_auth(self, request: HTTPRequest) -> None:
@@ -218,9 +221,6 @@ class Server:
         if req.n > max_n:
             raise APIError(400, f"n={req.n} is more than this server allows ({max_n})", param="n",
                            code="invalid_value")
-        if req.logprobs:
-            raise APIError(400, "logprobs are not supported by this server", param="logprobs",
-                           code="unsupported_parameter")
 
     def budget(self, prompt_ids: list[int], requested: Optional[int], default: int, param: str) -> int:
         """max_tokens for one prompt, after the per-request cap and the context-length check."""
@@ -256,15 +256,49 @@ class Server:
         except OpenseasonError as exc:   # bad role order, a chat template that refuses the messages
             raise APIError(400, f"invalid messages: {exc}", param="messages", code="invalid_value") from None
 
-    def sampling(self, req, max_tokens: int, stop, stop_token_ids=()) -> SamplingParams:
+    def sampling(self, req, max_tokens: int, stop, stop_token_ids=(), *, constraint=None,
+                 logprobs: Optional[int] = None) -> SamplingParams:
         """The one SamplingParams of a request (OpenAI names at the edge, ours inside)."""
+        bias = req.logit_bias
+        if bias and max(bias) >= self.tokenizer.vocab_size:
+            raise APIError(400, f"logit_bias names token {max(bias)}, outside the vocabulary of "
+                                f"{self.tokenizer.vocab_size} tokens", param="logit_bias", code="invalid_value")
         try:
             return SamplingParams(max_new_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                                   stop=tuple(stop), stop_token_ids=tuple(stop_token_ids), seed=req.seed,
                                   presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
-                                  n=req.n)
+                                  n=req.n, logit_bias=bias or None, constraint=constraint, logprobs=logprobs)
         except OpenseasonError as exc:
             raise APIError(400, str(exc), code="invalid_value") from None
+
+    def prepare_constraint(self, constraint) -> None:
+        try:
+            constraint.prepare(self.tokenizer, self.tokenizer.vocab_size)
+        except OpenseasonError as exc:
+            raise APIError(400, str(exc), param="response_format", code="invalid_value") from None
+
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
+    def logprob_entry(self, event: Event) -> dict:
+        """OpenAI's chat logprobs entry for one generated token (with its top alternatives)."""
+        def entry(token_id: int, logprob: float) -> dict:
+            text = self.token_text(token_id)
+            return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+        return {**entry(event.token_id, event.logprob),
+                "top_logprobs": [entry(t, lp) for t, lp in (event.top_logprobs or [])]}
+
+    def completion_logprobs(self, events: list[Event]) -> dict:
+        """OpenAI's legacy completions logprobs for generated tokens (text_offset within the reply)."""
+        tokens, offsets, offset = [], [], 0
+        for e in events:
+            text = self.token_text(e.token_id)
+            tokens.append(text)
+            offsets.append(offset)
+            offset += len(text)
+        return {"tokens": tokens, "token_logprobs": [e.logprob for e in events], "text_offset": offsets,
+                "top_logprobs": [{self.token_text(t): lp for t, lp in (e.top_logprobs or [])} for e in events]}
 
     # -- running ------------------------------------------------------------------------------------
     def start(self, prompts: list[list[int]], params: list[SamplingParams]) -> _Job:
@@ -292,7 +326,8 @@ class Server:
         the events just stop: callers check that every choice finished, see `_ClientGone`)."""
         finished = 0
         done = False
-        checked = time.monotonic()
+        checked = started = time.monotonic()
+        last: dict[int, float] = {}
         try:
             while finished < choices:
                 # Look for a hang-up every quarter second, also while tokens keep coming.
@@ -306,8 +341,16 @@ class Server:
                     continue
                 if event.kind == "error":
                     raise APIError(500, event.text, type="server_error", code="generation_failed")
+                now = time.monotonic()
+                if event.kind == "text":
+                    if event.index in last:
+                        self.metrics.tpot.observe(now - last[event.index])
+                    else:
+                        self.metrics.ttft.observe(now - started)
+                    last[event.index] = now
                 if event.kind == "finish":
                     finished += 1
+                    self.metrics.e2e.observe(now - started)
                 yield event
             done = True
         finally:
@@ -364,6 +407,11 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
     @app.get("/metrics")
     async def metrics(request: HTTPRequest):
         server.check_auth(request)
+        return Response(server.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
+
+    @app.get("/metrics.json")
+    async def metrics_json(request: HTTPRequest):
+        server.check_auth(request)
         return {"model": settings.model_name, "http_requests_total": server.http_requests,
                 "http_errors_total": server.http_errors, **engine.metrics()}
 
@@ -387,8 +435,14 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
         server.check_auth(http)
         req = await read_request(http, ChatCompletionRequest, settings.max_body_bytes)
         server.check_common(req)
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in req.messages]
+        mode = tools.tool_mode(req)
+        grammar = tools.constraint(req, mode)
+        if grammar is not None:   # compile the grammar here, not on the model thread
+            await asyncio.to_thread(server.prepare_constraint, grammar)
+        if req.top_logprobs is not None and not req.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        messages = tools.messages_for_model(req, mode)
         hooks = settings.hooks or Hooks()
         param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         # rails may embed, run a perplexity model or ask the LLM: keep the event loop free meanwhile
@@ -400,18 +454,21 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
             max_tokens = server.budget(prompt_ids, req.requested_max_tokens(), settings.default_max_tokens, param)
             strings, token_ids = chat_stops(settings.chat_format, server.tokenizer)
             stops = tuple(dict.fromkeys(list(strings) + req.stop_list()))
-            job = server.start([prompt_ids], [server.sampling(req, max_tokens, stops, token_ids)])
+            job = server.start([prompt_ids], [server.sampling(req, max_tokens, stops, token_ids, constraint=grammar,
+                                                              logprobs=logprobs)])
         cid, made = _completion_id("chatcmpl"), _now()
         base = {"id": cid, "created": made, "model": settings.model_name, "system_fingerprint": None}
+        held = hooks.check_output is not None or mode is not None   # the whole reply is needed first
 
         async def outcomes() -> AsyncIterator[Event]:
-            """Engine events, or the canned reply, with output checks applied (buffered) when set."""
+            """Engine events, or the canned reply; when the reply must be seen whole (output rails, tool
+            calls) one text event per choice carries it, after the output checks."""
             if job is None:
                 for i in range(req.n):
                     yield Event("text", i, canned)
                     yield Event("finish", i, finish_reason="stop", completion_tokens=0)
                 return
-            if hooks.check_output is None:
+            if not held:
                 async for event in server.events(job, http, req.n):
                     yield event
                 return
@@ -419,27 +476,45 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
             async for event in server.events(job, http, req.n):
                 if event.kind == "text":
                     texts.setdefault(event.index, []).append(event.text)
+                    if event.logprob is not None:   # logprobs still flow; the text comes at the end
+                        yield Event("text", event.index, "", token_id=event.token_id, logprob=event.logprob,
+                                    top_logprobs=event.top_logprobs)
                     continue
                 text = "".join(texts.get(event.index, []))
-                replaced = await asyncio.to_thread(hooks.check_output, messages, text)
-                yield Event("text", event.index, replaced if replaced is not None else text)
+                if hooks.check_output is not None:
+                    replaced = await asyncio.to_thread(hooks.check_output, messages, text)
+                    text = replaced if replaced is not None else text
+                yield Event("text", event.index, text)
                 yield event
+
+        def finish_choice(index: int, text: str, event: Event) -> tuple[dict, str]:
+            """(message fields, finish_reason) for a finished choice: text, or tool calls."""
+            calls = tools.parse_tool_call(req, mode, text) if event.finish_reason == "stop" else None
+            if calls:
+                return {"content": None, "tool_calls": calls}, "tool_calls"
+            return {"content": text}, event.finish_reason
 
         if not req.stream:
             texts: dict[int, list[str]] = {i: [] for i in range(req.n)}
+            lps: dict[int, list[dict]] = {i: [] for i in range(req.n)}
             finish: dict[int, Event] = {}
             async for event in outcomes():
                 if event.kind == "text":
                     texts[event.index].append(event.text)
+                    if event.logprob is not None:
+                        lps[event.index].append(server.logprob_entry(event))
                 else:
                     finish[event.index] = event
             if len(finish) < req.n:
                 return _client_gone()
             completion = sum(e.completion_tokens for e in finish.values())
-            return {**base, "object": "chat.completion",
-                    "choices": [{"index": i, "message": {"role": "assistant", "content": "".join(texts[i])},
-                                 "logprobs": None, "finish_reason": finish[i].finish_reason}
-                                for i in range(req.n)],
+            choices = []
+            for i in range(req.n):
+                fields, reason = finish_choice(i, "".join(texts[i]), finish[i])
+                choices.append({"index": i, "message": {"role": "assistant", **fields},
+                                "logprobs": {"content": lps[i]} if logprobs is not None else None,
+                                "finish_reason": reason})
+            return {**base, "object": "chat.completion", "choices": choices,
                     "usage": _usage(len(prompt_ids), completion)}
 
         include_usage = req.include_usage()
@@ -452,14 +527,28 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
                 yield _sse({**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                                   "logprobs": None, "finish_reason": None}]})
             completion = 0
+            last_text: dict[int, str] = {}
             async for event in outcomes():
                 if event.kind == "text":
-                    choice = {"index": event.index, "delta": {"content": event.text}, "logprobs": None,
-                              "finish_reason": None}
+                    lp = {"content": [server.logprob_entry(event)]} if event.logprob is not None else None
+                    if held and event.logprob is None:
+                        last_text[event.index] = event.text   # the whole reply: sent with the finish
+                        continue
+                    delta = {"content": event.text} if event.text or lp is None else {}
+                    choice = {"index": event.index, "delta": delta, "logprobs": lp, "finish_reason": None}
                 else:
                     completion += event.completion_tokens
-                    choice = {"index": event.index, "delta": {}, "logprobs": None,
-                              "finish_reason": event.finish_reason}
+                    reason = event.finish_reason
+                    if held:
+                        fields, reason = finish_choice(event.index, last_text.get(event.index, ""), event)
+                        if "tool_calls" in fields:
+                            calls = [{"index": k, **call} for k, call in enumerate(fields["tool_calls"])]
+                            delta = {"tool_calls": calls}
+                        else:
+                            delta = {"content": fields["content"]}
+                        yield _sse({**chunk, "choices": [{"index": event.index, "delta": delta, "logprobs": None,
+                                                          "finish_reason": None}]})
+                    choice = {"index": event.index, "delta": {}, "logprobs": None, "finish_reason": reason}
                 yield _sse({**chunk, "choices": [choice]})
             if include_usage:
                 yield _sse({**chunk, "choices": [], "usage": _usage(len(prompt_ids), completion)})
@@ -473,35 +562,52 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
         server.check_auth(http)
         req = await read_request(http, CompletionRequest, settings.max_body_bytes)
         server.check_common(req)
-        if req.echo:
-            raise APIError(400, "echo is not supported by this server", param="echo", code="unsupported_parameter")
         if req.suffix:
             raise APIError(400, "suffix is not supported by this server", param="suffix",
+                           code="unsupported_parameter")
+        if req.echo and req.logprobs is not None:
+            raise APIError(400, "echo together with logprobs (log-probabilities of the prompt tokens) is not "
+                                "supported by this server; ask for one of them", param="echo",
                            code="unsupported_parameter")
         texts = req.prompts()
         if len(texts) * req.n > min(settings.max_n, engine.max_batch):   # before any tokenizing
             raise APIError(400, f"{len(texts)} prompts x n={req.n} choices is more than this server allows "
                                 f"({min(settings.max_n, engine.max_batch)})", param="prompt", code="invalid_value")
-        prompts = await asyncio.to_thread(lambda: [server.encode(p) for p in texts])
+        vocab = server.tokenizer.vocab_size
+        if any(isinstance(p, list) and max(p) >= vocab for p in texts):
+            raise APIError(400, f"a prompt holds a token id outside the vocabulary (0..{vocab - 1})", param="prompt",
+                           code="invalid_value")
+        prompts = await asyncio.to_thread(lambda: [p if isinstance(p, list) else server.encode(p) for p in texts])
+        echoes = [(server.tokenizer.decode(ids, skip_special_tokens=False) if isinstance(p, list) else p)
+                  if req.echo else "" for p, ids in zip(texts, prompts)]
         params = [server.sampling(req, server.budget(ids, req.requested_max_tokens(), settings.max_tokens_cap,
-                                                     "max_tokens"), req.stop_list()) for ids in prompts]
+                                                     "max_tokens"), req.stop_list(), logprobs=req.logprobs)
+                  for ids in prompts]
         choices = len(prompts) * req.n
         prompt_tokens = sum(len(ids) for ids in prompts)
         job = server.start(prompts, params)
         base = {"id": _completion_id("cmpl"), "object": "text_completion", "created": _now(),
                 "model": settings.model_name, "system_fingerprint": None}
 
+        def echo(index: int) -> str:
+            return echoes[index // req.n]
+
         if not req.stream:
-            pieces: dict[int, list[str]] = {i: [] for i in range(choices)}
+            pieces: dict[int, list[str]] = {i: [echo(i)] for i in range(choices)}
+            lps: dict[int, list[Event]] = {i: [] for i in range(choices)}
             finish: dict[int, Event] = {}
             async for event in server.events(job, http, choices):
                 if event.kind == "text":
                     pieces[event.index].append(event.text)
+                    if event.logprob is not None:
+                        lps[event.index].append(event)
                 else:
                     finish[event.index] = event
             if len(finish) < choices:
                 return _client_gone()
-            return {**base, "choices": [{"index": i, "text": "".join(pieces[i]), "logprobs": None,
+            return {**base, "choices": [{"index": i, "text": "".join(pieces[i]),
+                                         "logprobs": server.completion_logprobs(lps[i]) if req.logprobs is not None
+                                         else None,
                                          "finish_reason": finish[i].finish_reason} for i in range(choices)],
                     "usage": _usage(prompt_tokens, sum(e.completion_tokens for e in finish.values()))}
 
@@ -512,9 +618,14 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
             if include_usage:
                 chunk["usage"] = None
             completion = 0
+            if req.echo:
+                for i in range(choices):
+                    yield _sse({**chunk, "choices": [{"index": i, "text": echo(i), "logprobs": None,
+                                                      "finish_reason": None}]})
             async for event in server.events(job, http, choices):
                 if event.kind == "text":
-                    choice = {"index": event.index, "text": event.text, "logprobs": None, "finish_reason": None}
+                    lp = server.completion_logprobs([event]) if event.logprob is not None else None
+                    choice = {"index": event.index, "text": event.text, "logprobs": lp, "finish_reason": None}
                 else:
                     completion += event.completion_tokens
                     choice = {"index": event.index, "text": "", "logprobs": None,

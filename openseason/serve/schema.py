@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from ..generation.sampling import MAX_SEED, MIN_TEMPERATURE
 
-# Roles a chat message may have. "developer" is OpenAI's newer name for "system".
-CHAT_ROLES = ("system", "developer", "user", "assistant")
+# Roles a chat message may have. "developer" is OpenAI's newer name for "system"; "tool" carries a
+# function's result back (with tool_call_id).
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 
 # Bounds on every field, checked before any work (README "Serving and chat" lists them). The server's own
 # limits (--max-tokens-cap, n up to min(8, --max-batch), the context window) apply after these.
@@ -31,7 +32,9 @@ MAX_MESSAGES = 1024              # messages in one chat request
 MAX_CONTENT_PARTS = 256          # text parts in one message's content list
 MAX_PROMPTS = 128                # prompts in one /v1/completions request (then prompts x n <= the server's n limit)
 MAX_PROMPT_CHARS = 512 * 1024    # characters of all message contents, or of all prompts, in one request
-MAX_LOGPROBS = 20                # /v1/completions `logprobs` (any value above 0 is refused as unsupported)
+MAX_LOGPROBS = 20                # /v1/completions `logprobs`, chat `top_logprobs`
+MAX_TOOLS = 128                  # functions in `tools`
+MAX_LOGIT_BIAS = 300             # entries in `logit_bias` (OpenAI's limit)
 MAX_JSON_DEPTH = 64              # nesting of arrays and objects in a request body
 
 
@@ -62,10 +65,23 @@ class TextPart(_Strict):
     text: str = Field(max_length=MAX_PROMPT_CHARS)
 
 
+class ToolCallFunction(_Strict):
+    name: str = Field(max_length=64)
+    arguments: str = Field(max_length=MAX_PROMPT_CHARS)
+
+
+class ToolCall(_Strict):
+    id: str = Field(max_length=MAX_USER_CHARS)
+    type: Literal["function"]
+    function: ToolCallFunction
+
+
 class ChatMessage(_Strict):
     role: str = Field(max_length=32)
     content: Union[str, list[TextPart], None] = None   # bounded in total by ChatCompletionRequest
     name: Optional[str] = Field(default=None, max_length=MAX_USER_CHARS)
+    tool_calls: Optional[list[ToolCall]] = Field(default=None, max_length=MAX_TOOLS)   # assistant messages
+    tool_call_id: Optional[str] = Field(default=None, max_length=MAX_USER_CHARS)        # tool messages
 
     @field_validator("content")
     @classmethod
@@ -79,7 +95,7 @@ class ChatMessage(_Strict):
     def _known_role(cls, role: str) -> str:
         if role not in CHAT_ROLES:
             raise ValueError(f"unknown role {role!r}; expected one of {', '.join(CHAT_ROLES)} "
-                             f"(tool and function messages are not supported)")
+                             f"(the legacy 'function' role is not supported: use tools)")
         return role
 
     def text(self) -> str:
@@ -92,6 +108,55 @@ class ChatMessage(_Strict):
 
 class StreamOptions(_Strict):
     include_usage: bool = False
+
+
+class FunctionDef(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: Optional[str] = Field(default=None, max_length=MAX_STOP_CHARS * 8)
+    parameters: Optional[dict[str, Any]] = None    # a JSON schema; bounded by the body's size and depth
+    strict: Optional[bool] = None
+
+
+class ToolDef(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class ToolChoiceName(_Strict):
+    name: str = Field(max_length=64)
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: ToolChoiceName
+
+
+class JsonSchemaSpec(_Strict):
+    model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
+    name: str = Field(min_length=1, max_length=64)
+    description: Optional[str] = Field(default=None, max_length=MAX_STOP_CHARS * 8)
+    json_schema: Optional[dict[str, Any]] = Field(default=None, alias="schema")
+    strict: Optional[bool] = None
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JsonSchemaSpec] = None
+
+
+def _logit_bias(bias):
+    if bias is None:
+        return None
+    if len(bias) > MAX_LOGIT_BIAS:
+        raise ValueError(f"at most {MAX_LOGIT_BIAS} logit_bias entries are allowed, got {len(bias)}")
+    out = {}
+    for key, value in bias.items():
+        if not re.fullmatch(r"[0-9]{1,9}", key):
+            raise ValueError(f"logit_bias keys are token ids, got {key[:40]!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+            raise ValueError(f"logit_bias values are numbers in [-100, 100], got {value!r} for token {key}")
+        out[int(key)] = float(value)
+    return out
 
 
 class _Sampling(_Strict):
@@ -107,6 +172,12 @@ class _Sampling(_Strict):
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     user: Optional[str] = Field(default=None, max_length=MAX_USER_CHARS)
+    logit_bias: Optional[dict[str, Any]] = None      # token id -> bias in [-100, 100], checked below
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, bias):
+        return _logit_bias(bias)
 
     @field_validator("temperature")
     @classmethod
@@ -148,6 +219,11 @@ class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: Optional[int] = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     logprobs: Optional[bool] = None
+    top_logprobs: Optional[int] = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    response_format: Optional[ResponseFormat] = None
+    tools: Optional[list[ToolDef]] = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
+    parallel_tool_calls: Optional[bool] = None
 
     @field_validator("messages")
     @classmethod
@@ -163,7 +239,8 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: Union[str, list[str]]
+    # text, several texts, token ids, or several lists of token ids (as OpenAI and vLLM accept)
+    prompt: Union[str, list[str], list[int], list[list[int]]]
     echo: bool = False
     logprobs: Optional[int] = Field(default=None, ge=0, le=MAX_LOGPROBS)
     suffix: Optional[str] = Field(default=None, max_length=MAX_STOP_CHARS)
@@ -172,18 +249,28 @@ class CompletionRequest(_Sampling):
     @field_validator("prompt")
     @classmethod
     def _bounded_prompts(cls, prompt):
-        prompts = [prompt] if isinstance(prompt, str) else prompt
-        if not prompts:
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+            prompts = [prompt]
+        else:
+            prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not prompts or any(len(p) == 0 for p in prompts if isinstance(p, list)):
             raise ValueError("prompt list must not be empty")
         if len(prompts) > MAX_PROMPTS:
             raise ValueError(f"at most {MAX_PROMPTS} prompts are allowed in one request, got {len(prompts)}")
+        if any(isinstance(p, list) and any(t < 0 for t in p) for p in prompts):
+            raise ValueError("token ids must not be negative")
         total = sum(len(p) for p in prompts)
         if total > MAX_PROMPT_CHARS:
             raise ValueError(f"the prompt holds {total} characters; at most {MAX_PROMPT_CHARS} are allowed")
         return prompt
 
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def prompts(self) -> list[Union[str, list[int]]]:
+        """Each prompt: a text, or a list of token ids."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if self.prompt and isinstance(self.prompt[0], int):
+            return [list(self.prompt)]
+        return list(self.prompt)
 
     def requested_max_tokens(self) -> Optional[int]:
         return self.max_tokens

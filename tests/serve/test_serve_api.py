@@ -139,9 +139,9 @@ def test_default_max_tokens_respects_the_context(client, live):
 
 def test_health_and_metrics(client, live):
     assert httpx.get(live.url + "/health").json()["status"] == "ok"
-    before = httpx.get(live.url + "/metrics").json()
+    before = httpx.get(live.url + "/metrics.json").json()
     client.completions.create(model=MODEL, prompt="x", max_tokens=4, temperature=0)
-    after = httpx.get(live.url + "/metrics").json()
+    after = httpx.get(live.url + "/metrics.json").json()
     assert after["requests_total"] == before["requests_total"] + 1
     assert after["tokens_generated_total"] == before["tokens_generated_total"] + 4
     assert after["queue_length"] == 0 and after["tokens_per_second"] >= 0
