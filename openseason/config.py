@@ -1,6 +1,7 @@
 """Model configuration: one dataclass, and named configs as plain data.
 
-The one decoder in `model.py` covers GPT-NeoX/Pythia and the LLaMA family through the flags below.
+The one decoder in `model.py` covers GPT-NeoX/Pythia, the LLaMA family and MPT through the flags below
+(MPT: `alibi=True` with no rotary dimensions, `clip_qkv`, `norm_bias=False`, `bias=False`).
 Named configs are dicts that override the defaults; each names the Hugging Face config.json it was
 read from, so any number here can be checked against its source.
 """
@@ -18,7 +19,7 @@ from .errors import ConfigError
 @dataclass
 class Config:
     name: str = "custom"
-    family: str = "gpt_neox"            # "gpt_neox" | "llama": picks conversion key maps and BOS/EOS policy
+    family: str = "gpt_neox"            # "gpt_neox" | "llama" | "mpt": picks conversion key maps and BOS/EOS policy
     hf_id: str | None = None            # the Hugging Face repository the numbers come from
     block_size: int = 2048              # maximum context length (max_position_embeddings)
     vocab_size: int = 50254             # tokenizer vocabulary
@@ -36,9 +37,13 @@ class Config:
     lm_head_bias: bool = False
     norm_class: str = "RMSNorm"         # "LayerNorm" | "RMSNorm"
     norm_eps: float = 1e-5
+    norm_bias: bool = True              # LayerNorm with a bias (MPT's LayerNorms have none)
     mlp_class: str = "LLaMAMLP"         # "GptNeoxMLP" (fc -> GELU -> proj) | "LLaMAMLP" (SwiGLU)
     gelu_approximate: str = "none"      # "none" is the exact erf GELU Pythia uses
     tie_embeddings: bool = False
+    alibi: bool = False                 # ALiBi: per-head linear biases on attention scores (needs rotary_percentage=0)
+    alibi_bias_max: float = 8.0         # MPT's slopes are 2^-(alibi_bias_max * h / n) for h = 1..n
+    clip_qkv: float | None = None       # clamp the fused q/k/v projection to [-clip_qkv, clip_qkv] (MPT)
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     add_bos_token: bool = False         # does the family's tokenizer prepend BOS (LLaMA yes, Pythia no)
@@ -66,8 +71,8 @@ class Config:
 
     def validate(self) -> None:
         here = f"config {self.name!r}"
-        if self.family not in ("gpt_neox", "llama"):
-            raise ConfigError(f"unknown family {self.family!r}; expected 'gpt_neox' or 'llama'", where=here)
+        if self.family not in ("gpt_neox", "llama", "mpt"):
+            raise ConfigError(f"unknown family {self.family!r}; expected 'gpt_neox', 'llama' or 'mpt'", where=here)
         if self.norm_class not in ("LayerNorm", "RMSNorm"):
             raise ConfigError(f"unknown norm_class {self.norm_class!r}", where=here)
         if self.mlp_class not in ("GptNeoxMLP", "LLaMAMLP"):
@@ -80,6 +85,13 @@ class Config:
         if self.rope_n_elem % 2:
             raise ConfigError(f"rotary dimension {self.rope_n_elem} (head_size {self.head_size} x "
                               f"rotary_percentage {self.rotary_percentage}) must be even", where=here)
+        if self.alibi and self.rope_n_elem:
+            raise ConfigError(f"alibi=True with rotary_percentage={self.rotary_percentage}: a model has one "
+                              "position scheme", where=here, hint="set rotary_percentage=0 for ALiBi")
+        if not self.alibi_bias_max > 0:
+            raise ConfigError(f"alibi_bias_max={self.alibi_bias_max} must be positive", where=here)
+        if self.clip_qkv is not None and not self.clip_qkv > 0:
+            raise ConfigError(f"clip_qkv={self.clip_qkv} must be positive (or None for no clipping)", where=here)
         if self.padded_vocab_size < self.vocab_size:
             raise ConfigError("padded_vocab_size is smaller than vocab_size", where=here)
 
@@ -178,9 +190,39 @@ _llama("open_llama-13b", "openlm-research/open_llama_13b", 40, 5120, 40, 13824)
 _llama("tinyllama-1.1b", "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T", 22, 2048, 32, 5632,
        n_query_groups=4, norm_eps=1e-5)
 
+# MPT (MosaicML): ALiBi, no positional embedding, fused Wqkv, no biases, LayerNorm without bias, tied
+# embeddings, exact-GELU MLP of expansion_ratio 4, GPT-NeoX-20B tokenizer (vocab padded to 50432).
+_MPT_BASE = dict(family="mpt", block_size=2048, vocab_size=50277, padded_vocab_size=50432, rotary_percentage=0.0,
+                 alibi=True, alibi_bias_max=8.0, parallel_residual=False, bias=False, norm_class="LayerNorm",
+                 norm_bias=False, norm_eps=1e-5, mlp_class="GptNeoxMLP", gelu_approximate="none",
+                 tie_embeddings=True, bos_token_id=0, eos_token_id=0, add_bos_token=False)
+
+
+def _mpt(name: str, n_layer: int, n_embd: int, n_head: int, **extra: Any) -> None:
+    NAMED_CONFIGS[name] = dict(_MPT_BASE, name=name, hf_id=f"mosaicml/{name}", n_layer=n_layer, n_embd=n_embd,
+                               n_head=n_head, intermediate_size=4 * n_embd, **extra)
+
+
+# mosaicml/mpt-7b{,-instruct,-chat}/config.json: d_model 4096, n_heads 32, n_layers 32, max_seq_len 2048,
+# vocab_size 50432, expansion_ratio 4, no_bias true, attn_config {alibi: true, alibi_bias_max: 8, clip_qkv: null}
+for _name in ("mpt-7b", "mpt-7b-instruct", "mpt-7b-chat"):
+    _mpt(_name, 32, 4096, 32)
+# mosaicml/mpt-7b-storywriter/config.json: as mpt-7b with max_seq_len 65536, alibi_bias_max 16, clip_qkv 6
+_mpt("mpt-7b-storywriter", 32, 4096, 32, block_size=65536, alibi_bias_max=16.0, clip_qkv=6.0)
+# mosaicml/mpt-7b-8k{,-instruct,-chat}/config.json: as mpt-7b with max_seq_len 8192
+for _name in ("mpt-7b-8k", "mpt-7b-8k-instruct", "mpt-7b-8k-chat"):
+    _mpt(_name, 32, 4096, 32, block_size=8192)
+# mosaicml/mpt-30b{,-instruct,-chat}/config.json: d_model 7168, n_heads 64, n_layers 48, max_seq_len 8192
+for _name in ("mpt-30b", "mpt-30b-instruct", "mpt-30b-chat"):
+    _mpt(_name, 48, 7168, 64, block_size=8192)
+
 # Tiny configs for tests and the offline quickstart (not from any release).
 NAMED_CONFIGS["tiny-neox"] = dict(_PYTHIA_BASE, name="tiny-neox", block_size=256, vocab_size=512,
                                   padded_vocab_size=512, n_layer=2, n_embd=64, n_head=4, intermediate_size=256)
 NAMED_CONFIGS["tiny-llama"] = dict(_LLAMA_BASE, name="tiny-llama", block_size=256, vocab_size=512,
                                    n_layer=2, n_embd=64, n_head=4, n_query_groups=2, intermediate_size=176,
                                    norm_eps=1e-5)
+# 6 heads: not a power of two, so the interleaved slopes are exercised.
+NAMED_CONFIGS["tiny-mpt"] = dict(_MPT_BASE, name="tiny-mpt", block_size=128, vocab_size=512, padded_vocab_size=512,
+                                 n_layer=2, n_embd=48, n_head=6, intermediate_size=192)
+NAMED_CONFIGS["tiny-mpt-clip"] = dict(NAMED_CONFIGS["tiny-mpt"], name="tiny-mpt-clip", n_head=4, clip_qkv=0.5)

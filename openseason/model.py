@@ -1,4 +1,8 @@
-"""The one decoder-only transformer, GPT-NeoX/Pythia or LLaMA by configuration, with a KV cache.
+"""The one decoder-only transformer, GPT-NeoX/Pythia, LLaMA or MPT by configuration, with a KV cache.
+
+Positions enter attention one of two ways: rotary embeddings on q and k (GPT-NeoX, LLaMA) or ALiBi
+(MPT): a per-head bias slope_h * (key position - query position) added to the attention scores,
+computed on the fly for the current length, so an ALiBi model can read past its training length.
 
 Module and parameter names (and so our checkpoint keys):
 
@@ -17,6 +21,7 @@ them per head; the converter reorders), so anything that needs "the key rows" sl
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional
 
 import torch
@@ -24,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import Config
+from .errors import ConfigError
 
 
 class RMSNorm(nn.Module):
@@ -46,7 +52,7 @@ class RMSNorm(nn.Module):
 
 def build_norm(config: Config) -> nn.Module:
     if config.norm_class == "LayerNorm":
-        return nn.LayerNorm(config.n_embd, eps=config.norm_eps)
+        return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.norm_bias)
     return RMSNorm(config.n_embd, eps=config.norm_eps)
 
 
@@ -100,6 +106,43 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     rotated = torch.cat((-x2, x1), dim=-1)
     out = rot * cos.to(x.dtype) + rotated * sin.to(x.dtype)
     return torch.cat((out, rest), dim=-1) if rest.size(-1) else out
+
+
+def alibi_slopes(n_head: int, alibi_bias_max: float = 8.0, device=None) -> torch.Tensor:
+    """MPT's ALiBi slopes [n_head] (fp32): 2^-(alibi_bias_max * h / n) for h = 1..n, n the next power of two.
+
+    For a head count that is not a power of two, MPT (like the ALiBi paper) takes the odd-numbered slopes
+    of the next power of two followed by the even-numbered ones, and keeps the first n_head.
+    """
+    n = 2 ** math.ceil(math.log2(n_head))
+    m = torch.arange(1, n + 1, dtype=torch.float32, device=device) * (alibi_bias_max / n)
+    slopes = 1.0 / torch.pow(2.0, m)
+    if n != n_head:
+        slopes = torch.cat([slopes[1::2], slopes[::2]])[:n_head]
+    return slopes
+
+
+def alibi_bias(config: Config, mask: torch.Tensor, past: int, attention_mask: Optional[torch.Tensor],
+               dtype: torch.dtype) -> torch.Tensor:
+    """Additive attention bias [B, n_head, T, S]: slope_h * (key position - query position) where `mask`
+    (bool [B, 1, T, S]) lets the query see the key, the dtype's minimum elsewhere.
+
+    Positions count real tokens only: with an `attention_mask` over the S key slots, the key in slot j
+    has position cumsum(mask)[j] - 1, so a left-padded row gets the same biases as the row alone; the
+    queries are the last T slots. Packed segments need nothing more: keys of other segments are masked,
+    and within a segment the distances are the same.
+    """
+    B, _, T, S = mask.shape
+    device = mask.device
+    if attention_mask is not None:
+        k_pos = attention_mask.long().cumsum(-1) - 1
+    else:
+        k_pos = torch.arange(S, device=device).expand(B, S)
+    q_pos = k_pos[:, past:]
+    distance = (k_pos[:, None, :] - q_pos[:, :, None]).to(torch.float32)          # [B, T, S]
+    slopes = alibi_slopes(config.n_head, config.alibi_bias_max, device=device)
+    bias = slopes.view(1, -1, 1, 1) * distance.unsqueeze(1)
+    return bias.masked_fill(~mask, torch.finfo(torch.float32).min).to(dtype)
 
 
 class KVCache:
@@ -184,9 +227,11 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(nh * hs, config.n_embd, bias=config.bias)
 
     def split_qkv(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """[B, T, q+2kv] -> q [B, nh, T, hs], k and v [B, ng, T, hs]."""
+        """[B, T, q+2kv] -> q [B, nh, T, hs], k and v [B, ng, T, hs] (clamped first when clip_qkv is set)."""
         B, T, _ = qkv.shape
         hs = self.config.head_size
+        if self.config.clip_qkv is not None:
+            qkv = qkv.clamp(min=-self.config.clip_qkv, max=self.config.clip_qkv)
         q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
         q = q.view(B, T, self.config.n_head, hs).transpose(1, 2)
         k = k.view(B, T, self.config.n_query_groups, hs).transpose(1, 2)
@@ -213,13 +258,16 @@ class CausalSelfAttention(nn.Module):
         return self.proj(y)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
-        """Scaled dot-product attention; `mask` is None (causal), "none" (attend to all keys) or bool."""
+        """Scaled dot-product attention; `mask` is None (causal), "none" (attend to all keys), bool, or an
+        additive float bias (ALiBi, with the masked keys at the dtype's minimum)."""
         gqa = self.config.n_query_groups != self.config.n_head
         scale = 1.0 / math.sqrt(self.config.head_size)
         if mask is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
         if isinstance(mask, str):
             return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
+        if mask.dtype != torch.bool and mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
 
 
@@ -268,6 +316,7 @@ class GPT(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.gradient_checkpointing = False
+        self.max_context: Optional[int] = None
 
     # -- set-up -------------------------------------------------------------------------------------
     def init_rope(self, device=None) -> None:
@@ -290,8 +339,33 @@ class GPT(nn.Module):
                 module.reset_parameters()
         self.init_rope()
 
+    @property
+    def context_length(self) -> int:
+        """The most positions this model reads: block_size, or what `extend_context` allowed."""
+        return self.max_context or self.config.block_size
+
+    def extend_context(self, max_context: int) -> None:
+        """Let an ALiBi model read up to `max_context` positions, past the length it was trained at.
+
+        ALiBi biases depend only on distances, so longer inputs are well defined (how well the model does
+        there is an empirical question: see benchmarks/alibi_extrapolation.py). Rotary models are refused:
+        their tables stop at block_size. Warns when max_context exceeds block_size.
+        """
+        max_context = int(max_context)
+        if max_context < 1:
+            raise ConfigError(f"max_context must be positive, got {max_context}", where=f"model {self.config.name!r}")
+        if max_context > self.config.block_size:
+            if not self.config.alibi:
+                raise ConfigError(f"max_context {max_context} is longer than the context window "
+                                  f"({self.config.block_size}) of {self.config.name}, which uses rotary positions",
+                                  where=f"model {self.config.name!r}",
+                                  hint="only ALiBi models (MPT) can read past block_size; lower max_context")
+            warnings.warn(f"{self.config.name} was trained with a context of {self.config.block_size} tokens; "
+                          f"reading up to {max_context} relies on ALiBi extrapolation", stacklevel=2)
+        self.max_context = max_context
+
     def new_kv_cache(self, batch_size: int, max_len: Optional[int] = None, dtype=None) -> KVCache:
-        max_len = max_len or self.config.block_size
+        max_len = max_len or self.context_length
         return KVCache(self.config, batch_size, max_len, device=self.embed.weight.device,
                        dtype=dtype or self.embed.weight.dtype)
 
@@ -319,16 +393,23 @@ class GPT(nn.Module):
         """Final-norm hidden states [B, T, n_embd] (for chunked losses that apply lm_head piecewise)."""
         B, T = input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
-        if past + T > self.rope_cos.size(0):
+        limit = self.context_length if self.config.alibi else min(self.context_length, self.rope_cos.size(0))
+        if past + T > limit:
             raise ValueError(f"sequence of {past + T} tokens is longer than the context window "
-                             f"({self.config.block_size}) of {self.config.name}")
-        if position_ids is None:
+                             f"({limit}) of {self.config.name}")
+        if self.config.rope_n_elem == 0:
+            # No rotary dimensions (ALiBi, or no positions at all): apply_rope passes q and k through.
+            cos = sin = self.rope_cos.new_zeros(1, 1, T, 0)
+        elif position_ids is None:
             cos = self.rope_cos[past:past + T].unsqueeze(0).unsqueeze(0)
             sin = self.rope_sin[past:past + T].unsqueeze(0).unsqueeze(0)
         else:
             cos = self.rope_cos[position_ids].unsqueeze(1)
             sin = self.rope_sin[position_ids].unsqueeze(1)
         mask = self.build_mask(B, T, past, attention_mask, segment_ids, input_ids.device)
+        if self.config.alibi:
+            mask = alibi_bias(self.config, self.full_mask(mask, B, T, past, input_ids.device), past,
+                              attention_mask, self.embed.weight.dtype)
 
         x = self.embed(input_ids)
         for block in self.blocks:
@@ -367,6 +448,20 @@ class GPT(nn.Module):
             same = segment_ids.unsqueeze(2) == segment_ids.unsqueeze(1)
             mask = mask & same.unsqueeze(1)
         return mask
+
+
+    @staticmethod
+    def full_mask(mask, B: int, T: int, past: int, device) -> torch.Tensor:
+        """`build_mask`'s result as an explicit bool [B, 1, T, past+T] tensor."""
+        if isinstance(mask, torch.Tensor):
+            return mask
+        S = past + T
+        if mask is None:
+            q_pos = torch.arange(past, S, device=device).unsqueeze(1)
+            visible = torch.arange(S, device=device).unsqueeze(0) <= q_pos
+        else:
+            visible = torch.ones(T, S, dtype=torch.bool, device=device)
+        return visible.expand(B, 1, T, S)
 
 
 def count_parameters(config: Config) -> int:

@@ -6,7 +6,7 @@ from openseason.config import Config
 from openseason.model import GPT
 
 
-@pytest.fixture(params=["tiny-neox", "tiny-llama"])
+@pytest.fixture(params=["tiny-neox", "tiny-llama", "tiny-mpt"])
 def model(request):
     m = GPT(Config.from_name(request.param))
     m.init_weights()

@@ -1,6 +1,6 @@
 """Hugging Face checkpoints in and out.
 
-    convert_from_hf(hf_dir, out_dir)     GPTNeoXForCausalLM / LlamaForCausalLM directory -> our checkpoint
+    convert_from_hf(hf_dir, out_dir)     GPTNeoXForCausalLM / LlamaForCausalLM / MptForCausalLM directory -> our checkpoint
     convert_to_hf(ckpt_dir, hf_dir)      our checkpoint -> a directory transformers loads
     download(repo_id, out_dir)           fetch from the Hub with huggingface_hub, then convert_from_hf
 

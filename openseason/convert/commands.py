@@ -54,7 +54,7 @@ def register(subparsers) -> None:
     verbs = convert.add_subparsers(dest="convert_command", metavar="VERB")
     verbs.required = True
 
-    p = verbs.add_parser("from-hf", help="Hugging Face GPTNeoXForCausalLM / LlamaForCausalLM directory -> checkpoint")
+    p = verbs.add_parser("from-hf", help="Hugging Face GPTNeoXForCausalLM / LlamaForCausalLM / MptForCausalLM directory -> checkpoint")
     p.add_argument("hf_dir", help="directory with config.json, weights and tokenizer files")
     p.add_argument("out_dir", help="checkpoint directory to write")
     p.add_argument("--name", default=None, help="model name recorded in config.json (default: the folder name)")

@@ -4,10 +4,12 @@ from __future__ import annotations
 from types import ModuleType
 
 from ..errors import CheckpointError
-from . import gpt_neox, llama
+from . import gpt_neox, llama, mpt
 
-FAMILIES: dict[str, ModuleType] = {"gpt_neox": gpt_neox, "llama": llama}
+FAMILIES: dict[str, ModuleType] = {"gpt_neox": gpt_neox, "llama": llama, "mpt": mpt}
 ARCHITECTURES: dict[str, ModuleType] = {m.ARCHITECTURE: m for m in FAMILIES.values()}
+for _m in FAMILIES.values():
+    ARCHITECTURES.update({name: _m for name in getattr(_m, "OTHER_ARCHITECTURES", ())})
 SUPPORTED = tuple(ARCHITECTURES)
 
 

@@ -66,7 +66,7 @@ def config_from_hf_dir(hf_dir: str | Path, name: Optional[str] = None, hf_id: Op
 def convert_from_hf(hf_dir: str | Path, out_dir: str | Path, *, dtype=None, name: Optional[str] = None,
                     repo_id: Optional[str] = None, revision: Optional[str] = None,
                     max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
-    """Convert a Hugging Face GPTNeoXForCausalLM or LlamaForCausalLM directory into our checkpoint.
+    """Convert a Hugging Face GPTNeoXForCausalLM, LlamaForCausalLM or MptForCausalLM directory into our checkpoint.
 
     Reads config.json and the weights (model.safetensors, a sharded safetensors index, or
     pytorch_model*.bin read with weights_only=True), drops stale buffers, checks every name and

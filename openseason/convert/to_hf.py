@@ -23,7 +23,8 @@ def convert_to_hf(ckpt_dir: str | Path, hf_dir: str | Path, *, dtype=None,
                   max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
     """Write our checkpoint `ckpt_dir` as a Hugging Face model directory `hf_dir` (atomically).
 
-    GPT-NeoX-family checkpoints become GPTNeoXForCausalLM, LLaMA-family ones LlamaForCausalLM; a
+    GPT-NeoX-family checkpoints become GPTNeoXForCausalLM, LLaMA-family ones LlamaForCausalLM, MPT ones
+    MptForCausalLM; a
     config that the target class cannot represent is refused before anything is written. `dtype`
     casts the weights (default: as stored). Returns `hf_dir`.
     """

@@ -54,7 +54,7 @@ def register_prepare(sub) -> None:
                        description="Read SOURCE files into canonical conversations / preferences / documents "
                                    "with report.json, rejects.jsonl and the prompt style.")
     p.add_argument("source", metavar="SOURCE",
-                   help="dolly, alpaca, longform, hh-rlhf, oasst1 (oasst2), sharegpt, json/jsonl/csv/parquet "
+                   help="dolly, dolly-hhrlhf (DOLLY HH: the MPT-7B-Instruct mix), alpaca, longform, hh-rlhf, oasst1 (oasst2), sharegpt, json/jsonl/csv/parquet "
                         "(generic, with --columns), redpajama, or hub (PATH is a Hugging Face dataset id)")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--out", required=True, help="output directory (must be empty unless --overwrite)")

@@ -4,7 +4,9 @@ v1, per adapted layer (the top L layers; default all but the first two):
 
     prompt P            [K, n_embd] learnable (K = prompt_length, default 10)
     keys, values        the layer's own frozen k and v projections of P (the k and v row blocks of the
-                        fused qkv, biases included), with NO rotary embedding
+                        fused qkv, biases included, clamped when clip_qkv is set), with NO rotary
+                        embedding and, in ALiBi models (MPT), NO positional bias: the prompt has no
+                        position, and the ALiBi bias rides on the ordinary attention's mask only
     out = attend(q, k, v) + tanh(gate) * softmax(q P_k^T / sqrt(hs)) P_v
 
 The prompt scores get their own softmax and the gate is zero-initialized per head, so the adapted

@@ -45,7 +45,7 @@ def test_timeline_png_and_table(db, tmp_path, capsys):
     capsys.readouterr()
     assert main(["catalog", "list", "--type", "dataset", "--license", "CC BY-SA 3.0", "--format", "json", "--db", str(db)]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert {r["name"] for r in rows} == {"databricks-dolly-15k", "Wikipedia"}
+    assert {r["name"] for r in rows} == {"databricks-dolly-15k", "Wikipedia", "dolly_hhrlhf"}
     assert main(["catalog", "search", "pythia", "--min-params", "6B", "--format", "json", "--db", str(db)]) == 0
     names = {r["name"] for r in json.loads(capsys.readouterr().out)}
     assert {"Pythia-6.9B", "Pythia-12B", "Pythia"} <= names and "Pythia-1B" not in names

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from ...errors import OpenseasonError
-from . import alpaca, dolly, generic, hh_rlhf, longform, oasst, redpajama, sharegpt
+from . import alpaca, dolly, dolly_hhrlhf, generic, hh_rlhf, longform, oasst, redpajama, sharegpt
 
-SOURCES = {m.NAME: m for m in (dolly, alpaca, longform, hh_rlhf, oasst, sharegpt, generic, redpajama)}
+SOURCES = {m.NAME: m for m in (dolly, dolly_hhrlhf, alpaca, longform, hh_rlhf, oasst, sharegpt, generic, redpajama)}
 SOURCES["oasst2"] = oasst  # same formats
 SOURCES["json"] = SOURCES["jsonl"] = SOURCES["csv"] = SOURCES["parquet"] = generic
 
