@@ -167,6 +167,8 @@ def _check_resume_config(out: Path, card: dict) -> None:
     saved = read_json_object(path, CheckpointError)
     old, new = saved.get("options", {}), card["options"]
     ignore = {"progress", "tensorboard", "device", "sample_every", "log_every", "keep_last"}
+    if card["method"] in ("edm", "cd"):  # no schedule depends on K: a run may be extended or shortened
+        ignore.add("max_steps")
     diff = sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
     if diff or saved.get("data") != card["data"]:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff) or "the data"
