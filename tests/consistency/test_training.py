@@ -52,10 +52,10 @@ def _weights(run_dir: Path) -> dict:
 
 
 def test_resume_after_kill_9_is_bit_exact(tmp_path, tiny):
-    args = ["--data", "digits", "--method", "ct", "--max-steps", "60", "--save-every", "10", "--keep-last", "0",
+    args = ["--data", "digits", "--method", "ct", "--max-steps", "60", "--save-every", "20", "--keep-last", "0",
             "--base", "8", "--batch-size", "16", "--log-every", "1", "--sample-every", "0"]
     want = tmp_path / "whole"
-    train_consistency("digits", want, method="ct", max_steps=60, save_every=10, keep_last=0,
+    train_consistency("digits", want, method="ct", max_steps=60, save_every=20, keep_last=0,
                       **{**tiny, "tensorboard": True})
     run = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
