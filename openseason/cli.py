@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "openseason.guard.commands",        # guard check / chat
     "openseason.serve.commands",        # serve, chat
     "openseason.catalog.commands",      # catalog import / list / show / search / lineage / can-use / serve
+    "openseason.consistency.commands",  # consistency train / sample (image generation)
 ]
 
 
