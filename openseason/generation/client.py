@@ -81,6 +81,7 @@ Result = Union[LLMReply, CallFailed]
 class Stats:
     calls: int = 0
     failed: int = 0
+    context_exceeded: int = 0   # answers "the prompt does not fit" (callers shorten it and ask again)
     retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -89,7 +90,10 @@ class Stats:
     def count(self, result: Result) -> None:
         self.calls += 1
         if isinstance(result, CallFailed):
-            self.failed += 1
+            if result.context_exceeded:
+                self.context_exceeded += 1
+            else:
+                self.failed += 1
         else:
             self.prompt_tokens += result.prompt_tokens
             self.completion_tokens += result.completion_tokens

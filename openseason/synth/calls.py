@@ -11,7 +11,8 @@ call is sent again:
 2. a prompt that leaves at least half the window (or all of max_tokens) gets max_tokens lowered to
    the room that is left;
 3. otherwise the longest shorter prompt that is estimated to fit (tokens per character of the prompt
-   the server measured) is sent, with max_tokens at most half the window.
+   the server measured) is sent, with max_tokens at most half the window;
+4. with nothing left to cut, max_tokens is lowered to whatever room the prompt leaves.
 
 What was cut is stored with the answer (`fit`: notes and the stage's own facts about the variant,
 e.g. the number the list continues at) so a resumed run parses it exactly as the first one did, and
@@ -87,6 +88,11 @@ def _refit(ask: Ask, prompt_tokens: Optional[int], context: Optional[int]) -> bo
         if context is not None:
             m = max(1, min(m, context // 2))
     if pick is None:
+        # Nothing left to cut: the last resort is the room the prompt leaves, if any.
+        if context is not None and prompt_tokens is not None and 0 < context - prompt_tokens < req.max_tokens:
+            ask.current = with_prompt(req, req.prompt, context - prompt_tokens)
+            ask.notes.append(f"max_tokens lowered to the room left in the context ({context})")
+            return True
         return False
     ask.index = pick
     if m < req.max_tokens:

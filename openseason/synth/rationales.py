@@ -200,7 +200,8 @@ def rationales(data: str | Path, backend: LLMClient, out: str | Path, *, exempla
                          "teacher_agreement": (agreeing / with_gold) if with_gold else None},
               "filters": {"rationales": counts},
               "fitted": {k: v for k, v in {"rationales": fit_counts(results_seen)}.items() if v},
-              "cost": {"calls": st.calls, "failed_calls": st.failed, "retries": st.retries,
+              "cost": {"calls": st.calls, "failed_calls": st.failed, "context_exceeded": st.context_exceeded,
+                       "retries": st.retries,
                        "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
                        "wall_seconds": round(time.perf_counter() - started, 3)}}
     return write_report(out, report)

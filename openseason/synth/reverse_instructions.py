@@ -181,7 +181,8 @@ def reverse_instructions(corpus: str | Path, backend: LLMClient, out: str | Path
                          "rejected": files.counts["rejected.jsonl"]},
               "filters": {"reverse-instructions": counts},
               "fitted": {k: v for k, v in {"reverse-instructions": fit_counts(results_seen)}.items() if v},
-              "cost": {"calls": st.calls, "failed_calls": st.failed, "retries": st.retries,
+              "cost": {"calls": st.calls, "failed_calls": st.failed, "context_exceeded": st.context_exceeded,
+                       "retries": st.retries,
                        "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
                        "wall_seconds": round(time.perf_counter() - started, 3)}}
     return write_report(out, report)

@@ -205,10 +205,10 @@ def generation_prompt(recipe: Recipe, rng: random.Random, seeds: list[SeedTask],
 
 
 def cut_demos(build, demos: list, what: str = "demonstrations") -> tuple[str, list[Variant]]:
-    """The prompt with every demonstration, and shorter ones keeping the last k (k = n-1 .. 1)."""
+    """The prompt with every demonstration, and shorter ones keeping the last k (k = n-1 .. 0)."""
     n = len(demos)
-    return build(demos), [Variant(build(demos[n - k:]), f"{what}: kept {k} of {n}", {"demos": k})
-                          for k in range(n - 1, 0, -1)]
+    return build(demos), [Variant(build(demos[n - k:] if k else []), f"{what}: kept {k} of {n}", {"demos": k})
+                          for k in range(n - 1, -1, -1)]
 
 
 # -- step 2: classification ----------------------------------------------------------------------------
@@ -604,7 +604,8 @@ def self_instruct(seeds: str | Path, backend: LLMClient, num: int, out: str | Pa
                    "rejected_instances": len(rejected_instances), "rejected_tasks": len(rejected_tasks)},
         "filters": counts.counts,
         "fitted": {k: v for k, v in fitted.items() if v},
-        "cost": {"calls": stats.calls, "failed_calls": stats.failed, "retries": stats.retries,
+        "cost": {"calls": stats.calls, "failed_calls": stats.failed, "context_exceeded": stats.context_exceeded,
+                 "retries": stats.retries,
                  "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
                  "backend_seconds": round(stats.seconds, 3), "wall_seconds": round(time.perf_counter() - started, 3),
                  "note": "calls made by this invocation; answers already in OUT/logs were reused for free"},
