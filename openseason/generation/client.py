@@ -169,7 +169,8 @@ def context_failure(status: int, text: str, reason: str) -> Optional[CallFailed]
     if status != 400:
         return None
     lowered = text.lower()
-    if not ("context_length_exceeded" in lowered or "context length" in lowered or "context window" in lowered):
+    if not any(k in lowered for k in ("context_length_exceeded", "context length", "context window", "context size",
+                                      "exceed_context")):
         return None
     limit = _CONTEXT_LIMIT.search(text)
     prompt = next((m for m in (p.search(text) for p in _PROMPT_TOKENS) if m), None)
