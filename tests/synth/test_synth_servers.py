@@ -245,3 +245,19 @@ def test_every_command_against_openseason_serve_with_a_small_context(served, see
     code, _ = run(["synth", "reverse-instructions", "--corpus", str(corpus), "--out", str(tmp_path / "rev-chat"),
                    "--backend", served.url, "--mode", "chat", "--max-tokens", "8", "--max-words", "60"], capsys)
     honest(json.loads((tmp_path / "rev-chat/report.json").read_text()), code, tmp_path / "rev-chat")
+
+
+def test_in_process_checkpoint_backend_fits_before_calling(tmp_path, corpus, tiny_tokenizer, capsys):
+    from openseason.checkpoint import save_checkpoint
+
+    ckpt = tmp_path / "tiny-local"
+    save_checkpoint(ckpt, tiny_model(eos_bias=0.0, block_size=256), tokenizer=tiny_tokenizer,
+                    run_card={"prompt_style": "plain"})
+    code, summary = run(["synth", "reverse-instructions", "--corpus", str(corpus), "--out", str(tmp_path / "rev"),
+                         "--backend", str(ckpt), "--mode", "chat", "--max-tokens", "300"], capsys)
+    report = json.loads((tmp_path / "rev/report.json").read_text())
+    assert report["run"]["backend"]["chat_format"] == "plain"       # the checkpoint's own format
+    assert report["cost"]["context_exceeded"] == 0 and report["cost"]["failed_calls"] == 0  # fitted before calling
+    notes = report["fitted"]["reverse-instructions"]
+    assert any(n.startswith("max_tokens lowered") for n in notes) and any(n.startswith("document") for n in notes)
+    assert (code == 0) == report["ok"]
