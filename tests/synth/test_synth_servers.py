@@ -261,3 +261,28 @@ def test_in_process_checkpoint_backend_fits_before_calling(tmp_path, corpus, tin
     notes = report["fitted"]["reverse-instructions"]
     assert any(n.startswith("max_tokens lowered") for n in notes) and any(n.startswith("document") for n in notes)
     assert (code == 0) == report["ok"]
+
+
+class Routed(HTTPClient):
+    """Generation answered by the fake teacher (a random model's lists never pass the filters); the
+    classify and instance steps go to the real server, so its validation sees them."""
+
+    def _complete_many(self, requests):
+        from openseason.generation.client import LLMReply
+
+        http = [r for r in requests if not r.prompt.startswith("Here is a numbered list")]
+        answers = iter(super()._complete_many(http) if http else [])
+        return [next(answers) if r in http else LLMReply(fake_answer(r.prompt), "stop", 1, 1) for r in requests]
+
+
+def test_self_instruct_classify_and_instances_against_openseason_serve(served, seeds_path, tmp_path):
+    from openseason.synth.self_instruct import self_instruct
+
+    client = Routed(served.url)
+    report = self_instruct(seeds_path, client, 3, tmp_path, batch_size=1, progress=False, instance_max_tokens=24)
+    assert report["cost"]["failed_calls"] == 0 and report["counts"]["failed_calls_pending"] == 0, report["status"]
+    classify = report["filters"]["classify"]   # greedy classify accepted (top_p 1, not 0)
+    assert classify.get("classification", 0) + classify.get("not classification", 0) == 3
+    assert report["fitted"]["instances"]                              # 6 demos do not fit a 384-token window
+    assert (report["counts"]["tasks"] > 0) == report["ok"]
+    assert_counts_equal_files(report, tmp_path)
