@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from openseason.cli import main
-from openseason.generation.client import HTTPClient, LLMRequest
+from openseason.generation.client import HTTPClient
 
 from ..serve.conftest import LiveServer, start_server, tiny_model
 from .conftest import fake_answer
