@@ -637,6 +637,16 @@ class RecordingClient(LLMClient):
     def describe(self) -> dict:
         return {**self.inner.describe(), "recorded_to": str(self.path)}
 
+    def prepare(self) -> None:
+        self.inner.prepare()
+
+    @property
+    def context_length(self) -> Optional[int]:
+        return self.inner.context_length
+
+    def count_tokens(self, prompt: str) -> Optional[int]:
+        return self.inner.count_tokens(prompt)
+
     def _complete_many(self, requests: list[LLMRequest]) -> list[Result]:
         from ..fileio import append_jsonl
 
