@@ -260,7 +260,8 @@ class HTTPClient(LLMClient):
         import httpx
 
         try:
-            resp = httpx.get(f"{self.base_url}/models", headers=self._headers(), timeout=min(self.timeout, 30.0))
+            resp = httpx.get(f"{self.base_url}/models", headers=self._headers(),
+                             timeout=min(max(self.timeout, 5.0), 30.0))
         except httpx.HTTPError as exc:
             if strict:
                 raise OpenseasonError(f"cannot reach the backend: {type(exc).__name__}: {exc}",
