@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,9 +61,17 @@ class LLMReply:
 
 @dataclass
 class CallFailed:
-    """A call that failed after all retries; `reason` is recorded in the stage log."""
+    """A call that failed after all retries; `reason` is recorded in the stage log.
+
+    `context_exceeded` marks a prompt (plus max_tokens) longer than the backend's context window;
+    `prompt_tokens` and `context_length` are set when the backend said them (OpenAI, vLLM and
+    openseason serve put both in their 400 message), so a caller can shorten the prompt and retry.
+    """
     reason: str
     retryable: bool = True
+    context_exceeded: bool = False
+    prompt_tokens: Optional[int] = None
+    context_length: Optional[int] = None
 
 
 Result = Union[LLMReply, CallFailed]
@@ -72,6 +81,7 @@ Result = Union[LLMReply, CallFailed]
 class Stats:
     calls: int = 0
     failed: int = 0
+    context_exceeded: int = 0   # answers "the prompt does not fit" (callers shorten it and ask again)
     retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -80,7 +90,10 @@ class Stats:
     def count(self, result: Result) -> None:
         self.calls += 1
         if isinstance(result, CallFailed):
-            self.failed += 1
+            if result.context_exceeded:
+                self.context_exceeded += 1
+            else:
+                self.failed += 1
         else:
             self.prompt_tokens += result.prompt_tokens
             self.completion_tokens += result.completion_tokens
@@ -90,9 +103,18 @@ class LLMClient:
     """Base class: subclasses implement `_complete_many`; this one times, counts and validates."""
 
     name = "client"
+    context_length: Optional[int] = None   # the backend's context window in tokens, when known
 
     def __init__(self):
         self.stats = Stats()
+
+    def prepare(self) -> None:
+        """Learn what the backend is before the first call (the HTTP client asks /v1/models);
+        a ConfigError when it cannot be used as configured. Calling it again does nothing."""
+
+    def count_tokens(self, prompt: str) -> Optional[int]:
+        """The prompt's length in the backend's tokens, when this client can tell without a call."""
+        return None
 
     def complete_many(self, requests: Sequence[LLMRequest]) -> list[Result]:
         start = time.perf_counter()
@@ -121,6 +143,40 @@ class LLMClient:
     def describe(self) -> dict:
         """What produced the data (saved in the run report and each row's meta)."""
         return {"backend": self.name}
+
+
+def valid_sampling(temperature: float, top_p: float) -> tuple[float, float]:
+    """(temperature, top_p) that every OpenAI-compatible server accepts: greedy (temperature 0 or
+    top_p <= 0, which some servers read as greedy and others reject) is sent as temperature 0 and
+    top_p 1; top_p above 1 is an error."""
+    if temperature < 0 or top_p > 1:
+        raise ConfigError(f"invalid sampling values: temperature={temperature}, top_p={top_p}",
+                          hint="temperature >= 0 and top_p in (0, 1]; greedy is temperature 0")
+    if temperature == 0 or top_p <= 0:
+        return 0.0, 1.0
+    return float(temperature), float(top_p)
+
+
+_CONTEXT_LIMIT = re.compile(r"maximum context length is (\d+)", re.IGNORECASE)
+_PROMPT_TOKENS = (re.compile(r"\((\d+) (?:tokens )?in (?:the|your) (?:prompt|messages|input)", re.IGNORECASE),
+                  re.compile(r"has (\d+) input tokens", re.IGNORECASE),
+                  re.compile(r"(\d+) in the prompt", re.IGNORECASE))
+
+
+def context_failure(status: int, text: str, reason: str) -> Optional[CallFailed]:
+    """A 400 that says the prompt and max_tokens exceed the context window, as a CallFailed with
+    the numbers the server gave; None for any other answer."""
+    if status != 400:
+        return None
+    lowered = text.lower()
+    if not any(k in lowered for k in ("context_length_exceeded", "context length", "context window", "context size",
+                                      "exceed_context")):
+        return None
+    limit = _CONTEXT_LIMIT.search(text)
+    prompt = next((m for m in (p.search(text) for p in _PROMPT_TOKENS) if m), None)
+    return CallFailed(reason, retryable=False, context_exceeded=True,
+                      prompt_tokens=int(prompt.group(1)) if prompt else None,
+                      context_length=int(limit.group(1)) if limit else None)
 
 
 def _checked(result: Result) -> Result:
@@ -153,6 +209,13 @@ class HTTPClient(LLMClient):
     connection errors or timeouts are retried up to `max_retries` times with exponential backoff
     (`backoff` * 2**attempt seconds, capped at `max_backoff`, jittered, or the server's Retry-After);
     other 4xx answers fail at once (retrying a bad request cannot help).
+
+    Before the first call (`prepare()`) it reads GET {base}/models: with no `model` given, the one
+    model listed becomes the model (several listed: a ConfigError naming them); the context window
+    comes from the entry's `context_length` (openseason serve, OpenRouter), `max_model_len` (vLLM) or
+    `meta.n_ctx_train` (llama.cpp). A server without /models is used as configured. Greedy requests
+    are sent as temperature 0, top_p 1 (servers like vLLM reject top_p 0). A 400 saying the
+    context is exceeded becomes a CallFailed with `context_exceeded` and the server's numbers.
     """
 
     name = "http"
@@ -177,9 +240,59 @@ class HTTPClient(LLMClient):
         self.max_retries = max_retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.model_source = "given" if model else None
+        self.served_models: Optional[list[str]] = None
+        self._prepared = False
 
     def describe(self) -> dict:
-        return {"backend": self.name, "url": self.base_url, "model": self.model, "mode": self.mode}
+        d = {"backend": self.name, "url": self.base_url, "model": self.model, "mode": self.mode}
+        if self.model_source and self.model_source != "given":
+            d["model_source"] = self.model_source
+        if self.context_length is not None:
+            d["context_length"] = self.context_length
+        return d
+
+    def prepare(self, strict: bool = True) -> None:
+        """GET {base}/models once: the model to name (when none was given) and the context window.
+        strict: an unreachable server or an ambiguous model is an error (else it is left to the calls)."""
+        if self._prepared:
+            return
+        import httpx
+
+        try:
+            resp = httpx.get(f"{self.base_url}/models", headers=self._headers(),
+                             timeout=min(max(self.timeout, 5.0), 30.0))
+        except httpx.HTTPError as exc:
+            if strict:
+                raise OpenseasonError(f"cannot reach the backend: {type(exc).__name__}: {exc}",
+                                      where=f"{self.base_url}/models",
+                                      hint="start the server first (e.g. `openseason serve CKPT`) or fix --backend")
+            return
+        self._prepared = True
+        if resp.status_code != 200:
+            return  # a server without /models: use it as configured
+        try:
+            entries = [e for e in resp.json().get("data") or [] if isinstance(e, dict) and isinstance(e.get("id"), str)]
+        except (ValueError, AttributeError):
+            return
+        self.served_models = [e["id"] for e in entries]
+        if self.model is None:
+            if len(entries) == 1:
+                self.model, self.model_source = entries[0]["id"], "the one model in /v1/models"
+            elif len(entries) > 1 and strict:
+                raise ConfigError(f"the backend serves {len(entries)} models and none was chosen",
+                                  where=f"{self.base_url}/models",
+                                  hint=f"pass --model with one of: {', '.join(self.served_models[:20])}")
+        elif entries and self.model not in self.served_models and strict:
+            raise ConfigError(f"the backend does not serve the model {self.model!r}", where=f"{self.base_url}/models",
+                              hint=f"it serves: {', '.join(self.served_models[:20])}")
+        entry = next((e for e in entries if e["id"] == self.model), None)
+        if entry is not None:
+            meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
+            for value in (entry.get("context_length"), entry.get("max_model_len"), meta.get("n_ctx_train")):
+                if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                    self.context_length = value
+                    break
 
     def _headers(self) -> dict:
         headers = {"Content-Type": "application/json"}
@@ -188,7 +301,8 @@ class HTTPClient(LLMClient):
         return headers
 
     def _payload(self, req: LLMRequest) -> tuple[str, dict]:
-        body: dict[str, Any] = {"max_tokens": req.max_tokens, "temperature": req.temperature, "top_p": req.top_p}
+        temperature, top_p = valid_sampling(req.temperature, req.top_p)
+        body: dict[str, Any] = {"max_tokens": req.max_tokens, "temperature": temperature, "top_p": top_p}
         if req.stop:
             body["stop"] = list(req.stop)
         if self.model:
@@ -239,9 +353,10 @@ class HTTPClient(LLMClient):
                             return self._parse(resp.json())
                         except (ValueError, KeyError, IndexError, TypeError) as exc:
                             return CallFailed(f"malformed response: {type(exc).__name__}: {exc}: {resp.text[:200]}")
-                    reason = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                    reason = f"HTTP {resp.status_code}: {resp.text[:300]}"
                     if resp.status_code != 429 and resp.status_code < 500:
-                        return CallFailed(reason, retryable=False)
+                        return context_failure(resp.status_code, resp.text, reason) or CallFailed(reason,
+                                                                                                  retryable=False)
                     retry_after = resp.headers.get("retry-after")
             if attempt < self.max_retries:
                 self.stats.retries += 1
@@ -257,10 +372,19 @@ class HTTPClient(LLMClient):
             return list(await asyncio.gather(*(self._one(client, sem, r) for r in requests)))
 
     def _complete_many(self, requests: list[LLMRequest]) -> list[Result]:
-        return asyncio.run(self._run(requests)) if requests else []
+        if not requests:
+            return []
+        self.prepare(strict=False)
+        return asyncio.run(self._run(requests))
 
 
 # -- in-process model ---------------------------------------------------------------------------------
+
+class _ContextExceeded(Exception):
+    def __init__(self, message: str, prompt_tokens: int, context_length: int):
+        super().__init__(message)
+        self.prompt_tokens, self.context_length = prompt_tokens, context_length
+
 
 class LocalClient(LLMClient):
     """An openseason model in this process: a checkpoint path (loaded with `openseason.LLM.load`), a
@@ -305,22 +429,46 @@ class LocalClient(LLMClient):
             self.chat_format = as_chat_format(given)
 
     def describe(self) -> dict:
-        return {"backend": self.name, "checkpoint": self.path, "mode": self.mode}
+        d = {"backend": self.name, "checkpoint": self.path, "mode": self.mode}
+        if self.chat_format is not None:
+            d["chat_format"] = self.chat_format.name
+        return d
+
+    def _owner(self):
+        return self.engine if self.engine is not None else self.llm
+
+    @property
+    def context_length(self) -> Optional[int]:
+        config = getattr(self._owner(), "config", None)
+        return getattr(config, "block_size", None)
+
+    def _prompt_ids(self, prompt: str, tokenizer) -> list[int]:
+        if self.chat_format is not None:
+            from ..prompts import encode_chat
+
+            return encode_chat([{"role": "user", "content": prompt}], tokenizer, self.chat_format)
+        return tokenizer.encode(prompt)
+
+    def count_tokens(self, prompt: str) -> Optional[int]:
+        tokenizer = getattr(self._owner(), "tokenizer", None)
+        return None if tokenizer is None else len(self._prompt_ids(prompt, tokenizer))
 
     def _complete_many(self, requests: list[LLMRequest]) -> list[Result]:
         out: list[Result] = []
         for req in requests:
             try:
                 out.append(self._one(req))
-            except (RuntimeError, ValueError, OpenseasonError) as exc:  # e.g. a prompt longer than the context
+            except _ContextExceeded as exc:
+                out.append(CallFailed(str(exc), retryable=False, context_exceeded=True, prompt_tokens=exc.prompt_tokens,
+                                      context_length=exc.context_length))
+            except (RuntimeError, ValueError, OpenseasonError) as exc:
                 out.append(CallFailed(f"{type(exc).__name__}: {exc}", retryable=False))
         return out
 
     def _one(self, req: LLMRequest) -> LLMReply:
         from .sampling import SamplingParams
 
-        greedy = req.temperature == 0 or req.top_p <= 0
-        temperature, top_p = (0.0, 1.0) if greedy else (req.temperature, req.top_p)
+        temperature, top_p = valid_sampling(req.temperature, req.top_p)
         owner = self.engine if self.engine is not None else self.llm
         tokenizer, config = getattr(owner, "tokenizer", None), getattr(owner, "config", None)
         if tokenizer is None or config is None or not hasattr(owner, "complete"):
@@ -330,18 +478,16 @@ class LocalClient(LLMClient):
                                      top_p=top_p, stop=list(req.stop))
             return LLMReply(text=text)
         stop, stop_ids = tuple(req.stop), ()
+        ids = self._prompt_ids(req.prompt, tokenizer)
         if self.chat_format is not None:
-            from ..prompts import chat_stops, encode_chat
+            from ..prompts import chat_stops
 
-            ids = encode_chat([{"role": "user", "content": req.prompt}], tokenizer, self.chat_format)
             strings, stop_ids = chat_stops(self.chat_format, tokenizer)
             stop = tuple(dict.fromkeys(stop + strings))
-        else:
-            ids = tokenizer.encode(req.prompt)
         room = config.block_size - len(ids)
         if room < 1:
-            raise OpenseasonError(f"the prompt ({len(ids)} tokens) does not fit the model's context window of "
-                                  f"{config.block_size} tokens", hint="shorten the prompt")
+            raise _ContextExceeded(f"the prompt ({len(ids)} tokens) does not fit the model's context window of "
+                                   f"{config.block_size} tokens; shorten the prompt", len(ids), config.block_size)
         params = SamplingParams(max_new_tokens=min(req.max_tokens, room), temperature=temperature, top_p=top_p,
                                 stop=stop, stop_token_ids=stop_ids)
         c = self.engine.complete(ids, params)[0] if self.engine is not None else self.llm.complete(ids, params)
@@ -491,6 +637,16 @@ class RecordingClient(LLMClient):
 
     def describe(self) -> dict:
         return {**self.inner.describe(), "recorded_to": str(self.path)}
+
+    def prepare(self) -> None:
+        self.inner.prepare()
+
+    @property
+    def context_length(self) -> Optional[int]:
+        return self.inner.context_length
+
+    def count_tokens(self, prompt: str) -> Optional[int]:
+        return self.inner.count_tokens(prompt)
 
     def _complete_many(self, requests: list[LLMRequest]) -> list[Result]:
         from ..fileio import append_jsonl

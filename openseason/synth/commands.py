@@ -1,12 +1,14 @@
 """`openseason synth ...`: self-instruct, reverse-instructions, rationales, self-improve.
 
 Thin wrappers: each verb builds a backend from --backend and calls the library function of the same
-name with the same arguments.
+name with the same arguments. Each prints one JSON status line and exits 0 only when the run is
+complete: 1 when calls failed (rerun to retry), it stopped early, or nothing was kept.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def _backend_args(p: argparse.ArgumentParser) -> None:
@@ -14,7 +16,8 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backend", required=True,
                    help="an OpenAI-compatible URL (http://127.0.0.1:8000/v1), a checkpoint directory, "
                         "or scripted:FILE.jsonl (replay a recording)")
-    g.add_argument("--model", default=None, help="model name sent to the HTTP endpoint")
+    g.add_argument("--model", default=None,
+                   help="model name sent to the HTTP endpoint (default: the one model the server lists in /v1/models)")
     g.add_argument("--mode", choices=["completions", "chat"], default="completions",
                    help="HTTP endpoint: /v1/completions or /v1/chat/completions")
     g.add_argument("--concurrency", type=int, default=8, help="HTTP requests in flight at most")
@@ -34,7 +37,16 @@ def _backend(args):
 
 def _print_summary(report: dict, out) -> int:
     print(json.dumps({"status": report["status"], **report["counts"], "out": str(out)}, ensure_ascii=False))
+    if not report.get("ok", True):
+        print(f"openseason synth: {report['status']} (see {out}/report.md)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _max_tokens(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--max-tokens", type=int, default=None, metavar="N",
+                   help=f"completion tokens per call (default {default}); lowered, and the prompt shortened, "
+                        "when the backend's context cannot hold it")
 
 
 def _self_instruct(args) -> int:
@@ -43,7 +55,8 @@ def _self_instruct(args) -> int:
     report = self_instruct(args.seeds, _backend(args), args.num, args.out, recipe=args.recipe,
                            threshold=args.threshold, blacklist=args.blacklist, batch_size=args.batch_size,
                            seed=args.seed, max_calls=args.max_calls, tokenizer=args.rouge_tokenizer,
-                           template_dir=args.templates, progress=not args.no_progress)
+                           template_dir=args.templates, progress=not args.no_progress,
+                           max_tokens=args.max_tokens, instance_max_tokens=args.instance_max_tokens)
     return _print_summary(report, args.out)
 
 
@@ -52,7 +65,8 @@ def _reverse(args) -> int:
 
     report = reverse_instructions(args.corpus, _backend(args), args.out, styles=args.styles.split(","),
                                   mode=args.style_mode, length_hint_prob=args.length_hint, max_words=args.max_words,
-                                  seed=args.seed, text_field=args.text_field, template_dir=args.templates)
+                                  seed=args.seed, text_field=args.text_field, template_dir=args.templates,
+                                  max_tokens=args.max_tokens)
     return _print_summary(report, args.out)
 
 
@@ -61,7 +75,7 @@ def _rationales(args) -> int:
 
     report = rationales(args.data, _backend(args), args.out, exemplars=args.exemplars, input_field=args.input_field,
                         label_field=args.label_field, drop_mismatched=args.drop_mismatched,
-                        template_dir=args.templates)
+                        template_dir=args.templates, max_tokens=args.max_tokens)
     return _print_summary(report, args.out)
 
 
@@ -69,7 +83,7 @@ def _self_improve(args) -> int:
     from .self_improve import self_improve
 
     report = self_improve(args.data, args.checkpoint, args.out, num_beams=args.num_beams,
-                          max_new_tokens=args.max_new_tokens, metric=args.metric, prompt_style=args.prompt_style,
+                          max_new_tokens=args.max_tokens, metric=args.metric, prompt_style=args.prompt_style,
                           length_penalty=args.length_penalty, device=args.device, limit=args.limit)
     return _print_summary(report, args.out)
 
@@ -93,6 +107,9 @@ def register(subparsers) -> None:
     p.add_argument("--rouge-tokenizer", choices=["default", "unicode"], default="default")
     p.add_argument("--templates", default=None, help="directory with your own prompt templates")
     p.add_argument("--no-progress", action="store_true")
+    _max_tokens(p, "1024; alpaca 3072: the generation calls")
+    p.add_argument("--instance-max-tokens", type=int, default=None, metavar="N",
+                   help="completion tokens per instance call (default 350)")
     _backend_args(p)
     p.set_defaults(func=_self_instruct)
 
@@ -108,6 +125,7 @@ def register(subparsers) -> None:
     p.add_argument("--text-field", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--templates", default=None)
+    _max_tokens(p, "128")
     _backend_args(p)
     p.set_defaults(func=_reverse)
 
@@ -119,6 +137,7 @@ def register(subparsers) -> None:
     p.add_argument("--label-field", default="label")
     p.add_argument("--drop-mismatched", action="store_true", help="drop examples where the teacher's label is wrong")
     p.add_argument("--templates", default=None)
+    _max_tokens(p, "256")
     _backend_args(p)
     p.set_defaults(func=_rationales)
 
@@ -127,9 +146,12 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, help="openseason checkpoint directory (the finetuned model)")
     p.add_argument("--out", required=True)
     p.add_argument("--num-beams", type=int, default=4)
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-tokens", "--max-new-tokens", dest="max_tokens", type=int, default=128,
+                   help="new tokens per beam (default 128)")
     p.add_argument("--metric", choices=["bleu", "rouge-l"], default="bleu")
-    p.add_argument("--prompt-style", default="alpaca")
+    p.add_argument("--prompt-style", default=None,
+                   help="chat format of the prompts (default: the checkpoint's own: run_card.json's style, else its "
+                        "chat template, else plain)")
     p.add_argument("--length-penalty", type=float, default=1.0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--limit", type=int, default=None, help="only the first N examples")

@@ -89,10 +89,24 @@ def rouge_histogram(scores: Sequence[float], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def run_status(problems: Sequence[str]) -> dict:
+    """{"status", "ok"} for a report: "complete" only when nothing went wrong; else "incomplete: "
+    and every problem (failed calls, nothing kept, stopped early). The CLI exits 1 when not ok."""
+    problems = [p for p in problems if p]
+    if not problems:
+        return {"status": "complete", "ok": True}
+    return {"status": "incomplete: " + "; ".join(problems), "ok": False}
+
+
 def _markdown(report: dict) -> str:
     lines = [f"# Synthetic data run: {report['run'].get('recipe', report['run'].get('stage', ''))}", "",
              f"status: {report['status']}", ""]
     lines += ["## Counts", ""] + [f"- {k}: {v}" for k, v in report["counts"].items()] + [""]
+    if report.get("fitted"):
+        lines += ["## Fitted to the backend's context (calls, what was cut)", ""]
+        for stage, notes in report["fitted"].items():
+            lines += [f"- {stage}: {note}: {n}" for note, n in notes.items()]
+        lines.append("")
     lines += ["## Filters (kept and rejected, per reason)", ""]
     for stage, reasons in report.get("filters", {}).items():
         lines.append(f"### {stage}")

@@ -18,10 +18,10 @@ from typing import Optional, Sequence
 import torch
 
 from ..errors import ConfigError, DataError, where
-from ..fileio import read_json_rows, write_json_atomic, write_jsonl_atomic
-from .report import write_report
+from ..fileio import read_json_rows, write_json_atomic
+from .report import run_status, write_report
 from .rouge import rouge_l
-from .store import StageLog, stable_hash
+from .store import OutputFiles, StageLog, stable_hash
 
 __all__ = ["beam_search", "sentence_bleu", "self_improve"]
 
@@ -119,20 +119,29 @@ def load_training_set(path: str | Path) -> list[dict]:
 
 
 def self_improve(data: str | Path, checkpoint: str | Path, out: str | Path, *, num_beams: int = 4,
-                 max_new_tokens: int = 128, metric: str = "bleu", prompt_style: str = "alpaca",
+                 max_new_tokens: int = 128, metric: str = "bleu", prompt_style: Optional[str] = None,
                  length_penalty: float = 1.0, device: str = "cpu", limit: Optional[int] = None) -> dict:
     """Write OUT/augmented.json (the training set plus the best beam per example), OUT/added.jsonl,
-    OUT/rejected.jsonl and a report."""
+    OUT/rejected.jsonl (every example not added, with its reason; both JSONL files written as the
+    run goes) and a report.
+
+    prompt_style: the chat format the prompts are built in; default the checkpoint's own
+    (prompts.resolve_chat_format: run_card.json's style, else its chat template, else "plain"),
+    i.e. what the model was finetuned with. The report's "ok" is False when every example was
+    skipped (e.g. none fits the context window)."""
     from ..checkpoint import load_config, load_model
-    from ..prompts import encode_chat, get_style
+    from ..chat_template import ChatTemplate
+    from ..prompts import encode_chat, resolve_chat_format
     from ..tokenizer import Tokenizer
 
     if metric not in METRICS:
         raise ConfigError(f"unknown metric {metric!r}", hint=f"choose one of {sorted(METRICS)}")
+    if max_new_tokens < 1 or num_beams < 1:
+        raise ConfigError(f"--max-tokens and --num-beams must be at least 1 (got {max_new_tokens}, {num_beams})")
     started = time.perf_counter()
     out = Path(out)
     rows = load_training_set(data)[:limit]
-    style = get_style(prompt_style)
+    style, style_reason = resolve_chat_format(checkpoint, prompt_style)
     config = load_config(checkpoint)
     model = load_model(checkpoint, device=device)
     tokenizer = Tokenizer.from_dir(checkpoint, config)
@@ -140,9 +149,15 @@ def self_improve(data: str | Path, checkpoint: str | Path, out: str | Path, *, n
                            "mtime": [p.stat().st_mtime_ns for p in sorted(Path(checkpoint).glob("*.safetensors"))]})
     log = StageLog(out / "logs" / "beams.jsonl", "self-improve",
                    {"checkpoint": ckpt_id, "num_beams": num_beams, "max_new_tokens": max_new_tokens,
-                    "style": prompt_style, "length_penalty": length_penalty})
+                    "style": style.name, "length_penalty": length_penalty})
     score_fn = METRICS[metric]
-    added, rejected, counts = [], [], {}
+    added, counts = [], {}
+    skipped = 0
+    files = OutputFiles(out, ["added.jsonl", "rejected.jsonl"])
+
+    def reject(row: dict, reason: str, detail: Optional[str] = None) -> None:
+        count(reason)
+        files.add("rejected.jsonl", [{**row, "reason": reason, **({"detail": detail} if detail else {})}])
 
     def count(reason):
         counts[reason] = counts.get(reason, 0) + 1
@@ -152,7 +167,11 @@ def self_improve(data: str | Path, checkpoint: str | Path, out: str | Path, *, n
     with Progress(transient=True) as progress:
         task = progress.add_task("self-improve: beam search", total=len(rows))
         for i, row in enumerate(rows):
-            messages = [{"role": "user", "content": row["instruction"], "input": row["input"]}]
+            if isinstance(style, ChatTemplate):  # a Jinja template knows no "input" field
+                content = row["instruction"] + (f"\n\n{row['input']}" if row["input"] else "")
+                messages = [{"role": "user", "content": content}]
+            else:
+                messages = [{"role": "user", "content": row["instruction"], "input": row["input"]}]
             prompt = style.render(messages)
             key = log.key({"prompt": prompt})
             if not log.done(key):
@@ -174,34 +193,42 @@ def self_improve(data: str | Path, checkpoint: str | Path, out: str | Path, *, n
             progress.update(task, advance=1)
             beams = log.get(key)
             if beams is None:
-                count("skipped: " + log.failure(key).split(" (")[0][:60])
-                rejected.append({**row, "reason": log.failure(key)})
+                skipped += 1
+                reject(row, "skipped: prompt + max_tokens exceed the context window", log.failure(key))
                 continue
             scored = sorted(((score_fn(b["text"], row["output"]), -r, b) for r, b in enumerate(beams) if b["text"]),
                             key=lambda t: (t[0], t[1]), reverse=True)
             if not scored:
-                count("all beams empty")
-                rejected.append({**row, "reason": "all beams empty"})
+                reject(row, "all beams empty")
                 continue
             best, neg_rank, beam = scored[0]
             if beam["text"] == row["output"].strip():
-                count("best beam identical to the reference")
-                rejected.append({**row, "reason": "best beam identical to the reference"})
+                reject(row, "best beam identical to the reference")
                 continue
             count("added")
             added.append({"instruction": row["instruction"], "input": row["input"], "output": beam["text"],
                           "meta": {"source": "self-improve", "metric": metric, "score": best, "beam_rank": -neg_rank,
                                    "logprob": beam["logprob"], "reference": row["output"]}})
+            files.add("added.jsonl", added[-1:])
+            if i % 16 == 15:
+                files.flush()
     log.close()
+    files.close()
     augmented = rows + [{k: a[k] for k in ("instruction", "input", "output")} for a in added]
     write_json_atomic(out / "augmented.json", augmented)
-    write_jsonl_atomic(out / "added.jsonl", added)
-    write_jsonl_atomic(out / "rejected.jsonl", rejected)
     scores = [a["meta"]["score"] for a in added]
+    problems = []
+    if rows and skipped == len(rows):
+        problems.append(f"all {len(rows)} examples skipped: their prompt + {max_new_tokens} new tokens exceed the "
+                        f"context window ({config.block_size}); lower --max-tokens or use shorter inputs")
+    if not rows:
+        problems.append("no examples")
     report = {"run": {"stage": "self-improve", "data": str(data), "checkpoint": str(checkpoint), "num_beams": num_beams,
-                      "metric": metric, "prompt_style": prompt_style, "max_new_tokens": max_new_tokens},
-              "status": "complete",
-              "counts": {"examples": len(rows), "added": len(added), "augmented_total": len(augmented),
+                      "metric": metric, "prompt_style": style.name, "prompt_style_reason": style_reason,
+                      "max_new_tokens": max_new_tokens},
+              **run_status(problems),
+              "counts": {"examples": len(rows), "added": len(added), "skipped": skipped,
+                         "rejected": files.counts["rejected.jsonl"], "augmented_total": len(augmented),
                          f"mean_{metric}_of_added": (sum(scores) / len(scores)) if scores else None},
               "filters": {"self-improve": counts},
               "cost": {"model_forward_calls": "in process", "wall_seconds": round(time.perf_counter() - started, 3)}}

@@ -27,15 +27,17 @@ import random
 import re
 import string
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
 from ..errors import ConfigError, DataError, where
 from ..fileio import iter_jsonl, write_json_atomic, write_jsonl_atomic
-from ..generation.client import LLMClient, CallFailed, LLMRequest
+from ..generation.client import LLMClient, LLMRequest
 from .blacklists import compile_blacklist, resolve
 from .prompting import clean, load_template, render
+from .calls import Ask, Variant, fit_counts, send_logged, with_prompt
+from .report import run_status
 from .rouge import NoveltyFilter
 from .store import StageLog, stable_hash
 
@@ -76,8 +78,8 @@ RECIPES: dict[str, Recipe] = {
         "self-instruct", seed_demos=6, machine_demos=2, tasks_per_call=16, inline_instances=False, classify=True,
         blacklist="paper", batch_size=5,
         generate=LLMRequest("", max_tokens=1024, temperature=0.7, top_p=0.5, stop=("\n\n", "\n16", "16.", "16 .")),
-        classify_request=LLMRequest("", max_tokens=3, temperature=0.0, top_p=0.0, stop=("\n", "Task:")),
-        instances_request=LLMRequest("", max_tokens=350, temperature=0.0, top_p=0.0, stop=("Example 6", "Task:"))),
+        classify_request=LLMRequest("", max_tokens=3, temperature=0.0, top_p=1.0, stop=("\n", "Task:")),
+        instances_request=LLMRequest("", max_tokens=350, temperature=0.0, top_p=1.0, stop=("Example 6", "Task:"))),
     # Stanford Alpaca: 3 seed demos, 20 tasks per call each with its instance, no classification step.
     "alpaca": Recipe(
         "alpaca", seed_demos=3, machine_demos=0, tasks_per_call=20, inline_instances=True, classify=False,
@@ -171,36 +173,60 @@ def _format_alpaca_demo(i: int, task: SeedTask) -> str:
     return f"###\n{i}. Instruction: {task.instruction}\n{i}. Input:\n{inp}\n{i}. Output:\n{inst['output'].strip()}\n"
 
 
-def generation_prompt(recipe: Recipe, rng: random.Random, seeds: list[SeedTask], machine: list[str],
-                      template_dir=None) -> tuple[str, int]:
-    """The prompt for one generation call and the number its completion starts at."""
+def generation_prompts(recipe: Recipe, rng: random.Random, seeds: list[SeedTask], machine: list[str],
+                       template_dir=None) -> list[tuple[str, int]]:
+    """(prompt, the number its completion starts at) for one generation call: the full prompt first,
+    then shorter ones with fewer demonstrations (the first ones dropped), down to one, for backends
+    whose context cannot hold them all."""
     if recipe.inline_instances:
         demos = rng.sample(seeds, recipe.seed_demos)
-        body = "".join(_format_alpaca_demo(i + 1, t) for i, t in enumerate(demos))
-        nxt = len(demos) + 1
         template = load_template("alpaca_generate.txt", template_dir)
-        return render(template, num=recipe.tasks_per_call, demos=body) + f"###\n{nxt}. Instruction:", nxt
+        out = []
+        for k in range(len(demos), 0, -1):
+            body = "".join(_format_alpaca_demo(i + 1, t) for i, t in enumerate(demos[-k:]))
+            out.append((render(template, num=recipe.tasks_per_call, demos=body) + f"###\n{k + 1}. Instruction:", k + 1))
+        return out
     picked = rng.sample(machine, min(recipe.machine_demos, len(machine)))
     total = recipe.seed_demos + recipe.machine_demos
     picked += [t.instruction for t in rng.sample(seeds, total - len(picked))]
     rng.shuffle(picked)
-    body = "\n".join(f"{i + 1}. {text}" for i, text in enumerate(picked))
     template = load_template("self_instruct_generate.txt", template_dir)
-    return render(template, demos=body, next=len(picked) + 1).rstrip(" "), len(picked) + 1
+    out = []
+    for k in range(len(picked), 0, -1):
+        body = "\n".join(f"{i + 1}. {text}" for i, text in enumerate(picked[-k:]))
+        out.append((render(template, demos=body, next=k + 1).rstrip(" "), k + 1))
+    return out
+
+
+def generation_prompt(recipe: Recipe, rng: random.Random, seeds: list[SeedTask], machine: list[str],
+                      template_dir=None) -> tuple[str, int]:
+    """The prompt for one generation call and the number its completion starts at."""
+    return generation_prompts(recipe, rng, seeds, machine, template_dir)[0]
+
+
+def cut_demos(build, demos: list, what: str = "demonstrations") -> tuple[str, list[Variant]]:
+    """The prompt with every demonstration, and shorter ones keeping the last k (k = n-1 .. 0)."""
+    n = len(demos)
+    return build(demos), [Variant(build(demos[n - k:] if k else []), f"{what}: kept {k} of {n}", {"demos": k})
+                          for k in range(n - 1, -1, -1)]
 
 
 # -- step 2: classification ----------------------------------------------------------------------------
 
 def classification_demos(seeds: list[SeedTask], seed: int, n: int = 12) -> str:
     """n seed tasks, half classification, as 'Task: ...\\nIs it classification? Yes|No' demos."""
+    return "".join(classification_demo_list(seeds, seed, n))
+
+
+def classification_demo_list(seeds: list[SeedTask], seed: int, n: int = 12) -> list[str]:
     rng = random.Random(f"{seed}:classify-demos")
     yes = [s for s in seeds if s.is_classification]
     no = [s for s in seeds if not s.is_classification]
     k = min(n // 2, len(yes))
     chosen = rng.sample(yes, k) + rng.sample(no, min(n - k, len(no)))
     rng.shuffle(chosen)
-    return "".join(f"Task: {s.instruction}\nIs it classification? {'Yes' if s.is_classification else 'No'}\n\n"
-                   for s in chosen)
+    return [f"Task: {s.instruction}\nIs it classification? {'Yes' if s.is_classification else 'No'}\n\n"
+            for s in chosen]
 
 
 def parse_yes_no(text: str) -> Optional[bool]:
@@ -211,6 +237,10 @@ def parse_yes_no(text: str) -> Optional[bool]:
 # -- step 3: instances ---------------------------------------------------------------------------------
 
 def instance_demos(seeds: list[SeedTask], seed: int, output_first: bool, n: int = 6) -> str:
+    return "".join(instance_demo_list(seeds, seed, output_first, n))
+
+
+def instance_demo_list(seeds: list[SeedTask], seed: int, output_first: bool, n: int = 6) -> list[str]:
     rng = random.Random(f"{seed}:instance-demos:{output_first}")
     if output_first:
         pool = [s for s in seeds if s.is_classification and s.instances and s.instances[0]["input"].strip()]
@@ -229,7 +259,7 @@ def instance_demos(seeds: list[SeedTask], seed: int, output_first: bool, n: int 
                     lines.append(f"Input: {inst['input'].strip()}")
                 lines.append(f"Output: {inst['output'].strip()}")
         parts.append("\n".join(lines) + "\n\n")
-    return "".join(parts)
+    return parts
 
 
 _EXAMPLE = re.compile(r"(?:^|\n)\s*Example\s*\d+\s*:?\s*\n?", re.IGNORECASE)
@@ -312,38 +342,34 @@ def _progress(enabled: bool):
                     disable=not enabled, transient=True)
 
 
-def send_logged(backend: LLMClient, log: StageLog, items: list[tuple[str, LLMRequest, dict]]) -> list[Optional[dict]]:
-    """Ask for every (key, request, input) not yet logged "ok"; log each answer or failure as it lands.
-    Returns the stored result per item (None for a failure)."""
-    todo = [(k, r, i) for k, r, i in items if not log.done(k)]
-    if todo:
-        results = backend.complete_many([r for _, r, _ in todo])
-        for (key, _, inp), res in zip(todo, results):
-            if isinstance(res, CallFailed):
-                log.record_failure(key, res.reason, input=inp)
-            else:
-                log.record(key, {"text": res.text, "finish_reason": res.finish_reason,
-                                 "prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens},
-                           input=inp)
-    return [log.get(k) for k, _, _ in items]
-
-
-def with_prompt(req: LLMRequest, prompt: str) -> LLMRequest:
-    return LLMRequest(prompt, req.max_tokens, req.temperature, req.top_p, tuple(req.stop))
-
-
 def self_instruct(seeds: str | Path, backend: LLMClient, num: int, out: str | Path, *, recipe: str = "self-instruct",
                   threshold: Optional[float] = None, blacklist=None, batch_size: Optional[int] = None, seed: int = 0,
                   max_calls: Optional[int] = None, tokenizer: str = "default", template_dir=None,
-                  chunk_size: int = 64, progress: bool = True) -> dict:
+                  chunk_size: int = 64, progress: bool = True, max_tokens: Optional[int] = None,
+                  instance_max_tokens: Optional[int] = None) -> dict:
     """Run (or resume) Self-Instruct until `num` machine instructions pass every filter; write the
     instructions, tasks with instances, Alpaca JSON, conversation records, rejects and a report to `out`.
+
+    max_tokens           completion tokens per generation call (default: the recipe's, 1024 or 3072)
+    instance_max_tokens  completion tokens per instance call (default 350)
+
+    Every dropped item is in a rejects file with its reason (rejected_instructions.jsonl,
+    rejected_instances.jsonl, rejected_tasks.jsonl; failed calls in failures.jsonl) and the report's
+    counts per reason equal those files. The report's "ok" is False (and "status" says why) when
+    calls failed, the run stopped before `num`, or no task was kept.
     Returns the report dict (also in OUT/report.json)."""
     if recipe not in RECIPES:
         raise ConfigError(f"unknown recipe {recipe!r}", hint=f"choose one of {sorted(RECIPES)}")
     if num < 1:
         raise ConfigError(f"--num must be at least 1, not {num}")
+    for name, value in (("--max-tokens", max_tokens), ("--instance-max-tokens", instance_max_tokens)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be at least 1, not {value}")
     rcp = RECIPES[recipe]
+    if max_tokens is not None:
+        rcp = replace(rcp, generate=replace(rcp.generate, max_tokens=max_tokens))
+    if instance_max_tokens is not None:
+        rcp = replace(rcp, instances_request=replace(rcp.instances_request, max_tokens=instance_max_tokens))
     threshold = rcp.threshold if threshold is None else threshold
     batch_size = batch_size or rcp.batch_size
     words = resolve(blacklist if blacklist is not None else rcp.blacklist)
@@ -354,11 +380,15 @@ def self_instruct(seeds: str | Path, backend: LLMClient, num: int, out: str | Pa
     if len(seed_tasks) < rcp.seed_demos + rcp.machine_demos:
         raise DataError(f"{len(seed_tasks)} seed tasks; the {recipe} recipe needs at least "
                         f"{rcp.seed_demos + rcp.machine_demos}", where=str(seeds))
+    backend.prepare()
     max_calls = max_calls or max(100, 20 * num)
     started = time.perf_counter()
     counts = _Counts()
+    fitted: dict[str, dict] = {}
     run_info = {"recipe": recipe, "seed": seed, "threshold": threshold, "blacklist": list(words),
-                "seeds": str(seeds), "num": num, "backend": backend.describe()}
+                "seeds": str(seeds), "num": num, "max_tokens": rcp.generate.max_tokens,
+                "instance_max_tokens": None if rcp.inline_instances else rcp.instances_request.max_tokens,
+                "backend": backend.describe()}
     gen_config = {"recipe": asdict(rcp), "seed": seed, "threshold": threshold, "blacklist": list(words),
                   "seeds": stable_hash([asdict(s) for s in seed_tasks]), "batch_size": batch_size,
                   "tokenizer": tokenizer, "template": load_template(
@@ -369,10 +399,17 @@ def self_instruct(seeds: str | Path, backend: LLMClient, num: int, out: str | Pa
     novelty.extend(s.instruction for s in seed_tasks)
     machine: list[dict] = []
     rejected_instructions: list[dict] = []
+    failures: list[dict] = []
     stopped: Optional[str] = None
     gen_log = StageLog(out / "logs" / "generate.jsonl", "generate", gen_config)
+    gen_results = []
     batch = 0
     calls = 0
+
+    def reject_instruction(reason: str, instruction: str, key: str, **extra) -> None:
+        counts.add("generate", reason)
+        rejected_instructions.append({"instruction": instruction, "reason": reason, "call": key, **extra})
+
     progress_bar = _progress(progress)
     with progress_bar:
         task = progress_bar.add_task("self-instruct: instructions", total=num)
@@ -383,37 +420,40 @@ def self_instruct(seeds: str | Path, backend: LLMClient, num: int, out: str | Pa
             items = []
             for j in range(batch_size):
                 rng = random.Random(f"{seed}:{batch}:{j}")
-                prompt, start = generation_prompt(rcp, rng, seed_tasks, [m["instruction"] for m in machine], template_dir)
+                prompts = generation_prompts(rcp, rng, seed_tasks, [m["instruction"] for m in machine], template_dir)
+                (prompt, start), n = prompts[0], len(prompts)
                 req = with_prompt(rcp.generate, prompt)
+                shorter = [Variant(p, f"demonstrations: kept {st - 1} of {n}", {"start": st}) for p, st in prompts[1:]]
                 # The slot is part of the key: two slots that happen to draw the same demos still get
                 # two samples, as two API calls would.
-                items.append((gen_log.key({"prompt": prompt, "params": req.params(), "slot": [batch, j]}), req,
-                              {"batch": batch, "request": j, "start": start}))
+                items.append(Ask(gen_log.key({"prompt": prompt, "params": req.params(), "slot": [batch, j]}), req,
+                                 {"batch": batch, "request": j, "start": start}, shorter))
             calls += len(items)
             results = send_logged(backend, gen_log, items)
-            failed = [gen_log.failure(k) for (k, _, _), r in zip(items, results) if r is None]
+            failed = [(a.key, gen_log.failure(a.key)) for a, r in zip(items, results) if r is None]
             if failed:
-                stopped = (f"generation batch {batch}: {len(failed)} call(s) failed ({failed[0]}); "
+                failures += [{"stage": "generate", "batch": batch, "call": k, "reason": r} for k, r in failed]
+                stopped = (f"generation batch {batch}: {len(failed)} call(s) failed ({failed[0][1]}); "
                            "rerun the same command to retry them and continue")
                 break
-            for (key, _, meta), res in zip(items, results):
-                start = meta["start"]
+            gen_results += results
+            for ask, res in zip(items, results):
+                key = ask.key
+                start = (res.get("fit") or {}).get("start", ask.input["start"])
                 if rcp.inline_instances:
                     parsed = parse_alpaca_list(res["text"], start)
                 else:
                     parsed = [{"instruction": t} for t in parse_numbered_list(res["text"], start)]
                 if res.get("finish_reason") == "length" and parsed:
                     item = parsed.pop()  # the last item was cut off by max_tokens
-                    rejected_instructions.append({"instruction": (item or {}).get("instruction", ""),
-                                                  "reason": "truncated (last item, finish_reason=length)",
-                                                  "call": key})
-                    counts.add("generate", "truncated (last item, finish_reason=length)")
+                    reject_instruction("truncated (last item, finish_reason=length)",
+                                       (item or {}).get("instruction", ""), key)
                 for item in parsed:
                     if len(machine) >= num:
-                        break
+                        reject_instruction("not needed (--num reached)", (item or {}).get("instruction", ""), key)
+                        continue
                     if item is None:
-                        counts.add("generate", "unparseable item")
-                        rejected_instructions.append({"instruction": "", "reason": "unparseable item", "call": key})
+                        reject_instruction("unparseable item", "", key)
                         continue
                     inst = item["instruction"]
                     reason = heuristic_reject_reason(inst, compiled)
@@ -423,12 +463,10 @@ def self_instruct(seeds: str | Path, backend: LLMClient, num: int, out: str | Pa
                         if not accepted:
                             reason = f"too similar (ROUGE-L > {threshold})"
                     if reason:
-                        counts.add("generate", reason)
-                        row = {"instruction": inst, "reason": reason, "call": key}
+                        extra = {}
                         if best is not None:
-                            row["max_rouge_l"] = best
-                            row["most_similar"] = dict(novelty.last_neighbors[:3])
-                        rejected_instructions.append(row)
+                            extra = {"max_rouge_l": best, "most_similar": dict(novelty.last_neighbors[:3])}
+                        reject_instruction(reason, inst, key, **extra)
                         continue
                     counts.add("generate", "kept")
                     record = {"id": f"{recipe}-{stable_hash(inst, 12)}", "instruction": inst, "max_rouge_l": best,
@@ -439,28 +477,34 @@ def self_instruct(seeds: str | Path, backend: LLMClient, num: int, out: str | Pa
             progress_bar.update(task, completed=len(machine))
             batch += 1
     gen_log.close()
+    fitted["generate"] = fit_counts(gen_results)
     write_jsonl_atomic(out / "machine_instructions.jsonl", machine)
     write_jsonl_atomic(out / "rejected_instructions.jsonl", rejected_instructions)
 
     # Step 2 -------------------------------------------------------------------------------------------
-    failures: list[dict] = []
     if rcp.classify:
-        demos = classification_demos(seed_tasks, seed)
+        demo_list = classification_demo_list(seed_tasks, seed)
         template = load_template("is_classification.txt", template_dir)
         clf_log = StageLog(out / "logs" / "classify.jsonl", "classify",
-                           {"template": template, "demos": demos, "params": rcp.classify_request.params()})
+                           {"template": template, "demos": "".join(demo_list),
+                            "params": rcp.classify_request.params()})
+        clf_results = []
         for lo in range(0, len(machine), chunk_size):
             part = machine[lo:lo + chunk_size]
             items = []
             for rec in part:
-                prompt = render(template, demos=demos, instruction=rec["instruction"]).rstrip("\n")
-                items.append((clf_log.key(rec["instruction"]), with_prompt(rcp.classify_request, prompt),
-                              {"instruction": rec["instruction"]}))
-            for (key, _, _), rec, res in zip(items, part, send_logged(backend, clf_log, items)):
+                prompt, shorter = cut_demos(
+                    lambda d, i=rec["instruction"]: render(template, demos="".join(d), instruction=i).rstrip("\n"),
+                    demo_list)
+                items.append(Ask(clf_log.key(rec["instruction"]), with_prompt(rcp.classify_request, prompt),
+                                 {"instruction": rec["instruction"]}, shorter))
+            results = send_logged(backend, clf_log, items)
+            clf_results += results
+            for ask, rec, res in zip(items, part, results):
                 if res is None:
                     rec["is_classification"] = None
                     failures.append({"stage": "classify", "instruction": rec["instruction"],
-                                     "reason": clf_log.failure(key)})
+                                     "reason": clf_log.failure(ask.key)})
                     continue
                 verdict = parse_yes_no(res["text"])
                 if verdict is None:
@@ -469,44 +513,58 @@ def self_instruct(seeds: str | Path, backend: LLMClient, num: int, out: str | Pa
                 rec["is_classification"] = verdict
                 counts.add("classify", "classification" if verdict else "not classification")
         clf_log.close()
+        fitted["classify"] = fit_counts(clf_results)
     else:
         for rec in machine:
             rec["is_classification"] = None
 
     # Step 3 -------------------------------------------------------------------------------------------
+    rejected_instances: list[dict] = []
     if not rcp.inline_instances:
         templates = {True: load_template("instances_output_first.txt", template_dir),
                      False: load_template("instances_input_first.txt", template_dir)}
-        demos = {True: instance_demos(seed_tasks, seed, True), False: instance_demos(seed_tasks, seed, False)}
+        demo_lists = {of: instance_demo_list(seed_tasks, seed, of) for of in (True, False)}
         inst_log = StageLog(out / "logs" / "instances.jsonl", "instances",
-                            {"templates": templates, "demos": demos, "params": rcp.instances_request.params()})
+                            {"templates": templates, "demos": {of: "".join(d) for of, d in demo_lists.items()},
+                             "params": rcp.instances_request.params()})
+        inst_results = []
         ready = [r for r in machine if r.get("is_classification") is not None]
         for lo in range(0, len(ready), chunk_size):
             part = ready[lo:lo + chunk_size]
             items = []
             for rec in part:
                 of = bool(rec["is_classification"])
-                prompt = render(templates[of], demos=demos[of], instruction=rec["instruction"])
-                items.append((inst_log.key({"instruction": rec["instruction"], "output_first": of}),
-                              with_prompt(rcp.instances_request, prompt), {"instruction": rec["instruction"]}))
-            for (key, _, _), rec, res in zip(items, part, send_logged(backend, inst_log, items)):
+                prompt, shorter = cut_demos(
+                    lambda d, t=templates[of], i=rec["instruction"]: render(t, demos="".join(d), instruction=i),
+                    demo_lists[of])
+                items.append(Ask(inst_log.key({"instruction": rec["instruction"], "output_first": of}),
+                                 with_prompt(rcp.instances_request, prompt), {"instruction": rec["instruction"]},
+                                 shorter))
+            results = send_logged(backend, inst_log, items)
+            inst_results += results
+            for ask, rec, res in zip(items, part, results):
                 if res is None:
                     failures.append({"stage": "instances", "instruction": rec["instruction"],
-                                     "reason": inst_log.failure(key)})
+                                     "reason": inst_log.failure(ask.key)})
                     continue
                 parse = parse_instances_output_first if rec["is_classification"] else parse_instances_input_first
                 instances = parse(res["text"])
                 if res.get("finish_reason") == "length" and instances:
-                    instances.pop()
-                    counts.add("instances", "last instance truncated (finish_reason=length)")
+                    reason = "last instance truncated (finish_reason=length)"
+                    counts.add("instances", reason)
+                    rejected_instances.append({"task": rec["id"], "instruction": rec["instruction"],
+                                               **instances.pop(), "reason": reason})
                 rec["instances"] = instances
         inst_log.close()
+        fitted["instances"] = fit_counts(inst_results)
 
     # Step 4 -------------------------------------------------------------------------------------------
-    tasks, rejected_instances = [], []
+    tasks, rejected_tasks = [], []
     for rec in machine:
         if "instances" not in rec:
-            counts.add("filter", "task without instances (failed call, retried next run)")
+            reason = "task without instances (failed call, retried next run)"
+            counts.add("filter", reason)
+            rejected_tasks.append({"task": rec["id"], "instruction": rec["instruction"], "reason": reason})
             continue
         kept, rejects, task_reason = filter_instances(rec["instances"], rcp.max_instances,
                                                       random.Random(f"{seed}:{rec['id']}"))
@@ -514,11 +572,15 @@ def self_instruct(seeds: str | Path, backend: LLMClient, num: int, out: str | Pa
             counts.add("filter", reason)
             rejected_instances.append({"task": rec["id"], "instruction": rec["instruction"], **inst, "reason": reason})
         if task_reason:
-            counts.add("filter", f"task dropped: {task_reason}")
+            reason = f"task dropped: {task_reason}"
+            counts.add("filter", reason)
+            rejected_tasks.append({"task": rec["id"], "instruction": rec["instruction"], "reason": reason,
+                                   "instances": len(rec["instances"])})
             continue
         counts.add("filter", "instances kept", len(kept))
         tasks.append({**rec, "instances": kept})
     write_jsonl_atomic(out / "rejected_instances.jsonl", rejected_instances)
+    write_jsonl_atomic(out / "rejected_tasks.jsonl", rejected_tasks)
     write_jsonl_atomic(out / "tasks.jsonl", tasks)
     write_jsonl_atomic(out / "failures.jsonl", failures)
     alpaca, conversations = export_records(tasks, recipe, backend.describe())
@@ -527,14 +589,23 @@ def self_instruct(seeds: str | Path, backend: LLMClient, num: int, out: str | Pa
 
     from .report import write_report
 
+    problems = [stopped]
+    if failures and not stopped:
+        problems.append(f"{len(failures)} call(s) failed ({failures[0]['reason']}); rerun to retry them")
+    if not tasks:
+        problems.append(f"no task kept ({len(machine)} machine instructions, {len(rejected_tasks)} tasks dropped: "
+                        "see rejected_tasks.jsonl and rejected_instances.jsonl)")
     stats = backend.stats
     report = {
         "run": run_info,
-        "status": stopped or ("complete" if not failures else f"{len(failures)} call(s) failed; rerun to retry"),
+        **run_status(problems),
         "counts": {"machine_instructions": len(machine), "tasks": len(tasks), "instances": len(alpaca),
-                   "failed_calls_pending": len(failures)},
+                   "failed_calls_pending": len(failures), "rejected_instructions": len(rejected_instructions),
+                   "rejected_instances": len(rejected_instances), "rejected_tasks": len(rejected_tasks)},
         "filters": counts.counts,
-        "cost": {"calls": stats.calls, "failed_calls": stats.failed, "retries": stats.retries,
+        "fitted": {k: v for k, v in fitted.items() if v},
+        "cost": {"calls": stats.calls, "failed_calls": stats.failed, "context_exceeded": stats.context_exceeded,
+                 "retries": stats.retries,
                  "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
                  "backend_seconds": round(stats.seconds, 3), "wall_seconds": round(time.perf_counter() - started, 3),
                  "note": "calls made by this invocation; answers already in OUT/logs were reused for free"},

@@ -13,12 +13,12 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from ..errors import DataError, where
 from ..fileio import append_jsonl
 
-__all__ = ["StageLog", "stable_hash"]
+__all__ = ["StageLog", "OutputFiles", "stable_hash"]
 
 
 def stable_hash(obj: Any, length: int = 24) -> str:
@@ -108,6 +108,42 @@ class StageLog:
 
     def close(self) -> None:
         self._handle.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class OutputFiles:
+    """JSONL outputs written as a run goes, so a partial run is usable: each file is started empty
+    (the stage logs, not these files, are what a rerun resumes from), then whole chunks of rows are
+    appended, flushed and fsynced. A rerun rewrites them from the logs in the same order, so the
+    final files equal an uninterrupted run's. (A kill -9 in the middle of a write can leave a torn
+    last line in a partial file; the next run rewrites it.)"""
+
+    def __init__(self, directory: str | os.PathLike, names: Sequence[str]):
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.handles = {name: open(directory / name, "w", encoding="utf-8") for name in names}
+        self.counts = {name: 0 for name in names}
+
+    def add(self, name: str, rows: Sequence[Any]) -> None:
+        handle = self.handles[name]
+        if rows:
+            handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        self.counts[name] += len(rows)
+
+    def flush(self) -> None:
+        for handle in self.handles.values():
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def close(self) -> None:
+        self.flush()
+        for handle in self.handles.values():
+            handle.close()
 
     def __enter__(self):
         return self

@@ -97,3 +97,26 @@ def test_self_improve_end_to_end(tiny_model, tiny_tokenizer, tmp_path):
     before = (tmp_path / "out/logs/beams.jsonl").read_text()
     self_improve(data, ckpt, tmp_path / "out", num_beams=3, max_new_tokens=6, metric="rouge-l")
     assert (tmp_path / "out/logs/beams.jsonl").read_text() == before  # resumed entirely from the log
+
+
+def test_self_improve_uses_the_checkpoints_chat_format_and_fails_when_nothing_is_left(tiny_model, tiny_tokenizer,
+                                                                                       tmp_path, capsys):
+    from openseason.cli import main
+
+    ckpt = tmp_path / "plain-ckpt"
+    save_checkpoint(ckpt, tiny_model, tokenizer=tiny_tokenizer, run_card={"prompt_style": "plain"})
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps([{"instruction": "Add 2 and 3.", "input": "", "output": "5"},
+                                {"instruction": "Solve", "input": "2 * 3 = ?", "output": "6"}]))
+    report = self_improve(data, ckpt, tmp_path / "out", num_beams=2, max_new_tokens=4)
+    assert report["run"]["prompt_style"] == "plain" and "run_card.json" in report["run"]["prompt_style_reason"]
+    assert report["ok"] and report["counts"]["skipped"] == 0
+    assert report["counts"]["added"] + report["counts"]["rejected"] == 2
+    # Every example skipped (prompt + new tokens over the window): status says so, the CLI exits 1.
+    window = tiny_model.config.block_size
+    code = main(["synth", "self-improve", "--data", str(data), "--checkpoint", str(ckpt), "--out",
+                 str(tmp_path / "none"), "--num-beams", "2", "--max-tokens", str(window)])
+    report = json.loads((tmp_path / "none/report.json").read_text())
+    assert code == 1 and not report["ok"] and report["status"].startswith("incomplete: all 2 examples skipped")
+    rejected = [json.loads(l) for l in open(tmp_path / "none/rejected.jsonl")]
+    assert len(rejected) == 2 and all(r["reason"].startswith("skipped") for r in rejected)

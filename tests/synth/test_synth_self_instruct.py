@@ -97,10 +97,12 @@ def test_end_to_end_scripted_on_real_seeds(seeds_path, tmp_path):
     backend = ScriptedClient(scripted_run_script())
     report = self_instruct(seeds_path, backend, 3, tmp_path, batch_size=2, progress=False)
     backend.assert_done()  # every scripted answer was used, none was missing
-    assert report["status"] == "complete"
+    assert report["status"] == "complete" and report["ok"] is True
+    assert_counts_equal_files(report, tmp_path)
     gen = report["filters"]["generate"]
-    assert gen == {"kept": 3, "blacklist: picture": 1, "too short (<= 3 words)": 1,
-                   "starts with 'Write a program'": 1, "too similar (ROUGE-L > 0.7)": 2}
+    assert {k: v for k, v in gen.items() if k != "not needed (--num reached)"} == {
+        "kept": 3, "blacklist: picture": 1, "too short (<= 3 words)": 1,
+        "starts with 'Write a program'": 1, "too similar (ROUGE-L > 0.7)": 2}
     assert report["filters"]["classify"] == {"classification": 1, "not classification": 2}
     assert report["filters"]["filter"]["task dropped: conflicting outputs for the same input"] == 1
     alpaca = json.loads((tmp_path / "alpaca.json").read_text())
@@ -146,13 +148,42 @@ def test_alpaca_recipe(seeds_path, tmp_path, fake_teacher):
 def test_failed_calls_are_recorded_and_retried(seeds_path, tmp_path, fake_teacher):
     script = [{"error": "HTTP 503: overloaded (gave up after 6 attempts)"}] + [{"text": "x"}]
     first = self_instruct(seeds_path, ScriptedClient(script), 10, tmp_path / "run", batch_size=2, progress=False)
-    assert first["status"].startswith("generation batch 0: 1 call(s) failed (HTTP 503")
+    assert first["status"].startswith("incomplete: generation batch 0: 1 call(s) failed (HTTP 503")
+    assert first["ok"] is False and first["counts"]["failed_calls_pending"] == 1
+    assert "no task kept" in first["status"]
+    failures = [json.loads(l) for l in open(tmp_path / "run/failures.jsonl")]
+    assert [f["stage"] for f in failures] == ["generate"] and "HTTP 503" in failures[0]["reason"]
     log = [json.loads(l) for l in open(tmp_path / "run/logs/generate.jsonl")]
     assert [r["status"] for r in log] == ["failed", "ok"] and "HTTP 503" in log[0]["reason"]
     # The "x" answer was stored; the rerun re-asks only the failed call, then continues.
     second = self_instruct(seeds_path, fake_teacher, 10, tmp_path / "run", batch_size=2, progress=False)
-    assert second["status"] == "complete"
+    assert second["status"] == "complete" and second["ok"] is True
+    assert_counts_equal_files(second, tmp_path / "run")
     assert second["counts"]["machine_instructions"] == 10
+
+
+def _lines(path):
+    return [json.loads(l) for l in open(path)] if path.exists() else []
+
+
+def assert_counts_equal_files(report, out):
+    """Every dropped item is in a rejects file with its reason, and the report counts equal the files."""
+    from collections import Counter
+
+    out = Path(out)
+    filters = report["filters"]
+    instructions = Counter(r["reason"] for r in _lines(out / "rejected_instructions.jsonl"))
+    assert instructions == Counter({k: v for k, v in filters.get("generate", {}).items() if k != "kept"})
+    tasks = Counter(r["reason"] for r in _lines(out / "rejected_tasks.jsonl"))
+    assert tasks == Counter({k: v for k, v in filters.get("filter", {}).items()
+                             if k.startswith("task ")})
+    instances = Counter(r["reason"] for r in _lines(out / "rejected_instances.jsonl"))
+    expected = Counter({k: v for k, v in {**filters.get("filter", {}), **filters.get("instances", {})}.items()
+                        if not k.startswith("task ") and k != "instances kept"})
+    assert instances == expected
+    assert report["counts"]["failed_calls_pending"] == len(_lines(out / "failures.jsonl"))
+    assert report["counts"]["instances"] == len(json.loads((out / "alpaca.json").read_text()))
+    assert report["counts"]["machine_instructions"] == len(_lines(out / "machine_instructions.jsonl"))
 
 
 CRASHING_RUN = r"""

@@ -105,3 +105,52 @@ def test_rationales_multitask_rows(tmp_path):
         {"id": "q1-explain", "task": "explain", "input": "explain: What is 6 times 7?", "output": "Six sevens are 42."}]
     prompt = backend.prompts[0]
     assert prompt.count("\nA: ") == 4 and prompt.endswith("Q: What is 6 times 7?\nA:")  # 4 built-in exemplars
+
+
+def test_repeated_answer_phrase_is_read_at_the_last_one_or_rejected():
+    from openseason.synth.rationales import parse_rationale_checked
+
+    text = "Two and two make four. So the answer is 4. Checking again: yes. So the answer is 4."
+    assert parse_rationale(text) == ("Two and two make four. So the answer is 4. Checking again: yes.", "4")
+    assert parse_rationale_checked(text)[1] is None
+    changed = "First I thought 3. So the answer is 3. But recount: four. So the answer is 4."
+    assert parse_rationale(changed)[1] == "4"
+    assert parse_rationale_checked(changed) == (None, "answer phrase repeated with different labels")
+    assert parse_rationale_checked("So the answer is 4.") == (None, "empty rationale")
+    assert parse_rationale_checked("Because. So the answer is")[1] == "empty label"
+
+
+def test_teacher_agreement_is_measured_before_dropping_and_rejects_match_counts(tmp_path):
+    data = tmp_path / "data.jsonl"
+    answers = ["7", "7", "7", "7", "7", "8", "9"]   # 2 of 7 disagree with gold "7"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "input": f"What is 3 + 4? ({i})", "label": "7"}) + "\n"
+                            for i in range(7)) + json.dumps({"id": "bad", "input": "Unanswered?", "label": "x"}) + "\n")
+    backend = ScriptedClient([(f"({i})\nA:", f" Three plus four. So the answer is {a}.") for i, a in enumerate(answers)]
+                             + [("Unanswered?", " I do not know.")])
+    report = rationales(data, backend, tmp_path / "out", drop_mismatched=True, chunk_size=3)
+    assert report["counts"]["teacher_agreement"] == pytest.approx(5 / 7) and report["counts"]["kept"] == 5
+    rejected = [json.loads(l) for l in open(tmp_path / "out/rejected.jsonl")]
+    assert sorted(r["reason"] for r in rejected) == sorted(
+        k for k, v in report["filters"]["rationales"].items() if not k.startswith("kept") for _ in range(v))
+    assert len(rejected) == 3 and report["ok"]
+
+
+def test_reverse_instructions_writes_as_it_goes_and_resumes_to_identical_files(corpus, tmp_path):
+    rule = [(lambda prompt: True, "Describe it in detail.")]
+
+    class Stopping(ScriptedClient):
+        def _complete_many(self, requests):
+            if len(self.calls) >= 2:
+                raise KeyboardInterrupt  # stopped in the second chunk
+            return super()._complete_many(requests)
+
+    reverse_instructions(corpus, ScriptedClient(rule), tmp_path / "whole", chunk_size=2)
+    with pytest.raises(KeyboardInterrupt):
+        reverse_instructions(corpus, Stopping(rule), tmp_path / "part", chunk_size=2)
+    partial = [json.loads(l) for l in open(tmp_path / "part/longform.jsonl")]
+    whole = (tmp_path / "whole/longform.jsonl").read_text()
+    assert len(partial) == 2 and whole.startswith((tmp_path / "part/longform.jsonl").read_text())
+    report = reverse_instructions(corpus, ScriptedClient(rule), tmp_path / "part", chunk_size=2)
+    assert report["ok"] and report["cost"]["calls"] == 1
+    for name in ("longform.jsonl", "conversations.jsonl", "rejected.jsonl"):
+        assert (tmp_path / "part" / name).read_text() == (tmp_path / "whole" / name).read_text()
