@@ -27,11 +27,23 @@ COMMAND_MODULES = [
 ]
 
 
+class VerbParser(argparse.ArgumentParser):
+    """A verb's parser: an unknown argument is reported with this verb's usage (`openseason chat
+    --bad-flag` shows `chat`'s usage), not the top level's, which is where argparse reports it."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="openseason",
         description="Build instruction-following language models from open parts, end to end.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # verbs' own sub-verbs (`guard check`, ...) inherit the class: add_subparsers defaults to type(self)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=VerbParser)
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

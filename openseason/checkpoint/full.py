@@ -193,7 +193,22 @@ def load_config(directory: str | Path) -> Config:
     path = Path(directory) / "config.json"
     if not path.exists():
         raise CheckpointError("no config.json", where=str(directory))
+    if _is_hugging_face_config(path):
+        raise CheckpointError("this is a Hugging Face model folder, not an openseason checkpoint", where=str(directory),
+                              hint=f"convert it with `openseason convert from-hf {directory} OUT`, then use OUT")
     return Config.from_file(path)
+
+
+# Keys transformers writes into every config.json and openseason's Config never has.
+_HF_CONFIG_KEYS = ("model_type", "architectures", "transformers_version")
+
+
+def _is_hugging_face_config(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False   # Config.from_file reports it with file:line:col
+    return isinstance(data, dict) and any(key in data for key in _HF_CONFIG_KEYS)
 
 
 def build_model(config: Config):

@@ -17,6 +17,19 @@ def unescape(text: str) -> str:
     return "".join(out)
 
 
+def positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def _generate(args) -> int:
     from .llm import LLM
 
@@ -40,7 +53,8 @@ def register(subparsers) -> None:
                                           "(greedy by default; --temperature > 0 samples).")
     p.add_argument("checkpoint", metavar="CKPT", help="an openseason checkpoint directory")
     p.add_argument("--prompt", required=True, help="the text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", "--max-tokens", dest="max_new_tokens", type=positive, default=64,
+                   metavar="N", help="most tokens to generate (default 64). --max-tokens is an alias, as in `chat`")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=1.0)

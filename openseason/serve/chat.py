@@ -32,12 +32,12 @@ HELP = ("commands: /reset (forget the conversation), /system TEXT (set the syste
 class ChatSession:
     """A conversation with history over an `Engine`; `send(text)` yields the answer piece by piece."""
 
-    def __init__(self, engine: Engine, chat_format, *, system: Optional[str] = None, max_tokens: int = 256,
+    def __init__(self, engine: Engine, chat_format, *, system: Optional[str] = None, max_new_tokens: int = 256,
                  temperature: float = 0.7, top_p: float = 0.95, seed: Optional[int] = None):
         self.engine = engine
         self.chat_format = chat_format
         self.system = system
-        self.max_tokens = max_tokens
+        self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_p = top_p
         self.seed = seed
@@ -61,14 +61,14 @@ class ChatSession:
         while True:
             ids = encode_chat(self.messages(user), self.engine.tokenizer, self.chat_format)
             room = context - len(ids)
-            if room >= min(self.max_tokens, 16) or not self.turns:
+            if room >= min(self.max_new_tokens, 16) or not self.turns:
                 break
             self.turns.pop(0)   # forget the oldest exchange to make room
             self.dropped += 1
         if room < 1:
             raise OpenseasonError(f"this message is {len(ids)} tokens with the system prompt; the model's "
                                   f"context window is {context}", hint="send a shorter message")
-        return ids, min(self.max_tokens, room)
+        return ids, min(self.max_new_tokens, room)
 
     def send(self, user: str) -> Iterator[str]:
         """Generate the assistant's answer to `user`, yielding text as it comes; history is updated
@@ -166,7 +166,7 @@ def run_repl(session: ChatSession, stdin: TextIO = sys.stdin, stdout: TextIO = s
             say(f"(forgot the {session.dropped - dropped} oldest turn(s) to stay inside the context window)")
 
 
-def chat(checkpoint: str | Path, *, system: Optional[str] = None, max_tokens: int = 256,
+def chat(checkpoint: str | Path, *, system: Optional[str] = None, max_new_tokens: int = 256,
          temperature: float = 0.7, top_p: float = 0.95, seed: Optional[int] = None,
          prompt_style: Optional[str] = None, device: Optional[str] = None, dtype: Optional[str] = None,
          stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
@@ -181,7 +181,7 @@ def chat(checkpoint: str | Path, *, system: Optional[str] = None, max_tokens: in
                                         max_batch=1, max_queue=1,
                                         log=lambda msg: print(msg, file=sys.stderr))
     try:
-        session = ChatSession(engine, settings.chat_format, system=system, max_tokens=max_tokens,
+        session = ChatSession(engine, settings.chat_format, system=system, max_new_tokens=max_new_tokens,
                               temperature=temperature, top_p=top_p, seed=seed)
         return run_repl(session, stdin, stdout)
     finally:

@@ -1,17 +1,7 @@
 """CLI verbs `openseason serve` and `openseason chat` (thin wrappers over server.serve and chat.chat)."""
 from __future__ import annotations
 
-
-def _positive(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+from ..generation.commands import positive as _positive
 
 
 def _model_args(p) -> None:
@@ -32,7 +22,9 @@ def register(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on the API")
-    p.add_argument("--rails", default=None, metavar="DIR", help="guardrails config folder")
+    p.add_argument("--rails", default=None, metavar="DIR",
+                   help="guardrails config folder (config.yml + *.co), or a shipped example name such as "
+                        "'support' (as in `guard check`)")
     p.add_argument("--model-name", default=None, help="model id in /v1/models (default: CKPT's directory name)")
     p.add_argument("--max-batch", type=_positive, default=16, help="sequences decoded together (default 16)")
     p.add_argument("--max-queue", type=_positive, default=64,
@@ -54,17 +46,36 @@ def register(subparsers) -> None:
                                           "/history, /help, /exit.")
     _model_args(c)
     c.add_argument("--system", default=None, help="system prompt")
-    c.add_argument("--max-tokens", type=_positive, default=256, help="longest answer in tokens (default 256)")
+    c.add_argument("--max-new-tokens", "--max-tokens", dest="max_new_tokens", type=_positive, default=256,
+                   metavar="N", help="longest answer in tokens (default 256; fewer when the context window is "
+                                     "nearly full). --max-tokens is an alias")
     c.add_argument("--temperature", type=float, default=0.7)
     c.add_argument("--top-p", type=float, default=0.95)
     c.add_argument("--seed", type=int, default=None)
     c.set_defaults(func=_chat)
 
 
+def _rails_path(rails):
+    """A rails folder, or the folder of a shipped example named like `guard check` takes it ('support')."""
+    from pathlib import Path
+
+    if rails is None or Path(rails).exists() or "/" in rails or "\\" in rails:
+        return rails
+    from ..errors import ConfigError
+    from ..guard import EXAMPLES
+
+    if not (EXAMPLES / rails).is_dir():
+        names = sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir())
+        raise ConfigError(f"no rails folder {rails!r} here, and no shipped example of that name",
+                          hint=f"give a folder with config.yml and *.co files, or an example: {', '.join(names)}")
+    return EXAMPLES / rails
+
+
 def _serve(args) -> int:
     from .server import serve
 
-    return serve(args.checkpoint, host=args.host, port=args.port, api_key=args.api_key, rails=args.rails,
+    rails = _rails_path(args.rails)   # before the checkpoint loads: a bad name fails fast
+    return serve(args.checkpoint, host=args.host, port=args.port, api_key=args.api_key, rails=rails,
                  model_name=args.model_name, prompt_style=args.prompt_style, device=args.device, dtype=args.dtype,
                  max_batch=args.max_batch, max_queue=args.max_queue, max_tokens_cap=args.max_tokens_cap,
                  allowed_hosts=None if args.allowed_hosts is None else
@@ -75,6 +86,6 @@ def _serve(args) -> int:
 def _chat(args) -> int:
     from .chat import chat
 
-    return chat(args.checkpoint, system=args.system, max_tokens=args.max_tokens, temperature=args.temperature,
+    return chat(args.checkpoint, system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                 top_p=args.top_p, seed=args.seed, prompt_style=args.prompt_style, device=args.device,
                 dtype=args.dtype)

@@ -189,6 +189,19 @@ def test_cli_generate(neox_pair, capsys):
     assert "context window" in capsys.readouterr().err
 
 
+def test_cli_generate_max_tokens_is_an_alias_and_must_be_positive(capsys):
+    from openseason.cli import build_parser
+
+    parser = build_parser()
+    for flag in ("--max-new-tokens", "--max-tokens"):   # one name per concept in generate and chat
+        assert parser.parse_args(["generate", "CKPT", "--prompt", "x", flag, "9"]).max_new_tokens == 9
+    assert parser.parse_args(["generate", "CKPT", "--prompt", "x"]).max_new_tokens == 64
+    with pytest.raises(SystemExit):
+        main(["generate", "CKPT", "--prompt", "x", "--max-tokens", "0"])
+    err = capsys.readouterr().err
+    assert err.startswith("usage: openseason generate ") and "expected a positive integer, got 0" in err
+
+
 def test_chat_uses_the_prompt_style_and_its_stop_strings(gen_tokenizer):
     from openseason.prompts import encode_chat
 

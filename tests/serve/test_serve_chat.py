@@ -32,7 +32,7 @@ def expected_answer(model, tokenizer, messages, max_tokens):
 
 def test_session_streams_and_keeps_history(session_parts, tiny_tokenizer):
     model, engine = session_parts
-    session = ChatSession(engine, get_style("chatml"), max_tokens=8, temperature=0)
+    session = ChatSession(engine, get_style("chatml"), max_new_tokens=8, temperature=0)
     pieces = list(session.send("hello"))
     assert len(pieces) > 1
     first = "".join(pieces)
@@ -48,7 +48,7 @@ def test_session_streams_and_keeps_history(session_parts, tiny_tokenizer):
 
 def test_session_drops_oldest_turns_at_the_context_limit(session_parts):
     _, engine = session_parts
-    session = ChatSession(engine, get_style("chatml"), max_tokens=4, temperature=0)
+    session = ChatSession(engine, get_style("chatml"), max_new_tokens=4, temperature=0)
     long = "The quick brown fox jumps over the lazy dog. " * 25
     for _ in range(4):
         list(session.send(long))
@@ -57,7 +57,7 @@ def test_session_drops_oldest_turns_at_the_context_limit(session_parts):
 
 def test_repl_commands_with_piped_input(session_parts, tiny_tokenizer):
     model, engine = session_parts
-    session = ChatSession(engine, get_style("chatml"), max_tokens=6, temperature=0)
+    session = ChatSession(engine, get_style("chatml"), max_new_tokens=6, temperature=0)
     stdin = io.StringIO("hello\n/system Answer briefly.\n/system\nhi\n/history\n/reset\n/history\n/frob\nhi\n/exit\nnever read\n")
     stdout = io.StringIO()
     assert run_repl(session, stdin, stdout) == 0
