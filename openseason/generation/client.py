@@ -439,8 +439,12 @@ class LocalClient(LLMClient):
 
     @property
     def context_length(self) -> Optional[int]:
-        config = getattr(self._owner(), "config", None)
-        return getattr(config, "block_size", None)
+        model = getattr(self._owner(), "model", None)
+        if model is not None and getattr(model, "config", None) is not None:
+            from .engine import context_length
+
+            return context_length(model)
+        return getattr(getattr(self._owner(), "config", None), "block_size", None)
 
     def _prompt_ids(self, prompt: str, tokenizer) -> list[int]:
         if self.chat_format is not None:
@@ -484,10 +488,11 @@ class LocalClient(LLMClient):
 
             strings, stop_ids = chat_stops(self.chat_format, tokenizer)
             stop = tuple(dict.fromkeys(stop + strings))
-        room = config.block_size - len(ids)
+        window = self.context_length or config.block_size
+        room = window - len(ids)
         if room < 1:
             raise _ContextExceeded(f"the prompt ({len(ids)} tokens) does not fit the model's context window of "
-                                   f"{config.block_size} tokens; shorten the prompt", len(ids), config.block_size)
+                                   f"{window} tokens; shorten the prompt", len(ids), window)
         params = SamplingParams(max_new_tokens=min(req.max_tokens, room), temperature=temperature, top_p=top_p,
                                 stop=stop, stop_token_ids=stop_ids)
         c = self.engine.complete(ids, params)[0] if self.engine is not None else self.llm.complete(ids, params)

@@ -33,7 +33,7 @@ def positive(text: str) -> int:
 def _generate(args) -> int:
     from .llm import LLM
 
-    llm = LLM.load(args.checkpoint, device=args.device, dtype=args.dtype)
+    llm = LLM.load(args.checkpoint, device=args.device, dtype=args.dtype, max_context=args.max_context)
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=[unescape(s) for s in args.stop] or None,
                    seed=args.seed, ignore_eos=args.ignore_eos)
@@ -63,6 +63,9 @@ def register(subparsers) -> None:
     p.add_argument("--stop", action="append", default=[], metavar="STR",
                    help="stop before this string (repeatable; \\n and \\t are understood)")
     p.add_argument("--ignore-eos", action="store_true", help="keep generating past the EOS token")
+    p.add_argument("--max-context", type=int, default=None, metavar="N",
+                   help="let an ALiBi model (MPT) read up to N positions, past its training length (warns; "
+                        "rotary models refuse)")
     p.add_argument("--stream", action="store_true", help="print pieces as they are generated")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: as saved)")

@@ -83,6 +83,12 @@ class Completion:
         return len(self.token_ids)
 
 
+def context_length(model) -> int:
+    """The most positions `model` reads: its block_size, or more for an ALiBi model whose context was
+    extended (`GPT.extend_context`, `--max-context`)."""
+    return getattr(model, "context_length", None) or model.config.block_size
+
+
 def check_context(block_size: int, prompt_len: int, max_new_tokens: int, name: str = "the model",
                   where: Optional[str] = None) -> None:
     """Raise an OpenseasonError when prompt + max_new_tokens does not fit the context window."""
@@ -236,7 +242,7 @@ class RunningBatch:
     def __init__(self, model: torch.nn.Module, tokenizer=None):
         self.model = model
         self.device = model.embed.weight.device
-        self.block_size = model.config.block_size
+        self.block_size = context_length(model)
         self.tokenizer = tokenizer
         # A model may have more output rows than its tokenizer has tokens (padded vocabularies);
         # such ids cannot be decoded, so they are never chosen.
@@ -433,7 +439,7 @@ class Decoder:
             raise OpenseasonError("no prompts to generate from")
         config = model.config
         for i, p in enumerate(prompts):
-            check_context(config.block_size, len(p), params.max_new_tokens, name=config.name,
+            check_context(context_length(model), len(p), params.max_new_tokens, name=config.name,
                           where=f"prompt {i}" if len(prompts) > 1 else None)
         if params.stop and tokenizer is None:
             raise OpenseasonError("stop strings need a tokenizer to compare text")
@@ -611,7 +617,7 @@ class Engine:
         """Queue `request`; raises QueueFull, EngineClosed, or OpenseasonError for a request that cannot run."""
         if request.params.n > self.max_batch:
             raise OpenseasonError(f"n={request.params.n} exceeds the batch size {self.max_batch}")
-        check_context(self.config.block_size, len(request.prompt_ids), request.params.max_new_tokens,
+        check_context(context_length(self.model), len(request.prompt_ids), request.params.max_new_tokens,
                       name=self.name)
         if request.params.stop and self.tokenizer is None:
             raise OpenseasonError("stop strings need a tokenizer to compare text")

@@ -84,11 +84,13 @@ class LLM:
         return self.chat_format.name
 
     @classmethod
-    def load(cls, path: str | Path, device=None, dtype=None, prompt_style=None) -> "LLM":
+    def load(cls, path: str | Path, device=None, dtype=None, prompt_style=None,
+             max_context: Optional[int] = None) -> "LLM":
         """Load a checkpoint directory (full or adapter checkpoints, via checkpoint.load_model) and its
         tokenizer. device: "cpu", "cuda", ... (default: cuda when available); dtype: e.g. "bfloat16";
         prompt_style: the chat format to use instead of the checkpoint's (a style name, or
-        "chat-template" for the tokenizer's Hugging Face template)."""
+        "chat-template" for the tokenizer's Hugging Face template); max_context: let an ALiBi model (MPT)
+        read past its training length, with a warning (rotary models refuse)."""
         from ..checkpoint import load_model
         from ..tokenizer import Tokenizer
 
@@ -99,6 +101,8 @@ class LLM:
                                   hint="use device='cpu' (CLI: --device cpu)")
         model = load_model(path, device=device, dtype=parse_dtype(dtype))
         model.eval()
+        if max_context is not None:
+            model.extend_context(max_context)
         prepare_for_decoding(model)
         config = model.config
         tokenizer = Tokenizer.from_dir(path, config)

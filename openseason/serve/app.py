@@ -40,7 +40,7 @@ from ..errors import OpenseasonError
 from ..prompts import chat_stops, encode_chat
 from . import tools
 from .metrics import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE, ServerMetrics
-from ..generation.engine import Engine, EngineClosed, Event, QueueFull, Request
+from ..generation.engine import Engine, EngineClosed, Event, QueueFull, Request, context_length
 from ..generation.sampling import MIN_TEMPERATURE, SamplingParams
 from .schema import APIError, ChatCompletionRequest, CompletionRequest, decode_json, parse_request
 
@@ -196,7 +196,7 @@ class Server:
         self.engine = engine
         self.settings = settings
         self.tokenizer = engine.tokenizer
-        self.context = engine.config.block_size
+        self.context = context_length(engine.model)
         self.http_requests = 0
         self.http_errors = 0
         self.metrics = ServerMetrics(engine, self, settings.model_name)
@@ -263,8 +263,9 @@ class Server:
         if bias and max(bias) >= self.tokenizer.vocab_size:
             raise APIError(400, f"logit_bias names token {max(bias)}, outside the vocabulary of "
                                 f"{self.tokenizer.vocab_size} tokens", param="logit_bias", code="invalid_value")
+        temperature, top_p = (0.0, 1.0) if req.top_p == 0 else (req.temperature, req.top_p)   # top_p 0: greedy
         try:
-            return SamplingParams(max_new_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
+            return SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p,
                                   stop=tuple(stop), stop_token_ids=tuple(stop_token_ids), seed=req.seed,
                                   presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
                                   n=req.n, logit_bias=bias or None, constraint=constraint, logprobs=logprobs)
@@ -419,15 +420,16 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
     async def models(request: HTTPRequest):
         server.check_auth(request)
         return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": created,
-                                            "owned_by": "openseason",
-                                            "context_length": server.context}]}
+                                            "owned_by": "openseason", "context_length": server.context,
+                                            "max_completion_tokens": settings.max_tokens_cap}]}
 
     @app.get("/v1/models/{model_id}")
     async def model(model_id: str, request: HTTPRequest):
         server.check_auth(request)
         if model_id != settings.model_name:
             raise APIError(404, f"the model {model_id!r} does not exist", param="model", code="model_not_found")
-        return {"id": settings.model_name, "object": "model", "created": created, "owned_by": "openseason"}
+        return {"id": settings.model_name, "object": "model", "created": created, "owned_by": "openseason",
+                "context_length": server.context, "max_completion_tokens": settings.max_tokens_cap}
 
     # -- chat ---------------------------------------------------------------------------------------
     @app.post("/v1/chat/completions", openapi_extra=_body("ChatCompletionRequest"))

@@ -22,7 +22,7 @@ from typing import Iterator, Optional, TextIO
 
 from ..errors import OpenseasonError
 from ..prompts import chat_stops, encode_chat
-from ..generation.engine import Engine, Event, Request
+from ..generation.engine import Engine, Event, Request, context_length
 from ..generation.sampling import SamplingParams
 
 HELP = ("commands: /reset (forget the conversation), /system TEXT (set the system prompt; '/system -' "
@@ -57,7 +57,7 @@ class ChatSession:
         return out
 
     def _prompt_ids(self, user: str) -> tuple[list[int], int]:
-        context = self.engine.config.block_size
+        context = context_length(self.engine.model)
         while True:
             ids = encode_chat(self.messages(user), self.engine.tokenizer, self.chat_format)
             room = context - len(ids)
@@ -169,7 +169,7 @@ def run_repl(session: ChatSession, stdin: TextIO = sys.stdin, stdout: TextIO = s
 def chat(checkpoint: str | Path, *, system: Optional[str] = None, max_new_tokens: int = 256,
          temperature: float = 0.7, top_p: float = 0.95, seed: Optional[int] = None,
          prompt_style: Optional[str] = None, device: Optional[str] = None, dtype: Optional[str] = None,
-         stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
+         stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, max_context: Optional[int] = None) -> int:
     """Load `checkpoint` and chat with it in the terminal (see the module docstring)."""
     from .server import load_for_serving
 
@@ -178,7 +178,7 @@ def chat(checkpoint: str | Path, *, system: Optional[str] = None, max_new_tokens
     if not 0 < top_p <= 1:
         raise OpenseasonError(f"--top-p must be in (0, 1], got {top_p}")
     engine, settings = load_for_serving(checkpoint, prompt_style=prompt_style, device=device, dtype=dtype,
-                                        max_batch=1, max_queue=1,
+                                        max_batch=1, max_queue=1, max_context=max_context,
                                         log=lambda msg: print(msg, file=sys.stderr))
     try:
         session = ChatSession(engine, settings.chat_format, system=system, max_new_tokens=max_new_tokens,

@@ -11,6 +11,9 @@ def _model_args(p) -> None:
                         "template (default: run_card.json's style, else the chat template, else 'plain')")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: as stored)")
+    p.add_argument("--max-context", type=int, default=None, metavar="N",
+                   help="let an ALiBi model (MPT) read up to N positions, past its training length (warns; "
+                        "rotary models refuse)")
 
 
 def register(subparsers) -> None:
@@ -80,7 +83,7 @@ def _serve(args) -> int:
                  max_batch=args.max_batch, max_queue=args.max_queue, max_tokens_cap=args.max_tokens_cap,
                  allowed_hosts=None if args.allowed_hosts is None else
                  [h for h in args.allowed_hosts.split(",") if h.strip()] or [""],
-                 cors_origins=args.cors_origin, log_level=args.log_level)
+                 cors_origins=args.cors_origin, log_level=args.log_level, max_context=args.max_context)
 
 
 def _chat(args) -> int:
@@ -88,4 +91,4 @@ def _chat(args) -> int:
 
     return chat(args.checkpoint, system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                 top_p=args.top_p, seed=args.seed, prompt_style=args.prompt_style, device=args.device,
-                dtype=args.dtype)
+                dtype=args.dtype, max_context=args.max_context)

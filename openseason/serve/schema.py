@@ -163,7 +163,7 @@ class _Sampling(_Strict):
     model: str = Field(max_length=MAX_MODEL_CHARS)
     max_tokens: Optional[int] = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_p: float = Field(default=1.0, ge=0.0, le=1.0)       # 0 is greedy, as OpenAI reads it
     n: int = Field(default=1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None

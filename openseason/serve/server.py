@@ -24,7 +24,8 @@ def load_for_serving(checkpoint: str | Path, *, model_name: Optional[str] = None
                      device: Optional[str] = None, dtype: Optional[str] = None, max_batch: int = 16,
                      max_queue: int = 64, api_key: Optional[str] = None, max_tokens_cap: int = 1024,
                      hooks: Optional[Hooks] = None, allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
-                     cors_origins: Sequence[str] = (), log=print) -> tuple[Engine, ServerSettings]:
+                     cors_origins: Sequence[str] = (), max_context: Optional[int] = None,
+                     log=print) -> tuple[Engine, ServerSettings]:
     """Load `checkpoint` (full or adapter) and start its engine; returns (engine, settings) for create_app.
 
     model_name     the id in /v1/models (default: the checkpoint directory's name)
@@ -37,7 +38,7 @@ def load_for_serving(checkpoint: str | Path, *, model_name: Optional[str] = None
     from ..generation.llm import LLM
 
     path = Path(checkpoint)
-    llm = LLM.load(path, device=device, dtype=dtype, prompt_style=prompt_style)
+    llm = LLM.load(path, device=device, dtype=dtype, prompt_style=prompt_style, max_context=max_context)
     log(f"chat format {llm.chat_format.name!r}: {llm.chat_format_reason}"
         + ("" if prompt_style else " (--prompt-style chooses another)"))
     name = model_name or path.resolve().name
@@ -53,7 +54,7 @@ def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
           prompt_style: Optional[str] = None, device: Optional[str] = None, dtype: Optional[str] = None,
           max_batch: int = 16, max_queue: int = 64, max_tokens_cap: int = 1024,
           allowed_hosts: Optional[Sequence[str]] = None, cors_origins: Sequence[str] = (),
-          log_level: str = "info") -> int:
+          log_level: str = "info", max_context: Optional[int] = None) -> int:
     """Serve `checkpoint` over HTTP until interrupted. Binds 127.0.0.1 unless `host` says otherwise.
 
     allowed_hosts  Host header names answered; default: the loopback names when bound to loopback (against
@@ -74,7 +75,8 @@ def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
     engine, settings = load_for_serving(checkpoint, model_name=model_name, prompt_style=prompt_style,
                                         device=device, dtype=dtype, max_batch=max_batch, max_queue=max_queue,
                                         api_key=api_key, max_tokens_cap=max_tokens_cap,
-                                        allowed_hosts=allowed_hosts, cors_origins=cors_origins, log=log)
+                                        allowed_hosts=allowed_hosts, cors_origins=cors_origins,
+                                        max_context=max_context, log=log)
     if rails:
         from .rails import rails_hooks
 

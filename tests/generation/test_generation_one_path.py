@@ -109,3 +109,33 @@ def test_seeded_sampling_is_reproducible_whatever_shares_the_batch(llm, tiny_tok
     assert choices[0].token_ids == alone
     assert choices[1].token_ids != alone   # the second choice has its own generator
     assert [c.token_ids for c in llm.complete([OTHERS[0], PROMPT], seeded)[2:]] == [c.token_ids for c in choices]
+
+
+def test_alibi_model_generates_past_its_training_length_when_allowed(tiny_tokenizer):
+    """--max-context: an MPT (ALiBi) model reads past block_size through the engine and LLM alike; a
+    rotary model refuses with a clear error."""
+    import torch
+
+    from openseason.config import Config
+    from openseason.errors import ConfigError, OpenseasonError
+    from openseason.model import GPT
+
+    torch.manual_seed(0)
+    config = Config.from_name("tiny-mpt", vocab_size=512, padded_vocab_size=512)
+    mpt = GPT(config).eval()
+    llm = LLM(mpt, tiny_tokenizer, prompt_style="plain")
+    long_prompt = list(range(5, 5 + config.block_size + 10))
+    with pytest.raises(OpenseasonError, match="context window"):
+        llm.complete(long_prompt, max_new_tokens=4)
+    with pytest.warns(UserWarning):
+        mpt.extend_context(config.block_size * 2)
+    alone = llm.complete(long_prompt, max_new_tokens=4, ignore_eos=True)
+    engine = Engine(mpt, tiny_tokenizer, max_batch=2)
+    try:
+        [served] = _engine_tokens(engine, [long_prompt], [SamplingParams(max_new_tokens=4, ignore_eos=True)])
+    finally:
+        engine.close()
+    assert served == alone.token_ids and len(served) == 4
+    rotary = GPT(Config.from_name("tiny-llama")).eval()
+    with pytest.raises(ConfigError):
+        rotary.extend_context(rotary.config.block_size * 2)

@@ -41,7 +41,7 @@ COMMON = [
     ("temperature", -0.001, BAD, "temperature"), ("temperature", 2.001, BAD, "temperature"),
     ("temperature", 1e308, BAD, "temperature"), ("temperature", "1", BAD, "temperature"),
     ("temperature", True, BAD, "temperature"), ("temperature", None, BAD, "temperature"),
-    ("top_p", 1, OK, None), ("top_p", 1e-9, OK, None), ("top_p", 0, BAD, "top_p"), ("top_p", 1.001, BAD, "top_p"),
+    ("top_p", 1, OK, None), ("top_p", 1e-9, OK, None), ("top_p", 0, OK, None), ("top_p", 1.001, BAD, "top_p"),
     ("top_p", -1, BAD, "top_p"), ("top_p", "0.5", BAD, "top_p"), ("top_p", True, BAD, "top_p"),
     ("n", 1, OK, None), ("n", MAX_N, OK, None), ("n", MAX_N + 1, BAD, "n"), ("n", 129, BAD, "n"),
     ("n", 0, BAD, "n"), ("n", -1, BAD, "n"), ("n", 1.0, BAD, "n"), ("n", "1", BAD, "n"), ("n", True, BAD, "n"),

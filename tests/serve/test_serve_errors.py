@@ -37,7 +37,7 @@ BAD_REQUESTS = [
      "temperature", "invalid_value"),
     ("temperature too high", CHAT, {"model": MODEL, "messages": USER, "temperature": 3}, 400,
      "temperature", "invalid_value"),
-    ("top_p zero", CHAT, {"model": MODEL, "messages": USER, "top_p": 0}, 400, "top_p", "invalid_value"),
+    ("top_p negative", CHAT, {"model": MODEL, "messages": USER, "top_p": -0.1}, 400, "top_p", "invalid_value"),
     ("max_tokens as string", CHAT, {"model": MODEL, "messages": USER, "max_tokens": "10"}, 400, "max_tokens",
      "invalid_value"),
     ("negative max_tokens", CHAT, {"model": MODEL, "messages": USER, "max_tokens": -5}, 400, "max_tokens",

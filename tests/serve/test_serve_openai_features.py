@@ -174,3 +174,11 @@ def test_metrics_in_prometheus_format(client, live):
     ttft = [s.value for s in families["openseason_time_to_first_token_seconds"].samples if s.name.endswith("_count")]
     assert ttft[0] >= 1
     assert httpx.get(live.url + "/metrics.json").json()["tokens_generated_total"] == generated[0]
+
+
+def test_top_p_zero_is_greedy_and_models_list_the_limits(client, live):
+    greedy = ask(client, max_tokens=6)
+    assert ask(client, max_tokens=6, temperature=1.0, top_p=0.0).choices[0].message.content == \
+        greedy.choices[0].message.content
+    for entry in (httpx.get(live.url + "/v1/models").json()["data"][0], httpx.get(live.url + f"/v1/models/{MODEL}").json()):
+        assert entry["context_length"] == 1024 and entry["max_completion_tokens"] == 1000
