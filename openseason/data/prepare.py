@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import DataError, OpenseasonError, where
-from ..fileio import (fsync_dir, io_error, iter_jsonl, lock_directory, refuse_non_empty, output_staging,
-                      write_json_atomic, write_jsonl_atomic)
+from ..fileio import (fsync_dir, io_error, iter_jsonl, lock_directory, output_staging, read_json_object,
+                      refuse_non_empty, write_json_atomic, write_jsonl_atomic)
 from ..prompts import get_style
 from .records import KINDS
 from .sft import STYLE_FILE
@@ -185,15 +185,7 @@ def read_report(prepared_dir) -> dict:
     if not file.exists():
         raise DataError("not a complete prepared directory (no report.json)", where=str(prepared_dir),
                         hint="run `openseason data prepare` (or dedup / mix) to make one")
-    try:
-        report = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"malformed JSON: {exc.msg}", where=where(file, exc.lineno, exc.colno)) from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"not UTF-8 text ({exc.reason})", where=str(file)) from None
-    if not isinstance(report, dict):
-        raise DataError("report.json is not a JSON object", where=str(file))
-    return report
+    return read_json_object(file)
 
 
 def check_if_prepared(directory) -> Optional[dict]:

@@ -27,7 +27,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from ..errors import DataError, where
-from ..fileio import (atomic_open, foreign_entries, fsync_dir, io_error, iter_jsonl, lock_directory,
+from ..fileio import (atomic_open, foreign_entries, fsync_dir, io_error, iter_jsonl, lock_directory, read_json_object,
                       write_json_atomic)
 
 MANIFEST = "manifest.json"
@@ -309,12 +309,7 @@ def read_manifest(directory: str | Path) -> dict:
     if not path.exists():
         raise DataError("no manifest.json: not a finished token directory", where=str(directory),
                         hint="run `openseason data tokenize ... --out DIR` (again, to finish it)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"malformed JSON: {exc.msg}", where=where(path, exc.lineno, exc.colno)) from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"not UTF-8 text ({exc.reason})", where=str(path)) from None
+    manifest = read_json_object(path)
     loc = str(path)
 
     def bad(what: str):
