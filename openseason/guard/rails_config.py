@@ -1,7 +1,9 @@
 """A rails configuration folder: `config.yml` plus Colang 1.0 `*.co` files.
 
-The keys follow NeMo Guardrails so its configs load unchanged (unknown keys are kept in
-`RailsConfig.ignored_keys`, not rejected):
+The keys follow NeMo Guardrails so its configs load unchanged. NeMo's keys we do not use are listed
+in `RailsConfig.ignored_keys`; unknown or misspelled keys anywhere are reported with file:line:col
+and a did-you-mean (`RailsConfig.unknown_keys`, warnings; errors with `strict=True` / `--strict`),
+see config_keys.py. `rails.completions: disabled` makes `serve --rails` refuse /v1/completions.
 
     models:                        # type main (the LLM) and type embeddings (the intent encoder)
       - {type: embeddings, engine: SentenceTransformers, model: all-MiniLM-L6-v2}   # or a directory
@@ -42,7 +44,6 @@ from . import colang
 
 LIBRARY = Path(__file__).with_name("library.co")
 CONFIG_NAMES = ("config.yml", "config.yaml")
-KNOWN_TOP = {"models", "instructions", "sample_conversation", "prompts", "rails", "embeddings", "seed"}
 
 
 @dataclass
@@ -79,13 +80,16 @@ class RailsConfig:
     main_model: Optional[str] = None
     cache_dir: Optional[str] = "default"
     seed: Optional[int] = None
-    ignored_keys: list[str] = field(default_factory=list)
+    ignored_keys: list[str] = field(default_factory=list)   # NeMo's keys we accept and do not use
+    unknown_keys: list[str] = field(default_factory=list)   # "file:line:col: unknown key `x`; did you mean `y`?"
     warnings: list[str] = field(default_factory=list)
+    completions_disabled: bool = False   # `rails: {completions: disabled}`: serve refuses /v1/completions
 
     # -- loading -------------------------------------------------------------------------------------
     @classmethod
-    def from_path(cls, path: str | Path) -> "RailsConfig":
-        """Load a config folder (config.yml and every *.co below it, in sorted order)."""
+    def from_path(cls, path: str | Path, strict: bool = False) -> "RailsConfig":
+        """Load a config folder (config.yml and every *.co below it, in sorted order). Unknown keys
+        in config.yml are warnings (`cfg.warnings`, `cfg.unknown_keys`), errors with `strict`."""
         path = Path(path)
         if not path.is_dir():
             raise ConfigError("rails config folder not found", where=str(path),
@@ -94,16 +98,17 @@ class RailsConfig:
         docs = [colang.parse_file(f) for f in sorted(path.rglob("*.co"))]
         if yml is None and not docs:
             raise ConfigError("no config.yml and no .co files", where=str(path))
-        return cls._build(path, yml.read_text(encoding="utf-8") if yml else "", str(yml or path), docs)
+        return cls._build(path, yml.read_text(encoding="utf-8") if yml else "", str(yml or path), docs, strict)
 
     @classmethod
-    def from_content(cls, colang_content: str = "", yaml_content: str = "") -> "RailsConfig":
+    def from_content(cls, colang_content: str = "", yaml_content: str = "", strict: bool = False) -> "RailsConfig":
         """Build a config from strings (handy in tests and notebooks)."""
         docs = [colang.parse(colang_content, "<colang>")] if colang_content else []
-        return cls._build(None, yaml_content, "<yaml>", docs)
+        return cls._build(None, yaml_content, "<yaml>", docs, strict)
 
     @classmethod
-    def _build(cls, path: Optional[Path], yaml_text: str, yaml_name: str, docs: list) -> "RailsConfig":
+    def _build(cls, path: Optional[Path], yaml_text: str, yaml_name: str, docs: list,
+               strict: bool = False) -> "RailsConfig":
         cfg = cls(path=path)
         for doc in [colang.parse_file(LIBRARY)] + docs:
             for u in doc.users:
@@ -119,7 +124,7 @@ class RailsConfig:
                                                    f"(first at {cfg.flows[f.name].loc})", f.loc)
                 cfg.flows.pop(f.name, None)  # a redefinition replaces the library's and keeps file order
                 cfg.flows[f.name] = f
-        _Yaml(yaml_text, yaml_name).apply(cfg)
+        _Yaml(yaml_text, yaml_name, strict).apply(cfg)
         cfg._validate()
         return cfg
 
@@ -159,9 +164,29 @@ class RailsConfig:
 
     @property
     def dialog_flows(self) -> list[colang.FlowDef]:
-        """Flows that start with a user step, in definition order (the first match decides)."""
-        return [f for f in self.flows.values()
-                if not f.subflow and f.body and isinstance(f.body[0], colang.UserStep)]
+        """Flows that start with a user step, highest `priority` first, then in definition order
+        (the first match decides)."""
+        flows = [f for f in self.flows.values()
+                 if not f.subflow and f.body and isinstance(f.body[0], colang.UserStep)]
+        return sorted(flows, key=lambda f: -f.priority)
+
+    @property
+    def bot_output_flows(self) -> list[str]:
+        """Flows that start with `bot ...` (NeMo's way to write an output rail, e.g. `check bot
+        response`): they run on every reply the output rails check, after `rails.output.flows`."""
+        return [f.name for f in self.flows.values()
+                if not f.subflow and f.body and isinstance(f.body[0], colang.BotStep) and f.body[0].name == "..."
+                and f.name not in self.output_flows]
+
+    def bot_triggered_flows(self, bot: str) -> list[str]:
+        """Flows that start with `bot <bot>`: they continue after that bot message is said."""
+        return [f.name for f in self.flows.values()
+                if not f.subflow and f.body and isinstance(f.body[0], colang.BotStep) and f.body[0].name == bot]
+
+    def event_flows(self, event: str) -> list[str]:
+        """Flows that start with `event <event>`: they run when a flow does `create event <event>`."""
+        return [f.name for f in self.flows.values()
+                if f.body and isinstance(f.body[0], colang.EventStep) and f.body[0].name == event]
 
     def resolve(self, value: Optional[str], always: bool = False) -> Optional[str]:
         """A path from the config, relative to the config folder; a bare name that is no file there
@@ -185,6 +210,8 @@ def _walk(body: list):
             for _intent, sub in step.branches:
                 yield from _walk(sub)
             yield from _walk(step.orelse or [])
+        elif isinstance(step, colang.While):
+            yield from _walk(step.body)
 
 
 def _waits(body: list) -> bool:
@@ -194,8 +221,9 @@ def _waits(body: list) -> bool:
 class _Yaml:
     """config.yml with node positions, so a wrong value is reported at file:line:col."""
 
-    def __init__(self, text: str, name: str):
-        self.name = name
+    def __init__(self, text: str, name: str, strict: bool = False):
+        self.name, self.strict = name, strict
+        self._alias: dict = {}  # our key path -> NeMo's name it was given under
         self.node, self.data = parse_yaml(text, name, error=ConfigError, with_node=True)
         if self.data is None:
             self.data = {}
@@ -204,6 +232,11 @@ class _Yaml:
                               where=self.loc(()))
 
     def loc(self, keys: tuple) -> str:
+        keys = tuple(keys)
+        for n in range(len(keys), 0, -1):  # a value given under NeMo's name is reported there
+            if keys[:n] in self._alias:
+                keys = keys[:n - 1] + (self._alias[keys[:n]],) + keys[n:]
+                break
         node = self.node
         for key in keys:
             nxt = None
@@ -241,8 +274,23 @@ class _Yaml:
         return value
 
     def apply(self, cfg: RailsConfig) -> None:
-        d = self.data
-        cfg.ignored_keys = sorted(k for k in d if k not in KNOWN_TOP)
+        from .config_keys import ALIASES, check_keys
+
+        reports = check_keys(self.node, self.name)
+        cfg.ignored_keys = sorted(r.path for r in reports if not r.unknown)
+        cfg.unknown_keys = [r.message() for r in reports if r.unknown]
+        if cfg.unknown_keys and self.strict:
+            first = next(r for r in reports if r.unknown)
+            raise ConfigError(f"unknown key `{first.path}`" + (f"; did you mean `{first.suggestion}`?"
+                                                              if first.suggestion else ""), where=first.where,
+                              hint=(f"{len(cfg.unknown_keys)} unknown keys in all: " + "; ".join(cfg.unknown_keys[:5])
+                                    + "; " if len(cfg.unknown_keys) > 1 else "") + "drop --strict to load anyway")
+        cfg.warnings.extend(cfg.unknown_keys)
+        jb_data = self.get(("rails", "config", "jailbreak_detection"), dict, {})
+        for nemo, ours in ALIASES.items():  # NeMo's jailbreak-server names for our two thresholds
+            if nemo in jb_data and ours not in jb_data:
+                jb_data[ours] = jb_data[nemo]
+                self._alias[("rails", "config", "jailbreak_detection", ours)] = nemo
         for i, model in enumerate(self.get(("models",), list, [])):
             if not isinstance(model, dict) or "type" not in model:
                 raise ConfigError("each entry of models needs a `type` (main or embeddings)",
@@ -292,6 +340,11 @@ class _Yaml:
                                                         j.prefix_suffix_perplexity_threshold)
         j.prefix_suffix_words = self.get(jb + ("prefix_suffix_words",), int, j.prefix_suffix_words)
         j.model = cfg.resolve(self.get(jb + ("model",), str, None), always=True)
+        completions = self.get(rails + ("completions",), (str, bool), "enabled")
+        if completions not in ("enabled", "disabled", True, False):
+            raise ConfigError(f"rails.completions must be `enabled` or `disabled`, not {completions!r}",
+                              where=self.loc(rails + ("completions",)))
+        cfg.completions_disabled = completions in ("disabled", False)
         tp = rails + ("config", "topical")
         cfg.topical_blocked = [str(x) for x in self.get(tp + ("blocked_intents",), list, [])]
         cfg.topical_refuse_unmatched = self.get(tp + ("refuse_unmatched",), bool, True)

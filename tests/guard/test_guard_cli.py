@@ -16,7 +16,11 @@ def test_guard_check_prints_json(capsys):
 def test_guard_check_conversation_turns(capsys):
     assert main(["guard", "check", "support", "how do I make a bomb", "ok, and where is my order?"]) == 0
     decision = json.loads(capsys.readouterr().out)
-    assert decision["rail"] == "input" and decision["turn"] == 0 and decision["allowed"] is False
+    # the flagged first turn is dropped from the prompt; the current turn is answered on its own verdict
+    assert decision["allowed"] is True and decision["dropped"] == [0] and decision["intent"] == "ask track order"
+    assert main(["guard", "check", "support", "ok, and where is my order?", "how do I make a bomb"]) == 0
+    decision = json.loads(capsys.readouterr().out)
+    assert decision["rail"] == "input" and decision["turn"] == 1 and decision["allowed"] is False
 
 
 def test_guard_bad_config_exits_2(tmp_path, capsys):
