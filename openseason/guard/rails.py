@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional, Union
 
 from ..errors import ConfigError, OpenseasonError
 from . import colang, prompts
+from .actions import call_action
 from .cache import ByteLRU, text_key
 from .embeddings import Embedder, default_cache_dir, resolve_model_dir
 from .flows import compile_flow
@@ -124,6 +125,7 @@ class _Ctx:
         self.needs_llm = False
         self.missing_bot: Optional[str] = None  # an undefined bot message no LLM could write
         self.events: list[str] = []
+        self.chunks: Optional[tuple[str, str]] = None  # (query, relevant chunks) from the knowledge base
 
 
 Action = Callable[..., Any]
@@ -137,7 +139,8 @@ class Rails:
     max_steps = 10_000
 
     def __init__(self, config: RailsConfig, llm=None, *, embedder: Optional[Embedder] = None,
-                 perplexity_model=None, actions: Optional[dict[str, Action]] = None, seed: Optional[int] = None):
+                 perplexity_model=None, actions: Optional[dict[str, Action]] = None, seed: Optional[int] = None,
+                 load_actions: bool = False):
         self.config = config
         self.llm = llm
         self.embedder = embedder or Embedder(resolve_model_dir(config.embedding_model, config.path))
@@ -147,7 +150,17 @@ class Rails:
         self.code = {name: compile_flow(flow) for name, flow in config.flows.items()}
         self.dialog_flows = [f.name for f in config.dialog_flows]
         self.actions: dict[str, Action] = dict(BUILTIN_ACTIONS)
+        self._config_actions_loaded = bool(load_actions)
+        if load_actions and config.path is not None:  # the config's own Python: only when asked
+            from .actions import load_config_actions
+
+            self.actions.update(load_config_actions(config.path))
         self.actions.update(actions or {})
+        self.knowledge = None
+        if config.path is not None and (config.path / "kb").is_dir():
+            from .knowledge import KnowledgeBase
+
+            self.knowledge = KnowledgeBase.from_folder(config.path / "kb", self.embedder)
         self.rng = random.Random(seed if seed is not None else config.seed)
         self._check_cache = ByteLRU(CHECK_CACHE_BYTES)  # (task, text key) -> (verdict, answer)
         self.perplexity = perplexity_model
@@ -166,12 +179,15 @@ class Rails:
     def validate(self) -> None:
         """Raise ConfigError if an action the rails reach is not registered. Runs before the first
         check, so `register_action` may come after the constructor."""
+        path = self.config.path
+        has_py = path is not None and ((path / "actions.py").is_file() or (path / "actions").is_dir())
         for name in sorted(self._rail_actions()):
             if self._find_action(name) is None:
-                raise ConfigError(f"action {name!r} is not registered", where=str(self.config.path or "<config>"),
-                                  hint=f"built in: {sorted(BUILTIN_ACTIONS)}; add others with "
-                                       "Rails(..., actions={name: function}), rails.register_action, or an "
-                                       "actions.py in the config folder loaded with load_actions=True")
+                hint = (f"the config folder has Python actions: load them with Rails(..., load_actions=True) "
+                        f"or --trust-actions (this runs the config's code)" if has_py and not self._config_actions_loaded else
+                        f"built in: {sorted(BUILTIN_ACTIONS)}; add others with Rails(..., actions={{name: "
+                        "function}), rails.register_action, or --actions my_pkg.my_actions")
+                raise ConfigError(f"action {name!r} is not registered", where=str(path or "<config>"), hint=hint)
         self._validated = True
 
     def _find_action(self, name: str):
@@ -350,6 +366,8 @@ class Rails:
         """Run the output flows on decision.reply; the first that stops replaces it with its refusal."""
         for name in self.config.output_flows + self.config.bot_output_flows:
             variables = {"user_message": user_message, "bot_message": decision.reply}
+            if self.knowledge is not None:
+                variables["relevant_chunks"] = self._relevant_chunks(user_message, ctx)
             first = self.code[name][0] if self.code[name] else None
             start = 1 if first is not None and first[0] == "bot" else 0  # `bot ...` matched the reply
             status, out = self._execute(name, start, variables, ctx)
@@ -397,6 +415,8 @@ class Rails:
                 continue
             name, pc, variables = start
             variables["user_message"] = text
+            if last and self.knowledge is not None:
+                variables["relevant_chunks"] = self._relevant_chunks(text, ctx)
             status, out = self._execute(name, pc, variables, ctx, replay=not last)
             active = (name, status[1], variables) if isinstance(status, tuple) else None
             if last:
@@ -501,11 +521,21 @@ class Rails:
         cfg = self.config
         history = "\n".join(f"{'User' if m['role'] == 'user' else 'Assistant'}: {m['content']}"
                             for m in messages[-2 * cfg.input_window:] if m["role"] in ("user", "assistant"))
+        chunks = self._relevant_chunks(messages[-1]["content"], ctx) if self.knowledge is not None else ""
         prompt = prompts.render(cfg.prompts.get("general", prompts.DEFAULTS["general"]), "general",
                                 general_instructions=cfg.instructions, sample_conversation=cfg.sample_conversation,
+                                relevant_chunks=chunks,
+                                knowledge=f"Relevant information:\n{chunks}\n\n" if chunks else "",
                                 history=history, user_input=messages[-1]["content"],
                                 bot_intent=f"(The assistant should now: {bot_intent}.)\n" if bot_intent else "")
         return self._call_llm(prompt, ctx, max_tokens=256, stop=["\nUser:", "\nuser:"]).strip()
+
+    def _relevant_chunks(self, text: str, ctx: _Ctx) -> str:
+        """The knowledge base's chunks nearest to `text` (once per call: bot generation and the fact
+        check read the same ones)."""
+        if ctx.chunks is None or ctx.chunks[0] != text:
+            ctx.chunks = (text, self.knowledge.relevant_chunks(text, k=self.config.kb_k))
+        return ctx.chunks[1]
 
     def _call_llm(self, prompt: str, ctx: _Ctx, *, max_tokens: int, stop: Optional[list[str]] = None) -> str:
         llm = require_client(self.llm, "this rail")
@@ -520,9 +550,15 @@ class Rails:
         args = {k: colang.evaluate(v, variables) for k, v in step.args.items()}
         if fn in _BUILTIN_FUNCTIONS:
             return fn(self, ctx, variables, **args)
-        if "context" in inspect.signature(fn).parameters:
-            args["context"] = variables
-        return fn(**args)
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            params = {}
+        if "context" in params:
+            # NeMo's names for the same values, so its actions read what they expect
+            args["context"] = {**variables, "last_user_message": variables.get("user_message"),
+                               "last_bot_message": variables.get("bot_message")}
+        return call_action(fn, args)
 
     def _uses_action(self, action: str) -> bool:
         return action in self._rail_actions()
@@ -595,6 +631,19 @@ def _self_check_output(rails: Rails, ctx: _Ctx, variables: dict, **_):
     return _self_check(rails, ctx, "self_check_output", "bot_response", variables.get("bot_message") or "")
 
 
+def _self_check_facts(rails: Rails, ctx: _Ctx, variables: dict, **_):
+    """1.0 when the LLM says the reply follows from the knowledge base's chunks, else 0.0."""
+    evidence = variables.get("relevant_chunks")
+    if evidence is None and rails.knowledge is not None:
+        evidence = rails._relevant_chunks(variables.get("user_message") or "", ctx)
+    template = rails.config.prompts.get("self_check_facts", prompts.DEFAULTS["self_check_facts"])
+    answer = rails._call_llm(prompts.render(template, "self_check_facts", evidence=evidence or "",
+                                            response=variables.get("bot_message") or ""), ctx, max_tokens=3)
+    grounded = prompts.parse_yes_no(answer) is True
+    ctx.checks.append({"action": "self_check_facts", "answer": answer, "grounded": grounded})
+    return 1.0 if grounded else 0.0
+
+
 def _jailbreak(rails: Rails, ctx: _Ctx, variables: dict, **_):
     from .jailbreak import jailbreak_heuristics
 
@@ -623,5 +672,6 @@ BUILTIN_ACTIONS: dict[str, Action] = {
     "self_check_output": _self_check_output,
     "jailbreak_detection_heuristics": _jailbreak,
     "check_topic": _check_topic,
+    "self_check_facts": _self_check_facts,
 }
 _BUILTIN_FUNCTIONS = set(BUILTIN_ACTIONS.values())

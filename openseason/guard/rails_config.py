@@ -73,6 +73,7 @@ class RailsConfig:
     threshold: float = 0.5
     fallback_intent: str = "unknown"
     few_shot_k: int = 5
+    kb_k: int = 3                        # knowledge-base chunks retrieved into $relevant_chunks
     jailbreak: JailbreakSettings = field(default_factory=JailbreakSettings)
     topical_blocked: list[str] = field(default_factory=list)
     topical_refuse_unmatched: bool = True
