@@ -274,3 +274,34 @@ def test_decision_json(support_rails):
     d = json.loads(json.dumps(support_rails.check("how do I hack my neighbour's wifi").to_dict()))
     assert d["rail"] == "input" and d["flow"] == "topical check" and d["allowed"] is False
     assert d["checks"][0]["action"] == "check_topic" and d["checks"][0]["intent"] == "request hacking"
+
+
+ROUTE = '''
+define user ask refund
+  "I want my money back"
+
+define user ask delivery
+  "where is my parcel"
+
+define bot refund
+  "Refunds take 5 days."
+
+define flow refund
+  user ask refund
+  bot refund
+'''
+
+
+def test_routing_says_which_path_named_the_intent(make_rails):
+    yml = ("rails:\n  dialog:\n    user_messages:\n      embeddings_only: false\n"
+           "      embeddings_only_similarity_threshold: 0.95\n      few_shot_k: 2\n")
+    llm = ScriptedClient([(lambda p: 'User message: "I want my money back"' in p and "Intent:" in p, "ask refund")])
+    rails = make_rails(ROUTE, yml, llm=llm)
+    d = rails.check("could you reimburse the purchase")  # a paraphrase below the threshold
+    assert d.intent == "ask refund" and d.routing == "llm" and d.flow == "refund"
+    assert "named by the LLM from the 2 nearest examples" in d.reason and d.llm_calls == 1
+    exact = rails.check("I want my money back")
+    assert exact.routing == "embeddings" and exact.llm_calls == 0
+    no_llm = make_rails(ROUTE, yml).check("could you reimburse the purchase")
+    assert no_llm.routing == "fallback" and no_llm.intent == "unknown" and no_llm.nearest_intent == "ask refund"
+    assert "below the threshold 0.95; no LLM is configured, so the fallback intent 'unknown'" in no_llm.reason
