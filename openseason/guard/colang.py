@@ -70,8 +70,10 @@ class UserStep:
 
 @dataclass
 class BotStep:
-    name: str              # "..." means a reply written by the LLM
+    name: str              # "..." means a reply written by the LLM; "$var" says the variable's value
     loc: Loc
+    text: Optional[str] = None   # `bot say "Sorry."`: an inline message (name may be empty)
+    expr: Any = None             # `bot $result.message`: says the expression's value
 
 
 @dataclass
@@ -164,8 +166,9 @@ class EventStep:
 
 @dataclass
 class Do:
-    subflow: str
+    subflow: str           # for `do $names[$i]`, the expression's text (the name is computed when it runs)
     loc: Loc
+    expr: Any = None
 
 
 @dataclass
@@ -190,6 +193,7 @@ class FlowDef:
     loc: Loc
     priority: float = 1.0          # `priority 0.5` in the body: among flows matching a turn, the highest wins
     extension: bool = False        # `define extension flow`
+    parallel: bool = False         # `define parallel flow` (NeMo runs it alongside others; here: in order)
     docstring: Optional[str] = None
     meta: list = field(default_factory=list)
 
@@ -348,6 +352,23 @@ class Attr:
     name: str
 
 
+@dataclass
+class Method:
+    obj: Any
+    name: str
+    args: list
+
+
+# Methods an expression may call, per built-in type (NeMo's own flows call `$result.metadata.get(...)`);
+# no `format`, which reaches attributes through "{0.__class__}".
+METHODS: dict[type, set[str]] = {
+    dict: {"get", "keys", "values", "items"},
+    str: {"lower", "upper", "strip", "lstrip", "rstrip", "startswith", "endswith", "split", "join", "replace",
+          "count", "find"},
+    list: {"count", "index"},
+}
+
+
 class _ExprParser:
     def __init__(self, text: str, loc: Loc):
         self.text, self.loc = text, loc
@@ -432,6 +453,12 @@ class _ExprParser:
         if tok and tok[1] == "not" and self.i + 1 < len(self.tokens) and self.tokens[self.i + 1][1] == "in":
             self.i += 2
             return Binary("not in", left, self.additive())
+        if tok and tok[0] == "word" and tok[1] == "is":
+            self.take()
+            if self.peek("not"):
+                self.take()
+                return Binary("is not", left, self.additive())
+            return Binary("is", left, self.additive())
         return left
 
     def additive(self):
@@ -474,9 +501,17 @@ class _ExprParser:
                 if name.startswith("_"):
                     raise ColangSyntaxError(f"field `.{name}`: names starting with `_` are not accessible",
                                             self.at(col), hint="use a plain field name such as `$result.text`")
-                expr = Attr(expr, name)
+                expr = self._method(expr, name, col) if self.peek("(") else Attr(expr, name)
             else:
                 return expr
+
+    def _method(self, obj, name: str, col: int):
+        allowed = set().union(*METHODS.values())
+        if name not in allowed:
+            raise ColangSyntaxError(f"unknown method `.{name}(...)`", self.at(col),
+                                    hint=f"expressions may call: {', '.join(sorted(allowed))}")
+        self.expect("(")
+        return Method(obj, name, self._items(")", self.or_))
 
     def _items(self, close: str, item):
         items = []
@@ -507,6 +542,8 @@ class _ExprParser:
                                             hint="use a plain name such as `$result.text`")
                 if f != name:
                     col += 1 + len(f)
+            if fields and self.peek("("):  # `$result.metadata.get(...)`: a method call
+                return self._method(Var(name, tuple(fields[:-1])), fields[-1], col - len(fields[-1]))
             return Var(name, tuple(fields))
         if kind == "word" and value in _KEYWORD_LITERALS:
             return Lit(_KEYWORD_LITERALS[value])
@@ -607,6 +644,19 @@ def evaluate(expr: Expr, variables: dict[str, Any]) -> Any:
         return value
     if isinstance(expr, Attr):
         return _field(evaluate(expr.obj, variables), expr.name)
+    if isinstance(expr, Method):
+        obj = evaluate(expr.obj, variables)
+        if type(obj) not in METHODS or expr.name not in METHODS[type(obj)]:
+            raise ColangRuntimeError(f"`.{expr.name}(...)` cannot be called on {type(obj).__name__}",
+                                     hint="a variable that was never set is none")
+        args = [evaluate(a, variables) for a in expr.args]
+        try:
+            value = getattr(obj, expr.name)(*args)
+        except (TypeError, ValueError) as exc:
+            raise ColangRuntimeError(f".{expr.name}(...) failed: {exc}") from None
+        if expr.name in ("keys", "values", "items"):
+            value = list(value)
+        return _bounded(value)
     if isinstance(expr, Index):
         obj, key = evaluate(expr.obj, variables), evaluate(expr.key, variables)
         if not isinstance(obj, (list, tuple, str, dict)):
@@ -651,7 +701,8 @@ def evaluate(expr: Expr, variables: dict[str, Any]) -> Any:
     try:
         return {"==": lambda: left == right, "!=": lambda: left != right, "<": lambda: left < right,
                 "<=": lambda: left <= right, ">": lambda: left > right, ">=": lambda: left >= right,
-                "in": lambda: left in right, "not in": lambda: left not in right}[expr.op]()
+                "in": lambda: left in right, "not in": lambda: left not in right,
+                "is": lambda: left is right, "is not": lambda: left is not right}[expr.op]()
     except TypeError:
         return False  # comparing None with a number is "false", not a crash mid-conversation
 
@@ -776,7 +827,7 @@ def _statements(lines: list[_Line], flow: Optional[_Flow] = None, loop: int = 0)
         elif head == "if":
             if not rest:
                 raise ColangSyntaxError("expected a condition after `if`", _sub(loc, 2))
-            branches = [(parse_expression(text[3:], _sub(loc, 3)), _block2(line, flow, loop))]
+            branches = [(parse_expression(_colon(text[3:]), _sub(loc, 3)), _block2(line, flow, loop))]
             orelse: list = []
             while i + 1 < len(lines) and lines[i + 1].text.split(" ", 1)[0] in ("else", "elif"):
                 nxt = lines[i + 1]
@@ -784,7 +835,7 @@ def _statements(lines: list[_Line], flow: Optional[_Flow] = None, loop: int = 0)
                 if m:
                     if not nxt.text[m.end():]:
                         raise ColangSyntaxError("expected a condition after `else if`", _sub(nxt.loc, m.end()))
-                    branches.append((parse_expression(nxt.text[m.end():], _sub(nxt.loc, m.end())),
+                    branches.append((parse_expression(_colon(nxt.text[m.end():]), _sub(nxt.loc, m.end())),
                                      _block2(nxt, flow, loop)))
                     i += 1
                 elif nxt.text == "else":
@@ -798,7 +849,7 @@ def _statements(lines: list[_Line], flow: Optional[_Flow] = None, loop: int = 0)
         elif head == "while":
             if not rest:
                 raise ColangSyntaxError("expected a condition after `while`", _sub(loc, 5))
-            body.append(While(parse_expression(text[6:], _sub(loc, 6)), _block2(line, flow, loop + 1), loc))
+            body.append(While(parse_expression(_colon(text[6:]), _sub(loc, 6)), _block2(line, flow, loop + 1), loc))
         elif head in ("break", "continue") and not rest:
             _no_children(line, head)
             if not loop:
@@ -836,13 +887,24 @@ def _statements(lines: list[_Line], flow: Optional[_Flow] = None, loop: int = 0)
             body.append(UserStep(_name(rest, _sub(loc, 5), "a user intent after `user`"), loc))
         elif head == "bot":
             _no_children(line, "bot")
-            body.append(BotStep(_name(rest, _sub(loc, 4), "a bot message name after `bot`"), loc))
+            var = rest.startswith("$")
+            inline = re.match(r"((?:[A-Za-z_][\w\-']*\s+)*)(\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*')$", rest)
+            if var:
+                body.append(BotStep(rest, loc, expr=parse_expression(rest, _sub(loc, 4))))
+            elif inline:
+                name = " ".join(inline.group(1).split())
+                body.append(BotStep(name, loc, text=_unescape(inline.group(2)[1:-1])))
+            else:
+                body.append(BotStep(_name(rest, _sub(loc, 4), "a bot message name after `bot`"), loc))
         elif head == "execute":
             _no_children(line, "execute")
             body.append(_parse_execute(text, loc, None))
         elif head == "do":
             _no_children(line, "do")
-            body.append(Do(_name(rest, _sub(loc, 3), "a subflow name after `do`"), loc))
+            if rest.startswith("$"):  # `do $input_flows[$i]`, as NeMo's own llm_flows.co does
+                body.append(Do(rest, loc, parse_expression(rest, _sub(loc, 3))))
+            else:
+                body.append(Do(_name(rest, _sub(loc, 3), "a subflow name after `do`"), loc))
         elif text in ("stop", "abort"):
             _no_children(line, text)
             body.append(Stop(loc) if text == "stop" else Abort(loc))
@@ -902,6 +964,12 @@ def _statements(lines: list[_Line], flow: Optional[_Flow] = None, loop: int = 0)
     return body
 
 
+def _colon(condition: str) -> str:
+    """`if $x:` as NeMo's own library writes it: a trailing colon after a condition is accepted."""
+    return condition[:-1] if condition.rstrip().endswith(":") and not condition.rstrip().endswith("::") \
+        else condition
+
+
 def _block2(owner: _Line, flow: _Flow, loop: int) -> list:
     if not owner.children:
         raise ColangSyntaxError(f"expected an indented block after `{owner.text}`",
@@ -955,6 +1023,8 @@ def parse(source: str, file: str = "<string>") -> Document:
     """Parse Colang 1.0 source text into a Document; raises ColangSyntaxError with file:line:col."""
     doc = Document()
     for top in _tree(_lines(source, file)):
+        if top.text.startswith('"""') and not top.children:
+            continue  # a file-level docstring
         if top.indent != 0:
             raise ColangSyntaxError("unexpected indentation: expected `define ...` at the start of the line",
                                     top.loc)
@@ -970,13 +1040,16 @@ def parse(source: str, file: str = "<string>") -> Document:
         elif kind == "bot":
             doc.bots.append(BotDef(_name(rest, name_loc, "a message name after `define bot`"),
                                    _strings(top, "bot message"), top.loc))
-        elif kind in ("flow", "subflow", "extension"):
-            extension = kind == "extension"
-            if extension:
-                m2 = re.match(r"(flow|subflow)\b\s*", rest)
+        elif kind in ("flow", "subflow", "extension", "parallel"):
+            # modifiers as NeMo writes them: `define parallel extension flow ...`
+            modifiers = set()
+            while kind in ("extension", "parallel"):
+                modifiers.add(kind)
+                m2 = re.match(r"(flow|subflow|extension|parallel)\b\s*", rest)
                 if not m2:
-                    raise ColangSyntaxError("expected `define extension flow <name>`", name_loc)
+                    raise ColangSyntaxError(f"expected `define {' '.join(sorted(modifiers))} flow <name>`", name_loc)
                 kind, rest, name_loc = m2.group(1), rest[m2.end():], _sub(name_loc, m2.end())
+            extension = "extension" in modifiers
             if rest:
                 name = _name(rest, name_loc, f"a {kind} name")
             elif kind == "flow":
@@ -996,10 +1069,11 @@ def parse(source: str, file: str = "<string>") -> Document:
                                             "flow then runs when `create event` makes that event)", step.loc)
             doc.flows.append(FlowDef(name, body, kind == "subflow", top.loc,
                                      priority=1.0 if meta.priority is None else meta.priority,
-                                     extension=extension, docstring=meta.docstring, meta=meta.meta))
+                                     extension=extension, docstring=meta.docstring, meta=meta.meta,
+                                     parallel="parallel" in modifiers))
         else:
-            raise ColangSyntaxError(f"expected `user`, `bot`, `flow`, `subflow` or `extension flow` after "
-                                    f"`define`, found {kind!r}",
+            raise ColangSyntaxError(f"expected `user`, `bot`, `flow`, `subflow`, `extension flow` or `parallel "
+                                    f"flow` after `define`, found {kind!r}",
                                     _sub(top.loc, m.start(1)))
     return doc
 

@@ -3,7 +3,7 @@ resume on a later turn from nothing but (flow name, program counter, variables).
 
     ("user", intent, loc)                      pause; the next message must have this intent
     ("when", [(intent, target)], else, loc)    pause; branch on the next message's intent
-    ("bot", name, loc)  ("exec", Execute)  ("set", Assign)  ("do", name, loc)
+    ("bot", name, loc, inline text or None, expr or None)  ("exec", Execute)  ("set", Assign)  ("do", name, loc, expr or None)
     ("jf", expr, target)  ("jmp", target)  ("stop", loc)  ("return", expr or None, loc)
     ("event", name, args, loc)                 `create event`: runs the flows that start with `event name`
     ("on", name, loc)                          a flow's first `event name` step (matched by the caller)
@@ -30,13 +30,13 @@ def _emit(body: list, code: list, labels: dict, gotos: list, loop, first: bool =
         if isinstance(step, colang.UserStep):
             code.append(("user", step.intent, step.loc))
         elif isinstance(step, colang.BotStep):
-            code.append(("bot", step.name, step.loc))
+            code.append(("bot", step.name, step.loc, step.text, step.expr))
         elif isinstance(step, colang.Execute):
             code.append(("exec", step))
         elif isinstance(step, colang.Assign):
             code.append(("set", step))
         elif isinstance(step, colang.Do):
-            code.append(("do", step.subflow, step.loc))
+            code.append(("do", step.subflow, step.loc, step.expr))
         elif isinstance(step, (colang.Stop, colang.Abort)):
             code.append(("stop", step.loc))
         elif isinstance(step, colang.Return):

@@ -434,6 +434,7 @@ class Rails:
                               where=str(self.config.flows[name].loc))
         if depth == 0:
             ctx.steps = 0
+            variables.setdefault("config", self.config.raw)  # `$config.rails.config...` as in NeMo's flows
         code, out = self.code[name], []
         while pc < len(code):
             ctx.steps += 1
@@ -450,7 +451,13 @@ class Rails:
                 if ins[1] == "remove last message":  # NeMo: the checked reply is withdrawn
                     variables["bot_message"] = None
                 elif not replay:
-                    text = self._say(ins[1], variables, ctx)
+                    if ins[3] is not None:  # `bot say "..."`: an inline message
+                        text = _substitute(ins[3], variables)
+                    elif ins[4] is not None:  # `bot $refusal_message`: the expression's value
+                        value = colang.evaluate(ins[4], variables)
+                        text = None if value is None else str(value)
+                    else:
+                        text = self._say(ins[1], variables, ctx)
                     variables["bot_message"] = text
                     out.append(text)
                     for follow in self.config.bot_triggered_flows(ins[1]):
@@ -492,7 +499,16 @@ class Rails:
                     if status == "stop":
                         return "stop", out
             elif op == "do":
-                status, sub = self._execute(ins[1], 0, variables, ctx, replay=replay, depth=depth + 1)
+                target = ins[1]
+                if ins[3] is not None:  # `do $names[$i]`
+                    target = colang.evaluate(ins[3], variables)
+                    if not isinstance(target, str) or target not in self.code:
+                        raise ConfigError(f"`do {ins[1]}` named {target!r}, which is no flow", where=str(ins[2]))
+                    if any(isinstance(s, (colang.UserStep, colang.When))
+                           for s in _walk(self.config.flows[target].body)):
+                        raise ConfigError(f"subflow {target!r} waits for a user message, which `do` cannot resume",
+                                          where=str(ins[2]))
+                status, sub = self._execute(target, 0, variables, ctx, replay=replay, depth=depth + 1)
                 out.extend(sub)
                 if status == "stop":
                     return "stop", out
@@ -503,8 +519,7 @@ class Rails:
         """A predefined bot message (random choice, $var substituted), else an LLM-written one."""
         bot = self.config.bots.get(name)
         if bot is not None:
-            text = self.rng.choice(bot.messages)
-            return re.sub(r"\$([A-Za-z_]\w*)", lambda m: str(variables.get(m.group(1), m.group(0))), text)
+            return _substitute(self.rng.choice(bot.messages), variables)
         if ctx is None:
             raise ConfigError(f"bot message {name!r} is not defined", where=str(self.config.path or "<config>"))
         return self._free_reply(ctx.messages, None if name == "..." else name, ctx)
@@ -579,10 +594,15 @@ class Rails:
                 if isinstance(step, colang.Execute):
                     names.add(step.action)
                 elif isinstance(step, colang.Do):
-                    todo.append(step.subflow)
+                    if step.expr is None:
+                        todo.append(step.subflow)
                 elif isinstance(step, colang.CreateEvent):
                     todo.extend(cfg.event_flows(step.name))
         return names
+
+
+def _substitute(text: str, variables: dict) -> str:
+    return re.sub(r"\$([A-Za-z]\w*)", lambda m: str(variables.get(m.group(1), m.group(0))), text)
 
 
 def _matches(pattern: str, intent: str) -> bool:

@@ -85,6 +85,7 @@ class RailsConfig:
     unknown_keys: list[str] = field(default_factory=list)   # "file:line:col: unknown key `x`; did you mean `y`?"
     warnings: list[str] = field(default_factory=list)
     completions_disabled: bool = False   # `rails: {completions: disabled}`: serve refuses /v1/completions
+    raw: dict = field(default_factory=dict)  # config.yml as read: `$config` in flows (NeMo's `$config.x.y`)
 
     # -- loading -------------------------------------------------------------------------------------
     @classmethod
@@ -144,7 +145,7 @@ class RailsConfig:
                                       where=str(self.flows[name].loc))
         for flow in self.flows.values():
             for step in _walk(flow.body):
-                if isinstance(step, colang.Do):
+                if isinstance(step, colang.Do) and step.expr is None:
                     target = self.flows.get(step.subflow)
                     if target is None:
                         raise ConfigError(f"`do {step.subflow}`: no such subflow", where=str(step.loc),
@@ -276,6 +277,8 @@ class _Yaml:
 
     def apply(self, cfg: RailsConfig) -> None:
         from .config_keys import ALIASES, check_keys
+
+        cfg.raw = self.data
 
         reports = check_keys(self.node, self.name)
         cfg.ignored_keys = sorted(r.path for r in reports if not r.unknown)

@@ -98,7 +98,7 @@ def _error(source: str) -> ColangSyntaxError:
 
 @pytest.mark.parametrize("source,line,col,expected", [
     ("user hello\n", 1, 1, "expected `define user`, `define bot`, `define flow` or `define subflow`"),
-    ("define thing x\n  \"a\"\n", 1, 8, "expected `user`, `bot`, `flow`, `subflow` or `extension flow` after"),
+    ("define thing x\n  \"a\"\n", 1, 8, "expected `user`, `bot`, `flow`, `subflow`, `extension flow` or `parallel flow` after"),
     ("define user\n  \"a\"\n", 1, 12, "expected an intent name after `define user`"),
     ("define user greet!\n  \"a\"\n", 1, 13, "made of words"),
     ("define user greet\n", 1, 18, "expected at least one indented, quoted utterance"),
@@ -128,7 +128,7 @@ def _error(source: str) -> ColangSyntaxError:
     ("define flow f\n  bot x\n  event Started\n", 3, 3, "`event ...` is supported only as the first step"),
     ("define flow f\n  priority high\n", 2, 12, "expected a number after `priority`"),
     ("define flow f\n  \"\"\"never closed\n  stop\n", 2, 3, "docstring opened here is never closed"),
-    ("define parallel flow f\n  stop\n", 1, 8, "found 'parallel'"),
+    ("define sticky flow f\n  stop\n", 1, 8, "found 'sticky'"),
     ("define flow f\n  $x = ($a\n", 2, 11, "expected `)`"),
     ("define flow f\n  $x = $a $b\n", 2, 11, "expected an operator"),
     ("define flow f\n  if\n    stop\n", 2, 5, "expected a condition after `if`"),

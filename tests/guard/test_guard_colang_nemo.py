@@ -186,3 +186,50 @@ def test_runaway_values_are_bounded(make_rails):
     bad = 'define user go\n  "go"\ndefine flow f\n  user go\n  $x = $missing + 1\n'
     with pytest.raises(ConfigError, match="cannot compute NoneType \\+ int"):
         make_rails(bad).check("go")
+
+
+LIBRARY_STYLE = '''
+"""A file-level docstring, as NeMo's library files open."""
+
+define user ask status
+  "what is the status"
+
+define parallel extension flow status
+  user ask status
+  $result = execute lookup()
+  $names = ["first check", "second check"]
+  $i = 0
+  while $i < len($names):
+    do $names[$i]
+    $i = $i + 1
+  if $result.metadata.get("level", "none") is not None and $config.rails.config.custom.enabled:
+    bot $result.message
+  else if $result is None:
+    bot say "Nothing found."
+
+define subflow first check
+  $seen = $names[$i].upper()
+
+define subflow second check
+  if $seen.startswith("FIRST")
+    bot say "Checked $seen."
+'''
+
+
+def test_nemo_library_style_flows(make_rails):
+    yml = "rails:\n  config:\n    custom:\n      enabled: true\n"
+    rails = make_rails(LIBRARY_STYLE, yml,
+                       actions={"lookup": lambda: {"metadata": {"level": 2}, "message": "All good."}})
+    assert rails.config.flows["status"].parallel and rails.config.flows["status"].extension
+    assert rails.config.unknown_keys == ["<yaml>:3:5: unknown key `rails.config.custom`"]
+    result = rails.generate("what is the status")
+    assert result.text == "Checked FIRST CHECK.\nAll good."
+
+
+def test_method_calls_are_a_short_safe_list():
+    from openseason.guard.colang import ColangSyntaxError
+
+    with pytest.raises(ColangSyntaxError, match="unknown method `.format"):
+        parse('define flow f\n  $x = "{0.__class__}".format($y)\n', "m.co")
+    with pytest.raises(ColangSyntaxError, match="unknown method `.mro"):
+        parse('define flow f\n  $x = $y.mro()\n', "m.co")
