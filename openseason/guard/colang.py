@@ -592,10 +592,38 @@ def _field(value: Any, name: str) -> Any:
     return value.get(name) if isinstance(value, dict) else getattr(value, name, None)
 
 
+def _weight(value: Any, limit: int = MAX_VALUE_LEN) -> int:
+    """Characters plus items of a value, counting a shared part each time it appears (what str() or
+    == would walk), stopping early past `limit`: `[$x, $x]` nested 40 deep is small in memory and
+    2**40 to print."""
+    memo: dict[int, int] = {}
+
+    def walk(v, depth: int) -> int:
+        if isinstance(v, str):
+            return len(v)
+        if not isinstance(v, (list, tuple, dict)):
+            return 1
+        if depth > 100:
+            return limit + 1  # deeper than str() or == should recurse
+        key = id(v)
+        if key in memo:
+            return memo[key]
+        total = 1
+        for item in (v.items() if isinstance(v, dict) else v):
+            total += walk(item, depth + 1)
+            if total > limit:
+                break
+        memo[key] = total
+        return total
+
+    return walk(value, 0)
+
+
 def _bounded(value: Any) -> Any:
-    if isinstance(value, (str, list, dict, tuple)) and len(value) > MAX_VALUE_LEN:
-        raise ColangRuntimeError(f"an expression built a value of {len(value)} items/characters, more than the "
-                                 f"{MAX_VALUE_LEN} allowed")
+    if isinstance(value, (str, list, dict, tuple)) and (len(value) > MAX_VALUE_LEN or (
+            not isinstance(value, str) and _weight(value) > MAX_VALUE_LEN)):
+        raise ColangRuntimeError(f"an expression built a value of more than {MAX_VALUE_LEN} items/characters "
+                                 "(the allowed most)")
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INT_BITS:
         raise ColangRuntimeError(f"an expression built a number larger than 2**{MAX_INT_BITS}")
     return value
@@ -604,8 +632,9 @@ def _bounded(value: Any) -> Any:
 def _arith(op: str, left: Any, right: Any) -> Any:
     if op == "*":  # refuse "x" * 10**9 before building it
         for seq, n in ((left, right), (right, left)):
-            if isinstance(seq, (str, list)) and isinstance(n, int) and len(seq) * max(n, 0) > MAX_VALUE_LEN:
-                raise ColangRuntimeError(f"an expression would build {len(seq) * n} items/characters, more "
+            if isinstance(seq, (str, list)) and isinstance(n, int) and not isinstance(n, bool) \
+                    and _weight(seq) * max(n, 0) > MAX_VALUE_LEN:
+                raise ColangRuntimeError(f"an expression would build {_weight(seq) * n} items/characters, more "
                                          f"than the {MAX_VALUE_LEN} allowed")
     if op == "+" and isinstance(left, str) and not isinstance(right, str) and right is not None \
             and not isinstance(right, (list, dict)):
@@ -650,6 +679,13 @@ def evaluate(expr: Expr, variables: dict[str, Any]) -> Any:
             raise ColangRuntimeError(f"`.{expr.name}(...)` cannot be called on {type(obj).__name__}",
                                      hint="a variable that was never set is none")
         args = [evaluate(a, variables) for a in expr.args]
+        if expr.name == "replace" and len(args) >= 2 and all(isinstance(a, str) for a in args[:2]):
+            grow = (obj.count(args[0]) if args[0] else len(obj) + 1) * max(0, len(args[1]) - len(args[0]))
+            if len(obj) + grow > MAX_VALUE_LEN:
+                raise ColangRuntimeError(f".replace(...) would build more than {MAX_VALUE_LEN} characters")
+        if expr.name == "join" and args and isinstance(args[0], (list, tuple)) \
+                and _weight(args[0]) + len(obj) * len(args[0]) > MAX_VALUE_LEN:
+            raise ColangRuntimeError(f".join(...) would build more than {MAX_VALUE_LEN} characters")
         try:
             value = getattr(obj, expr.name)(*args)
         except (TypeError, ValueError) as exc:

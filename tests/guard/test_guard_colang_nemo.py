@@ -178,7 +178,7 @@ def test_bot_first_flow_is_an_output_rail(rails):
 def test_runaway_values_are_bounded(make_rails):
     loop = ('define user go\n  "go"\ndefine bot b\n  "done"\ndefine flow f\n  user go\n  $x = "ab"\n'
             '  while true\n    $x = $x + $x\n  bot b\n')
-    with pytest.raises(ConfigError, match="more than the 1000000 allowed"):
+    with pytest.raises(ConfigError, match="more than 1000000 items/characters"):
         make_rails(loop).check("go")
     times = 'define user go\n  "go"\ndefine flow f\n  user go\n  $x = "ab" * 100000000\n'
     with pytest.raises(ConfigError, match="would build"):
