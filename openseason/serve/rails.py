@@ -18,6 +18,7 @@ served model through the same continuous-batching engine as every other request.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -60,13 +61,21 @@ def resolve_rails_dir(rails_dir: str | Path) -> Path:
                                "such as `support`")
 
 
-def rails_hooks(rails_dir: str | Path, engine=None, rails=None) -> RailsHooks:
-    """Hooks that run the rails configured in `rails_dir` around the served model (`engine`)."""
+def rails_hooks(rails_dir: str | Path, engine=None, rails=None, *, trust_actions: bool = False,
+                strict: bool = False) -> RailsHooks:
+    """Hooks that run the rails configured in `rails_dir` (a folder or a shipped example name such as
+    `support`) around the served model (`engine`). `trust_actions` loads the folder's actions.py
+    (its code runs); `strict` makes unknown config.yml keys errors. Problems surface here, at start-up,
+    not on the first request."""
     from ..guard import Rails, RailsConfig
 
     if rails is None:
         path = resolve_rails_dir(rails_dir)
-        rails = Rails(RailsConfig.from_path(path), llm=LocalClient(engine) if engine is not None else None)
+        cfg = RailsConfig.from_path(path, strict=strict)
+        for warning in cfg.unknown_keys:
+            print(f"openseason: warning: {warning}", file=sys.stderr)
+        rails = Rails(cfg, llm=LocalClient(engine) if engine is not None else None, load_actions=trust_actions)
+    rails.validate()
 
     def input_verdict(messages: list[dict]) -> InputVerdict:
         decision = rails.check(messages)
