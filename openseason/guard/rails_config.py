@@ -16,7 +16,8 @@ see config_keys.py. `rails.completions: disabled` makes `serve --rails` refuse /
       output: {flows: [self check output], apply_to_predefined: false}
       dialog:
         user_messages:
-          embeddings_only: true                          # no LLM call to find the intent
+          embeddings_only: true                          # never ask the LLM for the intent (default false:
+                                                         # below the threshold, a configured LLM names it)
           embeddings_only_similarity_threshold: 0.5      # plain cosine similarity
           embeddings_only_fallback_intent: unknown
           few_shot_k: 5                                   # nearest examples shown to the LLM otherwise
@@ -69,7 +70,7 @@ class RailsConfig:
     input_window: int = 10               # user turns replayed through the dialog flows
     input_trust_system: bool = False     # True: input rails skip system messages (operator-written)
     output_on_predefined: bool = False
-    embeddings_only: bool = True
+    embeddings_only: bool = False        # True: never ask the LLM for an intent, even below the threshold
     threshold: float = 0.5
     fallback_intent: str = "unknown"
     few_shot_k: int = 5
@@ -329,7 +330,7 @@ class _Yaml:
         cfg.input_trust_system = self.get(rails + ("input", "trust_system"), bool, False)
         cfg.output_on_predefined = self.get(rails + ("output", "apply_to_predefined"), bool, False)
         um = rails + ("dialog", "user_messages")
-        cfg.embeddings_only = self.get(um + ("embeddings_only",), bool, True)
+        cfg.embeddings_only = self.get(um + ("embeddings_only",), bool, False)
         cfg.threshold = self.get(um + ("embeddings_only_similarity_threshold",), float, cfg.threshold)
         if not -1.0 <= cfg.threshold <= 1.0:
             raise ConfigError("embeddings_only_similarity_threshold is a cosine similarity in [-1, 1]",

@@ -113,6 +113,7 @@ def test_knowledge_base_feeds_generation_and_the_fact_check(tmp_path, embedder):
     (tmp_path / "kb").mkdir()
     (tmp_path / "kb" / "policy.md").write_text(KB)
     (tmp_path / "config.yml").write_text("rails:\n  output:\n    flows: [self check facts]\n"
+                                         "  dialog: {user_messages: {embeddings_only: true}}\n"
                                          "embeddings: {cache_dir: false}\n")
     (tmp_path / "main.co").write_text('define user hi\n  "hello"\n')
     llm = ScriptedClient([(lambda p: "Assistant:" in p and "Refunds reach your card" in p, "In 5 working days."),

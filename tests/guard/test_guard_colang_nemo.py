@@ -112,6 +112,7 @@ define flow check bot response
 
 YAML = """
 rails:
+  dialog: {user_messages: {embeddings_only: true}}
   input:
     flows: [guard secret]
 embeddings: {cache_dir: false}

@@ -102,7 +102,8 @@ prompts:
 
 def test_self_check_cache_is_bounded_in_bytes(make_rails):
     llm = ScriptedClient([("Should the user message be blocked", "No")] * 200)
-    rails = make_rails('define user a\n  "hello"\n', SELF_CHECK_YML, llm=llm)
+    yml = SELF_CHECK_YML.replace("rails:\n", "rails:\n  dialog: {user_messages: {embeddings_only: true}}\n", 1)
+    rails = make_rails('define user a\n  "hello"\n', yml, llm=llm)
     for i in range(40):
         rails.check(f"{i} " + "a" * 100_000)          # 40 distinct 100 kB messages
     cache = rails._check_cache

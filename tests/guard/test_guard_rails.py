@@ -221,7 +221,8 @@ def test_self_check_without_yes_or_no_blocks(make_rails):
 
 def test_general_reply_and_unexpected_calls(make_rails):
     llm = ScriptedClient([(lambda p: p.rstrip().endswith("Assistant:"), " Sure, here is a reply.\n")])
-    rails = make_rails(GREET, "instructions:\n  - type: general\n    content: Be brief.\n", llm=llm)
+    rails = make_rails(GREET, "instructions:\n  - type: general\n    content: Be brief.\n"
+                              "rails: {dialog: {user_messages: {embeddings_only: true}}}\n", llm=llm)
     result = rails.generate([{"role": "user", "content": "tell me about black holes"}])
     assert result.text == "Sure, here is a reply." and result.decision.rail is None and not result.fired
     prompt = llm.calls[0]["prompt"]

@@ -178,8 +178,9 @@ def test_hooks_name_the_messages_to_drop_and_guard_raw_prompts(tmp_path):
     (tmp_path / "rails.co").write_text(COLANG)
     from openseason.guard import Rails, RailsConfig, ScriptedClient
 
-    (tmp_path / "config.yml").write_text(CONFIG.replace("output:\n    flows: [self check output]\n", ""))
-    hooks = rails_hooks(tmp_path, rails=Rails(RailsConfig.from_path(tmp_path), llm=ScriptedClient()))
+    (tmp_path / "config.yml").write_text(CONFIG.replace("  output:\n    flows: [self check output]\n", ""))
+    cfg = RailsConfig.from_path(tmp_path, strict=True)
+    hooks = rails_hooks(tmp_path, rails=Rails(cfg, llm=ScriptedClient()))
     messages = [{"role": "user", "content": BLOCKED}, {"role": "assistant", "content": "no"},
                 {"role": "user", "content": "what time do you open"}]
     verdict = hooks.input_verdict(messages)
