@@ -1,4 +1,4 @@
-"""The rails engine: input rails on every user turn, dialog flows, output rails.
+"""The rails engine: input rails on every message, dialog flows, output rails.
 
     rails = Rails(RailsConfig.from_path("my_rails"), llm=None)   # embeddings only: no LLM calls
     rails.check("how do I return my order?")       -> Decision (intent, score, flow, which rail fired)
@@ -6,22 +6,27 @@
 
 One call runs:
 1. Input rails (`rails.input.flows`) on every message that reaches the model, oldest first: each user
-   turn (not only the last: splitting a jailbreak over several turns does not get past them), each
-   assistant turn (a client writes the history it sends) and each system message unless
-   `rails.input.trust_system: true` says the operator's system prompts are trusted. The first rail
-   that reaches `stop` blocks; its bot message is the reply.
-2. Dialog: the last `rails.input.window` user turns are replayed through the flows to recover a multi-turn flow in progress
-   (`when`, or a later `user` step; actions in replayed steps run again, bot steps do not);
-   otherwise the first flow whose first `user` step matches the last
+   turn (not only the last: a request hidden in an old turn reaches the model too), each assistant
+   turn (a client writes the history it sends) and each system message unless
+   `rails.input.trust_system: true` says the operator's system prompts are trusted. Each message is
+   judged once (verdicts cached by position, role and content). A rail that reaches `stop` (or
+   `abort`) on the CURRENT user turn blocks, its bot message the reply; on an EARLIER message it
+   does not refuse the turns after it: that exchange is listed in `Decision.dropped`, left out of
+   the dialog replay and the LLM's prompt here, and must be removed by whoever sends the
+   conversation to a model (`openseason serve --rails` does).
+2. Dialog: the last `rails.input.window` user turns are replayed through the flows to recover a
+   multi-turn flow in progress (`when`, or a later `user` step; actions in replayed steps run again,
+   bot steps do not); otherwise the highest-priority flow whose first `user` step matches the last
    message's intent decides. `bot <name>` says a predefined message, or the LLM writes one through
-   a controlled prompt when `<name>` is not defined; no matching flow means a general LLM reply
-   (or "inform cannot help" without an LLM).
-3. Output rails (`rails.output.flows`) on LLM-written replies (and on predefined messages when
-   `rails.output.apply_to_predefined` is true).
+   a controlled prompt when `<name>` is not defined (without an LLM: "inform cannot help", and the
+   decision says `needs_llm`); no matching flow means a general LLM reply. A flow starting with
+   `bot <name>` continues after that message; `create event X` runs the flows starting `event X`.
+3. Output rails (`rails.output.flows`, then flows that start with `bot ...`) on LLM-written replies
+   (and on predefined messages when `rails.output.apply_to_predefined` is true).
 
 Intents come from nearest-neighbour search over embeddings; below the similarity threshold the
-message gets the fallback intent, or, when `embeddings_only` is false and an LLM is given, the LLM
-picks an intent with the nearest examples as few-shot demonstrations.
+LLM, when one is given and `embeddings_only` is not set, names an intent with the nearest examples as
+few-shot demonstrations, else the message gets the fallback intent. `Decision.routing` says which.
 """
 from __future__ import annotations
 
