@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -54,12 +55,15 @@ def load_rails(config: str, model: str | None = None, *, trust_actions: bool = F
     unknown-key warnings go to stderr."""
     from . import Rails, RailsConfig, example_config
     from .actions import load_actions_module
+    from .rails_config import UnknownKeyWarning
     from ..generation.client import LocalClient
 
     path = Path(config)
     if not path.exists() and "/" not in config:
         path = example_config(config)
-    cfg = RailsConfig.from_path(path, strict=strict)
+    with warnings.catch_warnings():  # printed below, once, in the CLI's own format
+        warnings.simplefilter("ignore", UnknownKeyWarning)
+        cfg = RailsConfig.from_path(path, strict=strict)
     for warning in cfg.unknown_keys:
         print(f"openseason: warning: {warning}", file=sys.stderr)
     registered = {}

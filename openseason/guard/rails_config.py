@@ -33,6 +33,7 @@ statement.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -44,6 +45,10 @@ from ..fileio import parse_yaml
 from . import colang
 
 LIBRARY = Path(__file__).with_name("library.co")
+
+
+class UnknownKeyWarning(UserWarning):
+    """A config.yml key that is neither ours nor NeMo Guardrails' (likely misspelled)."""
 CONFIG_NAMES = ("config.yml", "config.yaml")
 
 
@@ -291,6 +296,8 @@ class _Yaml:
                               hint=(f"{len(cfg.unknown_keys)} unknown keys in all: " + "; ".join(cfg.unknown_keys[:5])
                                     + "; " if len(cfg.unknown_keys) > 1 else "") + "drop --strict to load anyway")
         cfg.warnings.extend(cfg.unknown_keys)
+        for message in cfg.unknown_keys:  # library users see them too, not only the CLI
+            warnings.warn(message, UnknownKeyWarning, stacklevel=5)
         jb_data = self.get(("rails", "config", "jailbreak_detection"), dict, {})
         for nemo, ours in ALIASES.items():  # NeMo's jailbreak-server names for our two thresholds
             if nemo in jb_data and ours not in jb_data:

@@ -19,6 +19,7 @@ served model through the same continuous-batching engine as every other request.
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -68,10 +69,13 @@ def rails_hooks(rails_dir: str | Path, engine=None, rails=None, *, trust_actions
     (its code runs); `strict` makes unknown config.yml keys errors. Problems surface here, at start-up,
     not on the first request."""
     from ..guard import Rails, RailsConfig
+    from ..guard.rails_config import UnknownKeyWarning
 
     if rails is None:
         path = resolve_rails_dir(rails_dir)
-        cfg = RailsConfig.from_path(path, strict=strict)
+        with warnings.catch_warnings():  # printed below, once
+            warnings.simplefilter("ignore", UnknownKeyWarning)
+            cfg = RailsConfig.from_path(path, strict=strict)
         for warning in cfg.unknown_keys:
             print(f"openseason: warning: {warning}", file=sys.stderr)
         rails = Rails(cfg, llm=LocalClient(engine) if engine is not None else None, load_actions=trust_actions)

@@ -219,8 +219,9 @@ define subflow second check
 
 def test_nemo_library_style_flows(make_rails):
     yml = "rails:\n  config:\n    custom:\n      enabled: true\n"
-    rails = make_rails(LIBRARY_STYLE, yml,
-                       actions={"lookup": lambda: {"metadata": {"level": 2}, "message": "All good."}})
+    with pytest.warns(UserWarning, match="unknown key `rails.config.custom`"):
+        rails = make_rails(LIBRARY_STYLE, yml,
+                           actions={"lookup": lambda: {"metadata": {"level": 2}, "message": "All good."}})
     assert rails.config.flows["status"].parallel and rails.config.flows["status"].extension
     assert rails.config.unknown_keys == ["<yaml>:3:5: unknown key `rails.config.custom`"]
     result = rails.generate("what is the status")
