@@ -751,7 +751,16 @@ _STATEMENTS = ("user <intent>, bot <message>, execute <action>, $var = ..., set 
 # Colang 1.0 keywords we refuse at load, each with the reason (better a clear error than a guess).
 _REFUSED = {
     "include": "`include` of another rails configuration is not supported; copy its files into this folder",
+    "import": "`import` of another rails configuration is not supported; copy its files into this folder",
+    "expect": "`expect` (a test assertion in NeMo's Colang 1.0) is not supported",
+    "check": "`check` (a test assertion in NeMo's Colang 1.0) is not supported",
+    "run": "`run` is not supported; use `execute <action>`",
+    "any": "`any` (a choice among branches in NeMo's Colang 1.0) is not supported; use `when user ...`",
+    "infer": "`infer` is not supported",
+    "context": "`context` is not supported; set variables with `$name = ...`",
 }
+# `define <kind>` forms of NeMo's parser that are not flows, messages or intents
+_REFUSED_DEFINES = ("interruption", "repair", "test", "sample", "response", "snippet", "action", "topic")
 
 
 def _name(text: str, loc: Loc, what: str) -> str:
@@ -941,6 +950,11 @@ def _statements(lines: list[_Line], flow: Optional[_Flow] = None, loop: int = 0)
                 body.append(Do(rest, loc, parse_expression(rest, _sub(loc, 3))))
             else:
                 body.append(Do(_name(rest, _sub(loc, 3), "a subflow name after `do`"), loc))
+        elif text == "pass":
+            _no_children(line, "pass")
+        elif text == "done":
+            _no_children(line, "done")
+            body.append(Return(loc))
         elif text in ("stop", "abort"):
             _no_children(line, text)
             body.append(Stop(loc) if text == "stop" else Abort(loc))
@@ -968,12 +982,13 @@ def _statements(lines: list[_Line], flow: Optional[_Flow] = None, loop: int = 0)
             _no_children(line, "event")
             name, args = _parse_event(text, 6, loc, "event")
             body.append(EventStep(name, args, loc))
-        elif head == "label":
-            _no_children(line, "label")
-            body.append(Label(_name(rest, _sub(loc, 6), "a label name after `label`"), loc))
-        elif head == "goto":
+        elif head in ("label", "checkpoint"):
+            _no_children(line, head)
+            body.append(Label(_name(rest, _sub(loc, len(head) + 1), f"a label name after `{head}`"), loc))
+        elif head == "goto" or re.match(r"go\s+to\s", text):
             _no_children(line, "goto")
-            body.append(Goto(_name(rest, _sub(loc, 5), "a label name after `goto`"), loc))
+            at = len(head) + 1 if head == "goto" else re.match(r"go\s+to\s+", text).end()
+            body.append(Goto(_name(text[at:], _sub(loc, at), "a label name after `goto`"), loc))
         elif head in _REFUSED:
             raise ColangSyntaxError(_REFUSED[head], loc)
         elif head.startswith("$") or head == "set":
@@ -1076,12 +1091,18 @@ def parse(source: str, file: str = "<string>") -> Document:
         elif kind == "bot":
             doc.bots.append(BotDef(_name(rest, name_loc, "a message name after `define bot`"),
                                    _strings(top, "bot message"), top.loc))
-        elif kind in ("flow", "subflow", "extension", "parallel"):
+        elif kind == "template":  # NeMo's other name for `define bot`
+            doc.bots.append(BotDef(_name(rest, name_loc, "a message name after `define template`"),
+                                   _strings(top, "bot message"), top.loc))
+        elif kind in _REFUSED_DEFINES:
+            raise ColangSyntaxError(f"`define {kind}` (NeMo Colang 1.0) is not supported; rails use `define "
+                                    "user|bot|flow|subflow`", _sub(top.loc, m.start(1)))
+        elif kind in ("flow", "subflow", "extension", "parallel", "recursive"):
             # modifiers as NeMo writes them: `define parallel extension flow ...`
             modifiers = set()
-            while kind in ("extension", "parallel"):
+            while kind in ("extension", "parallel", "recursive"):
                 modifiers.add(kind)
-                m2 = re.match(r"(flow|subflow|extension|parallel)\b\s*", rest)
+                m2 = re.match(r"(flow|subflow|extension|parallel|recursive)\b\s*", rest)
                 if not m2:
                     raise ColangSyntaxError(f"expected `define {' '.join(sorted(modifiers))} flow <name>`", name_loc)
                 kind, rest, name_loc = m2.group(1), rest[m2.end():], _sub(name_loc, m2.end())

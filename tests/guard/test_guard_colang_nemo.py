@@ -235,3 +235,11 @@ def test_method_calls_are_a_short_safe_list():
         parse('define flow f\n  $x = "{0.__class__}".format($y)\n', "m.co")
     with pytest.raises(ColangSyntaxError, match="unknown method `.mro"):
         parse('define flow f\n  $x = $y.mro()\n', "m.co")
+
+
+def test_nemo_aliases(make_rails):
+    src = ('define template hi\n  "Hi!"\n'
+           'define user go\n  "go"\n'
+           'define recursive flow f\n  user go\n  pass\n  go to end\n  bot nothing here\n'
+           '  checkpoint end\n  bot hi\n  done\n  bot never\n')
+    assert make_rails(src).generate("go").text == "Hi!"
