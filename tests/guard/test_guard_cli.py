@@ -68,3 +68,15 @@ def test_guard_strict_keys_and_trusted_actions(tmp_path, capsys):
     assert "warning:" in err and "unknown key `rails.inputs`" in err and "--trust-actions" in err
     assert main(["guard", "check", str(tmp_path), "hello", "--trust-actions"]) == 0
     assert json.loads(capsys.readouterr().out)["flow"] == "f"
+
+
+def test_guard_actions_from_a_module_path(tmp_path, capsys, monkeypatch):
+    (tmp_path / "rails").mkdir()
+    (tmp_path / "rails" / "main.co").write_text('define user hi\n  "hello"\ndefine bot b\n  "$n letters"\n'
+                                                'define flow f\n  user hi\n  $n = execute count letters(t=$user_message)\n'
+                                                '  bot b\n')
+    (tmp_path / "cli_guard_actions.py").write_text("from openseason.guard import action\n\n"
+                                                   "@action(name='count letters')\ndef count(t):\n    return len(t)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["guard", "check", str(tmp_path / "rails"), "hello", "--actions", "cli_guard_actions"]) == 0
+    assert json.loads(capsys.readouterr().out)["flow"] == "f"
