@@ -362,6 +362,8 @@ class Rails:
         user_turns = [i for i, m in enumerate(messages) if m["role"] == "user"]
         if not user_turns:
             raise OpenseasonError("the conversation has no user message", hint="add {'role': 'user', ...}")
+        if not self._validated:
+            self.validate()
         ctx = _Ctx(messages, generate=True)
         decision = Decision(reply=text, turn=user_turns[-1], predefined=False)
         self._output_rails(messages[user_turns[-1]]["content"], decision, ctx)
