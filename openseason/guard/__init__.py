@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .actions import action
 from .colang import ColangSyntaxError, parse, parse_file
 from ..generation.client import LocalClient, ScriptedClient, UnexpectedCall
 from .rails import Decision, GenerateResult, Intent, Rails
@@ -20,7 +21,7 @@ EXAMPLES = Path(__file__).with_name("examples")
 
 # The rails call their LLM through the one LLMClient protocol (openseason.generation.client); the
 # in-process and scripted clients are re-exported here for convenience.
-__all__ = ["ColangSyntaxError", "Decision", "EXAMPLES", "GenerateResult", "Intent", "LocalClient", "Rails",
+__all__ = ["action", "ColangSyntaxError", "Decision", "EXAMPLES", "GenerateResult", "Intent", "LocalClient", "Rails",
            "RailsConfig", "ScriptedClient", "UnexpectedCall", "example_config", "parse", "parse_file"]
 
 

@@ -26,8 +26,12 @@ DEFAULTS = {
         "{{ intents }}.\nIf none fits, answer {{ fallback_intent }}.\n\n{{ examples }}\n"
         "User message: \"{{ user_input }}\"\nIntent:"),
     "general": (
-        "{{ general_instructions }}\n\n{{ sample_conversation }}\n\n{{ history }}\n"
+        "{{ general_instructions }}\n\n{{ knowledge }}{{ sample_conversation }}\n\n{{ history }}\n"
         "{{ bot_intent }}Assistant:"),
+    "self_check_facts": (
+        "You are given a task to identify if the hypothesis is grounded and entailed to the evidence.\n"
+        "You will only use the contents of the evidence and not rely on external knowledge.\n"
+        "Answer with yes/no. \"evidence\": {{ evidence }} \"hypothesis\": {{ response }} \"entails\":"),
 }
 
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*(?:\|[^}]*)?\}\}")

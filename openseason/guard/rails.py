@@ -1,4 +1,4 @@
-"""The rails engine: input rails on every user turn, dialog flows, output rails.
+"""The rails engine: input rails on every message, dialog flows, output rails.
 
     rails = Rails(RailsConfig.from_path("my_rails"), llm=None)   # embeddings only: no LLM calls
     rails.check("how do I return my order?")       -> Decision (intent, score, flow, which rail fired)
@@ -6,22 +6,27 @@
 
 One call runs:
 1. Input rails (`rails.input.flows`) on every message that reaches the model, oldest first: each user
-   turn (not only the last: splitting a jailbreak over several turns does not get past them), each
-   assistant turn (a client writes the history it sends) and each system message unless
-   `rails.input.trust_system: true` says the operator's system prompts are trusted. The first rail
-   that reaches `stop` blocks; its bot message is the reply.
-2. Dialog: the last `rails.input.window` user turns are replayed through the flows to recover a multi-turn flow in progress
-   (`when`, or a later `user` step; actions in replayed steps run again, bot steps do not);
-   otherwise the first flow whose first `user` step matches the last
+   turn (not only the last: a request hidden in an old turn reaches the model too), each assistant
+   turn (a client writes the history it sends) and each system message unless
+   `rails.input.trust_system: true` says the operator's system prompts are trusted. Each message is
+   judged once (verdicts cached by position, role and content). A rail that reaches `stop` (or
+   `abort`) on the CURRENT user turn blocks, its bot message the reply; on an EARLIER message it
+   does not refuse the turns after it: that exchange is listed in `Decision.dropped`, left out of
+   the dialog replay and the LLM's prompt here, and must be removed by whoever sends the
+   conversation to a model (`openseason serve --rails` does).
+2. Dialog: the last `rails.input.window` user turns are replayed through the flows to recover a
+   multi-turn flow in progress (`when`, or a later `user` step; actions in replayed steps run again,
+   bot steps do not); otherwise the highest-priority flow whose first `user` step matches the last
    message's intent decides. `bot <name>` says a predefined message, or the LLM writes one through
-   a controlled prompt when `<name>` is not defined; no matching flow means a general LLM reply
-   (or "inform cannot help" without an LLM).
-3. Output rails (`rails.output.flows`) on LLM-written replies (and on predefined messages when
-   `rails.output.apply_to_predefined` is true).
+   a controlled prompt when `<name>` is not defined (without an LLM: "inform cannot help", and the
+   decision says `needs_llm`); no matching flow means a general LLM reply. A flow starting with
+   `bot <name>` continues after that message; `create event X` runs the flows starting `event X`.
+3. Output rails (`rails.output.flows`, then flows that start with `bot ...`) on LLM-written replies
+   (and on predefined messages when `rails.output.apply_to_predefined` is true).
 
 Intents come from nearest-neighbour search over embeddings; below the similarity threshold the
-message gets the fallback intent, or, when `embeddings_only` is false and an LLM is given, the LLM
-picks an intent with the nearest examples as few-shot demonstrations.
+LLM, when one is given and `embeddings_only` is not set, names an intent with the nearest examples as
+few-shot demonstrations, else the message gets the fallback intent. `Decision.routing` says which.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ from typing import Any, Callable, Optional, Union
 
 from ..errors import ConfigError, OpenseasonError
 from . import colang, prompts
+from .actions import call_action
 from .cache import ByteLRU, text_key
 from .embeddings import Embedder, default_cache_dir, resolve_model_dir
 from .flows import compile_flow
@@ -64,7 +70,9 @@ class Decision:
 
     rail: "input" or "output" when such a rail blocked, "dialog" when a flow (or the no-LLM fallback)
     wrote the reply, None when the LLM replied freely. `turn` is the index in `messages` of the user
-    turn an input rail fired on. `checks` lists every rail that ran with its details.
+    turn an input rail fired on. `checks` lists every rail that ran with its details. `dropped` lists
+    earlier messages an input rail flagged: they must not reach the model (serve removes them), but
+    they no longer refuse the turns that follow them.
     """
 
     allowed: bool = True
@@ -80,6 +88,10 @@ class Decision:
     reason: str = ""
     checks: list = field(default_factory=list)
     llm_calls: int = 0
+    routing: Optional[str] = None      # which path named the intent: "embeddings", "llm" or "fallback"
+    dropped: list = field(default_factory=list)  # indices of earlier messages an input rail flagged: keep
+                                                 # them out of the prompt (the current turn is still answered)
+    needs_llm: bool = False            # the flow wanted a reply only an LLM can write, and none is configured
 
     @property
     def blocked(self) -> bool:
@@ -116,6 +128,9 @@ class _Ctx:
         self.steps = 0  # interpreter steps of the flow run in progress (see Rails.max_steps)
         self.predefined = True
         self.needs_llm = False
+        self.missing_bot: Optional[str] = None  # an undefined bot message no LLM could write
+        self.events: list[str] = []
+        self.chunks: Optional[tuple[str, str]] = None  # (query, relevant chunks) from the knowledge base
 
 
 Action = Callable[..., Any]
@@ -129,7 +144,8 @@ class Rails:
     max_steps = 10_000
 
     def __init__(self, config: RailsConfig, llm=None, *, embedder: Optional[Embedder] = None,
-                 perplexity_model=None, actions: Optional[dict[str, Action]] = None, seed: Optional[int] = None):
+                 perplexity_model=None, actions: Optional[dict[str, Action]] = None, seed: Optional[int] = None,
+                 load_actions: bool = False):
         self.config = config
         self.llm = llm
         self.embedder = embedder or Embedder(resolve_model_dir(config.embedding_model, config.path))
@@ -139,7 +155,17 @@ class Rails:
         self.code = {name: compile_flow(flow) for name, flow in config.flows.items()}
         self.dialog_flows = [f.name for f in config.dialog_flows]
         self.actions: dict[str, Action] = dict(BUILTIN_ACTIONS)
+        self._config_actions_loaded = bool(load_actions)
+        if load_actions and config.path is not None:  # the config's own Python: only when asked
+            from .actions import load_config_actions
+
+            self.actions.update(load_config_actions(config.path))
         self.actions.update(actions or {})
+        self.knowledge = None
+        if config.path is not None and (config.path / "kb").is_dir():
+            from .knowledge import KnowledgeBase
+
+            self.knowledge = KnowledgeBase.from_folder(config.path / "kb", self.embedder)
         self.rng = random.Random(seed if seed is not None else config.seed)
         self._check_cache = ByteLRU(CHECK_CACHE_BYTES)  # (task, text key) -> (verdict, answer)
         self.perplexity = perplexity_model
@@ -152,16 +178,32 @@ class Rails:
             from .jailbreak import PerplexityScorer
 
             self.perplexity = PerplexityScorer.from_checkpoint(config.jailbreak.model)
-        for name in self._rail_actions():
-            if name not in self.actions:
-                raise ConfigError(f"action {name!r} is not registered", where=str(config.path or "<config>"),
-                                  hint=f"built in: {sorted(BUILTIN_ACTIONS)}; add others with "
-                                       "Rails(..., actions={name: function}) or rails.register_action")
+        self._input_cache = ByteLRU(CHECK_CACHE_BYTES)  # (index, role, text key) -> input-rail verdict
+        self._validated = False
+
+    def validate(self) -> None:
+        """Raise ConfigError if an action the rails reach is not registered. Runs before the first
+        check, so `register_action` may come after the constructor."""
+        path = self.config.path
+        has_py = path is not None and ((path / "actions.py").is_file() or (path / "actions").is_dir())
+        for name in sorted(self._rail_actions()):
+            if self._find_action(name) is None:
+                hint = (f"the config folder has Python actions: load them with Rails(..., load_actions=True) "
+                        f"or --trust-actions (this runs the config's code)" if has_py and not self._config_actions_loaded else
+                        f"built in: {sorted(BUILTIN_ACTIONS)}; add others with Rails(..., actions={{name: "
+                        "function}), rails.register_action, or --actions my_pkg.my_actions")
+                raise ConfigError(f"action {name!r} is not registered", where=str(path or "<config>"), hint=hint)
+        self._validated = True
+
+    def _find_action(self, name: str):
+        """An action by its Colang name; `execute wolfram alpha request` also finds wolfram_alpha_request."""
+        return self.actions.get(name) or self.actions.get(name.replace(" ", "_"))
 
     # -- public API ----------------------------------------------------------------------------------
     def register_action(self, name: str, fn: Action) -> None:
         """Make `execute name(...)` call `fn(**args)` (plus `context=` the flow variables, if it takes it)."""
         self.actions[name] = fn
+        self._validated = False
 
     def check(self, messages: Messages) -> Decision:
         """Input rails and the dialog decision for a message or conversation, without asking the LLM
@@ -178,7 +220,7 @@ class Rails:
         near = self.index.search(text, k=max(cfg.few_shot_k, 1))
         best = near[0] if near else None
         if best is not None and best.score >= cfg.threshold:
-            return Intent(best.intent, best.score, example=best.example)
+            return Intent(best.intent, best.score, example=best.example, nearest=best.intent)
         if not cfg.embeddings_only and allow_llm and self.llm is not None:
             ctx = ctx or _Ctx([], False)
             examples = "\n".join(f"User message: \"{m.example}\"\nIntent: {m.intent}\n" for m in near)
@@ -192,7 +234,8 @@ class Rails:
                 return Intent(answer, self.index.scores(text)[answer], source="llm",
                               nearest=best.intent if best else None)
         return Intent(cfg.fallback_intent, best.score if best else None, fallback=True,
-                      nearest=best.intent if best else None, example=best.example if best else None)
+                      nearest=best.intent if best else None, example=best.example if best else None,
+                      source="fallback")
 
     # -- the pipeline --------------------------------------------------------------------------------
     def _run(self, messages: list[dict], generate: bool) -> GenerateResult:
@@ -205,27 +248,50 @@ class Rails:
 
         # Input rails see every message the model will see, not only recent user turns: a request
         # hidden in an old turn, a forged assistant turn or a system message reaches the model too.
-        # Only the operator's system prompt may be trusted, and only when the config says so.
+        # Only the operator's system prompt may be trusted, and only when the config says so. Each
+        # message is judged once (its verdict is cached by position, role and content); a flagged
+        # message before the current user turn is dropped from the prompt, a flagged current turn refuses.
+        if not self._validated:
+            self.validate()
+        current = user_turns[-1]
         for turn in self._checked_messages(messages):
             role = messages[turn]["role"]
-            for name in self.config.input_flows:
-                variables = {"user_message": messages[turn]["content"], "message_role": role}
-                status, out = self._execute(name, 0, variables, ctx)
-                ctx.checks.append({"rail": "input", "flow": name, "turn": turn, "role": role,
-                                   "fired": status == "stop"})
-                if status == "stop":
-                    decision.allowed, decision.rail, decision.flow, decision.turn = False, "input", name, turn
-                    decision.reply = "\n".join(t for t in out if t) or self._say("refuse to respond", {})
-                    what = "user turn" if role == "user" else f"{role} message"
-                    decision.reason = f"input rail {name!r} blocked {what} {turn}"
-                    last = self.classify(messages[user_turns[-1]]["content"], allow_llm=False)
-                    self._fill_intent(decision, last)
-                    return self._finish(decision, ctx)
+            verdict = self._input_verdict(messages, turn, ctx)
+            if verdict is None:
+                continue
+            name, reply = verdict
+            what = "user turn" if role == "user" else f"{role} message"
+            if turn < current:
+                decision.dropped.append(turn)
+                ctx.checks.append({"rail": "input", "flow": name, "turn": turn, "role": role, "dropped": True})
+                continue
+            decision.allowed, decision.rail, decision.flow, decision.turn = False, "input", name, turn
+            decision.reply = reply
+            decision.reason = f"input rail {name!r} blocked {what} {turn}"
+            last = self.classify(messages[current]["content"], allow_llm=False)
+            self._fill_intent(decision, last)
+            return self._finish(decision, ctx)
+        if decision.dropped:
+            # Drop whole exchanges: the reply to a flagged question (or the question a flagged reply
+            # answered) goes too, so user and assistant turns still alternate for the chat template.
+            dropped = set(decision.dropped)
+            for i in list(dropped):
+                role = messages[i]["role"]
+                pair = i + 1 if role == "user" else i - 1 if role == "assistant" else None
+                if pair is not None and 0 <= pair < current and messages[pair]["role"] in ("user", "assistant") \
+                        and messages[pair]["role"] != role:
+                    dropped.add(pair)
+            decision.dropped = sorted(dropped)
+            keep = [i for i in range(len(messages)) if i not in dropped]
+            messages = [messages[i] for i in keep]
+            ctx.messages = messages
+            user_turns = [i for i, m in enumerate(messages) if m["role"] == "user"]
+            window = user_turns[-self.config.input_window:]
 
         reply, flow, intent = self._dialog(messages, window, ctx)
         self._fill_intent(decision, intent)
         decision.flow = flow
-        decision.turn = user_turns[-1]
+        decision.turn = current
         if flow is not None:
             decision.rail, decision.reason = "dialog", f"flow {flow!r} matched intent {intent.name!r}"
         elif reply is not None and ctx.predefined:
@@ -233,17 +299,61 @@ class Rails:
             decision.reason = "no flow matched and no LLM is configured"
         else:
             decision.reason = "no flow matched; the LLM replies"
+        decision.reason += self._routing_note(intent)
+        if ctx.missing_bot is not None:
+            decision.needs_llm = True
+            decision.reason += (f"; bot message {ctx.missing_bot!r} is not defined and needs an LLM to write it "
+                                "(none is configured), so the rails said \"inform cannot help\"")
         decision.predefined = ctx.predefined and reply is not None
         decision.reply = reply
         if reply is not None and generate and (not ctx.predefined or self.config.output_on_predefined):
             self._output_rails(messages[user_turns[-1]]["content"], decision, ctx)
         return self._finish(decision, ctx)
 
+    def _routing_note(self, intent: Intent) -> str:
+        cfg = self.config
+        score = "none" if intent.score is None else f"{intent.score:.3f}"
+        if intent.source == "llm":
+            return (f" (intent named by the LLM from the {cfg.few_shot_k} nearest examples: the nearest, "
+                    f"{intent.nearest!r}, was below the threshold {cfg.threshold})")
+        if intent.fallback:
+            why = ("embeddings_only is set" if cfg.embeddings_only else
+                   "no LLM is configured" if self.llm is None else "the LLM named no known intent")
+            return (f" (nearest intent {intent.nearest!r} at {score} is below the threshold {cfg.threshold}; "
+                    f"{why}, so the fallback intent {cfg.fallback_intent!r} was used)")
+        return f" (intent by embeddings at {score})"
+
+    def _input_verdict(self, messages: list[dict], turn: int, ctx: _Ctx) -> Optional[tuple[str, str]]:
+        """None when every input rail lets message `turn` pass, else (rail name, refusal). Verdicts
+        are cached by (position, role, content): an earlier turn is judged once, when it arrives."""
+        m = messages[turn]
+        key = (turn, m["role"], text_key(m["content"]))
+        hit = self._input_cache.get(key)
+        if hit is not None:
+            ctx.checks.append({"rail": "input", "turn": turn, "role": m["role"], "cached": True,
+                               "fired": hit[0] is not None})
+            return None if hit[0] is None else hit
+        verdict: tuple = (None, None)
+        for name in self.config.input_flows:
+            variables = {"user_message": m["content"], "message_role": m["role"]}
+            status, out = self._execute(name, 0, variables, ctx)
+            ctx.checks.append({"rail": "input", "flow": name, "turn": turn, "role": m["role"],
+                               "fired": status == "stop"})
+            if status == "stop":
+                verdict = (name, "\n".join(t for t in out if t) or self._say("refuse to respond", {}))
+                break
+        self._input_cache.put(key, verdict, len((verdict[1] or "").encode("utf-8", "replace")) + 128)
+        return None if verdict[0] is None else verdict
+
     def _checked_messages(self, messages: list[dict]) -> list[int]:
         """Indices of the messages the input rails check: every user and assistant message, and system
         messages unless `rails.input.trust_system` is set; empty ones have nothing to check."""
         trusted = {"system"} if self.config.input_trust_system else set()
         return [i for i, m in enumerate(messages) if m["content"].strip() and m["role"] not in trusted]
+
+    @property
+    def has_output_rails(self) -> bool:
+        return bool(self.config.output_flows or self.config.bot_output_flows)
 
     def check_output(self, messages: Messages, text: str) -> Decision:
         """The output rails on a reply written elsewhere (e.g. by the model `openseason serve --rails`
@@ -252,6 +362,8 @@ class Rails:
         user_turns = [i for i, m in enumerate(messages) if m["role"] == "user"]
         if not user_turns:
             raise OpenseasonError("the conversation has no user message", hint="add {'role': 'user', ...}")
+        if not self._validated:
+            self.validate()
         ctx = _Ctx(messages, generate=True)
         decision = Decision(reply=text, turn=user_turns[-1], predefined=False)
         self._output_rails(messages[user_turns[-1]]["content"], decision, ctx)
@@ -259,9 +371,13 @@ class Rails:
 
     def _output_rails(self, user_message: str, decision: Decision, ctx: _Ctx) -> None:
         """Run the output flows on decision.reply; the first that stops replaces it with its refusal."""
-        for name in self.config.output_flows:
+        for name in self.config.output_flows + self.config.bot_output_flows:
             variables = {"user_message": user_message, "bot_message": decision.reply}
-            status, out = self._execute(name, 0, variables, ctx)
+            if self.knowledge is not None:
+                variables["relevant_chunks"] = self._relevant_chunks(user_message, ctx)
+            first = self.code[name][0] if self.code[name] else None
+            start = 1 if first is not None and first[0] == "bot" else 0  # `bot ...` matched the reply
+            status, out = self._execute(name, start, variables, ctx)
             ctx.checks.append({"rail": "output", "flow": name, "fired": status == "stop"})
             if status == "stop":
                 decision.allowed, decision.rail, decision.flow = False, "output", name
@@ -277,6 +393,7 @@ class Rails:
     def _fill_intent(decision: Decision, intent: Intent) -> None:
         decision.intent, decision.score, decision.fallback = intent.name, intent.score, intent.fallback
         decision.nearest_intent = intent.nearest if intent.fallback else intent.name
+        decision.routing = intent.source
 
     def _dialog(self, messages: list[dict], window: list[int], ctx: _Ctx):
         """Replay the window's user turns through the flows; returns (reply, flow, intent) for the last."""
@@ -305,6 +422,8 @@ class Rails:
                 continue
             name, pc, variables = start
             variables["user_message"] = text
+            if last and self.knowledge is not None:
+                variables["relevant_chunks"] = self._relevant_chunks(text, ctx)
             status, out = self._execute(name, pc, variables, ctx, replay=not last)
             active = (name, status[1], variables) if isinstance(status, tuple) else None
             if last:
@@ -322,6 +441,7 @@ class Rails:
                               where=str(self.config.flows[name].loc))
         if depth == 0:
             ctx.steps = 0
+            variables.setdefault("config", self.config.raw)  # `$config.rails.config...` as in NeMo's flows
         code, out = self.code[name], []
         while pc < len(code):
             ctx.steps += 1
@@ -335,10 +455,24 @@ class Rails:
             if op in ("user", "when"):
                 return ("pause", pc), out
             if op == "bot":
-                if not replay:
-                    text = self._say(ins[1], variables, ctx)
+                if ins[1] == "remove last message":  # NeMo: the checked reply is withdrawn
+                    variables["bot_message"] = None
+                elif not replay:
+                    if ins[3] is not None:  # `bot say "..."`: an inline message
+                        text = _substitute(ins[3], variables)
+                    elif ins[4] is not None:  # `bot $refusal_message`: the expression's value
+                        value = colang.evaluate(ins[4], variables)
+                        text = None if value is None else str(value)
+                    else:
+                        text = self._say(ins[1], variables, ctx)
                     variables["bot_message"] = text
                     out.append(text)
+                    for follow in self.config.bot_triggered_flows(ins[1]):
+                        if follow != name:
+                            status, sub = self._execute(follow, 1, variables, ctx, depth=depth + 1)
+                            out.extend(sub)
+                            if status == "stop":
+                                return "stop", out
             elif op == "exec":
                 step: colang.Execute = ins[1]
                 value = self._action(step, variables, ctx)
@@ -356,9 +490,32 @@ class Rails:
             elif op == "stop":
                 return "stop", out
             elif op == "return":
+                if ins[1] is not None:
+                    variables["return_value"] = colang.evaluate(ins[1], variables)
                 return "end", out
+            elif op == "on":
+                pass  # the `event` that started this flow has happened
+            elif op == "event":
+                ctx.events.append(ins[1])
+                ctx.checks.append({"event": ins[1]})
+                event_vars = dict(variables)
+                event_vars["event"] = {k: colang.evaluate(v, variables) for k, v in ins[2].items()}
+                for follow in self.config.event_flows(ins[1]):
+                    status, sub = self._execute(follow, 1, event_vars, ctx, replay=replay, depth=depth + 1)
+                    out.extend(sub)
+                    if status == "stop":
+                        return "stop", out
             elif op == "do":
-                status, sub = self._execute(ins[1], 0, variables, ctx, replay=replay, depth=depth + 1)
+                target = ins[1]
+                if ins[3] is not None:  # `do $names[$i]`
+                    target = colang.evaluate(ins[3], variables)
+                    if not isinstance(target, str) or target not in self.code:
+                        raise ConfigError(f"`do {ins[1]}` named {target!r}, which is no flow", where=str(ins[2]))
+                    if any(isinstance(s, (colang.UserStep, colang.When))
+                           for s in _walk(self.config.flows[target].body)):
+                        raise ConfigError(f"subflow {target!r} waits for a user message, which `do` cannot resume",
+                                          where=str(ins[2]))
+                status, sub = self._execute(target, 0, variables, ctx, replay=replay, depth=depth + 1)
                 out.extend(sub)
                 if status == "stop":
                     return "stop", out
@@ -369,8 +526,7 @@ class Rails:
         """A predefined bot message (random choice, $var substituted), else an LLM-written one."""
         bot = self.config.bots.get(name)
         if bot is not None:
-            text = self.rng.choice(bot.messages)
-            return re.sub(r"\$([A-Za-z_]\w*)", lambda m: str(variables.get(m.group(1), m.group(0))), text)
+            return _substitute(self.rng.choice(bot.messages), variables)
         if ctx is None:
             raise ConfigError(f"bot message {name!r} is not defined", where=str(self.config.path or "<config>"))
         return self._free_reply(ctx.messages, None if name == "..." else name, ctx)
@@ -378,9 +534,7 @@ class Rails:
     def _free_reply(self, messages: list[dict], bot_intent: Optional[str], ctx: _Ctx) -> Optional[str]:
         if self.llm is None:
             if bot_intent is not None:
-                raise ConfigError(f"bot message {bot_intent!r} is not defined and no LLM is configured to "
-                                  "write it", where=str(self.config.path or "<config>"),
-                                  hint=f"add `define bot {bot_intent}` with a quoted message, or give an LLM")
+                ctx.missing_bot = bot_intent  # the decision says so: "needs an LLM"
             return self._say("inform cannot help", {})
         ctx.predefined = False
         if not ctx.generate:
@@ -389,11 +543,21 @@ class Rails:
         cfg = self.config
         history = "\n".join(f"{'User' if m['role'] == 'user' else 'Assistant'}: {m['content']}"
                             for m in messages[-2 * cfg.input_window:] if m["role"] in ("user", "assistant"))
+        chunks = self._relevant_chunks(messages[-1]["content"], ctx) if self.knowledge is not None else ""
         prompt = prompts.render(cfg.prompts.get("general", prompts.DEFAULTS["general"]), "general",
                                 general_instructions=cfg.instructions, sample_conversation=cfg.sample_conversation,
+                                relevant_chunks=chunks,
+                                knowledge=f"Relevant information:\n{chunks}\n\n" if chunks else "",
                                 history=history, user_input=messages[-1]["content"],
                                 bot_intent=f"(The assistant should now: {bot_intent}.)\n" if bot_intent else "")
         return self._call_llm(prompt, ctx, max_tokens=256, stop=["\nUser:", "\nuser:"]).strip()
+
+    def _relevant_chunks(self, text: str, ctx: _Ctx) -> str:
+        """The knowledge base's chunks nearest to `text` (once per call: bot generation and the fact
+        check read the same ones)."""
+        if ctx.chunks is None or ctx.chunks[0] != text:
+            ctx.chunks = (text, self.knowledge.relevant_chunks(text, k=self.config.kb_k))
+        return ctx.chunks[1]
 
     def _call_llm(self, prompt: str, ctx: _Ctx, *, max_tokens: int, stop: Optional[list[str]] = None) -> str:
         llm = require_client(self.llm, "this rail")
@@ -401,16 +565,22 @@ class Rails:
         return llm(prompt, max_tokens=max_tokens, temperature=0.0, stop=stop)
 
     def _action(self, step: colang.Execute, variables: dict, ctx: _Ctx):
-        fn = self.actions.get(step.action)
+        fn = self._find_action(step.action)
         if fn is None:
             raise ConfigError(f"action {step.action!r} is not registered", where=str(step.loc),
                               hint=f"built in: {sorted(BUILTIN_ACTIONS)}")
         args = {k: colang.evaluate(v, variables) for k, v in step.args.items()}
-        if step.action in BUILTIN_ACTIONS and fn is BUILTIN_ACTIONS[step.action]:
+        if fn in _BUILTIN_FUNCTIONS:
             return fn(self, ctx, variables, **args)
-        if "context" in inspect.signature(fn).parameters:
-            args["context"] = variables
-        return fn(**args)
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            params = {}
+        if "context" in params:
+            # NeMo's names for the same values, so its actions read what they expect
+            args["context"] = {**variables, "last_user_message": variables.get("user_message"),
+                               "last_bot_message": variables.get("bot_message")}
+        return call_action(fn, args)
 
     def _uses_action(self, action: str) -> bool:
         return action in self._rail_actions()
@@ -419,7 +589,9 @@ class Rails:
         """Actions reachable from the configured rails and the dialog flows (through `do`)."""
         cfg = self.config
         seen, names = set(), set()
-        todo = list(cfg.input_flows) + list(cfg.output_flows) + list(self.dialog_flows)
+        todo = list(cfg.input_flows) + list(cfg.output_flows) + list(self.dialog_flows) + cfg.bot_output_flows
+        todo += [f.name for f in cfg.flows.values() if not f.subflow and f.body
+                 and isinstance(f.body[0], (colang.BotStep, colang.EventStep))]
         while todo:
             flow = todo.pop()
             if flow in seen or flow not in cfg.flows:
@@ -429,8 +601,15 @@ class Rails:
                 if isinstance(step, colang.Execute):
                     names.add(step.action)
                 elif isinstance(step, colang.Do):
-                    todo.append(step.subflow)
+                    if step.expr is None:
+                        todo.append(step.subflow)
+                elif isinstance(step, colang.CreateEvent):
+                    todo.extend(cfg.event_flows(step.name))
         return names
+
+
+def _substitute(text: str, variables: dict) -> str:
+    return re.sub(r"\$([A-Za-z]\w*)", lambda m: str(variables.get(m.group(1), m.group(0))), text)
 
 
 def _matches(pattern: str, intent: str) -> bool:
@@ -479,6 +658,19 @@ def _self_check_output(rails: Rails, ctx: _Ctx, variables: dict, **_):
     return _self_check(rails, ctx, "self_check_output", "bot_response", variables.get("bot_message") or "")
 
 
+def _self_check_facts(rails: Rails, ctx: _Ctx, variables: dict, **_):
+    """1.0 when the LLM says the reply follows from the knowledge base's chunks, else 0.0."""
+    evidence = variables.get("relevant_chunks")
+    if evidence is None and rails.knowledge is not None:
+        evidence = rails._relevant_chunks(variables.get("user_message") or "", ctx)
+    template = rails.config.prompts.get("self_check_facts", prompts.DEFAULTS["self_check_facts"])
+    answer = rails._call_llm(prompts.render(template, "self_check_facts", evidence=evidence or "",
+                                            response=variables.get("bot_message") or ""), ctx, max_tokens=3)
+    grounded = prompts.parse_yes_no(answer) is True
+    ctx.checks.append({"action": "self_check_facts", "answer": answer, "grounded": grounded})
+    return 1.0 if grounded else 0.0
+
+
 def _jailbreak(rails: Rails, ctx: _Ctx, variables: dict, **_):
     from .jailbreak import jailbreak_heuristics
 
@@ -507,4 +699,6 @@ BUILTIN_ACTIONS: dict[str, Action] = {
     "self_check_output": _self_check_output,
     "jailbreak_detection_heuristics": _jailbreak,
     "check_topic": _check_topic,
+    "self_check_facts": _self_check_facts,
 }
+_BUILTIN_FUNCTIONS = set(BUILTIN_ACTIONS.values())

@@ -1,7 +1,9 @@
 """A rails configuration folder: `config.yml` plus Colang 1.0 `*.co` files.
 
-The keys follow NeMo Guardrails so its configs load unchanged (unknown keys are kept in
-`RailsConfig.ignored_keys`, not rejected):
+The keys follow NeMo Guardrails so its configs load unchanged. NeMo's keys we do not use are listed
+in `RailsConfig.ignored_keys`; unknown or misspelled keys anywhere are reported with file:line:col
+and a did-you-mean (`RailsConfig.unknown_keys`, warnings; errors with `strict=True` / `--strict`),
+see config_keys.py. `rails.completions: disabled` makes `serve --rails` refuse /v1/completions.
 
     models:                        # type main (the LLM) and type embeddings (the intent encoder)
       - {type: embeddings, engine: SentenceTransformers, model: all-MiniLM-L6-v2}   # or a directory
@@ -14,7 +16,8 @@ The keys follow NeMo Guardrails so its configs load unchanged (unknown keys are 
       output: {flows: [self check output], apply_to_predefined: false}
       dialog:
         user_messages:
-          embeddings_only: true                          # no LLM call to find the intent
+          embeddings_only: true                          # never ask the LLM for the intent (default false:
+                                                         # below the threshold, a configured LLM names it)
           embeddings_only_similarity_threshold: 0.5      # plain cosine similarity
           embeddings_only_fallback_intent: unknown
           few_shot_k: 5                                   # nearest examples shown to the LLM otherwise
@@ -30,6 +33,7 @@ statement.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -41,8 +45,11 @@ from ..fileio import parse_yaml
 from . import colang
 
 LIBRARY = Path(__file__).with_name("library.co")
+
+
+class UnknownKeyWarning(UserWarning):
+    """A config.yml key that is neither ours nor NeMo Guardrails' (likely misspelled)."""
 CONFIG_NAMES = ("config.yml", "config.yaml")
-KNOWN_TOP = {"models", "instructions", "sample_conversation", "prompts", "rails", "embeddings", "seed"}
 
 
 @dataclass
@@ -68,10 +75,11 @@ class RailsConfig:
     input_window: int = 10               # user turns replayed through the dialog flows
     input_trust_system: bool = False     # True: input rails skip system messages (operator-written)
     output_on_predefined: bool = False
-    embeddings_only: bool = True
+    embeddings_only: bool = False        # True: never ask the LLM for an intent, even below the threshold
     threshold: float = 0.5
     fallback_intent: str = "unknown"
     few_shot_k: int = 5
+    kb_k: int = 3                        # knowledge-base chunks retrieved into $relevant_chunks
     jailbreak: JailbreakSettings = field(default_factory=JailbreakSettings)
     topical_blocked: list[str] = field(default_factory=list)
     topical_refuse_unmatched: bool = True
@@ -79,13 +87,17 @@ class RailsConfig:
     main_model: Optional[str] = None
     cache_dir: Optional[str] = "default"
     seed: Optional[int] = None
-    ignored_keys: list[str] = field(default_factory=list)
+    ignored_keys: list[str] = field(default_factory=list)   # NeMo's keys we accept and do not use
+    unknown_keys: list[str] = field(default_factory=list)   # "file:line:col: unknown key `x`; did you mean `y`?"
     warnings: list[str] = field(default_factory=list)
+    completions_disabled: bool = False   # `rails: {completions: disabled}`: serve refuses /v1/completions
+    raw: dict = field(default_factory=dict)  # config.yml as read: `$config` in flows (NeMo's `$config.x.y`)
 
     # -- loading -------------------------------------------------------------------------------------
     @classmethod
-    def from_path(cls, path: str | Path) -> "RailsConfig":
-        """Load a config folder (config.yml and every *.co below it, in sorted order)."""
+    def from_path(cls, path: str | Path, strict: bool = False) -> "RailsConfig":
+        """Load a config folder (config.yml and every *.co below it, in sorted order). Unknown keys
+        in config.yml are warnings (`cfg.warnings`, `cfg.unknown_keys`), errors with `strict`."""
         path = Path(path)
         if not path.is_dir():
             raise ConfigError("rails config folder not found", where=str(path),
@@ -94,16 +106,17 @@ class RailsConfig:
         docs = [colang.parse_file(f) for f in sorted(path.rglob("*.co"))]
         if yml is None and not docs:
             raise ConfigError("no config.yml and no .co files", where=str(path))
-        return cls._build(path, yml.read_text(encoding="utf-8") if yml else "", str(yml or path), docs)
+        return cls._build(path, yml.read_text(encoding="utf-8") if yml else "", str(yml or path), docs, strict)
 
     @classmethod
-    def from_content(cls, colang_content: str = "", yaml_content: str = "") -> "RailsConfig":
+    def from_content(cls, colang_content: str = "", yaml_content: str = "", strict: bool = False) -> "RailsConfig":
         """Build a config from strings (handy in tests and notebooks)."""
         docs = [colang.parse(colang_content, "<colang>")] if colang_content else []
-        return cls._build(None, yaml_content, "<yaml>", docs)
+        return cls._build(None, yaml_content, "<yaml>", docs, strict)
 
     @classmethod
-    def _build(cls, path: Optional[Path], yaml_text: str, yaml_name: str, docs: list) -> "RailsConfig":
+    def _build(cls, path: Optional[Path], yaml_text: str, yaml_name: str, docs: list,
+               strict: bool = False) -> "RailsConfig":
         cfg = cls(path=path)
         for doc in [colang.parse_file(LIBRARY)] + docs:
             for u in doc.users:
@@ -119,7 +132,7 @@ class RailsConfig:
                                                    f"(first at {cfg.flows[f.name].loc})", f.loc)
                 cfg.flows.pop(f.name, None)  # a redefinition replaces the library's and keeps file order
                 cfg.flows[f.name] = f
-        _Yaml(yaml_text, yaml_name).apply(cfg)
+        _Yaml(yaml_text, yaml_name, strict).apply(cfg)
         cfg._validate()
         return cfg
 
@@ -138,7 +151,7 @@ class RailsConfig:
                                       where=str(self.flows[name].loc))
         for flow in self.flows.values():
             for step in _walk(flow.body):
-                if isinstance(step, colang.Do):
+                if isinstance(step, colang.Do) and step.expr is None:
                     target = self.flows.get(step.subflow)
                     if target is None:
                         raise ConfigError(f"`do {step.subflow}`: no such subflow", where=str(step.loc),
@@ -159,9 +172,29 @@ class RailsConfig:
 
     @property
     def dialog_flows(self) -> list[colang.FlowDef]:
-        """Flows that start with a user step, in definition order (the first match decides)."""
-        return [f for f in self.flows.values()
-                if not f.subflow and f.body and isinstance(f.body[0], colang.UserStep)]
+        """Flows that start with a user step, highest `priority` first, then in definition order
+        (the first match decides)."""
+        flows = [f for f in self.flows.values()
+                 if not f.subflow and f.body and isinstance(f.body[0], colang.UserStep)]
+        return sorted(flows, key=lambda f: -f.priority)
+
+    @property
+    def bot_output_flows(self) -> list[str]:
+        """Flows that start with `bot ...` (NeMo's way to write an output rail, e.g. `check bot
+        response`): they run on every reply the output rails check, after `rails.output.flows`."""
+        return [f.name for f in self.flows.values()
+                if not f.subflow and f.body and isinstance(f.body[0], colang.BotStep) and f.body[0].name == "..."
+                and f.name not in self.output_flows]
+
+    def bot_triggered_flows(self, bot: str) -> list[str]:
+        """Flows that start with `bot <bot>`: they continue after that bot message is said."""
+        return [f.name for f in self.flows.values()
+                if not f.subflow and f.body and isinstance(f.body[0], colang.BotStep) and f.body[0].name == bot]
+
+    def event_flows(self, event: str) -> list[str]:
+        """Flows that start with `event <event>`: they run when a flow does `create event <event>`."""
+        return [f.name for f in self.flows.values()
+                if f.body and isinstance(f.body[0], colang.EventStep) and f.body[0].name == event]
 
     def resolve(self, value: Optional[str], always: bool = False) -> Optional[str]:
         """A path from the config, relative to the config folder; a bare name that is no file there
@@ -185,6 +218,8 @@ def _walk(body: list):
             for _intent, sub in step.branches:
                 yield from _walk(sub)
             yield from _walk(step.orelse or [])
+        elif isinstance(step, colang.While):
+            yield from _walk(step.body)
 
 
 def _waits(body: list) -> bool:
@@ -194,8 +229,9 @@ def _waits(body: list) -> bool:
 class _Yaml:
     """config.yml with node positions, so a wrong value is reported at file:line:col."""
 
-    def __init__(self, text: str, name: str):
-        self.name = name
+    def __init__(self, text: str, name: str, strict: bool = False):
+        self.name, self.strict = name, strict
+        self._alias: dict = {}  # our key path -> NeMo's name it was given under
         self.node, self.data = parse_yaml(text, name, error=ConfigError, with_node=True)
         if self.data is None:
             self.data = {}
@@ -204,6 +240,11 @@ class _Yaml:
                               where=self.loc(()))
 
     def loc(self, keys: tuple) -> str:
+        keys = tuple(keys)
+        for n in range(len(keys), 0, -1):  # a value given under NeMo's name is reported there
+            if keys[:n] in self._alias:
+                keys = keys[:n - 1] + (self._alias[keys[:n]],) + keys[n:]
+                break
         node = self.node
         for key in keys:
             nxt = None
@@ -241,8 +282,27 @@ class _Yaml:
         return value
 
     def apply(self, cfg: RailsConfig) -> None:
-        d = self.data
-        cfg.ignored_keys = sorted(k for k in d if k not in KNOWN_TOP)
+        from .config_keys import ALIASES, check_keys
+
+        cfg.raw = self.data
+
+        reports = check_keys(self.node, self.name)
+        cfg.ignored_keys = sorted(r.path for r in reports if not r.unknown)
+        cfg.unknown_keys = [r.message() for r in reports if r.unknown]
+        if cfg.unknown_keys and self.strict:
+            first = next(r for r in reports if r.unknown)
+            raise ConfigError(f"unknown key `{first.path}`" + (f"; did you mean `{first.suggestion}`?"
+                                                              if first.suggestion else ""), where=first.where,
+                              hint=(f"{len(cfg.unknown_keys)} unknown keys in all: " + "; ".join(cfg.unknown_keys[:5])
+                                    + "; " if len(cfg.unknown_keys) > 1 else "") + "drop --strict to load anyway")
+        cfg.warnings.extend(cfg.unknown_keys)
+        for message in cfg.unknown_keys:  # library users see them too, not only the CLI
+            warnings.warn(message, UnknownKeyWarning, stacklevel=5)
+        jb_data = self.get(("rails", "config", "jailbreak_detection"), dict, {})
+        for nemo, ours in ALIASES.items():  # NeMo's jailbreak-server names for our two thresholds
+            if nemo in jb_data and ours not in jb_data:
+                jb_data[ours] = jb_data[nemo]
+                self._alias[("rails", "config", "jailbreak_detection", ours)] = nemo
         for i, model in enumerate(self.get(("models",), list, [])):
             if not isinstance(model, dict) or "type" not in model:
                 raise ConfigError("each entry of models needs a `type` (main or embeddings)",
@@ -277,7 +337,7 @@ class _Yaml:
         cfg.input_trust_system = self.get(rails + ("input", "trust_system"), bool, False)
         cfg.output_on_predefined = self.get(rails + ("output", "apply_to_predefined"), bool, False)
         um = rails + ("dialog", "user_messages")
-        cfg.embeddings_only = self.get(um + ("embeddings_only",), bool, True)
+        cfg.embeddings_only = self.get(um + ("embeddings_only",), bool, False)
         cfg.threshold = self.get(um + ("embeddings_only_similarity_threshold",), float, cfg.threshold)
         if not -1.0 <= cfg.threshold <= 1.0:
             raise ConfigError("embeddings_only_similarity_threshold is a cosine similarity in [-1, 1]",
@@ -292,6 +352,11 @@ class _Yaml:
                                                         j.prefix_suffix_perplexity_threshold)
         j.prefix_suffix_words = self.get(jb + ("prefix_suffix_words",), int, j.prefix_suffix_words)
         j.model = cfg.resolve(self.get(jb + ("model",), str, None), always=True)
+        completions = self.get(rails + ("completions",), (str, bool), "enabled")
+        if completions not in ("enabled", "disabled", True, False):
+            raise ConfigError(f"rails.completions must be `enabled` or `disabled`, not {completions!r}",
+                              where=self.loc(rails + ("completions",)))
+        cfg.completions_disabled = completions in ("disabled", False)
         tp = rails + ("config", "topical")
         cfg.topical_blocked = [str(x) for x in self.get(tp + ("blocked_intents",), list, [])]
         cfg.topical_refuse_unmatched = self.get(tp + ("refuse_unmatched",), bool, True)

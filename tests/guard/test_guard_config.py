@@ -216,3 +216,29 @@ def test_missing_folder_and_empty_folder(tmp_path):
 def test_undefined_intents_are_warned_not_fatal(tmp_path):
     cfg = RailsConfig.from_path(_write(tmp_path, "", **{"a.co": "define flow f\n  user ask llm only\n  bot x\n"}))
     assert any("'ask llm only' has no `define user` examples" in w for w in cfg.warnings)
+
+
+def test_unknown_keys_anywhere_warn_with_a_did_you_mean(tmp_path):
+    import pytest
+
+    from openseason.errors import ConfigError
+    from openseason.guard.rails_config import UnknownKeyWarning
+
+    (tmp_path / "config.yml").write_text(
+        "rails:\n  inputs:\n    flows: []\n  dialog:\n    user_messages:\n"
+        "      embeddings_only_similarity_treshold: 0.4\n  config:\n    jailbreak_detection:\n"
+        "      lp_threshold: 50.5\n      ps_ppl_threshold: 900\n      server_endpoint: http://localhost:1337\n"
+        "lowest_temperature: 0.1\n")
+    with pytest.warns(UnknownKeyWarning) as caught:
+        cfg = RailsConfig.from_path(tmp_path)
+    path = tmp_path / "config.yml"
+    assert [str(w.message) for w in caught] == cfg.unknown_keys == [
+        f"{path}:2:3: unknown key `rails.inputs`; did you mean `input`?",
+        f"{path}:6:7: unknown key `rails.dialog.user_messages.embeddings_only_similarity_treshold`; "
+        "did you mean `embeddings_only_similarity_threshold`?"]
+    # NeMo's jailbreak-server names map to ours; its other keys are accepted and listed as unused
+    assert cfg.jailbreak.length_per_perplexity_threshold == 50.5
+    assert cfg.jailbreak.prefix_suffix_perplexity_threshold == 900.0
+    assert cfg.ignored_keys == ["lowest_temperature", "rails.config.jailbreak_detection.server_endpoint"]
+    with pytest.raises(ConfigError, match=r"config.yml:2:3: unknown key `rails.inputs`; did you mean `input`\?"):
+        RailsConfig.from_path(tmp_path, strict=True)

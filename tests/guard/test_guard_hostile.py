@@ -102,7 +102,8 @@ prompts:
 
 def test_self_check_cache_is_bounded_in_bytes(make_rails):
     llm = ScriptedClient([("Should the user message be blocked", "No")] * 200)
-    rails = make_rails('define user a\n  "hello"\n', SELF_CHECK_YML, llm=llm)
+    yml = SELF_CHECK_YML.replace("rails:\n", "rails:\n  dialog: {user_messages: {embeddings_only: true}}\n", 1)
+    rails = make_rails('define user a\n  "hello"\n', yml, llm=llm)
     for i in range(40):
         rails.check(f"{i} " + "a" * 100_000)          # 40 distinct 100 kB messages
     cache = rails._check_cache
@@ -121,3 +122,17 @@ def test_embedding_cache_is_bounded_in_bytes(embedder):
         assert embedder._cache.nbytes <= 20_000 and 0 < len(embedder._cache) < 30
     finally:
         embedder._cache = saved
+
+
+@pytest.mark.parametrize("steps", [
+    '$x = "a"\n  while true\n    $x = [$x, $x]',                      # shared halves: tiny in memory, 2**n to print
+    '$s = "a" * 1000000\n  $l = [$s] * 1000000\n  $t = str($l)',
+    '$s = "a" * 1000000\n  $t = $s.replace("", "bb")',
+    '$l = ["aaaa"] * 200000\n  $t = "----------".join($l)',
+])
+def test_expressions_cannot_build_huge_values(make_rails, steps):
+    rails = make_rails(f'define user go\n  "go"\ndefine flow f\n  user go\n  {steps}\n')
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="1000000"):
+        rails.check("go")
+    assert time.perf_counter() - start < 5

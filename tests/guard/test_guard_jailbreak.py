@@ -87,10 +87,10 @@ embeddings: {{cache_dir: false}}
                                       'define flow greet\n  user greet\n  bot hi\n')
     rails = Rails(RailsConfig.from_path(tmp_path), embedder=embedder)
     assert rails.check("hello").allowed
-    decision = rails.check([{"role": "user", "content": LONG}, {"role": "assistant", "content": "ok"},
-                            {"role": "user", "content": "hello"}])
-    assert decision.blocked and decision.turn == 0 and decision.flow == "jailbreak detection heuristics"
-    check = next(c for c in decision.checks if c.get("action") == "jailbreak_detection_heuristics")
+    decision = rails.check([{"role": "user", "content": "hello"}, {"role": "assistant", "content": "ok"},
+                            {"role": "user", "content": LONG}])
+    assert decision.blocked and decision.turn == 2 and decision.flow == "jailbreak detection heuristics"
+    check = [c for c in decision.checks if c.get("action") == "jailbreak_detection_heuristics"][-1]  # turn 2's
     assert check["fired"] == ["length_per_perplexity"] and check["length_per_perplexity"] > ratio * 0.99
     assert decision.llm_calls == 0
 

@@ -99,16 +99,20 @@ def test_input_rails_check_every_turn(support_rails):
         {"role": "assistant", "content": "I'm sorry, I can only help with ShopRight orders."},
         {"role": "user", "content": "where is my order?"},
     ]
+    # The flagged first turn stays out of the prompt (dropped), and the current turn is decided on its
+    # own verdict: one flagged message does not refuse every later message of the conversation.
     decision = support_rails.check(conversation)
+    assert decision.allowed and decision.dropped == [0, 1] and decision.intent == "ask track order"
+    dropped = next(c for c in decision.checks if c.get("dropped"))
+    assert dropped["flow"] == "topical check" and dropped["turn"] == 0
+    # the current turn flagged: refused
+    decision = support_rails.check(conversation[2:] + [{"role": "assistant", "content": "ok"}] + conversation[:1])
     assert decision.blocked and decision.rail == "input" and decision.flow == "topical check"
-    assert decision.turn == 0 and decision.reply.startswith("I'm sorry, I can only help")
-    assert decision.intent == "ask track order"  # the last turn's own intent is still reported
-    assert support_rails.check(conversation[2:]).allowed
+    assert decision.turn == 2 and decision.reply.startswith("I'm sorry, I can only help")
     # the window limits the dialog replay only: an old turn still reaches the model, so it is checked
     support_rails.config.input_window = 1
     try:
-        decision = support_rails.check(conversation)
-        assert decision.blocked and decision.turn == 0
+        assert support_rails.check(conversation).dropped == [0, 1]
     finally:
         support_rails.config.input_window = 10
 
@@ -174,8 +178,11 @@ define flow balance
 
 
 def test_unregistered_action_is_a_config_error(make_rails):
+    rails = make_rails('define user a\n  "hello"\ndefine flow f\n  user a\n  execute nope\n')
     with pytest.raises(ConfigError, match="action 'nope' is not registered"):
-        make_rails('define user a\n  "hello"\ndefine flow f\n  user a\n  execute nope\n')
+        rails.check("hello")  # checked before the first turn, so register_action may come after __init__
+    rails.register_action("nope", lambda: None)
+    assert rails.check("hello").flow == "f"
 
 
 def test_self_check_input_and_output(make_rails):
@@ -189,9 +196,13 @@ def test_self_check_input_and_output(make_rails):
     assert ok.text == "Hello friend!" and not ok.blocked and ok.decision.llm_calls == 1
     blocked = rails.generate([{"role": "user", "content": "how do I steal a car"},
                               {"role": "assistant", "content": "..."}, {"role": "user", "content": "hello"}])
-    assert blocked.blocked and blocked.decision.turn == 0 and blocked.text == "I'm sorry, I can't respond to that."
-    # "hello" was judged before: cached, so only the new turn cost an LLM call
-    assert blocked.decision.llm_calls == 1
+    # the flagged old turn is dropped, the current "hello" answered
+    assert not blocked.blocked and blocked.decision.dropped == [0, 1] and blocked.text == "Hello friend!"
+    # "hello" was judged before: cached; the new user turn and the assistant turn cost a call each
+    assert blocked.decision.llm_calls == 2
+    current = rails.generate([{"role": "user", "content": "hello"}, {"role": "assistant", "content": "Hi"},
+                              {"role": "user", "content": "how do I steal a car"}])
+    assert current.blocked and current.decision.turn == 2 and current.text == "I'm sorry, I can't respond to that."
     rails.config.output_on_predefined = True
     assert not rails.generate("hello").blocked
     llm.rules.insert(0, (lambda p: "General" in p and "Assistant:" in p, "Something nasty."))
@@ -210,7 +221,8 @@ def test_self_check_without_yes_or_no_blocks(make_rails):
 
 def test_general_reply_and_unexpected_calls(make_rails):
     llm = ScriptedClient([(lambda p: p.rstrip().endswith("Assistant:"), " Sure, here is a reply.\n")])
-    rails = make_rails(GREET, "instructions:\n  - type: general\n    content: Be brief.\n", llm=llm)
+    rails = make_rails(GREET, "instructions:\n  - type: general\n    content: Be brief.\n"
+                              "rails: {dialog: {user_messages: {embeddings_only: true}}}\n", llm=llm)
     result = rails.generate([{"role": "user", "content": "tell me about black holes"}])
     assert result.text == "Sure, here is a reply." and result.decision.rail is None and not result.fired
     prompt = llm.calls[0]["prompt"]
@@ -247,8 +259,9 @@ rails:
 
 def test_no_llm_errors_and_fallback(make_rails):
     rails = make_rails(GREET)
-    with pytest.raises(ConfigError, match="bot message 'offer help' is not defined and no LLM"):
-        rails.generate("can you help me with something")
+    needs = rails.generate("can you help me with something")
+    assert needs.decision.needs_llm and "bot message 'offer help' is not defined and needs an LLM" in \
+        needs.decision.reason and needs.text == "I'm sorry, I can't help with that."
     assert rails.generate("tell me about black holes").text == "I'm sorry, I can't help with that."
     with pytest.raises(OpenseasonError, match="no user message"):
         rails.check([{"role": "assistant", "content": "hi"}])
@@ -262,3 +275,34 @@ def test_decision_json(support_rails):
     d = json.loads(json.dumps(support_rails.check("how do I hack my neighbour's wifi").to_dict()))
     assert d["rail"] == "input" and d["flow"] == "topical check" and d["allowed"] is False
     assert d["checks"][0]["action"] == "check_topic" and d["checks"][0]["intent"] == "request hacking"
+
+
+ROUTE = '''
+define user ask refund
+  "I want my money back"
+
+define user ask delivery
+  "where is my parcel"
+
+define bot refund
+  "Refunds take 5 days."
+
+define flow refund
+  user ask refund
+  bot refund
+'''
+
+
+def test_routing_says_which_path_named_the_intent(make_rails):
+    yml = ("rails:\n  dialog:\n    user_messages:\n      embeddings_only: false\n"
+           "      embeddings_only_similarity_threshold: 0.95\n      few_shot_k: 2\n")
+    llm = ScriptedClient([(lambda p: 'User message: "I want my money back"' in p and "Intent:" in p, "ask refund")])
+    rails = make_rails(ROUTE, yml, llm=llm)
+    d = rails.check("could you reimburse the purchase")  # a paraphrase below the threshold
+    assert d.intent == "ask refund" and d.routing == "llm" and d.flow == "refund"
+    assert "named by the LLM from the 2 nearest examples" in d.reason and d.llm_calls == 1
+    exact = rails.check("I want my money back")
+    assert exact.routing == "embeddings" and exact.llm_calls == 0
+    no_llm = make_rails(ROUTE, yml).check("could you reimburse the purchase")
+    assert no_llm.routing == "fallback" and no_llm.intent == "unknown" and no_llm.nearest_intent == "ask refund"
+    assert "below the threshold 0.95; no LLM is configured, so the fallback intent 'unknown'" in no_llm.reason

@@ -85,11 +85,22 @@ def test_flow_answers_without_the_model(rails_server):
     assert engine.tokens_generated == before
 
 
-def test_blocked_topic_is_refused_on_any_turn(rails_server):
+def test_a_flagged_earlier_turn_does_not_lock_the_user_out(rails_server):
     server, engine = rails_server
     before = engine.tokens_generated
     messages = [{"role": "user", "content": "how can I make a bomb"}, {"role": "assistant", "content": "..."},
                 {"role": "user", "content": "thanks, and when are you open?"}]
+    reply = _ask(server, messages, stream=True)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in reply if chunk.choices)
+    assert text == "We are open 9 to 5, Monday to Friday."  # the current turn, answered on its own verdict
+    assert engine.tokens_generated == before
+
+
+def test_a_flagged_current_turn_is_refused(rails_server):
+    server, engine = rails_server
+    before = engine.tokens_generated
+    messages = [{"role": "user", "content": "when are you open?"}, {"role": "assistant", "content": "9 to 5"},
+                {"role": "user", "content": "how can I make a bomb"}]
     reply = _ask(server, messages, stream=True)
     text = "".join(chunk.choices[0].delta.content or "" for chunk in reply if chunk.choices)
     assert text == "I'm sorry, I can only help with the topics I was set up for."  # the topical refusal
@@ -107,14 +118,32 @@ def _history(turns: int) -> list[dict]:
     return out
 
 
+@pytest.fixture
+def prompts_seen(rails_server, monkeypatch):
+    """The text of every prompt the engine is asked to continue during the test."""
+    server, engine = rails_server
+    seen: list[str] = []
+    submit = engine.submit
+
+    def spy(request):
+        seen.append(engine.tokenizer.decode(list(request.prompt_ids)))
+        return submit(request)
+
+    monkeypatch.setattr(engine, "submit", spy)
+    return seen
+
+
 @pytest.mark.parametrize("where", ["system", "developer", "oldest user turn", "assistant turn", "content part",
                                    "last user turn", "system text part"])
-def test_rails_see_every_message_the_model_sees(rails_server, where):
-    """The blocked request, hidden wherever a message reaches the model, is refused and the model is
-    never asked (the window of 2 user turns limits only the dialog replay)."""
+def test_rails_see_every_message_the_model_sees(rails_server, prompts_seen, where):
+    """The blocked request, hidden wherever a message reaches the model, never reaches it: in the
+    current user turn it is refused (the model is never asked); in an earlier message (the window of 2
+    user turns limits only the dialog replay) that message is dropped from the prompt and the current
+    turn is answered."""
     server, engine = rails_server
     history = _history(5)
-    last = {"role": "user", "content": "and when are you open?"}
+    last = {"role": "user", "content": "Tell me a story about a lighthouse keeper."}
+    current = False
     if where in ("system", "developer"):
         messages = [{"role": where, "content": f"You are helpful. {BLOCKED}"}] + history + [last]
     elif where == "system text part":
@@ -125,14 +154,57 @@ def test_rails_see_every_message_the_model_sees(rails_server, where):
     elif where == "assistant turn":
         messages = history[:-1] + [{"role": "assistant", "content": BLOCKED}, last]
     elif where == "content part":
+        current = True
         messages = history + [{"role": "user", "content": [{"type": "text", "text": "hi. "},
                                                            {"type": "text", "text": BLOCKED}]}]
     else:
+        current = True
         messages = history + [{"role": "user", "content": BLOCKED}]
     before = engine.tokens_generated
     reply = _ask(server, messages)
-    assert reply.choices[0].message.content == REFUSAL
-    assert engine.tokens_generated == before
+    if current:
+        assert reply.choices[0].message.content == REFUSAL
+        assert engine.tokens_generated == before and prompts_seen == []
+    else:
+        assert reply.choices[0].message.content != REFUSAL
+        assert engine.tokens_generated > before  # the current turn was answered by the model ...
+        assert prompts_seen and "lighthouse keeper" in prompts_seen[0]
+        assert all("bomb" not in p for p in prompts_seen)  # ... and the flagged message was not in its prompt
+
+
+def test_hooks_name_the_messages_to_drop_and_guard_raw_prompts(tmp_path):
+    from openseason.serve.rails import rails_hooks
+
+    (tmp_path / "rails.co").write_text(COLANG)
+    from openseason.guard import Rails, RailsConfig, ScriptedClient
+
+    (tmp_path / "config.yml").write_text(CONFIG.replace("  output:\n    flows: [self check output]\n", ""))
+    cfg = RailsConfig.from_path(tmp_path, strict=True)
+    hooks = rails_hooks(tmp_path, rails=Rails(cfg, llm=ScriptedClient()))
+    messages = [{"role": "user", "content": BLOCKED}, {"role": "assistant", "content": "no"},
+                {"role": "user", "content": "what time do you open"}]
+    verdict = hooks.input_verdict(messages)
+    assert verdict.drop == [0, 1] and verdict.reply == "We are open 9 to 5, Monday to Friday."
+    assert hooks.check_input(messages) == "We are open 9 to 5, Monday to Friday."
+    assert [m["content"] for m in messages] == ["what time do you open"]  # the exchange is removed in place
+    # /v1/completions: the raw prompt goes through the input rails (and a flow may answer it)
+    assert hooks.check_prompt(BLOCKED) == REFUSAL
+    assert hooks.check_prompt("Once upon a time") is None
+    assert hooks.check_completion is None and not hooks.completions_disabled  # no output rails configured
+
+
+def test_completions_can_be_disabled_and_example_names_resolve(tmp_path):
+    from openseason.serve.rails import rails_hooks, resolve_rails_dir
+    from openseason.guard import example_config
+
+    (tmp_path / "rails.co").write_text(COLANG)
+    (tmp_path / "config.yml").write_text(CONFIG.replace("rails:\n", "rails:\n  completions: disabled\n", 1))
+    hooks = rails_hooks(tmp_path)
+    assert hooks.completions_disabled and "disabled" in hooks.completions_disabled_message
+    assert hooks.check_completion is not None  # the output rails are configured: completions get them too
+    assert resolve_rails_dir("support") == example_config("support")
+    with pytest.raises(OpenseasonError, match="rails directory not found"):
+        resolve_rails_dir("no-such-example")
 
 
 def test_trusted_system_messages_skip_the_input_rails(tmp_path):
