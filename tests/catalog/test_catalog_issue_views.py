@@ -233,7 +233,7 @@ def test_graph_page_in_headless_chromium(full_server, tmp_path):
                 "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    wait = WebDriverWait(driver, 30)
+    wait = WebDriverWait(driver, 90)   # the tree is drawn by matplotlib on the server: slow on a busy machine
     js = driver.execute_script
 
     def inside_box():

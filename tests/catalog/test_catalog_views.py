@@ -99,7 +99,7 @@ def test_page_in_headless_chromium(server, tmp_path):
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     try:
         driver.get(server + "/")
-        wait = WebDriverWait(driver, 30)
+        wait = WebDriverWait(driver, 90)
         wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
         total = len(driver.find_elements(By.CSS_SELECTOR, "#results tr"))
         assert total > 50
