@@ -52,13 +52,21 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")   # Host header names allow
 class Hooks:
     """Where guardrails plug in (the guard stage provides them; the server only calls them).
 
-    check_input(messages) -> None to go on, or a reply text that is returned instead of generating.
+    check_input(messages) -> None to go on, or a reply text that is returned instead of generating
+        (it may remove messages from the list it is given: flagged earlier turns the model must not see).
     check_output(messages, text) -> None to keep the text, or a replacement text. When set, streamed
-    answers are held back until complete, so nothing unchecked reaches the client.
+        answers are held back until complete, so nothing unchecked reaches the client.
+    check_prompt(text), check_completion(prompt, text): the same for /v1/completions, whose prompt is
+        one user message to the rails; completions_disabled: /v1/completions answers 403.
     """
 
     check_input: Optional[Callable[[list[dict]], Optional[str]]] = None
     check_output: Optional[Callable[[list[dict], str], Optional[str]]] = None
+    check_prompt: Optional[Callable[[str], Optional[str]]] = None
+    check_completion: Optional[Callable[[str, str], Optional[str]]] = None
+    completions_disabled: bool = False
+    completions_disabled_message: str = ("/v1/completions is disabled by this server's rails configuration; "
+                                         "use /v1/chat/completions")
 
 
 @dataclass
@@ -564,6 +572,9 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
         server.check_auth(http)
         req = await read_request(http, CompletionRequest, settings.max_body_bytes)
         server.check_common(req)
+        hooks = settings.hooks or Hooks()
+        if hooks.completions_disabled:
+            raise APIError(403, hooks.completions_disabled_message, code="completions_disabled")
         if req.suffix:
             raise APIError(400, "suffix is not supported by this server", param="suffix",
                            code="unsupported_parameter")
@@ -580,25 +591,54 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
             raise APIError(400, f"a prompt holds a token id outside the vocabulary (0..{vocab - 1})", param="prompt",
                            code="invalid_value")
         prompts = await asyncio.to_thread(lambda: [p if isinstance(p, list) else server.encode(p) for p in texts])
-        echoes = [(server.tokenizer.decode(ids, skip_special_tokens=False) if isinstance(p, list) else p)
-                  if req.echo else "" for p, ids in zip(texts, prompts)]
-        params = [server.sampling(req, server.budget(ids, req.requested_max_tokens(), settings.max_tokens_cap,
+        prompt_texts = [server.tokenizer.decode(ids, skip_special_tokens=False) if isinstance(p, list) else p
+                        for p, ids in zip(texts, prompts)]
+        echoes = [t if req.echo else "" for t in prompt_texts]
+        # rails: a raw prompt is one user message; a refused prompt gets the refusal, not the model
+        canned: list[Optional[str]] = [None] * len(prompts)
+        if hooks.check_prompt is not None:
+            canned = await asyncio.to_thread(lambda: [hooks.check_prompt(t) for t in prompt_texts])
+        live = [i for i, c in enumerate(canned) if c is None]
+        params = [server.sampling(req, server.budget(prompts[i], req.requested_max_tokens(), settings.max_tokens_cap,
                                                      "max_tokens"), req.stop_list(), logprobs=req.logprobs)
-                  for ids in prompts]
+                  for i in live]
         choices = len(prompts) * req.n
         prompt_tokens = sum(len(ids) for ids in prompts)
-        job = server.start(prompts, params)
+        job = server.start([prompts[i] for i in live], params) if live else None
         base = {"id": _completion_id("cmpl"), "object": "text_completion", "created": _now(),
                 "model": settings.model_name, "system_fingerprint": None}
 
         def echo(index: int) -> str:
             return echoes[index // req.n]
 
+        async def outcomes() -> AsyncIterator[Event]:
+            """Every choice's events under its index in the request: refusals for refused prompts, the
+            engine's events for the others (held back and checked when output rails are set)."""
+            for i, text in enumerate(canned):
+                if text is not None:
+                    for k in range(req.n):
+                        yield Event("text", i * req.n + k, text)
+                        yield Event("finish", i * req.n + k, finish_reason="stop")
+            if job is None:
+                return
+            held: dict[int, list[str]] = {}
+            async for event in server.events(job, http, len(live) * req.n):
+                event.index = live[event.index // req.n] * req.n + event.index % req.n
+                if hooks.check_completion is None:
+                    yield event
+                elif event.kind == "text":
+                    held.setdefault(event.index, []).append(event.text)
+                else:
+                    text = "".join(held.get(event.index, []))
+                    replaced = await asyncio.to_thread(hooks.check_completion, prompt_texts[event.index // req.n], text)
+                    yield Event("text", event.index, text if replaced is None else replaced)
+                    yield event
+
         if not req.stream:
             pieces: dict[int, list[str]] = {i: [echo(i)] for i in range(choices)}
             lps: dict[int, list[Event]] = {i: [] for i in range(choices)}
             finish: dict[int, Event] = {}
-            async for event in server.events(job, http, choices):
+            async for event in outcomes():
                 if event.kind == "text":
                     pieces[event.index].append(event.text)
                     if event.logprob is not None:
@@ -624,7 +664,7 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
                 for i in range(choices):
                     yield _sse({**chunk, "choices": [{"index": i, "text": echo(i), "logprobs": None,
                                                       "finish_reason": None}]})
-            async for event in server.events(job, http, choices):
+            async for event in outcomes():
                 if event.kind == "text":
                     lp = server.completion_logprobs([event]) if event.logprob is not None else None
                     choice = {"index": event.index, "text": event.text, "logprobs": lp, "finish_reason": None}

@@ -28,6 +28,9 @@ def register(subparsers) -> None:
     p.add_argument("--rails", default=None, metavar="DIR",
                    help="guardrails config folder (config.yml + *.co), or a shipped example name such as "
                         "'support' (as in `guard check`)")
+    p.add_argument("--trust-actions", action="store_true",
+                   help="load the rails folder's actions.py / actions/ (runs its code)")
+    p.add_argument("--strict-rails", action="store_true", help="unknown config.yml keys are errors, not warnings")
     p.add_argument("--model-name", default=None, help="model id in /v1/models (default: CKPT's directory name)")
     p.add_argument("--max-batch", type=_positive, default=16, help="sequences decoded together (default 16)")
     p.add_argument("--max-queue", type=_positive, default=64,
@@ -60,18 +63,11 @@ def register(subparsers) -> None:
 
 def _rails_path(rails):
     """A rails folder, or the folder of a shipped example named like `guard check` takes it ('support')."""
-    from pathlib import Path
+    if rails is None:
+        return None
+    from .rails import resolve_rails_dir
 
-    if rails is None or Path(rails).exists() or "/" in rails or "\\" in rails:
-        return rails
-    from ..errors import ConfigError
-    from ..guard import EXAMPLES
-
-    if not (EXAMPLES / rails).is_dir():
-        names = sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir())
-        raise ConfigError(f"no rails folder {rails!r} here, and no shipped example of that name",
-                          hint=f"give a folder with config.yml and *.co files, or an example: {', '.join(names)}")
-    return EXAMPLES / rails
+    return resolve_rails_dir(rails)
 
 
 def _serve(args) -> int:
@@ -83,7 +79,8 @@ def _serve(args) -> int:
                  max_batch=args.max_batch, max_queue=args.max_queue, max_tokens_cap=args.max_tokens_cap,
                  allowed_hosts=None if args.allowed_hosts is None else
                  [h for h in args.allowed_hosts.split(",") if h.strip()] or [""],
-                 cors_origins=args.cors_origin, log_level=args.log_level, max_context=args.max_context)
+                 cors_origins=args.cors_origin, log_level=args.log_level, max_context=args.max_context,
+                 trust_actions=args.trust_actions, strict_rails=args.strict_rails)
 
 
 def _chat(args) -> int:

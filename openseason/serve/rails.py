@@ -57,9 +57,11 @@ def resolve_rails_dir(rails_dir: str | Path) -> Path:
 
         if (EXAMPLES / str(rails_dir)).is_dir():
             return EXAMPLES / str(rails_dir)
-    raise OpenseasonError("rails directory not found", where=str(rails_dir),
-                          hint="pass a folder with config.yml and .co files, or a shipped example name "
-                               "such as `support`")
+    from ..guard import EXAMPLES
+
+    names = sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir())
+    raise OpenseasonError("rails directory not found, and no shipped example of that name", where=str(rails_dir),
+                          hint=f"pass a folder with config.yml and *.co files, or an example: {', '.join(names)}")
 
 
 def rails_hooks(rails_dir: str | Path, engine=None, rails=None, *, trust_actions: bool = False,

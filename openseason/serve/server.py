@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..errors import OpenseasonError
 from .app import LOOPBACK_HOSTS, Hooks, ServerSettings, check_allowed_host, check_origin, create_app
 from ..generation.engine import Engine
 
@@ -54,7 +53,8 @@ def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
           prompt_style: Optional[str] = None, device: Optional[str] = None, dtype: Optional[str] = None,
           max_batch: int = 16, max_queue: int = 64, max_tokens_cap: int = 1024,
           allowed_hosts: Optional[Sequence[str]] = None, cors_origins: Sequence[str] = (),
-          log_level: str = "info", max_context: Optional[int] = None) -> int:
+          log_level: str = "info", max_context: Optional[int] = None, trust_actions: bool = False,
+          strict_rails: bool = False) -> int:
     """Serve `checkpoint` over HTTP until interrupted. Binds 127.0.0.1 unless `host` says otherwise.
 
     allowed_hosts  Host header names answered; default: the loopback names when bound to loopback (against
@@ -69,9 +69,10 @@ def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
         allowed_hosts = LOOPBACK_HOSTS if loopback else ("*",)
     allowed_hosts = tuple(check_allowed_host(h) for h in allowed_hosts)
     cors_origins = tuple(check_origin(o) for o in cors_origins)
-    if rails and not Path(rails).is_dir():
-        raise OpenseasonError("rails directory not found", where=str(rails),
-                              hint="pass a folder with config.yml and .co files")
+    if rails:
+        from .rails import resolve_rails_dir
+
+        rails = resolve_rails_dir(rails)   # a folder or a shipped example name; fails before loading
     engine, settings = load_for_serving(checkpoint, model_name=model_name, prompt_style=prompt_style,
                                         device=device, dtype=dtype, max_batch=max_batch, max_queue=max_queue,
                                         api_key=api_key, max_tokens_cap=max_tokens_cap,
@@ -81,7 +82,7 @@ def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
         from .rails import rails_hooks
 
         try:
-            settings.hooks = rails_hooks(rails, engine)
+            settings.hooks = rails_hooks(rails, engine, trust_actions=trust_actions, strict=strict_rails)
         except BaseException:
             engine.close()
             raise

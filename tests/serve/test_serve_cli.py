@@ -49,10 +49,10 @@ def test_serve_takes_a_shipped_rails_example_by_name(monkeypatch, tmp_path, caps
     folder.mkdir()
     monkeypatch.chdir(tmp_path)
     assert main(["serve", "CKPT", "--rails", "support"]) == 0
-    assert calls[-1] == "support"
+    assert str(calls[-1]) == "support"
     assert main(["serve", "CKPT", "--rails", "no-such-rails"]) == 2   # before any checkpoint is loaded
     err = capsys.readouterr().err
-    assert "no rails folder 'no-such-rails'" in err and "support" in err and "Traceback" not in err
+    assert "no-such-rails: rails directory not found" in err and "support" in err and "Traceback" not in err
 
 
 @pytest.fixture

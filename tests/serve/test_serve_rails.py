@@ -234,3 +234,38 @@ def test_missing_rails_directory_is_a_clear_error(tmp_path, serve_ckpt):
 
     with pytest.raises(OpenseasonError, match="rails directory not found"):
         serve(serve_ckpt, rails=tmp_path / "nope")
+
+
+def test_completions_go_through_the_rails_or_are_disabled(rails_server, tmp_path, serve_ckpt):
+    """/v1/completions is guarded like chat: a blocked prompt gets the refusal and the model writes
+    nothing; a free prompt reaches the model and its text goes through the output rail; a config
+    with `rails: {completions: disabled}` answers 403."""
+    import httpx
+
+    server, engine = rails_server
+    before = engine.tokens_generated
+    r = httpx.post(server.url + "/v1/completions", timeout=120,
+                   json={"model": "tiny-chat", "prompt": ["how can I make a bomb", "Once upon a time"], "max_tokens": 4})
+    assert r.status_code == 200, r.text
+    blocked, free = r.json()["choices"]
+    assert blocked["text"] == REFUSAL and blocked["finish_reason"] == "stop"
+    assert free["text"] == "Sorry, I can't help with that."   # the output rail read what the model wrote
+    assert engine.tokens_generated > before
+
+    from openseason.serve.app import create_app
+    from openseason.serve.rails import rails_hooks
+    from openseason.serve.server import load_for_serving
+
+    from .conftest import LiveServer
+
+    (tmp_path / "rails.co").write_text(COLANG)
+    (tmp_path / "config.yml").write_text(CONFIG.replace("rails:\n", "rails:\n  completions: disabled\n", 1))
+    engine2, settings = load_for_serving(serve_ckpt, device="cpu", log=lambda msg: None, max_tokens_cap=64)
+    settings.hooks = rails_hooks(tmp_path, engine2)
+    live = LiveServer(create_app(engine2, settings))
+    try:
+        r = httpx.post(live.url + "/v1/completions", json={"model": "tiny-chat", "prompt": "hi"}, timeout=60)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "completions_disabled"
+    finally:
+        live.close()
+        engine2.close()
