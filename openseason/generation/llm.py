@@ -84,11 +84,12 @@ class LLM:
         return self.chat_format.name
 
     @classmethod
-    def load(cls, path: str | Path, device=None, dtype=None, prompt_style=None) -> "LLM":
+    def load(cls, path: str | Path, device=None, dtype=None, prompt_style=None, quantize=None) -> "LLM":
         """Load a checkpoint directory (full or adapter checkpoints, via checkpoint.load_model) and its
         tokenizer. device: "cpu", "cuda", ... (default: cuda when available); dtype: e.g. "bfloat16";
         prompt_style: the chat format to use instead of the checkpoint's (a style name, or
-        "chat-template" for the tokenizer's Hugging Face template)."""
+        "chat-template" for the tokenizer's Hugging Face template); quantize: "int8" or "bf16" weight-only
+        quantization of every linear layer for faster CPU decoding (see generation.quantize)."""
         from ..checkpoint import load_model
         from ..tokenizer import Tokenizer
 
@@ -99,6 +100,9 @@ class LLM:
                                   hint="use device='cpu' (CLI: --device cpu)")
         model = load_model(path, device=device, dtype=parse_dtype(dtype))
         model.eval()
+        if quantize is not None:
+            from .quantize import quantize as quantize_model
+            quantize_model(model, quantize)
         prepare_for_decoding(model)
         config = model.config
         tokenizer = Tokenizer.from_dir(path, config)
