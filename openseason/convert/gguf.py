@@ -235,10 +235,10 @@ def read_vocab(directory: Path, n_vocab: int, tokenizer) -> _Vocab:
             scores.append(-1e9)
             continue
         tokens.append(text)
-        if i in added:
-            types.append(gguf.TokenType.CONTROL if added[i].get("special", False) else gguf.TokenType.USER_DEFINED)
-        elif kind == "llama" and i == unk_id:
+        if kind == "llama" and i == unk_id:   # as sentencepiece marks it, special or not
             types.append(gguf.TokenType.UNKNOWN)
+        elif i in added:
+            types.append(gguf.TokenType.CONTROL if added[i].get("special", False) else gguf.TokenType.USER_DEFINED)
         elif kind == "llama" and len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
             types.append(gguf.TokenType.BYTE)
         else:

@@ -193,7 +193,7 @@ def test_gguf_llama_metadata_and_sentencepiece_tokenizer(llama_ckpt, tmp_path):
             f["tokenizer.ggml.unknown_token_id"]) == (1, 2, 0)
     tokens, types, scores = f["tokenizer.ggml.tokens"], f["tokenizer.ggml.token_type"], f["tokenizer.ggml.scores"]
     assert tokens[3 + 0x41] == "<0x41>" and types[3 + 0x41] == gguf.TokenType.BYTE
-    assert [types[i] for i in range(3)] == [gguf.TokenType.CONTROL] * 3    # added special tokens
+    assert [types[i] for i in range(3)] == [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
     merges = json.loads((ckpt / "tokenizer.json").read_text())["model"]["merges"]
     first = "".join(merges[0] if not isinstance(merges[0], str) else merges[0].split(" "))
     last = "".join(merges[-1] if not isinstance(merges[-1], str) else merges[-1].split(" "))
