@@ -7,7 +7,8 @@
 
 Contenders on CPU (each optional): ours with weight-only int8 / bf16 linears (`--quantize`, from
 openseason.generation.quantize), llama.cpp through llama-cpp-python on the GGUF file our exporter
-writes (`--llama-cpp f32 q8_0`; `openseason convert to-gguf`), with --threads applied to every side.
+writes (`--llama-cpp f32 q8_0`; `openseason convert to-gguf`), CTranslate2 on its own conversion of the transformers twin
+(`--ctranslate2 float32 int8`), with --threads applied to every side.
 Every row prints tok/s, the ratio of ours (fp32) to it, and whether its greedy tokens equal ours; at
 the first disagreement it prints how far apart our two candidates' fp32 logits were (a flip between
 near-ties is rounding, a flip at a wide gap is a bug). `--ppl-steps N` trains a tiny model on real
@@ -148,6 +149,40 @@ def llama_cpp_runner(model: GPT, kind: str, threads: int, ctx: int, workdir: Pat
     return run
 
 
+def ctranslate2_runner(hf, kind: str, threads: int, workdir: Path):
+    """A greedy decode function over CTranslate2, converted from the transformers twin (same weights)."""
+    import ctranslate2
+    import transformers
+
+    from openseason.tokenizer import train_bpe
+
+    # ctranslate2 4.8's converter reads transformers 4 names; give GPT-NeoX the old ones back.
+    transformers.GPTNeoXForCausalLM.embed_out = property(lambda self: self.lm_head)
+    transformers.GPTNeoXConfig.rotary_pct = property(
+        lambda self: (self.rope_parameters or {}).get("partial_rotary_factor", 0.25))
+    transformers.GPTNeoXConfig.rotary_emb_base = property(
+        lambda self: (self.rope_parameters or {}).get("rope_theta", 10000.0))
+    hf_dir, out = workdir / "hf", workdir / f"ct2-{kind}"
+    if not hf_dir.exists():
+        hf.save_pretrained(hf_dir)
+        tok = train_bpe(["the quick brown fox jumps over the lazy dog"] * 4, vocab_size=300)
+        tok.save(hf_dir)
+        cfg_file = hf_dir / "tokenizer_config.json"
+        cfg = json.loads(cfg_file.read_text())
+        cfg.update(bos_token="<|endoftext|>", unk_token="<|endoftext|>")   # the converter needs strings
+        cfg_file.write_text(json.dumps(cfg))
+    ctranslate2.converters.TransformersConverter(str(hf_dir)).convert(
+        str(out), quantization=None if kind == "float32" else kind, force=True)
+    vocab = json.loads((out / "vocabulary.json").read_text())
+    generator = ctranslate2.Generator(str(out), device="cpu", intra_threads=threads, compute_type=kind)
+
+    def run(ids: list[int], n: int) -> list[int]:
+        result = generator.generate_batch([[vocab[i] for i in ids]], max_length=n, min_length=n, sampling_topk=1,
+                                          include_prompt_in_result=False, end_token=[])
+        return list(result[0].sequences_ids[0])
+    return run
+
+
 def bench(name: str, args, threads: int | None) -> list[dict]:
     device, dtype = args.device, parse_dtype(args.dtype)
     if threads:
@@ -170,6 +205,9 @@ def bench(name: str, args, threads: int | None) -> list[dict]:
     for kind in args.llama_cpp or []:
         runner = llama_cpp_runner(ours, kind, threads or torch.get_num_threads(), len(ids) + n + 8, workdir)
         contenders[f"llama.cpp {kind}"] = lambda r=runner: r(ids, n)
+    for kind in args.ctranslate2 or []:
+        runner = ctranslate2_runner(hf, kind, threads or torch.get_num_threads(), workdir)
+        contenders[f"ctranslate2 {kind}"] = lambda r=runner: r(ids, n)
     quantized = {}
     for mode in args.quantize or []:
         from openseason.generation.quantize import quantize
@@ -287,6 +325,8 @@ def main(argv=None) -> int:
                    help="also time ours with weight-only int8 / bf16 linears")
     p.add_argument("--llama-cpp", nargs="*", choices=["f32", "f16", "q8_0"], default=[],
                    help="also time llama.cpp (llama-cpp-python) on our GGUF export of the same weights")
+    p.add_argument("--ctranslate2", nargs="*", choices=["float32", "int8", "int8_float32", "bfloat16"], default=[],
+                   help="also time CTranslate2 (compute type) on a conversion of the same weights")
     p.add_argument("--ppl-steps", type=int, default=0,
                    help="train a tiny model on real text this many steps and report perplexity per --quantize mode")
     p.add_argument("--hbm-gbps", type=float, default=None, help="GPU memory bandwidth (default: by GPU name)")
@@ -297,6 +337,9 @@ def main(argv=None) -> int:
     if args.llama_cpp:
         import llama_cpp
         peers.append(f"llama-cpp-python {llama_cpp.__version__}")
+    if args.ctranslate2:
+        import ctranslate2
+        peers.append(f"ctranslate2 {ctranslate2.__version__}")
     load = "load average %.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
     print(f"# decode benchmark: torch {torch.__version__}, {', '.join(peers)}, {where}, {load}")
