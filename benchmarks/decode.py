@@ -358,10 +358,11 @@ def main(argv=None) -> int:
                 print(line, flush=True)
     if args.ppl_steps:
         r = quantized_perplexity(args.ppl_steps, args.quantize or ["int8", "bf16"])
-        extra = "  ".join(f"{m} {r[m]:.3f} ({100 * (r[m] / r['fp32'] - 1):+.2f}%)" for m in args.quantize or ["int8", "bf16"])
+        extra = "  ".join(f"{m} {r[m]:.3f} ({100 * (r[m] / r['fp32'] - 1):+.3f}%)" for m in args.quantize or ["int8", "bf16"])
         print(f"# perplexity, tiny GPT-NeoX (4x128) trained {r['steps']} steps on dolly responses "
               f"(train loss {r['train_loss']:.2f}), {r['test_tokens']} held-out tokens: fp32 {r['fp32']:.3f}  {extra}")
-    print(f"# {load} at the end", flush=True)
+    if hasattr(os, "getloadavg"):
+        print("# load average %.2f %.2f %.2f at the end" % os.getloadavg(), flush=True)
     return 0
 
 
