@@ -274,17 +274,35 @@ def _llama_cpp():
     return llama_cpp
 
 
-# Measured on tiny random models (this file's fixtures): see BENCHMARKS.md / the report for figures.
-TOLERANCE = {"f32": 1e-3, "f16": 2e-2, "q8_0": 1e-1}
+# Max |logit gap| to ours, measured on these fixtures (logits up to ~6) with llama-cpp-python 0.3.36,
+# one thread, F32 KV cache: neox f32 2.3e-3 (ggml's GELU is the tanh form through an f16 table, Pythia's
+# the exact erf), llama f32 1.2e-5; f16 6.4e-3 / 1.2e-2; q8_0 0.12 / 0.24 (ggml's q8_0 dot product
+# also rounds the activation to 8 bits). Bounds are about twice the measurement.
+TOLERANCE = {("neox", "f32"): 5e-3, ("llama", "f32"): 1e-4, ("neox", "f16"): 1.5e-2, ("llama", "f16"): 2.5e-2,
+             ("neox", "q8_0"): 0.25, ("llama", "q8_0"): 0.5}
+
+
+def _without_cpu_repack(monkeypatch, llama_cpp):
+    """llama.cpp 0.3.36's extra CPU buffer types (weight repacking / AMX) crash with a segfault on these
+    tiny Q8_0 models on our AVX-512+AMX CPU; plain CPU buffers run them (use_extra_bufts=False)."""
+    default = llama_cpp.llama_cpp.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+    monkeypatch.setattr(llama_cpp.llama.llama_cpp, "llama_model_default_params", params)
 
 
 @pytest.mark.parametrize("family", ["neox", "llama"])
 @pytest.mark.parametrize("kind", ["f32", "f16", "q8_0"])
-def test_llama_cpp_runs_the_export(family, kind, neox_ckpt, llama_ckpt, tmp_path):
+def test_llama_cpp_runs_the_export(family, kind, neox_ckpt, llama_ckpt, tmp_path, monkeypatch):
     llama_cpp = _llama_cpp()
+    _without_cpu_repack(monkeypatch, llama_cpp)
     ckpt, model, tok = neox_ckpt if family == "neox" else llama_ckpt
     path = convert_to_gguf(ckpt, tmp_path / "m.gguf", type=kind).path
-    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=64, n_threads=1, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=64, n_threads=1, verbose=False,
+                          type_k=0, type_v=0)   # GGML_TYPE_F32 KV cache (the default F16 adds ~1e-3)
     text = "The quick brown fox jumps over the lazy dog."
     ids = tok.encode(text)
     assert llm.tokenize(text.encode(), add_bos=tok.add_bos, special=False) == ids
@@ -293,7 +311,7 @@ def test_llama_cpp_runs_the_export(family, kind, neox_ckpt, llama_ckpt, tmp_path
     with torch.no_grad():
         ours = model(torch.tensor([ids]))[0].numpy()
     gap = np.abs(theirs - ours).max()
-    assert gap < TOLERANCE[kind], f"max |logit gap| {gap:.2e}"
+    assert gap < TOLERANCE[family, kind], f"max |logit gap| {gap:.2e}"
     if kind == "f32":
         # greedy continuation, token by token in llama.cpp, against ours
         ours_ids = list(ids)
