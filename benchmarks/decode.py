@@ -135,8 +135,21 @@ def llama_cpp_runner(model: GPT, kind: str, threads: int, ctx: int, workdir: Pat
     path = workdir / f"model-{kind}.gguf"
     if not path.exists():
         convert_to_gguf(ckpt, path, type=kind)
+    if kind == "q8_0":
+        # llama-cpp-python 0.3.36's extra CPU buffer types (Q8_0 repacking / AMX) segfaulted on our
+        # exports on this AVX-512+AMX CPU; plain CPU buffers run them.
+        default = llama_cpp.llama_cpp.llama_model_default_params
+
+        def params():
+            p = default()
+            p.use_extra_bufts = False
+            return p
+        llama_cpp.llama.llama_cpp.llama_model_default_params = params
+    # logits_all: llama-cpp-python 0.3.36 fills `scores` only then (the prompt's extra rows cost one
+    # batched lm_head product at prefill); the greedy pick here is ours, argmax over those logits.
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=ctx, n_threads=threads, n_threads_batch=threads,
-                          n_batch=ctx, verbose=False)
+                          n_batch=ctx, logits_all=True, verbose=False)
+    llama_cpp.llama.llama_cpp.llama_model_default_params = llama_cpp.llama_cpp.llama_model_default_params
 
     def run(ids: list[int], n: int) -> list[int]:
         llm.reset()
