@@ -137,7 +137,7 @@ def llama_cpp_runner(model: GPT, kind: str, threads: int, ctx: int, workdir: Pat
         convert_to_gguf(ckpt, path, type=kind)
     if kind == "q8_0":
         # llama-cpp-python 0.3.36's extra CPU buffer types (Q8_0 repacking / AMX) segfaulted on our
-        # exports on this AVX-512+AMX CPU; plain CPU buffers run them.
+        # exports on this AVX-512+AMX CPU (like ggml-org/llama.cpp#20824); plain CPU buffers run them.
         default = llama_cpp.llama_cpp.llama_model_default_params
 
         def params():

@@ -284,7 +284,8 @@ TOLERANCE = {("neox", "f32"): 5e-3, ("llama", "f32"): 1e-4, ("neox", "f16"): 1.5
 
 def _without_cpu_repack(monkeypatch, llama_cpp):
     """llama.cpp 0.3.36's extra CPU buffer types (weight repacking / AMX) crash with a segfault on these
-    tiny Q8_0 models on our AVX-512+AMX CPU; plain CPU buffers run them (use_extra_bufts=False)."""
+    tiny Q8_0 models on our AVX-512+AMX CPU (like ggml-org/llama.cpp#20824, a segfault in
+    ggml_backend_amx_mul_mat); plain CPU buffers run them (use_extra_bufts=False)."""
     default = llama_cpp.llama_cpp.llama_model_default_params
 
     def params():
