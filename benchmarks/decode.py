@@ -2,6 +2,19 @@
 
     python benchmarks/decode.py                                  # CPU, pythia-70m and pythia-160m, fp32
     python benchmarks/decode.py --device cuda --dtype bfloat16 --models pythia-1b llama-7b
+    python benchmarks/decode.py --models pythia-70m --threads 1 2 --quantize int8 bf16 --llama-cpp f32 q8_0 \
+        --ppl-steps 300                                          # CPU contenders + quantization quality
+
+Contenders on CPU (each optional): ours with weight-only int8 / bf16 linears (`--quantize`, from
+openseason.generation.quantize), llama.cpp through llama-cpp-python on the GGUF file our exporter
+writes (`--llama-cpp f32 q8_0`; `openseason convert to-gguf`), CTranslate2 on its own conversion of the transformers twin
+(`--ctranslate2 float32 int8`), with --threads applied to every side.
+Every row prints tok/s, the ratio of ours (fp32) to it, and whether its greedy tokens equal ours; at
+the first disagreement it prints how far apart our two candidates' fp32 logits were (a flip between
+near-ties is rounding, a flip at a wide gap is a bug). `--ppl-steps N` trains a tiny model on real
+text (../shared/data, dolly responses) for N steps and reports held-out perplexity in fp32, int8 and
+bf16 (on random weights perplexity says nothing), plus the max logit error of each quantization
+against fp32 on the benchmark model.
 
 Both sides get the same random-weight model (ours is built from a named config with init_weights(),
 transformers' from the same tensors through the production key map), the same prompt, greedy
@@ -17,7 +30,10 @@ HBM bandwidth / weight bytes tokens per second.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -86,8 +102,104 @@ def weight_bytes(model: GPT) -> int:
     return total
 
 
-def bench(name: str, args) -> dict:
+def greedy_logits(model: GPT, ids: list[int]) -> torch.Tensor:
+    """Our fp32 logits [T, vocab] for a whole sequence (to judge a flip)."""
+    with torch.inference_mode():
+        return model(torch.tensor([ids], device=model.embed.weight.device))[0].float().cpu()
+
+
+def agreement(ours: list[int], theirs: list[int], prompt: list[int], logits: torch.Tensor) -> str:
+    if ours == theirs:
+        return "same tokens"
+    i = next((k for k, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+    if i >= min(len(ours), len(theirs)):
+        return f"lengths differ ({len(ours)} vs {len(theirs)})"
+    row = logits[len(prompt) + i - 1]
+    return f"differ at token {i}: our logit gap there {float(row[ours[i]] - row[theirs[i]]):.3g}"
+
+
+def llama_cpp_runner(model: GPT, kind: str, threads: int, ctx: int, workdir: Path):
+    """A greedy decode function over llama.cpp, on the GGUF file our exporter writes for `model`."""
+    import llama_cpp
+    import numpy as np
+
+    from openseason.checkpoint import save_checkpoint
+    from openseason.convert.gguf import convert_to_gguf
+    from openseason.tokenizer import train_bpe
+
+    ckpt = workdir / "ckpt"
+    if not ckpt.exists():
+        # A GGUF file must carry a vocabulary; a small trained one is padded to the embedding size.
+        tok = train_bpe(["the quick brown fox jumps over the lazy dog"] * 4, vocab_size=300)
+        save_checkpoint(ckpt, model, tokenizer=tok)
+    path = workdir / f"model-{kind}.gguf"
+    if not path.exists():
+        convert_to_gguf(ckpt, path, type=kind)
+    if kind == "q8_0":
+        # llama-cpp-python 0.3.36's extra CPU buffer types (Q8_0 repacking / AMX) segfaulted on our
+        # exports on this AVX-512+AMX CPU (like ggml-org/llama.cpp#20824); plain CPU buffers run them.
+        default = llama_cpp.llama_cpp.llama_model_default_params
+
+        def params():
+            p = default()
+            p.use_extra_bufts = False
+            return p
+        llama_cpp.llama.llama_cpp.llama_model_default_params = params
+    # logits_all: llama-cpp-python 0.3.36 fills `scores` only then (the prompt's extra rows cost one
+    # batched lm_head product at prefill); the greedy pick here is ours, argmax over those logits.
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=ctx, n_threads=threads, n_threads_batch=threads,
+                          n_batch=ctx, logits_all=True, verbose=False)
+    llama_cpp.llama.llama_cpp.llama_model_default_params = llama_cpp.llama_cpp.llama_model_default_params
+
+    def run(ids: list[int], n: int) -> list[int]:
+        llm.reset()
+        llm.eval(ids)
+        out = []
+        for _ in range(n):
+            out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+            llm.eval([out[-1]])
+        return out
+    return run
+
+
+def ctranslate2_runner(hf, kind: str, threads: int, workdir: Path):
+    """A greedy decode function over CTranslate2, converted from the transformers twin (same weights)."""
+    import ctranslate2
+    import transformers
+
+    from openseason.tokenizer import train_bpe
+
+    # ctranslate2 4.8's converter reads transformers 4 names; give GPT-NeoX the old ones back.
+    transformers.GPTNeoXForCausalLM.embed_out = property(lambda self: self.lm_head)
+    transformers.GPTNeoXConfig.rotary_pct = property(
+        lambda self: (self.rope_parameters or {}).get("partial_rotary_factor", 0.25))
+    transformers.GPTNeoXConfig.rotary_emb_base = property(
+        lambda self: (self.rope_parameters or {}).get("rope_theta", 10000.0))
+    hf_dir, out = workdir / "hf", workdir / f"ct2-{kind}"
+    if not hf_dir.exists():
+        hf.save_pretrained(hf_dir)
+        tok = train_bpe(["the quick brown fox jumps over the lazy dog"] * 4, vocab_size=300)
+        tok.save(hf_dir)
+        cfg_file = hf_dir / "tokenizer_config.json"
+        cfg = json.loads(cfg_file.read_text())
+        cfg.update(bos_token="<|endoftext|>", unk_token="<|endoftext|>")   # the converter needs strings
+        cfg_file.write_text(json.dumps(cfg))
+    ctranslate2.converters.TransformersConverter(str(hf_dir)).convert(
+        str(out), quantization=None if kind == "float32" else kind, force=True)
+    vocab = json.loads((out / "vocabulary.json").read_text())
+    generator = ctranslate2.Generator(str(out), device="cpu", intra_threads=threads, compute_type=kind)
+
+    def run(ids: list[int], n: int) -> list[int]:
+        result = generator.generate_batch([[vocab[i] for i in ids]], max_length=n, min_length=n, sampling_topk=1,
+                                          include_prompt_in_result=False, end_token=[])
+        return list(result[0].sequences_ids[0])
+    return run
+
+
+def bench(name: str, args, threads: int | None) -> list[dict]:
     device, dtype = args.device, parse_dtype(args.dtype)
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     config = Config.from_name(name)
     with torch.device(device):
@@ -95,12 +207,29 @@ def bench(name: str, args) -> dict:
     ours.init_weights()
     ours = ours.to(dtype).eval()
     hf = hf_twin(ours, device, dtype)
-    prepare_for_decoding(ours)
 
     prompt = torch.randint(0, config.vocab_size, (args.prompt_tokens,), generator=torch.Generator().manual_seed(1))
     ids = prompt.tolist()
     n = args.new_tokens
     params = SamplingParams(max_new_tokens=n, ignore_eos=True)
+    workdir = Path(tempfile.mkdtemp(prefix="decode-bench-"))
+
+    contenders = {}
+    for kind in args.llama_cpp or []:
+        runner = llama_cpp_runner(ours, kind, threads or torch.get_num_threads(), len(ids) + n + 8, workdir)
+        contenders[f"llama.cpp {kind}"] = lambda r=runner: r(ids, n)
+    for kind in args.ctranslate2 or []:
+        runner = ctranslate2_runner(hf, kind, threads or torch.get_num_threads(), workdir)
+        contenders[f"ctranslate2 {kind}"] = lambda r=runner: r(ids, n)
+    quantized = {}
+    for mode in args.quantize or []:
+        from openseason.generation.quantize import quantize
+
+        twin = GPT(config).to(dtype).eval()
+        twin.load_state_dict(ours.state_dict())
+        quantized[mode] = quantize(twin, mode)
+        contenders[f"ours {mode}"] = lambda m=quantized[mode]: generate_ids(m, [ids], params)[0].token_ids
+    prepare_for_decoding(ours)
 
     def run_ours():
         return generate_ids(ours, [ids], params)[0].token_ids
@@ -111,24 +240,88 @@ def bench(name: str, args) -> dict:
             out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False)
         return out[0, len(ids):].tolist()
 
-    run_hf(), run_ours()  # warm-up
-    t_ours, t_hf = [], []
-    for _ in range(args.repeats):
-        dt, hf_tokens = time_call(run_hf, device)
-        t_hf.append(dt)
-        dt, our_tokens = time_call(run_ours, device)
-        t_ours.append(dt)
-    ours_tps, hf_tps = n / statistics.median(t_ours), n / statistics.median(t_hf)
-    row = {"model": name, "device": device, "dtype": str(dtype).replace("torch.", ""), "ours_tps": ours_tps,
-           "hf_tps": hf_tps, "ratio": ours_tps / hf_tps, "same_tokens": our_tokens == hf_tokens}
+    everyone = {"ours": run_ours, "transformers": run_hf, **contenders}
+    for fn in everyone.values():  # warm-up
+        fn()
+    times = {k: [] for k in everyone}
+    tokens = {}
+    for _ in range(args.repeats):  # alternate, so background load hits every side alike
+        for key, fn in everyone.items():
+            dt, tokens[key] = time_call(fn, device)
+            times[key].append(dt)
+    tps = {k: n / statistics.median(v) for k, v in times.items()}
+    logits = greedy_logits(ours, ids + tokens["ours"])
+    probe = torch.tensor([ids + tokens["ours"]], device=device)
+    rows = []
+    for key in everyone:
+        if key == "ours":
+            continue
+        row = {"model": name, "threads": threads or torch.get_num_threads(), "device": device,
+               "dtype": str(dtype).replace("torch.", ""), "peer": key, "ours_tps": tps["ours"],
+               "peer_tps": tps[key], "ratio": tps["ours"] / tps[key],
+               "agree": agreement(tokens["ours"], tokens[key], ids, logits)}
+        if key.startswith("ours ") and key[5:] in quantized:
+            with torch.inference_mode():
+                row["logit_err"] = float((quantized[key[5:]](probe)[0].float().cpu() - logits).abs().max())
+        rows.append(row)
     if torch.device(device).type == "cuda":
         gbps = args.hbm_gbps or next((v for k, v in HBM_GBPS.items() if k in torch.cuda.get_device_name()), None)
         if gbps:
             ceiling = gbps * 1e9 / weight_bytes(ours)
-            row.update(hbm_gbps=gbps, ceiling_tps=ceiling, fraction=ours_tps / ceiling,
-                       hf_fraction=hf_tps / ceiling)
+            rows[0].update(hbm_gbps=gbps, ceiling_tps=ceiling, fraction=tps["ours"] / ceiling,
+                           hf_fraction=tps["transformers"] / ceiling)
     del hf, ours
-    return row
+    return rows
+
+
+def quantized_perplexity(steps: int, modes: list[str]) -> dict:
+    """Train a tiny GPT-NeoX on real text (dolly responses) for `steps` steps, then held-out
+    perplexity in fp32 and after each weight-only quantization."""
+    import math
+
+    from openseason.generation.quantize import quantize
+    from openseason.tokenizer import train_bpe
+
+    data = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dolly-15k" / "dolly_sample.jsonl"
+    if not data.exists():
+        data = Path("/work/shared/data/dolly-15k/dolly_sample.jsonl")
+    texts = [json.loads(line)["response"] for line in data.read_text().splitlines() if line.strip()]
+    train_texts, test_texts = texts[:500], texts[500:]
+    tok = train_bpe(train_texts, vocab_size=1024)
+    stream = lambda ts: torch.tensor([i for t in ts for i in tok.encode(t, eos=True)])  # noqa: E731
+    train_ids, test_ids = stream(train_texts), stream(test_texts)
+    config = Config.from_name("tiny-neox", vocab_size=tok.vocab_size, padded_vocab_size=1024, n_layer=4,
+                              n_embd=128, n_head=4, intermediate_size=512, block_size=128)
+    torch.manual_seed(0)
+    model = GPT(config)
+    model.init_weights()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    T, B = 128, 16
+    for step in range(steps):
+        start = torch.randint(0, len(train_ids) - T - 1, (B,), generator=g)
+        x = torch.stack([train_ids[s:s + T] for s in start])
+        y = torch.stack([train_ids[s + 1:s + T + 1] for s in start])
+        for group in opt.param_groups:
+            group["lr"] = 3e-3 * min(1.0, (step + 1) / 30) * (0.1 + 0.9 * (1 - step / steps))
+        loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+    def ppl(m) -> float:
+        n = (len(test_ids) - 1) // T * T
+        x, y = test_ids[:n].view(-1, T), test_ids[1:n + 1].view(-1, T)
+        with torch.inference_mode():
+            return math.exp(float(torch.nn.functional.cross_entropy(m(x).flatten(0, 1), y.flatten())))
+
+    out = {"steps": steps, "train_loss": float(loss.detach()), "test_tokens": (len(test_ids) - 1) // T * T, "fp32": ppl(model)}
+    for mode in modes:
+        twin = GPT(config).eval()
+        twin.load_state_dict(model.state_dict())
+        out[mode] = ppl(quantize(twin, mode))
+    return out
 
 
 def main(argv=None) -> int:
@@ -139,25 +332,50 @@ def main(argv=None) -> int:
     p.add_argument("--prompt-tokens", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, nargs="+", default=None,
+                   help="CPU threads for every side, one run per value (default: torch's choice)")
+    p.add_argument("--quantize", nargs="*", choices=["int8", "bf16"], default=[],
+                   help="also time ours with weight-only int8 / bf16 linears")
+    p.add_argument("--llama-cpp", nargs="*", choices=["f32", "f16", "q8_0"], default=[],
+                   help="also time llama.cpp (llama-cpp-python) on our GGUF export of the same weights")
+    p.add_argument("--ctranslate2", nargs="*", choices=["float32", "int8", "int8_float32", "bfloat16"], default=[],
+                   help="also time CTranslate2 (compute type) on a conversion of the same weights")
+    p.add_argument("--ppl-steps", type=int, default=0,
+                   help="train a tiny model on real text this many steps and report perplexity per --quantize mode")
     p.add_argument("--hbm-gbps", type=float, default=None, help="GPU memory bandwidth (default: by GPU name)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     import transformers
 
-    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    print(f"# decode benchmark: torch {torch.__version__}, transformers {transformers.__version__}, {where}")
+    peers = [f"transformers {transformers.__version__}"]
+    if args.llama_cpp:
+        import llama_cpp
+        peers.append(f"llama-cpp-python {llama_cpp.__version__}")
+    if args.ctranslate2:
+        import ctranslate2
+        peers.append(f"ctranslate2 {ctranslate2.__version__}")
+    load = "load average %.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
+    print(f"# decode benchmark: torch {torch.__version__}, {', '.join(peers)}, {where}, {load}")
     print(f"# batch 1, prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens (greedy), "
-          f"median of {args.repeats}")
-    for name in args.models:
-        r = bench(name, args)
-        line = (f"{r['model']:<14} {r['dtype']:<9} ours {r['ours_tps']:8.1f} tok/s   transformers "
-                f"{r['hf_tps']:8.1f} tok/s   ratio {r['ratio']:.2f}x   same tokens: {r['same_tokens']}")
-        if "fraction" in r:
-            line += (f"   HBM ceiling {r['ceiling_tps']:.0f} tok/s: ours {100 * r['fraction']:.0f}%, "
-                     f"transformers {100 * r['hf_fraction']:.0f}%")
-        print(line, flush=True)
+          f"median of {args.repeats}; ratio = ours fp32 tok/s / peer tok/s")
+    for threads in args.threads or [None]:
+        for name in args.models:
+            for r in bench(name, args, threads):
+                line = (f"{r['model']:<12} {r['dtype']:<8} threads {r['threads']}  ours {r['ours_tps']:7.1f} tok/s  "
+                        f"{r['peer']:<16} {r['peer_tps']:7.1f} tok/s  ratio {r['ratio']:5.2f}x  {r['agree']}")
+                if "logit_err" in r:
+                    line += f"  (max logit error vs fp32 {r['logit_err']:.3g})"
+                if "fraction" in r:
+                    line += (f"   HBM ceiling {r['ceiling_tps']:.0f} tok/s: ours {100 * r['fraction']:.0f}%, "
+                             f"transformers {100 * r['hf_fraction']:.0f}%")
+                print(line, flush=True)
+    if args.ppl_steps:
+        r = quantized_perplexity(args.ppl_steps, args.quantize or ["int8", "bf16"])
+        extra = "  ".join(f"{m} {r[m]:.3f} ({100 * (r[m] / r['fp32'] - 1):+.3f}%)" for m in args.quantize or ["int8", "bf16"])
+        print(f"# perplexity, tiny GPT-NeoX (4x128) trained {r['steps']} steps on dolly responses "
+              f"(train loss {r['train_loss']:.2f}), {r['test_tokens']} held-out tokens: fp32 {r['fp32']:.3f}  {extra}")
+    if hasattr(os, "getloadavg"):
+        print("# load average %.2f %.2f %.2f at the end" % os.getloadavg(), flush=True)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""CLI verbs: `openseason convert from-hf`, `openseason convert to-hf`, `openseason download`."""
+"""CLI verbs: `openseason convert from-hf`, `openseason convert to-hf`, `openseason convert to-gguf`,
+`openseason download`."""
 from __future__ import annotations
 
 import argparse
@@ -39,6 +40,14 @@ def _to_hf(args) -> int:
     return 0
 
 
+def _to_gguf(args) -> int:
+    from .gguf import convert_to_gguf
+
+    result = convert_to_gguf(args.ckpt_dir, args.out_file, type=args.type, name=args.name)
+    print(f"wrote {result.path}: {result.summary()}")
+    return 0
+
+
 def _download(args) -> int:
     from . import download
 
@@ -66,6 +75,16 @@ def register(subparsers) -> None:
     p.add_argument("hf_dir", help="Hugging Face directory to write")
     _common(p)
     p.set_defaults(func=_to_hf)
+
+    p = verbs.add_parser("to-gguf", help="checkpoint -> one GGUF file for llama.cpp / Ollama",
+                         description="Write a GPT-NeoX or LLaMA checkpoint (full, or LoRA folded in memory) and its "
+                                     "tokenizer as one GGUF file that llama.cpp loads.")
+    p.add_argument("ckpt_dir", help="openseason checkpoint directory (full or LoRA)")
+    p.add_argument("out_file", help="GGUF file to write, e.g. model.gguf")
+    p.add_argument("--type", choices=["f32", "f16", "q8_0"], default="f16",
+                   help="f32; f16 (2-D weights F16, norms and biases F32; default); q8_0 (2-D weights 8-bit blocks)")
+    p.add_argument("--name", default=None, help="general.name in the file (default: the config name)")
+    p.set_defaults(func=_to_gguf)
 
     p = subparsers.add_parser("download", help="fetch a model from the Hugging Face Hub and convert it")
     p.add_argument("repo_id", help="OWNER/NAME on the Hub, e.g. EleutherAI/pythia-70m")

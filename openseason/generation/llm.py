@@ -84,13 +84,15 @@ class LLM:
         return self.chat_format.name
 
     @classmethod
-    def load(cls, path: str | Path, device=None, dtype=None, prompt_style=None,
+    def load(cls, path: str | Path, device=None, dtype=None, prompt_style=None, quantize=None,
              max_context: Optional[int] = None) -> "LLM":
         """Load a checkpoint directory (full or adapter checkpoints, via checkpoint.load_model) and its
         tokenizer. device: "cpu", "cuda", ... (default: cuda when available); dtype: e.g. "bfloat16";
         prompt_style: the chat format to use instead of the checkpoint's (a style name, or
-        "chat-template" for the tokenizer's Hugging Face template); max_context: let an ALiBi model (MPT)
-        read past its training length, with a warning (rotary models refuse)."""
+        "chat-template" for the tokenizer's Hugging Face template); quantize: "int8" or "bf16" weight-only
+        quantization of every linear layer for faster CPU decoding (see generation.quantize);
+        max_context: let an ALiBi model (MPT) read past its training length, with a warning (rotary
+        models refuse)."""
         from ..checkpoint import load_model
         from ..tokenizer import Tokenizer
 
@@ -103,6 +105,9 @@ class LLM:
         model.eval()
         if max_context is not None:
             model.extend_context(max_context)
+        if quantize is not None:
+            from .quantize import quantize as quantize_model
+            quantize_model(model, quantize)
         prepare_for_decoding(model)
         config = model.config
         tokenizer = Tokenizer.from_dir(path, config)

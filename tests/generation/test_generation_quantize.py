@@ -1,0 +1,85 @@
+"""Weight-only int8 / bf16 quantization: the int8 rounding bound, the kernel path against the
+dequantized reference, logits close to fp32, greedy decoding through the one engine, LLM.load(quantize=)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from openseason.checkpoint import save_checkpoint
+from openseason.config import Config
+from openseason.errors import OpenseasonError
+from openseason.generation import SamplingParams, generate_ids, quantize_bf16, quantize_int8
+from openseason.generation.llm import LLM
+from openseason.generation.quantize import BF16Linear, Int8Linear, quantize
+from openseason.model import GPT
+from openseason.tokenizer import train_bpe
+
+
+def _model(name: str = "tiny-llama") -> GPT:
+    torch.manual_seed(0)
+    model = GPT(Config.from_name(name))
+    model.init_weights(std=0.1)
+    return model.eval()
+
+
+def test_int8_rounding_bound_and_kernel_matches_reference():
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 48, bias=True)
+    q = Int8Linear.from_linear(linear)
+    assert q.qweight.dtype == torch.int8 and q.qweight.abs().max() <= 127
+    err = (q.dequantized_weight() - linear.weight).abs()
+    assert (err <= linear.weight.abs().amax(1, keepdim=True) / 127 * 0.5 + 1e-7).all()   # half a step per row
+    x = torch.randn(3, 5, 64)
+    reference = nn.functional.linear(x, q.dequantized_weight(), linear.bias)
+    # The int8 kernel takes a bf16 activation: the product is within bf16 rounding of the reference.
+    assert torch.allclose(q(x), reference, atol=2e-2, rtol=1e-2)
+    q.packed = False
+    assert torch.allclose(q(x), reference, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-neox"])
+@pytest.mark.parametrize("mode", ["int8", "bf16"])
+def test_quantized_model_logits_and_greedy(name, mode):
+    model = _model(name)
+    ids = torch.randint(0, model.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(ids)
+    quantize(model, mode)
+    kinds = {type(m) for m in model.modules()}
+    assert nn.Linear not in kinds and (Int8Linear if mode == "int8" else BF16Linear) in kinds
+    per_layer = 5 if model.config.mlp_class == "LLaMAMLP" else 4   # qkv, proj, MLP (fc_1, fc_2 | fc), proj
+    assert model.quantized_linears == per_layer * model.config.n_layer + 1   # + lm_head
+    with torch.no_grad():
+        got = model(ids)
+    gap = (got - ref).abs().max().item()
+    assert gap < 0.05 * ref.abs().max().item(), gap
+    out = generate_ids(model, [ids[0].tolist()], SamplingParams(max_new_tokens=4, ignore_eos=True))[0]
+    assert len(out.token_ids) == 4
+    with pytest.raises(OpenseasonError, match="already quantized"):
+        quantize(model, mode)
+
+
+def test_tied_lm_head_keeps_embedding():
+    model = _model("tiny-llama")
+    config = model.config
+    config.tie_embeddings = True
+    model = GPT(config).eval()
+    quantize_int8(model)
+    assert isinstance(model.embed, nn.Embedding) and model.embed.weight.dtype == torch.float32
+    assert isinstance(model.lm_head, Int8Linear)
+
+
+def test_llm_load_quantize(tmp_path):
+    tok = train_bpe(["hello world " * 20, "the quick brown fox"] * 5, vocab_size=300)
+    model = GPT(Config.from_name("tiny-neox", vocab_size=tok.vocab_size, padded_vocab_size=tok.vocab_size,
+                                 bos_token_id=tok.eos_id, eos_token_id=tok.eos_id))
+    model.init_weights()
+    ckpt = save_checkpoint(tmp_path / "ckpt", model, tokenizer=tok)
+    llm = LLM.load(ckpt, device="cpu", quantize="int8")
+    assert isinstance(llm.model.lm_head, Int8Linear)
+    assert isinstance(llm.generate("hello", max_new_tokens=3), str)
+    assert isinstance(LLM.load(ckpt, device="cpu", quantize="bf16").model.lm_head, BF16Linear)
+    with pytest.raises(OpenseasonError, match="unknown quantization"):
+        LLM.load(ckpt, device="cpu", quantize="int4")
+    assert quantize_bf16 is not None
