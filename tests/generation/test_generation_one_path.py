@@ -84,7 +84,7 @@ def test_rails_reply_is_the_same_under_guard_chat_and_serve_rails(llm, tiny_toke
         served = Rails(config, llm=LocalClient(engine)).generate(messages)
     finally:
         engine.close()
-    assert guard_chat.decision.reason == "no flow matched; the LLM replies"
+    assert guard_chat.decision.reason.startswith("no flow matched; the LLM replies")
     assert guard_chat.text and served.text == guard_chat.text
 
 
