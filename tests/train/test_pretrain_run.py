@@ -115,3 +115,18 @@ def test_bad_inputs(tmp_path, tokens):
     with pytest.raises(DataError, match="embedding has"):
         pretrain("tiny-neox", tokens, tmp_path / "o", max_steps=1, progress=False,
                  overrides={"vocab_size": 64, "padded_vocab_size": 64})
+
+
+def test_mpt_pretrains_alike_on_one_and_two_processes(tmp_path, tokens):
+    """MPT (ALiBi, fused Wqkv, no biases) goes through pretraining and FSDP2 like GPT-NeoX and LLaMA."""
+    run = ["--config", "tiny-mpt", "--seq-len", "32", "--data", str(tokens)]
+    one = tmp_path / "one"
+    assert main(["pretrain", *run, "--out", str(one), "--micro-batch-size", "4", "--max-steps", "3"]) == 0
+    two = tmp_path / "two"
+    _torchrun(2, [*run, "--out", str(two), "--micro-batch-size", "2", "--max-steps", "3"], tmp_path)
+    l1, l2 = _losses(one), _losses(two)
+    assert sorted(l1) == sorted(l2) == [1, 2, 3] and l1[3] < l1[1]
+    for step in l1:
+        assert l2[step] == pytest.approx(l1[step], abs=1e-5)
+    a, b = _weights(one / "final"), _weights(two / "final")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
