@@ -242,3 +242,38 @@ def test_named_config_parameter_count_equals_transformers(name):
         assert cfg.hf_id == f"mosaicml/{name}" and cfg.alibi and cfg.tie_embeddings
     assert {"mpt-7b", "mpt-7b-instruct", "mpt-7b-chat", "mpt-7b-storywriter", "mpt-7b-8k", "mpt-30b"} <= set(MPT_NAMES)
     assert Config.from_name("mpt-7b-storywriter").block_size == 65536
+
+
+def test_perplexity_of_a_converted_mpt_equals_transformers(pair, tmp_path):
+    """`openseason evaluate perplexity` on an MPT checkpoint: the same number transformers' model gives."""
+    import json
+    import math
+
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    from openseason.evaluate.perplexity import perplexity
+    from openseason.generation.llm import LLM
+    from openseason.tokenizer import Tokenizer
+
+    hf, _ours, ckpt = pair
+    texts = ["the quick brown fox jumps over the lazy dog " * 2, "a b c d e f g h i j k l m n o p"]
+    words = sorted({w for t in texts for w in t.split()})          # a word-level vocabulary inside VOCAB ids
+    backend = HFTokenizer(WordLevel({"<eos>": 0, "<unk>": 1, **{w: i + 2 for i, w in enumerate(words)}},
+                                    unk_token="<unk>"))
+    backend.pre_tokenizer = Whitespace()
+    backend.save(str(ckpt / "tokenizer.json"))
+    tok = Tokenizer.from_dir(ckpt)
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    ours = perplexity(LLM.load(ckpt, device="cpu"), data, window=64, stride=64)
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for t in texts:
+            ids = torch.tensor([tok.encode(t)])
+            logp = torch.log_softmax(hf(ids).logits[0, :-1].double(), -1)
+            nll -= float(logp.gather(1, ids[0, 1:, None]).sum())
+            count += ids.size(1) - 1
+    assert ours["tokens"] == count
+    assert ours["perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-4)
