@@ -214,3 +214,23 @@ def test_word_problem_rationales_compute_their_labels():
             assert value == int(rhs) and 0 <= value <= 19
         assert str(value) == label
         assert question.split(" has ")[1].split()[0] == rationale.split()[0]
+
+
+def test_evaluate_uses_the_label_prefix_only_and_can_show_rationales(setup, tmp_path, capsys):
+    """`openseason evaluate tasks` on a distilled checkpoint: label accuracy from `predict:` prompts
+    (the trained prefix, read from the run card); --explain adds the `explain:` generation per item."""
+    from openseason.cli import main
+    from openseason.evaluate.distill import evaluate_distilled
+
+    base, data = setup
+    result = finetune(base, data, "lora", tmp_path / "run", objective="distill", label_prefix="[p] ",
+                      rationale_prefix="[e] ", max_steps=1, **FAST)
+    got = evaluate_distilled(result["final"], data / "rationales.jsonl", limit=3, max_new_tokens=2)
+    assert got["n"] == 3 and got["label_prefix"] == "[p] " and "rationale" not in got["items"][0]
+    assert got["label_accuracy"] == sum(i["correct"] for i in got["items"]) / 3
+    assert main(["evaluate", "tasks", str(result["final"]), "--data", str(data / "rationales.jsonl"), "--limit", "2",
+                 "--explain", "--max-new-tokens", "2", "--out", str(tmp_path / "ev")]) == 0
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["summary"]["n"] == 2 and "label_accuracy" in report["summary"]
+    assert all("rationale" in item for item in report["details"]["items"])
+    assert "rationale:" in capsys.readouterr().out
