@@ -234,3 +234,32 @@ def test_evaluate_uses_the_label_prefix_only_and_can_show_rationales(setup, tmp_
     assert report["summary"]["n"] == 2 and "label_accuracy" in report["summary"]
     assert all("rationale" in item for item in report["details"]["items"])
     assert "rationale:" in capsys.readouterr().out
+
+
+def test_parity_with_the_released_t5_formula():
+    """A tiny random T5ForConditionalGeneration computes the paper's loss the released code's way,
+    `alpha * model(**pred).loss + (1 - alpha) * model(**expl).loss`; the same logits laid out as one
+    mixed batch give the same number through DistillObjective."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.T5Config(vocab_size=40, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_decoder_layers=1,
+                                   num_heads=2, decoder_start_token_id=0, pad_token_id=0)
+    t5 = transformers.T5ForConditionalGeneration(config).eval()
+    enc = torch.randint(1, 40, (2, 6))
+    pred_labels = torch.tensor([[5, -100, -100, -100, -100, -100, -100], [7, 8, -100, -100, -100, -100, -100]])
+    expl_labels = torch.randint(1, 40, (2, 7))
+    expl_labels[1, 5:] = -100
+    alpha = 0.3
+    with torch.no_grad():
+        pred, expl = t5(input_ids=enc, labels=pred_labels), t5(input_ids=enc, labels=expl_labels)
+        released = alpha * pred.loss + (1 - alpha) * expl.loss
+    # lay the four rows out as a decoder-only batch: position t's logits predict labels[:, t + 1]
+    logits = torch.cat([pred.logits, expl.logits])
+    logits = torch.cat([logits, torch.zeros(4, 1, 40)], dim=1)
+    labels = torch.cat([torch.full((4, 1), IGNORE), torch.cat([pred_labels, expl_labels])], dim=1)
+    batch = {"input_ids": torch.zeros(4, 8, dtype=torch.long), "labels": labels,
+             "task": torch.tensor([LABEL, LABEL, RATIONALE, RATIONALE])}
+    obj = DistillObjective(alpha)
+    terms, _ = obj.loss(FixedLogits(logits), batch)
+    ours = combine(terms, obj.counts(batch), obj.weights)
+    assert float(ours) == pytest.approx(float(released), rel=1e-6)
