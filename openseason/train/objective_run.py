@@ -1,4 +1,4 @@
-"""`finetune(..., objective=...)` for every objective but SFT: reward models, the DPO family, GRPO/RLOO.
+"""`finetune(..., objective=...)` for every objective but SFT: reward models, the DPO family, GRPO/RLOO, distill.
 
 Same checkpoint loading, methods, options, run directory and loop as SFT finetuning (finetune.py);
 what differs is the data source and the objective handed to `train()`:
@@ -7,6 +7,8 @@ what differs is the data source and the objective handed to `train()`:
                                                log-probabilities computed once, before the method is
                                                applied, cached in OUT with fingerprints)
     grpo, rloo                                  DIR/conversations.jsonl prompts -> RolloutBatches
+    distill                                     DIR/rationales.jsonl -> DistillBatches (label and
+                                               rationale rows of each example, objectives/distill.py)
 
 Held-out pairs (val_size) give val_loss and val_reward_acc in metrics.csv at every eval_every, and a
 final held-out reward accuracy with a 95% Wilson interval in OUT/report.json.
