@@ -10,6 +10,10 @@ Each family is a function rng -> (instruction, answer) with a short, exactly che
     repeat     "Repeat: q7x"                         -> "q7x"
     times      "Multiply by 100: 47"                 -> "4700"
     convert    "Convert km to m: 47"                 -> "47000"  (unit conversion)
+    story      "Tom has 3 apples. He buys 4 more and gives 2 away. How many apples does Tom have?"
+                                                     -> "5", rationale "3 + 4 = 7. 7 - 2 = 5."
+               (multi-step word problems for distilling step by step: `word_problem(rng)` gives
+                input, label and the programmatically computed rationale; `rationale_rows`)
 
 `convert` reuses what `times` teaches (copy a two-digit number, append zeros) in a new format: the
 adapter only has to learn which unit pair means how many zeros, so a model pretrained on the other
@@ -74,9 +78,53 @@ def convert(rng):
     return f"Convert {src} to {dst}: {n}", str(n * factor)
 
 
+NAMES = ("Tom", "Ann", "Sam", "Mia", "Ben", "Eva", "Leo", "Zoe")
+THINGS = ("apples", "pens", "cards", "coins", "books", "shells")
+_STEPS = {"+": ("buys {n} more", "finds {n} more", "gets {n} more"),
+          "-": ("gives {n} away", "loses {n}", "eats {n}")}
+
+
+def word_problem(rng: random.Random, steps: int = 2) -> tuple[str, str, str]:
+    """(question, label, rationale): a start amount then `steps` additions or subtractions, every
+    intermediate amount in 0..19; the rationale writes out each step ("3 + 4 = 7. 7 - 2 = 5.")."""
+    name, thing = rng.choice(NAMES), rng.choice(THINGS)
+    amount = rng.randint(1, 9)
+    clauses, lines = [], []
+    for _ in range(steps):
+        op = rng.choice("+-") if 0 < amount < 19 else ("+" if amount == 0 else "-")
+        n = rng.randint(1, min(9, 19 - amount)) if op == "+" else rng.randint(1, min(9, amount))
+        new = amount + n if op == "+" else amount - n
+        clauses.append(rng.choice(_STEPS[op]).format(n=n))
+        lines.append(f"{amount} {op} {n} = {new}.")
+        amount = new
+    question = f"{name} has {lines[0].split()[0]} {thing}. {name} {' and '.join(clauses)}. How many {thing} now?"
+    return question, str(amount), " ".join(lines)
+
+
+def story(rng):
+    question, label, _ = word_problem(rng)
+    return question, label
+
+
+def rationale_rows(n: int, seed: int = 0, exclude: Optional[set[str]] = None, steps: int = 2) -> list[dict]:
+    """`n` distinct word problems as `synth rationales` rows {"id", "input", "label", "rationale"}
+    (the rationale computed, not generated), skipping questions in `exclude`."""
+    rng = random.Random(f"{seed}-story")
+    exclude = exclude or set()
+    rows, seen, tries = [], set(), 0
+    while len(rows) < n and tries < 50 * n:
+        tries += 1
+        question, label, rationale = word_problem(rng, steps)
+        if question in seen or question in exclude:
+            continue
+        seen.add(question)
+        rows.append({"id": f"story-{len(rows)}", "input": question, "label": label, "rationale": rationale})
+    return rows
+
+
 FAMILIES: dict[str, Callable[[random.Random], tuple[str, str]]] = {
     "add": add, "reverse": reverse, "sort": sort, "count": count, "upper": upper, "repeat": repeat,
-    "times": times, "convert": convert,
+    "times": times, "convert": convert, "story": story,
 }
 
 

@@ -64,6 +64,12 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True, help=".jsonl with instruction/input/output (or prompt/reference)")
     p.add_argument("--limit", type=int)
     p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--label-prefix", help="distilled checkpoints: ask with this prefix and report label accuracy "
+                                          "on {input, label} rows (default for a checkpoint trained with "
+                                          "--objective distill: its own label prefix, e.g. 'predict: ')")
+    p.add_argument("--explain", action="store_true",
+                   help="distilled checkpoints: also generate each item's rationale with the rationale prefix "
+                        "(shown only; the label never depends on it)")
     p.add_argument("--out")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_tasks)
@@ -179,12 +185,34 @@ def _judge(args) -> int:
     return 0
 
 
+def _distilled_tasks(args) -> int:
+    from .distill import evaluate_distilled
+    from .report import write_report
+
+    max_new = args.max_new_tokens if args.max_new_tokens != 128 else 16  # labels are short
+    result = evaluate_distilled(args.checkpoint, args.data, label_prefix=args.label_prefix, explain=args.explain,
+                                limit=args.limit, max_new_tokens=max_new)
+    if args.out:
+        summary = {k: v for k, v in result.items() if k != "items"}
+        write_report(args.out, "tasks", summary, details={"items": result["items"]}, checkpoint=args.checkpoint)
+    if not args.json and args.explain:
+        for item in result["items"][:10]:
+            mark = "ok" if item["correct"] else "wrong"
+            print(f"{item['input']}\n  label {item['answer']!r} ({mark}; gold {item['label']!r})"
+                  f"\n  rationale: {item.get('rationale')}")
+    _print(result, args.json)
+    return 0
+
+
 def _tasks(args) -> int:
+    from ..checkpoint import read_run_card
     from .metrics import task_metrics
     from .judge import load_instructions
     from .report import write_report
     from ..fileio import iter_jsonl
 
+    if args.label_prefix is not None or args.explain or read_run_card(args.checkpoint).get("objective") == "distill":
+        return _distilled_tasks(args)
     questions = load_instructions(args.data)[: args.limit]
     references = []
     for _lineno, row in iter_jsonl(args.data):

@@ -1,4 +1,4 @@
-"""`finetune(..., objective=...)` for every objective but SFT: reward models, the DPO family, GRPO/RLOO.
+"""`finetune(..., objective=...)` for every objective but SFT: reward models, the DPO family, GRPO/RLOO, distill.
 
 Same checkpoint loading, methods, options, run directory and loop as SFT finetuning (finetune.py);
 what differs is the data source and the objective handed to `train()`:
@@ -7,6 +7,8 @@ what differs is the data source and the objective handed to `train()`:
                                                log-probabilities computed once, before the method is
                                                applied, cached in OUT with fingerprints)
     grpo, rloo                                  DIR/conversations.jsonl prompts -> RolloutBatches
+    distill                                     DIR/rationales.jsonl -> DistillBatches (label and
+                                               rationale rows of each example, objectives/distill.py)
 
 Held-out pairs (val_size) give val_loss and val_reward_acc in metrics.csv at every eval_every, and a
 final held-out reward accuracy with a 95% Wilson interval in OUT/report.json.
@@ -47,6 +49,10 @@ def build_objective(opts: dict):
                                    gamma=opts.get("simpo_gamma") or 0.0,
                                    desirable_weight=opts.get("desirable_weight") or 1.0,
                                    undesirable_weight=opts.get("undesirable_weight") or 1.0)
+    if name == "distill":
+        from .objectives.distill import DistillObjective
+
+        return DistillObjective(float(opts["alpha"]))
     if name in ("grpo", "rloo"):
         return GRPOObjective(name, opts["beta"], opts["clip_epsilon"], int(opts["num_generations"]))
     raise ConfigError(f"unknown objective {name!r}")
@@ -105,6 +111,10 @@ def finetune_objective(checkpoint: Path, data: Path, out: Path, opts: dict, *, c
                                  baseline="rloo" if name == "rloo" else "grpo", reference=reference,
                                  stop_ids=stop_ids)
         data_card = {"prompts": len(records), "reward": opts["reward"]}
+    elif name == "distill":
+        batches, val_batches, data_card = _distill_data(model, data, tokenizer, style, max_length, opts, mb, pad_id)
+        apply(model, method, **method_options(method, opts))
+        _to_fp32_trainable(model, dtype)
     else:
         from ..data.preferences import PreferenceData, data_fingerprint, load_preferences
         from .data import PairBatches, fixed_pair_batches
@@ -168,7 +178,16 @@ def finetune_objective(checkpoint: Path, data: Path, out: Path, opts: dict, *, c
                    tokenizer=tokenizer, run_card=run_card, callbacks=callbacks, objective=objective)
     report = {"objective": name, "method": method, "steps": result["steps"], "final_loss": result["final_loss"],
               "reference_logps": reference_status}
-    if val_batches:
+    if val_batches and name == "distill":
+        from .loop import evaluate_objective
+        import contextlib
+
+        held = evaluate_objective(model, objective, val_batches, torch.device(device), contextlib.nullcontext)
+        report.update({"heldout_examples": data_card["val_examples"], "heldout_loss": held.get("val_loss"),
+                       "heldout_label_loss": held.get("val_label_loss"),
+                       "heldout_rationale_loss": held.get("val_rationale_loss"), "alpha": objective.alpha,
+                       "label_prefix": opts["label_prefix"], "rationale_prefix": opts["rationale_prefix"]})
+    elif val_batches:
         from .loop import evaluate_objective
         import contextlib
 
@@ -184,6 +203,36 @@ def finetune_objective(checkpoint: Path, data: Path, out: Path, opts: dict, *, c
         register_run(result["final"], base_model=str(base_ref), datasets=[str(data)], method=f"{method}+{name}",
                      seconds=result["seconds"], tokens=result["tokens"], device=device)
     return result
+
+
+def _distill_data(model, data: Path, tokenizer, style, max_length: int, opts: dict, mb: int, pad_id: int):
+    """(train batches, held-out batches, data card) of distilling step by step. The held-out batches
+    always carry both tasks, so label-only and step-by-step runs report the same held-out losses."""
+    from .objectives.distill import DistillBatches, DistillData, load_rationale_rows
+
+    seed = int(opts["seed"])
+    distill = DistillData(load_rationale_rows(data), tokenizer, style, max_length, opts["label_prefix"],
+                          opts["rationale_prefix"])
+    if len(distill) < 2:
+        raise OpenseasonError("fewer than 2 usable rationale rows", where=str(data),
+                              hint=f"tokenization report: {distill.report}")
+    order = np.random.default_rng(seed).permutation(len(distill))
+    val_size = opts["val_size"]
+    if val_size is None:
+        val_size = min(64, len(distill) // 20)
+    val_idx, train_idx = [int(i) for i in order[:val_size]], [int(i) for i in order[val_size:]]
+    if not train_idx:
+        raise ConfigError(f"val_size={val_size} leaves no training examples (only {len(distill)})")
+    label_only = float(opts["alpha"]) == 1.0
+    batches = DistillBatches([distill.examples[i] for i in train_idx], mb, pad_id, max_length, seed=seed,
+                             label_only=label_only)
+    val_batches = None
+    if val_idx:
+        holder = DistillBatches([distill.examples[i] for i in val_idx], mb, pad_id, max_length, seed=seed)
+        val_batches = [holder.make(list(range(i, min(i + mb, len(val_idx))))) for i in range(0, len(val_idx), mb)]
+    card = {"tokenization": distill.report, "train_examples": len(train_idx), "val_examples": len(val_idx),
+            "label_only_batches": label_only}
+    return batches, val_batches, card
 
 
 def _to_fp32_trainable(model, dtype) -> None:

@@ -20,7 +20,7 @@ from ..peft import METHOD_ALIASES, METHODS
 # Peak learning rate per finetuning method when none is given (LLaMA-Adapter papers, LoRA common use).
 METHOD_LR = {"full": 2e-5, "lora": 3e-4, "adapter": 9e-3, "adapter-v2": 3e-3}
 
-OBJECTIVES = ("sft", "reward", "dpo", "cdpo", "ipo", "kto", "orpo", "simpo", "grpo", "rloo")
+OBJECTIVES = ("sft", "reward", "dpo", "cdpo", "ipo", "kto", "orpo", "simpo", "grpo", "rloo", "distill")
 # Which objective options apply to which objectives, and their defaults; any other given is an error.
 OBJECTIVE_DEFAULTS = {
     "sft": {},
@@ -35,8 +35,11 @@ OBJECTIVE_DEFAULTS = {
              "clip_epsilon": 0.2},
 }
 OBJECTIVE_DEFAULTS["rloo"] = OBJECTIVE_DEFAULTS["grpo"]
+# distilling step by step: the paper's released code uses alpha 0.5 and these task prefixes
+OBJECTIVE_DEFAULTS["distill"] = {"alpha": 0.5, "label_prefix": "predict: ", "rationale_prefix": "explain: "}
 OBJECTIVE_OPTIONS = ("beta", "label_smoothing", "simpo_gamma", "desirable_weight", "undesirable_weight", "margin",
-                     "reward", "num_generations", "max_new_tokens", "temperature", "clip_epsilon")
+                     "reward", "num_generations", "max_new_tokens", "temperature", "clip_epsilon", "alpha",
+                     "label_prefix", "rationale_prefix")
 
 
 def resolve_objective(opts: dict) -> dict:
@@ -56,6 +59,8 @@ def resolve_objective(opts: dict) -> dict:
     if name in ("grpo", "rloo") and not opts.get("reward"):
         raise ConfigError(f"--objective {name} needs --reward (module:function or a reward-model checkpoint)",
                           hint="e.g. --reward openseason.train.objectives.grpo:exact_match_reward")
+    if name == "distill" and not 0.0 <= float(opts["alpha"]) <= 1.0:
+        raise ConfigError(f"--alpha must be in [0, 1] (the label task's weight), not {opts['alpha']}")
     if name == "cdpo" and not 0 < float(opts["label_smoothing"]) < 0.5:
         raise ConfigError("cdpo needs 0 < --label-smoothing < 0.5")
     return opts
@@ -107,7 +112,8 @@ class FinetuneOptions:
     val_size: Optional[int] = option(None, "held-out examples for validation loss (default min(64, 5%))",
                                      group="data")
     objective: str = option("sft", "training objective: sft, reward (Bradley-Terry reward model), dpo, cdpo, ipo, "
-                                   "kto, orpo, simpo (preference pairs), grpo, rloo (online RL with --reward)",
+                                   "kto, orpo, simpo (preference pairs), grpo, rloo (online RL with --reward), distill "
+                                   "(distilling step by step on DIR/rationales.jsonl)",
                             group="objective", choices=OBJECTIVES)
     beta: Optional[float] = option(None, "preference / KL strength (default: dpo, cdpo, ipo, kto, orpo 0.1; "
                                          "simpo 2.0; grpo, rloo 0.04)", group="objective")
@@ -124,6 +130,12 @@ class FinetuneOptions:
     max_new_tokens: Optional[int] = option(None, "grpo/rloo: tokens per completion (default 16)", group="objective")
     temperature: Optional[float] = option(None, "grpo/rloo: sampling temperature (default 1.0)", group="objective")
     clip_epsilon: Optional[float] = option(None, "grpo/rloo: importance-ratio clip (default 0.2)", group="objective")
+    alpha: Optional[float] = option(None, "distill: weight of the label task; the rationale task gets 1 - alpha "
+                                          "(default 0.5; 1.0 = label-only)", group="objective")
+    label_prefix: Optional[str] = option(None, "distill: prefix of the label task (default 'predict: ')",
+                                         group="objective")
+    rationale_prefix: Optional[str] = option(None, "distill: prefix of the rationale task (default 'explain: ')",
+                                             group="objective")
     lora_rank: int = option(8, "LoRA rank r", group="LoRA")
     lora_alpha: float = option(16.0, "LoRA alpha (the update is scaled by alpha / r)", group="LoRA")
     lora_dropout: float = option(0.05, "dropout on the LoRA branch input", group="LoRA")

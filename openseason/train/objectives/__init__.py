@@ -4,6 +4,7 @@
     reward       RewardObjective        Bradley-Terry on pairs, scalar head injected (reward.py)
     dpo family   PreferenceObjective    dpo, cdpo, ipo, kto, orpo, simpo (preference.py)
     grpo, rloo   GRPOObjective          online RL with rollouts from the inference engine (grpo.py)
+    distill      DistillObjective       distilling step by step: label and rationale task means (distill.py)
 """
 from .base import Objective, combine
 from .sft import SFTObjective, count_targets, token_loss_sum
