@@ -9,6 +9,7 @@
    where it has one (on-policy negatives; an undertrained model mostly miscopies the operand).
 3. DPO (full, beta 0.1) from the SFT checkpoint for --dpo-steps steps; as a control, SFT continues
    from the same checkpoint for the same number of steps on the chosen answers.
+   With --grpo-steps, GRPO with `exact_match_reward` from the same checkpoint as well.
 4. Greedy exact match on held-out items (instructions disjoint from all training items) for the
    SFT checkpoint, SFT + DPO and SFT + more SFT, with 95% Wilson intervals.
 
@@ -103,7 +104,7 @@ def score(checkpoint, held) -> dict:
 
 
 def run(root: Path, *, sft_steps: int, dpo_steps: int, n_eval: int, seed: int = 0, beta: float = 0.1,
-        n_sft: int = 300, n_pairs: int = 130, dpo_lr: float = 1e-4, batch: int = 16, rejected: str = "near-miss") -> dict:
+        n_sft: int = 300, n_pairs: int = 130, dpo_lr: float = 1e-4, batch: int = 16, rejected: str = "near-miss", grpo_steps: int = 0) -> dict:
     from openseason.train.finetune import finetune
 
     common = dict(progress=False, register=False, seed=seed, micro_batch_size=batch, val_size=8, max_length=48,
@@ -122,6 +123,12 @@ def run(root: Path, *, sft_steps: int, dpo_steps: int, n_eval: int, seed: int = 
     t = time.time()
     more = finetune(sft["final"], more_dir, "full", root / "more", max_steps=dpo_steps, lr=dpo_lr, **common)
     out["sft+sft"] = {**score(more["final"], held), "seconds": round(time.time() - t, 1)}
+    if grpo_steps:
+        t = time.time()
+        grpo = finetune(sft["final"], more_dir, "full", root / "grpo", objective="grpo", num_generations=4,
+                        reward="openseason.train.objectives.grpo:exact_match_reward", max_new_tokens=8,
+                        max_steps=grpo_steps, lr=dpo_lr, **{**common, "micro_batch_size": 4, "val_size": 0})
+        out["sft+grpo"] = {**score(grpo["final"], held), "seconds": round(time.time() - t, 1)}
     return out
 
 
@@ -133,6 +140,9 @@ def main() -> None:
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--dpo-lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--grpo-steps", type=int, default=0,
+                   help="also run GRPO (exact-match reward, 4 samples per prompt, lr = --dpo-lr) from the SFT "
+                        "checkpoint on the pair items' prompts for this many steps")
     p.add_argument("--rejected", choices=["near-miss", "own"], default="near-miss",
                    help="rejected answer: a near miss (one zero off), or the SFT model's own wrong greedy answer "
                         "where it has one (near miss elsewhere)")
@@ -143,7 +153,8 @@ def main() -> None:
 
     print(json.dumps({"torch_threads": torch.get_num_threads(), "out": str(root)}))
     res = run(root, sft_steps=a.sft_steps, dpo_steps=a.dpo_steps, n_eval=a.eval_items, seed=a.seed, beta=a.beta,
-              dpo_lr=a.dpo_lr, rejected=a.rejected)
+              dpo_lr=a.dpo_lr, rejected=a.rejected,
+              grpo_steps=a.grpo_steps)
     for stage, row in res.items():
         print(json.dumps({"stage": stage, **row}))
     print(json.dumps({"summary": {k: v["exact_match"] for k, v in res.items() if "exact_match" in v}}))
