@@ -37,6 +37,11 @@ def _generate(args) -> int:
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=[unescape(s) for s in args.stop] or None,
                    seed=args.seed, ignore_eos=args.ignore_eos)
+    if args.best_of is not None or args.reward is not None:
+        return _best_of(args, llm, options)
+    if args.json:
+        from ..errors import ConfigError
+        raise ConfigError("--json applies only with --best-of N --reward R")
     if args.stream:
         for piece in llm.stream(args.prompt, **options):
             sys.stdout.write(piece)
@@ -44,6 +49,27 @@ def _generate(args) -> int:
         sys.stdout.write("\n")
     else:
         print(llm.generate(args.prompt, **options))
+    return 0
+
+
+def _best_of(args, llm, options) -> int:
+    """--best-of N --reward R: sample N, print the completion the reward scores highest."""
+    import json
+
+    from ..errors import ConfigError
+    from ..evaluate.reward import best_of_n, load_best_of_n_reward
+
+    if args.best_of is None or args.reward is None:
+        raise ConfigError("--best-of N and --reward R go together",
+                          hint="e.g. --best-of 8 --reward RM_CKPT --temperature 0.8")
+    if args.stream:
+        raise ConfigError("--stream does not apply with --best-of (the best is known only after all N finish)")
+    reward = load_best_of_n_reward(args.reward, llm, device=str(next(llm.model.parameters()).device))
+    options = dict(options)
+    temperature = options.pop("temperature")
+    stop = options.pop("stop")
+    result = best_of_n(llm, args.prompt, args.best_of, reward, temperature=temperature, stop=stop, **options)
+    print(json.dumps(result, ensure_ascii=False) if args.json else result["text"])
     return 0
 
 
@@ -67,6 +93,12 @@ def register(subparsers) -> None:
                    help="let an ALiBi model (MPT) read up to N positions, past its training length (warns; "
                         "rotary models refuse)")
     p.add_argument("--stream", action="store_true", help="print pieces as they are generated")
+    p.add_argument("--best-of", type=positive, default=None, metavar="N",
+                   help="sample N completions (needs --temperature > 0 when N > 1; choice i uses seed + i) and "
+                        "print the one --reward scores highest")
+    p.add_argument("--reward", default=None, metavar="R",
+                   help="with --best-of: a reward-model checkpoint (same tokenizer as CKPT) or module:function")
+    p.add_argument("--json", action="store_true", help="with --best-of: print all N choices with their scores as JSON")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: as saved)")
     p.set_defaults(func=_generate)
