@@ -9,6 +9,8 @@ from openseason.checkpoint import save_checkpoint
 from openseason.config import Config
 from openseason.model import GPT
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def make_base(path: Path, tokenizer, name: str = "tiny-llama") -> Path:
     model = GPT(Config.from_name(name))
@@ -27,3 +29,51 @@ def make_prepared(path: Path, n: int = 64, seed: int = 0) -> Path:
                 {"role": "assistant", "content": str(a + b)}]}) + "\n")
     (path / "prompt_style.json").write_text(json.dumps({"name": "plain"}))
     return path
+
+
+def kill_finetune_after_checkpoint(tmp_path: Path, base: Path, data: Path, method: str, args: dict,
+                                   step: int = 5) -> Path:
+    """Run finetune in a subprocess, SIGKILL it once `step` is done (step - 1 is on disk, `step` is not
+    saved) and return the run directory, as a user's kill -9 would leave it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    import pytest
+    import torch
+
+    marker = tmp_path / "reached"
+    driver = tmp_path / "driver.py"
+    driver.write_text(textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        import torch
+        from openseason.train.finetune import finetune
+
+        torch.set_num_threads({torch.get_num_threads()})  # same float summation order as the reference
+
+        def hang(step, row):
+            if step == {step}:
+                Path({str(marker)!r}).write_text("{step}")
+                time.sleep(600)
+
+        finetune({str(base)!r}, {str(data)!r}, {method!r}, {str(tmp_path / 'run')!r}, progress=False,
+                 register=False, callbacks=[hang], **{args!r})
+    """))
+    proc = subprocess.Popen([sys.executable, str(driver)], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not marker.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"driver exited early: {proc.stderr.read().decode()[-2000:]}")
+        assert time.time() < deadline, f"driver never reached step {step}"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    run = tmp_path / "run"
+    assert (run / f"step-{step - 1:06d}").is_dir() and not (run / "final").exists()
+    return run

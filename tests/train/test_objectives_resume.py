@@ -2,21 +2,15 @@
 (the reference log-prob cache written before the kill is reused, not recomputed)."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 
 import pytest
 import torch
 
 from openseason.train.finetune import finetune
 
-from .helpers_train import make_base
+from .helpers_train import kill_finetune_after_checkpoint, make_base
 from .test_objectives_run import make_pairs
-from .test_train_resume import REPO, weights
+from .test_train_resume import weights
 
 ARGS = dict(objective="dpo", beta=0.1, max_steps=7, save_every=2, micro_batch_size=4, grad_accum=2, seed=3, lr=3e-3,
             warmup_steps=2, eval_every=3, val_size=4, lora_dropout=0.1, max_length=48)
@@ -29,37 +23,7 @@ def test_dpo_sigkill_then_resume_gives_identical_weights(tmp_path, tiny_tokenize
     reference = finetune(base, pairs, method, tmp_path / "ref", progress=False, register=False, **ARGS)
     assert reference["report"]["reference_logps"].startswith("computed")
 
-    marker = tmp_path / "reached"
-    driver = tmp_path / "driver.py"
-    driver.write_text(textwrap.dedent(f"""
-        import time
-        from pathlib import Path
-        import torch
-        from openseason.train.finetune import finetune
-
-        torch.set_num_threads({torch.get_num_threads()})  # same float summation order as the reference
-
-        def hang(step, row):
-            if step == 5:  # step-000004 is on disk; step 5 is done but not saved
-                Path({str(marker)!r}).write_text("5")
-                time.sleep(600)
-
-        finetune({str(base)!r}, {str(pairs)!r}, {method!r}, {str(tmp_path / 'run')!r}, progress=False,
-                 register=False, callbacks=[hang], **{ARGS!r})
-    """))
-    proc = subprocess.Popen([sys.executable, str(driver)], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not marker.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"driver exited early: {proc.stderr.read().decode()[-2000:]}")
-        assert time.time() < deadline, "driver never reached step 5"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    run = tmp_path / "run"
-    assert (run / "step-000004").is_dir() and not (run / "final").exists()
+    run = kill_finetune_after_checkpoint(tmp_path, base, pairs, method, ARGS)
 
     resumed = finetune(base, pairs, method, run, progress=False, register=False, resume="auto", **ARGS)
     assert resumed["steps"] == 7 and resumed["report"]["reference_logps"] == "reused"

@@ -1,12 +1,6 @@
 """Kill -9 in the middle of a run, resume with --resume auto, and end with exactly the same weights."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -15,9 +9,8 @@ from safetensors.torch import load_file
 
 from openseason.train.finetune import finetune
 
-from .helpers_train import make_base, make_prepared
+from .helpers_train import kill_finetune_after_checkpoint, make_base, make_prepared
 
-REPO = Path(__file__).resolve().parents[2]
 ARGS = dict(max_steps=7, save_every=2, micro_batch_size=4, grad_accum=2, seed=3, lr=3e-3, warmup_steps=2,
             eval_every=3, lora_dropout=0.1, adapter_prompt_length=3, adapter_layers=1)
 
@@ -33,37 +26,7 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path, tiny_tokenizer, m
     data = make_prepared(tmp_path / "data")
     reference = finetune(base, data, method, tmp_path / "ref", progress=False, register=False, **ARGS)
 
-    marker = tmp_path / "reached"
-    driver = tmp_path / "driver.py"
-    driver.write_text(textwrap.dedent(f"""
-        import sys, time
-        from pathlib import Path
-        import torch
-        from openseason.train.finetune import finetune
-
-        torch.set_num_threads({torch.get_num_threads()})  # same float summation order as the reference
-
-        def hang(step, row):
-            if step == 5:  # step-000004 is on disk; step 5 is done but not saved
-                Path({str(marker)!r}).write_text("5")
-                time.sleep(600)
-
-        finetune({str(base)!r}, {str(data)!r}, {method!r}, {str(tmp_path / 'run')!r}, progress=False,
-                 register=False, callbacks=[hang], **{ARGS!r})
-    """))
-    proc = subprocess.Popen([sys.executable, str(driver)], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not marker.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"driver exited early: {proc.stderr.read().decode()[-2000:]}")
-        assert time.time() < deadline, "driver never reached step 5"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    run = tmp_path / "run"
-    assert (run / "step-000004").is_dir() and not (run / "final").exists()
+    run = kill_finetune_after_checkpoint(tmp_path, base, data, method, ARGS)
 
     resumed = finetune(base, data, method, run, progress=False, register=False, resume="auto", **ARGS)
     assert resumed["steps"] == 7
