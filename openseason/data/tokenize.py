@@ -26,7 +26,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from ..errors import DataError, where
+from ..errors import DataError
 from ..fileio import (atomic_open, foreign_entries, fsync_dir, io_error, iter_jsonl, lock_directory, read_json_object,
                       write_json_atomic)
 

@@ -188,8 +188,8 @@ class Rails:
         has_py = path is not None and ((path / "actions.py").is_file() or (path / "actions").is_dir())
         for name in sorted(self._rail_actions()):
             if self._find_action(name) is None:
-                hint = (f"the config folder has Python actions: load them with Rails(..., load_actions=True) "
-                        f"or --trust-actions (this runs the config's code)" if has_py and not self._config_actions_loaded else
+                hint = ("the config folder has Python actions: load them with Rails(..., load_actions=True) "
+                        "or --trust-actions (this runs the config's code)" if has_py and not self._config_actions_loaded else
                         f"built in: {sorted(BUILTIN_ACTIONS)}; add others with Rails(..., actions={{name: "
                         "function}), rails.register_action, or --actions my_pkg.my_actions")
                 raise ConfigError(f"action {name!r} is not registered", where=str(path or "<config>"), hint=hint)

@@ -30,7 +30,6 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 
-from ..data.sft import IGNORE
 from ..errors import OpenseasonError
 from .schedule import lr_at, make_optimizer
 from ..checkpoint.training import STEP_DIR, find_resume, load_train_checkpoint, save_train_checkpoint, step_dir
@@ -83,7 +82,7 @@ class TrainConfig:
 # -- loss ----------------------------------------------------------------------------------------
 # The objective (what a micro-batch's loss is) is a parameter of the loop; see objectives/base.py.
 from .objectives.base import combine  # noqa: E402
-from .objectives.sft import SFTObjective, count_targets, token_loss_sum  # noqa: E402,F401 (re-exported)
+from .objectives.sft import SFTObjective, token_loss_sum  # noqa: E402,F401 (token_loss_sum re-exported)
 
 
 @torch.no_grad()

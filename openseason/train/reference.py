@@ -78,8 +78,6 @@ def cached_reference_logps(out_dir, model, examples, pad_id: int, expected: dict
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from ..fileio import atomic_open  # noqa: F401 (atomic rename below)
-
     path = Path(out_dir) / CACHE_NAME
     status = "computed"
     if path.exists():

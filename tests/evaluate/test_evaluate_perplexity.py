@@ -7,7 +7,7 @@ import torch
 
 from openseason import LLM
 from openseason.cli import main
-from openseason.errors import DataError, OpenseasonError
+from openseason.errors import DataError
 from openseason.evaluate.perplexity import ScoringItem, perplexity, sliding_windows
 
 TEXTS = ["The quick brown fox jumps over the lazy dog. " * 9,

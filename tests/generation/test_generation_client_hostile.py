@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from openseason.errors import DataError
-from openseason.generation.client import (CallFailed, LLMClient, LLMReply, HTTPClient, LocalClient, LLMRequest, ScriptedClient,
+from openseason.generation.client import (CallFailed, LLMClient, LLMReply, HTTPClient, LLMRequest, ScriptedClient,
                                        make_client)
 
 

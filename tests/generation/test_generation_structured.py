@@ -7,7 +7,6 @@ import json
 import re
 
 import pytest
-import torch
 
 from openseason.errors import OpenseasonError
 from openseason.generation.engine import Engine, generate_ids
@@ -45,10 +44,9 @@ def test_json_schema_output_always_validates(model, tiny_tokenizer, temperature,
 
 
 def test_engine_and_decoder_agree_and_rows_keep_their_own_grammar(model, tiny_tokenizer):
-    from openseason.generation.client import LocalClient  # noqa: F401  (the engine path the server uses)
-    from openseason.generation.engine import Request
-
     import queue
+
+    from openseason.generation.engine import Request
     prompt = tiny_tokenizer.encode("answer:")
     schema = SamplingParams(max_new_tokens=120, constraint=Constraint.json_schema(SCHEMA))
     digits = SamplingParams(max_new_tokens=10, constraint=Constraint.regex(r"[0-9]{3}-[0-9]{2}"))
