@@ -50,7 +50,38 @@ def fixed_batches(examples, micro_batch_size: int, pad_id: int, max_length: int,
             for i in range(0, len(examples), micro_batch_size)]
 
 
-class PairBatches:
+class SampledBatches:
+    """Endless shuffled micro-batches of `micro_batch_size` items drawn by a ShuffledSampler (whose
+    position is saved with checkpoints); subclasses turn the drawn indices into a batch in `make`."""
+
+    def __init__(self, n: int, micro_batch_size: int, seed: int = 0):
+        self.micro_batch_size = micro_batch_size
+        self.sampler = ShuffledSampler(n, seed=seed)
+        self.batches_per_epoch = max(1, math.ceil(n / micro_batch_size))
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    def make(self, indices: list[int]) -> dict:
+        raise NotImplementedError
+
+    def next_batch(self) -> dict:
+        return self.make([next(self.sampler) for _ in range(self.micro_batch_size)])
+
+    def fixed(self, indices: list[int]) -> list[dict]:
+        """Batches of `indices` in this order (validation: the same items at every evaluation)."""
+        step = self.micro_batch_size
+        return [self.make(indices[i:i + step]) for i in range(0, len(indices), step)]
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+
+
+class PairBatches(SampledBatches):
     """Endless shuffled micro-batches of preference pairs (`data.preferences.collate_pairs`).
 
     `reference` [N, 3] holds the reference model's log-probabilities of each pair's chosen, rejected
@@ -60,14 +91,9 @@ class PairBatches:
 
     def __init__(self, examples, micro_batch_size: int, pad_id: int, seed: int = 0, reference=None,
                  kto: bool = False):
-        self.examples, self.micro_batch_size, self.pad_id = examples, micro_batch_size, pad_id
+        super().__init__(len(examples), micro_batch_size, seed)
+        self.examples, self.pad_id = examples, pad_id
         self.reference, self.kto = reference, kto
-        self.sampler = ShuffledSampler(len(examples), seed=seed)
-        self.batches_per_epoch = max(1, math.ceil(len(examples) / micro_batch_size))
-
-    @property
-    def epoch(self) -> int:
-        return self.sampler.epoch
 
     def make(self, indices: list[int]) -> dict:
         from ..data.preferences import collate_pairs
@@ -82,18 +108,3 @@ class PairBatches:
             parts = [self.reference[idx, 0], self.reference[idx, 1]] + ([self.reference[idx, 2]] if self.kto else [])
             batch["ref_logps"] = torch.cat(parts)
         return batch
-
-    def next_batch(self) -> dict:
-        return self.make([next(self.sampler) for _ in range(self.micro_batch_size)])
-
-    def state_dict(self) -> dict:
-        return {"sampler": self.sampler.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state["sampler"])
-
-
-def fixed_pair_batches(data: PairBatches, indices: list[int]) -> list[dict]:
-    """Validation pair batches in a fixed order."""
-    step = data.micro_batch_size
-    return [data.make(indices[i:i + step]) for i in range(0, len(indices), step)]

@@ -117,7 +117,7 @@ def finetune_objective(checkpoint: Path, data: Path, out: Path, opts: dict, *, c
         _to_fp32_trainable(model, dtype)
     else:
         from ..data.preferences import PreferenceData, data_fingerprint, load_preferences
-        from .data import PairBatches, fixed_pair_batches
+        from .data import PairBatches
 
         pairs = PreferenceData(load_preferences(data), tokenizer, style, max_length)
         if len(pairs) < 2:
@@ -153,7 +153,7 @@ def finetune_objective(checkpoint: Path, data: Path, out: Path, opts: dict, *, c
         if val_idx:
             holder = PairBatches([pairs[i] for i in val_idx], mb, pad_id, seed=seed,
                                  reference=reference[val_idx] if reference is not None else None, kto=kto)
-            val_batches = fixed_pair_batches(holder, list(range(len(val_idx))))
+            val_batches = holder.fixed(list(range(len(val_idx))))
         data_card = {"tokenization": pairs.report, "train_pairs": len(train_idx), "val_pairs": len(val_idx),
                      "reference_logps": reference_status}
 
@@ -229,7 +229,7 @@ def _distill_data(model, data: Path, tokenizer, style, max_length: int, opts: di
     val_batches = None
     if val_idx:
         holder = DistillBatches([distill.examples[i] for i in val_idx], mb, pad_id, max_length, seed=seed)
-        val_batches = [holder.make(list(range(i, min(i + mb, len(val_idx))))) for i in range(0, len(val_idx), mb)]
+        val_batches = holder.fixed(list(range(len(val_idx))))
     card = {"tokenization": distill.report, "train_examples": len(train_idx), "val_examples": len(val_idx),
             "label_only_batches": label_only}
     return batches, val_batches, card

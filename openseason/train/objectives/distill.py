@@ -22,16 +22,16 @@ Data: DIR/rationales.jsonl as written by `openseason synth rationales` ({"input"
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ...data.sft import IGNORE, ShuffledSampler, collate, tokenize_conversation
+from ...data.sft import IGNORE, collate, tokenize_conversation
 from ...errors import DataError, OpenseasonError
-from ...fileio import iter_jsonl
 from ...errors import where
+from ...fileio import iter_jsonl
+from ..data import SampledBatches
 
 LABEL, RATIONALE = 0, 1
 DEFAULT_LABEL_PREFIX, DEFAULT_RATIONALE_PREFIX = "predict: ", "explain: "
@@ -102,35 +102,20 @@ def collate_tasks(examples: list[dict], pad_id: int, max_length: int) -> dict:
     return batch
 
 
-class DistillBatches:
+class DistillBatches(SampledBatches):
     """Endless shuffled micro-batches of `micro_batch_size` examples, each as its label row and (unless
     label_only) its rationale row; the sampler position is saved with checkpoints."""
 
     def __init__(self, pairs: list[tuple[dict, dict]], micro_batch_size: int, pad_id: int, max_length: int,
                  seed: int = 0, label_only: bool = False):
-        self.pairs, self.micro_batch_size = pairs, micro_batch_size
-        self.pad_id, self.max_length, self.label_only = pad_id, max_length, label_only
-        self.sampler = ShuffledSampler(len(pairs), seed=seed)
-        self.batches_per_epoch = max(1, math.ceil(len(pairs) / micro_batch_size))
-
-    @property
-    def epoch(self) -> int:
-        return self.sampler.epoch
+        super().__init__(len(pairs), micro_batch_size, seed)
+        self.pairs, self.pad_id, self.max_length, self.label_only = pairs, pad_id, max_length, label_only
 
     def make(self, indices: list[int]) -> dict:
         rows = [self.pairs[i][0] for i in indices]
         if not self.label_only:
             rows += [self.pairs[i][1] for i in indices]
         return collate_tasks(rows, self.pad_id, self.max_length)
-
-    def next_batch(self) -> dict:
-        return self.make([next(self.sampler) for _ in range(self.micro_batch_size)])
-
-    def state_dict(self) -> dict:
-        return {"sampler": self.sampler.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state["sampler"])
 
 
 def _targets(batch: dict) -> torch.Tensor:
