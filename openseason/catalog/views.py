@@ -11,15 +11,7 @@ from typing import Iterable
 
 from .graph import Graph
 from .schema import Asset
-
-
-def _fmt_params(p) -> str:
-    if not p:
-        return ""
-    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if p >= div:
-            return f"{p / div:.3g}{unit}"
-    return f"{p:.0f}"
+from .tables import fmt_count
 
 
 def esc(value) -> str:
@@ -36,7 +28,7 @@ def table(assets: Iterable[Asset], title: str = "catalog"):
         t.add_column(col, overflow="fold")
     for a in assets:
         t.add_row(*(esc(v) for v in (a.name, a.type, a.organization or "", a.created_date or "",
-                                     _fmt_params(a.params), a.access, a.weights_license or "",
+                                     fmt_count(a.params), a.access, a.weights_license or "",
                                      a.data_license or "", a.code_license or "", a.source)))
     return t
 
