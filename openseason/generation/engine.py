@@ -132,6 +132,7 @@ class Sequence:
         self.device = device
         self.seen: Optional[torch.Tensor] = None     # bool [V]: prompt + output tokens (repetition penalty)
         self.counts: Optional[torch.Tensor] = None   # float [V]: output token counts (OpenAI penalties)
+        self.bias: Optional[tuple[torch.Tensor, torch.Tensor]] = None   # logit_bias as (ids, values)
         self.grammar = None
         if params.constraint is not None:
             if tokenizer is None:
@@ -175,8 +176,11 @@ class Sequence:
                     self.counts[t] += 1
             x = apply_openai_penalties(x, self.counts, p.presence_penalty, p.frequency_penalty)
         if p.logit_bias:
-            ids = torch.tensor([t for t in p.logit_bias if t < x.size(-1)], dtype=torch.long, device=x.device)
-            bias = torch.tensor([v for t, v in p.logit_bias.items() if t < x.size(-1)], device=x.device)
+            if self.bias is None:   # built once per sequence, not every step
+                kept = [(t, v) for t, v in p.logit_bias.items() if t < x.size(-1)]
+                self.bias = (torch.tensor([t for t, _ in kept], dtype=torch.long, device=x.device),
+                             torch.tensor([v for _, v in kept], dtype=x.dtype, device=x.device))
+            ids, bias = self.bias
             x = x.clone().index_add_(0, ids, bias) if ids.numel() else x
         if self.grammar is not None:
             x = self.grammar.apply(x)
