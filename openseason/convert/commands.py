@@ -77,7 +77,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=_to_hf)
 
     p = verbs.add_parser("to-gguf", help="checkpoint -> one GGUF file for llama.cpp / Ollama",
-                         description="Write a GPT-NeoX or LLaMA checkpoint (full, or LoRA folded in memory) and its "
+                         description="Write a GPT-NeoX, LLaMA or MPT checkpoint (full, or LoRA folded in memory) and its "
                                      "tokenizer as one GGUF file that llama.cpp loads.")
     p.add_argument("ckpt_dir", help="openseason checkpoint directory (full or LoRA)")
     p.add_argument("out_file", help="GGUF file to write, e.g. model.gguf")
