@@ -161,12 +161,16 @@ def open_text(path: str | os.PathLike):
     return _Utf8Text(path)
 
 
-def iter_jsonl(path: str | os.PathLike, on_error: str = "fail", errors: list | None = None
-               ) -> Iterator[tuple[int, Any]]:
+SKIP_HINT = "fix the line or pass --on-error skip to record and skip it"
+
+
+def iter_jsonl(path: str | os.PathLike, on_error: str = "fail", errors: list | None = None,
+               fail_hint: str = SKIP_HINT) -> Iterator[tuple[int, Any]]:
     """Yield (line_number, object) for each non-blank line of a JSONL(.gz) file.
 
-    on_error="fail" raises DataError with file:line and the parse error; "skip" appends
-    {"where", "reason", "error"} to `errors` and continues.
+    on_error="fail" raises DataError with file:line, the parse error and `fail_hint` (callers whose
+    verb has no --on-error pass their own); "skip" appends {"where", "reason", "error"} to `errors`
+    and continues.
     """
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be 'fail' or 'skip', not {on_error!r}")
@@ -179,8 +183,7 @@ def iter_jsonl(path: str | os.PathLike, on_error: str = "fail", errors: list | N
             except json.JSONDecodeError as exc:
                 loc = where(path, lineno, exc.colno)
                 if on_error == "fail":
-                    raise DataError(f"malformed JSON: {exc.msg}", where=loc,
-                                    hint="fix the line or pass --on-error skip to record and skip it") from None
+                    raise DataError(f"malformed JSON: {exc.msg}", where=loc, hint=fail_hint) from None
                 if errors is not None:
                     errors.append({"where": where(path, lineno), "reason": "malformed_json", "error": exc.msg})
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -64,8 +65,11 @@ class Context:
         errors.clear()
 
     def json_or_jsonl(self, path) -> Iterator[tuple[str, Any]]:
-        """Rows of a JSON array file (where = file:index... reported as file:line of the element's
-        start when possible) or of a JSONL file, chosen by the first non-blank character."""
+        """Rows of a JSON array file or of a JSONL file, chosen by the first non-blank character.
+
+        An array element's place is `file:LINE[#I]`: the line its text starts on (to open the file
+        there) and its 0-based index in the array (`jq '.[I]'`), so elements that share a line (a
+        one-line array) are told apart, and ids made from it stay the same if the file is re-indented."""
         with open_text(path) as handle:
             head = handle.read(4096).lstrip()
         if not head.startswith("["):
@@ -82,7 +86,7 @@ class Context:
         lines = _element_lines(text, len(rows))
         for i, obj in enumerate(rows):
             self.row()
-            yield fmt_where(path, lines[i] if lines else None) + (f"[{i}]" if not lines else ""), obj
+            yield fmt_where(path, lines[i] if lines else None) + f"[#{i}]", obj
 
     def csv_rows(self, path) -> Iterator[tuple[str, dict]]:
         with open_text(path) as handle:
@@ -165,7 +169,14 @@ def stem(path) -> str:
     return name
 
 
+_ARRAY_INDEX = re.compile(r"\[#(\d+)\]$")
+
+
 def row_id(prefix: str, path, where: str) -> str:
-    """A stable record id from the source name, the file stem and the row's place in the file."""
+    """A stable record id from the source name, the file stem and the row's place in the file: the line
+    of a JSONL row (`alpaca-c-5`), the index of a JSON array element (`alpaca-c#3`, whatever the layout)."""
     place = where[len(str(path)):].lstrip(":") if where.startswith(str(path)) else where
+    index = _ARRAY_INDEX.search(place)
+    if index:
+        return f"{prefix}-{stem(path)}#{index.group(1)}"
     return f"{prefix}-{stem(path)}-{place}"
