@@ -23,11 +23,24 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="split the weights into safetensors shards above this size (default 2G)")
 
 
+def _warned(fn, *args, **kwargs):
+    """Call fn; print the warnings it raised as `openseason: warning: ...` lines on stderr."""
+    import sys
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        result = fn(*args, **kwargs)
+    for warning in caught:
+        print(f"openseason: warning: {warning.message}", file=sys.stderr)
+    return result
+
+
 def _from_hf(args) -> int:
     from . import convert_from_hf
 
-    out = convert_from_hf(args.hf_dir, args.out_dir, dtype=args.dtype, name=args.name,
-                          max_shard_bytes=args.max_shard_bytes)
+    out = _warned(convert_from_hf, args.hf_dir, args.out_dir, dtype=args.dtype, name=args.name,
+                  max_shard_bytes=args.max_shard_bytes)
     print(f"wrote {out}")
     return 0
 
@@ -51,9 +64,9 @@ def _to_gguf(args) -> int:
 def _download(args) -> int:
     from . import download
 
-    out = download(args.repo_id, args.out, revision=args.revision, hf_dir=args.hf_dir, token=args.token,
-                   endpoint=args.endpoint, timeout=args.timeout, dtype=args.dtype,
-                   max_shard_bytes=args.max_shard_bytes)
+    out = _warned(download, args.repo_id, args.out, revision=args.revision, hf_dir=args.hf_dir, token=args.token,
+                  endpoint=args.endpoint, timeout=args.timeout, dtype=args.dtype,
+                  max_shard_bytes=args.max_shard_bytes)
     print(f"wrote {out}")
     return 0
 
