@@ -162,6 +162,7 @@ def open_text(path: str | os.PathLike):
 
 
 SKIP_HINT = "fix the line or pass --on-error skip to record and skip it"
+FIX_LINE_HINT = "fix the line (each line is one JSON object)"  # for readers whose verb has no --on-error
 
 
 def iter_jsonl(path: str | os.PathLike, on_error: str = "fail", errors: list | None = None,

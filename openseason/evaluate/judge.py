@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ..errors import DataError
-from ..fileio import iter_jsonl
+from ..fileio import FIX_LINE_HINT, iter_jsonl
 
 TEMPLATE_PATH = Path(__file__).with_name("templates") / "judge_pairwise.txt"
 _SCORE_LINE = re.compile(r"^\s*\**\s*(\d+(?:\.\d+)?)\s*(?:/\s*10)?\s*[,; ]\s*(\d+(?:\.\d+)?)\s*(?:/\s*10)?\s*\**\s*$")
@@ -117,7 +117,7 @@ def load_instructions(path: str | Path) -> list[dict]:
     """Instruction sets as {"id", "prompt"}: Self-Instruct's user-oriented format (instruction +
     instances[0].input), Alpaca-style (instruction/input) rows, or {"id", "prompt"} rows."""
     items = []
-    for lineno, row in iter_jsonl(path):
+    for lineno, row in iter_jsonl(path, fail_hint=FIX_LINE_HINT):
         if not isinstance(row, dict):
             raise DataError("expected a JSON object", where=f"{path}:{lineno}")
         item_id = str(row.get("id", lineno))
@@ -137,7 +137,7 @@ def load_instructions(path: str | Path) -> list[dict]:
 def load_answers(path: str | Path) -> dict:
     """Answers as {"id": ..., "output" | "answer" | "response": ...} JSONL rows -> {id: text}."""
     answers = {}
-    for lineno, row in iter_jsonl(path):
+    for lineno, row in iter_jsonl(path, fail_hint=FIX_LINE_HINT):
         text = next((row[k] for k in ("output", "answer", "response") if isinstance(row, dict) and k in row), None)
         if text is None or "id" not in row:
             raise DataError('answer rows need "id" and one of "output"/"answer"/"response"', where=f"{path}:{lineno}")

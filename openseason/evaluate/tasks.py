@@ -12,10 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import DataError, where
-from ..fileio import iter_jsonl
-
-# A malformed line here has no --on-error to skip it: say only how to fix it.
-_FIX_HINT = "fix the line (each line is one JSON object)"
+from ..fileio import FIX_LINE_HINT, iter_jsonl
 
 
 def _text(value) -> Optional[str]:
@@ -66,7 +63,7 @@ def load_task_items(path: str | Path) -> list[dict]:
                                  "of instruction/output rows")
         path = file
     items, seen = [], set()
-    for lineno, row in iter_jsonl(path, fail_hint=_FIX_HINT):
+    for lineno, row in iter_jsonl(path, fail_hint=FIX_LINE_HINT):
         loc = where(path, lineno)
         if not isinstance(row, dict):
             raise DataError("expected a JSON object", where=loc)
