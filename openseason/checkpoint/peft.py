@@ -128,8 +128,8 @@ def verify_base(directory: str | Path, base: Optional[str | Path] = None) -> Non
     found = weights_fingerprint(base)
     if found != recorded:
         raise CheckpointError(f"the base checkpoint {base} is not the one this PEFT checkpoint was trained on "
-                              f"(its weights differ, though they may have the same shapes: fingerprint {found[:24]}..., "
-                              f"recorded {recorded[:24]}...)", where=str(directory / PEFT_CONFIG_NAME),
+                              "(its weights differ, though they may have the same shapes: fingerprint "
+                              f"{found[:24]}..., recorded {recorded[:24]}...)", where=str(directory / PEFT_CONFIG_NAME),
                               hint="point base_checkpoint in peft.json at the checkpoint the adapter was trained on "
                                    "(the same weights in the same dtype); an adapter on another base gives another "
                                    "model")

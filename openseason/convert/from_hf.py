@@ -89,7 +89,8 @@ def convert_from_hf(hf_dir: str | Path, out_dir: str | Path, *, dtype=None, name
     pytorch_model*.bin read with weights_only=True), drops stale buffers, checks every name and
     shape, and writes `out_dir` atomically (config.json, safetensors, tokenizer files, run_card.json
     recording the source). A directory without tokenizer.json is converted with a UserWarning that
-    is also recorded in run_card.json ("warnings"). `dtype` ("float32", "bfloat16", "float16") casts the weights; by default
+    is also recorded in run_card.json ("warnings").
+    `dtype` ("float32", "bfloat16", "float16") casts the weights; by default
     they keep the source dtype. Returns `out_dir`.
     """
     hf_dir = Path(hf_dir)

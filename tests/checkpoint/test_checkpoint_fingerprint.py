@@ -8,23 +8,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from openseason.checkpoint import (PEFT_CONFIG_NAME, load_model, save_checkpoint, save_train_checkpoint,
-                                   weights_fingerprint)
+from openseason.checkpoint import PEFT_CONFIG_NAME, load_model, save_checkpoint, weights_fingerprint
 from openseason.checkpoint.fingerprint import SMALL_TENSOR_BYTES
 from openseason.errors import CheckpointError
-from openseason.peft import apply
 
-from .helpers_checkpoint import tiny_model
+from .helpers_checkpoint import tiny_model, trained_lora
 
 
 def _lora_on(base, out):
-    model = load_model(base)
-    apply(model, "lora", rank=4, alpha=8, targets="q,v")
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn_like(p))
-    return save_train_checkpoint(out, model, None, {"step": 1}, base_checkpoint=base)
+    return trained_lora(base, out)[0]
 
 
 def test_another_base_of_the_same_shape_is_refused(tmp_path):

@@ -18,6 +18,7 @@ from openseason.errors import CheckpointError  # noqa: E402
 from openseason.model import GPT, apply_rope, rope_cache  # noqa: E402
 from openseason.peft import apply as apply_peft  # noqa: E402
 from openseason.tokenizer import Tokenizer, train_bpe  # noqa: E402
+from ..checkpoint.helpers_checkpoint import trained_lora  # noqa: E402
 
 TEXTS = ["The quick brown fox jumps over the lazy dog. " * 2, "Hello world, this is a small test of tokenizers.",
          "Numbers 12345 and punctuation: (a, b); c!", "llama.cpp loads GGUF files written by openseason."] * 10
@@ -256,13 +257,7 @@ def test_llama_permutation_matches_interleaved_rope():
 # -- PEFT, errors, CLI ------------------------------------------------------------------------------------
 def test_lora_checkpoint_is_folded_and_adapter_refused(neox_ckpt, tmp_path):
     ckpt, _, _ = neox_ckpt
-    model = load_model(ckpt)
-    apply_peft(model, "lora", rank=4, alpha=8, targets="q,v")
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn_like(p))
-    lora = save_train_checkpoint(tmp_path / "lora", model, None, {"step": 1}, base_checkpoint=ckpt)
+    lora, _model = trained_lora(ckpt, tmp_path / "lora")
     convert_to_gguf(lora, tmp_path / "lora.gguf", type="f32")
     merged = load_model(lora)
     from openseason.peft import merge

@@ -1,7 +1,6 @@
 """lm-eval integration that leaves lm-eval working: its own models stay registered after importing ours,
 its own command line runs the "openseason" model, offline Hub tasks fail at once and clearly, and no
 "fatal: not a git repository" leaks out of lm-eval's git lookup."""
-import json
 import os
 import re
 import subprocess
@@ -16,31 +15,6 @@ from openseason.errors import OpenseasonError
 pytest.importorskip("lm_eval")
 
 REPO = Path(__file__).resolve().parents[2]
-TASK = """\
-task: {name}
-dataset_path: {dataset}
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{answer}}}}"
-metric_list:
-  - metric: acc
-"""
-
-
-@pytest.fixture(scope="module")
-def tasks(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lm-eval-tasks")
-    data = root / "choice.jsonl"
-    rows = [("What is 2 + 3?", [" 5", " 6", " 7"], 0), ("The quick brown fox jumps over the", [" dog", " cat"], 0),
-            ("Reverse abc", [" cba", " abc"], 1), ("Count to three", [" 1 2 3", " 3 2 1"], 1)]
-    data.write_text("".join(json.dumps({"question": q, "choices": c, "answer": a}) + "\n" for q, c, a in rows))
-    (root / "tiny.yaml").write_text(TASK.format(name="tiny_mc", dataset="json", data=data))
-    return root
 
 
 def _env():
@@ -73,22 +47,22 @@ def test_entry_point_names_the_registered_class():
     assert getattr(importlib.import_module(module), attr) is OpenseasonLM
 
 
-def test_lm_evals_own_cli_runs_the_openseason_model(tmp_path, tasks, hf_and_ours):
+def test_lm_evals_own_cli_runs_the_openseason_model(tmp_path, task_dir, hf_and_ours):
     from openseason.evaluate.harness import run_harness
 
     _hf_dir, _hf, ckpt = hf_and_ours
     cwd = tmp_path / "not-a-repo"  # lm-eval asks git for a hash here: nothing may leak
     cwd.mkdir()
     done = subprocess.run([sys.executable, "-m", "openseason.evaluate.harness_cli", "--model", "openseason",
-                           "--model_args", f"pretrained={ckpt}", "--tasks", "tiny_mc", "--include_path", str(tasks),
-                           "--device", "cpu", "--batch_size", "2"],
+                           "--model_args", f"pretrained={ckpt}", "--tasks", "tiny_choice",
+                           "--include_path", str(task_dir), "--device", "cpu", "--batch_size", "2"],
                           capture_output=True, text=True, env=_env(), cwd=cwd, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "fatal" not in done.stdout and "fatal" not in done.stderr
-    row = next(line for line in done.stdout.splitlines() if line.startswith("|tiny_mc"))
+    row = next(line for line in done.stdout.splitlines() if line.startswith("|tiny_choice"))
     cli_acc = float(re.split(r"\s*\|\s*", row)[7])
-    ours = run_harness(ckpt, ["tiny_mc"], include_path=str(tasks), batch_size=2, device="cpu")
-    assert cli_acc == pytest.approx(ours["results"]["tiny_mc"]["acc,none"], abs=1e-4)
+    ours = run_harness(ckpt, ["tiny_choice"], include_path=str(task_dir), batch_size=2, device="cpu")
+    assert cli_acc == pytest.approx(ours["results"]["tiny_choice"]["acc,none"], abs=1e-4)
 
 
 def test_model_args_typos_and_auto_batch_are_errors(hf_and_ours):
@@ -103,7 +77,7 @@ def test_model_args_typos_and_auto_batch_are_errors(hf_and_ours):
     assert lm._batch_size == 3
 
 
-def test_offline_hub_task_fails_at_once_naming_the_dataset(monkeypatch, tmp_path, tasks, hf_and_ours):
+def test_offline_hub_task_fails_at_once_naming_the_dataset(monkeypatch, tmp_path, task_dir, hf_and_ours):
     import datasets.config
     import lm_eval.tasks
 
@@ -111,8 +85,10 @@ def test_offline_hub_task_fails_at_once_naming_the_dataset(monkeypatch, tmp_path
     from openseason.evaluate.harness import run_harness
 
     _hf_dir, _hf, ckpt = hf_and_ours
-    (tmp_path / "hub.yaml").write_text(TASK.format(name="hub_mc", dataset="no-such-org/no-such-dataset",
-                                                   data=tasks / "choice.jsonl"))
+    local = (task_dir / "task0.yaml").read_text()
+    assert "task: tiny_choice" in local and "dataset_path: json" in local
+    (tmp_path / "hub.yaml").write_text(local.replace("task: tiny_choice", "task: hub_mc")
+                                       .replace("dataset_path: json", "dataset_path: no-such-org/no-such-dataset"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setattr(harness_env, "hub_reachable", lambda *a, **k: False)

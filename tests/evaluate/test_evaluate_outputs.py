@@ -106,7 +106,8 @@ def test_generate_chat_applies_the_stored_style_and_takes_an_override(tmp_path, 
     prompt = "Add 2 and 3"
     want = {style: llm.chat([{"role": "user", "content": prompt}], style=style, max_new_tokens=5, temperature=0.0)
             for style in ("oasst", "chatml")}
-    assert main(["generate", str(styled), "--prompt", prompt, "--chat", "--max-new-tokens", "5", "--device", "cpu"]) == 0
+    assert main(["generate", str(styled), "--prompt", prompt, "--chat", "--max-new-tokens", "5",
+                 "--device", "cpu"]) == 0
     captured = capsys.readouterr()
     assert captured.out == want["oasst"] + "\n" and "'oasst'" in captured.err
     assert main(["generate", str(styled), "--prompt", prompt, "--prompt-style", "chatml", "--max-new-tokens", "5",
