@@ -187,3 +187,19 @@ def test_memorization_lengths_and_seq_len_are_checked(tmp_path, memorized_run, c
     assert main(["evaluate", "memorization", str(ckpt), "--data", str(root / "docs.jsonl"), "--seq-len", "48",
                  "--device", "cpu", "--out", str(tmp_path / "m")]) == 2
     assert "--seq-len applies to a token directory" in capsys.readouterr().err
+
+
+def test_memorization_warns_when_the_tokens_came_from_another_tokenizer(tmp_path, memorized_run, capsys):
+    import shutil
+
+    from openseason.tokenizer import train_bpe
+
+    root, ckpt, _loader = memorized_run
+    other = tmp_path / "other"
+    shutil.copytree(ckpt, other)
+    train_bpe(["completely different words for another vocabulary"] * 20, vocab_size=300).save(other)
+    assert main(["evaluate", "memorization", str(other), "--data", str(root / "tokens"), "--limit", "2",
+                 "--gen-len", "16", "--device", "cpu", "--out", str(tmp_path / "m"), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["tokenizer_matches"] is False
+    assert "openseason: warning:" in captured.err and "another tokenizer file" in captured.err
