@@ -190,18 +190,20 @@ def run_harness(path: str | Path, tasks: list[str], *, include_path: Optional[st
     except ImportError:
         raise OpenseasonError("lm-evaluation-harness is not installed",
                               hint="pip install lm_eval (it is part of openseason's test extra)") from None
-    lm = OpenseasonLM(llm=llm, path=None if llm else str(path), batch_size=batch_size, device=device)
+    from .harness_env import harness_environment, hub_error, refuse_builtin_tasks_offline
+
     # Indexing the harness's ~15k built-in task files takes tens of seconds: with local tasks, look
     # there first and only index the built-ins when a task is not found locally.
     manager = TaskManager(include_path=include_path, include_defaults=False) if include_path else None
     if manager is None or any(t not in manager.all_tasks for t in tasks):
+        refuse_builtin_tasks_offline([t for t in tasks if manager is None or t not in manager.all_tasks])
         manager = TaskManager(include_path=include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise OpenseasonError(f"unknown harness task(s) {unknown}",
                               hint="pass --include-path DIR for local task YAML files")
-    from .harness_env import harness_environment, hub_error
-
+    # the model last: a wrong task name or an unreachable dataset is reported before a large model loads
+    lm = OpenseasonLM(llm=llm, path=None if llm else str(path), batch_size=batch_size, device=device)
     with harness_environment(hub_needed=_needs_hub(manager, tasks)) as offline:
         try:
             results = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit,

@@ -7,7 +7,8 @@ repository" when there is none. `harness_environment()` fixes both for the lengt
 
 - when the Hub's host cannot be reached (a 3-second probe), datasets and huggingface_hub are put in
   offline mode, so a cached dataset still loads and a missing one fails at once, with a message that
-  names the dataset (`hub_error`);
+  names the dataset (`hub_error`); with an empty Hub cache, tasks that are not local are refused even
+  before lm-eval indexes its built-in tasks (`refuse_builtin_tasks_offline`);
 - lm-eval's git-hash function is swapped for one that asks git the same question with its stderr
   captured (the hash is still recorded when there is one).
 """
@@ -17,6 +18,7 @@ import contextlib
 import os
 import socket
 import subprocess
+from pathlib import Path
 from typing import Iterator, Optional
 from urllib.parse import urlparse
 
@@ -39,6 +41,28 @@ def hub_reachable(endpoint: Optional[str] = None, timeout: float = PROBE_TIMEOUT
             return True
     except OSError:
         return False
+
+
+def cached_hub_datasets() -> list[str]:
+    """The datasets in the local Hugging Face Hub cache (`datasets--ORG--NAME` folders)."""
+    import huggingface_hub.constants
+
+    cache = Path(huggingface_hub.constants.HF_HUB_CACHE)
+    return sorted(p.name for p in cache.glob("datasets--*")) if cache.is_dir() else []
+
+
+def refuse_builtin_tasks_offline(tasks: list[str]) -> None:
+    """Fail before lm-eval indexes its built-in tasks (15-30 s) when none of them could load: the tasks
+    are not local, the Hub is unreachable and the Hub cache holds no dataset at all."""
+    if not tasks or hub_reachable() or cached_hub_datasets():
+        return
+    import huggingface_hub.constants
+
+    raise OpenseasonError(f"harness task(s) {', '.join(tasks)} are not local tasks, lm-eval's built-in tasks read "
+                          f"their datasets from the Hugging Face Hub ({hub_endpoint()}), which is unreachable from "
+                          f"this machine, and the local cache ({huggingface_hub.constants.HF_HUB_CACHE}) holds no "
+                          "dataset", hint="run once where the Hub is reachable to fill the cache (HF_HOME), or write "
+                                          "a local task YAML (dataset_path: json) and pass --include-path DIR")
 
 
 def quiet_git_hash() -> Optional[str]:

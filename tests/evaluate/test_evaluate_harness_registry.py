@@ -104,6 +104,26 @@ def test_offline_hub_task_fails_at_once_naming_the_dataset(monkeypatch, tmp_path
     assert datasets.config.HF_HUB_OFFLINE == was_offline and "HF_HUB_OFFLINE" not in os.environ
 
 
+def test_builtin_tasks_offline_with_an_empty_cache_fail_before_indexing_or_loading(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+    import lm_eval.tasks
+
+    from openseason.evaluate import harness_env
+    from openseason.evaluate.harness import run_harness
+
+    monkeypatch.setattr(harness_env, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    made = []
+    original = lm_eval.tasks.TaskManager
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", lambda *a, **kw: made.append(kw) or original(*a, **kw))
+    with pytest.raises(OpenseasonError, match=r"hellaswag are not local tasks.*unreachable.*holds no dataset"):
+        run_harness(tmp_path / "no-checkpoint-here", ["hellaswag"])  # the model would load last: never
+    assert made == []
+    (tmp_path / "empty-cache" / "datasets--Rowan--hellaswag").mkdir(parents=True)
+    assert harness_env.cached_hub_datasets() == ["datasets--Rowan--hellaswag"]
+    harness_env.refuse_builtin_tasks_offline(["hellaswag"])  # something cached: let lm-eval look
+
+
 def test_quiet_git_hash_prints_nothing_outside_a_repository(tmp_path, capfd, monkeypatch):
     from openseason.evaluate.harness_env import quiet_git_hash
 
