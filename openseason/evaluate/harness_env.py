@@ -61,8 +61,9 @@ def refuse_builtin_tasks_offline(tasks: list[str]) -> None:
     raise OpenseasonError(f"harness task(s) {', '.join(tasks)} are not local tasks, lm-eval's built-in tasks read "
                           f"their datasets from the Hugging Face Hub ({hub_endpoint()}), which is unreachable from "
                           f"this machine, and the local cache ({huggingface_hub.constants.HF_HUB_CACHE}) holds no "
-                          "dataset", hint="run once where the Hub is reachable to fill the cache (HF_HOME), or write "
-                                          "a local task YAML (dataset_path: json) and pass --include-path DIR")
+                          "dataset (so no built-in task could run; the names were not looked up)",
+                          hint="run once where the Hub is reachable to fill the cache (HF_HOME), or write a local "
+                               "task YAML (dataset_path: json) and pass --include-path DIR")
 
 
 def quiet_git_hash() -> Optional[str]:

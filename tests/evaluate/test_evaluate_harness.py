@@ -49,6 +49,10 @@ def test_loglikelihood_matches_a_direct_forward(hf_and_ours):
 def test_unknown_task_is_a_clear_error(monkeypatch, task_dir, hf_and_ours, capsys):
     import lm_eval.tasks
 
+    from openseason.evaluate import harness_env
+
+    # online (offline with an empty cache, non-local names are refused before any lookup: the registry tests)
+    monkeypatch.setattr(harness_env, "hub_reachable", lambda *a, **k: True)
     _hf_dir, _hf, ckpt = hf_and_ours
     original = lm_eval.tasks.TaskManager
     # indexing the ~15k built-in tasks takes half a minute: the error path is the same without them
