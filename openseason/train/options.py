@@ -25,9 +25,9 @@ OBJECTIVES = ("sft", "reward", "dpo", "cdpo", "ipo", "kto", "orpo", "simpo", "gr
 OBJECTIVE_DEFAULTS = {
     "sft": {},
     "reward": {"margin": 0.0},
-    "dpo": {"beta": 0.1, "label_smoothing": 0.0},
-    "cdpo": {"beta": 0.1, "label_smoothing": 0.1},
-    "ipo": {"beta": 0.1},
+    "dpo": {"beta": 0.1, "label_smoothing": 0.0, "sft_weight": 0.0},
+    "cdpo": {"beta": 0.1, "label_smoothing": 0.1, "sft_weight": 0.0},
+    "ipo": {"beta": 0.1, "sft_weight": 0.0},
     "kto": {"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0},
     "orpo": {"beta": 0.1},
     "simpo": {"beta": 2.0, "simpo_gamma": 0.5, "label_smoothing": 0.0},
@@ -37,7 +37,8 @@ OBJECTIVE_DEFAULTS = {
 OBJECTIVE_DEFAULTS["rloo"] = OBJECTIVE_DEFAULTS["grpo"]
 # distilling step by step: the paper's released code uses alpha 0.5 and these task prefixes
 OBJECTIVE_DEFAULTS["distill"] = {"alpha": 0.5, "label_prefix": "predict: ", "rationale_prefix": "explain: "}
-OBJECTIVE_OPTIONS = ("beta", "label_smoothing", "simpo_gamma", "desirable_weight", "undesirable_weight", "margin",
+OBJECTIVE_OPTIONS = ("beta", "label_smoothing", "sft_weight", "simpo_gamma", "desirable_weight", "undesirable_weight",
+                     "margin",
                      "reward", "num_generations", "max_new_tokens", "temperature", "clip_epsilon", "alpha",
                      "label_prefix", "rationale_prefix")
 
@@ -61,6 +62,8 @@ def resolve_objective(opts: dict) -> dict:
                           hint="e.g. --reward openseason.train.objectives.grpo:exact_match_reward")
     if name == "distill" and not 0.0 <= float(opts["alpha"]) <= 1.0:
         raise ConfigError(f"--alpha must be in [0, 1] (the label task's weight), not {opts['alpha']}")
+    if float(opts.get("sft_weight") or 0.0) < 0:
+        raise ConfigError(f"--sft-weight must be >= 0, not {opts['sft_weight']}")
     if name == "cdpo" and not 0 < float(opts["label_smoothing"]) < 0.5:
         raise ConfigError("cdpo needs 0 < --label-smoothing < 0.5")
     return opts
@@ -118,6 +121,8 @@ class FinetuneOptions:
     beta: Optional[float] = option(None, "preference / KL strength (default: dpo, cdpo, ipo, kto, orpo 0.1; "
                                          "simpo 2.0; grpo, rloo 0.04)", group="objective")
     label_smoothing: Optional[float] = option(None, "dpo/simpo label smoothing (cdpo default 0.1)", group="objective")
+    sft_weight: Optional[float] = option(None, "dpo/cdpo/ipo: weight of the NLL of the chosen completions added to "
+                                              "the loss (RPO; TRL's loss_type sigmoid+sft; default 0 = off)", group="objective")
     simpo_gamma: Optional[float] = option(None, "SimPO target reward margin gamma (default 0.5)", group="objective")
     desirable_weight: Optional[float] = option(None, "KTO weight of desirable (chosen) examples (default 1.0)",
                                                group="objective")
