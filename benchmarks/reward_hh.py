@@ -13,6 +13,9 @@ the held-out pairs). Side by side on the SAME held-out pairs:
     length      "the shorter reply is the chosen one" (the direction fitted on the training pairs)
     bag-of-words  logistic regression on word-presence differences + log length (numpy, training
                   pairs only): how much lexical signal the data holds for a model of this kind
+
+and the reward model's accuracy split by whether the chosen reply is the shorter or the longer one:
+above 50% on the pairs where the chosen reply is LONGER means it learned more than "shorter is safer".
 """
 from __future__ import annotations
 
@@ -119,6 +122,19 @@ def main() -> None:
     held = [by_id[pairs[int(i)]["id"]] for i in order[:a.val_size]]
     train = [by_id[pairs[int(i)]["id"]] for i in order[a.val_size:]]
     n = len(held)
+    from openseason.data.preferences import write_pairs
+    from openseason.evaluate.reward import evaluate_reward
+
+    scored = evaluate_reward(res["final"], write_pairs(root / "heldout", held, style="plain"), style="plain",
+                             max_length=a.max_length, per_pair=True)
+    right = {row["id"]: row["margin"] > 0 for row in scored["per_pair"]}
+    split = {}
+    for name, keep in (("chosen shorter", lambda r: len(r["chosen"]) < len(r["rejected"])),
+                       ("chosen longer", lambda r: len(r["chosen"]) > len(r["rejected"]))):
+        ids = [r["id"] for r in held if keep(r)]
+        k = sum(right[i] for i in ids)
+        split[name] = {"pairs": len(ids), "reward_model_acc": round(k / len(ids), 4),
+                       "ci95": [round(c, 4) for c in wilson(k, len(ids))]}
     length_acc, direction = length_accuracy(train, held)
     bow_acc = bag_of_words_accuracy(train, held)
     rows = {"reward_model": (report["heldout_reward_acc"], report["heldout_reward_acc_ci95"]),
@@ -128,6 +144,7 @@ def main() -> None:
                       "seconds": round(time.time() - t), "tokenization": pairs.report, "out": str(root)}))
     for name, (acc, ci) in rows.items():
         print(json.dumps({"method": name, "heldout_acc": round(acc, 4), "ci95": [round(c, 4) for c in ci]}))
+    print(json.dumps({"reward_model_by_length": split, "evaluate_reward_acc": scored["accuracy"]}))
 
 
 if __name__ == "__main__":

@@ -72,19 +72,21 @@ def test_streamed_reference_equals_the_reference_model(base):
 
 
 @torch.no_grad()
-def test_no_second_set_of_weights_is_allocated(base):
+def test_no_second_set_of_weights_is_allocated(tmp_path, tiny_tokenizer):
+    base = make_base(tmp_path / "base", tiny_tokenizer)
     policy = _policy(base)
     batch = _batch()
     param_bytes = sum(p.numel() * p.element_size() for p in set(policy.parameters()))
-    largest = max(sum(p.numel() * p.element_size() for p in m.parameters(recurse=False))
-                  for m in policy.modules())
+    owners = [m for m in policy.modules() if any(True for _ in m.parameters(recurse=False))]
+    largest = max(sum(p.numel() * p.element_size() for p in m.parameters(recurse=False)) for m in owners)
     assert param_bytes > 3 * largest  # so "one module extra" and "a second model" are far apart
 
     def peak_during(ref) -> int:
-        """Most live tensor bytes seen inside any module's forward during a logps pass."""
+        """Most live tensor bytes seen as weight-owning modules start their forward (where the streamed
+        reference has just loaded that module's weights) during a logps pass."""
         peak = [0]
 
-        def probe(module, args, output=None):
+        def probe(module, args):
             peak[0] = max(peak[0], _live_tensor_bytes())
 
         handles = []
@@ -92,8 +94,8 @@ def test_no_second_set_of_weights_is_allocated(base):
         try:
             if context is not None:
                 context.__enter__()  # its hooks first: the probes see the reference weights loaded
-            for m in policy.modules():
-                handles += [m.register_forward_pre_hook(probe), m.register_forward_hook(probe)]
+            # a handful of probe points (each is a scan of the whole heap): first, some middle, last
+            handles = [m.register_forward_pre_hook(probe) for m in owners[::max(1, len(owners) // 4)] + owners[-1:]]
             token_logps(policy, batch)
         finally:
             for h in handles:
@@ -107,7 +109,7 @@ def test_no_second_set_of_weights_is_allocated(base):
     held = _live_tensor_bytes()
     streamed = StreamedReference(policy, base)
     assert _live_tensor_bytes() - held == 0  # holds nothing between passes
-    assert peak_during(streamed) - plain <= largest
+    assert 0 < peak_during(streamed) - plain <= largest
     # the probe does see a second copy: keeping the starting weights (the old design) costs them all
     copy = AdapterReference(policy)
     assert peak_during(copy) - plain >= param_bytes

@@ -143,6 +143,10 @@ def test_objective_options_that_do_not_apply_are_errors(setup, tmp_path):
     base, pairs, _ = setup
     with pytest.raises(ConfigError, match="--simpo-gamma does not apply to --objective dpo"):
         finetune(base, pairs, "lora", tmp_path / "x", objective="dpo", simpo_gamma=1.0, max_steps=1, **FAST)
+    with pytest.raises(ConfigError, match="--sft-weight does not apply to --objective orpo"):
+        finetune(base, pairs, "lora", tmp_path / "z", objective="orpo", sft_weight=1.0, max_steps=1, **FAST)
+    with pytest.raises(ConfigError, match="--sft-weight must be >= 0"):
+        finetune(base, pairs, "lora", tmp_path / "w", objective="dpo", sft_weight=-1.0, max_steps=1, **FAST)
     with pytest.raises(ConfigError, match="needs --reward"):
         finetune(base, pairs, "lora", tmp_path / "y", objective="grpo", max_steps=1, **FAST)
 
