@@ -103,7 +103,8 @@ def main() -> None:
     if not (data / "preferences.jsonl").exists():
         prepare("hh-rlhf", [str(HH)], data, mode="preferences", progress=False)
     records = load_preferences(data)
-    texts = [m["content"] for r in records for m in r["prompt"]] + [r[k] for r in records for k in ("chosen", "rejected")]
+    texts = [m["content"] for r in records for m in r["prompt"]]
+    texts += [r[k] for r in records for k in ("chosen", "rejected")]
     tokenizer = train_bpe(texts, vocab_size=2048)
     torch.manual_seed(a.seed)
     model = GPT(Config(**MODEL, block_size=a.max_length, vocab_size=tokenizer.vocab_size,

@@ -40,10 +40,12 @@ def evaluate_reward(checkpoint, data, *, style: Optional[str] = None, batch_size
         correct += int((c > r).sum())
         margins += (c - r).tolist()
     n = len(pairs)
-    return {"checkpoint": str(Path(checkpoint)), "pairs": n, "accuracy": correct / n if n else None,
-            "ci95": wilson(correct, n), "mean_margin": sum(margins) / n if n else None,
-            "tokenization": pairs.report, "prompt_style": style,
-            **({"per_pair": [{"id": ex["id"], "margin": m} for ex, m in zip(pairs.examples, margins)]} if per_pair else {})}
+    out = {"checkpoint": str(Path(checkpoint)), "pairs": n, "accuracy": correct / n if n else None,
+           "ci95": wilson(correct, n), "mean_margin": sum(margins) / n if n else None,
+           "tokenization": pairs.report, "prompt_style": style}
+    if per_pair:  # margin > 0: the chosen reply scored higher
+        out["per_pair"] = [{"id": ex["id"], "margin": m} for ex, m in zip(pairs.examples, margins)]
+    return out
 
 
 def best_of_n(llm, prompt, n: int, reward, *, seed: Optional[int] = None, temperature: float = 1.0, **sampling) -> dict:

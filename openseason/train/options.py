@@ -122,7 +122,8 @@ class FinetuneOptions:
                                          "simpo 2.0; grpo, rloo 0.04)", group="objective")
     label_smoothing: Optional[float] = option(None, "dpo/simpo label smoothing (cdpo default 0.1)", group="objective")
     sft_weight: Optional[float] = option(None, "dpo/cdpo/ipo: weight of the NLL of the chosen completions added to "
-                                              "the loss (RPO; TRL's loss_type sigmoid+sft; default 0 = off)", group="objective")
+                                              "the loss (RPO; TRL's loss_type sigmoid+sft; default 0 = off)",
+                                         group="objective")
     simpo_gamma: Optional[float] = option(None, "SimPO target reward margin gamma (default 0.5)", group="objective")
     desirable_weight: Optional[float] = option(None, "KTO weight of desirable (chosen) examples (default 1.0)",
                                                group="objective")

@@ -170,3 +170,8 @@ def test_evaluate_reward_cli(setup, tmp_path, capsys):
     assert main(["evaluate", "reward", str(res["final"]), "--data", str(pairs), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["pairs"] == 24 and 0 <= out["accuracy"] <= 1 and out["ci95"][0] <= out["accuracy"] <= out["ci95"][1]
+    from openseason.evaluate.reward import evaluate_reward
+
+    per = evaluate_reward(res["final"], pairs, per_pair=True)
+    assert [row["id"] for row in per["per_pair"]] == [f"p{i}" for i in range(24)]
+    assert per["accuracy"] == out["accuracy"] == sum(row["margin"] > 0 for row in per["per_pair"]) / 24

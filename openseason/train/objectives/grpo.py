@@ -26,7 +26,7 @@ import dataclasses
 import importlib
 import math
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 
