@@ -20,6 +20,13 @@ a forward pass with the starting weights; how those weights are found depends on
 
 `reference_policy(model, method, checkpoint, beta)` picks one (None when beta is 0: no KL term, no
 reference, as TRL). Both are used as `with ref.active(model): ...` around a no-grad forward pass.
+
+Why not cheaper references. The policy before the step (the "old" policy of the importance ratio)
+is the current policy when each rollout batch gets one optimizer step, as here and in TRL's default:
+k3 = exp(d) - d - 1 with d = 0 is 0 with a 0 gradient, so --beta would be accepted and ignored.
+DeepSeekMath's GRPO penalizes KL to pi_ref = the SFT model (reset to the policy between its outer
+iterations), and TRL 1.16's GRPOTrainer loads pi_ref as a second full model unless beta = 0 (its
+default) or the model is PEFT (adapter disabled); this is the same reference, read from disk.
 """
 from __future__ import annotations
 
