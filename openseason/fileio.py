@@ -400,6 +400,7 @@ def staging_dir(final: str | os.PathLike) -> Path:
     """A fresh empty directory next to `final` to write its new contents into (then `replace_dir`).
     Leftovers of killed writers of `final` are repaired or removed first."""
     final = Path(final)
+    refuse_file(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(final)
     tmp = _sibling(final, "tmp")
@@ -453,8 +454,11 @@ def lock_directory(directory: str | os.PathLike):
     import fcntl
 
     directory = Path(directory)
+    refuse_file(directory)
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    failed = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -467,9 +471,34 @@ def lock_directory(directory: str | os.PathLike):
                                   hint="wait for it to finish, or choose another output directory") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield directory
+        try:
+            yield directory
+        except BaseException:
+            failed = True
+            raise
     finally:
+        if failed and created:
+            _remove_if_only_lock(directory)
         os.close(fd)  # releases the flock; the file stays (unlinking it would race a waiting writer)
+
+
+def _remove_if_only_lock(directory: Path) -> None:
+    """A command that created its output directory and then failed takes the directory back, so no
+    empty --out is left behind; anything else in it (partial output to resume) keeps it. Called with
+    the lock still held: a second writer that opened the lock file meanwhile finds its directory
+    gone and fails, it never writes into a removed one."""
+    with contextlib.suppress(OSError):
+        if [p.name for p in directory.iterdir()] == [LOCK_NAME]:
+            (directory / LOCK_NAME).unlink()
+            directory.rmdir()
+
+
+def refuse_file(path: str | os.PathLike) -> None:
+    """OpenseasonError when an output directory's path is an existing file (not silently replaced)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OpenseasonError("exists and is a file, not a directory", where=str(path),
+                              hint="choose a directory for the output (a new or empty one)")
 
 
 def foreign_entries(directory: str | os.PathLike, ignore: tuple[str, ...] = ()) -> list[str]:

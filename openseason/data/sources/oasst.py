@@ -26,6 +26,7 @@ from ..records import Conversation, PreferencePair
 NAME = "oasst1"
 DEFAULT_STYLE = "oasst"
 MODES = ("all-threads", "top-k", "top1", "preferences")
+MODE_OPTIONS = {"top_k": ("top-k",)}  # options that only one mode reads (checked by data.prepare)
 ROLE = {"prompter": "user", "assistant": "assistant"}
 FIELDS = ("message_id", "parent_id", "message_tree_id", "role", "text", "lang", "rank", "deleted",
           "review_result", "synthetic")
