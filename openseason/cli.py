@@ -14,7 +14,8 @@ from .errors import OpenseasonError
 
 # Stage modules that contribute verbs, in the order they appear in --help.
 COMMAND_MODULES = [
-    "openseason.convert.commands",      # convert from-hf / to-hf, download
+    "openseason.config_list",           # configs
+    "openseason.convert.commands",      # convert from-hf / to-hf / to-gguf, export-peft, download
     "openseason.generation.commands",   # generate
     "openseason.data.commands",         # data prepare / dedup / mix / stats / tokenize / batch
     "openseason.synth.commands",        # synth self-instruct / reverse-instructions / rationales / self-improve
@@ -90,7 +91,7 @@ def _broken_pipe() -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-    except (OSError, ValueError):  # in-process callers may have replaced stdout with a StringIO
+    except (OSError, ValueError, AttributeError):  # in-process callers may have replaced stdout
         pass
     return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
 

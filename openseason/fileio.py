@@ -455,7 +455,8 @@ def lock_directory(directory: str | os.PathLike):
 
     directory = Path(directory)
     refuse_file(directory)
-    created = not directory.exists()
+    # the top of what mkdir creates (the directory itself, or a missing parent), taken back on failure
+    created = next((p for p in reversed((directory, *directory.parents)) if not p.exists()), None)
     directory.mkdir(parents=True, exist_ok=True)
     fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     failed = False
@@ -477,20 +478,23 @@ def lock_directory(directory: str | os.PathLike):
             failed = True
             raise
     finally:
-        if failed and created:
-            _remove_if_only_lock(directory)
+        if failed and created is not None:
+            _remove_if_only_lock(directory, created)
         os.close(fd)  # releases the flock; the file stays (unlinking it would race a waiting writer)
 
 
-def _remove_if_only_lock(directory: Path) -> None:
-    """A command that created its output directory and then failed takes the directory back, so no
-    empty --out is left behind; anything else in it (partial output to resume) keeps it. Called with
-    the lock still held: a second writer that opened the lock file meanwhile finds its directory
-    gone and fails, it never writes into a removed one."""
+def _remove_if_only_lock(directory: Path, top: Path) -> None:
+    """A command that created its output directory (and the missing parents up to `top`) and then
+    failed takes them back, so no empty --out is left behind; anything else in it (partial output to
+    resume) keeps it. Called with the lock still held: a second writer that opened the lock file
+    meanwhile finds its directory gone and fails, it never writes into a removed one."""
     with contextlib.suppress(OSError):
         if [p.name for p in directory.iterdir()] == [LOCK_NAME]:
             (directory / LOCK_NAME).unlink()
-            directory.rmdir()
+            for level in (directory, *directory.parents):
+                level.rmdir()  # OSError when not empty: stop there
+                if level == top:
+                    break
 
 
 def refuse_file(path: str | os.PathLike) -> None:
