@@ -45,6 +45,7 @@ _YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
     """Open a temporary file next to `path`; on clean exit fsync it and rename it over `path`."""
     path = Path(path)
+    refuse_directory(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     binary = "b" in mode
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -495,6 +496,12 @@ def _remove_if_only_lock(directory: Path, top: Path) -> None:
                 level.rmdir()  # OSError when not empty: stop there
                 if level == top:
                     break
+
+
+def refuse_directory(path: str | os.PathLike) -> None:
+    """OpenseasonError when an output file's path is an existing directory (never written into)."""
+    if Path(path).is_dir():
+        raise OpenseasonError("is a directory; give a file name", where=str(path))
 
 
 def refuse_file(path: str | os.PathLike) -> None:

@@ -61,6 +61,8 @@ def mix(components, out, kind: str = "conversation", total: Optional[int] = None
         raise OpenseasonError("mix needs at least one DIR:WEIGHT")
     if kind not in KINDS:
         raise OpenseasonError(f"unknown record kind {kind!r}", hint=f"one of: {', '.join(KINDS)}")
+    if total is not None and total < 1:
+        raise OpenseasonError(f"--total must be >= 1, not {total}", hint="leave it out for the most without repeats")
     out = Path(out)
     if out.resolve() in [Path(p).resolve() for p, _ in parsed]:
         raise OpenseasonError("--out must be a new directory, not one of the components")
