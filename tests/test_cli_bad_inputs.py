@@ -57,6 +57,8 @@ def fx(tmp_path_factory) -> Path:
     (root / "docs.jsonl").write_text("".join(json.dumps({"text": f"doc {i} the quick brown fox"}) + "\n"
                                              for i in range(5)))
     (root / "rows.csv").write_text("instruction,output\nhi,there\nadd 1 and 2,3\n")
+    assert main(["data", "tokenize", str(root / "docs.jsonl"), "--tokenizer", str(root / "base"), "--out",
+                 str(root / "tok")]) == 0
     (root / "dolly.jsonl").write_text("".join(json.dumps(
         {"instruction": f"q{i}", "context": "", "response": f"a{i}", "category": c}) + "\n"
         for i, c in enumerate(["open_qa", "brainstorming", "open_qa"])))
@@ -120,6 +122,11 @@ CASES = [
     ("data tokenize $F/docs.jsonl --tokenizer $F/base --out $O/run --workers 0", "--workers must be >= 1"),
     ("data tokenize $F/docs.jsonl --tokenizer $F/base --out $F/afile.txt", "afile.txt: exists and is a file"),
     ("data batch $F/nope --step 0 --seq-len 8 --batch-size 2", "nope"),
+    ("data batch $F/tok --step -1 --seq-len 8 --batch-size 2", "--step must be >= 0, not -1"),
+    ("data batch $F/tok --step 0 --seq-len 0 --batch-size 2", "--seq-len and the batch size must be >= 1"),
+    ("data prepare redpajama $F/docs.jsonl --out $O/run --max-line-length -3", "--max-line-length must be >= 0"),
+    ("synth reverse-instructions --corpus $F/docs.jsonl --out $O/run --backend http://127.0.0.1:9 --concurrency 0",
+     "argument --concurrency: expected a positive integer, got 0"),
     ("data prepare csv $F/rows.csv --out $O/run --columns instruction=nope output=output",
      "rows.csv:2: missing_column: no column 'nope' (mapped to instruction); the row has: 'instruction', 'output'"),
     ("data prepare csv $F/nope.csv --out $O/run", "nope.csv: file not found"),
@@ -180,7 +187,8 @@ def _argv(line: str, fx: Path, out_root: Path) -> list[str]:
 
 def _leftovers(root: Path) -> list[str]:
     """Staging siblings (.NAME.tmp-HOST-PID, .new-, .old-) and staging folders anywhere under root."""
-    return sorted(str(p) for p in root.rglob(".*") if any(k in p.name for k in (".tmp-", ".new-", ".old-", ".staging-")))
+    marks = (".tmp-", ".new-", ".old-", ".staging-")
+    return sorted(str(p) for p in root.rglob(".*") if any(k in p.name for k in marks))
 
 
 @pytest.mark.parametrize("line, expected", CASES, ids=[c[0].split(" $")[0] + ":" + str(i) for i, c in enumerate(CASES)])

@@ -43,7 +43,8 @@ def test_pythia_counts_match_the_paper_and_transformers():
 def test_cli_table_json_and_filters(capsys):
     assert main(["configs", "tiny-", "--family", "llama"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:3] == ["name", "family", "params"] and [ln.split()[0] for ln in lines[1:]] == ["tiny-llama"]
+    assert lines[0].split()[:3] == ["name", "family", "params"]
+    assert [ln.split()[0] for ln in lines[1:]] == ["tiny-llama"]
     assert "158K" in lines[1]
     assert main(["configs", "pythia", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

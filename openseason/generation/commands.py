@@ -55,7 +55,8 @@ def _generate(args) -> int:
     if chat:  # say which format wraps the prompt: a wrong one is the usual reason for odd replies
         print(f"openseason: chat format {llm.prompt_style!r} ({llm.chat_format_reason})", file=sys.stderr)
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                   top_p=1.0 if args.top_p is None else args.top_p, repetition_penalty=args.repetition_penalty, stop=[unescape(s) for s in args.stop] or None,
+                   top_p=1.0 if args.top_p is None else args.top_p, repetition_penalty=args.repetition_penalty,
+                   stop=[unescape(s) for s in args.stop] or None,
                    seed=args.seed, ignore_eos=args.ignore_eos)
     if args.best_of is not None or args.reward is not None:
         if chat:

@@ -49,7 +49,8 @@ def test_lora_checkpoint_out_to_peft_and_merged_hf(tmp_path, tiny_tokenizer, nam
     assert main(["convert", "to-hf", str(base), str(tmp_path / "hf-base")]) == 0
     assert main(["export-peft", str(lora), str(tmp_path / "peft"), "--base-model", str(tmp_path / "hf-base")]) == 0
     adapter_config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
-    assert adapter_config["peft_type"] == "LORA" and adapter_config["base_model_name_or_path"] == str(tmp_path / "hf-base")
+    assert adapter_config["peft_type"] == "LORA"
+    assert adapter_config["base_model_name_or_path"] == str(tmp_path / "hf-base")
     hf_base = AutoModelForCausalLM.from_pretrained(tmp_path / "hf-base", torch_dtype=torch.float32)
     with_adapter = peft.PeftModel.from_pretrained(hf_base, tmp_path / "peft").eval()
     with torch.no_grad():
