@@ -141,6 +141,7 @@ CASES = [
     ("data dedup $F/data --out $O/run --threshold 2", "--threshold must be between 0 and 1"),
     ("data dedup $F/data --out $O/run --num-perm 0", "--num-perm must be >= 2"),
     ("data dedup $F/data --out $O/run --ngram 0", "--ngram >= 1"),
+    ("data dedup $F/data --out $O/run --no-exact --no-near", "--no-exact and --no-near together leave nothing"),
     # -- flags that do not apply (item 5) -------------------------------------------------------------------
     ("data prepare dolly $F/dolly.jsonl --out $O/run --lang en", "--lang does not apply to the dolly source"),
     ("data prepare oasst1 $F/docs.jsonl --out $O/run --top-k 3", "--top-k applies only to --mode top-k"),

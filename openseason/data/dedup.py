@@ -53,6 +53,9 @@ def dedup(inputs, out, threshold: float = 0.87, num_perm: int = 128, ngram: int 
         check_if_prepared(directory)  # a damaged or half-written input is an error, not silent data
     if not 0.0 < threshold < 1.0:
         raise OpenseasonError(f"--threshold must be between 0 and 1, not {threshold}")
+    if not exact and not near:
+        raise OpenseasonError("--no-exact and --no-near together leave nothing to do",
+                              hint="drop one of them (or use `openseason data mix DIR:1` to copy)")
     if num_perm < 2 or ngram < 1:
         raise OpenseasonError(f"--num-perm must be >= 2 and --ngram >= 1, not {num_perm} and {ngram}",
                               hint="the defaults are --num-perm 128 --ngram 5")
