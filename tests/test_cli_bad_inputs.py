@@ -157,6 +157,7 @@ CASES = [
      "--adapter-layers does not apply to --method lora"),
     # -- the other stages -------------------------------------------------------------------------------------
     ("catalog show nope", "nope"),
+    ("catalog import ecosystem-graphs $F/bad.yaml", "bad.yaml:2:1: invalid YAML"),
     ("guard check nope hi", "nope"),
     ("guard check $F/afile.txt hi", "afile.txt"),
     ("guard calibrate support --paraphrases $F/nope.txt", "nope.txt: paraphrase file not found"),
