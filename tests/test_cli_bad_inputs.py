@@ -114,6 +114,7 @@ CASES = [
     ("generate $F/base --prompt hi --top-p 0.5 --seed 3", "--top-p, --seed only apply when sampling"),
     ("generate $F/base --prompt hi --max-context 0", "max_context must be positive"),
     ("chat $F/nope", "nope: checkpoint directory not found"),
+    ("chat $F/base --temperature 0 --top-p 0.5", "--top-p only apply when sampling"),
     ("serve $F/nope", "nope: checkpoint directory not found"),
     # -- data ---------------------------------------------------------------------------------------------
     ("data tokenize $F/docs.jsonl --tokenizer nope --out $O/run", "nope: tokenizer not found"),

@@ -30,23 +30,22 @@ def positive(text: str) -> int:
     return value
 
 
-def _sampling_flags_apply(args) -> None:
-    """--top-k, --top-p and --seed shape sampling; with greedy decoding (--temperature 0, the default)
-    they would be silently ignored, so they are an error instead."""
+def refuse_sampling_flags_when_greedy(temperature: float, flags: dict) -> None:
+    """Sampling flags ({"--top-k": value or None, ...}) shape sampling only; with greedy decoding
+    (--temperature 0) they would be silently ignored, so a given one is an error instead."""
     from ..errors import ConfigError
 
-    if args.temperature == 0:
-        given = [flag for flag, value in (("--top-k", args.top_k), ("--top-p", args.top_p), ("--seed", args.seed))
-                 if value is not None]
-        if given:
-            raise ConfigError(f"{', '.join(given)} only apply when sampling, and --temperature is 0 (greedy)",
-                              hint="add --temperature 0.8 (for example) to sample, or drop " + ", ".join(given))
+    given = [flag for flag, value in flags.items() if value is not None]
+    if temperature == 0 and given:
+        raise ConfigError(f"{', '.join(given)} only apply when sampling, and --temperature is 0 (greedy)",
+                          hint="add --temperature 0.8 (for example) to sample, or drop " + ", ".join(given))
 
 
 def _generate(args) -> int:
     from .llm import LLM
 
-    _sampling_flags_apply(args)
+    refuse_sampling_flags_when_greedy(args.temperature, {"--top-k": args.top_k, "--top-p": args.top_p,
+                                                         "--seed": args.seed})
     chat = args.chat or args.prompt_style is not None
     if args.prompt_style is not None:
         _check_style(args.prompt_style)

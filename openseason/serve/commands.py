@@ -69,7 +69,7 @@ def register(subparsers) -> None:
                    metavar="N", help="longest answer in tokens (default 256; fewer when the context window is "
                                      "nearly full). --max-tokens is an alias")
     c.add_argument("--temperature", type=float, default=0.7)
-    c.add_argument("--top-p", type=float, default=0.95)
+    c.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default 0.95; needs --temperature > 0)")
     c.add_argument("--seed", type=int, default=None)
     c.set_defaults(func=_chat)
 
@@ -97,8 +97,11 @@ def _serve(args) -> int:
 
 
 def _chat(args) -> int:
+    from ..generation.commands import refuse_sampling_flags_when_greedy
     from .chat import chat
 
+    refuse_sampling_flags_when_greedy(args.temperature, {"--top-p": args.top_p, "--seed": args.seed})
+    args.top_p = 0.95 if args.top_p is None else args.top_p
     return chat(args.checkpoint, system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                 top_p=args.top_p, seed=args.seed, prompt_style=args.prompt_style, device=args.device,
                 dtype=args.dtype, max_context=args.max_context)
