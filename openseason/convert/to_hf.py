@@ -36,18 +36,16 @@ def convert_to_hf(ckpt_dir: str | Path, hf_dir: str | Path, *, dtype=None,
         raise CheckpointError("checkpoint directory not found", where=str(ckpt_dir))
     refuse_overwrite(ckpt_dir, Path(hf_dir))
     dtype = parse_dtype(dtype)
+    config = load_config(ckpt_dir)  # a PEFT checkpoint keeps its base's config.json too
     where = str(ckpt_dir / "config.json")
+    family = family_for_config(config.family, where)
+    family.check_expressible(config, where)
     if is_peft_checkpoint(ckpt_dir):
         refuse_overwrite(root_base(ckpt_dir), Path(hf_dir))
-        model = load_folded(ckpt_dir, "Hugging Face format")
-        config, state = model.config, model_state_for_saving(model)
-        family_for_config(config.family, where).check_expressible(config, where)
+        state = model_state_for_saving(load_folded(ckpt_dir, "Hugging Face format"))
     else:
-        config = load_config(ckpt_dir)
-        family_for_config(config.family, where).check_expressible(config, where)
         state = load_state(ckpt_dir)
         check_state_against_model(state, build_model(config), where=str(ckpt_dir))
-    family = family_for_config(config.family, where)
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     hf_state = state_to_hf(family, config, state)
