@@ -45,6 +45,7 @@ _YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
     """Open a temporary file next to `path`; on clean exit fsync it and rename it over `path`."""
     path = Path(path)
+    refuse_directory(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     binary = "b" in mode
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -400,6 +401,7 @@ def staging_dir(final: str | os.PathLike) -> Path:
     """A fresh empty directory next to `final` to write its new contents into (then `replace_dir`).
     Leftovers of killed writers of `final` are repaired or removed first."""
     final = Path(final)
+    refuse_file(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(final)
     tmp = _sibling(final, "tmp")
@@ -453,8 +455,12 @@ def lock_directory(directory: str | os.PathLike):
     import fcntl
 
     directory = Path(directory)
+    refuse_file(directory)
+    # the top of what mkdir creates (the directory itself, or a missing parent), taken back on failure
+    created = next((p for p in reversed((directory, *directory.parents)) if not p.exists()), None)
     directory.mkdir(parents=True, exist_ok=True)
     fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    failed = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -467,9 +473,43 @@ def lock_directory(directory: str | os.PathLike):
                                   hint="wait for it to finish, or choose another output directory") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield directory
+        try:
+            yield directory
+        except BaseException:
+            failed = True
+            raise
     finally:
+        if failed and created is not None:
+            _remove_if_only_lock(directory, created)
         os.close(fd)  # releases the flock; the file stays (unlinking it would race a waiting writer)
+
+
+def _remove_if_only_lock(directory: Path, top: Path) -> None:
+    """A command that created its output directory (and the missing parents up to `top`) and then
+    failed takes them back, so no empty --out is left behind; anything else in it (partial output to
+    resume) keeps it. Called with the lock still held: a second writer that opened the lock file
+    meanwhile finds its directory gone and fails, it never writes into a removed one."""
+    with contextlib.suppress(OSError):
+        if [p.name for p in directory.iterdir()] == [LOCK_NAME]:
+            (directory / LOCK_NAME).unlink()
+            for level in (directory, *directory.parents):
+                level.rmdir()  # OSError when not empty: stop there
+                if level == top:
+                    break
+
+
+def refuse_directory(path: str | os.PathLike) -> None:
+    """OpenseasonError when an output file's path is an existing directory (never written into)."""
+    if Path(path).is_dir():
+        raise OpenseasonError("is a directory; give a file name", where=str(path))
+
+
+def refuse_file(path: str | os.PathLike) -> None:
+    """OpenseasonError when an output directory's path is an existing file (not silently replaced)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OpenseasonError("exists and is a file, not a directory", where=str(path),
+                              hint="choose a directory for the output (a new or empty one)")
 
 
 def foreign_entries(directory: str | os.PathLike, ignore: tuple[str, ...] = ()) -> list[str]:

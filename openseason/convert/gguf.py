@@ -52,6 +52,7 @@ import torch
 
 from ..config import Config
 from ..errors import CheckpointError
+from .peft_out import load_folded, tokenizer_dir
 
 GGUF_TYPES = ("f32", "f16", "q8_0")
 
@@ -266,23 +267,6 @@ def _chat_template(directory: Path) -> str | None:
 
 
 # -- the file -----------------------------------------------------------------------------------------
-def _load(ckpt_dir: Path):
-    from ..checkpoint import is_peft_checkpoint, load_model
-
-    model = load_model(ckpt_dir)
-    if is_peft_checkpoint(ckpt_dir):
-        from ..errors import ConfigError
-        from ..peft import merge
-
-        try:
-            merge(model)
-        except ConfigError as exc:
-            raise CheckpointError(f"cannot export a PEFT checkpoint to GGUF: {exc.message}", where=str(ckpt_dir),
-                                  hint="GGUF holds plain weights; only LoRA checkpoints fold into them "
-                                       "(`openseason merge CKPT --out DIR` does the same on disk)") from None
-    return model
-
-
 def convert_to_gguf(ckpt_dir: str | Path, out_file: str | Path, *, type: str = "f16",
                     name: str | None = None) -> GGUFExport:
     """Write checkpoint `ckpt_dir` (full, or LoRA folded in memory) as one GGUF file `out_file`
@@ -300,16 +284,11 @@ def convert_to_gguf(ckpt_dir: str | Path, out_file: str | Path, *, type: str = "
         raise CheckpointError("checkpoint directory not found", where=str(ckpt_dir))
     if out_file.is_dir():
         raise CheckpointError("the output is a directory; give a file name such as model.gguf", where=str(out_file))
-    model = _load(ckpt_dir)
+    model = load_folded(ckpt_dir, "GGUF")
     config = model.config
     where = str(ckpt_dir / "config.json")
     _check_exportable(config, where)
-    # The tokenizer of a PEFT checkpoint may live with its base; load_model resolved the chain.
-    tok_dir = ckpt_dir
-    if not (tok_dir / "tokenizer.json").is_file():
-        from ..checkpoint import is_peft_checkpoint, root_base
-        if is_peft_checkpoint(ckpt_dir):
-            tok_dir = Path(root_base(ckpt_dir))
+    tok_dir = tokenizer_dir(ckpt_dir)  # a PEFT checkpoint's may live with its base
     if not (tok_dir / "tokenizer.json").is_file():
         raise CheckpointError("no tokenizer.json: a GGUF file must carry the vocabulary", where=str(ckpt_dir),
                               hint="copy the model's tokenizer.json into the checkpoint directory")

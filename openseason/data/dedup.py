@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
+from typing import Optional
 
 from ..errors import DataError, OpenseasonError
-from ..fileio import iter_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic, where as fmt_where
+from ..fileio import iter_jsonl, write_json_atomic, write_jsonl_atomic, where as fmt_where
 from .minhash import MinHasher, clusters, lsh_params, normalize
-from .prepare import CLUSTERS, REJECTS, REPORT, check_if_prepared, writing_prepared
-from .sft import STYLE_FILE, prepared_style
+from .prepare import CLUSTERS, REJECTS, REPORT, check_if_prepared, combined_style, writing_prepared
+from .sft import STYLE_FILE
 from .records import KINDS, record_text
 
 
@@ -38,7 +39,8 @@ def _load(inputs, kind_file):
 
 
 def dedup(inputs, out, threshold: float = 0.87, num_perm: int = 128, ngram: int = 5, exact: bool = True,
-          near: bool = True, seed: int = 1, shingle_hash: str = "fast", overwrite: bool = False) -> dict:
+          near: bool = True, seed: int = 1, shingle_hash: str = "fast", overwrite: bool = False,
+          style: Optional[str] = None) -> dict:
     """Deduplicate the prepared directories `inputs` (as one collection) into `out`; returns the report.
 
     Like `data prepare`, the writer holds `out`'s lock, refuses a non-empty `out` unless `overwrite`,
@@ -51,11 +53,21 @@ def dedup(inputs, out, threshold: float = 0.87, num_perm: int = 128, ngram: int 
         check_if_prepared(directory)  # a damaged or half-written input is an error, not silent data
     if not 0.0 < threshold < 1.0:
         raise OpenseasonError(f"--threshold must be between 0 and 1, not {threshold}")
+    if not exact and not near:
+        raise OpenseasonError("--no-exact and --no-near together leave nothing to do",
+                              hint="drop one of them (or use `openseason data mix DIR:1` to copy)")
+    if num_perm < 2 or ngram < 1:
+        raise OpenseasonError(f"--num-perm must be >= 2 and --ngram >= 1, not {num_perm} and {ngram}",
+                              hint="the defaults are --num-perm 128 --ngram 5")
     out = Path(out)
     if out.resolve() in [p.resolve() for p in inputs]:
         raise OpenseasonError("--out must be a new directory, not one of the inputs")
+    style_record = combined_style(inputs, style)  # before any output: mixed styles need --style
     with writing_prepared(out, overwrite) as stage:
-        return _dedup(inputs, stage, threshold, num_perm, ngram, exact, near, seed, shingle_hash)
+        report = _dedup(inputs, stage, threshold, num_perm, ngram, exact, near, seed, shingle_hash)
+        if style_record is not None:
+            write_json_atomic(stage / STYLE_FILE, style_record)
+        return report
 
 
 def _dedup(inputs, out: Path, threshold, num_perm, ngram, exact, near, seed, shingle_hash) -> dict:
@@ -109,12 +121,6 @@ def _dedup(inputs, out: Path, threshold, num_perm, ngram, exact, near, seed, shi
         report["rejected"][r["reason"]] = report["rejected"].get(r["reason"], 0) + 1
     write_jsonl_atomic(out / CLUSTERS, cluster_rows)
     write_jsonl_atomic(out / REJECTS, rejects)
-    styles = [p / STYLE_FILE for p in inputs if (p / STYLE_FILE).exists()]
-    if styles:
-        write_text_atomic(out / STYLE_FILE, styles[0].read_text())
-        names = {prepared_style(s.parent) for s in styles}
-        if len(names) > 1:
-            report["style_note"] = f"inputs had styles {sorted(names)}; kept {prepared_style(styles[0].parent)}"
     report["seconds"] = round(time.time() - started, 3)
     write_json_atomic(out / REPORT, report)
     return report

@@ -10,6 +10,7 @@ report.json is complete; `check_prepared` verifies that its files match it.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import time
@@ -22,7 +23,7 @@ from ..fileio import (fsync_dir, io_error, iter_jsonl, lock_directory, output_st
                       refuse_non_empty, write_json_atomic, write_jsonl_atomic)
 from ..prompts import get_style
 from .records import KINDS
-from .sft import STYLE_FILE
+from .sft import STYLE_FILE, prepared_style
 from .sources import get_source
 from .sources.base import Context
 
@@ -36,6 +37,25 @@ PREPARED_OUTPUTS = (*KINDS.values(), REJECTS, STYLE_FILE, CLUSTERS)
 
 def write_style(out_dir, style, **extra) -> None:
     write_json_atomic(Path(out_dir) / STYLE_FILE, {**get_style(style).to_dict(), **extra})
+
+
+def combined_style(dirs, style: Optional[str] = None, what: str = "inputs") -> Optional[dict]:
+    """The prompt_style.json of a directory combined from the prepared `dirs` (dedup, mix): the named
+    `style` if given, else the one style they share (None when none stores one). Inputs of different
+    styles are an error unless a style is named: keeping one silently would train rows prepared for
+    another template in the wrong one."""
+    if style is not None:
+        return {**get_style(style).to_dict(), "combined_from": {str(d): prepared_style(d) for d in dirs}}
+    found = {str(d): name for d in dirs if (name := prepared_style(d)) is not None}
+    if len(set(found.values())) > 1:
+        listed = ", ".join(f"{d} ({name})" for d, name in found.items())
+        raise OpenseasonError(f"the {what} have different prompt styles: {listed}",
+                              hint="name the style of the result with --style NAME (style= in Python), or combine "
+                                   "directories prepared with one style")
+    if not found:
+        return None
+    first = next(iter(found))
+    return read_json_object(Path(first) / STYLE_FILE)
 
 
 def prepare(source: str, paths, out, mode: Optional[str] = None, on_error: str = "fail",
@@ -67,13 +87,13 @@ def prepare(source: str, paths, out, mode: Optional[str] = None, on_error: str =
         mode = module.MODES[0]
     if mode not in module.MODES:
         raise OpenseasonError(f"source {source!r} has no mode {mode!r}", hint=f"choose one of: {', '.join(module.MODES)}")
+    check_source_options(module, source, mode, options)
     if hub_ids is None:
         for p in paths:
             if not Path(p).exists():
                 raise DataError("file not found", where=p)
     style_name = get_style(style or module.DEFAULT_STYLE or "chatml").name
     try:
-        out.mkdir(parents=True, exist_ok=True)
         with lock_directory(out):
             refuse_non_empty(out, overwrite, ignore=(HUB_CACHE,))
             if hub_ids is not None:
@@ -83,6 +103,42 @@ def prepare(source: str, paths, out, mode: Optional[str] = None, on_error: str =
             return _write_prepared(module, source, mode, paths, out, on_error, style_name, progress, options)
     except OSError as exc:  # a full disk, a read-only directory: a clear error, the old outputs intact
         raise io_error(exc, out) from None
+
+
+# the CLI flag of each source option (the keyword of `prepare`), for errors that name what the user typed
+OPTION_FLAGS = {"langs": "--lang", "top_k": "--top-k", "val_fraction": "--val-fraction", "categories": "--category",
+                "strip_citation_marks": "--strip-citations", "columns": "--columns", "meta_columns": "--meta-column",
+                "github_filters": "--github-filters", "max_line_length": "--max-line-length",
+                "mean_line_length": "--mean-line-length", "min_alnum_fraction": "--min-alnum-fraction",
+                "as_source": "--as", "split": "--split"}
+
+
+def source_options(module) -> set[str]:
+    """The options a source reads: its OPTIONS, else the keyword parameters of its `read`."""
+    declared = getattr(module, "OPTIONS", None)
+    if declared is not None:
+        return set(declared)
+    params = inspect.signature(module.read).parameters.values()
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"paths", "ctx", "mode"}
+
+
+def check_source_options(module, source: str, mode: str, options: dict) -> None:
+    """An option the source (or its mode) does not read is an error: `--lang` on Dolly, which has no
+    languages, or `--top-k` outside oasst1's `--mode top-k`, would otherwise be silently ignored."""
+    accepted = source_options(module)
+    for key, value in options.items():
+        if value is None:
+            continue
+        flag = OPTION_FLAGS.get(key, key)
+        if key in ("as_source", "split"):
+            raise OpenseasonError(f"{flag} applies only to the hub source (PATH is a Hugging Face dataset id)")
+        if key not in accepted:
+            takes = ", ".join(sorted(OPTION_FLAGS.get(k, k) for k in accepted)) or "no options"
+            raise OpenseasonError(f"{flag} does not apply to the {source} source", hint=f"{source} takes: {takes}")
+        modes = getattr(module, "MODE_OPTIONS", {}).get(key)
+        if modes and mode not in modes:
+            raise OpenseasonError(f"{flag} applies only to --mode {' / '.join(modes)}, not --mode {mode}",
+                                  hint=f"add --mode {modes[0]}, or drop {flag}")
 
 
 def _write_prepared(module, source, mode, paths, out: Path, on_error, style_name, progress, options) -> dict:
@@ -129,7 +185,6 @@ def writing_prepared(out, overwrite: bool = False, ignore: tuple[str, ...] = ())
     error and leaves the old outputs as they were."""
     out = Path(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
         with lock_directory(out):
             refuse_non_empty(out, overwrite, ignore=ignore)
             with output_staging(out) as stage:

@@ -109,9 +109,15 @@ def tokenize_documents(inputs: Iterable[str | Path], tokenizer_path: str | Path,
     The writer holds OUT's lock for the whole run (a second writer gets an error naming the holder's
     PID). OUT must be empty or hold only this command's own (partial) output, which is resumed; a
     directory holding anything else is refused unless `overwrite`, which deletes it all first."""
+    if docs_per_shard < 1:
+        raise DataError(f"--docs-per-shard must be >= 1, not {docs_per_shard}")
+    if workers < 1:
+        raise DataError(f"--workers must be >= 1, not {workers}")
+    if not Path(tokenizer_path).exists():
+        raise DataError("tokenizer not found", where=str(tokenizer_path),
+                        hint="pass a checkpoint directory holding tokenizer.json, or the tokenizer.json file")
     out = Path(out_dir)
     try:
-        out.mkdir(parents=True, exist_ok=True)
         with lock_directory(out):
             _claim_token_dir(out, overwrite)
             return _tokenize(inputs, tokenizer_path, out, docs_per_shard, workers, shuffle_seed, progress)

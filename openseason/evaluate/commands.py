@@ -16,8 +16,8 @@ def register(subparsers) -> None:
     p.add_argument("checkpoint", help="a reward-model checkpoint (`finetune --objective reward`)")
     p.add_argument("--data", required=True, help="a prepared preferences directory or preferences .jsonl")
     p.add_argument("--style", help="prompt style (default: the checkpoint's)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--limit", type=int, help="only the first N pairs")
+    p.add_argument("--batch-size", type=positive, default=16)
+    p.add_argument("--limit", type=positive, help="only the first N pairs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_reward)
@@ -25,9 +25,9 @@ def register(subparsers) -> None:
     p = sub.add_parser("perplexity", help="token-level perplexity with a sliding window")
     p.add_argument("checkpoint")
     p.add_argument("--data", required=True, help="documents/conversations .jsonl, a text file, or a prepared dir")
-    p.add_argument("--window", type=int, help="tokens per window (default: the context length)")
-    p.add_argument("--stride", type=int, help="start a window every STRIDE tokens (default: window)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--window", type=positive, help="tokens per window (default: the context length)")
+    p.add_argument("--stride", type=positive, help="start a window every STRIDE tokens (default: window)")
+    p.add_argument("--batch-size", type=positive, default=8)
     p.add_argument("--style", help="prompt style for conversations (default: stored with the data/checkpoint)")
     p.add_argument("--device")
     p.add_argument("--out", help="write report.json/report.md here and attach results to the run card")
@@ -39,13 +39,13 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True,
                    help="a token directory (`data tokenize` output: each training sequence's first tokens, as "
                         "Pythia scored) or documents (.jsonl / prepared dir / text file: each document's first tokens)")
-    p.add_argument("--prompt-len", type=int, default=32, help="tokens of each sequence given as the prompt (32)")
-    p.add_argument("--gen-len", type=int, default=32, help="tokens decoded greedily and compared (32)")
-    p.add_argument("--seq-len", type=int, default=None,
+    p.add_argument("--prompt-len", type=positive, default=32, help="tokens of each sequence given as the prompt (32)")
+    p.add_argument("--gen-len", type=positive, default=32, help="tokens decoded greedily and compared (32)")
+    p.add_argument("--seq-len", type=positive, default=None,
                    help="token directory only: the training sequence length that cut the stream (default: the "
                         "run card's recipe.seq_len, else the context window)")
     p.add_argument("--limit", type=positive, default=None, help="only the first N sequences / documents")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive, default=64)
     p.add_argument("--device")
     p.add_argument("--out", required=True)
     p.add_argument("--json", action="store_true")
@@ -59,8 +59,8 @@ def register(subparsers) -> None:
     p.add_argument("--judge-model", default=None, help="model name to ask the endpoint for")
     p.add_argument("--judge-mode", choices=["chat", "completions"], default="chat",
                    help="endpoint API for a URL judge (default chat)")
-    p.add_argument("--limit", type=int)
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--limit", type=positive)
+    p.add_argument("--max-new-tokens", type=positive, default=256)
     p.add_argument("--out", required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_judge)
@@ -69,8 +69,8 @@ def register(subparsers) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--data", required=True, help=".jsonl with instruction/input/output, prompt/reference or messages "
                                                  "rows, or a prepared directory (its conversations.jsonl)")
-    p.add_argument("--limit", type=int)
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--limit", type=positive)
+    p.add_argument("--max-new-tokens", type=positive, default=128)
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--label-prefix", help="distilled checkpoints: ask with this prefix and report label accuracy "
                                           "on {input, label} rows (default for a checkpoint trained with "
@@ -89,7 +89,7 @@ def register(subparsers) -> None:
     p.add_argument("--include-path", help="directory of local task YAML files")
     p.add_argument("--num-fewshot", type=int)
     p.add_argument("--limit", type=float)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive, default=8)
     p.add_argument("--device")
     p.add_argument("--out")
     p.add_argument("--json", action="store_true")

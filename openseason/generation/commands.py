@@ -30,9 +30,22 @@ def positive(text: str) -> int:
     return value
 
 
+def refuse_sampling_flags_when_greedy(temperature: float, flags: dict) -> None:
+    """Sampling flags ({"--top-k": value or None, ...}) shape sampling only; with greedy decoding
+    (--temperature 0) they would be silently ignored, so a given one is an error instead."""
+    from ..errors import ConfigError
+
+    given = [flag for flag, value in flags.items() if value is not None]
+    if temperature == 0 and given:
+        raise ConfigError(f"{', '.join(given)} only apply when sampling, and --temperature is 0 (greedy)",
+                          hint="add --temperature 0.8 (for example) to sample, or drop " + ", ".join(given))
+
+
 def _generate(args) -> int:
     from .llm import LLM
 
+    refuse_sampling_flags_when_greedy(args.temperature, {"--top-k": args.top_k, "--top-p": args.top_p,
+                                                         "--seed": args.seed})
     chat = args.chat or args.prompt_style is not None
     if args.prompt_style is not None:
         _check_style(args.prompt_style)
@@ -41,7 +54,8 @@ def _generate(args) -> int:
     if chat:  # say which format wraps the prompt: a wrong one is the usual reason for odd replies
         print(f"openseason: chat format {llm.prompt_style!r} ({llm.chat_format_reason})", file=sys.stderr)
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                   top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=[unescape(s) for s in args.stop] or None,
+                   top_p=1.0 if args.top_p is None else args.top_p, repetition_penalty=args.repetition_penalty,
+                   stop=[unescape(s) for s in args.stop] or None,
                    seed=args.seed, ignore_eos=args.ignore_eos)
     if args.best_of is not None or args.reward is not None:
         if chat:
@@ -119,8 +133,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-new-tokens", "--max-tokens", dest="max_new_tokens", type=positive, default=64,
                    metavar="N", help="most tokens to generate (default 64). --max-tokens is an alias, as in `chat`")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None, help="sample from the K most likely tokens (with --temperature)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling (with --temperature; default 1.0)")
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
     p.add_argument("--stop", action="append", default=[], metavar="STR",

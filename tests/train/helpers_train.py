@@ -77,3 +77,17 @@ def kill_finetune_after_checkpoint(tmp_path: Path, base: Path, data: Path, metho
     run = tmp_path / "run"
     assert (run / f"step-{step - 1:06d}").is_dir() and not (run / "final").exists()
     return run
+
+
+def for_method(method: str, options: dict) -> dict:
+    """`options` less the options of the other finetuning methods, which finetune() refuses: shared
+    test settings name the tiny LoRA and LLaMA-Adapter sizes once, each run passes what applies."""
+    import dataclasses
+
+    from openseason.peft import canonical_method
+    from openseason.train.options import METHOD_GROUPS, FinetuneOptions
+
+    method = canonical_method(method)
+    foreign = {f.name for f in dataclasses.fields(FinetuneOptions)
+               if method not in METHOD_GROUPS.get(f.metadata.get("group"), (method,))}
+    return {k: v for k, v in options.items() if k not in foreign}

@@ -46,6 +46,10 @@ def read(paths, ctx, mode="sft", columns=None, meta_columns=(), **_):
                 value = row.get(name) if name else None
                 if value is None and not required:
                     return None
+                if name is not None and name not in row:
+                    ctx.malformed(where, "missing_column", f"no column {name!r} (mapped to {field}); the row has: "
+                                  + ", ".join(map(repr, (k for k in row if k is not None))))
+                    return None
                 if not isinstance(value, str):
                     ctx.malformed(where, "bad_field", f"column {name!r} (mapped to {field}) must be text")
                     return None
