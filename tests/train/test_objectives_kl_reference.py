@@ -131,8 +131,8 @@ def test_grpo_full_with_kl_from_a_peft_checkpoint_is_an_error(tmp_path, tiny_tok
 
     base = make_base(tmp_path / "base", tiny_tokenizer)
     data = make_prepared(tmp_path / "data", n=8)
-    fast = dict(progress=False, register=False, max_length=48, micro_batch_size=2, val_size=0, lora_dropout=0.0)
-    lora = finetune(base, data, "lora", tmp_path / "lora", max_steps=1, **fast)
+    fast = dict(progress=False, register=False, max_length=48, micro_batch_size=2, val_size=0)
+    lora = finetune(base, data, "lora", tmp_path / "lora", max_steps=1, lora_dropout=0.0, **fast)
     with pytest.raises(ConfigError, match="PEFT checkpoint"):
         finetune(lora["final"], data, "full", tmp_path / "grpo", objective="grpo", max_steps=1, num_generations=2,
                  max_new_tokens=2, reward="openseason.train.objectives.grpo:exact_match_reward", **fast)
