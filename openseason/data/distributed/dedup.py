@@ -20,6 +20,7 @@ ranges' kept rows in order. The driver holds only the clusters, never the signat
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -157,9 +158,11 @@ def _split(gids) -> dict[int, list[int]]:
 
 
 def ray_dedup(inputs, out, settings: dict, overwrite: bool = False, workers=None, address=None,
-              block_bytes=None, progress: bool = True) -> dict:
+              block_bytes=None) -> dict:
     """`dedup(..., engine="ray")`: see the module docstring. Resumes an unfinished run in `out`."""
     from .workdir import WORK, WorkDir
+
+    progress = sys.stderr.isatty()  # the bars of the stages (the single-process dedup is quick enough to have none)
 
     inputs, out = check_inputs(inputs, out, settings["threshold"])
     started = time.time()
