@@ -120,16 +120,23 @@ def test_tokenize_is_identical_on_ray(cluster, corpus, tiny_tokenizer, tmp_path)
         assert _files(tmp_path / f"ray-{seed}", skip=()) == _files(tmp_path / f"local-{seed}", skip=())
 
 
-def test_driver_killed_then_rerun_gives_the_same_output(cluster, corpus, tmp_path):
-    """kill -9 of the driver mid-run; the rerun resumes from OUT/.ray-work and matches one process."""
+def test_worker_and_driver_killed_then_rerun_gives_the_same_output(cluster, corpus, tmp_path):
+    """A worker killed with -9 mid-task (Ray runs the task again), then the driver killed with -9
+    mid-run: the rerun resumes from OUT/.ray-work and matches one process."""
     inputs = [corpus / "docs", corpus / "dolly"]
     dedup(inputs, tmp_path / "local")
     out = tmp_path / "killed"
-    # the slowed task is defined in the driver's __main__, so Ray ships it by value to the workers
-    code = (f"import time, ray\n"
+    marker = tmp_path / "worker-killed"
+    # the slowed task is defined in the driver's __main__, so Ray ships it by value to the workers;
+    # its first call kills its own worker process
+    code = (f"import os, signal, time, ray\n"
             f"import openseason.data.distributed.dedup as m\n"
             f"real = m.map_range\n"
-            f"def slow(*a):\n    time.sleep(0.4)\n    return real(*a)\n"
+            f"def slow(*a):\n"
+            f"    try:\n        os.close(os.open({str(marker)!r}, os.O_CREAT | os.O_EXCL))\n"
+            f"    except FileExistsError:\n        pass\n"
+            f"    else:\n        os.kill(os.getpid(), signal.SIGKILL)\n"
+            f"    time.sleep(0.4)\n    return real(*a)\n"
             f"m.map_range = slow\n"
             f"from openseason.data.dedup import dedup\n"
             f"dedup({[str(p) for p in inputs]!r}, {str(out)!r}, engine='ray', workers=2, block_bytes={BLOCK},"
@@ -143,7 +150,7 @@ def test_driver_killed_then_rerun_gives_the_same_output(cluster, corpus, tmp_pat
     os.kill(proc.pid, signal.SIGKILL)
     _, err = proc.communicate()
     done = len(list(work.glob("*-map-*.npz")))
-    assert done >= 3 and not (out / "report.json").exists(), err.decode()[-2000:]
+    assert marker.exists() and done >= 3 and not (out / "report.json").exists(), err.decode()[-2000:]
     report = dedup(inputs, out, engine="ray", workers=2, block_bytes=BLOCK)
     assert report["engine"]["ranges"] > done
     assert _files(out) == _files(tmp_path / "local")
