@@ -22,7 +22,7 @@ from openseason.data.tokenize import tokenize_documents  # noqa: E402
 from openseason.errors import DataError, OpenseasonError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-BLOCK = 40_000  # bytes per range: every input file is cut into several ranges
+BLOCK = 100_000  # bytes per range: every input file (0.4-0.8 MB) is cut into several ranges
 
 
 @pytest.fixture(scope="module")
@@ -145,12 +145,12 @@ def test_worker_and_driver_killed_then_rerun_gives_the_same_output(cluster, corp
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
     work = out / ".ray-work"
     deadline = time.time() + 90
-    while len(list(work.glob("document-map-*.npz"))) < 3 and time.time() < deadline and proc.poll() is None:
+    while len(list(work.glob("document-map-*.npz"))) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     _, err = proc.communicate()
     done = len(list(work.glob("*-map-*.npz")))
-    assert marker.exists() and done >= 3 and not (out / "report.json").exists(), err.decode()[-2000:]
+    assert marker.exists() and done >= 2 and not (out / "report.json").exists(), err.decode()[-2000:]
     report = dedup(inputs, out, engine="ray", workers=2, block_bytes=BLOCK)
     assert report["engine"]["ranges"] > done
     assert _files(out) == _files(tmp_path / "local")

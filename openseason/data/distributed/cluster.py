@@ -94,8 +94,9 @@ class Cluster:
                     self.peak_rss[pid] = max(self.peak_rss.get(pid, 0), rss)
                     bar and bar.advance(bar.task_ids[0])
         finally:
-            for ref in pending:
-                ray.cancel(ref, force=True)
+            # tasks still in flight after an error are left to finish: they only write their own
+            # pieces atomically (a rerun reuses them), and force-cancelling a task whose reply is
+            # arriving crashes the driver in Ray 2.60 (a failed check in TaskManager::CompletePendingTask)
             if bar:
                 bar.stop()
         return results
