@@ -168,6 +168,16 @@ def test_options_that_do_not_apply_are_errors(cluster, corpus, shared_data, tmp_
                 engine="ray", progress=False)
 
 
+def test_a_head_that_does_not_answer_is_a_clear_error(cluster, corpus, tmp_path):
+    with pytest.raises(OpenseasonError, match="already joined the Ray cluster"):
+        dedup([corpus / "docs"], tmp_path / "a", engine="ray", address="127.0.0.1:1")
+    proc = subprocess.run([sys.executable, "-m", "openseason", "data", "dedup", str(corpus / "docs"), "--out",
+                           str(tmp_path / "b"), "--engine", "ray", "--address", "127.0.0.1:1"],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert proc.returncode == 2 and "no Ray cluster answers at 127.0.0.1:1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_cli_runs_on_ray(cluster, corpus, tmp_path, capsys):
     out = tmp_path / "cli"
     assert cli(["data", "dedup", str(corpus / "docs"), "--out", str(out), "--engine", "ray", "--workers", "2",

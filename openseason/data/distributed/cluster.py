@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import socket
 from typing import Callable, Iterator, Optional, Sequence
 
 from ...errors import OpenseasonError
@@ -32,15 +33,21 @@ def connect(address: Optional[str] = None, workers: Optional[int] = None) -> Ite
     `workers` CPUs (all of this machine's by default) that is shut down at the end."""
     ray = import_ray()
     started = False
-    if not ray.is_initialized():
+    if ray.is_initialized():
+        joined = ray.get_runtime_context().gcs_address
+        if address not in (None, "auto") and address != joined:
+            raise OpenseasonError(f"this process already joined the Ray cluster at {joined}, not {address}",
+                                  where="--address", hint="leave --address out, or use a new process")
+    else:
         address = address or "auto"
         common = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+        if address != "auto":
+            _check_reachable(address)
         try:
             ray.init(address=address, **common)
         except ConnectionError:
             if address != "auto":
-                raise OpenseasonError(f"no Ray cluster answers at {address}", where="--address",
-                                      hint="start one with `ray start --head` or pass --address auto") from None
+                raise _unreachable(address) from None
             ray.init(num_cpus=workers or os.cpu_count() or 1, **common)
             started = True
     try:
@@ -48,6 +55,22 @@ def connect(address: Optional[str] = None, workers: Optional[int] = None) -> Ite
     finally:
         if started:
             ray.shutdown()
+
+
+def _unreachable(address: str) -> OpenseasonError:
+    return OpenseasonError(f"no Ray cluster answers at {address}", where="--address",
+                           hint="start one with `ray start --head --port PORT`, or pass --address auto")
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a head that does not answer (ray.init would retry for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise OpenseasonError(f"expected 'auto' or HOST:PORT, not {address!r}", where="--address")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError:
+        raise _unreachable(address) from None
 
 
 def _call(fn: Callable, args: tuple):

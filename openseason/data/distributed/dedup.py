@@ -28,7 +28,7 @@ import numpy as np
 
 from ...fileio import atomic_open, iter_jsonl, where as fmt_where, write_jsonl_atomic
 from ..dedup import Decisions, check_inputs, dropped, exact_groups, exact_key, new_report
-from ..minhash import MinHasher, _band_groups, _band_keys, components
+from ..minhash import MinHasher, _band_groups, _band_keys, components, lsh_params
 from ..prepare import writing_prepared
 from ..records import KINDS, record_text
 from .cluster import connect
@@ -59,9 +59,7 @@ def map_range(work: str, kind: str, p: int, rng: Range, settings: dict, reducers
         for r in range(reducers):
             arrays[f"x{r}_gid"], arrays[f"x{r}_key"] = gids[part == r], keys[part == r]
     if settings["near"]:
-        report = new_report([], settings["threshold"], settings["num_perm"], settings["ngram"],
-                            settings["shingle_hash"])
-        bands, rows = report["bands"], report["rows_per_band"]
+        bands, rows = lsh_params(settings["threshold"], settings["num_perm"])
         hasher = MinHasher(num_perm=settings["num_perm"], seed=settings["seed"], ngram=settings["ngram"],
                            shingle_hash=settings["shingle_hash"], threads=1)
         sigs, has = hasher.signatures(texts)
@@ -75,13 +73,14 @@ def map_range(work: str, kind: str, p: int, rng: Range, settings: dict, reducers
     return len(texts)
 
 
-def _gather(work: str, kind: str, n_ranges: int, prefix: str) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, values) of one partition across all map outputs, in record order."""
+def _gather(work: str, kind: str, n_ranges: int, prefix: str, values: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, values) of one partition (arrays PREFIX_gid, PREFIX_VALUES) across all map outputs, in
+    record order (the ranges are in input order, and the rows in each)."""
     ids, vals = [], []
     for p in range(n_ranges):
         with np.load(Path(work) / f"{kind}-map-{p:06d}.npz") as data:
-            ids.append(data[prefix + "_gid"])
-            vals.append(data[prefix + "_val" if prefix.startswith("b") else prefix + "_key"])
+            ids.append(data[f"{prefix}_gid"])
+            vals.append(data[f"{prefix}_{values}"])
     return np.concatenate(ids), np.concatenate(vals)
 
 
@@ -110,7 +109,7 @@ def _cached(path: Path, compute) -> list[list[int]]:
 def exact_reduce(work: str, kind: str, r: int, n_ranges: int) -> list[list[int]]:
     """Task: the exact-duplicate groups among the records whose key hash falls to reducer `r`."""
     def compute():
-        gids, keys = _gather(work, kind, n_ranges, f"x{r}")
+        gids, keys = _gather(work, kind, n_ranges, f"x{r}", "key")
         return exact_groups(zip(keys.tolist(), gids.tolist()))
     return _cached(Path(work) / f"{kind}-exact-{r:04d}.npz", compute)
 
@@ -122,7 +121,7 @@ def near_reduce(work: str, kind: str, r: int, n_ranges: int, bands: int, rows: i
     def compute():
         groups = []
         for j in range(bands):
-            gids, vals = _gather(work, kind, n_ranges, f"b{r}_{j}")
+            gids, vals = _gather(work, kind, n_ranges, f"b{r}_{j}", "val")
             alive = ~np.isin(gids, removed)
             gids, vals = gids[alive], vals[alive]
             groups.extend(gids[g] for g in _band_groups(vals, 1, rows, np.arange(len(gids))))
