@@ -120,6 +120,48 @@ def test_tokenize_is_identical_on_ray(cluster, corpus, tiny_tokenizer, tmp_path)
         assert _files(tmp_path / f"ray-{seed}", skip=()) == _files(tmp_path / f"local-{seed}", skip=())
 
 
+def test_interrupted_tokenize_and_prepare_resume(cluster, corpus, tiny_tokenizer, shared_data, tmp_path, monkeypatch):
+    """A driver stopped before its last step leaves its pieces; the rerun reuses them (the shards
+    already written are not written again) and the outputs match one process."""
+    import openseason.data.distributed.prepare as ray_prepare_mod
+    import openseason.data.distributed.tokenize as ray_tokenize_mod
+
+    tok = tmp_path / "tok"
+    tiny_tokenizer.save(tok)
+    docs = [corpus / "docs" / "documents.jsonl"]
+    tokenize_documents(docs, tok, tmp_path / "t-local", docs_per_shard=100, shuffle_seed=3, progress=False)
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ray_tokenize_mod, "write_manifest", stop)
+        with pytest.raises(KeyboardInterrupt):
+            tokenize_documents(docs, tok, tmp_path / "t-ray", docs_per_shard=100, shuffle_seed=3, progress=False,
+                               engine="ray", block_bytes=BLOCK)
+    out = tmp_path / "t-ray"
+    assert (out / ".ray-work").is_dir() and not (out / "manifest.json").exists()
+    written = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.json")}
+    assert len(written) > 3
+    tokenize_documents(docs, tok, out, docs_per_shard=100, shuffle_seed=3, progress=False, engine="ray",
+                       block_bytes=BLOCK)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.json")} == written
+    assert _files(out, skip=()) == _files(tmp_path / "t-local", skip=()) and not (out / ".ray-work").exists()
+
+    dolly = [shared_data / "dolly-15k" / "dolly_sample.jsonl"]
+    prepare("dolly", dolly, tmp_path / "p-local", progress=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(ray_prepare_mod, "finish_prepared", stop)
+        with pytest.raises(KeyboardInterrupt):
+            prepare("dolly", dolly, tmp_path / "p-ray", progress=False, engine="ray", block_bytes=BLOCK)
+    assert len(list((tmp_path / "p-ray" / ".ray-work").glob("part-*.json"))) > 3
+    with pytest.raises(DataError, match="different"):  # other settings never mix with the pieces
+        prepare("dolly", dolly, tmp_path / "p-ray", progress=False, engine="ray", block_bytes=BLOCK,
+                categories=["open_qa"])
+    prepare("dolly", dolly, tmp_path / "p-ray", progress=False, engine="ray", block_bytes=BLOCK)
+    assert _files(tmp_path / "p-ray") == _files(tmp_path / "p-local")
+
+
 def test_worker_and_driver_killed_then_rerun_gives_the_same_output(cluster, corpus, tmp_path):
     """A worker killed with -9 mid-task (Ray runs the task again), then the driver killed with -9
     mid-run: the rerun resumes from OUT/.ray-work and matches one process."""
