@@ -13,7 +13,10 @@ and near clusters joined), as a Jaccard index between the two sides' pair sets.
 
 Ray: a local cluster with 2 CPUs is started once (not timed) and warmed up with a tiny run; "1
 worker" allows one task in flight, "2 workers" two. Peak memory is each Ray worker process's
-maximum resident set (getrusage), and for datatrove that of its largest process.
+maximum resident set (getrusage), and for datatrove that of its largest process. CPU: the seconds
+of CPU the work took (openseason's process; Ray's tasks; datatrove's processes), which a shared
+machine's load does not inflate as it does the wall time: MB of prepared JSONL per CPU-second is the
+per-document cost the README's 1e9-document estimate uses.
 
     .venv/bin/pip install datatrove orjson   # the peer: benchmark only
     .venv/bin/python benchmarks/dedup_scale.py [--copies 1]
@@ -108,23 +111,29 @@ def run_datatrove(dirs: list[str], work: str, workers: int) -> dict:
     def reader():
         return JsonlReader(str(inp), text_key="text", id_key="id", compression=None)
 
-    common = {"logging_dir": None, "skip_completed": False}
+    def common(stage):  # its logs go to the scratch folder, not ./logs
+        return {"logging_dir": str(work / "logs" / stage), "skip_completed": False}
+
     stages = [
         LocalPipelineExecutor([reader(), MinhashDedupSignature(str(work / "sigs"), config=config,
                                                                language=Words("en"))],
-                              tasks=FILES, workers=workers, **common),
+                              tasks=FILES, workers=workers, **common("1")),
         LocalPipelineExecutor([MinhashDedupBuckets(str(work / "sigs"), str(work / "buckets"), config=config)],
-                              tasks=b, workers=workers, **common),
+                              tasks=b, workers=workers, **common("2")),
         LocalPipelineExecutor([MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=config,
-                                                   save_cluster_id=True)], tasks=1, workers=1, **common),
+                                                   save_cluster_id=True)], tasks=1, workers=1, **common("3")),
         LocalPipelineExecutor([reader(), MinhashDedupFilter(str(work / "remove"), load_cluster_ids=True,
                                                             exclusion_writer=JsonlWriter(str(work / "removed"))),
-                               JsonlWriter(str(work / "kept"))], tasks=FILES, workers=workers, **common),
+                               JsonlWriter(str(work / "kept"))], tasks=FILES, workers=workers, **common("4")),
     ]
-    start = time.perf_counter()
+    def cpu_now():  # this process and its reaped pool workers
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.process_time() + kids.ru_utime + kids.ru_stime
+
+    start, cpu = time.perf_counter(), cpu_now()
     for stage in stages:
         stage.run()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_now() - cpu
     clusters: dict[int, list[str]] = {}
     for file in [*(work / "kept").glob("*.gz"), *(work / "removed").glob("*.gz")]:
         for line in gzip.open(file, "rt"):
@@ -133,7 +142,7 @@ def run_datatrove(dirs: list[str], work: str, workers: int) -> dict:
             if cid != -1:
                 clusters.setdefault(cid, []).append(row["id"])
     removed = sum(1 for f in (work / "removed").glob("*.gz") for _ in gzip.open(f, "rt"))
-    return {"seconds": seconds, "clusters": list(clusters.values()), "removed": removed}
+    return {"seconds": seconds, "cpu": cpu, "clusters": list(clusters.values()), "removed": removed}
 
 
 def main() -> None:
@@ -142,7 +151,10 @@ def main() -> None:
     parser.add_argument("--peer", nargs=2, metavar=("DIRS_JSON", "WORK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peer:
-        print(json.dumps(run_datatrove(json.loads(args.peer[0]), args.peer[1], workers=2)))
+        result = run_datatrove(json.loads(args.peer[0]), args.peer[1], workers=2)
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        result["rss_mib"] = max(own.ru_maxrss, kids.ru_maxrss) / 1024
+        print(json.dumps(result))
         return
     import ray
 
@@ -151,13 +163,15 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="dedup_scale-"))
     dirs = build_corpus(tmp, args.copies)
     n = sum(1 for d in dirs for _ in (d / "documents.jsonl").open())
-    print(f"{n} documents in {FILES} files ({sum((d / 'documents.jsonl').stat().st_size for d in dirs) / 2**20:.1f} "
-          f"MiB), num_perm {NUM_PERM}, threshold {THRESHOLD}; load average {os.getloadavg()[0]:.2f}")
+    size = sum((d / "documents.jsonl").stat().st_size for d in dirs)
+    print(f"{n} documents in {FILES} files ({size / 2**20:.1f} MiB), num_perm {NUM_PERM}, threshold {THRESHOLD}; "
+          f"load average {os.getloadavg()[0]:.2f}")
 
     rows = []
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     dedup(dirs, tmp / "local")
-    rows.append(("openseason, one process", time.perf_counter() - start, None, our_pairs(tmp / "local")))
+    rows.append(("openseason, one process", time.perf_counter() - start, time.process_time() - cpu, None,
+                 our_pairs(tmp / "local")))
 
     ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False, log_to_driver=False)
     dedup([dirs[0]], tmp / "warmup", engine="ray", workers=2)  # start the worker processes
@@ -167,8 +181,9 @@ def main() -> None:
         report = dedup(dirs, out, engine="ray", workers=workers)
         seconds = time.perf_counter() - start
         assert (out / "documents.jsonl").read_bytes() == (tmp / "local" / "documents.jsonl").read_bytes()
-        rows.append((f"openseason on Ray, {workers} worker(s)", seconds, report["engine"]["peak_rss_mib_per_worker"],
-                     our_pairs(out)))
+        # CPU: the tasks' (the driver only plans, joins clusters and concatenates files)
+        rows.append((f"openseason on Ray, {workers} worker(s)", seconds, report["engine"]["task_cpu_seconds"],
+                     report["engine"]["peak_rss_mib_per_worker"], our_pairs(out)))
     ray.shutdown()
 
     proc = subprocess.run([sys.executable, __file__, "--peer", json.dumps([str(d) for d in dirs]), str(tmp / "dt")],
@@ -176,15 +191,15 @@ def main() -> None:
     if proc.returncode:
         sys.exit(f"datatrove run failed:\n{proc.stderr[-3000:]}")
     peer = json.loads(proc.stdout.strip().splitlines()[-1])
-    peer_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     theirs = cluster_pairs(peer["clusters"])
-    rows.append(("datatrove MinHash pipeline, 2 workers", peer["seconds"], [round(peer_rss, 1)], theirs))
+    rows.append(("datatrove MinHash pipeline, 2 workers", peer["seconds"], peer["cpu"], [peer["rss_mib"]], theirs))
 
     ref_t = peer["seconds"]
-    for name, seconds, rss, pairs in rows:
+    for name, seconds, cpu, rss, pairs in rows:
         agree = len(pairs & theirs) / len(pairs | theirs) if pairs | theirs else 1.0
         mem = f"peak RSS/worker {max(rss):6.0f} MiB" if rss else "peak RSS/worker      -    "
-        print(f"  {name:40s} {seconds:7.2f} s {n / seconds:8.0f} docs/s  {mem}  {len(pairs):6d} pairs  "
+        print(f"  {name:40s} {seconds:7.2f} s {n / seconds:8.0f} docs/s  CPU {cpu:6.2f} s "
+              f"({size / cpu / 1e6:5.2f} MB/CPU-s)  {mem}  {len(pairs):6d} pairs  "
               f"vs datatrove: {ref_t / seconds:5.2f}x, pair agreement {100 * agree:6.2f}%")
     print(f"  datatrove removed {peer['removed']} documents; openseason removed "
           f"{n - sum(1 for _ in (tmp / 'local' / 'documents.jsonl').open())}")

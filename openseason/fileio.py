@@ -135,6 +135,8 @@ class _Utf8Text:
         return self._decode(raw, final=not raw)
 
     def read(self, size: int = -1) -> str:
+        if self._end is not None:
+            raise ValueError("a byte range of a file is read line by line")
         raw = self._bytes(lambda: self._raw.read(size) if size >= 0 else self._raw.read())
         return self._decode(raw, final=size < 0 or not raw)
 

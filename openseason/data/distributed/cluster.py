@@ -3,7 +3,8 @@
 Tasks are plain functions of this package run with one CPU each; at most `workers` are in flight at
 a time. A task's user errors (`OpenseasonError`: a malformed row at file:line) come back as values
 and are raised in the driver as they are, so the CLI prints them like the single-process path does.
-Each task also reports its worker process's peak resident memory, which the stages report per worker.
+Each task also reports its CPU time and its worker process's peak resident memory, which the stages
+report (per worker for the memory).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import contextlib
 import os
 import resource
 import socket
+import time
 from typing import Callable, Iterator, Optional, Sequence
 
 from ...errors import OpenseasonError
@@ -74,12 +76,15 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 def _call(fn: Callable, args: tuple):
-    """The body of every task: (result or the user error, worker pid, worker peak RSS in bytes)."""
+    """The body of every task: (result or the user error, worker pid, worker peak RSS in bytes, CPU
+    seconds the task used)."""
+    cpu = time.process_time()
     try:
         result = fn(*args)
     except OpenseasonError as exc:
         result = exc
-    return result, os.getpid(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return (result, os.getpid(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            time.process_time() - cpu)
 
 
 class Cluster:
@@ -90,6 +95,7 @@ class Cluster:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.workers = workers or max(cpus, 1)
         self.peak_rss: dict[int, int] = {}
+        self.cpu_seconds = 0.0
         self._remote = ray.remote(num_cpus=1, max_retries=3)(_call)
 
     def run(self, fn: Callable, jobs: Sequence[tuple], label: str = "", progress: bool = False) -> list:
@@ -110,11 +116,12 @@ class Cluster:
                     break
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
-                    value, pid, rss = ray.get(ref)
+                    value, pid, rss, cpu = ray.get(ref)
                     if isinstance(value, OpenseasonError):
                         raise value
                     results[pending.pop(ref)] = value
                     self.peak_rss[pid] = max(self.peak_rss.get(pid, 0), rss)
+                    self.cpu_seconds += cpu
                     bar and bar.advance(bar.task_ids[0])
         finally:
             # tasks still in flight after an error are left to finish: they only write their own
@@ -125,8 +132,8 @@ class Cluster:
         return results
 
     def stats(self) -> dict:
-        """What the run used: workers, and each worker process's peak memory (MiB)."""
-        return {"name": "ray", "workers": self.workers,
+        """What the run used: workers, the tasks' CPU seconds, and each worker process's peak memory (MiB)."""
+        return {"name": "ray", "workers": self.workers, "task_cpu_seconds": round(self.cpu_seconds, 3),
                 "peak_rss_mib_per_worker": sorted(round(v / 2**20, 1) for v in self.peak_rss.values())}
 
 
