@@ -111,8 +111,9 @@ def run_datatrove(dirs: list[str], work: str, workers: int) -> dict:
     def reader():
         return JsonlReader(str(inp), text_key="text", id_key="id", compression=None)
 
-    def common(stage):  # its logs go to the scratch folder, not ./logs
-        return {"logging_dir": str(work / "logs" / stage), "skip_completed": False}
+    def common(stage):  # logs in the scratch folder, not ./logs; forked workers, so that this process
+        # reaps them and their CPU time shows in RUSAGE_CHILDREN (forkserver's would not)
+        return {"logging_dir": str(work / "logs" / stage), "skip_completed": False, "start_method": "fork"}
 
     stages = [
         LocalPipelineExecutor([reader(), MinhashDedupSignature(str(work / "sigs"), config=config,
