@@ -114,11 +114,11 @@ def exact_reduce(work: str, kind: str, r: int, n_ranges: int) -> list[list[int]]
     return _cached(Path(work) / f"{kind}-exact-{r:04d}.npz", compute)
 
 
-def near_reduce(work: str, kind: str, r: int, n_ranges: int, bands: int, rows: int,
-                removed: np.ndarray) -> list[list[int]]:
+def near_reduce(work: str, kind: str, r: int, n_ranges: int, bands: int, rows: int) -> list[list[int]]:
     """Task: components of the candidate graph over the band buckets that fall to reducer `r`, among
-    the records not `removed` by the exact stage."""
+    the records the exact stage did not remove (KIND-exact-removed.npy)."""
     def compute():
+        removed = np.load(Path(work) / f"{kind}-exact-removed.npy")
         groups = []
         for j in range(bands):
             gids, vals = _gather(work, kind, n_ranges, f"b{r}_{j}", "val")
@@ -195,9 +195,11 @@ def ray_dedup(inputs, out, settings: dict, overwrite: bool = False, workers=None
                                 for g in part), key=lambda g: g[0])
             near = []
             if settings["near"]:
-                removed = np.array(sorted(dropped(exact)), dtype=np.uint64)
-                parts = cluster.run(near_reduce, [(*job, report["bands"], report["rows_per_band"], removed)
-                                                  for job in jobs], f"dedup {kind}: LSH buckets", progress)
+                # a file, not an argument: one copy for all reducers
+                with atomic_open(work.file(f"{kind}-exact-removed.npy"), "wb") as handle:
+                    np.save(handle, np.array(sorted(dropped(exact)), dtype=np.uint64))
+                parts = cluster.run(near_reduce, [(*job, report["bands"], report["rows_per_band"]) for job in jobs],
+                                    f"dedup {kind}: LSH buckets", progress)
                 near = components(g for part in parts for g in part)
             drop = _split(dropped(exact) + dropped(near))
             want = _split(m for g in exact + near for m in g)

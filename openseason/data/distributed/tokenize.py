@@ -26,6 +26,8 @@ from .cluster import connect
 from .ranges import DEFAULT_BLOCK_BYTES, Range, number_lines, plan
 from .workdir import WorkDir
 
+INDEX = "stream-index.npz"
+
 
 def encode_range(work: str, p: int, rng: Range, encoding: tuple) -> int:
     """Task: tokenize range `p`'s documents into tok-P.{tokens,offsets,lines}.npy; returns their count."""
@@ -44,8 +46,10 @@ def encode_range(work: str, p: int, rng: Range, encoding: tuple) -> int:
     return int(np.load(lines_file, mmap_mode="r").shape[0])
 
 
-def write_unit(out: str, work: str, unit: int, docs: np.ndarray, starts: np.ndarray, files: list[int]) -> None:
+def write_unit(out: str, work: str, unit: int, docs: np.ndarray) -> None:
     """Task: shard `unit` from the documents `docs` (indices into the whole stream)."""
+    with np.load(Path(work) / INDEX) as index:  # a file, not an argument: one copy, not one per task
+        starts, files = index["starts"], index["files"]
     ranges = np.searchsorted(starts, docs, side="right") - 1
     cache: dict[int, tuple] = {}
     pieces, lengths = [], []
@@ -58,7 +62,7 @@ def write_unit(out: str, work: str, unit: int, docs: np.ndarray, starts: np.ndar
         pieces.append(np.asarray(tokens[offsets[i]:offsets[i + 1]]))
         lengths.append(pieces[-1].size)
     p0, i0 = int(ranges[0]), int(docs[0]) - int(starts[ranges[0]])
-    first = DocRef(files[p0], int(cache[p0][2][i0]))
+    first = DocRef(int(files[p0]), int(cache[p0][2][i0]))
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     _write_shard(Path(out), unit, np.concatenate(pieces), offsets, first)
 
@@ -96,7 +100,9 @@ def _run(cluster, inputs, tokenizer_path, out: Path, docs_per_shard, shuffle_see
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     units = unit_documents(int(starts[-1]), docs_per_shard, shuffle_seed)
     files = [r.file for r in ranges]
-    cluster.run(write_unit, [(str(out), str(work.path), u, units[u], starts, files)
+    with atomic_open(work.file(INDEX), "wb") as handle:  # where each range's documents start in the stream
+        np.savez(handle, starts=starts, files=np.array(files, dtype=np.int64))
+    cluster.run(write_unit, [(str(out), str(work.path), u, units[u])
                              for u in range(len(units)) if not _shard_done(out, u)], "writing shards", progress)
     per_source = np.bincount(files, weights=counts, minlength=len(sources)).astype(int).tolist()
     manifest = write_manifest(out, tokenizer, tokenizer_path, dtype, settings, per_source, len(units))
