@@ -99,10 +99,14 @@ class _Utf8Text:
     damaged gzip stream, into DataError at file:line:col instead of a UnicodeDecodeError. Lines are
     decoded one at a time, so the line number is exact; they keep their "\n" / "\r\n" endings."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, span: Optional[tuple[int, int, int]] = None):
         self.path = path
         self._raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
         self._line = 1  # line of the next byte to be decoded
+        self._end = None
+        if span is not None:  # (start byte, end byte, line number at start): one byte range of the file
+            start, self._end, self._line = span
+            self._raw.seek(start)
         self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
 
     def _bytes(self, reader):
@@ -125,10 +129,15 @@ class _Utf8Text:
         return text
 
     def readline(self) -> str:
-        raw = self._bytes(self._raw.readline)
+        if self._end is not None and self._raw.tell() >= self._end:
+            raw = b""  # a line belongs to the range its first byte lies in
+        else:
+            raw = self._bytes(self._raw.readline)
         return self._decode(raw, final=not raw)
 
     def read(self, size: int = -1) -> str:
+        if self._end is not None:
+            raise ValueError("a byte range of a file is read line by line")
         raw = self._bytes(lambda: self._raw.read(size) if size >= 0 else self._raw.read())
         return self._decode(raw, final=size < 0 or not raw)
 
@@ -151,15 +160,17 @@ class _Utf8Text:
         self.close()
 
 
-def open_text(path: str | os.PathLike):
+def open_text(path: str | os.PathLike, span: Optional[tuple[int, int, int]] = None):
     """Open a UTF-8 text file for reading, transparently decompressing `.gz`; bytes that are not
-    UTF-8 raise DataError at file:line:col."""
+    UTF-8 raise DataError at file:line:col. `span` = (start, end, line) reads only the lines that
+    start in bytes [start, end) of an uncompressed file, numbered from `line` (start must be the
+    first byte of a line): how distributed readers split one file across workers."""
     path = Path(path)
     if not path.exists():
         raise DataError("file not found", where=str(path))
     if path.is_dir():
         raise DataError("is a directory, not a file", where=str(path))
-    return _Utf8Text(path)
+    return _Utf8Text(path, span)
 
 
 SKIP_HINT = "fix the line or pass --on-error skip to record and skip it"
@@ -167,8 +178,9 @@ FIX_LINE_HINT = "fix the line (each line is one JSON object)"  # for readers who
 
 
 def iter_jsonl(path: str | os.PathLike, on_error: str = "fail", errors: list | None = None,
-               fail_hint: str = SKIP_HINT) -> Iterator[tuple[int, Any]]:
-    """Yield (line_number, object) for each non-blank line of a JSONL(.gz) file.
+               fail_hint: str = SKIP_HINT, span: Optional[tuple[int, int, int]] = None) -> Iterator[tuple[int, Any]]:
+    """Yield (line_number, object) for each non-blank line of a JSONL(.gz) file (of its byte range
+    `span`, see `open_text`).
 
     on_error="fail" raises DataError with file:line, the parse error and `fail_hint` (callers whose
     verb has no --on-error pass their own); "skip" appends {"where", "reason", "error"} to `errors`
@@ -176,8 +188,8 @@ def iter_jsonl(path: str | os.PathLike, on_error: str = "fail", errors: list | N
     """
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be 'fail' or 'skip', not {on_error!r}")
-    with open_text(path) as handle:
-        for lineno, line in enumerate(handle, start=1):
+    with open_text(path, span) as handle:
+        for lineno, line in enumerate(handle, start=span[2] if span else 1):
             if not line.strip():
                 continue
             try:

@@ -9,6 +9,9 @@ import argparse
 import json
 
 from ..errors import OpenseasonError
+from .engine import add_engine_args, engine_kwargs
+
+RAY_WORKERS = "ray: parallel tasks (default: the cluster's CPUs)"
 
 OVERWRITE_HELP = ("replace the outputs of a directory that already holds files "
                   "(without it, a non-empty --out is refused)")
@@ -49,7 +52,7 @@ def _prepare(args) -> int:
         mode = "alpaca-libre"
     options = {k: v for k, v in options.items() if v is not None}
     report = prepare(args.source, args.paths, args.out, mode=mode, on_error=args.on_error, style=args.style,
-                     overwrite=args.overwrite, **options)
+                     overwrite=args.overwrite, **engine_kwargs(args), **options)
     summary = {k: report[k] for k in ("read", "written", "rejected", "style")}
     print(json.dumps(summary, ensure_ascii=False))
     print(f"wrote {args.out} (report.json, rejects.jsonl)")
@@ -88,6 +91,7 @@ def register_prepare(sub) -> None:
     p.add_argument("--min-alnum-fraction", type=float)
     p.add_argument("--as", dest="as_source", help="hub: which source reads the rows (e.g. dolly)")
     p.add_argument("--split", help="hub: dataset split (default train)")
+    add_engine_args(p, workers_help=RAY_WORKERS)
     p.set_defaults(func=_prepare)
 
 
@@ -97,7 +101,7 @@ def _dedup(args) -> int:
 
     report = dedup(args.inputs, args.out, threshold=args.threshold, num_perm=args.num_perm, ngram=args.ngram,
                    exact=not args.no_exact, near=not args.no_near, seed=args.seed, shingle_hash=args.shingle_hash,
-                   overwrite=args.overwrite, style=args.style)
+                   overwrite=args.overwrite, style=args.style, **engine_kwargs(args))
     print(json.dumps({k: report[k] for k in ("read", "written", "rejected", "clusters", "largest_cluster")}))
     return 0
 
@@ -116,6 +120,7 @@ def register_dedup(sub) -> None:
     p.add_argument("--no-exact", action="store_true")
     p.add_argument("--no-near", action="store_true")
     p.add_argument("--style", help=STYLE_HELP)
+    add_engine_args(p, workers_help=RAY_WORKERS)
     p.set_defaults(func=_dedup)
 
 
@@ -169,8 +174,9 @@ def register_tokenize(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="delete what --out holds (another token directory, other files) and tokenize from scratch")
     p.add_argument("--docs-per-shard", type=int, default=10_000)
-    p.add_argument("--workers", type=int, default=1, help="tokenizer processes")
+    p.add_argument("--workers", type=int, help="local: tokenizer processes (default 1); " + RAY_WORKERS)
     p.add_argument("--shuffle-seed", type=int, help="shuffle the document order first (Pythia's pre-shuffled stream)")
+    add_engine_args(p)
     p.set_defaults(func=_tokenize)
 
 
@@ -189,8 +195,7 @@ def _tokenize(args) -> int:
     from .tokenize import tokenize_documents
 
     manifest = tokenize_documents(args.inputs, args.tokenizer, args.out, docs_per_shard=args.docs_per_shard,
-                                  workers=args.workers, shuffle_seed=args.shuffle_seed,
-                                  overwrite=args.overwrite)
+                                  shuffle_seed=args.shuffle_seed, overwrite=args.overwrite, **engine_kwargs(args))
     print(f"{manifest['documents']:,} documents -> {manifest['total_tokens']:,} tokens in "
           f"{len(manifest['shards'])} shard(s) ({manifest['dtype']}) under {args.out}")
     return 0

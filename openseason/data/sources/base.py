@@ -1,7 +1,9 @@
 """What every source module shares: the run context that counts rows and records rejects.
 
 A source is a module with `NAME`, `DEFAULT_STYLE`, `MODES` (first = default) and
-`read(paths, ctx, mode, **options)` yielding Conversation / PreferencePair / Document records. It
+`read(paths, ctx, mode, **options)` yielding Conversation / PreferencePair / Document records.
+`ROW_INDEPENDENT = True` says that each row becomes records on its own (no state across rows, no
+`ctx.extra`), so `data prepare --engine ray` may read the rows of one file in parallel ranges. It
 calls `ctx.row()` for each input row it reads, `ctx.reject(where, reason)` for rows a filter drops
 (always recorded, never fatal) and `ctx.malformed(where, reason, error)` for rows that cannot be
 understood (fatal with on_error="fail", recorded with "skip").
@@ -49,10 +51,10 @@ class Context:
         self.reject(where, reason, error)
 
     # -- readers that count rows and route parse errors -----------------------------------------------
-    def jsonl(self, path) -> Iterator[tuple[str, Any]]:
-        """(file:line, object) for each row of a JSONL(.gz) file."""
+    def jsonl(self, path, span=None) -> Iterator[tuple[str, Any]]:
+        """(file:line, object) for each row of a JSONL(.gz) file (of one byte range: `fileio.open_text`)."""
         errors: list = []
-        for lineno, obj in iter_jsonl(path, on_error=self.on_error, errors=errors):
+        for lineno, obj in iter_jsonl(path, on_error=self.on_error, errors=errors, span=span):
             self._flush(errors)
             self.row()
             yield fmt_where(path, lineno), obj

@@ -15,6 +15,7 @@ from .base import row_id, text_field
 NAME = "dolly"
 DEFAULT_STYLE = "dolly"
 MODES = ("sft",)
+ROW_INDEPENDENT = True  # each row on its own: `prepare --engine ray` splits files
 CITATION = re.compile(r"\[\d+(?:[,\u2013-]\s*\d+)*\]")
 
 

@@ -15,6 +15,7 @@ from .base import row_id
 NAME = "generic"
 DEFAULT_STYLE = "chatml"
 MODES = ("sft", "documents")
+ROW_INDEPENDENT = True  # each row on its own: `prepare --engine ray` splits files
 FIELDS = {"instruction", "input", "output", "system", "messages", "text", "id", "role_key", "content_key",
           "user_role", "assistant_role", "system_role"}
 ROLE_ALIASES = {"user": "user", "human": "user", "prompter": "user", "assistant": "assistant", "gpt": "assistant",

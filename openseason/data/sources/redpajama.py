@@ -14,6 +14,7 @@ from .base import row_id, text_field
 NAME = "redpajama"
 DEFAULT_STYLE = "plain"
 MODES = ("documents",)
+ROW_INDEPENDENT = True  # each row on its own: `prepare --engine ray` splits files
 GITHUB = {"max_line_length": 1000, "mean_line_length": 100.0, "min_alnum_fraction": 0.25}
 
 
