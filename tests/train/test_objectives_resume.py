@@ -8,7 +8,7 @@ import torch
 
 from openseason.train.finetune import finetune
 
-from .helpers_train import kill_finetune_after_checkpoint, make_base
+from .helpers_train import for_method, kill_finetune_after_checkpoint, make_base
 from .test_objectives_run import make_pairs
 from .test_train_resume import weights
 
@@ -18,14 +18,15 @@ ARGS = dict(objective="dpo", beta=0.1, max_steps=7, save_every=2, micro_batch_si
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_dpo_sigkill_then_resume_gives_identical_weights(tmp_path, tiny_tokenizer, method):
+    args = for_method(method, ARGS)
     base = make_base(tmp_path / "base", tiny_tokenizer)
     pairs = make_pairs(tmp_path / "pairs", n=40)
-    reference = finetune(base, pairs, method, tmp_path / "ref", progress=False, register=False, **ARGS)
+    reference = finetune(base, pairs, method, tmp_path / "ref", progress=False, register=False, **args)
     assert reference["report"]["reference_logps"].startswith("computed")
 
-    run = kill_finetune_after_checkpoint(tmp_path, base, pairs, method, ARGS)
+    run = kill_finetune_after_checkpoint(tmp_path, base, pairs, method, args)
 
-    resumed = finetune(base, pairs, method, run, progress=False, register=False, resume="auto", **ARGS)
+    resumed = finetune(base, pairs, method, run, progress=False, register=False, resume="auto", **args)
     assert resumed["steps"] == 7 and resumed["report"]["reference_logps"] == "reused"
     ref_w, got_w = weights(reference["final"]), weights(resumed["final"])
     assert ref_w.keys() == got_w.keys()
