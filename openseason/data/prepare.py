@@ -91,9 +91,7 @@ def prepare(source: str, paths, out, mode: Optional[str] = None, on_error: str =
         hub_ids, hub_split, hub_config = paths, options.pop("split", "train") or "train", options.pop("hub_config", None)
         source = as_source
     module = get_source(source)
-    if options.get("image_root") and source not in IMAGE_SOURCES:
-        raise OpenseasonError(f"--image-root only applies to the {' and '.join(IMAGE_SOURCES)} sources")
-    if options.get("image_root"):
+    if options.get("image_root") and source in IMAGE_SOURCES:
         if not Path(options["image_root"]).is_dir():
             raise DataError("image folder not found", where=str(options["image_root"]))
         options["image_root"] = str(Path(options["image_root"]).resolve())
@@ -135,7 +133,7 @@ OPTION_FLAGS = {"langs": "--lang", "top_k": "--top-k", "val_fraction": "--val-fr
                 "strip_citation_marks": "--strip-citations", "columns": "--columns", "meta_columns": "--meta-column",
                 "github_filters": "--github-filters", "max_line_length": "--max-line-length",
                 "mean_line_length": "--mean-line-length", "min_alnum_fraction": "--min-alnum-fraction",
-                "as_source": "--as", "split": "--split"}
+                "as_source": "--as", "split": "--split", "image_root": "--image-root"}
 
 
 def source_options(module) -> set[str]:

@@ -96,7 +96,7 @@ def test_llava_bad_rows_fail_with_file_line(tmp_path, images, capsys):
                  "--on-error", "skip"]) == 0
     report = json.loads((tmp_path / "o2" / "report.json").read_text())
     assert report["written"] == 1 and report["rejected"] == {"bad_image_placeholder": 1}
-    with pytest.raises(OpenseasonError, match="--image-root only applies"):
+    with pytest.raises(OpenseasonError, match="--image-root does not apply to the dolly source"):
         prepare("dolly", [src], tmp_path / "o3", image_root=images)
 
 
