@@ -25,7 +25,7 @@ from ..prompts import get_style
 from .engine import engine_for
 from .records import KINDS
 from .sft import STYLE_FILE, prepared_style
-from .sources import get_source
+from .sources import IMAGE_SOURCES, get_source
 from .sources.base import Context
 
 REPORT = "report.json"
@@ -91,6 +91,10 @@ def prepare(source: str, paths, out, mode: Optional[str] = None, on_error: str =
         hub_ids, hub_split, hub_config = paths, options.pop("split", "train") or "train", options.pop("hub_config", None)
         source = as_source
     module = get_source(source)
+    if options.get("image_root") and source in IMAGE_SOURCES:
+        if not Path(options["image_root"]).is_dir():
+            raise DataError("image folder not found", where=str(options["image_root"]))
+        options["image_root"] = str(Path(options["image_root"]).resolve())
     if mode is None:
         mode = module.MODES[0]
     if mode not in module.MODES:
@@ -129,7 +133,7 @@ OPTION_FLAGS = {"langs": "--lang", "top_k": "--top-k", "val_fraction": "--val-fr
                 "strip_citation_marks": "--strip-citations", "columns": "--columns", "meta_columns": "--meta-column",
                 "github_filters": "--github-filters", "max_line_length": "--max-line-length",
                 "mean_line_length": "--mean-line-length", "min_alnum_fraction": "--min-alnum-fraction",
-                "as_source": "--as", "split": "--split"}
+                "as_source": "--as", "split": "--split", "image_root": "--image-root"}
 
 
 def source_options(module) -> set[str]:
