@@ -26,9 +26,6 @@ from .outdir import claim_run_dir
 
 TRAIN_DEFAULT_STYLE = "alpaca"  # when neither the options, the data nor the base checkpoint name a style
 
-MULTIMODAL_OPTIONS = ("vision", "mm_mode", "early_layers", "visual_blocks")
-
-
 def method_options(method: str, opts: dict) -> dict:
     """The keyword arguments of `peft.apply` for `method`, from the finetune options."""
     if method == "minigpt4":
@@ -95,23 +92,15 @@ def finetune(checkpoint: str | Path, data: str | Path, method: Optional[str] = N
 
 
 def _check_multimodal(method: str, opts: dict) -> None:
-    """Multimodal options go with multimodal methods only, and those need an encoder."""
+    """The multimodal methods need an encoder, and neither packing nor another objective applies to them
+    (their options given to other methods are refused by options.check_method_options)."""
     from ..peft import MULTIMODAL_METHODS
 
     if method not in MULTIMODAL_METHODS:
-        given = [k for k in MULTIMODAL_OPTIONS if opts.get(k) is not None]
-        if given:
-            raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in given)} apply only to the multimodal "
-                              f"methods ({', '.join(MULTIMODAL_METHODS)}), not --method {method}")
         return
     if not opts.get("vision"):
         raise ConfigError(f"--method {method} needs --vision ENCODER_CKPT (a vision encoder checkpoint)",
                           hint="make one with `openseason vision convert HF_DIR OUT` or `openseason vision train-clip`")
-    if method == "minigpt4":
-        stray = [k for k in MULTIMODAL_OPTIONS[1:] if opts.get(k) is not None]
-        if stray:
-            raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in stray)} apply to --method "
-                              "adapter-v2-mm, not minigpt4")
     if opts.get("packing"):
         raise ConfigError(f"--packing does not apply to --method {method} (rows with images are padded, not packed)")
     if opts.get("objective", "sft") != "sft":

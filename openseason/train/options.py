@@ -154,11 +154,12 @@ class FinetuneOptions:
                                          "vision convert` or `vision train-clip`)", group="multimodal")
     mm_mode: Optional[str] = option(None, "adapter-v2-mm: how the image enters: paper (visual tokens at the first "
                                           "layers, zero-gated; default) or released (visual query added to the late "
-                                          "prompts)", group="multimodal", choices=("paper", "released"))
+                                          "prompts)", group="LLaMA-Adapter V2 multimodal",
+                                    choices=("paper", "released"))
     early_layers: Optional[int] = option(None, "adapter-v2-mm paper mode: layers that see the visual tokens "
-                                               "(default 1)", group="multimodal")
+                                               "(default 1)", group="LLaMA-Adapter V2 multimodal")
     visual_blocks: Optional[int] = option(None, "adapter-v2-mm released mode: transformer blocks of the visual "
-                                                "query (default 1)", group="multimodal")
+                                                "query (default 1)", group="LLaMA-Adapter V2 multimodal")
 
 
 @dataclass
@@ -218,10 +219,12 @@ RANGES = {
     "weight_decay": "[0", "grad_clip": "(0", "max_length": "[1", "val_size": "[0", "num_generations": "[1",
     "max_new_tokens": "[1", "temperature": "[0", "lora_rank": "[1", "lora_alpha": "(0", "lora_dropout": "[0,1)",
     "adapter_prompt_length": "[1", "adapter_layers": "[1", "seq_len": "[1", "pretrain_steps": "[1",
-    "pretrain_items": "[1", "finetune_steps": "[1", "eval_items": "[1",
+    "pretrain_items": "[1", "finetune_steps": "[1", "eval_items": "[1", "early_layers": "[1", "visual_blocks": "[0",
+    "scenes": "[1", "clip_steps": "[1",
 }
 # Options of one finetuning method (by their CLI group): given with another method, they are an error.
-METHOD_GROUPS = {"LoRA": ("lora",), "LLaMA-Adapter": ("adapter", "adapter-v2")}
+METHOD_GROUPS = {"LoRA": ("lora",), "LLaMA-Adapter": ("adapter", "adapter-v2", "adapter-v2-mm"),
+                 "multimodal": ("minigpt4", "adapter-v2-mm"), "LLaMA-Adapter V2 multimodal": ("adapter-v2-mm",)}
 
 
 def _in_range(value: float, spec: str) -> bool:

@@ -104,10 +104,8 @@ def _method(out, base, suite, encoder, method, options, steps, seed, eval_items,
     from .finetune import finetune
 
     t = time.time()
-    # zero steps: the checkpoint of the method's initialization (same seed, so the same start as the run below)
-    start = finetune(base, suite / "train", method, out / f"{method}-init", max_steps=0, seed=seed,
-                     vision=str(encoder), prompt_style=STYLE, progress=False, register=False, val_size=0, **options)
-    before = evaluate_images(LLM.load(start["final"]), suite / "eval", tasks={"vqa"}, limit=eval_items)
+    before = evaluate_images(_initial_llm(base, method, options, encoder, seed), suite / "eval", tasks={"vqa"},
+                             limit=eval_items)
     timings[f"{method}_before_s"] = time.time() - t
     t = time.time()
     result = finetune(base, suite / "train", method, out / method, max_steps=steps, seed=seed, vision=str(encoder),
@@ -126,6 +124,26 @@ def _method(out, base, suite, encoder, method, options, steps, seed, eval_items,
             "trainable_parameters": sum(p.numel() for p in llm.model.parameters() if p.requires_grad),
             "before": strip(before), "after": strip(after), "captions": strip(captions),
             "items": after["items"]}
+
+
+def _initial_llm(base, method: str, options: dict, encoder, seed: int):
+    """The method's starting point, in memory: the base with the method applied exactly as finetune()
+    applies it with this seed (the same random projection; gates at zero)."""
+    import torch
+
+    from ..checkpoint import load_model
+    from ..generation.llm import LLM
+    from ..peft import apply
+    from ..tokenizer import Tokenizer
+    from .finetune import method_options
+
+    torch.manual_seed(seed)
+    model = load_model(base)
+    opts = {"vision": str(encoder), "mm_mode": options.get("mm_mode"), "adapter_layers": None,
+            "adapter_prompt_length": options.get("adapter_prompt_length", 10), "early_layers": None,
+            "visual_blocks": None}
+    apply(model, method, **method_options(method, opts))
+    return LLM(model.eval(), Tokenizer.from_dir(base, model.config), prompt_style=STYLE)
 
 
 def _examples_png(out: Path, suite: Path, results: dict, n: int = 8) -> Path:

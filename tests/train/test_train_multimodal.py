@@ -83,10 +83,12 @@ def test_options_that_do_not_apply_are_errors(tmp_path, parts):
                                         register=False, max_steps=1, **kw)
     with pytest.raises(ConfigError, match="needs --vision"):
         run("minigpt4")
-    with pytest.raises(ConfigError, match="apply only to the multimodal"):
+    with pytest.raises(ConfigError, match="--vision does not apply to --method lora"):
         run("lora", vision=str(parts["encoder"]))
-    with pytest.raises(ConfigError, match="apply to --method adapter-v2-mm"):
+    with pytest.raises(ConfigError, match="--mm-mode does not apply to --method minigpt4"):
         run("minigpt4", vision=str(parts["encoder"]), mm_mode="paper")
+    with pytest.raises(ConfigError, match="--adapter-prompt-length does not apply to --method minigpt4"):
+        run("minigpt4", vision=str(parts["encoder"]), adapter_prompt_length=4)
     with pytest.raises(ConfigError, match="early_layers applies"):
         run("adapter-v2-mm", vision=str(parts["encoder"]), mm_mode="released", early_layers=1)
     with pytest.raises(ConfigError, match="--packing"):
