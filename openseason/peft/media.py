@@ -18,7 +18,7 @@ Images of a batch travel as three tensors (so the loop moves them to the device 
 
 The tower (`VisionTower`) never trains: its parameters are frozen, it stays in eval mode, it runs
 without autograd, and a PEFT checkpoint stores a reference to its checkpoint and a sha256 fingerprint
-of its weight files instead of its weights.
+of its weight files (checkpoint/fingerprint.py) instead of its weights.
 """
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError, ConfigError
-from ..fileio import hash_files
 
 MEDIA_KEYS = ("pixel_values", "image_rows", "image_starts")
 
@@ -40,7 +39,8 @@ class VisionTower(nn.Module):
     encoder      the module (it has `hidden_size` and `image_size`; `num_tokens` when it knows N)
     preprocess   PIL image -> float tensor [3, H, W]
     source       the vision checkpoint directory it was loaded from (None for an in-memory encoder)
-    fingerprint  sha256 of that checkpoint's weight files
+    fingerprint  the fingerprint of that checkpoint's weight files (checkpoint/fingerprint.py: headers,
+                 small tensors whole, evenly spaced pieces of large ones)
     """
 
     def __init__(self, encoder: nn.Module, preprocess: Callable, source: Optional[str] = None,
@@ -87,13 +87,13 @@ def load_tower(vision) -> VisionTower:
                           hint="openseason.peft.media.VisionTower(encoder, preprocess)")
     if vision is None:
         raise ConfigError("a multimodal method needs a vision encoder", hint="--vision ENCODER_CKPT")
-    from ..checkpoint.full import weight_files
+    from ..checkpoint.fingerprint import full_fingerprint
     from ..vision.checkpoint import load_vision_encoder
 
     path = Path(vision)
     encoder = load_vision_encoder(path)
     return VisionTower(encoder, lambda image: encoder.preprocess([image]), source=str(path.resolve()),
-                       fingerprint=hash_files(weight_files(path)))
+                       fingerprint=full_fingerprint(path))
 
 
 def check_fingerprint(tower: VisionTower, expected: Optional[str], where: str) -> None:

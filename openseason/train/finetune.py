@@ -205,12 +205,10 @@ def _finetune(checkpoint: Path, data: Path, out: Path, opts: dict, *, config, re
         "lineage": {"base": base_card.get("lineage"), "base_data": base_card.get("data")},
         "trainable_parameters": count_trainable(model), "peft": is_peft(model),
     }
-    if media is not None:
+    if media is not None:   # (the base's fingerprint is in peft.json, checked when the checkpoint loads)
         from ..peft.media import tower_options
-        from .reference import checkpoint_fingerprint
 
-        run_card["multimodal"] = {"base_fingerprint": checkpoint_fingerprint(checkpoint), **tower_options(media.tower),
-                                  "image_tokens": media.image_tokens}
+        run_card["multimodal"] = {**tower_options(media.tower), "image_tokens": media.image_tokens}
     result = train(model, batches, tcfg, out, val_batches=val_batches, resume=resume,
                    base_checkpoint=base_ref, tokenizer=tokenizer, run_card=run_card,
                    sample_fn=sample_fn if opts["eval_every"] and sample_prompt else None, callbacks=callbacks,
