@@ -15,7 +15,7 @@ import contextlib
 import torch
 
 from ...peft.media import MEDIA_KEYS
-from .sft import count_targets, token_loss_sum
+from .sft import SFTObjective, token_loss_sum
 
 ROW_GROUPS = {True: "visual", False: "instruction"}
 
@@ -77,19 +77,15 @@ def multimodal_loss_sum(model, batch: dict, chunk: int = 4096, groups=None) -> t
     return total, count
 
 
-class MultimodalObjective:
-    """SFT over batches with images (train/data.py MultimodalBatches); see the module docstring."""
+class MultimodalObjective(SFTObjective):
+    """SFT over batches with images (train/data.py MultimodalBatches); see the module docstring. The counts
+    and weights are SFT's (target tokens); only the loss differs."""
 
     name = "multimodal-sft"
-    weights = {"tokens": 1.0}
-    metric_fields: dict[str, str] = {}
 
     def __init__(self, chunk: int = 4096):
-        self.chunk = chunk
+        super().__init__(chunk)
         self._groups = None
-
-    def counts(self, batch: dict) -> dict[str, int]:
-        return {"tokens": count_targets(batch)}
 
     def loss(self, model, batch: dict):
         if self._groups is None:
