@@ -272,7 +272,7 @@ def _run(data, out: Path, opts: CLIPOptions, resume: Optional[str]) -> dict:
         loss.backward()
         optimizer.step()
         step += 1
-        loss_value = float(loss)
+        loss_value = float(loss.detach())
         if step % opts.log_every == 0 or step == opts.max_steps:
             metrics.log({"step": step, "loss": round(loss_value, 5), "lr": _lr(opts, step - 1),
                          "temperature": round(1 / float(model.logit_scale.exp()), 5)})
