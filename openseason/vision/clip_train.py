@@ -65,7 +65,7 @@ class CLIPOptions:
     keep_last: int = option(2, "keep only the newest N step checkpoints (0 = all)")
     log_every: int = option(10, "steps between metrics.csv rows")
     device: Optional[str] = option(None, "cpu, cuda (default: cuda if available)")
-    progress: bool = option(True, "log lines on stderr")
+    quiet: bool = option(False, "no progress lines on stderr")
 
 
 def resolve_clip_options(given: dict[str, Any]) -> CLIPOptions:
@@ -248,18 +248,19 @@ def _run(data, out: Path, opts: CLIPOptions, resume: Optional[str]) -> dict:
     model.to(device)
     optimizer = torch.optim.AdamW(_param_groups(model, opts.weight_decay), lr=opts.lr, betas=(0.9, 0.98), eps=1e-6)
     generator = torch.Generator().manual_seed(opts.seed)
-    step = 0
+    step, loss_value = 0, float("nan")
     checkpoint = find_resume(out, resume) if resume else None
+    if resume and (out / "final" / STATE_NAME).exists():   # a finished run: nothing left to train
+        checkpoint = out / "final"
     if checkpoint is not None:
         meta = _load(checkpoint, model, optimizer, generator)
         if meta["options"] != _fingerprint(opts) or meta["vocab"] != tokenizer.vocab:
             raise ConfigError("the run in --out was trained with other options or data; resume with the same ones",
                               where=str(checkpoint), hint="or pass --overwrite to start over")
-        step = meta["step"]
+        step, loss_value = meta["step"], meta.get("loss", float("nan"))
     pixels = pixels_of(train_rows, model.vision)
     ids = tokenizer.encode([r["caption"] for r in train_rows])
     metrics = _Metrics(out / "metrics.csv", step)
-    loss_value = float("nan")
     model.train()
     while step < opts.max_steps:
         batch = torch.randperm(len(train_rows), generator=generator)[:opts.batch_size]
@@ -276,15 +277,15 @@ def _run(data, out: Path, opts: CLIPOptions, resume: Optional[str]) -> dict:
         if step % opts.log_every == 0 or step == opts.max_steps:
             metrics.log({"step": step, "loss": round(loss_value, 5), "lr": _lr(opts, step - 1),
                          "temperature": round(1 / float(model.logit_scale.detach().exp()), 5)})
-            if opts.progress:
+            if not opts.quiet:
                 import sys
                 print(f"step {step}/{opts.max_steps} loss {loss_value:.4f}", file=sys.stderr)
         if opts.save_every and step % opts.save_every == 0 and step < opts.max_steps:
-            _save(step_dir(out, step), model, optimizer, generator, _state(step, opts, tokenizer))
+            _save(step_dir(out, step), model, optimizer, generator, _state(step, opts, tokenizer, loss_value))
             _prune(out, opts.keep_last)
     metrics.close()
     model.eval()
-    _save(out / "final", model, optimizer, generator, _state(step, opts, tokenizer))
+    _save(out / "final", model, optimizer, generator, _state(step, opts, tokenizer, loss_value))
     evaluation = {}
     if held_rows:
         evaluation = zero_shot(model.cpu(), tokenizer, held_rows, pixels_of(held_rows, model.vision))
@@ -305,12 +306,12 @@ def _run(data, out: Path, opts: CLIPOptions, resume: Optional[str]) -> dict:
 
 def _fingerprint(opts: CLIPOptions) -> dict:
     """The options that shape the run's result (not where or how verbosely it runs)."""
-    skip = {"device", "progress", "save_every", "keep_last", "log_every", "max_steps"}
+    skip = {"device", "quiet", "save_every", "keep_last", "log_every", "max_steps"}
     return {k: v for k, v in dataclasses.asdict(opts).items() if k not in skip}
 
 
-def _state(step: int, opts: CLIPOptions, tokenizer: WordTokenizer) -> dict:
-    return {"step": step, "options": _fingerprint(opts), "vocab": tokenizer.vocab,
+def _state(step: int, opts: CLIPOptions, tokenizer: WordTokenizer, loss: float) -> dict:
+    return {"step": step, "loss": loss, "options": _fingerprint(opts), "vocab": tokenizer.vocab,
             "context_length": tokenizer.context_length}
 
 
