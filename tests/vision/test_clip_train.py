@@ -66,6 +66,7 @@ def test_training_learns_and_the_tower_loads(suite, tmp_path):
     feats = encoder.encode([str(next((suite / "eval" / "images").iterdir()))])
     assert feats.shape == (1, encoder.num_tokens, encoder.hidden_size) == (1, 17, 64)
     assert (tmp_path / "run" / "loss.png").stat().st_size > 0
+    assert load_vision_encoder(tmp_path / "run").config == encoder.config     # the run directory names its tower
 
 
 def test_resume_continues_exactly(suite, tmp_path):
