@@ -94,7 +94,7 @@ def caption_rows(directory: Path) -> list[dict]:
 
     check_prepared(directory)
     rows = []
-    for lineno, row in iter_jsonl(directory / "conversations.jsonl"):
+    for _line, row in iter_jsonl(directory / "conversations.jsonl"):
         meta = row.get("meta") or {}
         paths = image_paths(row.get("messages") or [])
         if meta.get("task") != "caption" or len(paths) != 1:
