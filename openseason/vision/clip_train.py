@@ -65,7 +65,7 @@ class CLIPOptions:
     keep_last: int = option(2, "keep only the newest N step checkpoints (0 = all)")
     log_every: int = option(10, "steps between metrics.csv rows")
     device: Optional[str] = option(None, "cpu, cuda (default: cuda if available)")
-    quiet: bool = option(False, "no progress lines on stderr")
+    progress: bool = option(True, "progress lines on stderr (the API's progress=False silences them)")
 
 
 def resolve_clip_options(given: dict[str, Any]) -> CLIPOptions:
@@ -277,7 +277,7 @@ def _run(data, out: Path, opts: CLIPOptions, resume: Optional[str]) -> dict:
         if step % opts.log_every == 0 or step == opts.max_steps:
             metrics.log({"step": step, "loss": round(loss_value, 5), "lr": _lr(opts, step - 1),
                          "temperature": round(1 / float(model.logit_scale.detach().exp()), 5)})
-            if not opts.quiet:
+            if opts.progress:
                 import sys
                 print(f"step {step}/{opts.max_steps} loss {loss_value:.4f}", file=sys.stderr)
         if opts.save_every and step % opts.save_every == 0 and step < opts.max_steps:
@@ -306,7 +306,7 @@ def _run(data, out: Path, opts: CLIPOptions, resume: Optional[str]) -> dict:
 
 def _fingerprint(opts: CLIPOptions) -> dict:
     """The options that shape the run's result (not where or how verbosely it runs)."""
-    skip = {"device", "quiet", "save_every", "keep_last", "log_every", "max_steps"}
+    skip = {"device", "progress", "save_every", "keep_last", "log_every", "max_steps"}
     return {k: v for k, v in dataclasses.asdict(opts).items() if k not in skip}
 
 

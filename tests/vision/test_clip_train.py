@@ -50,7 +50,7 @@ def suite(tmp_path_factory):
     return out
 
 
-SMALL = dict(batch_size=48, lr=3e-3, warmup_steps=5, text_width=32, log_every=5, quiet=True)
+SMALL = dict(batch_size=48, lr=3e-3, warmup_steps=5, text_width=32, log_every=5, progress=False)
 
 
 def test_training_learns_and_the_tower_loads(suite, tmp_path):
