@@ -58,10 +58,18 @@ def is_vision_checkpoint(directory: str | Path) -> bool:
         return False
 
 
-def load_vision_config(directory: str | Path) -> VisionConfig:
+def resolve_vision_dir(directory: str | Path) -> Path:
+    """The vision checkpoint a path names: itself, or a `vision train-clip` run's OUT/encoder."""
     directory = Path(directory)
     if not wait_for_dir(directory) or not directory.is_dir():
         raise CheckpointError("vision checkpoint directory not found", where=str(directory))
+    if not (directory / "config.json").exists() and (directory / "encoder" / "config.json").exists():
+        return directory / "encoder"
+    return directory
+
+
+def load_vision_config(directory: str | Path) -> VisionConfig:
+    directory = resolve_vision_dir(directory)
     path = directory / "config.json"
     if not path.exists():
         raise CheckpointError("no config.json", where=str(directory))
@@ -86,7 +94,7 @@ def load_vision_config(directory: str | Path) -> VisionConfig:
 def load_vision_encoder(directory: str | Path, device="cpu", dtype: Optional[torch.dtype] = None,
                         freeze: bool = True) -> VisionEncoder:
     """A VisionEncoder from a vision checkpoint directory (frozen and in eval mode unless told not)."""
-    directory = Path(directory)
+    directory = resolve_vision_dir(directory)
     config = load_vision_config(directory)
     with torch.device("meta"):
         encoder = VisionEncoder(config)
@@ -103,5 +111,7 @@ def load_vision_encoder(directory: str | Path, device="cpu", dtype: Optional[tor
                               f"{unexpected[:5]}, shape mismatches {wrong[:5]})", where=str(directory))
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    if encoder.qformer is not None:   # transformers keeps the Q-Former in float32 whatever the tower's dtype
+        state.update({k: v.float() for k, v in state.items() if k.startswith("qformer.")})
     encoder.load_state_dict(state, assign=True)
     return encoder.freeze() if freeze else encoder
