@@ -18,7 +18,8 @@ from ..errors import ConfigError
 from ..peft import METHOD_ALIASES, METHODS
 
 # Peak learning rate per finetuning method when none is given (LLaMA-Adapter papers, LoRA common use).
-METHOD_LR = {"full": 2e-5, "lora": 3e-4, "adapter": 9e-3, "adapter-v2": 3e-3}
+METHOD_LR = {"full": 2e-5, "lora": 3e-4, "adapter": 9e-3, "adapter-v2": 3e-3, "minigpt4": 1e-4,
+             "adapter-v2-mm": 3e-3}
 
 OBJECTIVES = ("sft", "reward", "dpo", "cdpo", "ipo", "kto", "orpo", "simpo", "grpo", "rloo", "distill")
 # Which objective options apply to which objectives, and their defaults; any other given is an error.
@@ -149,6 +150,16 @@ class FinetuneOptions:
     adapter_prompt_length: int = option(10, "learned prompt tokens per adapted layer", group="LLaMA-Adapter")
     adapter_layers: Optional[int] = option(None, "adapt the top L layers (default all but the first two)",
                                            group="LLaMA-Adapter")
+    vision: Optional[str] = option(None, "minigpt4 / adapter-v2-mm: the vision encoder checkpoint (`openseason "
+                                         "vision convert` or `vision train-clip`)", group="multimodal")
+    mm_mode: Optional[str] = option(None, "adapter-v2-mm: how the image enters: paper (visual tokens at the first "
+                                          "layers, zero-gated; default) or released (visual query added to the late "
+                                          "prompts)", group="LLaMA-Adapter V2 multimodal",
+                                    choices=("paper", "released"))
+    early_layers: Optional[int] = option(None, "adapter-v2-mm paper mode: layers that see the visual tokens "
+                                               "(default 1)", group="LLaMA-Adapter V2 multimodal")
+    visual_blocks: Optional[int] = option(None, "adapter-v2-mm released mode: transformer blocks of the visual "
+                                                "query (default 1)", group="LLaMA-Adapter V2 multimodal")
 
 
 @dataclass
@@ -185,13 +196,19 @@ class QuickstartOptions:
                                         "(with --data)")
     data: Optional[str] = option(None, "a prepared directory to finetune on (with --model)")
     pretrain_steps: Optional[int] = option(None, "pretraining steps of the tiny model (default 2000)")
-    pretrain_items: int = option(4000, "generated task items the tiny model is pretrained on")
+    pretrain_items: Optional[int] = option(None, "generated task items the tiny model is pretrained on "
+                                                 "(default 4000)")
     finetune_steps: Optional[int] = option(None, "adapter-v2 finetuning steps (default 300; 200 with --model)")
     eval_items: Optional[int] = option(None, "held-out items measured before and after (default 100; 50 with "
                                              "--model)")
     seed: int = option(0, "seed of the data, the initialization and the training order")
     overwrite: bool = option(False, "delete what an earlier quickstart left in --out and start over; without it "
                                     "a non-empty --out is refused")
+    multimodal: bool = option(False, "images instead: a tiny CLIP, a tiny LM pretrained on the text twins of the "
+                                     "synthetic image suite, then MiniGPT-4 and LLaMA-Adapter V2 multimodal, "
+                                     "held-out VQA before/after (default steps: pretrain 1500, finetune 300)")
+    scenes: Optional[int] = option(None, "--multimodal: training scenes of the synthetic image suite (default 600)")
+    clip_steps: Optional[int] = option(None, "--multimodal: tiny CLIP training steps (default 300)")
 
 
 # The range of every numeric option: (lowest, highest) with "(" / "[" for open / closed ends; checked
@@ -202,10 +219,12 @@ RANGES = {
     "weight_decay": "[0", "grad_clip": "(0", "max_length": "[1", "val_size": "[0", "num_generations": "[1",
     "max_new_tokens": "[1", "temperature": "[0", "lora_rank": "[1", "lora_alpha": "(0", "lora_dropout": "[0,1)",
     "adapter_prompt_length": "[1", "adapter_layers": "[1", "seq_len": "[1", "pretrain_steps": "[1",
-    "pretrain_items": "[1", "finetune_steps": "[1", "eval_items": "[1",
+    "pretrain_items": "[1", "finetune_steps": "[1", "eval_items": "[1", "early_layers": "[1", "visual_blocks": "[0",
+    "scenes": "[1", "clip_steps": "[1",
 }
 # Options of one finetuning method (by their CLI group): given with another method, they are an error.
-METHOD_GROUPS = {"LoRA": ("lora",), "LLaMA-Adapter": ("adapter", "adapter-v2")}
+METHOD_GROUPS = {"LoRA": ("lora",), "LLaMA-Adapter": ("adapter", "adapter-v2", "adapter-v2-mm"),
+                 "multimodal": ("minigpt4", "adapter-v2-mm"), "LLaMA-Adapter V2 multimodal": ("adapter-v2-mm",)}
 
 
 def _in_range(value: float, spec: str) -> bool:
