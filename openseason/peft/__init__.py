@@ -5,7 +5,8 @@
     model = apply(model, "adapter-v2", prompt_length=10, layers=30)   # methods combine
     count_trainable(model)
 
-Methods: "full" (everything trains), "lora", "adapter" (LLaMA-Adapter v1), "adapter-v2". Each call
+Methods: "full" (everything trains), "lora", "adapter" (LLaMA-Adapter v1), "adapter-v2", "flamingo"
+(OpenFlamingo's perceiver resampler and gated cross-attention; see flamingo.py). Each call
 records {"method", "options"} in `model.peft_methods` (what a PEFT checkpoint stores) and re-marks
 which parameters train (see base.py for the protocol).
 """
@@ -17,11 +18,12 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from .adapter import apply_adapter, apply_adapter_v2
+from .flamingo import apply_flamingo
 from .base import AdaptedLinear, count_trainable, mark_trainable, trainable_names, trainable_state_dict
 from .lora import apply_lora, export_peft, merge_lora
 
 # The one list of finetuning method names, and the aliases accepted for them everywhere (API, CLI, recipes).
-METHODS = ("full", "lora", "adapter", "adapter-v2")
+METHODS = ("full", "lora", "adapter", "adapter-v2", "flamingo")
 METHOD_ALIASES = {"adapter-v1": "adapter", "adapter_v1": "adapter", "adapter_v2": "adapter-v2",
                   "llama-adapter": "adapter"}
 
@@ -40,7 +42,8 @@ def canonical_method(method: str) -> str:
 
 def apply(model: nn.Module, method: str, **options: Any) -> nn.Module:
     """Adapt `model` in place with `method` and return it; `options` are the method's keyword arguments
-    (lora: rank, alpha, dropout, targets; adapter / adapter-v2: prompt_length, layers)."""
+    (lora: rank, alpha, dropout, targets; adapter / adapter-v2: prompt_length, layers; flamingo: see
+    `flamingo.apply_flamingo`)."""
     method = canonical_method(method)
     options = {k: v for k, v in options.items() if v is not None}
     try:
@@ -52,6 +55,8 @@ def apply(model: nn.Module, method: str, **options: Any) -> nn.Module:
             resolved = apply_lora(model, **options)
         elif method == "adapter":
             resolved = apply_adapter(model, **options)
+        elif method == "flamingo":
+            resolved = apply_flamingo(model, **options)
         else:
             resolved = apply_adapter_v2(model, **options)
     except TypeError as exc:
@@ -74,6 +79,9 @@ def merge(model: nn.Module) -> nn.Module:
 
     LLaMA-Adapter prompts add attention over learned tokens and cannot be folded into weights."""
     methods = [m["method"] for m in getattr(model, "peft_methods", [])]
+    if "flamingo" in methods:
+        raise ConfigError("Flamingo checkpoints cannot be merged into plain weights (the resampler and the "
+                          "cross-attention blocks are extra modules)", hint="load the checkpoint directly")
     if any(m.startswith("adapter") for m in methods):
         raise ConfigError("LLaMA-Adapter checkpoints cannot be merged into plain weights (the learned prompts "
                           "are extra attention, not a weight update)",
