@@ -8,6 +8,8 @@ adds, without copying the decoder:
     blocks.{i}.xattn             GatedCrossAttentionBlock run before decoder layer i, for every i with
                                  (i + 1) % every == 0 (the released `cross_attn_every_n_layers` rule)
     model.flamingo               MediaContext: the media latents and text times of the current call
+    embed.rows / lm_head.rows    the rows of the new tokens (`<image>`, `<|endofchunk|>`) when `token_ids`
+                                 is given, after growing the vocabulary to `vocab_size` (token_rows.py)
 
 The decoder itself is untouched: each chosen block's forward is rebound to "cross-attend, then the
 block's own forward". What the cross-attention sees is set per call through the context:
@@ -26,13 +28,14 @@ from __future__ import annotations
 
 import types
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
 from ..vision.perceiver import PerceiverResampler
+from .token_rows import grow_vocab, train_token_rows
 from .xattn import GatedCrossAttentionBlock, text_time
 
 
@@ -69,17 +72,26 @@ def apply_flamingo(model: nn.Module, dim_visual: int, media_token_id: int, every
                    heads: int = 8, dim_head: int = 64, ff_mult: float = 4, only_attend_immediate_media: bool = True,
                    perceiver_depth: int = 6, perceiver_heads: int = 8, perceiver_dim_head: int = 64,
                    num_latents: int = 64, max_num_media: Optional[int] = None,
-                   max_num_frames: Optional[int] = None) -> dict:
-    """Inject the resampler and gated cross-attention blocks in place; returns the resolved options."""
+                   max_num_frames: Optional[int] = None, vocab_size: Optional[int] = None,
+                   token_ids: Sequence[int] = ()) -> dict:
+    """Inject the resampler and gated cross-attention blocks in place; returns the resolved options.
+
+    vocab_size: grow the embedding and head to this many rows first (the tokenizer with its new tokens);
+    token_ids: rows that train (initialized to the mean of the others), e.g. `<image>` and `<|endofchunk|>`."""
     n_layer = model.config.n_layer
     if hasattr(model, "flamingo"):
         raise ConfigError("Flamingo was already applied to this model")
+    mean_of = model.config.vocab_size
+    if vocab_size is not None:
+        grow_vocab(model, int(vocab_size))
     if not 1 <= every <= n_layer:
         raise ConfigError(f"flamingo cross-attention every {every} layers: must be between 1 and {n_layer} "
                           f"for {model.config.name}")
     if not 0 <= media_token_id < model.config.padded_vocab_size:
         raise ConfigError(f"media token id {media_token_id} is outside the embedding matrix "
                           f"({model.config.padded_vocab_size} rows)", hint="add the tokens with add_media_tokens first")
+    if token_ids:
+        train_token_rows(model, token_ids, mean_of=mean_of)
     w = model.embed.weight
     kw = dict(device=w.device, dtype=w.dtype)
     context = MediaContext()
@@ -98,7 +110,8 @@ def apply_flamingo(model: nn.Module, dim_visual: int, media_token_id: int, every
             "dim_head": dim_head, "ff_mult": ff_mult, "only_attend_immediate_media": only_attend_immediate_media,
             "perceiver_depth": perceiver_depth, "perceiver_heads": perceiver_heads,
             "perceiver_dim_head": perceiver_dim_head, "num_latents": num_latents,
-            "max_num_media": max_num_media, "max_num_frames": max_num_frames}
+            "max_num_media": max_num_media, "max_num_frames": max_num_frames, "vocab_size": vocab_size,
+            "token_ids": sorted(int(i) for i in token_ids)}
 
 
 def _require(model: nn.Module) -> MediaContext:
