@@ -116,11 +116,22 @@ class AdapterV2Media(nn.Module):
 
 
 def apply_adapter_v2_mm(model: nn.Module, vision=None, mode: str = "paper", prompt_length: int = 10,
-                        layers: Optional[int] = None, early_layers: int = 1, visual_blocks: int = 1,
-                        visual_heads: int = 4, vision_fingerprint: Optional[str] = None) -> dict:
-    """LLaMA-Adapter V2 multimodal in place (see the module docstring); returns the resolved options."""
+                        layers: Optional[int] = None, early_layers: Optional[int] = None,
+                        visual_blocks: Optional[int] = None, visual_heads: Optional[int] = None,
+                        vision_fingerprint: Optional[str] = None) -> dict:
+    """LLaMA-Adapter V2 multimodal in place (see the module docstring); returns the resolved options.
+    early_layers (paper mode, default 1), visual_blocks and visual_heads (released mode, default 1 and 4)
+    are refused in the other mode."""
     if mode not in MODES:
         raise ConfigError(f"adapter-v2-mm mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode == "paper" and (visual_blocks is not None or visual_heads is not None):
+        raise ConfigError("visual_blocks / visual_heads apply to adapter-v2-mm mode 'released', not 'paper'")
+    if mode == "released" and early_layers is not None:
+        raise ConfigError("early_layers applies to adapter-v2-mm mode 'paper', not 'released'",
+                          hint="in 'released' mode the visual query goes to the late layers' prompts")
+    early_layers = 1 if early_layers is None else int(early_layers)
+    visual_blocks = 1 if visual_blocks is None else int(visual_blocks)
+    visual_heads = 4 if visual_heads is None else int(visual_heads)
     if getattr(model, "media", None) is not None:
         raise ConfigError("the model already has a multimodal front-end (model.media)")
     n_layer = model.config.n_layer

@@ -98,15 +98,13 @@ def load_tower(vision) -> VisionTower:
                           hint="openseason.peft.media.VisionTower(encoder, preprocess)")
     if vision is None:
         raise ConfigError("a multimodal method needs a vision encoder", hint="--vision ENCODER_CKPT")
-    from ..vision import load_vision_encoder, vision_weight_files
+    from ..checkpoint.full import weight_files
+    from ..vision import load_vision_encoder
 
     path = Path(vision)
     encoder = load_vision_encoder(path)
-    from ..vision import preprocess as vision_preprocess
-
-    processor = encoder.config.processor
-    return VisionTower(encoder, lambda image: vision_preprocess(image, processor), source=str(path.resolve()),
-                       fingerprint=hash_files(vision_weight_files(path)))
+    return VisionTower(encoder, lambda image: encoder.preprocess([image]), source=str(path.resolve()),
+                       fingerprint=hash_files(weight_files(path)))
 
 
 def check_fingerprint(tower: VisionTower, expected: Optional[str], where: str) -> None:
@@ -152,3 +150,16 @@ def one_per_row(batch_size: int, values: torch.Tensor, image_rows: torch.Tensor)
         present = present.index_put((image_rows.to(out.device),), torch.ones_like(image_rows, dtype=values.dtype,
                                                                                      device=out.device))
     return out, present
+
+
+def open_image_part(part: dict, base_dir=None, where: Optional[str] = None):
+    """The PIL image of an image content part: {"image": PIL image or file bytes} or {"path": ...}
+    (a relative path is read from `base_dir`, the prepared data directory)."""
+    from ..vision import load_image
+
+    if part.get("image") is not None:
+        return load_image(part["image"], where=where)
+    path = Path(part["path"])
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    return load_image(path, where=where)
