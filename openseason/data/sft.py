@@ -63,7 +63,8 @@ def tokenize_conversation(messages, tokenizer, style, max_length: int, train_on:
         if kind == "image":
             images.append({"part": next(parts), "start": len(ids) if image_tokens else -1})
         ids.extend(piece)
-        labels.extend(piece if kind == "reply" or (train_on == "all" and kind != "bos") else [IGNORE] * len(piece))
+        labels.extend(piece if kind == "reply" or (train_on == "all" and kind not in ("bos", "image"))
+                      else [IGNORE] * len(piece))
     if len(ids) > max_length:
         if truncation == "drop":
             return None
