@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "openseason.serve.commands",        # serve, chat
     "openseason.catalog.commands",      # catalog import / list / show / search / lineage / can-use / serve
     "openseason.consistency.commands",  # consistency train / sample (image generation)
+    "openseason.vision.commands",       # vision convert / train-clip (image encoders)
 ]
 
 

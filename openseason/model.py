@@ -17,6 +17,11 @@ Module and parameter names (and so our checkpoint keys):
 
 The fused qkv keeps q, k and v as three contiguous row blocks (Hugging Face GPT-NeoX interleaves
 them per head; the converter reorders), so anything that needs "the key rows" slices one block.
+
+Two inputs exist for injected modules (multimodal methods in openseason.peft): `inputs_embeds` replaces
+the token embedding lookup (visual tokens spliced into the sequence), and `extras`, a dict of per-row
+tensors [B, ...] (an image's visual prompt), reaches every attention layer's `attend`. The plain model
+ignores `extras`; a KV cache keeps them with its rows, so decoding steps see the prompt's extras.
 """
 from __future__ import annotations
 
@@ -165,6 +170,8 @@ class KVCache:
         self.max_len = max_len
         self.batch_size = batch_size
         self.length = 0
+        # per-row tensors [B, ...] that injected modules read at every step (see `GPT.hidden_states`)
+        self.extras: dict[str, torch.Tensor] = {}
 
     def reset(self) -> None:
         self.length = 0
@@ -178,6 +185,7 @@ class KVCache:
         """Keep only the batch rows in `index`, in that order (repeats allowed: n choices of one prompt)."""
         self.k = [t.index_select(0, index) for t in self.k]
         self.v = [t.index_select(0, index) for t in self.v]
+        self.extras = {name: t.index_select(0, index) for name, t in self.extras.items()}
         self.batch_size = int(index.numel())
 
     def _rebuild(self, parts: list["KVCache"], keep: int, capacity: int) -> None:
@@ -201,6 +209,7 @@ class KVCache:
             ks.append(k)
             vs.append(v)
         self.k, self.v = ks, vs
+        self.extras = _stack_extras(parts)
         self.batch_size, self.max_len, self.length = rows, capacity, keep
 
     def append(self, other: "KVCache", capacity: int) -> None:
@@ -214,6 +223,18 @@ class KVCache:
         if keep > self.length:
             raise ValueError(f"cannot keep {keep} positions of a cache holding {self.length}")
         self._rebuild([self], keep, capacity)
+
+
+def _stack_extras(parts: list[KVCache]) -> dict[str, torch.Tensor]:
+    """The parts' per-row extras stacked along the batch; a part without one of them (a text-only
+    request next to an image request) gets zeros, which every extra treats as "nothing there"."""
+    names = list(dict.fromkeys(n for p in parts for n in p.extras))
+    out = {}
+    for name in names:
+        like = next(p.extras[name] for p in parts if name in p.extras)
+        out[name] = torch.cat([p.extras[name] if name in p.extras
+                               else like.new_zeros((p.batch_size, *like.shape[1:])) for p in parts])
+    return out
 
 
 class CausalSelfAttention(nn.Module):
@@ -239,7 +260,8 @@ class CausalSelfAttention(nn.Module):
         return q, k, v
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: Optional[torch.Tensor] = None, kv_cache: Optional[KVCache] = None) -> torch.Tensor:
+                mask: Optional[torch.Tensor] = None, kv_cache: Optional[KVCache] = None,
+                extras: Optional[dict] = None) -> torch.Tensor:
         B, T, _ = x.shape
         q, k, v = self.split_qkv(self.qkv(x))
         q = apply_rope(q, cos, sin)
@@ -253,13 +275,14 @@ class CausalSelfAttention(nn.Module):
             kv_cache.v[self.layer_idx][:, :, start:end] = v
             k = kv_cache.k[self.layer_idx][:, :, :end]
             v = kv_cache.v[self.layer_idx][:, :, :end]
-        y = self.attend(q, k, v, mask)
+        y = self.attend(q, k, v, mask, extras) if extras else self.attend(q, k, v, mask)
         y = y.transpose(1, 2).reshape(B, T, self.q_size)
         return self.proj(y)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, extras=None) -> torch.Tensor:
         """Scaled dot-product attention; `mask` is None (causal), "none" (attend to all keys), bool, or an
-        additive float bias (ALiBi, with the masked keys at the dtype's minimum)."""
+        additive float bias (ALiBi, with the masked keys at the dtype's minimum). `extras` (per-row
+        tensors) are for injected modules that replace this method; the plain attention has no use for them."""
         gqa = self.config.n_query_groups != self.config.n_head
         scale = 1.0 / math.sqrt(self.config.head_size)
         if mask is None:
@@ -292,8 +315,8 @@ class Block(nn.Module):
         self.norm_2 = build_norm(config)
         self.mlp = MLP_CLASSES[config.mlp_class](config)
 
-    def forward(self, x, cos, sin, mask=None, kv_cache=None):
-        attn_out = self.attn(self.norm_1(x), cos, sin, mask, kv_cache)
+    def forward(self, x, cos, sin, mask=None, kv_cache=None, extras=None):
+        attn_out = self.attn(self.norm_1(x), cos, sin, mask, kv_cache, extras)
         if self.config.parallel_residual:
             return x + attn_out + self.mlp(self.norm_2(x))
         x = x + attn_out
@@ -372,7 +395,8 @@ class GPT(nn.Module):
     # -- forward ------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, *, position_ids: Optional[torch.Tensor] = None,
                 attention_mask: Optional[torch.Tensor] = None, segment_ids: Optional[torch.Tensor] = None,
-                kv_cache: Optional[KVCache] = None, last_only: bool = False) -> torch.Tensor:
+                kv_cache: Optional[KVCache] = None, last_only: bool = False,
+                inputs_embeds: Optional[torch.Tensor] = None, extras: Optional[dict] = None) -> torch.Tensor:
         """Logits for `input_ids` [B, T].
 
         position_ids   [B, T] rotary positions (default: consecutive from the cache length)
@@ -381,18 +405,35 @@ class GPT(nn.Module):
         segment_ids    [B, T] packed sequences: tokens attend only within their own segment
         kv_cache       a KVCache; the new keys and values are appended to it
         last_only      compute logits for the last position only (decoding)
+        inputs_embeds  [B, T, n_embd] used instead of embedding `input_ids` (which still give B, T and
+                       the device; may be None when this is given)
+        extras         per-row tensors [B, ...] for injected modules; with a cache they are stored in it
+                       (prefill) and read back from it when not given (decode steps)
         """
         hidden = self.hidden_states(input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                                    segment_ids=segment_ids, kv_cache=kv_cache)
+                                    segment_ids=segment_ids, kv_cache=kv_cache, inputs_embeds=inputs_embeds,
+                                    extras=extras)
         if last_only:
             hidden = hidden[:, -1:]
         return self.lm_head(hidden)
 
     def hidden_states(self, input_ids, *, position_ids=None, attention_mask=None, segment_ids=None,
-                      kv_cache=None) -> torch.Tensor:
+                      kv_cache=None, inputs_embeds=None, extras=None) -> torch.Tensor:
         """Final-norm hidden states [B, T, n_embd] (for chunked losses that apply lm_head piecewise)."""
-        B, T = input_ids.shape
+        if inputs_embeds is not None:
+            B, T = inputs_embeds.shape[:2]
+            if input_ids is not None and tuple(input_ids.shape) != (B, T):
+                raise ValueError(f"input_ids {tuple(input_ids.shape)} and inputs_embeds {tuple(inputs_embeds.shape)} "
+                                 "disagree")
+            device = inputs_embeds.device
+        else:
+            B, T = input_ids.shape
+            device = input_ids.device
         past = kv_cache.length if kv_cache is not None else 0
+        if kv_cache is not None:
+            if extras:
+                kv_cache.extras = dict(extras)
+            extras = kv_cache.extras
         limit = self.context_length if self.config.alibi else min(self.context_length, self.rope_cos.size(0))
         if past + T > limit:
             raise ValueError(f"sequence of {past + T} tokens is longer than the context window "
@@ -406,17 +447,18 @@ class GPT(nn.Module):
         else:
             cos = self.rope_cos[position_ids].unsqueeze(1)
             sin = self.rope_sin[position_ids].unsqueeze(1)
-        mask = self.build_mask(B, T, past, attention_mask, segment_ids, input_ids.device)
+        mask = self.build_mask(B, T, past, attention_mask, segment_ids, device)
         if self.config.alibi:
-            mask = alibi_bias(self.config, self.full_mask(mask, B, T, past, input_ids.device), past,
+            mask = alibi_bias(self.config, self.full_mask(mask, B, T, past, device), past,
                               attention_mask, self.embed.weight.dtype)
 
-        x = self.embed(input_ids)
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
+        extras = extras or None
         for block in self.blocks:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, mask, kv_cache, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, mask, kv_cache, extras, use_reentrant=False)
             else:
-                x = block(x, cos, sin, mask, kv_cache)
+                x = block(x, cos, sin, mask, kv_cache, extras)
         if kv_cache is not None:
             kv_cache.length = past + T
         return self.norm_f(x)

@@ -33,6 +33,15 @@ Messages are `[{"role": "system" | "user" | "assistant", "content": str}]`: an o
 message first, then user and assistant alternating, starting with user. A user message may carry an
 optional `"input"` (Alpaca's input / Dolly's context): alpaca and dolly render it in their own
 "Input" section, every other style appends it to the content after a blank line.
+
+Images. A user message's content may instead be a list of parts, the shape of OpenAI's content parts:
+`{"type": "text", "text": ...}` and `{"type": "image", "path": ...}` (or `"image"`: a PIL image or file
+bytes). Parts are joined with single spaces; an image becomes the style's `image_text` around an
+image slot (MiniGPT-4: `<Img><ImageHere></Img>`). `chat_pieces(..., image_tokens=N)` turns each slot
+into a piece of kind "image" holding N placeholder ids, where a multimodal model writes the image's
+visual tokens (N = 0 for models that take images through other means: the slot takes no position).
+`message_images(messages)` lists the image parts in slot order; `message_text` gives the text alone
+(what guardrails read).
 """
 from __future__ import annotations
 
@@ -58,6 +67,53 @@ VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence a
                  "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 
 
+# Stands for one image in a rendered text until chat_pieces cuts the text there (a private-use character).
+IMAGE_SLOT = "\ue000"
+IMAGE_SLOT_TEXT = "<ImageHere>"   # how render() shows a slot (MiniGPT-4's spelling)
+PART_TYPES = ("text", "image")
+
+
+def _check_parts(i: int, msg: dict, where: Optional[str]) -> None:
+    parts = msg["content"]
+    if msg["role"] != "user":
+        raise DataError(f"message {i}: only user messages may have content parts (images); "
+                        f"a {msg['role']} message's content is a string", where=where)
+    for j, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in PART_TYPES:
+            raise DataError(f"message {i} part {j} must be {{'type': 'text', 'text': str}} or "
+                            f"{{'type': 'image', 'path': str}}, got {part!r:.120}", where=where)
+        if kind == "text" and not isinstance(part.get("text"), str):
+            raise DataError(f"message {i} part {j}: a text part needs a 'text' string", where=where)
+        if kind == "image" and part.get("path") is None and part.get("image") is None:
+            raise DataError(f"message {i} part {j}: an image part needs a 'path' (or an 'image')", where=where)
+        if kind == "text" and IMAGE_SLOT in part["text"]:
+            raise DataError(f"message {i} part {j}: the text holds the reserved character U+E000", where=where)
+
+
+def message_images(messages) -> list[dict]:
+    """The image parts of `messages`, in the order their slots appear."""
+    return [part for m in messages if isinstance(m.get("content"), list)
+            for part in m["content"] if isinstance(part, dict) and part.get("type") == "image"]
+
+
+def message_text(msg: dict) -> str:
+    """A message's text without its images (text parts joined with single spaces)."""
+    content = msg.get("content")
+    if isinstance(content, list):
+        return " ".join(p["text"] for p in content if isinstance(p, dict) and p.get("type") == "text" and p["text"])
+    return content
+
+
+def _flatten(msg: dict, image_text: tuple[str, str]) -> dict:
+    """The message with list content turned into text, each image as its slot inside `image_text`."""
+    if not isinstance(msg.get("content"), list):
+        return msg
+    pieces = [p["text"] if p["type"] == "text" else image_text[0] + IMAGE_SLOT + image_text[1]
+              for p in msg["content"]]
+    return {**msg, "content": " ".join(p for p in pieces if p)}
+
+
 def validate_messages(messages, *, where: Optional[str] = None) -> tuple[Optional[str], list]:
     """Check the message list; return (system text or None, [(user_msg, assistant_text or None), ...])."""
     if not isinstance(messages, (list, tuple)) or not messages:
@@ -65,6 +121,9 @@ def validate_messages(messages, *, where: Optional[str] = None) -> tuple[Optiona
     system = None
     start = 0
     for i, msg in enumerate(messages):
+        if (isinstance(msg, dict) and msg.get("role") in ROLES and isinstance(msg.get("content"), list)):
+            _check_parts(i, msg, where)
+            continue
         if not isinstance(msg, dict) or msg.get("role") not in ROLES or not isinstance(msg.get("content"), str):
             raise DataError(f"message {i} must be {{'role': system|user|assistant, 'content': str}}, got {msg!r:.120}",
                             where=where)
@@ -191,6 +250,18 @@ def _vicuna(system, turns, end, gen):
     return out
 
 
+def _minigpt4(system, turns, end, gen):
+    # MiniGPT-4's prompt template '###Human: {} ###Assistant: ' with '###' closing each answer
+    out = [(system, False)] if system is not None else []
+    for user, reply in turns:
+        out.append((f"###Human: {_user_text(user)} ", False))
+        if reply is not None or gen:
+            out.append(("###Assistant: ", False))
+        if reply is not None:
+            out.append((reply + end, True))
+    return out
+
+
 def _plain(system, turns, end, gen):
     out = [(system + "\n\n", False)] if system is not None else []
     for i, (user, reply) in enumerate(turns):
@@ -212,11 +283,14 @@ class PromptStyle:
     stop_strings: tuple[str, ...] = ()
     end_marker: str = ""          # literal text closing each assistant reply ("" when end_with_eos)
     end_with_eos: bool = False    # True: the reply ends with the tokenizer's EOS token, not a literal
+    image_text: tuple[str, str] = ("", "")   # text around an image slot in a user message
 
     def segments(self, messages, add_generation_prompt: bool = False, eos_text: str = "",
                  *, where: Optional[str] = None) -> Segments:
-        """[(text, trained)] in order; trained pieces are assistant replies with their end marker."""
-        system, turns = validate_messages(messages, where=where)
+        """[(text, trained)] in order; trained pieces are assistant replies with their end marker. Images
+        of content parts are IMAGE_SLOT characters in the text (see the module docstring)."""
+        validate_messages(messages, where=where)
+        system, turns = validate_messages([_flatten(m, self.image_text) for m in messages], where=where)
         end = eos_text if self.end_with_eos else self.end_marker
         gen = add_generation_prompt and turns[-1][1] is None
         return _merge(self.builder(system, turns, end, gen))
@@ -224,7 +298,8 @@ class PromptStyle:
     def render(self, messages, add_generation_prompt: bool = True, eos_text: str = "") -> str:
         """The conversation as text; with add_generation_prompt and a final user message, ends where
         the assistant's reply starts."""
-        return "".join(text for text, _ in self.segments(messages, add_generation_prompt, eos_text))
+        text = "".join(text for text, _ in self.segments(messages, add_generation_prompt, eos_text))
+        return text.replace(IMAGE_SLOT, IMAGE_SLOT_TEXT)
 
     def to_dict(self) -> dict:
         """What is saved next to prepared data and checkpoints."""
@@ -245,6 +320,8 @@ STYLES: dict[str, PromptStyle] = {s.name: s for s in [
                 _llama2, stop_strings=("</s>", "[INST]"), end_marker=" </s>"),
     PromptStyle("vicuna", "Vicuna v1.1: system USER: ... ASSISTANT: reply + EOS",
                 _vicuna, stop_strings=("</s>", "USER:"), end_with_eos=True),
+    PromptStyle("minigpt4", "MiniGPT-4: ###Human: <Img><ImageHere></Img> question ###Assistant: answer###",
+                _minigpt4, stop_strings=("###",), end_marker="###", image_text=("<Img>", "</Img>")),
     PromptStyle("plain", "no template: turns separated by blank lines, reply + EOS",
                 _plain, stop_strings=(), end_with_eos=True),
 ]}
@@ -281,13 +358,17 @@ def as_chat_format(fmt) -> ChatFormat:
 
 
 def chat_pieces(messages, tokenizer, style, add_generation_prompt: bool = False,
-                *, where: Optional[str] = None) -> list[tuple[list[int], str]]:
-    """A conversation as token-id pieces, each tagged "bos", "prompt" or "reply" (an assistant reply with
-    its end-of-turn marker or EOS id: what training puts loss on). The one tokenization of a prompt
-    style: `encode_chat` joins the pieces, `data.sft.tokenize_conversation` adds labels to them.
+                *, where: Optional[str] = None, image_tokens: int = 0,
+                image_token_id: int = 0) -> list[tuple[list[int], str]]:
+    """A conversation as token-id pieces, each tagged "bos", "prompt", "reply" (an assistant reply with
+    its end-of-turn marker or EOS id: what training puts loss on) or "image" (one image's slot:
+    `image_tokens` copies of `image_token_id`, which a multimodal model overwrites with visual tokens;
+    an empty piece when image_tokens is 0). The one tokenization of a prompt style: `encode_chat` joins
+    the pieces, `data.sft.tokenize_conversation` adds labels to them.
 
     BOS comes first when `tokenizer.add_bos`; each segment of `style.segments` is encoded on its own
-    (so the prompt/reply boundary is exact); replies of `end_with_eos` styles get `tokenizer.eos_id`.
+    (so the prompt/reply boundary is exact), and cut at image slots; replies of `end_with_eos` styles
+    get `tokenizer.eos_id`.
     """
     style = as_chat_format(style)
     if isinstance(style, ChatTemplate):
@@ -299,6 +380,15 @@ def chat_pieces(messages, tokenizer, style, add_generation_prompt: bool = False,
     if tokenizer.add_bos and tokenizer.bos_id is not None:
         pieces.append(([tokenizer.bos_id], "bos"))
     for text, trained in style.segments(messages, add_generation_prompt, where=where):
+        if IMAGE_SLOT in text and not trained:
+            before, *rest = text.split(IMAGE_SLOT)
+            if before:
+                pieces.append((tokenizer.encode(before, bos=False), "prompt"))
+            for after in rest:
+                pieces.append(([image_token_id] * image_tokens, "image"))
+                if after:
+                    pieces.append((tokenizer.encode(after, bos=False), "prompt"))
+            continue
         ids = tokenizer.encode(text, bos=False)
         if trained and style.end_with_eos:
             if tokenizer.eos_id is None:

@@ -24,7 +24,7 @@ import torch
 
 from ..errors import DataError, OpenseasonError, where
 from ..fileio import iter_jsonl
-from ..prompts import PromptStyle, chat_pieces, get_style
+from ..prompts import PromptStyle, chat_pieces, get_style, message_images
 
 IGNORE = -100
 TRAIN_ON = ("assistant", "all")
@@ -40,32 +40,50 @@ def _check(train_on: str, truncation: str) -> None:
 
 
 def tokenize_conversation(messages, tokenizer, style, max_length: int, train_on: str = "assistant",
-                          truncation: str = "right") -> Optional[dict]:
-    """{"input_ids": [...], "labels": [...]} for one conversation.
+                          truncation: str = "right", *, image_tokens: int = 0, image_token_id: int = 0) -> Optional[dict]:
+    """{"input_ids": [...], "labels": [...]} for one conversation (plus "images": [{"part", "start"}]
+    when its messages hold image parts: each image part and the first position of its slot, -1 when
+    `image_tokens` is 0; see prompts.chat_pieces).
 
     The ids come from `openseason.prompts.chat_pieces`, the same pieces `encode_chat` joins for
     inference. train_on="assistant" puts loss on every assistant reply (with its end-of-turn marker /
     EOS); "all" on every token but BOS. truncation: "right" keeps the first max_length tokens, "left" the
-    last ones (keeping BOS first), "drop" returns None for a conversation that does not fit.
+    last ones (keeping BOS first), "drop" returns None for a conversation that does not fit. Truncation
+    that would cut into an image's slot returns None too: an image is never half there.
     """
     _check(train_on, truncation)
     ids: list[int] = []
     labels: list[int] = []
     bos = False
-    for piece, kind in chat_pieces(messages, tokenizer, style):
+    parts = iter(message_images(messages))
+    images = []
+    for piece, kind in chat_pieces(messages, tokenizer, style, image_tokens=image_tokens,
+                                   image_token_id=image_token_id):
         bos = bos or kind == "bos"
+        if kind == "image":
+            images.append({"part": next(parts), "start": len(ids) if image_tokens else -1})
         ids.extend(piece)
-        labels.extend(piece if kind == "reply" or (train_on == "all" and kind != "bos") else [IGNORE] * len(piece))
+        labels.extend(piece if kind == "reply" or (train_on == "all" and kind not in ("bos", "image"))
+                      else [IGNORE] * len(piece))
     if len(ids) > max_length:
         if truncation == "drop":
             return None
+        cut = len(ids) - max_length
         if truncation == "right":
             ids, labels = ids[:max_length], labels[:max_length]
+            if any(im["start"] + image_tokens > max_length for im in images if im["start"] >= 0):
+                return None
         else:
             keep = max_length - int(bos)
             ids = ids[:int(bos)] + ids[len(ids) - keep:]
             labels = labels[:int(bos)] + labels[len(labels) - keep:]
-    return {"input_ids": ids, "labels": labels}
+            if any(im["start"] < int(bos) + cut for im in images if im["start"] >= 0):
+                return None
+            images = [{**im, "start": im["start"] - cut if im["start"] >= 0 else -1} for im in images]
+    out = {"input_ids": ids, "labels": labels}
+    if images:
+        out["images"] = images
+    return out
 
 
 # -- prepared directories ---------------------------------------------------------------------------
@@ -133,7 +151,9 @@ class SFTData:
     """
 
     def __init__(self, records: Iterable[dict], tokenizer, style, max_length: int, train_on: str = "assistant",
-                 truncation: str = "right"):
+                 truncation: str = "right", *, image_tokens: Optional[int] = None, image_token_id: int = 0):
+        """image_tokens: None for a text-only model (a record with images is a DataError naming it);
+        else the positions each image takes (0: none; see tokenize_conversation)."""
         _check(train_on, truncation)
         self.style: PromptStyle = get_style(style)
         self.max_length = max_length
@@ -144,8 +164,13 @@ class SFTData:
             self.report["read"] += 1
             if isinstance(record, list):
                 record = {"messages": record}
+            if image_tokens is None and message_images(record["messages"]):
+                raise DataError("this record has images but the model takes none", where=record.get("_where"),
+                                hint="finetune with a multimodal method: --method minigpt4 or adapter-v2-mm "
+                                     "with --vision ENCODER_CKPT")
             ex = tokenize_conversation(style_messages(record), tokenizer, self.style, max_length,
-                                       train_on=train_on, truncation=truncation)
+                                       train_on=train_on, truncation=truncation, image_tokens=image_tokens or 0,
+                                       image_token_id=image_token_id)
             reason = None
             if ex is None:
                 reason = "too_long"
@@ -155,6 +180,8 @@ class SFTData:
                 self.report["dropped"][reason] = self.report["dropped"].get(reason, 0) + 1
                 continue
             ex["id"] = record.get("id")
+            if "images" in ex:
+                ex["where"] = record.get("_where")
             self.examples.append(ex)
             self.report["kept"] += 1
             self.report["tokens"] += len(ex["input_ids"])

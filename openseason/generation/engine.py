@@ -15,6 +15,11 @@ it would alone. When every row is as long as the cache (one prompt, or equal len
 and the model takes its mask-free fast path. Finished rows leave at once, so a long answer does not
 pay for short ones; the cache is trimmed on the left when the longest rows have left.
 
+Images. A prompt may come with media: [(pixels [3, H, W], start)], one per image of a multimodal
+model (`model.media`, see peft/media.py): at prefill the front-end turns them into visual tokens
+written over the prompt's placeholder run at `start`, or into per-row extras (start -1) that the KV
+cache keeps with the row for every later step. A text-only model refuses media.
+
 Each step: (prefill) run new prompts together, left-padded, in a cache of their own, sample each
 choice's first token, and append their rows to the running cache; (decode) feed every row its last
 token and sample the next; (finish) rows that hit EOS or a stop token, a stop string (matched on the
@@ -117,8 +122,9 @@ class Sequence:
     """One choice being generated: its sampling state, its text stream and its Completion."""
 
     def __init__(self, prompt_ids: Seq[int], params: SamplingParams, *, index: int = 0, tokenizer=None,
-                 eos_id: Optional[int] = None, device="cpu", owner=None):
+                 eos_id: Optional[int] = None, device="cpu", owner=None, media: Seq = ()):
         self.params = params
+        self.media = list(media)               # [(pixels [3, H, W], start)] of the prompt's images
         self.index = index
         self.row = index                       # position in a Decoder's completions
         self.owner = owner                     # the Engine request it belongs to (None under Decoder)
@@ -273,16 +279,36 @@ class RunningBatch:
         for row, p in enumerate(prompts):
             ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
         ids = ids.to(self.device)
+        embeds, extras = self._media_inputs(ids, [g[0].media for g in groups], [width - n for n in lengths])
         cache = self.model.new_kv_cache(batch, self._prefill_capacity(width, groups))
         if min(lengths) != width:
             mask = torch.zeros(batch, width, dtype=torch.long, device=self.device)
             for row, n in enumerate(lengths):
                 mask[row, width - n:] = 1
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = self.model(ids, kv_cache=cache, attention_mask=mask, position_ids=positions, last_only=True)
+            logits = self.model(ids, kv_cache=cache, attention_mask=mask, position_ids=positions, last_only=True,
+                                inputs_embeds=embeds, extras=extras)
         else:
-            logits = self.model(ids, kv_cache=cache, last_only=True)
+            logits = self.model(ids, kv_cache=cache, last_only=True, inputs_embeds=embeds, extras=extras)
         return self.join(groups, cache, logits[:, -1], lengths)
+
+    def _media_inputs(self, ids: torch.Tensor, media: list[Seq], offsets: list[int]):
+        """(inputs_embeds, extras) for prompts with images (rows left-padded by `offsets`), or (None, None)."""
+        if not any(media):
+            return None, None
+        front = getattr(self.model, "media", None)
+        if front is None:
+            raise OpenseasonError("this model takes no images", hint="send text only, or load a multimodal "
+                                  "checkpoint (finetuned with --method minigpt4 or adapter-v2-mm)")
+        pixels, rows, starts = [], [], []
+        for row, items in enumerate(media):
+            for item_pixels, start in items:
+                pixels.append(item_pixels)
+                rows.append(row)
+                starts.append(start + offsets[row] if start >= 0 else -1)
+        as_long = dict(dtype=torch.long, device=self.device)
+        return front.inputs(self.model, ids, torch.stack(pixels).to(self.device), torch.tensor(rows, **as_long),
+                            torch.tensor(starts, **as_long))
 
     def _prefill_capacity(self, width: int, groups: list[list[Sequence]]) -> int:
         # alone in the batch, the prefill cache becomes the running cache: give it room to grow
@@ -295,11 +321,15 @@ class RunningBatch:
         chunk its sequences pick their first tokens and join the batch (their events are returned).
         Between chunks the running batch keeps decoding, so a long prompt does not stall it."""
         prompt = job.groups[0][0].completion.prompt_ids
+        extras = None
         if job.cache is None:
             job.cache = self.model.new_kv_cache(1, self._prefill_capacity(len(prompt), job.groups))
+            whole = torch.tensor([prompt], dtype=torch.long, device=self.device)
+            job.embeds, extras = self._media_inputs(whole, [job.groups[0][0].media], [0])
         start = job.cache.length
         piece = torch.tensor([prompt[start:start + job.chunk]], dtype=torch.long, device=self.device)
-        logits = self.model(piece, kv_cache=job.cache, last_only=True)
+        embeds = job.embeds[:, start:start + job.chunk] if job.embeds is not None else None
+        logits = self.model(piece, kv_cache=job.cache, last_only=True, inputs_embeds=embeds, extras=extras)
         if job.cache.length < len(prompt):
             return None
         return self.join(job.groups, job.cache, logits[:, -1], [len(prompt)])
@@ -438,7 +468,7 @@ class Decoder:
     """
 
     def __init__(self, model: torch.nn.Module, prompts: Seq[Seq[int]], params: SamplingParams, *,
-                 tokenizer=None, eos_id: Optional[int] = None):
+                 tokenizer=None, eos_id: Optional[int] = None, media: Optional[Seq[Seq]] = None):
         if not prompts:
             raise OpenseasonError("no prompts to generate from")
         config = model.config
@@ -452,12 +482,15 @@ class Decoder:
         self.params = params
         self.batch = RunningBatch(model, tokenizer)
         self.groups: list[list[Sequence]] = []
+        media = list(media) if media is not None else [()] * len(prompts)
+        if len(media) != len(prompts):
+            raise OpenseasonError(f"{len(media)} media lists for {len(prompts)} prompts")
         row = 0
-        for p in prompts:
+        for p, items in zip(prompts, media):
             group = []
             for choice in range(params.n):
                 group.append(Sequence(p, params, index=choice, tokenizer=tokenizer, eos_id=eos_id,
-                                      device=self.batch.device))
+                                      device=self.batch.device, media=items))
                 group[-1].row = row
                 row += 1
             self.groups.append(group)
@@ -505,9 +538,10 @@ class Decoder:
 
 
 def generate_ids(model: torch.nn.Module, prompts: Seq[Seq[int]], params: SamplingParams, *,
-                 tokenizer=None, eos_id: Optional[int] = None) -> list[Completion]:
-    """Generate for token-id prompts in one left-padded batch; one Completion per prompt (and choice)."""
-    return Decoder(model, prompts, params, tokenizer=tokenizer, eos_id=eos_id).run()
+                 tokenizer=None, eos_id: Optional[int] = None, media: Optional[Seq[Seq]] = None) -> list[Completion]:
+    """Generate for token-id prompts in one left-padded batch; one Completion per prompt (and choice).
+    `media`: per prompt, its images as [(pixels, start)] (see the module docstring)."""
+    return Decoder(model, prompts, params, tokenizer=tokenizer, eos_id=eos_id, media=media).run()
 
 
 # -- many requests, one model thread ---------------------------------------------------------------
@@ -549,6 +583,7 @@ class Request:
     id: int = field(default_factory=itertools.count().__next__)
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.monotonic)
+    media: list = field(default_factory=list)   # [(pixels [3, H, W], start)] of the prompt's images
 
     def cancel(self) -> None:
         """Stop generating for this request (its rows leave the batch before the next step)."""
@@ -563,6 +598,7 @@ class ChunkedPrefill:
     groups: list[list[Sequence]]
     chunk: int
     cache: object = None
+    embeds: Optional[torch.Tensor] = None   # the whole prompt's input embeddings when it has images
 
 
 class Engine:
@@ -625,6 +661,9 @@ class Engine:
                       name=self.name)
         if request.params.stop and self.tokenizer is None:
             raise OpenseasonError("stop strings need a tokenizer to compare text")
+        if request.media and getattr(self.model, "media", None) is None:
+            raise OpenseasonError("this model takes no images", hint="send text only, or serve a multimodal "
+                                  "checkpoint (finetuned with --method minigpt4 or adapter-v2-mm)")
         with self._lock:
             if self._closed:
                 raise EngineClosed("the engine is shut down" + (f" after an error: {self.error}" if self.error else ""))
@@ -638,8 +677,10 @@ class Engine:
             self._lock.notify()
         return request
 
-    def complete(self, prompt_ids: Seq[int], params: SamplingParams, timeout: Optional[float] = None) -> list[Completion]:
-        """Submit one prompt and wait for its n Completions (from any thread but the engine's own)."""
+    def complete(self, prompt_ids: Seq[int], params: SamplingParams, timeout: Optional[float] = None,
+                 media: Seq = ()) -> list[Completion]:
+        """Submit one prompt (with its images' `media`, if any) and wait for its n Completions (from any
+        thread but the engine's own)."""
         done = threading.Event()
         completions = [Completion(prompt_ids=list(prompt_ids)) for _ in range(params.n)]
         pieces: list[list[str]] = [[] for _ in range(params.n)]
@@ -660,7 +701,7 @@ class Engine:
             if finished[0] == len(completions):
                 done.set()
 
-        request = self.submit(Request(list(prompt_ids), params, emit))
+        request = self.submit(Request(list(prompt_ids), params, emit, media=list(media)))
         if not done.wait(timeout):
             request.cancel()
             raise OpenseasonError(f"generation did not finish within {timeout} s")
@@ -778,7 +819,7 @@ class Engine:
 
     def _groups(self, requests: list[Request]) -> list[list[Sequence]]:
         return [[Sequence(r.prompt_ids, r.params, index=i, tokenizer=self.tokenizer, eos_id=self.eos_id,
-                          device=self.device, owner=r) for i in range(r.params.n)] for r in requests]
+                          device=self.device, owner=r, media=r.media) for i in range(r.params.n)] for r in requests]
 
     def _fail_requests(self, requests: list[Request], exc: BaseException, where: str) -> None:
         self._report(exc, where)

@@ -127,19 +127,24 @@ class LLM:
         return ids
 
     # -- generation ---------------------------------------------------------------------------------
-    def complete(self, prompt, params: Optional[SamplingParams] = None, **kwargs) -> Union[Completion, list[Completion]]:
+    def complete(self, prompt, params: Optional[SamplingParams] = None, media=None,
+                 **kwargs) -> Union[Completion, list[Completion]]:
         """Like generate(), but returns Completion objects: token_ids, text, finish_reason ("stop" /
         "length"), prompt_tokens, completion_tokens. One prompt with n = 1 gives one Completion; a
-        list of prompts, or n > 1, gives a list (prompt-major: each prompt's n choices together)."""
+        list of prompts, or n > 1, gives a list (prompt-major: each prompt's n choices together).
+        `media`: the prompt's images for a multimodal model, as `chat_prompt` makes them (a list of
+        such lists for a batch of prompts)."""
         params = as_params(params, **kwargs)
         prompts = [self.encode(p) for p in prompt] if _is_batch(prompt) else [self.encode(prompt)]
-        out = generate_ids(self.model, prompts, params, tokenizer=self.tokenizer)
+        if media is not None and not _is_batch(prompt):
+            media = [media]
+        out = generate_ids(self.model, prompts, params, tokenizer=self.tokenizer, media=media)
         return out if _is_batch(prompt) or params.n > 1 else out[0]
 
     def generate(self, prompt, max_new_tokens: int = 64, temperature: float = 0.0, top_k: Optional[int] = None,
                  top_p: float = 1.0, repetition_penalty: float = 1.0, stop: Union[str, Sequence[str], None] = None,
                  stop_token_ids: Optional[Sequence[int]] = None, seed: Optional[int] = None,
-                 ignore_eos: bool = False) -> Union[str, list[str]]:
+                 ignore_eos: bool = False, media=None) -> Union[str, list[str]]:
         """Generated text for `prompt` (a string or token ids); a list of prompts gives a list of texts,
         generated as one left-padded batch.
 
@@ -149,19 +154,20 @@ class LLM:
         """
         out = self.complete(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                             top_p=top_p, repetition_penalty=repetition_penalty, stop=stop,
-                            stop_token_ids=stop_token_ids, seed=seed, ignore_eos=ignore_eos)
+                            stop_token_ids=stop_token_ids, seed=seed, ignore_eos=ignore_eos, media=media)
         return [c.text for c in out] if isinstance(out, list) else out.text
 
     def stream(self, prompt: Prompt, max_new_tokens: int = 64, temperature: float = 0.0,
                top_k: Optional[int] = None, top_p: float = 1.0, repetition_penalty: float = 1.0,
                stop: Union[str, Sequence[str], None] = None, stop_token_ids: Optional[Sequence[int]] = None,
-               seed: Optional[int] = None, ignore_eos: bool = False) -> Iterator[str]:
+               seed: Optional[int] = None, ignore_eos: bool = False, media=None) -> Iterator[str]:
         """Yield the generated text piece by piece (same arguments as generate(), one prompt). Pieces
         never split a UTF-8 character and never show a stop string; joined, they equal generate()."""
         params = as_params(None, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                            top_p=top_p, repetition_penalty=repetition_penalty, stop=stop,
                            stop_token_ids=stop_token_ids, seed=seed, ignore_eos=ignore_eos)
-        decoder = Decoder(self.model, [self.encode(prompt)], params, tokenizer=self.tokenizer)
+        decoder = Decoder(self.model, [self.encode(prompt)], params, tokenizer=self.tokenizer,
+                          media=[media] if media is not None else None)
         for events in decoder:
             for event in events:
                 if event.text:
@@ -169,26 +175,52 @@ class LLM:
 
     # -- chat ---------------------------------------------------------------------------------------
     def chat_prompt(self, messages, style=None) -> tuple[list[int], tuple[str, ...], tuple[int, ...]]:
-        """(prompt token ids, stop strings, stop token ids) for a conversation in the checkpoint's chat
-        format (or `style`), tokenized by prompts.encode_chat exactly as training tokenized it."""
-        from ..prompts import as_chat_format, chat_stops, encode_chat
+        """(prompt token ids, stop strings, stop token ids) for a text conversation in the checkpoint's
+        chat format (or `style`), tokenized by prompts.encode_chat exactly as training tokenized it.
+        Conversations with images: `chat_inputs`."""
+        from ..prompts import chat_stops, encode_chat
 
-        fmt = as_chat_format(style) if style is not None else self.chat_format
+        fmt = self._format(style)
+        from .media import check_images
+
+        if check_images(self.model, messages):
+            raise OpenseasonError("this conversation has images: use chat_inputs() (or chat())")
         ids = encode_chat(messages, self.tokenizer, fmt)
         strings, token_ids = chat_stops(fmt, self.tokenizer)
         return ids, strings, token_ids
 
+    def chat_inputs(self, messages, style=None, base_dir=None) -> tuple[list[int], list, tuple, tuple]:
+        """(prompt ids, media, stop strings, stop token ids) for a conversation that may hold image parts
+        ({"type": "image", "path": ... | "image": PIL image or bytes}); see generation.media."""
+        from ..prompts import chat_stops, message_images
+        from .media import encode_chat_media
+
+        fmt = self._format(style)
+        if not message_images(messages):
+            ids, strings, token_ids = self.chat_prompt(messages, fmt)
+            return ids, [], strings, token_ids
+        ids, media = encode_chat_media(messages, self.tokenizer, fmt, self.model, base_dir)
+        strings, token_ids = chat_stops(fmt, self.tokenizer)
+        return ids, media, strings, token_ids
+
+    def _format(self, style):
+        from ..prompts import as_chat_format
+
+        return as_chat_format(style) if style is not None else self.chat_format
+
     def chat(self, messages, style=None, stream: bool = False, **kwargs):
         """Reply to `messages` ([{"role": "user", "content": ...}, ...]) in the checkpoint's chat format
         (or `style`); the format's stop strings and stop tokens are added to `stop` / `stop_token_ids`.
-        stream=True yields pieces."""
-        ids, strings, token_ids = self.chat_prompt(messages, style)
+        A user message's content may be a list of text and image parts (a multimodal checkpoint:
+        MiniGPT-4, LLaMA-Adapter V2 multimodal). stream=True yields pieces."""
+        ids, media, strings, token_ids = self.chat_inputs(messages, style)
         extra = kwargs.pop("stop", None) or ()
         stops = tuple(dict.fromkeys(((extra,) if isinstance(extra, str) else tuple(extra)) + strings))
         stop_ids = tuple(dict.fromkeys(tuple(kwargs.pop("stop_token_ids", None) or ()) + token_ids))
+        media = media or None
         if stream:
-            return self.stream(ids, stop=stops, stop_token_ids=stop_ids, **kwargs)
-        return self.generate(ids, stop=stops, stop_token_ids=stop_ids, **kwargs)
+            return self.stream(ids, stop=stops, stop_token_ids=stop_ids, media=media, **kwargs)
+        return self.generate(ids, stop=stops, stop_token_ids=stop_ids, media=media, **kwargs)
 
     def __repr__(self) -> str:
         device = next(self.model.parameters()).device

@@ -5,8 +5,10 @@
     model = apply(model, "adapter-v2", prompt_length=10, layers=30)   # methods combine
     count_trainable(model)
 
-Methods: "full" (everything trains), "lora", "adapter" (LLaMA-Adapter v1), "adapter-v2", "flamingo"
-(OpenFlamingo's perceiver resampler and gated cross-attention; see flamingo.py). Each call
+Methods: "full" (everything trains), "lora", "adapter" (LLaMA-Adapter v1), "adapter-v2", and the
+multimodal "minigpt4" (frozen encoder -> trainable projection, minigpt4.py), "adapter-v2-mm"
+(LLaMA-Adapter V2 multimodal, adapter_mm.py) and "flamingo" (OpenFlamingo's perceiver resampler and
+gated cross-attention, flamingo.py), which attach an image front-end at `model.media`. Each call
 records {"method", "options"} in `model.peft_methods` (what a PEFT checkpoint stores) and re-marks
 which parameters train (see base.py for the protocol).
 """
@@ -18,17 +20,20 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from .adapter import apply_adapter, apply_adapter_v2
+from .base import (AdaptedLinear, count_trainable, mark_trainable, parameter_groups, trainable_names,
+                   trainable_state_dict)
 from .flamingo import apply_flamingo
-from .base import AdaptedLinear, count_trainable, mark_trainable, trainable_names, trainable_state_dict
 from .lora import apply_lora, export_peft, merge_lora
 
 # The one list of finetuning method names, and the aliases accepted for them everywhere (API, CLI, recipes).
-METHODS = ("full", "lora", "adapter", "adapter-v2", "flamingo")
+METHODS = ("full", "lora", "adapter", "adapter-v2", "minigpt4", "adapter-v2-mm", "flamingo")
+MULTIMODAL_METHODS = ("minigpt4", "adapter-v2-mm", "flamingo")
 METHOD_ALIASES = {"adapter-v1": "adapter", "adapter_v1": "adapter", "adapter_v2": "adapter-v2",
-                  "llama-adapter": "adapter"}
+                  "llama-adapter": "adapter", "adapter_v2_mm": "adapter-v2-mm", "mini-gpt4": "minigpt4"}
 
 __all__ = ["apply", "count_trainable", "merge", "export_peft", "trainable_names", "trainable_state_dict",
-           "METHODS", "METHOD_ALIASES", "AdaptedLinear", "is_peft", "canonical_method"]
+           "METHODS", "METHOD_ALIASES", "MULTIMODAL_METHODS", "AdaptedLinear", "is_peft", "canonical_method",
+           "parameter_groups", "is_multimodal"]
 
 
 def canonical_method(method: str) -> str:
@@ -42,8 +47,9 @@ def canonical_method(method: str) -> str:
 
 def apply(model: nn.Module, method: str, **options: Any) -> nn.Module:
     """Adapt `model` in place with `method` and return it; `options` are the method's keyword arguments
-    (lora: rank, alpha, dropout, targets; adapter / adapter-v2: prompt_length, layers; flamingo: see
-    `flamingo.apply_flamingo`)."""
+    (lora: rank, alpha, dropout, targets; adapter / adapter-v2: prompt_length, layers; minigpt4: vision;
+    adapter-v2-mm: vision, mode, prompt_length, layers, early_layers, visual_blocks, visual_heads;
+    flamingo: see `flamingo.apply_flamingo`)."""
     method = canonical_method(method)
     options = {k: v for k, v in options.items() if v is not None}
     try:
@@ -55,6 +61,14 @@ def apply(model: nn.Module, method: str, **options: Any) -> nn.Module:
             resolved = apply_lora(model, **options)
         elif method == "adapter":
             resolved = apply_adapter(model, **options)
+        elif method == "minigpt4":
+            from .minigpt4 import apply_minigpt4
+
+            resolved = apply_minigpt4(model, **options)
+        elif method == "adapter-v2-mm":
+            from .adapter_mm import apply_adapter_v2_mm
+
+            resolved = apply_adapter_v2_mm(model, **options)
         elif method == "flamingo":
             resolved = apply_flamingo(model, **options)
         else:
@@ -74,11 +88,20 @@ def is_peft(model: nn.Module) -> bool:
     return bool(methods) and "full" not in methods
 
 
+def is_multimodal(model: nn.Module) -> bool:
+    """True when the model has an image front-end (model.media): it takes images in prompts."""
+    return getattr(model, "media", None) is not None
+
+
 def merge(model: nn.Module) -> nn.Module:
     """Fold LoRA into the base weights (in place) so the model is a plain GPT again.
 
     LLaMA-Adapter prompts add attention over learned tokens and cannot be folded into weights."""
     methods = [m["method"] for m in getattr(model, "peft_methods", [])]
+    if "minigpt4" in methods:
+        raise ConfigError("a MiniGPT-4 checkpoint cannot be merged into plain weights (its projection feeds "
+                          "images, which a plain decoder does not take)",
+                          hint="load the checkpoint directly: LLM.load, chat and serve all do")
     if "flamingo" in methods:
         raise ConfigError("Flamingo checkpoints cannot be merged into plain weights (the resampler and the "
                           "cross-attention blocks are extra modules)", hint="load the checkpoint directly")

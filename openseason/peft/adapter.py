@@ -43,23 +43,47 @@ class AdapterPrompt(nn.Module):
         self.prompt = nn.Parameter(torch.randn(prompt_length, n_embd, device=device, dtype=dtype))
         self.gate = nn.Parameter(torch.zeros(1, n_head, 1, 1, device=device, dtype=dtype))
 
-    def forward(self, q: torch.Tensor, attn: nn.Module) -> torch.Tensor:
-        """Gated attention of queries q [B, nh, T, hs] (already rotated) over the prompt."""
-        cfg = attn.config
-        prompt = self.prompt.to(q.dtype) if not torch.is_autocast_enabled() else self.prompt
-        _, pk, pv = attn.split_qkv(attn.qkv(prompt.unsqueeze(0)))       # [1, ng, K, hs]
-        if cfg.n_query_groups != cfg.n_head:
-            repeat = cfg.n_head // cfg.n_query_groups
-            pk = pk.repeat_interleave(repeat, dim=1)
-            pv = pv.repeat_interleave(repeat, dim=1)
-        scores = (q @ pk.transpose(-1, -2).to(q.dtype)) / math.sqrt(cfg.head_size)
-        probs = F.softmax(scores.float(), dim=-1).to(q.dtype)
-        return torch.tanh(self.gate).to(q.dtype) * (probs @ pv.to(q.dtype))
+    def forward(self, q: torch.Tensor, attn: nn.Module, extras: Optional[dict] = None) -> torch.Tensor:
+        """Gated attention of queries q [B, nh, T, hs] (already rotated) over the prompt. A per-row
+        "adapter_prompt_add" [B, K, n_embd] in `extras` (LLaMA-Adapter V2 multimodal's visual query)
+        is added to the prompt first."""
+        prompt = self.prompt.unsqueeze(0)
+        add = extras.get("adapter_prompt_add") if extras else None
+        if add is not None:
+            prompt = prompt + add.to(prompt.dtype)
+        return gated_prompt_attention(q, attn, prompt, self.gate)
 
 
-def _adapted_attend(self, q, k, v, mask):
-    # Bound to one CausalSelfAttention instance; the class's own attend does the ordinary part.
-    return type(self).attend(self, q, k, v, mask) + self.adapter(q, self)
+def gated_prompt_attention(q: torch.Tensor, attn: nn.Module, prompt: torch.Tensor, gate: torch.Tensor,
+                           present: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """tanh(gate) * softmax(q P_k^T / sqrt(hs)) P_v for prompt tokens P [1 or B, K, n_embd] whose keys and
+    values are the layer's own frozen k and v projections (no positions); `present` [B] zeroes the
+    term for rows that have no prompt. The zero-initialized attention of LLaMA-Adapter."""
+    cfg = attn.config
+    if not torch.is_autocast_enabled():
+        prompt = prompt.to(q.dtype)
+    _, pk, pv = attn.split_qkv(attn.qkv(prompt))                     # [1|B, ng, K, hs]
+    if cfg.n_query_groups != cfg.n_head:
+        repeat = cfg.n_head // cfg.n_query_groups
+        pk = pk.repeat_interleave(repeat, dim=1)
+        pv = pv.repeat_interleave(repeat, dim=1)
+    scores = (q @ pk.transpose(-1, -2).to(q.dtype)) / math.sqrt(cfg.head_size)
+    probs = F.softmax(scores.float(), dim=-1).to(q.dtype)
+    out = torch.tanh(gate).to(q.dtype) * (probs @ pv.to(q.dtype))
+    if present is not None:
+        out = out * present.to(q.dtype).view(-1, 1, 1, 1)
+    return out
+
+
+def _adapted_attend(self, q, k, v, mask, extras=None):
+    # Bound to one CausalSelfAttention instance; the class's own attend does the ordinary part, then
+    # every injected prompt adds its gated term (the adapter prompt, a multimodal early visual prompt).
+    out = type(self).attend(self, q, k, v, mask)
+    for name in ("adapter", "visual_adapter"):
+        module = getattr(self, name, None)
+        if module is not None:
+            out = out + module(q, self, extras)
+    return out
 
 
 def default_adapter_layers(n_layer: int) -> int:

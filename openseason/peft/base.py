@@ -123,3 +123,26 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def declare(module: nn.Module, names: Iterable[str]) -> None:
     """Add parameter names to a module's `peft_params`."""
     module.peft_params = tuple(sorted(set(getattr(module, "peft_params", ())) | set(names)))
+
+
+def parameter_groups(model: nn.Module) -> dict[str, str]:
+    """{trainable parameter name: group} for methods that train disjoint groups on different data
+    (LLaMA-Adapter V2 multimodal: "visual" on image data, "instruction" on text-only data).
+
+    A parameter's group is its module's `peft_param_groups[local name]` when given, else the
+    `peft_group` of its module or nearest ancestor, else "default"."""
+    groups: dict[str, str] = {}
+    keep = set(trainable_names(model))
+
+    def walk(module: nn.Module, prefix: str, inherited: str) -> None:
+        group = getattr(module, "peft_group", inherited)
+        overrides = getattr(module, "peft_param_groups", {})
+        for local, _ in module.named_parameters(recurse=False):
+            name = prefix + local
+            if name in keep:
+                groups[name] = overrides.get(local, group)
+        for child_name, child in module.named_children():
+            walk(child, f"{prefix}{child_name}.", group)
+
+    walk(model, "", "default")
+    return groups

@@ -108,3 +108,42 @@ class PairBatches(SampledBatches):
             parts = [self.reference[idx, 0], self.reference[idx, 1]] + ([self.reference[idx, 2]] if self.kto else [])
             batch["ref_logps"] = torch.cat(parts)
         return batch
+
+
+class MultimodalBatches(SampledBatches):
+    """Endless shuffled micro-batches of tokenized examples that may hold images (padded, not packed).
+
+    Each batch is `collate`'s plus the images of its examples as `pixel_values` [M, 3, H, W],
+    `image_rows` [M] and `image_starts` [M] (peft/media.py), read from disk and preprocessed by the
+    model's front-end (`preprocess`) when the batch is made; relative image paths are read from
+    `base_dir`. Rows with and without images mix freely."""
+
+    def __init__(self, examples, micro_batch_size: int, pad_id: int, max_length: int, preprocess, base_dir=None,
+                 seed: int = 0):
+        super().__init__(len(examples), micro_batch_size, seed)
+        self.examples, self.pad_id, self.max_length = examples, pad_id, max_length
+        self.preprocess, self.base_dir = preprocess, base_dir
+
+    def make(self, indices: list[int]) -> dict:
+        return collate_multimodal([self.examples[i] for i in indices], self.pad_id, self.max_length,
+                                  self.preprocess, self.base_dir)
+
+
+def collate_multimodal(examples: list[dict], pad_id: int, max_length: int, preprocess, base_dir=None) -> dict:
+    """`collate` plus the examples' images (see MultimodalBatches)."""
+    import torch
+
+    from ..peft.media import open_image_part
+
+    batch = collate(examples, pad_id, max_length)
+    pixels, rows, starts = [], [], []
+    for row, ex in enumerate(examples):
+        for image in ex.get("images", ()):
+            pixels.append(preprocess(open_image_part(image["part"], base_dir, where=ex.get("where"))))
+            rows.append(row)
+            starts.append(image["start"])
+    if pixels:
+        batch["pixel_values"] = torch.stack(pixels)
+        batch["image_rows"] = torch.tensor(rows, dtype=torch.long)
+        batch["image_starts"] = torch.tensor(starts, dtype=torch.long)
+    return batch

@@ -26,8 +26,17 @@ from .outdir import claim_run_dir
 
 TRAIN_DEFAULT_STYLE = "alpaca"  # when neither the options, the data nor the base checkpoint name a style
 
+MULTIMODAL_OPTIONS = ("vision", "mm_mode", "early_layers", "visual_blocks")
+
+
 def method_options(method: str, opts: dict) -> dict:
     """The keyword arguments of `peft.apply` for `method`, from the finetune options."""
+    if method == "minigpt4":
+        return {"vision": opts["vision"]}
+    if method == "adapter-v2-mm":
+        return {"vision": opts["vision"], "mode": opts["mm_mode"] or "paper",
+                "prompt_length": int(opts["adapter_prompt_length"]), "layers": opts["adapter_layers"],
+                "early_layers": opts["early_layers"], "visual_blocks": opts["visual_blocks"]}
     if method == "lora":
         return {"rank": int(opts["lora_rank"]), "alpha": float(opts["lora_alpha"]),
                 "dropout": float(opts["lora_dropout"]), "targets": opts["lora_targets"]}
@@ -74,6 +83,7 @@ def finetune(checkpoint: str | Path, data: str | Path, method: Optional[str] = N
     if opts["lr"] is None:
         opts["lr"] = METHOD_LR[method]
     resolve_objective(opts)
+    _check_multimodal(method, opts)
     if opts["max_steps"] is None and opts["epochs"] is None:
         raise ConfigError("say how long to train: max_steps or epochs", hint="e.g. --max-steps 200 or --epochs 1")
     # one writer per run directory, for the whole run; an earlier run is refused unless resumed or overwritten
@@ -82,6 +92,30 @@ def finetune(checkpoint: str | Path, data: str | Path, method: Optional[str] = N
                            register=register, callbacks=callbacks)
     result["options"] = opts
     return result
+
+
+def _check_multimodal(method: str, opts: dict) -> None:
+    """Multimodal options go with multimodal methods only, and those need an encoder."""
+    from ..peft import MULTIMODAL_METHODS
+
+    if method not in MULTIMODAL_METHODS:
+        given = [k for k in MULTIMODAL_OPTIONS if opts.get(k) is not None]
+        if given:
+            raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in given)} apply only to the multimodal "
+                              f"methods ({', '.join(MULTIMODAL_METHODS)}), not --method {method}")
+        return
+    if not opts.get("vision"):
+        raise ConfigError(f"--method {method} needs --vision ENCODER_CKPT (a vision encoder checkpoint)",
+                          hint="make one with `openseason vision convert HF_DIR OUT` or `openseason vision train-clip`")
+    if method == "minigpt4":
+        stray = [k for k in MULTIMODAL_OPTIONS[1:] if opts.get(k) is not None]
+        if stray:
+            raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in stray)} apply to --method "
+                              "adapter-v2-mm, not minigpt4")
+    if opts.get("packing"):
+        raise ConfigError(f"--packing does not apply to --method {method} (rows with images are padded, not packed)")
+    if opts.get("objective", "sft") != "sft":
+        raise ConfigError(f"--method {method} trains with --objective sft only")
 
 
 def _finetune(checkpoint: Path, data: Path, out: Path, opts: dict, *, config, resume, progress, register,
@@ -112,11 +146,14 @@ def _finetune(checkpoint: Path, data: Path, out: Path, opts: dict, *, config, re
             if p.requires_grad:
                 p.data = p.data.float()
     base_card = read_run_card(checkpoint)
+    media = getattr(model, "media", None)
 
-    style = opts["prompt_style"] or prepared_style(data) or base_card.get("prompt_style") or TRAIN_DEFAULT_STYLE
+    style = (opts["prompt_style"] or ("minigpt4" if method == "minigpt4" else None) or prepared_style(data)
+             or base_card.get("prompt_style") or TRAIN_DEFAULT_STYLE)
     max_length = int(opts["max_length"] or min(model.config.block_size, 2048))
     records = load_conversations(data)  # checked against its report.json when it has one
-    sft = SFTData(records, tokenizer, style, max_length, train_on=opts["train_on"])
+    sft = SFTData(records, tokenizer, style, max_length, train_on=opts["train_on"],
+                  image_tokens=media.image_tokens if media is not None else None)
     if len(sft) == 0:
         raise OpenseasonError("no usable training examples", where=str(data), hint=f"tokenization report: {sft.report}")
     order = np.random.default_rng(int(opts["seed"])).permutation(len(sft))
@@ -129,15 +166,29 @@ def _finetune(checkpoint: Path, data: Path, out: Path, opts: dict, *, config, re
     train_ex = [sft[int(i)] for i in train_idx]
     val_ex = [sft[int(i)] for i in val_idx]
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-    batches = SFTBatches(train_ex, int(opts["micro_batch_size"]), pad_id, max_length, seed=int(opts["seed"]),
-                         packing=bool(opts["packing"]))
-    val_batches = fixed_batches(val_ex, int(opts["micro_batch_size"]), pad_id, max_length) if val_ex else None
+    objective = None
+    if media is not None:
+        from .data import MultimodalBatches
+        from .objectives.multimodal import MultimodalObjective
+
+        mbs = int(opts["micro_batch_size"])
+        batches = MultimodalBatches(train_ex, mbs, pad_id, max_length, media.preprocess, data, seed=int(opts["seed"]))
+        val_batches = (MultimodalBatches(val_ex, mbs, pad_id, max_length, media.preprocess, data)
+                       .fixed(list(range(len(val_ex)))) if val_ex else None)
+        objective = MultimodalObjective()
+    else:
+        batches = SFTBatches(train_ex, int(opts["micro_batch_size"]), pad_id, max_length, seed=int(opts["seed"]),
+                             packing=bool(opts["packing"]))
+        val_batches = fixed_batches(val_ex, int(opts["micro_batch_size"]), pad_id, max_length) if val_ex else None
 
     sample_record = records[int(val_idx[0])] if len(val_idx) else records[0]
     sample_messages = [m for m in style_messages(sample_record)]
     while sample_messages and sample_messages[-1].get("role") == "assistant":
         sample_messages = sample_messages[:-1]
-    sample_prompt = encode_chat(sample_messages, tokenizer, style) if sample_messages else None
+    from ..prompts import message_images
+
+    text_only = not message_images(sample_messages)   # the training sample is a text-only generation
+    sample_prompt = encode_chat(sample_messages, tokenizer, style) if sample_messages and text_only else None
 
     def sample_fn(m) -> str:
         if not sample_prompt:
@@ -165,9 +216,16 @@ def _finetune(checkpoint: Path, data: Path, out: Path, opts: dict, *, config, re
         "lineage": {"base": base_card.get("lineage"), "base_data": base_card.get("data")},
         "trainable_parameters": count_trainable(model), "peft": is_peft(model),
     }
+    if media is not None:
+        from ..peft.media import tower_options
+        from .reference import checkpoint_fingerprint
+
+        run_card["multimodal"] = {"base_fingerprint": checkpoint_fingerprint(checkpoint), **tower_options(media.tower),
+                                  "image_tokens": media.image_tokens}
     result = train(model, batches, tcfg, out, val_batches=val_batches, resume=resume,
                    base_checkpoint=base_ref, tokenizer=tokenizer, run_card=run_card,
-                   sample_fn=sample_fn if opts["eval_every"] else None, callbacks=callbacks)
+                   sample_fn=sample_fn if opts["eval_every"] and sample_prompt else None, callbacks=callbacks,
+                   objective=objective)
     if register:
         register_run(result["final"], base_model=str(base_ref), datasets=[str(data)], method=method,
                      seconds=result["seconds"], tokens=result["tokens"], device=device)

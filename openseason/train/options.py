@@ -18,7 +18,8 @@ from ..errors import ConfigError
 from ..peft import METHOD_ALIASES, METHODS
 
 # Peak learning rate per finetuning method when none is given (LLaMA-Adapter papers, LoRA common use).
-METHOD_LR = {"full": 2e-5, "lora": 3e-4, "adapter": 9e-3, "adapter-v2": 3e-3}
+METHOD_LR = {"full": 2e-5, "lora": 3e-4, "adapter": 9e-3, "adapter-v2": 3e-3, "minigpt4": 1e-4,
+             "adapter-v2-mm": 3e-3}
 
 OBJECTIVES = ("sft", "reward", "dpo", "cdpo", "ipo", "kto", "orpo", "simpo", "grpo", "rloo", "distill")
 # Which objective options apply to which objectives, and their defaults; any other given is an error.
@@ -143,6 +144,15 @@ class FinetuneOptions:
     adapter_prompt_length: int = option(10, "learned prompt tokens per adapted layer", group="LLaMA-Adapter")
     adapter_layers: Optional[int] = option(None, "adapt the top L layers (default all but the first two)",
                                            group="LLaMA-Adapter")
+    vision: Optional[str] = option(None, "minigpt4 / adapter-v2-mm: the vision encoder checkpoint (`openseason "
+                                         "vision convert` or `vision train-clip`)", group="multimodal")
+    mm_mode: Optional[str] = option(None, "adapter-v2-mm: how the image enters: paper (visual tokens at the first "
+                                          "layers, zero-gated; default) or released (visual query added to the late "
+                                          "prompts)", group="multimodal", choices=("paper", "released"))
+    early_layers: Optional[int] = option(None, "adapter-v2-mm paper mode: layers that see the visual tokens "
+                                               "(default 1)", group="multimodal")
+    visual_blocks: Optional[int] = option(None, "adapter-v2-mm released mode: transformer blocks of the visual "
+                                                "query (default 1)", group="multimodal")
 
 
 @dataclass

@@ -11,17 +11,19 @@ def _ce_sum(lm_head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     return F.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
 
 
-def token_loss_sum(model, batch: dict, chunk: int = 4096) -> tuple[torch.Tensor, int]:
+def token_loss_sum(model, batch: dict, chunk: int = 4096, *, inputs_embeds=None,
+                   extras=None) -> tuple[torch.Tensor, int]:
     """(sum of cross-entropy over target tokens, number of target tokens) for one micro-batch.
 
     Only positions with a target go through lm_head, in chunks whose logits are recomputed in the
     backward pass, so the [tokens, vocab] logits never exist for the whole batch at once.
+    `inputs_embeds` / `extras` go to the model as they are (images: objectives/multimodal.py).
     """
     input_ids = batch["input_ids"]
     # Right padding never influences earlier positions under a causal mask, so padded rows need no
     # attention mask (keeping SDPA's fast causal path); packed rows need their segments.
     hidden = model.hidden_states(input_ids, position_ids=batch.get("position_ids"),
-                                 segment_ids=batch.get("segment_ids"))
+                                 segment_ids=batch.get("segment_ids"), inputs_embeds=inputs_embeds, extras=extras)
     if "targets" in batch:
         targets, predictors = batch["targets"], hidden
     else:
