@@ -22,7 +22,6 @@ from ..errors import ConfigError
 from .adapter import apply_adapter, apply_adapter_v2
 from .base import (AdaptedLinear, count_trainable, mark_trainable, parameter_groups, trainable_names,
                    trainable_state_dict)
-from .flamingo import apply_flamingo
 from .lora import apply_lora, export_peft, merge_lora
 
 # The one list of finetuning method names, and the aliases accepted for them everywhere (API, CLI, recipes).
@@ -70,6 +69,8 @@ def apply(model: nn.Module, method: str, **options: Any) -> nn.Module:
 
             resolved = apply_adapter_v2_mm(model, **options)
         elif method == "flamingo":
+            from .flamingo import apply_flamingo
+
             resolved = apply_flamingo(model, **options)
         else:
             resolved = apply_adapter_v2(model, **options)

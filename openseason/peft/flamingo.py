@@ -63,9 +63,9 @@ class MediaCrossAttention(GatedCrossAttentionBlock):
         return super().forward(x, ctx.media.to(x.dtype), ctx.time)
 
 
-def _xattn_then_block(self, x, cos, sin, mask=None, kv_cache=None):
+def _xattn_then_block(self, x, *args, **kwargs):
     # Bound to one Block instance; cross-attention runs before the layer, as in OpenFlamingo.
-    return type(self).forward(self, self.xattn(x), cos, sin, mask, kv_cache)
+    return type(self).forward(self, self.xattn(x), *args, **kwargs)
 
 
 def apply_flamingo(model: nn.Module, dim_visual: int, media_token_id: int, every: int = 1,
