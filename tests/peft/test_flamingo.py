@@ -8,7 +8,7 @@ import torch
 from openseason.config import Config
 from openseason.model import GPT
 from openseason.peft import apply, trainable_names
-from openseason.peft.flamingo import clear_media, encode_media, images_in, set_media
+from openseason.peft.flamingo import encode_media, media_extras
 
 MEDIA = 7          # a token id used as <image> in these tests
 DV = 24            # vision feature width
@@ -37,6 +37,12 @@ def open_gates(model, value=1.0):
                 block.xattn.ff_gate.fill_(value)
 
 
+def condition(model, feats, ids):
+    """Set the media context directly, as one forward call would (for block-level checks)."""
+    extras = media_extras(model, encode_media(model, feats), ids)
+    model.flamingo.media, model.flamingo.time = extras["flamingo_media"], extras["flamingo_time"]
+
+
 def ids_with_images(positions, T=12, B=1, seed=1):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(10, 200, (B, T), generator=g)
@@ -54,11 +60,12 @@ def test_equals_plain_lm_at_init(name):
     feats = torch.randn(1, 2, 6, DV)
     with torch.no_grad():
         expected = plain(ids)
-        set_media(model, encode_media(model, feats), ids)
-        got = model(ids)
+        extras = media_extras(model, encode_media(model, feats), ids)
+        got = model(ids, extras=extras)
         assert torch.equal(got, expected)
+        assert torch.equal(model(ids), expected)          # text only
         open_gates(model, 0.5)       # the same check fails once the gates open
-        assert not torch.allclose(model(ids), expected, atol=1e-4)
+        assert not torch.allclose(model(ids, extras=extras), expected, atol=1e-4)
 
 
 def test_every_nth_layer_and_only_new_parts_train():
@@ -72,10 +79,7 @@ def test_every_nth_layer_and_only_new_parts_train():
 
 def _token_outputs(model, ids, feats):
     with torch.no_grad():
-        set_media(model, encode_media(model, feats), ids)
-        out = model(ids)
-        clear_media(model)
-    return out
+        return model(ids, extras=media_extras(model, encode_media(model, feats), ids))
 
 
 @pytest.mark.parametrize("immediate", [True, False])
@@ -104,9 +108,9 @@ def test_immediate_only_invariance_to_earlier_images():
     x = torch.randn(1, 14, model.config.n_embd)
     with torch.no_grad():
         for block in model.blocks:
-            set_media(model, encode_media(model, feats), ids)
+            condition(model, feats, ids)
             y1 = block.xattn(x)
-            set_media(model, encode_media(model, changed), ids)
+            condition(model, changed, ids)
             y2 = block.xattn(x)
             assert torch.equal(y1[:, 8:], y2[:, 8:])
             assert not torch.allclose(y1[:, :8], y2[:, :8], atol=1e-5)
@@ -123,9 +127,9 @@ def test_all_previous_images_mode_sees_earlier_images():
     changed[:, 0] = torch.randn(1, 6, DV)
     x = model.embed(ids)
     blk = model.blocks[0].xattn
-    set_media(model, encode_media(model, feats), ids)
+    condition(model, feats, ids)
     y1 = blk(x)
-    set_media(model, encode_media(model, changed), ids)
+    condition(model, changed, ids)
     y2 = blk(x)
     assert not torch.allclose(y1[:, 8:], y2[:, 8:], atol=1e-5)
 
@@ -137,14 +141,13 @@ def test_kv_cache_decoding_reuses_latents(name):
     ids = ids_with_images([[1, 5]], T=10)
     media = encode_media(model, torch.randn(1, 2, 6, DV))
     with torch.no_grad():
-        set_media(model, media, ids)
-        full = model(ids)
+        full = model(ids, extras=media_extras(model, media, ids))
         cache = model.new_kv_cache(1, 16)
         prompt = ids[:, :7]
-        set_media(model, media, prompt)
-        steps = [model(prompt, kv_cache=cache)[:, -1]]
+        steps = [model(prompt, kv_cache=cache, extras=media_extras(model, media, prompt))[:, -1]]
+        # the prompt's latents stay with the cache row, compacted to the last image
+        assert cache.extras["flamingo_media"].shape[1] == 1 and cache.extras["flamingo_time"].tolist() == [[1]]
         for t in range(7, 10):
-            set_media(model, media, ids[:, t:t + 1], images_before=images_in(model, ids[:, :t]))
             steps.append(model(ids[:, t:t + 1], kv_cache=cache)[:, -1])
     for k, logits in enumerate(steps):
         torch.testing.assert_close(logits, full[:, 6 + k], atol=1e-5, rtol=1e-5)
@@ -153,9 +156,9 @@ def test_kv_cache_decoding_reuses_latents(name):
 def test_too_many_image_tokens_is_an_error():
     model = flamingo()
     ids = ids_with_images([[1, 3, 5]], T=8)
-    set_media(model, encode_media(model, torch.randn(1, 2, 6, DV)), ids)
+    extras = media_extras(model, encode_media(model, torch.randn(1, 2, 6, DV)), ids)
     with pytest.raises(ValueError, match="3 <image> tokens but only 2 images"):
-        model(ids)
+        model(ids, extras=extras)
 
 
 def test_bad_options_are_errors():
@@ -165,3 +168,7 @@ def test_bad_options_are_errors():
         apply(tiny("tiny-llama"), "flamingo", dim_visual=DV, media_token_id=MEDIA, every=9)
     with pytest.raises(ConfigError, match="outside the embedding"):
         apply(tiny("tiny-llama"), "flamingo", dim_visual=DV, media_token_id=10_000)
+    with pytest.raises(ConfigError, match="vision encoder .* or dim_visual"):
+        apply(tiny("tiny-llama"), "flamingo", media_token_id=MEDIA)
+    with pytest.raises(ConfigError, match="max_images applies"):
+        apply(tiny("tiny-llama"), "flamingo", dim_visual=DV, media_token_id=MEDIA, max_images=2)

@@ -13,7 +13,7 @@ from openseason.config import Config
 from openseason.data.interleaved import add_media_tokens
 from openseason.model import GPT
 from openseason.peft import apply, trainable_names
-from openseason.peft.flamingo import encode_media, set_media
+from openseason.peft.flamingo import encode_media, media_extras
 
 
 def tiny(name, tie=False, vocab=None):
@@ -49,8 +49,7 @@ def test_only_new_rows_train(name, tie, grow, tiny_tokenizer):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
     ids = torch.tensor([[media, 5, 6, 7, eoc, media, 8, 9, eoc]])
     for _ in range(3):
-        set_media(model, encode_media(model, torch.randn(1, 2, 3, 16)), ids)
-        logits = model(ids)
+        logits = model(ids, extras=media_extras(model, encode_media(model, torch.randn(1, 2, 3, 16)), ids))
         loss = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:])
         loss.backward()
         opt.step()
@@ -83,6 +82,6 @@ def test_flamingo_peft_checkpoint_reloads(tmp_path, tiny_tokenizer):
     ids = torch.tensor([[3, media, 5, 6, eoc, 7]])
     feats = torch.randn(1, 1, 3, 16)
     with torch.no_grad():
-        set_media(model.eval(), encode_media(model, feats), ids)
-        set_media(again, encode_media(again, feats), ids)
-        assert torch.equal(model(ids), again(ids))
+        a = model.eval()(ids, extras=media_extras(model, encode_media(model, feats), ids))
+        b = again(ids, extras=media_extras(again, encode_media(again, feats), ids))
+        assert torch.equal(a, b)
