@@ -4,12 +4,13 @@ the images in order, and the labels OpenFlamingo's training code uses.
 Three shapes become one `InterleavedDoc`:
 
 - our conversation records with image parts (content as a list of {"type": "image", "path": ...} and
-  {"type": "text", "text": ...}, the shape of OpenAI's content parts): each image part becomes
-  `<image>`, the text parts follow in order, and each assistant reply ends its chunk with `<|endofchunk|>`;
+  {"type": "text", "text": ...}, the shape of OpenAI's content parts), rendered by the "flamingo"
+  prompt style: each image part becomes `<image>`, parts are joined by spaces, each assistant reply
+  follows after a space and ends its chunk with `<|endofchunk|>`;
 - MMC4 documents: `text_list` (sentences) and `image_info` (each with `matched_text_index` and an image
   `image_name` / `path`), read as the released `preprocess_interleaved` does: an image goes before the
   sentence it is matched to, chunks are separated by `<|endofchunk|>`, the first one dropped;
-- few-shot episodes: (image, answer) shots then a query image: "<image>Output: circle<|endofchunk|>...".
+- few-shot episodes (`few_shot_episode`): conversations of (image, answer) shots then a query image.
 
 Labels (`flamingo_labels`) follow the released MMC4 training step: no loss on padding, on every token
 up to and including the first `<image>`, on the tokens after each `<|endofchunk|>` up to the next
@@ -61,28 +62,19 @@ def _image_path(part: dict, where: Optional[str]) -> str:
 
 
 def from_conversation(messages: Sequence[dict], where: Optional[str] = None) -> InterleavedDoc:
-    """A conversation record's messages (content a string or a list of parts) as one document."""
-    pieces, images = [], []
+    """A conversation record's messages (content a string or a list of parts) as one document: the
+    "flamingo" prompt style's text, each image slot as `<image>` (so it is exactly what training and
+    LLM.chat tokenize for the same conversation)."""
+    from ..prompts import IMAGE_SLOT, get_style, message_images
+
     for i, message in enumerate(messages):
-        here = f"{where} message {i}" if where else f"message {i}"
-        content = message.get("content") if isinstance(message, dict) else None
-        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
-        if not isinstance(parts, list) or not parts:
-            raise DataError("content must be a string or a non-empty list of parts", where=here)
-        texts = []
-        for part in parts:
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind == "image":
-                images.append(_image_path(part, here))
-                texts.append(MEDIA_TOKEN)
-            elif kind == "text" and isinstance(part.get("text"), str):
-                if MEDIA_TOKEN in part["text"] or END_OF_CHUNK in part["text"]:
-                    raise DataError(f"text contains the reserved marker {MEDIA_TOKEN} or {END_OF_CHUNK}", where=here)
-                texts.append(part["text"])
-            else:
-                raise DataError(f"unknown content part {part!r:.80}: expected type 'image' or 'text'", where=here)
-        pieces.append(" ".join(texts) + (END_OF_CHUNK if message.get("role") == "assistant" else ""))
-    return InterleavedDoc(_tidy(" ".join(pieces)), images)
+        parts = message.get("content") if isinstance(message, dict) else None
+        texts = [parts] if isinstance(parts, str) else [p.get("text") for p in parts or () if isinstance(p, dict)]
+        if any(isinstance(t, str) and (MEDIA_TOKEN in t or END_OF_CHUNK in t) for t in texts):
+            raise DataError(f"message {i}: text contains the reserved marker {MEDIA_TOKEN} or {END_OF_CHUNK}", where=where)
+    segments = get_style("flamingo").segments(list(messages), where=where)
+    text = "".join(t for t, _ in segments).replace(IMAGE_SLOT, MEDIA_TOKEN)
+    return InterleavedDoc(text, [part.get("path") or "" for part in message_images(messages)])
 
 
 def from_mmc4(doc: dict, where: Optional[str] = None) -> InterleavedDoc:
@@ -108,11 +100,15 @@ def from_mmc4(doc: dict, where: Optional[str] = None) -> InterleavedDoc:
     return InterleavedDoc(_tidy(text) + END_OF_CHUNK, [by_sentence[i] for i in sorted(by_sentence)])
 
 
-def few_shot_episode(shots: Sequence[tuple[str, str]], query: str, prompt: str = "Output:") -> InterleavedDoc:
-    """k (image, answer) shots and a query image, in the released evaluation's prompt shape; the text
-    ends right after the query's prompt, ready for the model to answer."""
-    text = "".join(f"{MEDIA_TOKEN}{prompt}{answer}{END_OF_CHUNK}" for _, answer in shots)
-    return InterleavedDoc(text + f"{MEDIA_TOKEN}{prompt}", [image for image, _ in shots] + [query])
+def few_shot_episode(shots: Sequence[tuple[dict, str]], query: dict, prompt: str = "Output:") -> list[dict]:
+    """A k-shot conversation: each (image part, answer) shot as a user turn [image, prompt] and the
+    answer as the reply, then the query image's user turn, ready for LLM.chat in the "flamingo" style
+    ("<image>Output: circle<|endofchunk|><image>Output: square<|endofchunk|><image>Output:")."""
+    messages = []
+    for image, answer in shots:
+        messages += [{"role": "user", "content": [image, {"type": "text", "text": prompt}]},
+                     {"role": "assistant", "content": answer}]
+    return messages + [{"role": "user", "content": [query, {"type": "text", "text": prompt}]}]
 
 
 def encode_doc(doc: InterleavedDoc, tokenizer, max_length: int, *, eos: bool = True) -> tuple[list[int], list[str]]:
@@ -150,3 +146,21 @@ def flamingo_labels(input_ids: torch.Tensor, media_id: int, eoc_id: int,
         labels[attention_mask == 0] = -100
     return labels
 
+
+
+def with_flamingo_labels(example: dict, media_id: int, eoc_id: int) -> dict:
+    """A tokenized example ({"input_ids", ...}, its <image> slots holding `media_id`) with the labels of
+    the released training step in place of the ones it had."""
+    ids = torch.tensor([example["input_ids"]])
+    return {**example, "labels": flamingo_labels(ids, media_id, eoc_id)[0].tolist()}
+
+
+def doc_example(doc: InterleavedDoc, tokenizer, max_length: int) -> dict:
+    """A training example from a document (MMC4 and the like): ids, released labels and its images
+    as {"part": {"type": "image", "path": ...}, "start": slot} (the multimodal batches' shape)."""
+    media_id, eoc_id = tokenizer.token_to_id(MEDIA_TOKEN), tokenizer.token_to_id(END_OF_CHUNK)
+    ids, images = encode_doc(doc, tokenizer, max_length)
+    starts = [i for i, t in enumerate(ids) if t == media_id]
+    example = {"input_ids": ids, "images": [{"part": {"type": "image", "path": p}, "start": s}
+                                            for p, s in zip(images, starts)]}
+    return with_flamingo_labels(example, media_id, eoc_id)

@@ -7,8 +7,8 @@ import types
 import pytest
 import torch
 
-from openseason.data.interleaved import (END_OF_CHUNK, MEDIA_TOKEN, InterleavedDoc, add_media_tokens, encode_doc,
-                                         few_shot_episode, flamingo_labels, from_conversation, from_mmc4)
+from openseason.data.interleaved import (END_OF_CHUNK, MEDIA_TOKEN, InterleavedDoc, add_media_tokens, doc_example,
+                                         encode_doc, few_shot_episode, flamingo_labels, from_conversation, from_mmc4)
 from openseason.errors import DataError
 
 
@@ -37,19 +37,17 @@ def test_conversation_with_image_parts():
         {"role": "user", "content": [{"type": "text", "text": "And this?"}, {"type": "image", "path": "b.png"}]},
         {"role": "assistant", "content": "a square"}])
     assert doc.images == ["a.png", "b.png"]
-    assert doc.text == f"{MEDIA_TOKEN}What shape? a circle{END_OF_CHUNK} And this?{MEDIA_TOKEN}a square{END_OF_CHUNK}"
+    assert doc.text == f"{MEDIA_TOKEN} What shape? a circle{END_OF_CHUNK}And this? {MEDIA_TOKEN} a square{END_OF_CHUNK}"
 
 
 @pytest.mark.parametrize("content,match", [
-    ([{"type": "image"}], "non-empty 'path'"),
-    ([{"type": "audio", "path": "x"}], "unknown content part"),
+    ([{"type": "audio", "path": "x"}], "type"),
     ([{"type": "text", "text": "sneaky <image>"}], "reserved marker"),
-    ([], "non-empty list"),
 ])
 def test_bad_conversation_parts(content, match):
     with pytest.raises(DataError, match=match) as err:
         from_conversation([{"role": "user", "content": content}], where="data.jsonl:3")
-    assert "data.jsonl:3 message 0" in str(err.value)
+    assert "data.jsonl:3" in str(err.value)
 
 
 def test_mmc4_document_as_the_released_preprocessing_shapes_it():
@@ -64,14 +62,33 @@ def test_mmc4_document_as_the_released_preprocessing_shapes_it():
     assert "mmc4.jsonl:9 image_info[0]" in str(err.value)
 
 
-def test_few_shot_episode_and_truncation(tok):
+def test_few_shot_episode_is_a_conversation_in_the_flamingo_style(tok):
+    from openseason.prompts import chat_pieces
+
+    t, media, eoc = tok
+    image = lambda name: {"type": "image", "path": name}   # noqa: E731
+    messages = few_shot_episode([(image("a.png"), "circle"), (image("b.png"), "square")], image("q.png"))
+    doc = from_conversation(messages)
+    assert doc.text == (f"{MEDIA_TOKEN} Output: circle{END_OF_CHUNK}{MEDIA_TOKEN} Output: square{END_OF_CHUNK}"
+                        f"{MEDIA_TOKEN} Output:")
+    assert doc.images == ["a.png", "b.png", "q.png"]
+    # the ids LLM.chat and training build from the conversation (one slot per image) are the document's
+    ids, _ = encode_doc(doc, t, max_length=100, eos=False)
+    pieces = chat_pieces(messages, t, "flamingo", add_generation_prompt=True, image_tokens=1, image_token_id=media)
+    assert [i for piece, _ in pieces for i in piece] == ids
+    assert ids.count(eoc) == 2
+
+
+def test_truncation_keeps_the_images_whose_slot_survives(tok):
     t, media, _ = tok
-    doc = few_shot_episode([("a.png", "circle"), ("b.png", "square")], "q.png")
-    assert doc.text == f"{MEDIA_TOKEN}Output:circle{END_OF_CHUNK}{MEDIA_TOKEN}Output:square{END_OF_CHUNK}{MEDIA_TOKEN}Output:"
+    doc = InterleavedDoc(f"{MEDIA_TOKEN}Output:circle{END_OF_CHUNK}{MEDIA_TOKEN}Output:square", ["a.png", "b.png"])
     ids, images = encode_doc(doc, t, max_length=100, eos=False)
-    assert ids.count(media) == 3 and images == ["a.png", "b.png", "q.png"]
+    assert ids.count(media) == 2 and images == ["a.png", "b.png"]
     cut, kept = encode_doc(doc, t, max_length=ids.index(media, 1), eos=False)
     assert kept == ["a.png"] and cut == ids[: len(cut)]
+    example = doc_example(doc, t, 100)
+    assert [im["start"] for im in example["images"]] == [0, ids.index(media, 1)]
+    assert example["labels"][0] == -100 and example["labels"][1] == ids[1]
     with pytest.raises(DataError, match="2 <image> markers but 1 images"):
         InterleavedDoc(f"{MEDIA_TOKEN}{MEDIA_TOKEN}", ["a"])
 
