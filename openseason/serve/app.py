@@ -38,7 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import OpenseasonError
 from ..prompts import chat_stops, encode_chat
-from . import tools
+from . import images, tools
 from .metrics import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE, ServerMetrics
 from ..generation.engine import Engine, EngineClosed, Event, QueueFull, Request, context_length
 from ..generation.sampling import MIN_TEMPERATURE, SamplingParams
@@ -85,6 +85,11 @@ class ServerSettings:
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     # Origins (scheme://host[:port]) of web pages allowed to call the API cross-origin (CORS).
     cors_origins: tuple[str, ...] = ()
+    # Images (image_url content parts; serve/images.py): per-request count, decoded bytes per image, and
+    # the one directory local image files may be read from (None: data URLs only).
+    max_images: int = 4
+    max_image_bytes: int = 4 * 1024 * 1024
+    allow_image_paths: Optional[str] = None
 
     def __post_init__(self):
         self.allowed_hosts = tuple(check_allowed_host(h) for h in self.allowed_hosts)
@@ -264,6 +269,19 @@ class Server:
         except OpenseasonError as exc:   # bad role order, a chat template that refuses the messages
             raise APIError(400, f"invalid messages: {exc}", param="messages", code="invalid_value") from None
 
+    def chat_inputs(self, messages: list[dict]) -> tuple[list[int], list]:
+        """(prompt ids, media) of a conversation whose user messages may hold images (already resolved to
+        bytes by serve/images.py); decoding and preprocessing the images happen here. Blocking."""
+        from ..generation.media import encode_chat_media
+        from ..prompts import message_images
+
+        if not message_images(messages):
+            return self.chat_prompt(messages), []
+        try:
+            return encode_chat_media(messages, _GILFree(self.tokenizer), self.settings.chat_format, self.engine.model)
+        except OpenseasonError as exc:   # an unreadable image, too many for the model, bad role order
+            raise APIError(400, f"invalid messages: {exc}", param="messages", code="invalid_value") from None
+
     def sampling(self, req, max_tokens: int, stop, stop_token_ids=(), *, constraint=None,
                  logprobs: Optional[int] = None) -> SamplingParams:
         """The one SamplingParams of a request (OpenAI names at the edge, ours inside)."""
@@ -310,12 +328,13 @@ class Server:
                 "top_logprobs": [{self.token_text(t): lp for t, lp in (e.top_logprobs or [])} for e in events]}
 
     # -- running ------------------------------------------------------------------------------------
-    def start(self, prompts: list[list[int]], params: list[SamplingParams]) -> _Job:
+    def start(self, prompts: list[list[int]], params: list[SamplingParams], media: Optional[list] = None) -> _Job:
         job = _Job(asyncio.get_running_loop())
         offset = 0
+        media = media or [[] for _ in prompts]
         try:
-            for ids, p in zip(prompts, params):
-                job.requests.append(self.engine.submit(Request(ids, p, job.emitter(offset))))
+            for ids, p, items in zip(prompts, params, media):
+                job.requests.append(self.engine.submit(Request(ids, p, job.emitter(offset), media=items)))
                 offset += p.n
         except QueueFull:
             job.cancel()
@@ -453,19 +472,26 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
             raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         messages = tools.messages_for_model(req, mode)
+        has_images = await asyncio.to_thread(images.resolve_images, messages, settings,
+                                             getattr(server.engine.model, "media", None) is not None)
         hooks = settings.hooks or Hooks()
         param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        # the rails read text: a multimodal turn reaches them as its text parts (images left out)
+        rail_messages = images.text_view(messages) if has_images else messages
+        rail_view = list(rail_messages)
         # rails may embed, run a perplexity model or ask the LLM: keep the event loop free meanwhile
-        canned = await asyncio.to_thread(hooks.check_input, messages) if hooks.check_input else None
+        canned = await asyncio.to_thread(hooks.check_input, rail_messages) if hooks.check_input else None
+        if has_images:   # messages the input rails removed do not reach the model either
+            messages = images.restore(rail_messages, rail_view, messages)
         prompt_ids: list[int] = []
         job = None
         if canned is None:
-            prompt_ids = await asyncio.to_thread(server.chat_prompt, messages)
+            prompt_ids, media = await asyncio.to_thread(server.chat_inputs, messages)
             max_tokens = server.budget(prompt_ids, req.requested_max_tokens(), settings.default_max_tokens, param)
             strings, token_ids = chat_stops(settings.chat_format, server.tokenizer)
             stops = tuple(dict.fromkeys(list(strings) + req.stop_list()))
             job = server.start([prompt_ids], [server.sampling(req, max_tokens, stops, token_ids, constraint=grammar,
-                                                              logprobs=logprobs)])
+                                                              logprobs=logprobs)], media=[media])
         cid, made = _completion_id("chatcmpl"), _now()
         base = {"id": cid, "created": made, "model": settings.model_name, "system_fingerprint": None}
         held = hooks.check_output is not None or mode is not None   # the whole reply is needed first
@@ -492,7 +518,7 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
                     continue
                 text = "".join(texts.get(event.index, []))
                 if hooks.check_output is not None:
-                    replaced = await asyncio.to_thread(hooks.check_output, messages, text)
+                    replaced = await asyncio.to_thread(hooks.check_output, rail_messages, text)
                     text = replaced if replaced is not None else text
                 yield Event("text", event.index, text)
                 yield event

@@ -6,8 +6,9 @@
     you> /reset
 
 Commands: /reset forgets the conversation (keeps the system prompt), /system TEXT sets the system
-prompt (/system alone shows it, `/system -` clears it), /history shows the turns so far, /help,
-/exit (or end of input). Ctrl-C during an answer stops that answer and keeps what was written.
+prompt (/system alone shows it, `/system -` clears it), /image PATH attaches an image to the next
+message (multimodal checkpoints: MiniGPT-4, LLaMA-Adapter V2 multimodal), /history shows the turns so
+far, /help, /exit (or end of input). Ctrl-C during an answer stops that answer and keeps what was written.
 
 The conversation is tokenized by prompts.encode_chat in the checkpoint's chat format and decoded by the same engine as
 `openseason serve`. When it outgrows the context window the oldest turns are dropped (and the user is
@@ -26,7 +27,7 @@ from ..generation.engine import Engine, Event, Request, context_length
 from ..generation.sampling import SamplingParams
 
 HELP = ("commands: /reset (forget the conversation), /system TEXT (set the system prompt; '/system -' "
-        "clears it), /history, /help, /exit")
+        "clears it), /image PATH (attach an image to your next message), /history, /help, /exit")
 
 
 class ChatSession:
@@ -41,9 +42,19 @@ class ChatSession:
         self.temperature = temperature
         self.top_p = top_p
         self.seed = seed
-        self.turns: list[tuple[str, str]] = []   # (user, assistant)
+        self.turns: list[tuple[object, str]] = []   # (user content: text or parts with images, assistant)
         self.dropped = 0                          # turns forgotten to fit the context window
         self.last_finish: Optional[str] = None
+        self.pending_image: Optional[str] = None  # /image PATH: goes with the next message
+
+    def attach_image(self, path: str) -> None:
+        """Attach the image at `path` to the next message (checked now: readable, and the model takes images)."""
+        from ..generation.media import check_images
+        from ..vision import load_image
+
+        check_images(self.engine.model, [{"role": "user", "content": [{"type": "image", "path": path}]}])
+        load_image(path)   # a DataError now, not at the next message
+        self.pending_image = path
 
     def reset(self) -> None:
         self.turns = []
@@ -56,10 +67,17 @@ class ChatSession:
             out.append({"role": "user", "content": user})
         return out
 
-    def _prompt_ids(self, user: str) -> tuple[list[int], int]:
+    def _prompt_ids(self, user) -> tuple[list[int], list, int]:
+        from ..generation.media import encode_chat_media
+        from ..prompts import message_images
+
         context = context_length(self.engine.model)
         while True:
-            ids = encode_chat(self.messages(user), self.engine.tokenizer, self.chat_format)
+            messages = self.messages(user)
+            if message_images(messages):
+                ids, media = encode_chat_media(messages, self.engine.tokenizer, self.chat_format, self.engine.model)
+            else:
+                ids, media = encode_chat(messages, self.engine.tokenizer, self.chat_format), []
             room = context - len(ids)
             if room >= min(self.max_new_tokens, 16) or not self.turns:
                 break
@@ -68,17 +86,21 @@ class ChatSession:
         if room < 1:
             raise OpenseasonError(f"this message is {len(ids)} tokens with the system prompt; the model's "
                                   f"context window is {context}", hint="send a shorter message")
-        return ids, min(self.max_new_tokens, room)
+        return ids, media, min(self.max_new_tokens, room)
 
     def send(self, user: str) -> Iterator[str]:
-        """Generate the assistant's answer to `user`, yielding text as it comes; history is updated
-        at the end (also when the caller stops early, with the text produced so far)."""
-        ids, budget = self._prompt_ids(user)
+        """Generate the assistant's answer to `user` (with the image attached by /image, if any),
+        yielding text as it comes; history is updated at the end (also when the caller stops early,
+        with the text produced so far)."""
+        if self.pending_image is not None:
+            user = [{"type": "image", "path": self.pending_image}, {"type": "text", "text": user}]
+        ids, media, budget = self._prompt_ids(user)
+        self.pending_image = None
         events: queue.Queue[Event] = queue.Queue()
         strings, token_ids = chat_stops(self.chat_format, self.engine.tokenizer)
         params = SamplingParams(max_new_tokens=budget, temperature=self.temperature, top_p=self.top_p,
                                 stop=strings, stop_token_ids=token_ids, seed=self.seed)
-        request = self.engine.submit(Request(ids, params, events.put))
+        request = self.engine.submit(Request(ids, params, events.put, media=media))
         pieces: list[str] = []
         self.last_finish = None
         try:
@@ -144,9 +166,19 @@ def run_repl(session: ChatSession, stdin: TextIO = sys.stdin, stdout: TextIO = s
                 session.system = None if rest == "-" else rest
                 say(f"(system prompt {'cleared' if session.system is None else 'set'})")
             continue
+        if command == "/image":
+            try:
+                session.attach_image(rest.strip())
+                say(f"(image {rest.strip()} goes with your next message)")
+            except OpenseasonError as exc:
+                say(f"(error: {exc})")
+            continue
         if command == "/history":
+            from ..prompts import message_text
+
             for u, a in session.turns:
-                say(f"user: {u}\nassistant: {a}")
+                shown = u if isinstance(u, str) else "[image] " + message_text({"content": u})
+                say(f"user: {shown}\nassistant: {a}")
             continue
         if command.startswith("/") and len(command) > 1 and " " not in command[1:]:
             say(f"(unknown command {command}; {HELP})")

@@ -44,6 +44,13 @@ def register(subparsers) -> None:
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="web page origin (scheme://host[:port]) allowed to call the API from a browser; "
                         "repeatable (default: only the server's own page)")
+    p.add_argument("--max-images", type=_positive, default=4,
+                   help="multimodal checkpoints: images per chat request (default 4)")
+    p.add_argument("--max-image-bytes", type=_positive, default=4 * 1024 * 1024,
+                   help="multimodal checkpoints: bytes per image (default 4 MiB)")
+    p.add_argument("--allow-image-paths", default=None, metavar="DIR",
+                   help="multimodal checkpoints: image_url parts may name local files inside DIR (default: base64 "
+                        "data URLs only; remote URLs are never fetched)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=_serve)
 
@@ -80,7 +87,8 @@ def _serve(args) -> int:
                  allowed_hosts=None if args.allowed_hosts is None else
                  [h for h in args.allowed_hosts.split(",") if h.strip()] or [""],
                  cors_origins=args.cors_origin, log_level=args.log_level, max_context=args.max_context,
-                 trust_actions=args.trust_actions, strict_rails=args.strict_rails)
+                 trust_actions=args.trust_actions, strict_rails=args.strict_rails, max_images=args.max_images,
+                 max_image_bytes=args.max_image_bytes, allow_image_paths=args.allow_image_paths)
 
 
 def _chat(args) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -65,6 +65,19 @@ class TextPart(_Strict):
     text: str = Field(max_length=MAX_PROMPT_CHARS)
 
 
+class ImageURL(_Strict):
+    url: str = Field(max_length=64 * 1024 * 1024)   # a data URL; the server's --max-image-bytes applies after
+    detail: Optional[Literal["auto", "low", "high"]] = None
+
+
+class ImageURLPart(_Strict):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[Union[TextPart, ImageURLPart], Field(discriminator="type")]
+
+
 class ToolCallFunction(_Strict):
     name: str = Field(max_length=64)
     arguments: str = Field(max_length=MAX_PROMPT_CHARS)
@@ -78,7 +91,7 @@ class ToolCall(_Strict):
 
 class ChatMessage(_Strict):
     role: str = Field(max_length=32)
-    content: Union[str, list[TextPart], None] = None   # bounded in total by ChatCompletionRequest
+    content: Union[str, list[ContentPart], None] = None   # bounded in total by ChatCompletionRequest
     name: Optional[str] = Field(default=None, max_length=MAX_USER_CHARS)
     tool_calls: Optional[list[ToolCall]] = Field(default=None, max_length=MAX_TOOLS)   # assistant messages
     tool_call_id: Optional[str] = Field(default=None, max_length=MAX_USER_CHARS)        # tool messages
@@ -103,7 +116,11 @@ class ChatMessage(_Strict):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text for part in self.content if part.type == "text")
+
+    def image_urls(self) -> list[str]:
+        return [part.image_url.url for part in self.content or () if not isinstance(self.content, str)
+                and part.type == "image_url"]
 
 
 class StreamOptions(_Strict):
@@ -228,7 +245,8 @@ class ChatCompletionRequest(_Sampling):
     @field_validator("messages")
     @classmethod
     def _bounded_text(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
-        total = sum(len(m.content) if isinstance(m.content, str) else sum(len(p.text) for p in m.content or ())
+        total = sum(len(m.content) if isinstance(m.content, str) else sum(len(p.text) for p in m.content or ()
+                                                                          if p.type == "text")
                     for m in messages)
         if total > MAX_PROMPT_CHARS:
             raise ValueError(f"the messages hold {total} characters; at most {MAX_PROMPT_CHARS} are allowed")

@@ -24,15 +24,23 @@ def load_for_serving(checkpoint: str | Path, *, model_name: Optional[str] = None
                      max_queue: int = 64, api_key: Optional[str] = None, max_tokens_cap: int = 1024,
                      hooks: Optional[Hooks] = None, allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
                      cors_origins: Sequence[str] = (), max_context: Optional[int] = None,
-                     log=print) -> tuple[Engine, ServerSettings]:
+                     max_images: int = 4, max_image_bytes: int = 4 * 1024 * 1024,
+                     allow_image_paths: Optional[str | Path] = None, log=print) -> tuple[Engine, ServerSettings]:
     """Load `checkpoint` (full or adapter) and start its engine; returns (engine, settings) for create_app.
 
     model_name     the id in /v1/models (default: the checkpoint directory's name)
     prompt_style   overrides the checkpoint's chat format (a style name, or "chat-template")
     max_batch      most sequences decoded together; max_queue: most requests waiting (then 503)
     allowed_hosts  Host header names answered ("*": any); cors_origins: web origins allowed cross-origin
+    max_images, max_image_bytes, allow_image_paths   images in chat requests of a multimodal checkpoint
+                   (serve/images.py): per request, decoded bytes per image, the directory local files may
+                   be read from (default: none, base64 data URLs only)
     """
     allowed_hosts = tuple(check_allowed_host(h) for h in allowed_hosts)   # bad values fail before loading
+    if allow_image_paths is not None and not Path(allow_image_paths).is_dir():
+        from ..errors import ConfigError
+
+        raise ConfigError("--allow-image-paths must be an existing directory", where=str(allow_image_paths))
     cors_origins = tuple(check_origin(o) for o in cors_origins)
     from ..generation.llm import LLM
 
@@ -44,7 +52,14 @@ def load_for_serving(checkpoint: str | Path, *, model_name: Optional[str] = None
     engine = Engine(llm.model, llm.tokenizer, max_batch=max_batch, max_queue=max_queue, name=name)
     settings = ServerSettings(model_name=name, chat_format=llm.chat_format, api_key=api_key or None,
                               max_tokens_cap=max_tokens_cap, max_n=min(8, max_batch), hooks=hooks,
-                              allowed_hosts=allowed_hosts, cors_origins=cors_origins)
+                              allowed_hosts=allowed_hosts, cors_origins=cors_origins, max_images=max_images,
+                              max_image_bytes=max_image_bytes,
+                              allow_image_paths=str(allow_image_paths) if allow_image_paths else None)
+    if getattr(llm.model, "media", None) is not None:
+        # room for the allowed images as base64 (4/3 of their bytes) on top of the text limit
+        settings.max_body_bytes += max_images * (max_image_bytes * 4 // 3 + 1024)
+        log(f"images: up to {max_images} per request, {max_image_bytes} bytes each; "
+            + (f"files under {allow_image_paths}" if allow_image_paths else "base64 data URLs only"))
     return engine, settings
 
 
@@ -54,7 +69,8 @@ def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
           max_batch: int = 16, max_queue: int = 64, max_tokens_cap: int = 1024,
           allowed_hosts: Optional[Sequence[str]] = None, cors_origins: Sequence[str] = (),
           log_level: str = "info", max_context: Optional[int] = None, trust_actions: bool = False,
-          strict_rails: bool = False) -> int:
+          strict_rails: bool = False, max_images: int = 4, max_image_bytes: int = 4 * 1024 * 1024,
+          allow_image_paths: Optional[str | Path] = None) -> int:
     """Serve `checkpoint` over HTTP until interrupted. Binds 127.0.0.1 unless `host` says otherwise.
 
     allowed_hosts  Host header names answered; default: the loopback names when bound to loopback (against
@@ -77,7 +93,8 @@ def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
                                         device=device, dtype=dtype, max_batch=max_batch, max_queue=max_queue,
                                         api_key=api_key, max_tokens_cap=max_tokens_cap,
                                         allowed_hosts=allowed_hosts, cors_origins=cors_origins,
-                                        max_context=max_context, log=log)
+                                        max_context=max_context, max_images=max_images,
+                                        max_image_bytes=max_image_bytes, allow_image_paths=allow_image_paths, log=log)
     if rails:
         from .rails import rails_hooks
 

@@ -107,7 +107,20 @@ def messages_for_model(req: ChatCompletionRequest, mode: Optional[str]) -> list[
             text = "\n".join([text] * bool(text) + calls)
         if out and out[-1]["role"] == role and (role == "user" and m.role == "tool" or
                                                  out[-1].get("_tool")):
-            out[-1]["content"] += "\n\n" + text
+            if isinstance(out[-1]["content"], list):
+                out[-1]["content"].append({"type": "text", "text": text})
+            else:
+                out[-1]["content"] += "\n\n" + text
+            continue
+        urls = m.image_urls() if not isinstance(m.content, str) else []
+        if urls:
+            if m.role != "user":
+                raise APIError(400, f"messages[{i}]: only user messages may hold images", param=f"messages[{i}]",
+                               code="invalid_value")
+            # text and images in their order; the app turns each image_url into its bytes (serve/images.py)
+            parts = [{"type": "text", "text": p.text} if p.type == "text" else {"type": "image", "image_url": p.image_url.url}
+                     for p in m.content]
+            out.append({"role": role, "content": parts})
             continue
         out.append({"role": role, "content": text, **({"_tool": True} if m.role == "tool" else {})})
     for m in out:
