@@ -19,7 +19,7 @@ from ..peft import METHOD_ALIASES, METHODS
 
 # Peak learning rate per finetuning method when none is given (LLaMA-Adapter papers, LoRA common use).
 METHOD_LR = {"full": 2e-5, "lora": 3e-4, "adapter": 9e-3, "adapter-v2": 3e-3, "minigpt4": 1e-4,
-             "adapter-v2-mm": 3e-3}
+             "adapter-v2-mm": 3e-3, "flamingo": 1e-4}   # flamingo: OpenFlamingo's train.py default
 
 OBJECTIVES = ("sft", "reward", "dpo", "cdpo", "ipo", "kto", "orpo", "simpo", "grpo", "rloo", "distill")
 # Which objective options apply to which objectives, and their defaults; any other given is an error.
@@ -153,6 +153,12 @@ class FinetuneOptions:
                                                "(default 1)", group="multimodal")
     visual_blocks: Optional[int] = option(None, "adapter-v2-mm released mode: transformer blocks of the visual "
                                                 "query (default 1)", group="multimodal")
+    xattn_every: Optional[int] = option(None, "flamingo: a gated cross-attention block before every n-th decoder "
+                                              "layer (default 1; the released 3B uses 2, the 7B 4)", group="multimodal")
+    perceiver_depth: Optional[int] = option(None, "flamingo: perceiver resampler layers (default 6)",
+                                            group="multimodal")
+    num_latents: Optional[int] = option(None, "flamingo: latents per image out of the resampler (default 64)",
+                                        group="multimodal")
 
 
 @dataclass
