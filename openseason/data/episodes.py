@@ -89,3 +89,32 @@ def write_episodes(split_dir: str | Path, out: str | Path, tasks: Sequence[str],
     (out / "episodes.json").write_text(json.dumps({"tasks": list(tasks), "shots": list(shots), "n": n,
                                                    "seed": seed, "images": str(split_dir)}) + "\n")
     return out
+
+
+def register_episodes(sub) -> None:
+    """`openseason data episodes SPLIT_DIR --out DIR`: the CLI over write_episodes."""
+    p = sub.add_parser("episodes", help="few-shot image episodes from a split of the synthetic image suite (Flamingo)",
+                       description="k (image, label) shots and a query, prompted 'Output:', the attribute asked "
+                                   "chosen at random per episode: a prepared directory in the flamingo style.")
+    p.add_argument("split", help="a split directory written by `openseason data images` (OUT/train or OUT/eval)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--task", action="append", required=True,
+                   help="a label of the suite's scenes to ask for (repeatable: shape, color, count, digit, place)")
+    p.add_argument("--n", type=int, default=1000, help="episodes (default 1000)")
+    p.add_argument("--shots", default="0,1,2,3,4", help="shot counts to draw from, comma-separated (default 0..4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_episodes)
+
+
+def _episodes(args) -> int:
+    from ..errors import ConfigError
+
+    try:
+        shots = sorted({int(k) for k in args.shots.split(",")})
+    except ValueError:
+        raise ConfigError(f"--shots must be comma-separated integers, not {args.shots!r}") from None
+    if args.n < 1 or not shots or shots[0] < 0:
+        raise ConfigError("--n must be positive and --shots non-negative")
+    out = write_episodes(args.split, args.out, args.task, args.n, shots, args.seed)
+    print(f"{args.n} episodes ({', '.join(args.task)}; shots {args.shots}) -> {out}")
+    return 0
