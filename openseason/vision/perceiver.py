@@ -65,12 +65,13 @@ class PerceiverAttention(nn.Module):
 
     def forward(self, media: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """media [B, T, m, D], latents [B, T, n, D] -> update for the latents [B, T, n, D]."""
-        media = self.norm_media(media)
-        latents = self.norm_latents(latents)
+        B, T, n, _ = latents.shape
+        media = self.norm_media(media).flatten(0, 1)           # SDPA's fast kernels want 4-D inputs
+        latents = self.norm_latents(latents).flatten(0, 1)
         q = split_heads(self.to_q(latents), self.heads)
         k, v = self.to_kv(torch.cat((media, latents), dim=-2)).chunk(2, dim=-1)
         out = F.scaled_dot_product_attention(q, split_heads(k, self.heads), split_heads(v, self.heads))
-        return self.to_out(merge_heads(out))
+        return self.to_out(merge_heads(out)).view(B, T, n, -1)
 
 
 class PerceiverLayer(nn.Module):
