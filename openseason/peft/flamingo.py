@@ -117,14 +117,15 @@ def apply_flamingo(model: nn.Module, media_token_id: int, vision=None, vision_fi
                    perceiver_heads: int = 8, perceiver_dim_head: int = 64, num_latents: int = 64,
                    max_num_media: Optional[int] = None, max_num_frames: Optional[int] = None,
                    max_images: Optional[int] = None, vocab_size: Optional[int] = None,
-                   token_ids: Sequence[int] = ()) -> dict:
+                   token_ids: Sequence[int] = (), new_token_ids: Optional[Sequence[int]] = None) -> dict:
     """Inject the resampler and gated cross-attention blocks in place; returns the resolved options.
 
     vision: a vision checkpoint directory (or a peft.media.VisionTower): the frozen encoder whose
         features the resampler reads, attached as `model.media`; dim_visual is then its width. Without
         it, give dim_visual and pass features yourself (encode_media / media_extras).
     vocab_size: grow the embedding and head to this many rows first (the tokenizer with its new tokens);
-    token_ids: rows that train (initialized to the mean of the others), e.g. `<image>` and `<|endofchunk|>`."""
+    token_ids: rows that train, e.g. `<image>` and `<|endofchunk|>`; those in new_token_ids (default: all)
+        start at the mean of the other rows, the rest (tokens the base already knew) keep theirs."""
     n_layer = model.config.n_layer
     if hasattr(model, "flamingo"):
         raise ConfigError("Flamingo was already applied to this model")
@@ -151,7 +152,7 @@ def apply_flamingo(model: nn.Module, media_token_id: int, vision=None, vision_fi
         raise ConfigError(f"media token id {media_token_id} is outside the embedding matrix "
                           f"({model.config.padded_vocab_size} rows)", hint="add the tokens with add_media_tokens first")
     if token_ids:
-        train_token_rows(model, token_ids, mean_of=mean_of)
+        train_token_rows(model, token_ids, mean_of=mean_of, new_ids=new_token_ids)
     w = model.embed.weight
     kw = dict(device=w.device, dtype=w.dtype)
     context = MediaContext(immediate=only_attend_immediate_media)

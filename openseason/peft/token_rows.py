@@ -17,7 +17,7 @@ released code leaves untied output rows at their initialization, noting it as a 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -94,23 +94,31 @@ def grow_vocab(model: nn.Module, size: int) -> None:
     config.vocab_size = max(config.vocab_size, size)
 
 
-def train_token_rows(model: nn.Module, token_ids: Sequence[int], mean_of: int | None = None) -> None:
-    """Initialize rows `token_ids` of the embedding (and head) to the mean of rows [0, mean_of) other
-    than those, and make them the only trainable rows. mean_of defaults to config.vocab_size."""
+def train_token_rows(model: nn.Module, token_ids: Sequence[int], mean_of: int | None = None,
+                     new_ids: Optional[Sequence[int]] = None) -> None:
+    """Make rows `token_ids` of the embedding (and head) the only trainable rows. Those in `new_ids`
+    (default: all of them) start at the mean of rows [0, mean_of) other than `token_ids`; the others
+    (tokens the base model already had) keep their rows. mean_of defaults to config.vocab_size."""
     ids = sorted(set(int(i) for i in token_ids))
+    fresh = sorted(set(ids if new_ids is None else (int(i) for i in new_ids)))
     rows = model.config.padded_vocab_size
     if not ids or ids[0] < 0 or ids[-1] >= rows:
         raise ConfigError(f"token ids {ids} must lie inside the embedding matrix ({rows} rows)")
+    if not set(fresh) <= set(ids):
+        raise ConfigError(f"new token ids {fresh} must be among the trained token ids {ids}")
     if isinstance(model.embed, TokenRowsEmbedding):
         raise ConfigError("new token rows were already set up on this model")
     tied = model.lm_head.weight is model.embed.weight
     index = torch.tensor(ids, device=model.embed.weight.device)
     keep = torch.ones(min(mean_of or model.config.vocab_size, rows), dtype=torch.bool)
     keep[[i for i in ids if i < keep.numel()]] = False
-    with torch.no_grad():
-        for weight in {id(model.embed.weight): model.embed.weight, id(model.lm_head.weight): model.lm_head.weight}.values():
-            weight[index] = weight[: keep.numel()][keep.to(weight.device)].mean(0).to(weight.dtype)
-        if model.lm_head.bias is not None:
-            model.lm_head.bias[index] = 0
+    if fresh:
+        new = torch.tensor(fresh, device=index.device)
+        with torch.no_grad():
+            for weight in {id(model.embed.weight): model.embed.weight,
+                           id(model.lm_head.weight): model.lm_head.weight}.values():
+                weight[new] = weight[: keep.numel()][keep.to(weight.device)].mean(0).to(weight.dtype)
+            if model.lm_head.bias is not None:
+                model.lm_head.bias[new] = 0
     model.embed = TokenRowsEmbedding(model.embed, index)
     model.lm_head = TokenRowsHead(model.lm_head, index, model.embed if tied else None)

@@ -154,8 +154,11 @@ def _finetune(checkpoint: Path, data: Path, out: Path, opts: dict, *, config, re
     if method == "flamingo":   # <image> and <|endofchunk|> join the vocabulary; only their rows train
         from ..data.interleaved import add_media_tokens
 
+        known = {t for t in ("<image>", "<|endofchunk|>") if tokenizer.token_to_id(t) is not None}
         media_id, eoc_id = add_media_tokens(tokenizer)
-        tokens = {"media_token_id": media_id, "token_ids": [media_id, eoc_id], "vocab_size": tokenizer.vocab_size}
+        new = [i for t, i in (("<image>", media_id), ("<|endofchunk|>", eoc_id)) if t not in known]
+        tokens = {"media_token_id": media_id, "token_ids": [media_id, eoc_id], "new_token_ids": new,
+                  "vocab_size": tokenizer.vocab_size}
     apply(model, method, **method_options(method, opts), **tokens)
     if dtype is not None:  # frozen base in bf16, trained parameters and optimizer state in fp32
         for p in model.parameters():

@@ -85,3 +85,16 @@ def test_flamingo_peft_checkpoint_reloads(tmp_path, tiny_tokenizer):
         a = model.eval()(ids, extras=media_extras(model, encode_media(model, feats), ids))
         b = again(ids, extras=media_extras(again, encode_media(again, feats), ids))
         assert torch.equal(a, b)
+
+
+def test_tokens_the_base_knew_keep_their_rows():
+    model = tiny("tiny-llama")
+    before = model.embed.weight.detach().clone()
+    apply(model, "flamingo", dim_visual=16, media_token_id=7, heads=2, dim_head=8, perceiver_depth=1, num_latents=2,
+          token_ids=[7, 8], new_token_ids=[8])
+    full = model.embed.full_weight().detach()
+    assert torch.equal(full[7], before[7])                      # known: kept
+    keep = torch.ones(before.size(0), dtype=torch.bool)
+    keep[[7, 8]] = False
+    torch.testing.assert_close(full[8], before[keep].mean(0))   # new: the mean of the others
+    assert "embed.rows" in trainable_names(model)
