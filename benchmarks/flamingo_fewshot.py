@@ -8,9 +8,11 @@ examples.
    query's shape OR its color, chosen at random per episode and never named: without shots the model
    can only guess which attribute is asked; the shots show it. Training episodes have k in 0..4.
 3. A frozen vision tower (`--vision`, else a randomly initialized tiny CLIP ViT, frozen: its features
-   are random projections of the pixels) and a frozen tiny LLaMA-style decoder (random weights, its
-   tokenizer trained on the episode text); `finetune --method flamingo` trains only the perceiver,
-   the gated cross-attention blocks and the `<image>` / `<|endofchunk|>` rows.
+   are random projections of the pixels) and a frozen tiny LLaMA-style decoder: trained in full for
+   `--lm-steps` on the TEXT of other training episodes (images replaced by the bare `<image>` token:
+   it learns the format and that answers keep naming one attribute, never what an image shows), or
+   random with --lm-steps 0. `finetune --method flamingo` then trains only the perceiver, the gated
+   cross-attention blocks and the `<image>` / `<|endofchunk|>` rows.
 4. Greedy answers (LLM.complete with the images, the one engine) on held-out episodes built from eval
    images only, at 0, 2 and 4 shots; exact match with 95% Wilson intervals, next to chance (a uniform
    guess among the asked attribute's classes) and to the same model before training.
@@ -42,22 +44,44 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return centre - half, centre + half
 
 
-def build_base(out: Path, suite: Path, seed: int) -> Path:
+def build_base(out: Path, items, seed: int, lm_steps: int, lr: float) -> Path:
+    """The frozen decoder: random weights, or (lm_steps > 0) trained in full on the TEXT of training
+    episodes (every image replaced by the bare <image> token) so that it knows the episode format and
+    which attribute earlier answers name, but has never seen a pixel."""
     import torch
 
     from openseason.checkpoint import save_checkpoint
     from openseason.config import Config
+    from openseason.data.episodes import make_episodes
     from openseason.data.image_tasks import COLORS, SHAPES
+    from openseason.data.prepare import write_style
+    from openseason.fileio import write_jsonl_atomic
     from openseason.model import GPT
     from openseason.tokenizer import train_bpe
+    from openseason.train.finetune import finetune
 
-    words = " ".join(list(SHAPES) + list(COLORS))
-    tok = train_bpe([f"Output: {w}" for w in words.split()] * 20 + [words] * 20, vocab_size=300)
+    words = list(SHAPES) + list(COLORS)
+    tok = train_bpe([f"Output: {w}" for w in words] * 20 + [" ".join(words)] * 20, vocab_size=300,
+                    special_tokens=("<|endoftext|>", "<|endofchunk|>", "<image>"))
     torch.manual_seed(seed)
-    model = GPT(Config(**{**MODEL, "vocab_size": tok.vocab_size, "padded_vocab_size": tok.vocab_size + 2,
+    model = GPT(Config(**{**MODEL, "vocab_size": tok.vocab_size, "padded_vocab_size": tok.vocab_size,
                           "eos_token_id": tok.eos_id}))
     model.init_weights()
-    return save_checkpoint(out, model, tokenizer=tok)
+    init = save_checkpoint(out / "init", model, tokenizer=tok)
+    if not lm_steps:
+        return init
+    rows = make_episodes(items, 4000, (0, 1, 2, 3, 4), seed=seed + 7, tasks=TASKS)
+    for row in rows:   # images out, the bare <image> token in
+        row["messages"] = [{**m, "content": " ".join("<image>" if p["type"] == "image" else p["text"]
+                                                     for p in m["content"])} if isinstance(m["content"], list) else m
+                           for m in row["messages"]]
+    text = out / "text-episodes"
+    text.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(text / "conversations.jsonl", rows)
+    write_style(text, "flamingo")
+    run = finetune(init, text, "full", out / "lm", max_steps=lm_steps, micro_batch_size=16, lr=lr, warmup_steps=20,
+                   seed=seed, progress=False, register=False, overwrite=True, eval_every=None, save_every=None)
+    return run["final"]
 
 
 def vision_encoder(out: Path, given, seed: int) -> Path:
@@ -101,7 +125,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--eval", type=int, default=120, help="held-out episodes per shot count")
     ap.add_argument("--vision", default=None, help="a vision checkpoint (default: a random frozen tiny CLIP ViT)")
-    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--lr", type=float, default=1e-3, help="Flamingo learning rate")
+    ap.add_argument("--lm-steps", type=int, default=300,
+                    help="train the decoder on the episodes' text first (0: a random frozen decoder)")
+    ap.add_argument("--lm-lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -111,7 +138,7 @@ def main() -> None:
     from openseason.data.episodes import make_episodes, suite_items, write_episodes
     from openseason.data.image_tasks import COLORS, SHAPES, write_suite
     from openseason.generation.llm import LLM
-    from openseason.peft import apply
+    from openseason.peft import apply, count_trainable
     from openseason.train.finetune import finetune
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -124,16 +151,16 @@ def main() -> None:
                           seed=args.seed)
     eval_items = suite_items(suite / "eval", TASKS)
     eval_rows = [r for k in (0, 2, 4) for r in make_episodes(eval_items, args.eval, (k,), seed=1000 + k, tasks=TASKS)]
-    base = build_base(root / "base", suite, args.seed)
+    base = build_base(root / "base", suite_items(suite / "train", TASKS), args.seed, args.lm_steps, args.lm_lr)
     encoder = vision_encoder(root / "encoder", args.vision, args.seed)
     print(json.dumps({"stage": "data", "train_episodes": args.episodes, "eval_episodes": len(eval_rows),
                       "seconds": round(time.time() - t0, 1)}), flush=True)
 
-    # the same Flamingo model before training: gates at zero, the plain (random) LM answering
+    # the same Flamingo model before training: gates at zero, the plain decoder answering
     before = LLM.load(base)
     media_id, eoc_id = before.tokenizer.add_special_tokens(["<image>", "<|endofchunk|>"])
     apply(before.model, "flamingo", vision=str(encoder), media_token_id=media_id, token_ids=[media_id, eoc_id],
-          vocab_size=before.tokenizer.vocab_size, perceiver_depth=2, num_latents=8)
+          new_token_ids=[], perceiver_depth=2, num_latents=8)
     before_acc = evaluate(before, eval_rows, suite / "eval")
 
     t1 = time.time()
@@ -146,8 +173,9 @@ def main() -> None:
     after = evaluate(llm, eval_rows, suite / "eval")
     chance = sum(1 / n for n in (len(SHAPES), len(COLORS))) / 2
     summary = {"stage": "summary", "chance": round(chance, 3), "train_steps": args.steps,
-               "train_seconds": round(train_s, 1), "trainable_parameters": run.get("trainable_parameters"),
-               "vision": "given" if args.vision else "random frozen tiny-clip-vit",
+               "train_seconds": round(train_s, 1), "trainable_parameters": count_trainable(llm.model),
+               "parameters": sum(p.numel() for p in llm.model.parameters()),
+               "vision": "given" if args.vision else "random frozen tiny-clip-vit", "lm_steps": args.lm_steps,
                "before": {k: round(v["accuracy"], 3) for k, v in before_acc.items()},
                "after": {k: {"accuracy": round(v["accuracy"], 3), "ci95": [round(x, 3) for x in v["ci95"]],
                              "n": v["n"]} for k, v in after.items()},

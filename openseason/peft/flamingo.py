@@ -131,6 +131,11 @@ def apply_flamingo(model: nn.Module, media_token_id: int, vision=None, vision_fi
         raise ConfigError("Flamingo was already applied to this model")
     if getattr(model, "media", None) is not None:
         raise ConfigError("the model already has a multimodal front-end (model.media)")
+    if vision is not None and not only_attend_immediate_media and max_images is None:
+        # every image stays with its row in the KV cache; rows of a batch need one shape to stack
+        raise ConfigError("attending to all previous images needs max_images with a vision encoder")
+    if vision is None and max_images is not None:
+        raise ConfigError("max_images applies to a model with a vision encoder (vision=...)")
     tower = None
     if vision is not None:
         from .media import check_fingerprint, load_tower
@@ -176,12 +181,11 @@ def apply_flamingo(model: nn.Module, media_token_id: int, vision=None, vision_fi
                 "vocab_size": vocab_size, "token_ids": sorted(int(i) for i in token_ids)}
     if tower is not None:
         from .flamingo_media import FlamingoMedia
+
         from .media import tower_options
 
         model.media = FlamingoMedia(tower, max_images)
         resolved.update(tower_options(tower))
-    elif max_images is not None:
-        raise ConfigError("max_images applies to a model with a vision encoder (vision=...)")
     return resolved
 
 

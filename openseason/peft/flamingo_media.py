@@ -8,8 +8,8 @@ trained row), and the image itself enters through the cross-attention blocks as 
                         -> perceiver -> latents [B, T_img, n, D]        extras["flamingo_media"]
     text time of each token = images whose slot is at or before it      extras["flamingo_time"]
 
-Rows with fewer images than the widest row get zero features in the unused image places; no token's
-text time ever reaches them, so they are never attended to.
+Rows with fewer images than the widest row (in all-images mode: than max_images) get zero features
+in the unused image places; no token's text time ever reaches them, so they are never attended to.
 """
 from __future__ import annotations
 
@@ -50,7 +50,9 @@ class FlamingoMedia(nn.Module):
             raise ValueError(f"a sequence holds {int(counts.max())} images, this model takes at most {self.max_images}")
         first = torch.cumsum(counts, 0) - counts
         place = torch.arange(rows.numel(), device=device) - first[rows]
-        grouped = features.new_zeros(B, int(counts.max()), *features.shape[1:])
+        # all-images mode keeps every image per row in the KV cache: one width for every request
+        width = int(counts.max()) if model.flamingo.immediate else self.max_images
+        grouped = features.new_zeros(B, width, *features.shape[1:])
         grouped[rows, place] = features
         latents = encode_media(model, grouped)
         marks = torch.zeros(B, T, dtype=torch.long, device=device)

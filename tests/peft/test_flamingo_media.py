@@ -57,15 +57,16 @@ def test_inputs_rows_with_0_1_3_images(flamingo):
         model.media.inputs(model, ids, torch.randn(5, 3, 16, 16), torch.tensor([0] * 5), torch.arange(5))
 
 
-def _greedy_without_cache(model, ids, pixels, starts, n):
-    """Reference: recompute the whole sequence (images included) at every step."""
+def _greedy_without_cache(model, ids, pixels, starts, n, vocab):
+    """Reference: recompute the whole sequence (images included) at every step; like the engine, never
+    pick an id the tokenizer cannot decode (rows past its `vocab`)."""
     ids = torch.tensor([ids])
     out = []
     for _ in range(n):
         with torch.no_grad():
             embeds, extras = model.media.inputs(model, ids, pixels, torch.zeros(len(starts), dtype=torch.long),
                                                 torch.tensor(starts))
-            nxt = int(model(ids, inputs_embeds=embeds, extras=extras)[0, -1].argmax())
+            nxt = int(model(ids, inputs_embeds=embeds, extras=extras)[0, -1, :vocab].argmax())
         out.append(nxt)
         ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
     return out
@@ -92,7 +93,32 @@ def test_generate_with_images_encodes_them_once(flamingo):
     assert together == alone
     for p, m, got in zip(prompts, medias, alone):
         pixels = torch.stack([px for px, _ in m])
-        assert got == _greedy_without_cache(model, p, pixels, [s for _, s in m], 6)
+        assert got == _greedy_without_cache(model, p, pixels, [s for _, s in m], 6, tok.vocab_size)
     # the images matter: other pictures, other continuation (the gates are open)
     other = [(torch.randn(3, 16, 16), s) for _, s in medias[0]]
     assert llm.complete(prompts[0], media=other, max_new_tokens=6, ignore_eos=True).token_ids != alone[0]
+
+
+def test_all_images_mode_batches_requests_with_different_image_counts(tiny_tokenizer):
+    from openseason.errors import ConfigError
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    media, eoc = add_media_tokens(tok)
+    model = GPT(Config.from_name("tiny-neox"))
+    model.init_weights()
+    with pytest.raises(ConfigError, match="needs max_images"):
+        apply(model, "flamingo", vision=stub_tower(), media_token_id=media, only_attend_immediate_media=False)
+    apply(model, "flamingo", vision=stub_tower(), media_token_id=media, heads=2, dim_head=8, perceiver_depth=1,
+          num_latents=3, max_images=3, only_attend_immediate_media=False)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.xattn.attn_gate.fill_(1.0)
+    llm = LLM(model.eval(), tok)
+    prompts = [[media, 40, media, 41, 42], [media, 43, 44]]
+    medias = [[(torch.randn(3, 16, 16), 0), (torch.randn(3, 16, 16), 2)], [(torch.randn(3, 16, 16), 0)]]
+    alone = [llm.complete(p, media=m, max_new_tokens=4, ignore_eos=True).token_ids for p, m in zip(prompts, medias)]
+    together = [c.token_ids for c in llm.complete(prompts, media=medias, max_new_tokens=4, ignore_eos=True)]
+    assert together == alone
+    for p, m, got in zip(prompts, medias, alone):
+        assert got == _greedy_without_cache(model, p, torch.stack([px for px, _ in m]), [s for _, s in m], 4,
+                                            tok.vocab_size)
