@@ -34,7 +34,7 @@ def _prepare(args) -> int:
                "columns": dict(args.columns) if args.columns else None, "meta_columns": args.meta_column or (),
                "github_filters": args.github_filters, "max_line_length": args.max_line_length,
                "mean_line_length": args.mean_line_length, "min_alnum_fraction": args.min_alnum_fraction,
-               "as_source": args.as_source, "split": args.split}
+               "as_source": args.as_source, "split": args.split, "image_root": args.image_root}
     mode = args.mode
     if args.alpaca_libre:
         if args.source != "hh-rlhf":
@@ -55,13 +55,14 @@ def register_prepare(sub) -> None:
                                    "with report.json, rejects.jsonl and the prompt style.")
     p.add_argument("source", metavar="SOURCE",
                    help="dolly, dolly-hhrlhf (DOLLY HH: the MPT-7B-Instruct mix), alpaca, longform, hh-rlhf, oasst1 (oasst2), sharegpt, json/jsonl/csv/parquet "
-                        "(generic, with --columns), redpajama, or hub (PATH is a Hugging Face dataset id)")
+                        "(generic, with --columns), redpajama, llava (LLaVA-style image conversations), coco "
+                        "(COCO caption JSON), or hub (PATH is a Hugging Face dataset id)")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--out", required=True, help="output directory (must be empty unless --overwrite)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the outputs of a directory that already holds files (e.g. an earlier prepare)")
     p.add_argument("--mode", help="flatten mode: oasst1 all-threads|top-k|top1|preferences; hh-rlhf "
-                                  "conversations+preferences|conversations|preferences|alpaca-libre; generic sft|documents")
+                                  "conversations+preferences|conversations|preferences|alpaca-libre; generic sft|documents; coco captions|images")
     p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                    help="malformed rows: stop with file:line (default) or record them in rejects.jsonl and go on")
     p.add_argument("--style", help="prompt style stored with the data (default: the source's own)")
@@ -79,6 +80,8 @@ def register_prepare(sub) -> None:
     p.add_argument("--max-line-length", type=int)
     p.add_argument("--mean-line-length", type=float)
     p.add_argument("--min-alnum-fraction", type=float)
+    p.add_argument("--image-root", help="llava, coco: the folder image file names are relative to "
+                                        "(default: the folder of the JSON file)")
     p.add_argument("--as", dest="as_source", help="hub: which source reads the rows (e.g. dolly)")
     p.add_argument("--split", help="hub: dataset split (default train)")
     p.set_defaults(func=_prepare)
@@ -206,7 +209,38 @@ def _batch(args) -> int:
     return 0
 
 
-SUBVERBS = [register_prepare, register_dedup, register_mix, register_stats, register_tokenize, register_batch]
+# -- images (the synthetic image task suite) -----------------------------------------------------------
+def _images(args) -> int:
+    from .image_tasks import write_suite
+
+    suite = write_suite(args.out, n=args.n, seed=args.seed, n_eval=args.eval, size=args.size,
+                        families=tuple(args.family or ()) or None, overwrite=args.overwrite)
+    print(f"wrote {suite['images']['train']} training and {suite['images']['eval']} held-out images "
+          f"({suite['records']['train']} + {suite['records']['eval']} conversations) to {args.out}/train and "
+          f"{args.out}/eval")
+    return 0
+
+
+def register_images(sub) -> None:
+    from .image_tasks import FAMILIES
+
+    p = sub.add_parser("images", help="write the built-in synthetic image suite (shapes, colors, counts, digits)",
+                       description="Render synthetic images with captions, questions and answers (deterministic "
+                                   "from --seed) into OUT/train and OUT/eval: prepared directories whose "
+                                   "conversations carry image parts, plus OUT/suite.json.")
+    p.add_argument("--out", required=True, help="output directory (must be empty unless --overwrite)")
+    p.add_argument("--n", type=int, default=2000, help="training images (default 2000)")
+    p.add_argument("--eval", type=int, help="held-out images (default n/5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    p.add_argument("--family", action="append", choices=tuple(FAMILIES),
+                   help="only these families (repeatable; default all)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.set_defaults(func=_images)
+
+
+SUBVERBS = [register_prepare, register_dedup, register_mix, register_stats, register_tokenize, register_batch,
+            register_images]
 
 
 def data_subparsers(subparsers):

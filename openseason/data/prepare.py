@@ -23,7 +23,7 @@ from ..fileio import (fsync_dir, io_error, iter_jsonl, lock_directory, output_st
 from ..prompts import get_style
 from .records import KINDS
 from .sft import STYLE_FILE
-from .sources import get_source
+from .sources import IMAGE_SOURCES, get_source
 from .sources.base import Context
 
 REPORT = "report.json"
@@ -63,6 +63,12 @@ def prepare(source: str, paths, out, mode: Optional[str] = None, on_error: str =
         hub_ids, hub_split, hub_config = paths, options.pop("split", "train") or "train", options.pop("hub_config", None)
         source = as_source
     module = get_source(source)
+    if options.get("image_root") and source not in IMAGE_SOURCES:
+        raise OpenseasonError(f"--image-root only applies to the {' and '.join(IMAGE_SOURCES)} sources")
+    if options.get("image_root"):
+        if not Path(options["image_root"]).is_dir():
+            raise DataError("image folder not found", where=str(options["image_root"]))
+        options["image_root"] = str(Path(options["image_root"]).resolve())
     if mode is None:
         mode = module.MODES[0]
     if mode not in module.MODES:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from ...errors import OpenseasonError
-from . import alpaca, dolly, dolly_hhrlhf, generic, hh_rlhf, longform, oasst, redpajama, sharegpt
+from . import alpaca, coco, dolly, dolly_hhrlhf, generic, hh_rlhf, llava, longform, oasst, redpajama, sharegpt
 
-SOURCES = {m.NAME: m for m in (dolly, dolly_hhrlhf, alpaca, longform, hh_rlhf, oasst, sharegpt, generic, redpajama)}
+SOURCES = {m.NAME: m for m in (dolly, dolly_hhrlhf, alpaca, longform, hh_rlhf, oasst, sharegpt, generic, redpajama,
+                               llava, coco)}
+IMAGE_SOURCES = ("llava", "coco")  # sources whose rows name image files (--image-root)
 SOURCES["oasst2"] = oasst  # same formats
 SOURCES["json"] = SOURCES["jsonl"] = SOURCES["csv"] = SOURCES["parquet"] = generic
 
