@@ -102,8 +102,12 @@ def quickstart(out: str | Path, *, progress: bool = True, **options: Any) -> dic
         threads = torch.get_num_threads()
         _pick_threads()
         try:
+            if o.multimodal:
+                return _multimodal(out, o, progress)
+            if o.scenes is not None or o.clip_steps is not None:
+                raise OpenseasonError("--scenes and --clip-steps apply to quickstart --multimodal only")
             return _quickstart(out, o.model, o.data, o.pretrain_steps, o.finetune_steps, o.seed, o.eval_items,
-                               o.pretrain_items, progress)
+                               o.pretrain_items or 4000, progress)
         finally:
             torch.set_num_threads(threads)  # leave the caller's process as we found it
 
@@ -197,6 +201,20 @@ def _quickstart(out, model, data, pretrain_steps, finetune_steps, seed, eval_ite
     write_json_atomic(out / "report.json", report)
     write_text_atomic(out / "report.md", _markdown(report))
     return report
+
+
+def _multimodal(out: Path, o: QuickstartOptions, progress: bool) -> dict[str, Any]:
+    from .quickstart_multimodal import quickstart_multimodal
+
+    stray = [name for name in ("model", "data", "pretrain_items") if getattr(o, name) is not None]
+    if stray:
+        raise OpenseasonError(f"{', '.join('--' + n.replace('_', '-') for n in stray)} do not apply to quickstart "
+                              "--multimodal", hint="it builds its own data (the synthetic image suite) and model")
+    return quickstart_multimodal(out, seed=o.seed, scenes=o.scenes or 600, eval_items=o.eval_items or 150,
+                                 clip_steps=300 if o.clip_steps is None else o.clip_steps,
+                                 pretrain_steps=1500 if o.pretrain_steps is None else o.pretrain_steps,
+                                 finetune_steps=300 if o.finetune_steps is None else o.finetune_steps,
+                                 progress=progress)
 
 
 def _pick_threads() -> None:
