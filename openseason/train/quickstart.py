@@ -249,10 +249,10 @@ def _pretrain(out: Path, steps: int, seed: int, progress: bool, timings: dict, c
 
 
 def pretrain_tiny(out: Path, records: list[dict], spec: dict, style: str, steps: int, seed: int, progress: bool,
-                  lineage: dict) -> tuple[Path, Any, Path]:
+                  lineage: dict, vocab_size: int = 257) -> tuple[Path, Any, Path]:
     """Pretrain a tiny model of shape `spec` from scratch on conversation `records` (all tokens trained,
-    through the one loop) with a byte-level tokenizer; returns (OUT/pretrain/final, tokenizer, metrics.csv).
-    Also used by the multimodal quickstart (quickstart_multimodal.py)."""
+    through the one loop) with a tokenizer trained on them (257: byte-level, no merges); returns
+    (OUT/pretrain/final, tokenizer, metrics.csv). Also used by the multimodal quickstart."""
     from ..checkpoint import save_checkpoint
     from ..config import Config
     from ..data.sft import SFTData
@@ -265,8 +265,9 @@ def pretrain_tiny(out: Path, records: list[dict], spec: dict, style: str, steps:
     pre_dir = _write_prepared(out / "data" / "pretrain", records, style)
     # vocab 257 = the 256 byte symbols + <|endoftext|>: a byte-level tokenizer with no merges, so
     # digits and letters are single tokens and copying / appending zeros is easy to learn.
-    tokenizer = train_bpe((r["messages"][0]["content"] for r in records[:100]), vocab_size=257)
-    config = Config(**spec, vocab_size=tokenizer.vocab_size, padded_vocab_size=264,
+    texts = [m["content"] for r in records[:2000 if vocab_size > 257 else 100] for m in r["messages"]]
+    tokenizer = train_bpe(texts, vocab_size=vocab_size)
+    config = Config(**spec, vocab_size=tokenizer.vocab_size, padded_vocab_size=-(-tokenizer.vocab_size // 8) * 8,
                     eos_token_id=tokenizer.eos_id, extra={"made_by": "openseason quickstart"})
     model = GPT(config)
     model.init_weights()

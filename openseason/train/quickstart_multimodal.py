@@ -24,7 +24,8 @@ from typing import Any
 from ..fileio import write_json_atomic, write_text_atomic
 from .quickstart import QUICKSTART_MODEL, _plot, pretrain_tiny
 
-MM_MODEL = dict(QUICKSTART_MODEL, name="quickstart-mm-tiny", block_size=128)
+MM_MODEL = dict(QUICKSTART_MODEL, name="quickstart-mm-tiny", block_size=96)
+VOCAB = 512   # BPE on the task texts: answers ("circle", "top left") become one or two tokens
 STYLE = "minigpt4"
 IMAGE_SIZE = 32
 
@@ -69,7 +70,7 @@ def quickstart_multimodal(out: Path, *, seed: int, scenes: int, eval_items: int,
     for r in texts:
         r.pop("_where", None)
     base, tokenizer, metrics = pretrain_tiny(out, texts, MM_MODEL, STYLE, pretrain_steps, seed, progress,
-                                             {"image_suite": str(suite), "as_text": True})
+                                             {"image_suite": str(suite), "as_text": True}, vocab_size=VOCAB)
     curves["LM pretraining (text twins)"] = metrics
     timings["pretrain_s"] = time.time() - t
 
@@ -92,8 +93,9 @@ def quickstart_multimodal(out: Path, *, seed: int, scenes: int, eval_items: int,
 def _train_clip(out: Path, suite: Path, steps: int, seed: int, progress: bool) -> tuple[Path, dict]:
     from ..vision.clip_train import train_clip
 
-    result = train_clip(suite, out / "clip", max_steps=steps, seed=seed, progress=progress)
-    return Path(result["encoder"]), {k: v for k, v in result.items() if isinstance(v, (int, float, str, dict))}
+    report = train_clip(suite, out / "clip", max_steps=steps, seed=seed, progress=progress)
+    keep = ("steps", "seconds", "final_loss", "zero_shot_mean", "chance_mean", "heldout_images")
+    return out / "clip" / "encoder", {k: report.get(k) for k in keep}
 
 
 def _method(out, base, suite, encoder, method, options, steps, seed, eval_items, progress, timings, curves) -> dict:
