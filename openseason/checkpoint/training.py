@@ -62,6 +62,31 @@ def set_rng_state(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+    """An optimizer's state as flat tensors ("opt.INDEX.NAME", for safetensors) and its param groups
+    (for JSON)."""
+    opt = optimizer.state_dict()
+    tensors = {f"opt.{index}.{key}": value.detach().cpu().contiguous().clone()
+               for index, values in opt["state"].items() for key, value in values.items()
+               if isinstance(value, torch.Tensor)}
+    return tensors, opt["param_groups"]
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
+    """Load what `optimizer_tensors` returned (other keys in `tensors` are ignored)."""
+    per_param: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, index, name = key.split(".", 2)
+            per_param.setdefault(int(index), {})[name] = value
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for index, values in per_param.items():
+        for name, value in values.items():
+            if name != "step":
+                values[name] = value.to(params[index].device)
+    optimizer.load_state_dict({"state": per_param, "param_groups": groups})
+
+
 def save_train_checkpoint(directory: Path, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer],
                           state: dict[str, Any], *, base_checkpoint: Optional[Path] = None, tokenizer=None,
                           tokenizer_dir: Optional[Path] = None, run_card: Optional[dict] = None) -> Path:
@@ -81,12 +106,7 @@ def save_train_checkpoint(directory: Path, model: torch.nn.Module, optimizer: Op
         tensors: dict[str, torch.Tensor] = {}
         meta = dict(state)
         if optimizer is not None:
-            opt = optimizer.state_dict()
-            for index, values in opt["state"].items():
-                for key, value in values.items():
-                    if isinstance(value, torch.Tensor):
-                        tensors[f"opt.{index}.{key}"] = value.detach().cpu().contiguous().clone()
-            meta["optimizer_param_groups"] = opt["param_groups"]
+            tensors, meta["optimizer_param_groups"] = optimizer_tensors(optimizer)
         rng_meta, rng_tensors = rng_state()
         meta["rng"] = rng_meta
         tensors.update(rng_tensors)
@@ -142,16 +162,6 @@ def load_train_checkpoint(directory: Path, model: torch.nn.Module,
                                   f"unexpected {unexpected[:5]})", where=str(directory))
     tensors = read_safetensors(directory / OPTIMIZER_NAME, "cpu")
     if optimizer is not None and "optimizer_param_groups" in meta:
-        per_param: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("opt."):
-                _, index, name = key.split(".", 2)
-                per_param.setdefault(int(index), {})[name] = value
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        for index, values in per_param.items():
-            for name, value in values.items():
-                if name != "step":
-                    values[name] = value.to(params[index].device)
-        optimizer.load_state_dict({"state": per_param, "param_groups": meta["optimizer_param_groups"]})
+        restore_optimizer(optimizer, tensors, meta["optimizer_param_groups"])
     set_rng_state(meta["rng"], tensors)
     return meta

@@ -56,12 +56,46 @@ def _jitter(rng: random.Random, value: float, amount: float = 0.04) -> float:
     return value + rng.uniform(-amount, amount)
 
 
+def shape_caption(kind: str, color: str, place: str) -> str:
+    return f"{_a(color)} {kind} " + (f"at the {place}" if place != "center" else "in the center")
+
+
+def count_caption(n: int, kind: str, color: str) -> str:
+    return f"one {color} {kind}" if n == 1 else f"{NUMBERS[n]} {color} {PLURAL[kind]}"
+
+
+def digit_caption(label: str, color: str) -> str:
+    return f"the digit {label} in {color}"
+
+
+def pair_caption(k1: str, c1: str, k2: str, c2: str) -> str:
+    return f"{_a(c1)} {k1} left of {_a(c2)} {k2}"
+
+
+def label_space(family: str) -> list[tuple[dict, str]]:
+    """Every (labels, caption) a family can produce: the class prompts of zero-shot classification
+    (a class's text embedding is the mean over the captions carrying its label) and the vocabulary."""
+    colors = list(COLORS)
+    if family == "shape":
+        return [({"shape": k, "color": c, "place": p}, shape_caption(k, c, p))
+                for k in SHAPES for c in colors for p in PLACES]
+    if family == "count":
+        return [({"count": str(n), "shape": k, "color": c}, count_caption(n, k, c))
+                for n in NUMBERS for k in SHAPES for c in colors]
+    if family == "digit":
+        return [({"digit": d, "color": c}, digit_caption(d, c)) for d in DIGIT_NAMES for c in colors]
+    if family == "pair":
+        return [({"left": k1, "right": k2}, pair_caption(k1, c1, k2, c2))
+                for k1 in SHAPES for k2 in SHAPES if k1 != k2 for c1 in colors for c2 in colors if c1 != c2]
+    raise KeyError(f"unknown image task family {family!r}; known: {', '.join(FAMILIES)}")
+
+
 def shape_scene(rng: random.Random, digits=None) -> Scene:
     kind, color, place = rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(list(PLACES))
     cx, cy = PLACES[place]
     r = rng.uniform(0.13, 0.19)
     return Scene("shape", [("shape", kind, color, _jitter(rng, cx), _jitter(rng, cy), r)],
-                 f"{_a(color)} {kind} " + (f"at the {place}" if place != "center" else "in the center"),
+                 shape_caption(kind, color, place),
                  [("What shape is this?", kind), ("What color is the shape?", color), ("Where is the shape?", place)],
                  {"shape": kind, "color": color, "place": place})
 
@@ -71,8 +105,7 @@ def count_scene(rng: random.Random, digits=None) -> Scene:
     slots = rng.sample(list(PLACES.values()), n)
     r = rng.uniform(0.09, 0.12)
     draw = [("shape", kind, color, _jitter(rng, x, 0.03), _jitter(rng, y, 0.03), r) for x, y in slots]
-    caption = f"one {color} {kind}" if n == 1 else f"{NUMBERS[n]} {color} {PLURAL[kind]}"
-    return Scene("count", draw, caption,
+    return Scene("count", draw, count_caption(n, kind, color),
                  [("How many shapes are there?", str(n)), ("What shape are they?", kind),
                   ("What color are they?", color)],
                  {"count": str(n), "shape": kind, "color": color})
@@ -84,7 +117,7 @@ def digit_scene(rng: random.Random, digits=None) -> Scene:
     label = str(int(_digits().target[index]))
     color = rng.choice(list(COLORS))
     return Scene("digit", [("digit", index, color, _jitter(rng, 0.5), _jitter(rng, 0.5), rng.uniform(0.3, 0.38))],
-                 f"the digit {label} in {color}",
+                 digit_caption(label, color),
                  [("Which digit is this?", label), ("What color is the digit?", color)],
                  {"digit": label, "color": color})
 
@@ -93,7 +126,7 @@ def pair_scene(rng: random.Random, digits=None) -> Scene:
     (k1, k2), (c1, c2) = rng.sample(SHAPES, 2), rng.sample(list(COLORS), 2)
     y, r = _jitter(rng, 0.5, 0.1), rng.uniform(0.13, 0.17)
     draw = [("shape", k1, c1, _jitter(rng, 0.27), y, r), ("shape", k2, c2, _jitter(rng, 0.73), y, r)]
-    return Scene("pair", draw, f"{_a(c1)} {k1} left of {_a(c2)} {k2}",
+    return Scene("pair", draw, pair_caption(k1, c1, k2, c2),
                  [("What shape is on the left?", k1), ("What shape is on the right?", k2),
                   ("What color is the shape on the left?", c1), ("What color is the shape on the right?", c2)],
                  {"left": k1, "right": k2})

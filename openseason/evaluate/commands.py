@@ -74,6 +74,19 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_tasks)
 
+    p = sub.add_parser("images", help="multimodal checkpoints: VQA accuracy and caption EM/BLEU/ROUGE-L/CIDEr-D on "
+                                      "held-out image records")
+    p.add_argument("checkpoint", help="a checkpoint finetuned with --method minigpt4 or adapter-v2-mm")
+    p.add_argument("--data", required=True, help="a prepared directory with image records (e.g. the eval split of "
+                                                 "`openseason data images`)")
+    p.add_argument("--limit", type=int, help="only the first N records")
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device")
+    p.add_argument("--out", help="write report.json (with every item's answer) and report.md here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_images)
+
     p = sub.add_parser("harness", help="lm-evaluation-harness tasks through openseason's own forward pass")
     p.add_argument("checkpoint")
     p.add_argument("--tasks", required=True, help="comma-separated task names")
@@ -227,6 +240,24 @@ def _tasks(args) -> int:
     if args.out:
         write_report(args.out, "tasks", result, checkpoint=args.checkpoint)
     _print(result, args.json)
+    return 0
+
+
+def _images(args) -> int:
+    from .images import evaluate_images
+    from .report import write_report
+
+    result = evaluate_images(_load(args.checkpoint, args.device), args.data, limit=args.limit,
+                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    items = result.pop("items")
+    summary = {"n": result["n"]}
+    for task in ("vqa", "caption"):
+        for key, value in result.get(task, {}).items():
+            if not isinstance(value, dict):
+                summary[f"{task}_{key}"] = value
+    if args.out:
+        write_report(args.out, "images", summary, details={**result, "items": items}, checkpoint=args.checkpoint)
+    _print(result if args.json else summary, args.json)
     return 0
 
 

@@ -22,7 +22,6 @@ of its weight files instead of its weights.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -30,19 +29,9 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError, ConfigError
+from ..fileio import hash_files
 
 MEDIA_KEYS = ("pixel_values", "image_rows", "image_starts")
-
-
-def hash_files(paths) -> str:
-    """sha256 over the names and bytes of `paths` (sorted): the fingerprint of a set of weight files."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(p) for p in paths):
-        digest.update(path.name.encode())
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 class VisionTower(nn.Module):

@@ -214,6 +214,15 @@ class Server:
         self.http_errors = 0
         self.metrics = ServerMetrics(engine, self, settings.model_name)
 
+    def image_limits(self) -> Optional[dict]:
+        """What /v1/models says about images: None for a text-only model, else the limits a client must keep."""
+        front = getattr(self.engine.model, "media", None)
+        if front is None:
+            return None
+        per_conversation = front.max_images if front.max_images is not None else self.settings.max_images
+        return {"max_per_request": min(self.settings.max_images, per_conversation),
+                "max_bytes": self.settings.max_image_bytes}
+
     # -- checks -------------------------------------------------------------------------------------
     def check_auth(self, request: HTTPRequest) -> None:
         key = self.settings.api_key
@@ -448,7 +457,8 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
         server.check_auth(request)
         return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": created,
                                             "owned_by": "openseason", "context_length": server.context,
-                                            "max_completion_tokens": settings.max_tokens_cap}]}
+                                            "max_completion_tokens": settings.max_tokens_cap,
+                                            "images": server.image_limits()}]}
 
     @app.get("/v1/models/{model_id}")
     async def model(model_id: str, request: HTTPRequest):
@@ -456,7 +466,8 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
         if model_id != settings.model_name:
             raise APIError(404, f"the model {model_id!r} does not exist", param="model", code="model_not_found")
         return {"id": settings.model_name, "object": "model", "created": created, "owned_by": "openseason",
-                "context_length": server.context, "max_completion_tokens": settings.max_tokens_cap}
+                "context_length": server.context, "max_completion_tokens": settings.max_tokens_cap,
+                "images": server.image_limits()}
 
     # -- chat ---------------------------------------------------------------------------------------
     @app.post("/v1/chat/completions", openapi_extra=_body("ChatCompletionRequest"))

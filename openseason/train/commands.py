@@ -26,6 +26,12 @@ def _quickstart(args) -> int:
     from .quickstart import quickstart
 
     report = quickstart(args.out, **given_options(args, QuickstartOptions))
+    if report.get("kind") == "multimodal":
+        for method, r in report["methods"].items():
+            print(f"{method}: held-out VQA accuracy before {r['before']['vqa']['accuracy']:.1%}, after "
+                  f"{r['after']['vqa']['accuracy']:.1%} (majority baseline {r['after']['vqa']['majority_baseline']:.1%})")
+        print(f"report: {report['report_md']}")
+        return 0
     print(f"exact match on held-out '{report['heldout_family']}' items: before {report['before']['exact_match']:.1%}"
           f", after {report['after']['exact_match']:.1%}  (report: {report['report_md']})")
     return 0

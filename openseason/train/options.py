@@ -195,13 +195,19 @@ class QuickstartOptions:
                                         "(with --data)")
     data: Optional[str] = option(None, "a prepared directory to finetune on (with --model)")
     pretrain_steps: Optional[int] = option(None, "pretraining steps of the tiny model (default 2000)")
-    pretrain_items: int = option(4000, "generated task items the tiny model is pretrained on")
+    pretrain_items: Optional[int] = option(None, "generated task items the tiny model is pretrained on "
+                                                 "(default 4000)")
     finetune_steps: Optional[int] = option(None, "adapter-v2 finetuning steps (default 300; 200 with --model)")
     eval_items: Optional[int] = option(None, "held-out items measured before and after (default 100; 50 with "
                                              "--model)")
     seed: int = option(0, "seed of the data, the initialization and the training order")
     overwrite: bool = option(False, "delete what an earlier quickstart left in --out and start over; without it "
                                     "a non-empty --out is refused")
+    multimodal: bool = option(False, "images instead: a tiny CLIP, a tiny LM pretrained on the text twins of the "
+                                     "synthetic image suite, then MiniGPT-4 and LLaMA-Adapter V2 multimodal, "
+                                     "held-out VQA before/after (default steps: pretrain 1500, finetune 300)")
+    scenes: Optional[int] = option(None, "--multimodal: training scenes of the synthetic image suite (default 600)")
+    clip_steps: Optional[int] = option(None, "--multimodal: tiny CLIP training steps (default 300)")
 
 
 def option_names(cls) -> tuple[str, ...]:

@@ -36,12 +36,12 @@ HELDOUT_FAMILY = "convert"
 STYLE = "plain"
 
 
-def _write_prepared(directory: Path, records: list[dict]) -> Path:
+def _write_prepared(directory: Path, records: list[dict], style: str = STYLE) -> Path:
     from ..data.prepare import write_style
 
     directory.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(directory / "conversations.jsonl", records)
-    write_style(directory, STYLE)
+    write_style(directory, style)
     write_json_atomic(directory / "report.json", {"source": "openseason.data.tasks", "written": len(records),
                                                   "written_by_kind": {"conversation": len(records)}})
     return directory
@@ -102,8 +102,12 @@ def quickstart(out: str | Path, *, progress: bool = True, **options: Any) -> dic
         threads = torch.get_num_threads()
         _pick_threads()
         try:
+            if o.multimodal:
+                return _multimodal(out, o, progress)
+            if o.scenes is not None or o.clip_steps is not None:
+                raise OpenseasonError("--scenes and --clip-steps apply to quickstart --multimodal only")
             return _quickstart(out, o.model, o.data, o.pretrain_steps, o.finetune_steps, o.seed, o.eval_items,
-                               o.pretrain_items, progress)
+                               o.pretrain_items or 4000, progress)
         finally:
             torch.set_num_threads(threads)  # leave the caller's process as we found it
 
@@ -199,6 +203,20 @@ def _quickstart(out, model, data, pretrain_steps, finetune_steps, seed, eval_ite
     return report
 
 
+def _multimodal(out: Path, o: QuickstartOptions, progress: bool) -> dict[str, Any]:
+    from .quickstart_multimodal import quickstart_multimodal
+
+    stray = [name for name in ("model", "data", "pretrain_items") if getattr(o, name) is not None]
+    if stray:
+        raise OpenseasonError(f"{', '.join('--' + n.replace('_', '-') for n in stray)} do not apply to quickstart "
+                              "--multimodal", hint="it builds its own data (the synthetic image suite) and model")
+    return quickstart_multimodal(out, seed=o.seed, scenes=o.scenes or 600, eval_items=o.eval_items or 150,
+                                 clip_steps=300 if o.clip_steps is None else o.clip_steps,
+                                 pretrain_steps=1500 if o.pretrain_steps is None else o.pretrain_steps,
+                                 finetune_steps=300 if o.finetune_steps is None else o.finetune_steps,
+                                 progress=progress)
+
+
 def _pick_threads() -> None:
     """One intra-op thread when the machine is already busy: tiny matmuls with oversubscribed
     threads run 10x slower than on one thread, and the quickstart is all tiny matmuls."""
@@ -219,42 +237,55 @@ def _heldout_data(eval_items: int, seed: int):
 
 
 def _pretrain(out: Path, steps: int, seed: int, progress: bool, timings: dict, curves: dict, n_items: int):
+    from ..data.tasks import generate
+
+    t = time.time()
+    records = generate(PRETRAIN_FAMILIES, n_items, seed=seed)
+    final, tokenizer, metrics = pretrain_tiny(out, records, QUICKSTART_MODEL, STYLE, steps, seed, progress,
+                                              {"families": list(PRETRAIN_FAMILIES)})
+    timings["pretrain_s"] = time.time() - t
+    curves["pretraining (from scratch)"] = metrics
+    return final, tokenizer, STYLE, HELDOUT_FAMILY
+
+
+def pretrain_tiny(out: Path, records: list[dict], spec: dict, style: str, steps: int, seed: int, progress: bool,
+                  lineage: dict, vocab_size: int = 257) -> tuple[Path, Any, Path]:
+    """Pretrain a tiny model of shape `spec` from scratch on conversation `records` (all tokens trained,
+    through the one loop) with a tokenizer trained on them (257: byte-level, no merges); returns
+    (OUT/pretrain/final, tokenizer, metrics.csv). Also used by the multimodal quickstart."""
     from ..checkpoint import save_checkpoint
     from ..config import Config
     from ..data.sft import SFTData
-    from ..data.tasks import generate
     from ..model import GPT
     from ..peft import apply
     from ..tokenizer import train_bpe
     from .data import SFTBatches, fixed_batches
     from .loop import TrainConfig, train
 
-    t = time.time()
-    records = generate(PRETRAIN_FAMILIES, n_items, seed=seed)
-    pre_dir = _write_prepared(out / "data" / "pretrain", records)
+    pre_dir = _write_prepared(out / "data" / "pretrain", records, style)
     # vocab 257 = the 256 byte symbols + <|endoftext|>: a byte-level tokenizer with no merges, so
     # digits and letters are single tokens and copying / appending zeros is easy to learn.
-    tokenizer = train_bpe((r["messages"][0]["content"] for r in records[:100]), vocab_size=257)
-    config = Config(**QUICKSTART_MODEL, vocab_size=tokenizer.vocab_size, padded_vocab_size=264,
+    texts = [m["content"] for r in records[:2000 if vocab_size > 257 else 100] for m in r["messages"]]
+    tokenizer = train_bpe(texts, vocab_size=vocab_size)
+    config = Config(**spec, vocab_size=tokenizer.vocab_size, padded_vocab_size=-(-tokenizer.vocab_size // 8) * 8,
                     eos_token_id=tokenizer.eos_id, extra={"made_by": "openseason quickstart"})
     model = GPT(config)
     model.init_weights()
     init_dir = save_checkpoint(out / "init", model, tokenizer=tokenizer,
                                run_card={"note": "randomly initialized quickstart model"})
     apply(model, "full")
-    sft = SFTData(records, tokenizer, STYLE, config.block_size)
+    sft = SFTData(records, tokenizer, style, config.block_size)
     n_val = min(256, len(sft) // 10)
     val = [sft[i] for i in range(n_val)]
     batches = SFTBatches([sft[i] for i in range(n_val, len(sft))], 32, tokenizer.pad_id, config.block_size, seed=seed)
     tcfg = TrainConfig(max_steps=steps, micro_batch_size=32, lr=3e-3, warmup_steps=30, weight_decay=0.01,
                        eval_every=max(1, steps // 5), seed=seed, progress=progress)
-    result = train(model, batches, tcfg, out / "pretrain", val_batches=fixed_batches(val, 64, tokenizer.pad_id, 64),
+    result = train(model, batches, tcfg, out / "pretrain",
+                   val_batches=fixed_batches(val, 64, tokenizer.pad_id, config.block_size),
                    tokenizer=tokenizer, base_checkpoint=init_dir,
-                   run_card={"title": "quickstart pretraining", "method": "full", "prompt_style": {"name": STYLE},
-                             "data": {"data_dir": str(pre_dir), "families": list(PRETRAIN_FAMILIES)}})
-    timings["pretrain_s"] = time.time() - t
-    curves["pretraining (from scratch)"] = result["metrics"]
-    return result["final"], tokenizer, STYLE, HELDOUT_FAMILY
+                   run_card={"title": "quickstart pretraining", "method": "full", "prompt_style": {"name": style},
+                             "data": {"data_dir": str(pre_dir), **lineage}})
+    return result["final"], tokenizer, result["metrics"]
 
 
 def _markdown(report: dict) -> str:

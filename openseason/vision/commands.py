@@ -27,3 +27,36 @@ def register(sub) -> None:
     c.add_argument("hf_dir", help="Hugging Face model directory")
     c.add_argument("out", help="output vision checkpoint directory")
     c.set_defaults(func=_convert)
+    register_train_clip(verbs)
+
+
+def _train_clip(args) -> int:
+    from .clip_train import CLIPOptions, train_clip
+    from ..train.options import given_options
+
+    report = train_clip(args.data, args.out, resume=args.resume, overwrite=args.overwrite,
+                        **given_options(args, CLIPOptions))
+    print(f"trained {report['steps']} steps in {report['seconds']}s; final loss {report['final_loss']}")
+    for task, result in report["zero_shot"].items():
+        print(f"  zero-shot {task:<14} {result['accuracy']:.3f}  (chance {result['chance']:.3f}, "
+              f"{result['images']} held-out images)")
+    print(f"image tower: {args.out}/encoder (use it with --vision)")
+    return 0
+
+
+def register_train_clip(verbs) -> None:
+    from ..train.options import add_arguments
+    from .clip_train import CLIPOptions
+
+    t = verbs.add_parser("train-clip", help="train a tiny CLIP on the synthetic image suite",
+                         description="Contrastive image-text training (symmetric InfoNCE, learned temperature) "
+                                     "of a tiny ViT and a tiny text transformer on the caption records of --data "
+                                     "(a suite from `openseason data images`, or a prepared directory). Writes "
+                                     "OUT/encoder (a vision checkpoint), OUT/report.json (zero-shot accuracy on "
+                                     "DATA/eval), metrics.csv, loss.png and resumable step checkpoints.")
+    t.add_argument("--data", required=True, help="suite directory (DIR/train, DIR/eval) or a prepared directory")
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--resume", choices=("auto",), help="continue from the newest checkpoint under --out")
+    t.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
+    add_arguments(t, CLIPOptions)
+    t.set_defaults(func=_train_clip)

@@ -27,23 +27,23 @@ def activation(name: str):
     return F.gelu
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None) -> torch.Tensor:
-    """(B, heads, T, hd) attention with no causal mask; returns (B, T, heads*hd)."""
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None, causal: bool = False) -> torch.Tensor:
+    """(B, heads, T, hd) attention; returns (B, T, heads*hd)."""
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
     return out.transpose(1, 2).flatten(2)
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, dim: int, heads: int, bias: bool = True):
+    def __init__(self, dim: int, heads: int, bias: bool = True, causal: bool = False):
         super().__init__()
-        self.heads = heads
+        self.heads, self.causal = heads, causal
         self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask=None) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        return self.proj(attend(q, k, v))
+        return self.proj(attend(q, k, v, mask, self.causal and mask is None))
 
 
 class MLP(nn.Module):
@@ -58,16 +58,29 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, c: ViTConfig):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        self.attn = SelfAttention(c.hidden_size, c.num_heads, bias=c.qkv_bias)
-        self.norm2 = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        self.mlp = MLP(c.hidden_size, c.intermediate_size, c.activation)
+    """A pre-norm transformer block (the ViT's, and the CLIP text tower's with `causal`)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def __init__(self, dim: int, heads: int, mlp_hidden: int, act: str, eps: float, qkv_bias: bool = True,
+                 causal: bool = False):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = SelfAttention(dim, heads, bias=qkv_bias, causal=causal)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = MLP(dim, mlp_hidden, act)
+
+    def forward(self, x: torch.Tensor, mask=None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), mask)
         return x + self.mlp(self.norm2(x))
+
+
+def init_blocks(blocks, dim: int) -> None:
+    """CLIP's initialization of a block stack (scaled normals; deeper stacks get smaller outputs)."""
+    std, out_std = dim ** -0.5, dim ** -0.5 / math.sqrt(2 * len(blocks))
+    for block in blocks:
+        nn.init.normal_(block.attn.qkv.weight, std=std)
+        nn.init.normal_(block.attn.proj.weight, std=out_std)
+        nn.init.normal_(block.mlp.fc1.weight, std=(2 * dim) ** -0.5)
+        nn.init.normal_(block.mlp.fc2.weight, std=out_std)
 
 
 class ViT(nn.Module):
@@ -78,7 +91,8 @@ class ViT(nn.Module):
         self.class_embedding = nn.Parameter(torch.zeros(c.hidden_size))
         self.pos_embed = nn.Parameter(torch.zeros(c.num_patches + 1, c.hidden_size))
         self.ln_pre = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps) if c.pre_norm else None
-        self.blocks = nn.ModuleList(Block(c) for _ in range(c.num_layers))
+        self.blocks = nn.ModuleList(Block(c.hidden_size, c.num_heads, c.intermediate_size, c.activation,
+                                          c.layer_norm_eps, c.qkv_bias) for _ in range(c.num_layers))
         self.ln_post = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
         self.proj = nn.Linear(c.hidden_size, c.projection_dim, bias=False) if c.projection_dim else None
         self.reset_parameters()
@@ -88,12 +102,7 @@ class ViT(nn.Module):
         d = self.config.hidden_size
         nn.init.normal_(self.class_embedding, std=d ** -0.5)
         nn.init.normal_(self.pos_embed, std=0.01)
-        for block in self.blocks:
-            std = d ** -0.5
-            nn.init.normal_(block.attn.qkv.weight, std=std)
-            nn.init.normal_(block.attn.proj.weight, std=std / math.sqrt(2 * len(self.blocks)))
-            nn.init.normal_(block.mlp.fc1.weight, std=(2 * d) ** -0.5)
-            nn.init.normal_(block.mlp.fc2.weight, std=std / math.sqrt(2 * len(self.blocks)))
+        init_blocks(self.blocks, d)
         if self.proj is not None:
             nn.init.normal_(self.proj.weight, std=d ** -0.5)
 

@@ -173,3 +173,44 @@ def test_terminal_chat_attaches_an_image(mm):
         assert session.turns[0][1] == llm.chat(image_message(image), max_new_tokens=4).strip()
     finally:
         engine.close()
+
+
+def test_web_page_attaches_an_image_in_chromium(live_mm):
+    """The page offers the image picker for a multimodal model, sends the file as an image_url part with
+    the next message, shows it, and the answer is the API's answer for that image and text."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from .test_serve_web import chromium, close_chromium
+
+    url = live_mm["server"].url
+    image = live_mm["data"] / "images" / "3.png"
+    driver = chromium()
+    try:
+        driver.get(url + "/")
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: d.find_element(By.ID, "model").get_attribute("data-ready") == "true")
+        assert driver.find_element(By.ID, "attach").is_displayed()
+        driver.execute_script("document.getElementById('max-tokens').value = '5';"
+                              "document.getElementById('temperature').value = '0';")
+        driver.find_element(By.ID, "image").send_keys(str(image))
+        wait.until(lambda d: d.find_element(By.ID, "attached").get_attribute("data-ready") == "true")
+        box = driver.find_element(By.ID, "input")
+        box.send_keys(QUESTION)
+        box.send_keys(Keys.ENTER)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.assistant[data-done='true']"))
+        assert not driver.find_elements(By.CSS_SELECTOR, ".msg.error")
+        shown = driver.find_element(By.CSS_SELECTOR, ".msg.user img").get_attribute("src")
+        assert shown == data_url(image)
+        assert not driver.find_element(By.ID, "attached").is_displayed()   # used up by that message
+        answer = driver.find_element(By.CSS_SELECTOR, ".msg.assistant").get_attribute("textContent")
+        expected = httpx.post(url + "/v1/chat/completions", timeout=60, json={
+            "model": "final", "max_tokens": 5, "temperature": 0, "messages": [{"role": "user", "content": [
+                image_part(data_url(image)), {"type": "text", "text": QUESTION}]}]}).json()
+        assert answer == expected["choices"][0]["message"]["content"]
+        # what the server says about images, which the page reads
+        info = httpx.get(url + "/v1/models").json()["data"][0]
+        assert info["images"] == {"max_per_request": 2, "max_bytes": 20_000}
+    finally:
+        close_chromium(driver)

@@ -118,10 +118,18 @@ class Context:
 def _element_lines(text: str, n: int) -> Optional[list[int]]:
     """1-based line of each top-level element of a JSON array written one element per block
     (the indent=4 layout Alpaca files use); None when the layout does not allow it."""
-    lines = []
-    depth = 0
-    lineno = 1
-    in_str = esc = False
+    lines = json_element_lines(text)
+    return lines if len(lines) == n else None
+
+
+def json_element_lines(text: str, key: Optional[str] = None) -> list[int]:
+    """1-based line where each element starts of the top-level JSON array (`key` None), or of the array
+    under the top-level object's `key` (COCO's "annotations"): file:line for rows of one JSON document."""
+    lines: list[int] = []
+    depth, lineno, element_depth = 0, 1, 1 if key is None else 2
+    in_str = esc = target = expect = False
+    current: list[str] = []
+    last_key = None
     for ch in text:
         if in_str:
             if esc:
@@ -130,19 +138,34 @@ def _element_lines(text: str, n: int) -> Optional[list[int]]:
                 esc = True
             elif ch == '"':
                 in_str = False
-        elif ch == '"':
-            in_str = True
-            if depth == 1:
-                lines.append(lineno)  # a string element directly in the array
+                if depth == 1:
+                    last_key = "".join(current)
+            elif depth == 1 and key is not None:
+                current.append(ch)
+            if ch == "\n":
+                lineno += 1
+            continue
+        if ch == "\n":
+            lineno += 1
+            continue
+        if ch in " \t\r":
+            continue
+        if target and expect and depth == element_depth and ch != "]":
+            lines.append(lineno)
+            expect = False
+        if ch == '"':
+            in_str, current = True, []
         elif ch in "[{":
-            if depth == 1:
-                lines.append(lineno)
+            if ch == "[" and depth == element_depth - 1 and (key is None or last_key == key):
+                target = expect = True
             depth += 1
         elif ch in "]}":
             depth -= 1
-        if ch == "\n":
-            lineno += 1
-    return lines if len(lines) == n else None
+            if depth == element_depth - 1:
+                target = False
+        elif ch == "," and target and depth == element_depth:
+            expect = True
+    return lines
 
 
 def text_field(row: dict, key: str, where: str, ctx: Context, required: bool = True) -> Optional[str]:

@@ -12,12 +12,11 @@ without a string caption, or naming an image_id that `images` does not list.
 """
 from __future__ import annotations
 
-import json
-
 from ...errors import DataError, where as fmt_where
-from ...fileio import open_text
+from ...fileio import open_text, read_json_object
 from ..image_tasks import CAPTION_PROMPT
 from ..records import Conversation
+from .base import json_element_lines
 from .images import image_file
 
 NAME = "coco"
@@ -25,57 +24,10 @@ DEFAULT_STYLE = "vicuna"
 MODES = ("captions", "images")
 
 
-def array_element_lines(text: str, key: str) -> list[int]:
-    """1-based line where each element of the array under the top-level `key` of a JSON object starts."""
-    lines: list[int] = []
-    depth, lineno = 0, 1
-    in_str = esc = target = expect = False
-    current, last_key = [], None
-    for ch in text:
-        if in_str:
-            if esc:
-                esc = False
-            elif ch == "\\":
-                esc = True
-            elif ch == '"':
-                in_str = False
-                if depth == 1:
-                    last_key = "".join(current)
-            elif depth == 1:
-                current.append(ch)
-            if ch == "\n":
-                lineno += 1
-            continue
-        if ch == "\n":
-            lineno += 1
-            continue
-        if ch in " \t\r":
-            continue
-        if target and depth == 2 and expect and ch not in "]":
-            lines.append(lineno)
-            expect = False
-        if ch == '"':
-            in_str, current = True, []
-        elif ch in "[{":
-            if depth == 1 and ch == "[" and last_key == key:
-                target = expect = True
-            depth += 1
-        elif ch in "]}":
-            depth -= 1
-            if depth == 1:
-                target = False
-        elif ch == "," and target and depth == 2:
-            expect = True
-    return lines
-
-
-def _load(path, ctx) -> tuple[dict, str]:
+def _load(path) -> tuple[dict, str]:
+    doc = read_json_object(path, DataError)
     with open_text(path) as handle:
         text = handle.read()
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"malformed JSON: {exc.msg}", where=fmt_where(path, exc.lineno, exc.colno)) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list) or not isinstance(doc.get("annotations"), list):
         raise DataError("a COCO caption file is an object with 'images' and 'annotations' lists", where=str(path))
     return doc, text
@@ -83,9 +35,9 @@ def _load(path, ctx) -> tuple[dict, str]:
 
 def read(paths, ctx, mode="captions", image_root=None, **_):
     for path in paths:
-        doc, text = _load(path, ctx)
-        image_lines = array_element_lines(text, "images")
-        ann_lines = array_element_lines(text, "annotations")
+        doc, text = _load(path)
+        image_lines = json_element_lines(text, "images")
+        ann_lines = json_element_lines(text, "annotations")
 
         def at(lines, i, key):
             return fmt_where(path, lines[i]) if len(lines) > i else f"{path}:{key}[{i}]"

@@ -7,6 +7,8 @@
 // count: on a 400 `context_length_exceeded` it drops the oldest turn (or, when there is room for at
 // least min(max tokens, 16) tokens, asks for a shorter answer) and retries, then tells the user.
 // On a key-protected server (--api-key) it asks for the key and keeps it for this tab only.
+// A multimodal checkpoint ("images" in GET /v1/models) gets an image picker: the chosen file goes
+// with the next message as an OpenAI image_url part (a base64 data URL), within the server's limits.
 (function () {
   "use strict";
   const $ = (id) => document.getElementById(id);
@@ -18,6 +20,8 @@
   const history = [];       // turns the model still sees: {role, content, el}
   let model = null, contextLength = null, controller = null, conversation = 0;
   let maxTokensEdited = false;
+  let imageLimits = null, pendingImage = null;   // {name, url}: goes with the next message
+  const imageInput = $("image"), attachedEl = $("attached");
 
   // -- API key: asked for on a 401, kept in sessionStorage (this tab, until it is closed) ----------
   function apiKey() { return sessionStorage.getItem(KEY_ITEM) || ""; }
@@ -56,10 +60,16 @@
   forgetKeyBtn.hidden = !apiKey();
 
   // -- messages -------------------------------------------------------------------------------------
-  function addMessage(role, text, before) {
+  function addMessage(role, text, before, imageUrl) {
     const el = document.createElement("div");
     el.className = "msg " + role;
     el.textContent = text;
+    if (imageUrl) {
+      const img = document.createElement("img");
+      img.src = imageUrl;
+      img.alt = "attached image";
+      el.prepend(img);
+    }
     messagesEl.insertBefore(el, before || null);
     messagesEl.scrollTop = messagesEl.scrollHeight;
     return el;
@@ -93,6 +103,8 @@
     modelEl.textContent = model;
     modelEl.dataset.ready = "true";
     contextLength = Number.isInteger(info.context_length) && info.context_length > 1 ? info.context_length : null;
+    imageLimits = info.images || null;
+    $("attach").hidden = !imageLimits;
     if (contextLength) {
       contextEl.textContent = contextLength + "-token context";
       maxTokensEl.max = String(contextLength - 1);
@@ -190,13 +202,44 @@
     throw new Error("the conversation does not fit the model's context window; press reset");
   }
 
+  // -- images: read the chosen file as a data URL; it is sent with the next message -------------
+  function clearImage() {
+    pendingImage = null;
+    imageInput.value = "";
+    attachedEl.hidden = true;
+    attachedEl.textContent = "";
+  }
+
+  function showImage(image) {
+    pendingImage = image;
+    attachedEl.textContent = "📎 " + image.name;
+    attachedEl.hidden = false;
+    attachedEl.dataset.ready = "true";
+  }
+
+  imageInput.addEventListener("change", () => {
+    const file = imageInput.files && imageInput.files[0];
+    if (!file) { clearImage(); return; }
+    if (imageLimits && file.size > imageLimits.max_bytes) {
+      addMessage("error", "the image is " + file.size + " bytes; this server takes at most " + imageLimits.max_bytes);
+      clearImage();
+      return;
+    }
+    const reader = new FileReader();
+    reader.onload = () => showImage({ name: file.name, url: reader.result });
+    reader.readAsDataURL(file);
+  });
+
   async function send(text) {
     if (!model && !(await loadModel())) { restoreInput(text); return; }
     const thisConversation = conversation;
-    const userEl = addMessage("user", text);
+    const image = pendingImage;
+    const userEl = addMessage("user", text, null, image && image.url);
     const out = addMessage("assistant", "");
     out.dataset.done = "false";
-    const turn = { role: "user", content: text, el: userEl };
+    const content = image ? [{ type: "image_url", image_url: { url: image.url } }, { type: "text", text: text }] : text;
+    const turn = { role: "user", content: content, el: userEl };
+    clearImage();
     controller = new AbortController();
     setBusy(true);
     let answer = "", finish = null, sent = null;
@@ -219,6 +262,7 @@
         out.remove();
         userEl.remove();
         restoreInput(text);
+        if (image && !pendingImage) showImage(image);   // the image waits for the next try too
         if (e instanceof AuthError) askForKey();
         else if (e.name !== "AbortError") addMessage("error", e.message);
         setBusy(false);

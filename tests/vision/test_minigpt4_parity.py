@@ -15,39 +15,20 @@ from openseason.vision import hf_blip2_projection, vision_from_hf
 
 transformers = pytest.importorskip("transformers")
 
-VOCAB, QUERIES = 64, 32
+QUERIES = 32
+VOCAB = 64   # LLAMA_TEXT's vocabulary in tests/vision/conftest.py; its last id is the image token
 
 
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    # every weight random (init leaves norms at 1 and query tokens / biases at 0, hiding mapping mistakes)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2 + (1.0 if p.dim() == 1 and p.abs().sum() == p.numel() else 0))
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def blip2(tmp_path_factory):
-    from transformers import Blip2Config, Blip2ForConditionalGeneration
-
-    config = Blip2Config(
-        vision_config=dict(image_size=28, patch_size=7, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=40, qkv_bias=True),
-        qformer_config=dict(hidden_size=24, num_hidden_layers=2, num_attention_heads=4, intermediate_size=36,
-                            cross_attention_frequency=2, encoder_hidden_size=32, vocab_size=50),
-        text_config=dict(model_type="llama", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
-                         max_position_embeddings=128),
-        num_query_tokens=QUERIES, image_token_index=VOCAB - 1)
-    hf = randomize(Blip2ForConditionalGeneration(config))
-    root = tmp_path_factory.mktemp("blip2")
-    hf.save_pretrained(root / "hf")
+@pytest.fixture
+def blip2(make_blip2, tmp_path):
+    # the vision tests' tiny random BLIP-2 (every weight random), with grouped-query attention in its LLaMA
+    hf, directory = make_blip2(num_query_tokens=QUERIES, text={"num_key_value_heads": 2})
+    root = tmp_path
     hf.language_model.save_pretrained(root / "llama")
     lm = load_full_model(convert_from_hf(root / "llama", root / "ours"))
-    encoder = vision_from_hf(root / "hf")
+    encoder = vision_from_hf(directory)
     model = apply(lm, "minigpt4", vision=VisionTower(encoder, lambda image: encoder.preprocess([image])))
-    projection = hf_blip2_projection(root / "hf")
+    projection = hf_blip2_projection(directory)
     with torch.no_grad():
         model.media.proj.weight.copy_(projection["weight"])
         model.media.proj.bias.copy_(projection["bias"])
