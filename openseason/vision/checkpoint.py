@@ -103,5 +103,7 @@ def load_vision_encoder(directory: str | Path, device="cpu", dtype: Optional[tor
                               f"{unexpected[:5]}, shape mismatches {wrong[:5]})", where=str(directory))
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    if encoder.qformer is not None:   # transformers keeps the Q-Former in float32 whatever the tower's dtype
+        state.update({k: v.float() for k, v in state.items() if k.startswith("qformer.")})
     encoder.load_state_dict(state, assign=True)
     return encoder.freeze() if freeze else encoder

@@ -275,7 +275,7 @@ def _run(data, out: Path, opts: CLIPOptions, resume: Optional[str]) -> dict:
         loss_value = float(loss.detach())
         if step % opts.log_every == 0 or step == opts.max_steps:
             metrics.log({"step": step, "loss": round(loss_value, 5), "lr": _lr(opts, step - 1),
-                         "temperature": round(1 / float(model.logit_scale.exp()), 5)})
+                         "temperature": round(1 / float(model.logit_scale.detach().exp()), 5)})
             if opts.progress:
                 import sys
                 print(f"step {step}/{opts.max_steps} loss {loss_value:.4f}", file=sys.stderr)
@@ -291,7 +291,7 @@ def _run(data, out: Path, opts: CLIPOptions, resume: Optional[str]) -> dict:
     accuracies = [v["accuracy"] for v in evaluation.values()]
     report = {"data": str(data_dir), "train_pairs": len(train_rows), "heldout_images": len(held_rows),
               "steps": step, "final_loss": round(loss_value, 5), "seconds": round(time.time() - started, 1),
-              "temperature": round(1 / float(model.logit_scale.exp()), 5), "zero_shot": evaluation,
+              "temperature": round(1 / float(model.logit_scale.detach().exp()), 5), "zero_shot": evaluation,
               "zero_shot_mean": round(sum(accuracies) / len(accuracies), 4) if accuracies else None,
               "chance_mean": round(sum(v["chance"] for v in evaluation.values()) / len(evaluation), 4)
               if evaluation else None, "options": dataclasses.asdict(opts)}

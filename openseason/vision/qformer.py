@@ -82,4 +82,4 @@ class QFormer(nn.Module):
         x = self.ln_in(self.query_tokens.expand(image.shape[0], -1, -1))
         for layer in self.layers:
             x = layer(x, image)
-        return x
+        return x.to(image_features.dtype)

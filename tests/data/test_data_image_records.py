@@ -126,6 +126,9 @@ def test_coco_bad_annotation_names_its_line(tmp_path, images):
     line = next(i for i, text in enumerate(src.read_text().splitlines(), 1) if '"id": 11' in text) - 1
     with pytest.raises(DataError, match=rf"c\.json:{line}: unknown_image: image_id 9"):
         prepare("coco", [src], tmp_path / "o", progress=False)
+    src.write_text(json.dumps({"images": [{"id": [1], "file_name": "a.png"}], "annotations": []}, indent=2))
+    with pytest.raises(DataError, match=r"c\.json:3: bad_image_entry"):
+        prepare("coco", [src], tmp_path / "o3", progress=False, overwrite=True)
     src.write_text('{"images": [], "annotations": {}}')
     with pytest.raises(DataError, match="'images' and 'annotations' lists"):
         prepare("coco", [src], tmp_path / "o2", progress=False)

@@ -22,11 +22,12 @@ SETTINGS = settings(max_examples=100, deadline=2000, suppress_health_check=[Heal
 KEYS = ["instruction", "input", "output", "response", "context", "category", "text", "messages", "role",
         "content", "conversations", "from", "value", "chosen", "rejected", "message_id", "parent_id",
         "message_tree_id", "lang", "rank", "deleted", "review_result", "replies", "prompt", "status",
-        "meta", "id", "synthetic", "labels", "source", "input_text", "output_text"]
+        "meta", "id", "synthetic", "labels", "source", "input_text", "output_text",
+        "image", "images", "annotations", "caption", "image_id", "file_name"]
 ROLES = ["user", "assistant", "prompter", "human", "gpt", "system", "bot", ""]
 
 leaf = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=True),
-                 st.text(max_size=20), st.sampled_from(ROLES), st.sampled_from(["\n\nHuman: hi\n\nAssistant: yo", "ok"]))
+                 st.text(max_size=20), st.sampled_from(ROLES), st.sampled_from(["\n\nHuman: hi\n\nAssistant: yo", "ok", "<image>\nWhat?", "in.json"]))
 values = st.recursive(leaf, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(KEYS), inner, max_size=6)), max_leaves=20)
 rows = st.dictionaries(st.sampled_from(KEYS), values, max_size=8)
@@ -42,6 +43,7 @@ contents = st.one_of(
     st.lists(rows, max_size=6).map(_jsonl),                                # plausible JSONL rows
     st.lists(values, max_size=6).map(_jsonl),                              # rows that are not objects
     st.lists(rows, max_size=6).map(lambda r: json.dumps(r, indent=4).encode()),  # a JSON array
+    rows.map(lambda r: json.dumps(r, indent=2).encode()),                  # one JSON object (COCO's shape)
     st.lists(st.lists(st.text(max_size=8), min_size=1, max_size=4), max_size=5).map(  # CSV-ish
         lambda r: "\n".join(",".join(c) for c in r).encode("utf-8", "surrogatepass")),
 )
@@ -52,7 +54,8 @@ SOURCES = [("alpaca", "sft", ".jsonl", {}), ("alpaca", "sft", ".json", {}), ("do
            ("oasst1", "all-threads", ".jsonl", {}), ("oasst1", "preferences", ".jsonl", {}),
            ("oasst1", "top-k", ".jsonl", {"top_k": 1}),
            ("redpajama", "documents", ".jsonl", {"github_filters": True}),
-           ("csv", "sft", ".csv", {}), ("jsonl", "sft", ".jsonl", {"columns": {"messages": "messages"}})]
+           ("csv", "sft", ".csv", {}), ("jsonl", "sft", ".jsonl", {"columns": {"messages": "messages"}}),
+           ("llava", "sft", ".json", {}), ("coco", "captions", ".json", {}), ("coco", "images", ".json", {})]
 
 
 @pytest.fixture(scope="module")

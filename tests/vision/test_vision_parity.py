@@ -133,3 +133,14 @@ def test_real_photograph_end_to_end_equals_transformers_processor_and_model(make
     with torch.no_grad():
         torch.testing.assert_close(ours.encode(Image.fromarray(image)), hf(pixel_values=ref_pixels).last_hidden_state,
                                    atol=ATOL, rtol=0)
+
+
+def test_bfloat16_tower_keeps_the_qformer_in_float32(make_blip2, tmp_path, pixels):
+    _, directory = make_blip2()
+    save_vision_encoder(tmp_path / "enc", vision_from_hf(directory))
+    enc = load_vision_encoder(tmp_path / "enc", dtype=torch.bfloat16)
+    assert enc.vit.patch_embed.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in enc.qformer.parameters())
+    with torch.no_grad():
+        out = enc(pixels(size=28).to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 32, 24)

@@ -44,8 +44,10 @@ def read(paths, ctx, mode="captions", image_root=None, **_):
 
         files: dict = {}
         for i, image in enumerate(doc["images"]):
-            if not isinstance(image, dict) or "id" not in image or not isinstance(image.get("file_name"), str):
-                ctx.malformed(at(image_lines, i, "images"), "bad_image_entry", "an image needs 'id' and 'file_name'")
+            if (not isinstance(image, dict) or not isinstance(image.get("id"), (int, str))
+                    or not isinstance(image.get("file_name"), str)):
+                ctx.malformed(at(image_lines, i, "images"), "bad_image_entry",
+                              "an image needs an 'id' (number or string) and a 'file_name'")
                 continue
             files[image["id"]] = (image["file_name"], at(image_lines, i, "images"))
         captions: dict = {}
@@ -55,7 +57,7 @@ def read(paths, ctx, mode="captions", image_root=None, **_):
             if not isinstance(ann, dict) or not isinstance(ann.get("caption"), str) or not ann["caption"].strip():
                 ctx.malformed(where, "bad_field", "an annotation needs a non-empty string 'caption'")
                 continue
-            if ann.get("image_id") not in files:
+            if not isinstance(ann.get("image_id"), (int, str)) or ann["image_id"] not in files:
                 ctx.malformed(where, "unknown_image", f"image_id {ann.get('image_id')!r} is not in 'images'")
                 continue
             captions.setdefault(ann["image_id"], []).append((where, ann))
