@@ -208,6 +208,9 @@ class QuickstartOptions:
                                      "held-out VQA before/after (default steps: pretrain 1500, finetune 300)")
     scenes: Optional[int] = option(None, "--multimodal: training scenes of the synthetic image suite (default 600)")
     clip_steps: Optional[int] = option(None, "--multimodal: tiny CLIP training steps (default 300)")
+    flamingo_steps: Optional[int] = option(None, "--multimodal: also OpenFlamingo few-shot classification (0/2/4 "
+                                                 "shots on held-out images) with this many Flamingo steps; adds "
+                                                 "a few minutes (default 0: skipped)")
 
 
 def option_names(cls) -> tuple[str, ...]:
