@@ -172,3 +172,21 @@ def test_bad_options_are_errors():
         apply(tiny("tiny-llama"), "flamingo", media_token_id=MEDIA)
     with pytest.raises(ConfigError, match="max_images applies"):
         apply(tiny("tiny-llama"), "flamingo", dim_visual=DV, media_token_id=MEDIA, max_images=2)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        model = flamingo("tiny-llama")
+        open_gates(model, 0.5)
+        model.train()
+        model.gradient_checkpointing = checkpointing
+        ids = ids_with_images([[0, 5]], T=12)
+        torch.manual_seed(3)
+        feats = torch.randn(1, 2, 6, DV)
+        logits = model(ids, extras=media_extras(model, encode_media(model, feats), ids))
+        torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:]).backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    for k in grads[0]:
+        torch.testing.assert_close(grads[0][k], grads[1][k], atol=1e-6, rtol=1e-5)
