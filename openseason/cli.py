@@ -14,7 +14,8 @@ from .errors import OpenseasonError
 
 # Stage modules that contribute verbs, in the order they appear in --help.
 COMMAND_MODULES = [
-    "openseason.convert.commands",      # convert from-hf / to-hf, download
+    "openseason.config_list",           # configs
+    "openseason.convert.commands",      # convert from-hf / to-hf / to-gguf, export-peft, download
     "openseason.generation.commands",   # generate
     "openseason.data.commands",         # data prepare / dedup / mix / stats / tokenize / batch
     "openseason.synth.commands",        # synth self-instruct / reverse-instructions / rationales / self-improve
@@ -51,18 +52,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# OSErrors about a path the user named (a missing file, a directory where a file belongs, no permission)
+# are input errors too: reported as `PATH: reason`, never as a traceback.
+PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
     except OpenseasonError as exc:
-        print(f"openseason: error: {exc}", file=sys.stderr)
-        return 2
+        return error(str(exc))
+    except PATH_ERRORS as exc:
+        if exc.filename is None:
+            raise
+        return error(f"{exc.filename}: {exc.strerror or type(exc).__name__}")
+    except BrokenPipeError:
+        return _broken_pipe()
     except KeyboardInterrupt:
         print("openseason: interrupted", file=sys.stderr)
         return 130
     return int(result or 0)
+
+
+def error(message: str) -> int:
+    """Print a user error as `openseason: error: ...` on stderr; the exit status is 2."""
+    print(f"openseason: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _broken_pipe() -> int:
+    """The reader of our output went away (`openseason catalog can-use --json | head`): stop quietly,
+    as `cat` does. stdout is pointed at /dev/null so the interpreter's final flush cannot fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # in-process callers may have replaced stdout
+        pass
+    return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
 
 
 if __name__ == "__main__":

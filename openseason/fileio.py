@@ -45,6 +45,7 @@ _YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
     """Open a temporary file next to `path`; on clean exit fsync it and rename it over `path`."""
     path = Path(path)
+    refuse_directory(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     binary = "b" in mode
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -111,10 +112,14 @@ class _Utf8Text:
     damaged gzip stream, into DataError at file:line:col instead of a UnicodeDecodeError. Lines are
     decoded one at a time, so the line number is exact; they keep their "\n" / "\r\n" endings."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, span: Optional[tuple[int, int, int]] = None):
         self.path = path
         self._raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
         self._line = 1  # line of the next byte to be decoded
+        self._end = None
+        if span is not None:  # (start byte, end byte, line number at start): one byte range of the file
+            start, self._end, self._line = span
+            self._raw.seek(start)
         self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
 
     def _bytes(self, reader):
@@ -137,10 +142,15 @@ class _Utf8Text:
         return text
 
     def readline(self) -> str:
-        raw = self._bytes(self._raw.readline)
+        if self._end is not None and self._raw.tell() >= self._end:
+            raw = b""  # a line belongs to the range its first byte lies in
+        else:
+            raw = self._bytes(self._raw.readline)
         return self._decode(raw, final=not raw)
 
     def read(self, size: int = -1) -> str:
+        if self._end is not None:
+            raise ValueError("a byte range of a file is read line by line")
         raw = self._bytes(lambda: self._raw.read(size) if size >= 0 else self._raw.read())
         return self._decode(raw, final=size < 0 or not raw)
 
@@ -163,28 +173,36 @@ class _Utf8Text:
         self.close()
 
 
-def open_text(path: str | os.PathLike):
+def open_text(path: str | os.PathLike, span: Optional[tuple[int, int, int]] = None):
     """Open a UTF-8 text file for reading, transparently decompressing `.gz`; bytes that are not
-    UTF-8 raise DataError at file:line:col."""
+    UTF-8 raise DataError at file:line:col. `span` = (start, end, line) reads only the lines that
+    start in bytes [start, end) of an uncompressed file, numbered from `line` (start must be the
+    first byte of a line): how distributed readers split one file across workers."""
     path = Path(path)
     if not path.exists():
         raise DataError("file not found", where=str(path))
     if path.is_dir():
         raise DataError("is a directory, not a file", where=str(path))
-    return _Utf8Text(path)
+    return _Utf8Text(path, span)
 
 
-def iter_jsonl(path: str | os.PathLike, on_error: str = "fail", errors: list | None = None
-               ) -> Iterator[tuple[int, Any]]:
-    """Yield (line_number, object) for each non-blank line of a JSONL(.gz) file.
+SKIP_HINT = "fix the line or pass --on-error skip to record and skip it"
+FIX_LINE_HINT = "fix the line (each line is one JSON object)"  # for readers whose verb has no --on-error
 
-    on_error="fail" raises DataError with file:line and the parse error; "skip" appends
-    {"where", "reason", "error"} to `errors` and continues.
+
+def iter_jsonl(path: str | os.PathLike, on_error: str = "fail", errors: list | None = None,
+               fail_hint: str = SKIP_HINT, span: Optional[tuple[int, int, int]] = None) -> Iterator[tuple[int, Any]]:
+    """Yield (line_number, object) for each non-blank line of a JSONL(.gz) file (of its byte range
+    `span`, see `open_text`).
+
+    on_error="fail" raises DataError with file:line, the parse error and `fail_hint` (callers whose
+    verb has no --on-error pass their own); "skip" appends {"where", "reason", "error"} to `errors`
+    and continues.
     """
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be 'fail' or 'skip', not {on_error!r}")
-    with open_text(path) as handle:
-        for lineno, line in enumerate(handle, start=1):
+    with open_text(path, span) as handle:
+        for lineno, line in enumerate(handle, start=span[2] if span else 1):
             if not line.strip():
                 continue
             try:
@@ -192,8 +210,7 @@ def iter_jsonl(path: str | os.PathLike, on_error: str = "fail", errors: list | N
             except json.JSONDecodeError as exc:
                 loc = where(path, lineno, exc.colno)
                 if on_error == "fail":
-                    raise DataError(f"malformed JSON: {exc.msg}", where=loc,
-                                    hint="fix the line or pass --on-error skip to record and skip it") from None
+                    raise DataError(f"malformed JSON: {exc.msg}", where=loc, hint=fail_hint) from None
                 if errors is not None:
                     errors.append({"where": where(path, lineno), "reason": "malformed_json", "error": exc.msg})
 
@@ -409,6 +426,7 @@ def staging_dir(final: str | os.PathLike) -> Path:
     """A fresh empty directory next to `final` to write its new contents into (then `replace_dir`).
     Leftovers of killed writers of `final` are repaired or removed first."""
     final = Path(final)
+    refuse_file(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(final)
     tmp = _sibling(final, "tmp")
@@ -462,8 +480,12 @@ def lock_directory(directory: str | os.PathLike):
     import fcntl
 
     directory = Path(directory)
+    refuse_file(directory)
+    # the top of what mkdir creates (the directory itself, or a missing parent), taken back on failure
+    created = next((p for p in reversed((directory, *directory.parents)) if not p.exists()), None)
     directory.mkdir(parents=True, exist_ok=True)
     fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    failed = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -476,9 +498,43 @@ def lock_directory(directory: str | os.PathLike):
                                   hint="wait for it to finish, or choose another output directory") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield directory
+        try:
+            yield directory
+        except BaseException:
+            failed = True
+            raise
     finally:
+        if failed and created is not None:
+            _remove_if_only_lock(directory, created)
         os.close(fd)  # releases the flock; the file stays (unlinking it would race a waiting writer)
+
+
+def _remove_if_only_lock(directory: Path, top: Path) -> None:
+    """A command that created its output directory (and the missing parents up to `top`) and then
+    failed takes them back, so no empty --out is left behind; anything else in it (partial output to
+    resume) keeps it. Called with the lock still held: a second writer that opened the lock file
+    meanwhile finds its directory gone and fails, it never writes into a removed one."""
+    with contextlib.suppress(OSError):
+        if [p.name for p in directory.iterdir()] == [LOCK_NAME]:
+            (directory / LOCK_NAME).unlink()
+            for level in (directory, *directory.parents):
+                level.rmdir()  # OSError when not empty: stop there
+                if level == top:
+                    break
+
+
+def refuse_directory(path: str | os.PathLike) -> None:
+    """OpenseasonError when an output file's path is an existing directory (never written into)."""
+    if Path(path).is_dir():
+        raise OpenseasonError("is a directory; give a file name", where=str(path))
+
+
+def refuse_file(path: str | os.PathLike) -> None:
+    """OpenseasonError when an output directory's path is an existing file (not silently replaced)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OpenseasonError("exists and is a file, not a directory", where=str(path),
+                              hint="choose a directory for the output (a new or empty one)")
 
 
 def foreign_entries(directory: str | os.PathLike, ignore: tuple[str, ...] = ()) -> list[str]:

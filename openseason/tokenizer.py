@@ -42,6 +42,9 @@ class Tokenizer:
         """Load tokenizer.json from a checkpoint or HF directory; BOS/EOS come from tokenizer_config.json,
         else from the model config (bos_token_id, eos_token_id, add_bos_token)."""
         path = Path(path)
+        if not path.exists():
+            raise CheckpointError("tokenizer not found", where=str(path),
+                                  hint="pass a checkpoint directory holding tokenizer.json, or the tokenizer.json file")
         file = path / "tokenizer.json" if path.is_dir() else path
         if not file.exists():
             raise CheckpointError("no tokenizer.json", where=str(path),

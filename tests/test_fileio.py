@@ -121,3 +121,42 @@ def test_recover_children_and_wait_for_dir(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000001", "step-000002"]
     assert fileio.wait_for_dir(tmp_path / "step-000001")
     assert not fileio.wait_for_dir(tmp_path / "absent", timeout=0.1)
+
+
+# -- a failed writer leaves no empty output behind; outputs never replace a file or a directory ----------
+def test_failed_writer_takes_back_the_directories_it_created(tmp_path):
+    from openseason.fileio import lock_directory
+
+    out = tmp_path / "new" / "deeper" / "out"
+    with pytest.raises(RuntimeError):
+        with lock_directory(out):
+            raise RuntimeError("the command failed before writing anything")
+    assert not (tmp_path / "new").exists()
+
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    with pytest.raises(RuntimeError):
+        with lock_directory(existing / "out"):
+            raise RuntimeError
+    assert existing.is_dir() and list(existing.iterdir()) == []  # the user's own folder stays
+
+    with pytest.raises(RuntimeError):
+        with lock_directory(out):
+            (out / "partial.bin").write_bytes(b"resume me")
+            raise RuntimeError("killed half-way")
+    assert (out / "partial.bin").read_bytes() == b"resume me"  # partial output is kept for a resume
+
+
+def test_outputs_refuse_a_file_or_a_directory_in_their_place(tmp_path):
+    from openseason.errors import OpenseasonError
+    from openseason.fileio import atomic_open, lock_directory, staging_dir
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    for make in (staging_dir, lambda p: lock_directory(p).__enter__()):
+        with pytest.raises(OpenseasonError, match="exists and is a file, not a directory"):
+            make(a_file)
+    with pytest.raises(OpenseasonError, match="is a directory; give a file name"):
+        with atomic_open(tmp_path):
+            pass
+    assert a_file.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

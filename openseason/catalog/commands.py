@@ -107,6 +107,7 @@ def _summarize_import(report: dict, as_json: bool) -> int:
 
 
 def cmd_import(args) -> int:
+    from ..errors import DataError
     from . import import_ecosystem_graphs, import_hf_card, import_llama_cult
     if args.kind == "ecosystem-graphs":
         report = import_ecosystem_graphs(args.path, db=args.db)
@@ -114,6 +115,12 @@ def cmd_import(args) -> int:
         report = import_hf_card(args.path, name=args.name, db=args.db)
     else:
         report = import_llama_cult(args.path, db=args.db)
+    malformed = report.get("malformed_files", [])
+    if malformed and not report.get("assets"):  # every file given was unreadable: that is a failure, not "0 imported"
+        first = malformed[0]
+        raise DataError(f"{first['error']} (nothing imported" + (f"; {len(malformed) - 1} more malformed file(s))"
+                                                                  if len(malformed) > 1 else ")"),
+                        where=first["where"], hint="fix the YAML, or import the folder that holds the good files")
     return _summarize_import(report, args.json)
 
 

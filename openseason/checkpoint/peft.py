@@ -2,15 +2,21 @@
 the base checkpoint they stand on. `checkpoint.load_model` loads them transparently.
 
     CKPT/
-      peft.json                  {"base_checkpoint": ..., "base_checkpoint_abs": ..., "methods": [...]}
+      peft.json                  {"base_checkpoint": ..., "base_checkpoint_abs": ..., "base_fingerprint": ...,
+                                  "methods": [...]}
       peft_weights.safetensors   the trainable tensors, keyed like model.state_dict()
       config.json, tokenizer files, run_card.json  (as in a full checkpoint)
 
 The base may itself be a PEFT checkpoint (finetuning an adapter further); `base_chain` follows the
 references down to the full checkpoint and refuses a chain that comes back to itself.
+
+`base_fingerprint` (checkpoint/fingerprint.py) is the fingerprint of the base's weights when the
+adapter was written; loading compares it with the base found now and refuses another base, even one
+of the same shape (`verify_base`). PEFT checkpoints written before fingerprints load as before.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -20,6 +26,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..fileio import wait_for_dir
+from .fingerprint import FORMAT, file_sha256, full_fingerprint
 from .full import load_full_model, read_safetensors
 
 PEFT_CONFIG_NAME = "peft.json"
@@ -96,8 +103,45 @@ def write_peft_files(tmp: Path, final: Path, model: torch.nn.Module, base_checkp
     state = {k: v.detach().contiguous().cpu().clone() for k, v in trainable_state_dict(model).items()}
     save_file(state, str(tmp / PEFT_WEIGHTS_NAME), metadata={"format": "pt"})
     cfg = {"base_checkpoint": os.path.relpath(base, Path(final).resolve()), "base_checkpoint_abs": str(base),
-           "methods": getattr(model, "peft_methods", [])}
+           "base_fingerprint": weights_fingerprint(base), "methods": getattr(model, "peft_methods", [])}
     (tmp / PEFT_CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+def weights_fingerprint(directory: str | Path) -> str:
+    """The fingerprint of a checkpoint's weights: full (fingerprint.full_fingerprint), or a PEFT level's
+    whole weight file together with its base's fingerprint."""
+    directory = Path(directory)
+    if not is_peft_checkpoint(directory):
+        return full_fingerprint(directory)
+    own = file_sha256(directory / PEFT_WEIGHTS_NAME)
+    return f"{FORMAT}:" + hashlib.sha256(f"{own}|{weights_fingerprint(resolve_base(directory))}".encode()).hexdigest()
+
+
+def verify_base(directory: str | Path, base: Optional[str | Path] = None) -> None:
+    """Refuse a base whose weights are not the ones the PEFT checkpoint `directory` was trained on."""
+    directory = Path(directory)
+    cfg = read_peft_config(directory)
+    recorded = cfg.get("base_fingerprint")
+    if not recorded:  # written before fingerprints were recorded: nothing to compare
+        return
+    base = Path(base) if base is not None else resolve_base(directory, cfg)
+    found = weights_fingerprint(base)
+    if found != recorded:
+        raise CheckpointError(f"the base checkpoint {base} is not the one this PEFT checkpoint was trained on "
+                              "(its weights differ, though they may have the same shapes: fingerprint "
+                              f"{found[:24]}..., recorded {recorded[:24]}...)", where=str(directory / PEFT_CONFIG_NAME),
+                              hint="point base_checkpoint in peft.json at the checkpoint the adapter was trained on "
+                                   "(the same weights in the same dtype); an adapter on another base gives another "
+                                   "model")
+
+
+def verified_chain(directory: str | Path) -> list[Path]:
+    """base_chain(directory), each level's base checked against its recorded fingerprint, from the bottom
+    up (a base replaced under a chain is named at the level that stands on it)."""
+    chain = base_chain(directory)
+    for level, base in reversed(list(zip(chain, chain[1:]))):
+        verify_base(level, base)
+    return chain
 
 
 def load_peft_state(model: torch.nn.Module, directory: str | Path, device="cpu") -> None:
@@ -124,7 +168,7 @@ def load_peft_checkpoint(directory: str | Path, device="cpu", dtype: Optional[to
     stored trainable weights loaded, base first; no merge step."""
     from ..peft import apply
 
-    chain = base_chain(directory)
+    chain = verified_chain(directory)
     model = load_full_model(chain[-1], device=device, dtype=dtype)
     for level in reversed(chain[:-1]):
         for entry in read_peft_config(level).get("methods", []):

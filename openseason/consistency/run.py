@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 import torch
 from safetensors.torch import load_file
 
+from ..device import check_device
 from ..errors import CheckpointError, ConfigError
 from ..fileio import read_json_object
 from .checkpoint import CONFIG_NAME, find_latest
@@ -83,7 +84,7 @@ def sample_run(run: str | Path, *, steps: int = 1, num: int = 64, out: str | Pat
         raise ConfigError(f"--steps must be an integer from 1 to {MAX_SAMPLE_STEPS}, not {steps!r}")
     if not isinstance(num, int) or not 1 <= num <= MAX_SAMPLE_NUM:
         raise ConfigError(f"--num must be an integer from 1 to {MAX_SAMPLE_NUM}, not {num!r}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(check_device(device)) if device else ("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_run(run, device=device)
     if sigmas is not None:
         sigmas = [float(s) for s in sigmas]

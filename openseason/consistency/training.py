@@ -29,6 +29,7 @@ from typing import Any, Optional
 import torch
 
 from ..errors import CheckpointError, ConfigError, OpenseasonError
+from ..device import check_device
 from ..fileio import atomic_open, lock_directory, read_json_object, refuse_non_empty, write_json_atomic
 from .checkpoint import (CONFIG_NAME, file_sha256, find_latest, load_checkpoint, prune, save_checkpoint,
                          step_dir)
@@ -188,6 +189,8 @@ def train_consistency(data: str, out: str | Path, *, resume: Optional[str] = Non
     if resume not in (None, "auto"):
         raise ConfigError(f"resume must be 'auto' or not given, not {resume!r}")
     opts = resolve_options(options)
+    if opts.device is not None:
+        check_device(opts.device)  # before the images load or anything is written
     out = Path(out)
     images = load_images(data, opts.image_size, opts.channels, opts.limit)
     x_all = images.images

@@ -1,6 +1,7 @@
 """Hugging Face model directory -> openseason checkpoint (`openseason convert from-hf`)."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Optional
@@ -48,6 +49,22 @@ def _tokenizer_settings(hf_dir: Path, settings: dict) -> dict:
     return out
 
 
+# Tokenizer files other libraries read but `tokenizers` (and so openseason) does not.
+_SLOW_TOKENIZER_FILES = ("tokenizer.model", "vocab.json", "merges.txt", "spiece.model", "vocab.txt")
+
+
+def tokenizer_warning(hf_dir: Path, out_dir: Path) -> Optional[str]:
+    """What is wrong with the tokenizer of a Hugging Face directory (None when tokenizer.json is there)."""
+    if (hf_dir / "tokenizer.json").exists():
+        return None
+    others = [name for name in _SLOW_TOKENIZER_FILES if (hf_dir / name).exists()]
+    found = (f"it has {', '.join(others)}, which openseason does not read" if others
+             else "it has no tokenizer files at all")
+    return (f"{hf_dir} has no tokenizer.json ({found}): the checkpoint {out_dir} was written without a tokenizer, "
+            "so generate, chat, finetune and evaluate will refuse it until tokenizer.json is copied in. "
+            "transformers writes one: AutoTokenizer.from_pretrained(HF_DIR).save_pretrained(HF_DIR)")
+
+
 def config_from_hf_dir(hf_dir: str | Path, name: Optional[str] = None, hf_id: Optional[str] = None) -> Config:
     """Our Config for a Hugging Face directory (config.json plus tokenizer files), without reading weights."""
     hf_dir = Path(hf_dir)
@@ -71,7 +88,9 @@ def convert_from_hf(hf_dir: str | Path, out_dir: str | Path, *, dtype=None, name
     Reads config.json and the weights (model.safetensors, a sharded safetensors index, or
     pytorch_model*.bin read with weights_only=True), drops stale buffers, checks every name and
     shape, and writes `out_dir` atomically (config.json, safetensors, tokenizer files, run_card.json
-    recording the source). `dtype` ("float32", "bfloat16", "float16") casts the weights; by default
+    recording the source). A directory without tokenizer.json is converted with a UserWarning that
+    is also recorded in run_card.json ("warnings").
+    `dtype` ("float32", "bfloat16", "float16") casts the weights; by default
     they keep the source dtype. Returns `out_dir`.
     """
     hf_dir = Path(hf_dir)
@@ -90,7 +109,11 @@ def convert_from_hf(hf_dir: str | Path, out_dir: str | Path, *, dtype=None, name
     model.load_state_dict(state, strict=False, assign=True)
     if config.tie_embeddings:
         model.lm_head.weight = model.embed.weight
+    problem = tokenizer_warning(hf_dir, Path(out_dir))
+    if problem:  # said now, at conversion, not at the first generate
+        warnings.warn(problem, stacklevel=2)
     card = {
+        "warnings": [problem] if problem else [],
         "source": {"format": "huggingface", "architecture": family.ARCHITECTURE, "path": str(hf_dir.resolve()),
                    "repo_id": repo_id, "revision": revision,
                    "transformers_version": hf.get("transformers_version")},

@@ -11,6 +11,10 @@ converter (convert_hf_to_gguf.py) for the two families:
     LLaMA     arch "llama": q, k and v are split, and the q and k rows are permuted per head from
               the Hugging Face rotate-half pairing (dims i and i + hs/2 rotate together) to the
               interleaved pairing llama.cpp's rope uses for this arch (dims 2i and 2i+1).
+    MPT       arch "mpt": fused [q | k | v] as for GPT-NeoX, LayerNorms without bias, ALiBi from the
+              `max_alibi_bias` key (ggml's slopes equal MPT's, also for head counts that are not a
+              power of two), `clamp_kqv` for clip_qkv. MPT ties its output to the embedding; the
+              matrix is written under both names, as for a tied GPT-NeoX.
 
 Precision (`type`): "f32" writes every tensor as F32; "f16" writes 2-D weights as F16 and keeps
 norms and biases F32 (as llama.cpp's converter does); "q8_0" writes 2-D weights as Q8_0 (blocks of
@@ -48,11 +52,12 @@ import torch
 
 from ..config import Config
 from ..errors import CheckpointError
+from .peft_out import load_folded, tokenizer_dir
 
 GGUF_TYPES = ("f32", "f16", "q8_0")
 
 # our family -> llama.cpp architecture name (gguf.MODEL_ARCH_NAMES values)
-_ARCH = {"gpt_neox": "gptneox", "llama": "llama"}
+_ARCH = {"gpt_neox": "gptneox", "llama": "llama", "mpt": "mpt"}
 
 
 @dataclass
@@ -100,7 +105,7 @@ _TOP = {"embed": "TOKEN_EMBD", "norm_f": "OUTPUT_NORM", "lm_head": "OUTPUT"}
 def gguf_tensors(config: Config, state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """GGUF tensor name -> float32 array in llama.cpp's layout, for every weight of the model."""
     out: dict[str, np.ndarray] = {}
-    per_layer = _NEOX_LAYER if config.family == "gpt_neox" else _LLAMA_LAYER
+    per_layer = _LLAMA_LAYER if config.family == "llama" else _NEOX_LAYER   # MPT names its layers as NeoX
     for key, tensor in state.items():
         array = tensor.detach().to(torch.float32).cpu().numpy()
         module, kind = key.rsplit(".", 1)
@@ -121,8 +126,8 @@ def gguf_tensors(config: Config, state: dict[str, torch.Tensor]) -> dict[str, np
         if sub not in per_layer:
             raise CheckpointError(f"no GGUF tensor for weight {key!r}", hint="this model variant cannot be exported")
         out[f"{_name(per_layer[sub], bid)}.{kind}"] = array
-    if config.family == "gpt_neox" and config.tie_embeddings:
-        # llama.cpp's gptneox graph requires an `output` tensor; write the tied matrix under both names.
+    if config.family in ("gpt_neox", "mpt") and config.tie_embeddings:
+        # llama.cpp's gptneox and mpt graphs want an `output` tensor; write the tied matrix under both names.
         out[f"{_name('OUTPUT')}.weight"] = state["embed.weight"].detach().to(torch.float32).cpu().numpy()
     return out
 
@@ -262,23 +267,6 @@ def _chat_template(directory: Path) -> str | None:
 
 
 # -- the file -----------------------------------------------------------------------------------------
-def _load(ckpt_dir: Path):
-    from ..checkpoint import is_peft_checkpoint, load_model
-
-    model = load_model(ckpt_dir)
-    if is_peft_checkpoint(ckpt_dir):
-        from ..errors import ConfigError
-        from ..peft import merge
-
-        try:
-            merge(model)
-        except ConfigError as exc:
-            raise CheckpointError(f"cannot export a PEFT checkpoint to GGUF: {exc.message}", where=str(ckpt_dir),
-                                  hint="GGUF holds plain weights; only LoRA checkpoints fold into them "
-                                       "(`openseason merge CKPT --out DIR` does the same on disk)") from None
-    return model
-
-
 def convert_to_gguf(ckpt_dir: str | Path, out_file: str | Path, *, type: str = "f16",
                     name: str | None = None) -> GGUFExport:
     """Write checkpoint `ckpt_dir` (full, or LoRA folded in memory) as one GGUF file `out_file`
@@ -296,16 +284,11 @@ def convert_to_gguf(ckpt_dir: str | Path, out_file: str | Path, *, type: str = "
         raise CheckpointError("checkpoint directory not found", where=str(ckpt_dir))
     if out_file.is_dir():
         raise CheckpointError("the output is a directory; give a file name such as model.gguf", where=str(out_file))
-    model = _load(ckpt_dir)
+    model = load_folded(ckpt_dir, "GGUF")
     config = model.config
     where = str(ckpt_dir / "config.json")
     _check_exportable(config, where)
-    # The tokenizer of a PEFT checkpoint may live with its base; load_model resolved the chain.
-    tok_dir = ckpt_dir
-    if not (tok_dir / "tokenizer.json").is_file():
-        from ..checkpoint import is_peft_checkpoint, root_base
-        if is_peft_checkpoint(ckpt_dir):
-            tok_dir = Path(root_base(ckpt_dir))
+    tok_dir = tokenizer_dir(ckpt_dir)  # a PEFT checkpoint's may live with its base
     if not (tok_dir / "tokenizer.json").is_file():
         raise CheckpointError("no tokenizer.json: a GGUF file must carry the vocabulary", where=str(ckpt_dir),
                               hint="copy the model's tokenizer.json into the checkpoint directory")
@@ -333,11 +316,18 @@ def convert_to_gguf(ckpt_dir: str | Path, out_file: str | Path, *, type: str = "
         writer.add_block_count(config.n_layer)
         writer.add_feed_forward_length(config.intermediate_size)
         writer.add_head_count(config.n_head)
-        writer.add_rope_dimension_count(config.rope_n_elem)
-        writer.add_rope_freq_base(config.rope_base)
+        if config.rope_n_elem:
+            writer.add_rope_dimension_count(config.rope_n_elem)
+            writer.add_rope_freq_base(config.rope_base)
         if config.family == "gpt_neox":
             writer.add_parallel_residual(config.parallel_residual)
             writer.add_layer_norm_eps(config.norm_eps)
+        elif config.family == "mpt":
+            writer.add_head_count_kv(config.n_query_groups)
+            writer.add_layer_norm_eps(config.norm_eps)
+            writer.add_max_alibi_bias(config.alibi_bias_max if config.alibi else 0.0)
+            if config.clip_qkv is not None:
+                writer.add_clamp_kqv(config.clip_qkv)
         else:
             writer.add_head_count_kv(config.n_query_groups)
             writer.add_layer_norm_rms_eps(config.norm_eps)

@@ -9,9 +9,15 @@ import argparse
 import json
 
 from ..errors import OpenseasonError
+from .engine import add_engine_args, engine_kwargs
+
+RAY_WORKERS = "ray: parallel tasks (default: the cluster's CPUs)"
 
 OVERWRITE_HELP = ("replace the outputs of a directory that already holds files "
                   "(without it, a non-empty --out is refused)")
+
+STYLE_HELP = ("prompt style of the result (default: the inputs' own; needed when they store different "
+              "styles)")
 
 
 def _kv(text: str) -> tuple[str, str]:
@@ -29,20 +35,24 @@ def _print(report: dict) -> None:
 def _prepare(args) -> int:
     from .prepare import prepare
 
+    # flags not given are None (store_true ones too), so the source can refuse the ones it does not read
     options = {"langs": args.lang, "top_k": args.top_k, "val_fraction": args.val_fraction,
-               "categories": args.category, "strip_citation_marks": args.strip_citations,
-               "columns": dict(args.columns) if args.columns else None, "meta_columns": args.meta_column or (),
-               "github_filters": args.github_filters, "max_line_length": args.max_line_length,
+               "categories": args.category, "strip_citation_marks": args.strip_citations or None,
+               "columns": dict(args.columns) if args.columns else None, "meta_columns": args.meta_column,
+               "github_filters": args.github_filters or None, "max_line_length": args.max_line_length,
                "mean_line_length": args.mean_line_length, "min_alnum_fraction": args.min_alnum_fraction,
                "as_source": args.as_source, "split": args.split, "image_root": args.image_root}
     mode = args.mode
     if args.alpaca_libre:
         if args.source != "hh-rlhf":
             raise OpenseasonError("--alpaca-libre only applies to the hh-rlhf source")
+        if mode not in (None, "alpaca-libre"):
+            raise OpenseasonError(f"--alpaca-libre is --mode alpaca-libre; it conflicts with --mode {mode}",
+                                  hint="drop one of them")
         mode = "alpaca-libre"
     options = {k: v for k, v in options.items() if v is not None}
     report = prepare(args.source, args.paths, args.out, mode=mode, on_error=args.on_error, style=args.style,
-                     overwrite=args.overwrite, **options)
+                     overwrite=args.overwrite, **engine_kwargs(args), **options)
     summary = {k: report[k] for k in ("read", "written", "rejected", "style")}
     print(json.dumps(summary, ensure_ascii=False))
     print(f"wrote {args.out} (report.json, rejects.jsonl)")
@@ -84,6 +94,7 @@ def register_prepare(sub) -> None:
                                         "(default: the folder of the JSON file)")
     p.add_argument("--as", dest="as_source", help="hub: which source reads the rows (e.g. dolly)")
     p.add_argument("--split", help="hub: dataset split (default train)")
+    add_engine_args(p, workers_help=RAY_WORKERS)
     p.set_defaults(func=_prepare)
 
 
@@ -93,7 +104,7 @@ def _dedup(args) -> int:
 
     report = dedup(args.inputs, args.out, threshold=args.threshold, num_perm=args.num_perm, ngram=args.ngram,
                    exact=not args.no_exact, near=not args.no_near, seed=args.seed, shingle_hash=args.shingle_hash,
-                   overwrite=args.overwrite)
+                   overwrite=args.overwrite, style=args.style, **engine_kwargs(args))
     print(json.dumps({k: report[k] for k in ("read", "written", "rejected", "clusters", "largest_cluster")}))
     return 0
 
@@ -111,6 +122,8 @@ def register_dedup(sub) -> None:
                    help="sha1 gives signatures bit-identical to datasketch's (slower)")
     p.add_argument("--no-exact", action="store_true")
     p.add_argument("--no-near", action="store_true")
+    p.add_argument("--style", help=STYLE_HELP)
+    add_engine_args(p, workers_help=RAY_WORKERS)
     p.set_defaults(func=_dedup)
 
 
@@ -118,7 +131,7 @@ def _mix(args) -> int:
     from .mix import mix
 
     report = mix(args.components, args.out, kind=args.kind, total=args.total, seed=args.seed,
-                 allow_repeat=args.allow_repeat, overwrite=args.overwrite)
+                 allow_repeat=args.allow_repeat, overwrite=args.overwrite, style=args.style)
     print(json.dumps({"written": report["written"], "components": report["components"]}))
     return 0
 
@@ -132,6 +145,7 @@ def register_mix(sub) -> None:
     p.add_argument("--total", type=int, help="records in the mix (default: the most without repeats)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--allow-repeat", action="store_true")
+    p.add_argument("--style", help=STYLE_HELP)
     p.set_defaults(func=_mix)
 
 
@@ -163,8 +177,9 @@ def register_tokenize(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="delete what --out holds (another token directory, other files) and tokenize from scratch")
     p.add_argument("--docs-per-shard", type=int, default=10_000)
-    p.add_argument("--workers", type=int, default=1, help="tokenizer processes")
+    p.add_argument("--workers", type=int, help="local: tokenizer processes (default 1); " + RAY_WORKERS)
     p.add_argument("--shuffle-seed", type=int, help="shuffle the document order first (Pythia's pre-shuffled stream)")
+    add_engine_args(p)
     p.set_defaults(func=_tokenize)
 
 
@@ -183,8 +198,7 @@ def _tokenize(args) -> int:
     from .tokenize import tokenize_documents
 
     manifest = tokenize_documents(args.inputs, args.tokenizer, args.out, docs_per_shard=args.docs_per_shard,
-                                  workers=args.workers, shuffle_seed=args.shuffle_seed,
-                                  overwrite=args.overwrite)
+                                  shuffle_seed=args.shuffle_seed, overwrite=args.overwrite, **engine_kwargs(args))
     print(f"{manifest['documents']:,} documents -> {manifest['total_tokens']:,} tokens in "
           f"{len(manifest['shards'])} shard(s) ({manifest['dtype']}) under {args.out}")
     return 0

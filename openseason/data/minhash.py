@@ -394,29 +394,40 @@ def candidate_pairs(sigs: np.ndarray, b: int, r: int, mask: Optional[np.ndarray]
     return pairs
 
 
-def clusters(sigs: np.ndarray, b: int, r: int, mask: Optional[np.ndarray] = None) -> list[list[int]]:
-    """Connected components (size >= 2) of the candidate graph, each sorted, via union-find on star
-    edges per bucket (the same components as all pairs, without the quadratic blow-up)."""
-    rows = np.flatnonzero(mask) if mask is not None else np.arange(len(sigs))
-    parent = np.arange(len(sigs))
+def components(groups: Iterable[Sequence[int]]) -> list[list[int]]:
+    """Connected components (size >= 2) of the graph in which every group's members are linked, each
+    sorted, in order of their smallest member: union-find over star edges per group (the same
+    components as all pairs, without the quadratic blow-up). Only nodes that occur in a group are
+    held, so it is as cheap on a billion-node index as the duplicates are few; distributed dedup
+    runs it per reducer and again over the reducers' components."""
+    parent: dict[int, int] = {}
 
     def find(x):
         root = x
-        while parent[root] != root:
+        while parent.get(root, root) != root:
             root = parent[root]
-        while parent[x] != root:
+        while parent.get(x, x) != root:
             parent[x], x = root, parent[x]
         return root
 
-    for group in _band_groups(sigs, b, r, rows):
-        first = find(int(group.min()))
-        for other in group.tolist():
+    for group in groups:
+        members = [int(m) for m in group]
+        first = find(min(members))
+        for other in members:
+            parent.setdefault(other, other)
             ro = find(other)
             if ro != first:
                 lo, hi = min(ro, first), max(ro, first)
                 parent[hi] = lo
                 first = lo
     comps: dict[int, list[int]] = {}
-    for i in rows.tolist():
-        comps.setdefault(find(i), []).append(i)
+    for node in parent:
+        comps.setdefault(find(node), []).append(node)
     return sorted((sorted(c) for c in comps.values() if len(c) > 1), key=lambda c: c[0])
+
+
+def clusters(sigs: np.ndarray, b: int, r: int, mask: Optional[np.ndarray] = None) -> list[list[int]]:
+    """Connected components (size >= 2) of the candidate graph (documents sharing a band bucket),
+    each sorted, in order of their first member."""
+    rows = np.flatnonzero(mask) if mask is not None else np.arange(len(sigs))
+    return components(_band_groups(sigs, b, r, rows))

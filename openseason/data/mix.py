@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import OpenseasonError
-from ..fileio import write_json_atomic, write_jsonl_atomic, write_text_atomic
-from .prepare import REJECTS, REPORT, check_if_prepared, writing_prepared
-from .sft import STYLE_FILE, prepared_style
+from ..fileio import write_json_atomic, write_jsonl_atomic
+from .prepare import REJECTS, REPORT, check_if_prepared, combined_style, writing_prepared
+from .sft import STYLE_FILE
 from .records import KINDS
 from ..fileio import iter_jsonl
 
@@ -50,8 +50,9 @@ def _rows(file: Path) -> list[dict]:
 
 
 def mix(components, out, kind: str = "conversation", total: Optional[int] = None, seed: int = 0,
-        allow_repeat: bool = False, overwrite: bool = False) -> dict:
-    """components: ["DIR:WEIGHT", ...] or [(dir, weight), ...].
+        allow_repeat: bool = False, overwrite: bool = False, style: Optional[str] = None) -> dict:
+    """components: ["DIR:WEIGHT", ...] or [(dir, weight), ...]. `style`: the prompt style of the mix,
+    needed when the components store different ones.
 
     Like `data prepare`, the writer holds `out`'s lock, refuses a non-empty `out` unless `overwrite`,
     and writes everything to a staging folder that is moved in when complete (report.json last)."""
@@ -60,6 +61,8 @@ def mix(components, out, kind: str = "conversation", total: Optional[int] = None
         raise OpenseasonError("mix needs at least one DIR:WEIGHT")
     if kind not in KINDS:
         raise OpenseasonError(f"unknown record kind {kind!r}", hint=f"one of: {', '.join(KINDS)}")
+    if total is not None and total < 1:
+        raise OpenseasonError(f"--total must be >= 1, not {total}", hint="leave it out for the most without repeats")
     out = Path(out)
     if out.resolve() in [Path(p).resolve() for p, _ in parsed]:
         raise OpenseasonError("--out must be a new directory, not one of the components")
@@ -67,6 +70,7 @@ def mix(components, out, kind: str = "conversation", total: Optional[int] = None
         if Path(p).is_dir():
             check_if_prepared(p)  # a damaged or half-written component is an error, not silent data
     started = time.time()
+    style_record = combined_style([p for p, _ in parsed], style, what="components")
     pools = [_rows(Path(p) / KINDS[kind]) for p, _ in parsed]
     for (p, _), pool in zip(parsed, pools):
         if not pool:
@@ -90,7 +94,6 @@ def mix(components, out, kind: str = "conversation", total: Optional[int] = None
             row["meta"] = {**(row.get("meta") or {}), "mix_source": path}
             chosen.append(row)
     rng.shuffle(chosen)
-    styles = [Path(p) / STYLE_FILE for p, _ in parsed if (Path(p) / STYLE_FILE).exists()]
     report = {"read": sum(len(p) for p in pools), "written": len(chosen), "written_by_kind": {kind: len(chosen)},
               "rejected": {}, "kind": kind, "seed": seed,
               "components": [{"dir": p, "weight": w, "available": len(pool), "taken": n,
@@ -98,11 +101,8 @@ def mix(components, out, kind: str = "conversation", total: Optional[int] = None
     with writing_prepared(out, overwrite) as stage:
         write_jsonl_atomic(stage / KINDS[kind], chosen)
         write_jsonl_atomic(stage / REJECTS, [])
-        if styles:
-            write_text_atomic(stage / STYLE_FILE, styles[0].read_text())
-            names = sorted({prepared_style(s.parent) for s in styles})
-            if len(names) > 1:
-                report["style_note"] = f"components had styles {names}; kept the first one's"
+        if style_record is not None:
+            write_json_atomic(stage / STYLE_FILE, style_record)
         report["seconds"] = round(time.time() - started, 3)
         write_json_atomic(stage / REPORT, report)
     return report

@@ -10,6 +10,7 @@ report.json is complete; `check_prepared` verifies that its files match it.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import time
@@ -21,8 +22,9 @@ from ..errors import DataError, OpenseasonError, where
 from ..fileio import (fsync_dir, io_error, iter_jsonl, lock_directory, output_staging, read_json_object,
                       refuse_non_empty, write_json_atomic, write_jsonl_atomic)
 from ..prompts import get_style
+from .engine import engine_for
 from .records import KINDS
-from .sft import STYLE_FILE
+from .sft import STYLE_FILE, prepared_style
 from .sources import IMAGE_SOURCES, get_source
 from .sources.base import Context
 
@@ -38,8 +40,29 @@ def write_style(out_dir, style, **extra) -> None:
     write_json_atomic(Path(out_dir) / STYLE_FILE, {**get_style(style).to_dict(), **extra})
 
 
+def combined_style(dirs, style: Optional[str] = None, what: str = "inputs") -> Optional[dict]:
+    """The prompt_style.json of a directory combined from the prepared `dirs` (dedup, mix): the named
+    `style` if given, else the one style they share (None when none stores one). Inputs of different
+    styles are an error unless a style is named: keeping one silently would train rows prepared for
+    another template in the wrong one."""
+    if style is not None:
+        return {**get_style(style).to_dict(), "combined_from": {str(d): prepared_style(d) for d in dirs}}
+    found = {str(d): name for d in dirs if (name := prepared_style(d)) is not None}
+    if len(set(found.values())) > 1:
+        listed = ", ".join(f"{d} ({name})" for d, name in found.items())
+        raise OpenseasonError(f"the {what} have different prompt styles: {listed}",
+                              hint="name the style of the result with --style NAME (style= in Python), or combine "
+                                   "directories prepared with one style")
+    if not found:
+        return None
+    first = next(iter(found))
+    return read_json_object(Path(first) / STYLE_FILE)
+
+
 def prepare(source: str, paths, out, mode: Optional[str] = None, on_error: str = "fail",
-            style: Optional[str] = None, progress: bool = True, overwrite: bool = False, **options) -> dict:
+            style: Optional[str] = None, progress: bool = True, overwrite: bool = False, engine: str = "local",
+            workers: Optional[int] = None, address: Optional[str] = None, block_bytes: Optional[int] = None,
+            **options) -> dict:
     """Read `paths` with source module `source` and write a prepared directory at `out`.
 
     `mode` picks the source's flatten mode (its first MODES entry by default); `options` go to the
@@ -50,7 +73,12 @@ def prepare(source: str, paths, out, mode: Optional[str] = None, on_error: str =
     a directory that holds anything unless `overwrite`. Every output is written to a staging folder
     first; only when all are complete is the old report.json removed, the outputs moved in, and the
     new report.json written last. An I/O error (a full disk) leaves the old outputs as they were.
+
+    `engine="ray"` reads the files in byte ranges as `workers` parallel Ray tasks (on the cluster at
+    `address`; a local one when none runs), for the sources whose rows are independent; the
+    directory is the same (report.json adds the engine). An unfinished run resumes.
     """
+    engine = engine_for(engine, workers=workers, address=address, block_bytes=block_bytes)
     paths = [str(p) for p in paths]
     if not paths:
         raise OpenseasonError("no input files given", hint="openseason data prepare SOURCE FILE... --out DIR")
@@ -73,13 +101,24 @@ def prepare(source: str, paths, out, mode: Optional[str] = None, on_error: str =
         mode = module.MODES[0]
     if mode not in module.MODES:
         raise OpenseasonError(f"source {source!r} has no mode {mode!r}", hint=f"choose one of: {', '.join(module.MODES)}")
+    check_source_options(module, source, mode, options)
     if hub_ids is None:
         for p in paths:
             if not Path(p).exists():
                 raise DataError("file not found", where=p)
     style_name = get_style(style or module.DEFAULT_STYLE or "chatml").name
+    if engine == "ray":
+        if hub_ids is not None:
+            raise OpenseasonError("a Hub dataset is read by one process", where="--engine ray",
+                                  hint="download it with the local engine, then prepare its files with --engine ray")
+        from .distributed.prepare import ray_prepare
+
+        try:
+            return ray_prepare(module, source, mode, paths, out, on_error, style_name, progress, overwrite, options,
+                               workers=workers, address=address, block_bytes=block_bytes)
+        except OSError as exc:
+            raise io_error(exc, out) from None
     try:
-        out.mkdir(parents=True, exist_ok=True)
         with lock_directory(out):
             refuse_non_empty(out, overwrite, ignore=(HUB_CACHE,))
             if hub_ids is not None:
@@ -91,40 +130,91 @@ def prepare(source: str, paths, out, mode: Optional[str] = None, on_error: str =
         raise io_error(exc, out) from None
 
 
+# the CLI flag of each source option (the keyword of `prepare`), for errors that name what the user typed
+OPTION_FLAGS = {"langs": "--lang", "top_k": "--top-k", "val_fraction": "--val-fraction", "categories": "--category",
+                "strip_citation_marks": "--strip-citations", "columns": "--columns", "meta_columns": "--meta-column",
+                "github_filters": "--github-filters", "max_line_length": "--max-line-length",
+                "mean_line_length": "--mean-line-length", "min_alnum_fraction": "--min-alnum-fraction",
+                "as_source": "--as", "split": "--split"}
+
+
+def source_options(module) -> set[str]:
+    """The options a source reads: its OPTIONS, else the keyword parameters of its `read`."""
+    declared = getattr(module, "OPTIONS", None)
+    if declared is not None:
+        return set(declared)
+    params = inspect.signature(module.read).parameters.values()
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"paths", "ctx", "mode"}
+
+
+def check_source_options(module, source: str, mode: str, options: dict) -> None:
+    """An option the source (or its mode) does not read is an error: `--lang` on Dolly, which has no
+    languages, or `--top-k` outside oasst1's `--mode top-k`, would otherwise be silently ignored."""
+    accepted = source_options(module)
+    for key, value in options.items():
+        if value is None:
+            continue
+        flag = OPTION_FLAGS.get(key, key)
+        if key in ("as_source", "split"):
+            raise OpenseasonError(f"{flag} applies only to the hub source (PATH is a Hugging Face dataset id)")
+        if key not in accepted:
+            takes = ", ".join(sorted(OPTION_FLAGS.get(k, k) for k in accepted)) or "no options"
+            raise OpenseasonError(f"{flag} does not apply to the {source} source", hint=f"{source} takes: {takes}")
+        modes = getattr(module, "MODE_OPTIONS", {}).get(key)
+        if modes and mode not in modes:
+            raise OpenseasonError(f"{flag} applies only to --mode {' / '.join(modes)}, not --mode {mode}",
+                                  hint=f"add --mode {modes[0]}, or drop {flag}")
+
+
+def write_records(records, directory: Path, ctx: Context, progress: bool = False, label: str = "") -> dict:
+    """Validate `records` ((where, record) pairs) and write them to the kinds' files in `directory`
+    (rejecting invalid ones in `ctx`); returns the rows written per kind."""
+    written = {kind: 0 for kind in KINDS}
+    with ExitStack() as stack:
+        handles = {kind: stack.enter_context(open(directory / name, "w", encoding="utf-8"))
+                   for kind, name in KINDS.items()}
+        for where_, record in _progress(records, progress, label):
+            try:
+                record.validate(where_)
+            except DataError as exc:
+                ctx.reject(where_, f"invalid_{record.kind}", str(exc).split(": ", 1)[-1])
+                continue
+            handles[record.kind].write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+            written[record.kind] += 1
+        for handle in handles.values():
+            handle.flush()
+            os.fsync(handle.fileno())
+    return written
+
+
+def finish_prepared(stage: Path, out: Path, module, source, mode, paths, style_name, ctx: Context, written: dict,
+                    options: dict, on_error: str, started: float, extra: Optional[dict] = None) -> dict:
+    """With every kind's file and rejects.jsonl in `stage`: write the style and report.json, drop the
+    kinds' files that stayed empty, and publish the directory. Returns the report."""
+    produced = [k for k in KINDS if written[k]] or [_primary_kind(module, mode)]
+    write_style(stage, style_name)
+    report = {"source": source, "mode": mode, "inputs": paths, "style": style_name, "read": ctx.read,
+              "written": sum(written.values()), "written_by_kind": {k: written[k] for k in produced},
+              **{k: v for k, v in ctx.report().items() if k != "read"},
+              "options": {k: v for k, v in options.items() if v not in (None, False, (), [])},
+              "on_error": on_error, **(extra or {}), "seconds": round(time.time() - started, 3)}
+    write_json_atomic(stage / REPORT, report)
+    for kind, name in KINDS.items():
+        if kind not in produced:
+            (stage / name).unlink()
+    publish_prepared(stage, out)
+    return report
+
+
 def _write_prepared(module, source, mode, paths, out: Path, on_error, style_name, progress, options) -> dict:
     ctx = Context(on_error)
     started = time.time()
-    written = {kind: 0 for kind in KINDS}
     with output_staging(out) as stage:
-        with ExitStack() as stack:
-            handles = {kind: stack.enter_context(open(stage / name, "w", encoding="utf-8"))
-                       for kind, name in KINDS.items()}
-            records = module.read(paths, ctx, mode=mode, **options)
-            for where_, record in _progress(records, progress, f"prepare {source}"):
-                try:
-                    record.validate(where_)
-                except DataError as exc:
-                    ctx.reject(where_, f"invalid_{record.kind}", str(exc).split(": ", 1)[-1])
-                    continue
-                handles[record.kind].write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
-                written[record.kind] += 1
-            for handle in handles.values():
-                handle.flush()
-                os.fsync(handle.fileno())
-        produced = [k for k in KINDS if written[k]] or [_primary_kind(module, mode)]
+        written = write_records(module.read(paths, ctx, mode=mode, **options), stage, ctx, progress,
+                                f"prepare {source}")
         write_jsonl_atomic(stage / REJECTS, ctx.rejects)
-        write_style(stage, style_name)
-        report = {"source": source, "mode": mode, "inputs": paths, "style": style_name, "read": ctx.read,
-                  "written": sum(written.values()), "written_by_kind": {k: written[k] for k in produced},
-                  **{k: v for k, v in ctx.report().items() if k != "read"},
-                  "options": {k: v for k, v in options.items() if v not in (None, False, (), [])},
-                  "on_error": on_error, "seconds": round(time.time() - started, 3)}
-        write_json_atomic(stage / REPORT, report)
-        for kind, name in KINDS.items():
-            if kind not in produced:
-                (stage / name).unlink()
-        publish_prepared(stage, out)
-    return report
+        return finish_prepared(stage, out, module, source, mode, paths, style_name, ctx, written, options,
+                               on_error, started)
 
 
 @contextlib.contextmanager
@@ -135,7 +225,6 @@ def writing_prepared(out, overwrite: bool = False, ignore: tuple[str, ...] = ())
     error and leaves the old outputs as they were."""
     out = Path(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
         with lock_directory(out):
             refuse_non_empty(out, overwrite, ignore=ignore)
             with output_staging(out) as stage:

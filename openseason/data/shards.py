@@ -62,6 +62,8 @@ class PretrainLoader:
     """Fixed-length samples in a fixed order; `batch(step)` is a pure function of the step."""
 
     def __init__(self, directory: str | Path, seq_len: int, global_batch: int, rank: int = 0, world_size: int = 1):
+        if seq_len < 1 or global_batch < 1:
+            raise DataError(f"--seq-len and the batch size must be >= 1, not {seq_len} and {global_batch}")
         self.stream = TokenStream(directory)
         if global_batch % world_size:
             raise DataError(f"global batch {global_batch} is not divisible by {world_size} processes")
@@ -101,6 +103,8 @@ class PretrainLoader:
 def describe_step(directory: str | Path, step: int, seq_len: int, global_batch: int, tokenizer=None,
                   max_chars: int = 200) -> list[dict]:
     """What step `step` trained on: sample indices, token ids and (with a tokenizer) text."""
+    if step < 0:
+        raise DataError(f"--step must be >= 0, not {step}")
     loader = PretrainLoader(directory, seq_len, global_batch)
     rows = []
     for index in loader.sample_indices(step):

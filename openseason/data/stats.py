@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import DataError
-from ..fileio import iter_jsonl, write_json_atomic
+from ..fileio import atomic_open, iter_jsonl, write_json_atomic
 from ..prompts import get_style
 from .records import KINDS, record_text
 from .sft import prepared_style, style_messages
@@ -79,8 +79,6 @@ def _histogram(lengths: np.ndarray, png: Path, title: str, unit: str, bins: int)
         ax.axvline(np.percentile(lengths, q), color="k", linestyle=style, linewidth=1, label=f"p{q}")
     ax.legend()
     fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_open(png, "wb") as handle:
+        fig.savefig(handle, dpi=100, format="png")
     plt.close(fig)
-    tmp.replace(png)

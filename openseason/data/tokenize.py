@@ -27,6 +27,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from ..errors import DataError
+from .engine import engine_for
 from ..fileio import (atomic_open, foreign_entries, fsync_dir, io_error, iter_jsonl, lock_directory, read_json_object,
                       write_json_atomic)
 
@@ -48,11 +49,17 @@ class DocRef:
     line: int
 
 
-def _read_documents(path: Path) -> Iterable[tuple[int, str]]:
+def jsonl_source(path: Path) -> bool:
+    """A source read line by line (JSON Lines, maybe gzipped); any other file is one document."""
+    return path.suffix in (".jsonl", ".gz") or path.name.endswith(".jsonl.gz")
+
+
+def read_documents(path: Path, span=None) -> Iterable[tuple[int, str]]:
     """(line, text) of every document in a source: RedPajama-style / our documents.jsonl ({"text"}),
-    prepared conversations ({"messages"}: the turns joined as plain text), or a plain text file."""
-    if path.suffix in (".jsonl", ".gz") or path.name.endswith(".jsonl.gz"):
-        for lineno, row in iter_jsonl(path):
+    prepared conversations ({"messages"}: the turns joined as plain text), or a plain text file.
+    `span`: only one byte range of a JSON Lines file (see `fileio.open_text`)."""
+    if jsonl_source(path):
+        for lineno, row in iter_jsonl(path, span=span):
             if isinstance(row, dict) and isinstance(row.get("text"), str):
                 yield lineno, row["text"]
             elif isinstance(row, dict) and isinstance(row.get("messages"), list):
@@ -102,16 +109,32 @@ def _encode_unit(args) -> tuple[np.ndarray, np.ndarray]:
 
 
 def tokenize_documents(inputs: Iterable[str | Path], tokenizer_path: str | Path, out_dir: str | Path, *,
-                       docs_per_shard: int = 10_000, workers: int = 1, shuffle_seed: Optional[int] = None,
-                       progress: bool = True, overwrite: bool = False) -> dict:
+                       docs_per_shard: int = 10_000, workers: Optional[int] = None, shuffle_seed: Optional[int] = None,
+                       progress: bool = True, overwrite: bool = False, engine: str = "local",
+                       address: Optional[str] = None, block_bytes: Optional[int] = None) -> dict:
     """Tokenize documents into OUT/shard-*.bin + manifest.json; resumable, deterministic. Returns the manifest.
 
     The writer holds OUT's lock for the whole run (a second writer gets an error naming the holder's
     PID). OUT must be empty or hold only this command's own (partial) output, which is resumed; a
-    directory holding anything else is refused unless `overwrite`, which deletes it all first."""
+    directory holding anything else is refused unless `overwrite`, which deletes it all first.
+    `workers`: tokenizer processes (local engine, default 1) or parallel Ray tasks (`engine="ray"`, on
+    the cluster at `address`, over input byte ranges of `block_bytes`): the same bytes either way."""
+    if docs_per_shard < 1:
+        raise DataError(f"--docs-per-shard must be >= 1, not {docs_per_shard}")
+    if workers is not None and workers < 1:
+        raise DataError(f"--workers must be >= 1, not {workers}")
+    if not Path(tokenizer_path).exists():
+        raise DataError("tokenizer not found", where=str(tokenizer_path),
+                        hint="pass a checkpoint directory holding tokenizer.json, or the tokenizer.json file")
+    if engine_for(engine, workers=workers, address=address, block_bytes=block_bytes, local_workers=True) == "ray":
+        from .distributed.tokenize import ray_tokenize
+
+        return ray_tokenize(inputs, tokenizer_path, out_dir, docs_per_shard=docs_per_shard, workers=workers,
+                            shuffle_seed=shuffle_seed, progress=progress, overwrite=overwrite, address=address,
+                            block_bytes=block_bytes)
+    workers = workers or 1
     out = Path(out_dir)
     try:
-        out.mkdir(parents=True, exist_ok=True)
         with lock_directory(out):
             _claim_token_dir(out, overwrite)
             return _tokenize(inputs, tokenizer_path, out, docs_per_shard, workers, shuffle_seed, progress)
@@ -119,7 +142,8 @@ def tokenize_documents(inputs: Iterable[str | Path], tokenizer_path: str | Path,
         raise io_error(exc, out) from None
 
 
-def _tokenize(inputs, tokenizer_path, out: Path, docs_per_shard, workers, shuffle_seed, progress) -> dict:
+def load_tokenizer(tokenizer_path) -> tuple:
+    """(tokenizer, its tokenizer.json path, the token dtype): what every engine encodes with."""
     from ..tokenizer import Tokenizer
 
     tok_dir = Path(tokenizer_path)
@@ -128,26 +152,39 @@ def _tokenize(inputs, tokenizer_path, out: Path, docs_per_shard, workers, shuffl
     if tokenizer.eos_id is None:
         raise DataError("the tokenizer has no EOS token to separate documents", where=str(tokenizer_path))
     tokenizer_file = str(tok_dir / "tokenizer.json" if tok_dir.is_dir() else tok_dir)
-    dtype = np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32
+    return tokenizer, tokenizer_file, np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32
 
+
+def resume_settings(tokenizer_file, docs_per_shard, shuffle_seed, sources, sources_sha256) -> dict:
+    """What a resumed run must share with the partial output (any engine's: the shards are the same)."""
+    return {"tokenizer_sha256": sha256_file(tokenizer_file), "docs_per_shard": docs_per_shard,
+            "shuffle_seed": shuffle_seed, "sources": [str(p) for p in sources], "sources_sha256": sources_sha256}
+
+
+def unit_documents(n_docs: int, docs_per_shard: int, shuffle_seed: Optional[int]) -> list[np.ndarray]:
+    """The document indices of every shard: decided before tokenizing anything, so the stream does not
+    depend on workers or restarts (shuffled with `shuffle_seed` first, the Pythia way)."""
+    order = np.arange(n_docs)
+    if shuffle_seed is not None:
+        order = np.random.default_rng(shuffle_seed).permutation(n_docs)
+    return [order[i:i + docs_per_shard] for i in range(0, n_docs, docs_per_shard)]
+
+
+def _tokenize(inputs, tokenizer_path, out: Path, docs_per_shard, workers, shuffle_seed, progress) -> dict:
+    tokenizer, tokenizer_file, dtype = load_tokenizer(tokenizer_path)
     sources = expand_sources(inputs)
-    # Decide the document order before tokenizing anything: it must not depend on workers or restarts.
     texts_by_ref: dict[DocRef, str] = {}
     refs: list[DocRef] = []
     for s, path in enumerate(sources):
-        for line, text in _read_documents(path):
+        for line, text in read_documents(path):
             ref = DocRef(s, line)
             refs.append(ref)
             texts_by_ref[ref] = text
     if not refs:
         raise DataError("no documents in the inputs", where=", ".join(map(str, sources)))
-    order = np.arange(len(refs))
-    if shuffle_seed is not None:
-        order = np.random.default_rng(shuffle_seed).permutation(len(refs))
-    units = [order[i:i + docs_per_shard] for i in range(0, len(refs), docs_per_shard)]
-    settings = {"tokenizer_sha256": sha256_file(tokenizer_file), "docs_per_shard": docs_per_shard,
-                "shuffle_seed": shuffle_seed, "sources": [str(p) for p in sources],
-                "sources_sha256": [sha256_file(p) for p in sources]}
+    units = unit_documents(len(refs), docs_per_shard, shuffle_seed)
+    settings = resume_settings(tokenizer_file, docs_per_shard, shuffle_seed, sources,
+                               [sha256_file(p) for p in sources])
     _check_resume_settings(out, settings)
 
     todo = [u for u in range(len(units)) if not _shard_done(out, u)]
@@ -160,28 +197,34 @@ def _tokenize(inputs, tokenizer_path, out: Path, docs_per_shard, workers, shuffl
 
             with mp.get_context("spawn").Pool(workers) as pool:
                 for u, (tokens, offsets) in zip(todo, pool.imap(_encode_unit, jobs)):
-                    _write_shard(out, u, tokens, offsets, units[u], refs)
+                    _write_shard(out, u, tokens, offsets, refs[int(units[u][0])])
                     bar and bar.advance(0)
         else:
             for u, job in zip(todo, jobs):
-                _write_shard(out, u, *_encode_unit(job), units[u], refs)
+                _write_shard(out, u, *_encode_unit(job), refs[int(units[u][0])])
                 bar and bar.advance(0)
     finally:
         if bar:
             bar.stop()
+    per_source = np.bincount([r.source for r in refs], minlength=len(sources)).tolist()
+    return write_manifest(out, tokenizer, tokenizer_path, dtype, settings, per_source, len(units))
 
+
+def write_manifest(out: Path, tokenizer, tokenizer_path, dtype, settings: dict, per_source: list[int],
+                   n_units: int) -> dict:
+    """manifest.json (written last) from the shards' markers; `per_source`: documents per source."""
     shards = []
-    for u in range(len(units)):
+    for u in range(n_units):
         meta = json.loads((out / f"shard-{u:05d}.json").read_text())
         shards.append(meta)
     manifest = {"format": "openseason-tokens-v1", "dtype": np.dtype(dtype).name, "eos_id": tokenizer.eos_id,
                 "bos_id": tokenizer.bos_id, "vocab_size": tokenizer.vocab_size,
                 "tokenizer": {"path": str(tokenizer_path), "sha256": settings["tokenizer_sha256"]},
-                "sources": [{"path": str(p), "sha256": h, "documents": sum(1 for r in refs if r.source == i)}
-                            for i, (p, h) in enumerate(zip(sources, settings["sources_sha256"]))],
-                "shuffle_seed": shuffle_seed, "docs_per_shard": docs_per_shard,
+                "sources": [{"path": p, "sha256": h, "documents": n}
+                            for p, h, n in zip(settings["sources"], settings["sources_sha256"], per_source)],
+                "shuffle_seed": settings["shuffle_seed"], "docs_per_shard": settings["docs_per_shard"],
                 "shards": [{k: m[k] for k in ("file", "tokens", "documents", "sha256")} for m in shards],
-                "total_tokens": sum(m["tokens"] for m in shards), "documents": len(refs)}
+                "total_tokens": sum(m["tokens"] for m in shards), "documents": sum(per_source)}
     write_json_atomic(out / MANIFEST, manifest)
     return manifest
 
@@ -203,7 +246,7 @@ def _shard_done(out: Path, unit: int) -> bool:
     return (out / f"shard-{unit:05d}.json").exists()
 
 
-def _write_shard(out: Path, unit: int, tokens: np.ndarray, offsets: np.ndarray, doc_indices, refs) -> None:
+def _write_shard(out: Path, unit: int, tokens: np.ndarray, offsets: np.ndarray, first: DocRef) -> None:
     name = f"shard-{unit:05d}"
     with atomic_open(out / f"{name}.bin", "wb") as handle:
         handle.write(tokens.astype(tokens.dtype.newbyteorder("<"), copy=False).tobytes())
@@ -213,12 +256,13 @@ def _write_shard(out: Path, unit: int, tokens: np.ndarray, offsets: np.ndarray, 
     write_json_atomic(out / f"{name}.json", {
         "file": f"{name}.bin", "tokens": int(tokens.size), "documents": int(offsets.size),
         "sha256": sha256_file(out / f"{name}.bin"),
-        "first_document": {"source": refs[int(doc_indices[0])].source, "line": refs[int(doc_indices[0])].line}})
+        "first_document": {"source": first.source, "line": first.line}})
 
 
 SETTINGS = ".tokenize-settings.json"
 # what this command writes (and atomic_open's temporary files of it, left by a kill -9)
-_OWN = re.compile(r"^(shard-\d{5}\.(bin|idx\.npy|json)|manifest\.json|\.tokenize-settings\.json)$")
+# (and the pieces of an unfinished `--engine ray` run)
+_OWN = re.compile(r"^(shard-\d{5}\.(bin|idx\.npy|json)|manifest\.json|\.tokenize-settings\.json|\.ray-work)$")
 _OWN_TMP = re.compile(r"^\.(shard-\d{5}\.(bin|idx\.npy|json)|manifest\.json|\.tokenize-settings\.json)\..+\.tmp$")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import OpenseasonError
+from ..generation.commands import positive
 
 
 def register(subparsers) -> None:
@@ -16,8 +16,8 @@ def register(subparsers) -> None:
     p.add_argument("checkpoint", help="a reward-model checkpoint (`finetune --objective reward`)")
     p.add_argument("--data", required=True, help="a prepared preferences directory or preferences .jsonl")
     p.add_argument("--style", help="prompt style (default: the checkpoint's)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--limit", type=int, help="only the first N pairs")
+    p.add_argument("--batch-size", type=positive, default=16)
+    p.add_argument("--limit", type=positive, help="only the first N pairs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_reward)
@@ -25,9 +25,9 @@ def register(subparsers) -> None:
     p = sub.add_parser("perplexity", help="token-level perplexity with a sliding window")
     p.add_argument("checkpoint")
     p.add_argument("--data", required=True, help="documents/conversations .jsonl, a text file, or a prepared dir")
-    p.add_argument("--window", type=int, help="tokens per window (default: the context length)")
-    p.add_argument("--stride", type=int, help="start a window every STRIDE tokens (default: window)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--window", type=positive, help="tokens per window (default: the context length)")
+    p.add_argument("--stride", type=positive, help="start a window every STRIDE tokens (default: window)")
+    p.add_argument("--batch-size", type=positive, default=8)
     p.add_argument("--style", help="prompt style for conversations (default: stored with the data/checkpoint)")
     p.add_argument("--device")
     p.add_argument("--out", help="write report.json/report.md here and attach results to the run card")
@@ -36,10 +36,16 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("memorization", help="Pythia-style memorization scores of training sequences")
     p.add_argument("checkpoint")
-    p.add_argument("--data", required=True, help="documents .jsonl / prepared dir / text file")
-    p.add_argument("--prompt-len", type=int, default=32)
-    p.add_argument("--gen-len", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--data", required=True,
+                   help="a token directory (`data tokenize` output: each training sequence's first tokens, as "
+                        "Pythia scored) or documents (.jsonl / prepared dir / text file: each document's first tokens)")
+    p.add_argument("--prompt-len", type=positive, default=32, help="tokens of each sequence given as the prompt (32)")
+    p.add_argument("--gen-len", type=positive, default=32, help="tokens decoded greedily and compared (32)")
+    p.add_argument("--seq-len", type=positive, default=None,
+                   help="token directory only: the training sequence length that cut the stream (default: the "
+                        "run card's recipe.seq_len, else the context window)")
+    p.add_argument("--limit", type=positive, default=None, help="only the first N sequences / documents")
+    p.add_argument("--batch-size", type=positive, default=64)
     p.add_argument("--device")
     p.add_argument("--out", required=True)
     p.add_argument("--json", action="store_true")
@@ -53,24 +59,27 @@ def register(subparsers) -> None:
     p.add_argument("--judge-model", default=None, help="model name to ask the endpoint for")
     p.add_argument("--judge-mode", choices=["chat", "completions"], default="chat",
                    help="endpoint API for a URL judge (default chat)")
-    p.add_argument("--limit", type=int)
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--limit", type=positive)
+    p.add_argument("--max-new-tokens", type=positive, default=256)
     p.add_argument("--out", required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_judge)
 
     p = sub.add_parser("tasks", help="exact match, ROUGE-L and BLEU of generated answers against references")
     p.add_argument("checkpoint")
-    p.add_argument("--data", required=True, help=".jsonl with instruction/input/output (or prompt/reference)")
-    p.add_argument("--limit", type=int)
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--data", required=True, help=".jsonl with instruction/input/output, prompt/reference or messages "
+                                                 "rows, or a prepared directory (its conversations.jsonl)")
+    p.add_argument("--limit", type=positive)
+    p.add_argument("--max-new-tokens", type=positive, default=128)
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--label-prefix", help="distilled checkpoints: ask with this prefix and report label accuracy "
                                           "on {input, label} rows (default for a checkpoint trained with "
                                           "--objective distill: its own label prefix, e.g. 'predict: ')")
     p.add_argument("--explain", action="store_true",
                    help="distilled checkpoints: also generate each item's rationale with the rationale prefix "
                         "(shown only; the label never depends on it)")
-    p.add_argument("--out")
+    p.add_argument("--out", help="write report.json/report.md and predictions.jsonl (id, prompt, reference, output, "
+                                 "score per item) here")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_tasks)
 
@@ -93,7 +102,7 @@ def register(subparsers) -> None:
     p.add_argument("--include-path", help="directory of local task YAML files")
     p.add_argument("--num-fewshot", type=int)
     p.add_argument("--limit", type=float)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive, default=8)
     p.add_argument("--device")
     p.add_argument("--out")
     p.add_argument("--json", action="store_true")
@@ -129,28 +138,29 @@ def _perplexity(args) -> int:
 
 
 def _memorization(args) -> int:
-    from .memorization import memorization_scores, plot_histogram, sequences_from_texts
-    from .perplexity import read_eval_data
+    import sys
+
+    from .memorization import memorization, plot_histogram
     from .report import write_report
     from ..fileio import write_jsonl_atomic
 
     llm = _load(args.checkpoint, args.device)
-    kind, rows = read_eval_data(args.data)
-    if kind != "documents":
-        raise OpenseasonError("memorization reads documents (rows with \"text\")", where=str(args.data))
-    sequences, kept, skipped = sequences_from_texts(rows, llm.tokenizer, args.prompt_len + args.gen_len)
-    result = memorization_scores(llm.model, sequences, prompt_len=args.prompt_len, gen_len=args.gen_len,
-                                 batch_size=args.batch_size, progress=True)
+    run = memorization(llm, args.data, prompt_len=args.prompt_len, gen_len=args.gen_len, batch_size=args.batch_size,
+                       seq_len=args.seq_len, limit=args.limit, progress=True)
+    result, sequences, origins, summary = run["result"], run["sequences"], run["origins"], run["summary"]
+    if summary.get("tokenizer_matches") is False:
+        print(f"openseason: warning: {args.data} was tokenized with another tokenizer file than the checkpoint's; "
+              "the scores mean something only if both map text to the same ids", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plot = plot_histogram(result.scores, out / "memorization_hist.png")
+    decode = llm.tokenizer.decode
     write_jsonl_atomic(out / "memorized.jsonl", (
-        {"document": kept[i], "prompt": llm.tokenizer.decode(sequences[i, :args.prompt_len].tolist()),
-         "continuation": llm.tokenizer.decode(sequences[i, args.prompt_len:].tolist())}
+        {**origins[i], "prompt": decode(sequences[i, :args.prompt_len].tolist()),
+         "continuation": decode(sequences[i, args.prompt_len:].tolist())}
         for i in result.memorized.tolist()))
-    write_jsonl_atomic(out / "scores.jsonl", ({"document": kept[i], "score": float(s)}
+    write_jsonl_atomic(out / "scores.jsonl", ({**origins[i], "score": float(s)}
                                               for i, s in enumerate(result.scores.tolist())))
-    summary = {**result.summary(), "skipped_short_documents": skipped}
     write_report(out, "memorization", summary, plots=(str(plot),), checkpoint=args.checkpoint)
     _print(summary, args.json)
     return 0
@@ -191,9 +201,13 @@ def _judge(args) -> int:
     judge = _judge_backend(args.judge, args.judge_model, args.max_new_tokens, args.judge_mode)
     result = compare(judge, questions, answers_a, answers_b, name_a=Path(args.a).name, name_b=Path(args.b).name)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # every pair with both answers, both orders (the judge's reply, scores and verdict in each) and the
+    # combined outcome; written before the report, so a report always has its judgements
     write_jsonl_atomic(out / "judgements.jsonl", result["judgements"])
     a_is_checkpoint = Path(args.a).is_dir()
-    write_report(out, "judge", result["summary"], checkpoint=args.a if a_is_checkpoint else None)
+    write_report(out, "judge", {**result["summary"], "judgements": str(out / "judgements.jsonl")},
+                 checkpoint=args.a if a_is_checkpoint else None)
     _print(result["summary"], args.json)
     return 0
 
@@ -204,9 +218,14 @@ def _distilled_tasks(args) -> int:
 
     max_new = args.max_new_tokens if args.max_new_tokens != 128 else 16  # labels are short
     result = evaluate_distilled(args.checkpoint, args.data, label_prefix=args.label_prefix, explain=args.explain,
-                                limit=args.limit, max_new_tokens=max_new)
+                                limit=args.limit, max_new_tokens=max_new, device=args.device)
     if args.out:
         summary = {k: v for k, v in result.items() if k != "items"}
+        _write_predictions(args.out, ({"id": it["id"], "prompt": result["label_prefix"] + it["input"],
+                                       "reference": it["label"], "output": it["answer"],
+                                       "score": {"correct": it["correct"]},
+                                       **({"rationale": it["rationale"]} if "rationale" in it else {})}
+                                      for it in result["items"]))
         write_report(args.out, "tasks", summary, details={"items": result["items"]}, checkpoint=args.checkpoint)
     if not args.json and args.explain:
         for item in result["items"][:10]:
@@ -217,29 +236,30 @@ def _distilled_tasks(args) -> int:
     return 0
 
 
+def _write_predictions(out, rows) -> Path:
+    """OUT/predictions.jsonl (atomic), written before report.json so a report always has its items."""
+    from ..fileio import write_jsonl_atomic
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(out / "predictions.jsonl", rows)
+    return out / "predictions.jsonl"
+
+
 def _tasks(args) -> int:
     from ..checkpoint import read_run_card
-    from .metrics import task_metrics
-    from .judge import load_instructions
     from .report import write_report
-    from ..fileio import iter_jsonl
+    from .tasks import load_task_items, run_tasks
 
     if args.label_prefix is not None or args.explain or read_run_card(args.checkpoint).get("objective") == "distill":
         return _distilled_tasks(args)
-    questions = load_instructions(args.data)[: args.limit]
-    references = []
-    for _lineno, row in iter_jsonl(args.data):
-        ref = row.get("output") or row.get("reference")
-        if ref is None and row.get("instances"):
-            ref = row["instances"][0].get("output")
-        references.append(ref or "")
-    references = references[: len(questions)]
-    llm = _load(args.checkpoint)
-    predictions = [_chat(llm, q["prompt"], args.max_new_tokens) for q in questions]
-    result = task_metrics(predictions, references)
+    items = load_task_items(args.data)[: args.limit]
+    result = run_tasks(_load(args.checkpoint, args.device), items, max_new_tokens=args.max_new_tokens)
+    summary = {**result["summary"], "data": str(args.data)}
     if args.out:
-        write_report(args.out, "tasks", result, checkpoint=args.checkpoint)
-    _print(result, args.json)
+        predictions = _write_predictions(args.out, result["items"])
+        write_report(args.out, "tasks", {**summary, "predictions": str(predictions)}, checkpoint=args.checkpoint)
+    _print(summary, args.json)
     return 0
 
 

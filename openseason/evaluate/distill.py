@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import DataError, where
-from ..fileio import iter_jsonl
+from ..fileio import FIX_LINE_HINT, iter_jsonl
 
 
 def load_labelled(path: str | Path) -> list[dict]:
@@ -22,7 +22,7 @@ def load_labelled(path: str | Path) -> list[dict]:
     path = Path(path)
     file = path / "rationales.jsonl" if path.is_dir() else path
     rows = []
-    for lineno, row in iter_jsonl(file):
+    for lineno, row in iter_jsonl(file, fail_hint=FIX_LINE_HINT):
         if not isinstance(row, dict) or not isinstance(row.get("input"), str) or row.get("label") is None:
             raise DataError('a row needs an "input" string and a "label"', where=where(file, lineno))
         rows.append({"id": str(row.get("id", lineno)), "input": row["input"], "label": str(row["label"]),

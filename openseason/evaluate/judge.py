@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ..errors import DataError
-from ..fileio import iter_jsonl
+from ..fileio import FIX_LINE_HINT, iter_jsonl
 
 TEMPLATE_PATH = Path(__file__).with_name("templates") / "judge_pairwise.txt"
 _SCORE_LINE = re.compile(r"^\s*\**\s*(\d+(?:\.\d+)?)\s*(?:/\s*10)?\s*[,; ]\s*(\d+(?:\.\d+)?)\s*(?:/\s*10)?\s*\**\s*$")
@@ -47,7 +47,10 @@ class PairJudgement:
     score_a: Optional[float]          # mean over the two orders
     score_b: Optional[float]
     outcome: str                      # "win" | "tie" | "loss" for model A, or "unparsed"
-    orders: list = field(default_factory=list)   # the two raw judgements with their parsed scores
+    orders: list = field(default_factory=list)   # each order: a_first, the judge's reply, its parsed
+                                                 # scores (as given), score_a, score_b and its verdict for A
+    answer_a: str = ""
+    answer_b: str = ""
 
 
 def _outcome(a: float, b: float) -> str:
@@ -64,22 +67,25 @@ def judge_pair(judge: Callable[[str], str], question: str, answer_a: str, answer
         prompt = template.format(question=question, answer_1=first, answer_2=second)
         reply = judge(prompt)
         parsed = parse_scores(reply)
-        orders.append({"a_first": first_is_a, "reply": reply, "scores": parsed})
+        order = {"a_first": first_is_a, "reply": reply, "scores": parsed, "score_a": None, "score_b": None,
+                 "verdict": "unparsed"}
+        orders.append(order)
         if parsed is None:
             continue
         sa, sb = parsed if first_is_a else (parsed[1], parsed[0])
+        order.update(score_a=sa, score_b=sb, verdict=_outcome(sa, sb))
         scores_a.append(sa)
         scores_b.append(sb)
         outcomes.append(_outcome(sa, sb))
     if len(outcomes) < 2:
-        return PairJudgement(item_id, question, None, None, "unparsed", orders)
+        return PairJudgement(item_id, question, None, None, "unparsed", orders, answer_a, answer_b)
     if outcomes[0] == outcomes[1]:
         outcome = outcomes[0]
     elif "tie" in outcomes:  # a win (or loss) in one order and a tie in the other leans that way
         outcome = next(o for o in outcomes if o != "tie")
     else:                    # a win in one order and a loss in the other: position decided it
         outcome = "tie"
-    return PairJudgement(item_id, question, sum(scores_a) / 2, sum(scores_b) / 2, outcome, orders)
+    return PairJudgement(item_id, question, sum(scores_a) / 2, sum(scores_b) / 2, outcome, orders, answer_a, answer_b)
 
 
 def summarize(judgements: Sequence[PairJudgement], name_a: str = "A", name_b: str = "B") -> dict:
@@ -111,7 +117,7 @@ def load_instructions(path: str | Path) -> list[dict]:
     """Instruction sets as {"id", "prompt"}: Self-Instruct's user-oriented format (instruction +
     instances[0].input), Alpaca-style (instruction/input) rows, or {"id", "prompt"} rows."""
     items = []
-    for lineno, row in iter_jsonl(path):
+    for lineno, row in iter_jsonl(path, fail_hint=FIX_LINE_HINT):
         if not isinstance(row, dict):
             raise DataError("expected a JSON object", where=f"{path}:{lineno}")
         item_id = str(row.get("id", lineno))
@@ -131,7 +137,7 @@ def load_instructions(path: str | Path) -> list[dict]:
 def load_answers(path: str | Path) -> dict:
     """Answers as {"id": ..., "output" | "answer" | "response": ...} JSONL rows -> {id: text}."""
     answers = {}
-    for lineno, row in iter_jsonl(path):
+    for lineno, row in iter_jsonl(path, fail_hint=FIX_LINE_HINT):
         text = next((row[k] for k in ("output", "answer", "response") if isinstance(row, dict) and k in row), None)
         if text is None or "id" not in row:
             raise DataError('answer rows need "id" and one of "output"/"answer"/"response"', where=f"{path}:{lineno}")

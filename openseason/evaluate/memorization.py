@@ -3,13 +3,20 @@
 For each training sequence the first `prompt_len` (32) tokens are the prompt; the model decodes
 `gen_len` (32) tokens greedily, conditioned on its own outputs; the score is the fraction of the
 generated positions equal to the true continuation, and a sequence is memorized iff all of them match.
+
+The sequences come from either
+- a token directory (`data tokenize`), read exactly as pretraining cut it: training sequence j is
+  tokens [j * seq_len, j * seq_len + seq_len + 1) of the stream (data/shards.py), so the prompt is
+  its first 32 tokens and the continuation the next 32, as Pythia scored its own training data; or
+- documents (texts): the first prompt_len + gen_len tokens of every document long enough.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
+import numpy as np
 import torch
 
 from ..errors import DataError
@@ -91,6 +98,34 @@ def sequences_from_texts(texts: Iterable[str], tokenizer, length: int = 64) -> t
     return torch.tensor(rows, dtype=torch.long), kept, skipped
 
 
+def is_token_dir(path: str | Path) -> bool:
+    from ..data.tokenize import MANIFEST
+
+    return Path(path).is_dir() and (Path(path) / MANIFEST).exists()
+
+
+def sequences_from_tokens(directory: str | Path, seq_len: int, length: int = 64, limit: Optional[int] = None
+                          ) -> tuple[torch.Tensor, list[int]]:
+    """The first `length` tokens of training sequences 0, 1, ... (at most `limit`) of a token directory
+    cut into sequences of seq_len + 1 tokens as pretraining cuts it; returns (sequences, their indices)."""
+    from ..data.shards import TokenStream
+
+    if seq_len < 1:
+        raise DataError(f"--seq-len must be >= 1, not {seq_len}")
+    if length > seq_len + 1:
+        raise DataError(f"prompt + continuation ({length} tokens) is longer than a training sequence "
+                        f"({seq_len} + 1 tokens)", hint="pass a smaller --prompt-len / --gen-len or a larger --seq-len")
+    stream = TokenStream(directory)
+    count = (len(stream) - 1) // seq_len  # whole training sequences, as PretrainLoader counts them
+    if count < 1:
+        raise DataError(f"the token stream ({len(stream)} tokens) is shorter than one training sequence of "
+                        f"{seq_len} + 1 tokens", where=str(directory), hint="pass a smaller --seq-len")
+    if limit is not None:
+        count = min(count, limit)
+    rows = np.stack([stream.read(j * seq_len, length) for j in range(count)])
+    return torch.from_numpy(rows), list(range(count))
+
+
 def plot_histogram(scores: torch.Tensor, path: str | Path, title: str = "Memorization scores") -> Path:
     import matplotlib
 
@@ -107,3 +142,63 @@ def plot_histogram(scores: torch.Tensor, path: str | Path, title: str = "Memoriz
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def _default_seq_len(llm) -> tuple[int, str]:
+    """The training sequence length a pretraining run recorded in its run card, else the context window."""
+    from ..checkpoint import read_run_card
+
+    recipe = read_run_card(llm.path).get("recipe") if llm.path is not None else None
+    if isinstance(recipe, dict) and isinstance(recipe.get("seq_len"), int):
+        return recipe["seq_len"], "the run card's recipe.seq_len"
+    return llm.config.block_size, "the context window (block_size)"
+
+
+def memorization(llm, data: str | Path, *, prompt_len: int = 32, gen_len: int = 32, batch_size: int = 64,
+                 seq_len: Optional[int] = None, limit: Optional[int] = None, progress: bool = False) -> dict:
+    """Memorization of a loaded model (openseason.LLM) on a token directory or documents.
+
+    Returns {"result": MemorizationResult, "origins": [where each sequence came from: {"sequence",
+    "offset"} for tokens, {"document"} for documents], "summary": result.summary() plus the source}."""
+    if prompt_len < 1 or gen_len < 1:
+        raise DataError(f"--prompt-len and --gen-len must be >= 1 (got {prompt_len}, {gen_len})")
+    length = prompt_len + gen_len
+    if is_token_dir(data):
+        source = "tokens"
+        seq_len, seq_len_from = (seq_len, "--seq-len") if seq_len is not None else _default_seq_len(llm)
+        sequences, indices = sequences_from_tokens(data, seq_len, length, limit)
+        origins = [{"sequence": j, "offset": j * seq_len} for j in indices]
+        extra = {"source": source, "seq_len": seq_len, "seq_len_from": seq_len_from,
+                 "tokenizer_matches": _same_tokenizer(llm, data)}
+        vocab = llm.model.config.padded_vocab_size
+        if int(sequences.max()) >= vocab:
+            raise DataError(f"token id {int(sequences.max())} is outside the model's vocabulary ({vocab})",
+                            where=str(data), hint="tokenize the data with this checkpoint's tokenizer")
+    else:
+        if seq_len is not None:
+            raise DataError("--seq-len applies to a token directory (`data tokenize` output), not to documents",
+                            where=str(data))
+        from .perplexity import read_eval_data
+
+        kind, rows = read_eval_data(data)
+        if kind != "documents":
+            raise DataError('memorization reads documents (rows with "text") or a token directory', where=str(data))
+        rows = rows[:limit] if limit is not None else rows
+        sequences, kept, skipped = sequences_from_texts(rows, llm.tokenizer, length)
+        origins = [{"document": i} for i in kept]
+        extra = {"source": "documents", "skipped_short_documents": skipped}
+    result = memorization_scores(llm.model, sequences, prompt_len=prompt_len, gen_len=gen_len,
+                                 batch_size=batch_size, progress=progress)
+    result.sources = origins
+    return {"result": result, "sequences": sequences, "origins": origins, "summary": {**result.summary(), **extra}}
+
+
+def _same_tokenizer(llm, directory) -> Optional[bool]:
+    """Whether the token directory was made with the checkpoint's tokenizer file (None: cannot tell)."""
+    from ..data.tokenize import read_manifest, sha256_file
+
+    wanted = (read_manifest(directory).get("tokenizer") or {}).get("sha256")
+    own = Path(llm.path) / "tokenizer.json" if llm.path is not None else None
+    if not wanted or own is None or not own.exists():
+        return None
+    return sha256_file(own) == wanted

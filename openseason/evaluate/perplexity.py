@@ -17,7 +17,7 @@ from typing import Iterable, Optional
 import torch
 
 from ..errors import DataError, OpenseasonError
-from ..fileio import iter_jsonl
+from ..fileio import FIX_LINE_HINT, iter_jsonl
 from .scoring import pad_right, score_targets
 
 
@@ -108,7 +108,7 @@ def read_eval_data(path: str | Path) -> tuple[str, list]:
     if path.suffix not in (".jsonl", ".gz"):
         return "documents", [path.read_text(encoding="utf-8")]
     docs, convs = [], []
-    for lineno, row in iter_jsonl(path):
+    for lineno, row in iter_jsonl(path, fail_hint=FIX_LINE_HINT):
         if isinstance(row, dict) and isinstance(row.get("messages"), list):
             convs.append(row["messages"])
         elif isinstance(row, dict) and isinstance(row.get("text"), str):

@@ -14,7 +14,7 @@ import torch
 
 @torch.no_grad()
 def evaluate_reward(checkpoint, data, *, style: Optional[str] = None, batch_size: int = 16, device="cpu",
-                    max_length: Optional[int] = None, limit: Optional[int] = None) -> dict:
+                    max_length: Optional[int] = None, limit: Optional[int] = None, per_pair: bool = False) -> dict:
     from ..checkpoint import read_run_card
     from ..data.preferences import PreferenceData, collate_pairs, load_preferences
     from ..data.sft import prepared_style
@@ -40,9 +40,12 @@ def evaluate_reward(checkpoint, data, *, style: Optional[str] = None, batch_size
         correct += int((c > r).sum())
         margins += (c - r).tolist()
     n = len(pairs)
-    return {"checkpoint": str(Path(checkpoint)), "pairs": n, "accuracy": correct / n if n else None,
-            "ci95": wilson(correct, n), "mean_margin": sum(margins) / n if n else None,
-            "tokenization": pairs.report, "prompt_style": style}
+    out = {"checkpoint": str(Path(checkpoint)), "pairs": n, "accuracy": correct / n if n else None,
+           "ci95": wilson(correct, n), "mean_margin": sum(margins) / n if n else None,
+           "tokenization": pairs.report, "prompt_style": style}
+    if per_pair:  # margin > 0: the chosen reply scored higher
+        out["per_pair"] = [{"id": ex["id"], "margin": m} for ex, m in zip(pairs.examples, margins)]
+    return out
 
 
 def best_of_n(llm, prompt, n: int, reward, *, seed: Optional[int] = None, temperature: float = 1.0, **sampling) -> dict:

@@ -30,18 +30,51 @@ def positive(text: str) -> int:
     return value
 
 
+def refuse_sampling_flags_when_greedy(temperature: float, flags: dict) -> None:
+    """Sampling flags ({"--top-k": value or None, ...}) shape sampling only; with greedy decoding
+    (--temperature 0) they would be silently ignored, so a given one is an error instead."""
+    from ..errors import ConfigError
+
+    given = [flag for flag, value in flags.items() if value is not None]
+    if temperature == 0 and given:
+        raise ConfigError(f"{', '.join(given)} only apply when sampling, and --temperature is 0 (greedy)",
+                          hint="add --temperature 0.8 (for example) to sample, or drop " + ", ".join(given))
+
+
 def _generate(args) -> int:
     from .llm import LLM
 
-    llm = LLM.load(args.checkpoint, device=args.device, dtype=args.dtype, max_context=args.max_context)
+    refuse_sampling_flags_when_greedy(args.temperature, {"--top-k": args.top_k, "--top-p": args.top_p,
+                                                         "--seed": args.seed})
+    chat = args.chat or args.prompt_style is not None
+    if args.prompt_style is not None:
+        _check_style(args.prompt_style)
+    llm = LLM.load(args.checkpoint, device=args.device, dtype=args.dtype, max_context=args.max_context,
+                   prompt_style=args.prompt_style)
+    if chat:  # say which format wraps the prompt: a wrong one is the usual reason for odd replies
+        print(f"openseason: chat format {llm.prompt_style!r} ({llm.chat_format_reason})", file=sys.stderr)
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                   top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=[unescape(s) for s in args.stop] or None,
+                   top_p=1.0 if args.top_p is None else args.top_p, repetition_penalty=args.repetition_penalty,
+                   stop=[unescape(s) for s in args.stop] or None,
                    seed=args.seed, ignore_eos=args.ignore_eos)
     if args.best_of is not None or args.reward is not None:
+        if chat:
+            from ..errors import ConfigError
+            raise ConfigError("--chat / --prompt-style do not apply with --best-of (it scores raw completions)")
         return _best_of(args, llm, options)
     if args.json:
         from ..errors import ConfigError
         raise ConfigError("--json applies only with --best-of N --reward R")
+    if chat:
+        messages = [{"role": "user", "content": args.prompt}]
+        if args.stream:
+            for piece in llm.chat(messages, stream=True, **options):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+        else:
+            print(llm.chat(messages, **options))
+        return 0
     if args.stream:
         for piece in llm.stream(args.prompt, **options):
             sys.stdout.write(piece)
@@ -50,6 +83,17 @@ def _generate(args) -> int:
     else:
         print(llm.generate(args.prompt, **options))
     return 0
+
+
+def _check_style(name: str) -> None:
+    """An unknown --prompt-style is an error before the model is loaded, naming every known one."""
+    from ..errors import ConfigError
+    from ..prompts import CHAT_TEMPLATE_NAME, STYLES
+
+    if name not in STYLES and name != CHAT_TEMPLATE_NAME:
+        raise ConfigError(f"unknown --prompt-style {name!r}",
+                          hint=f"choose one of: {', '.join([*STYLES, CHAT_TEMPLATE_NAME])} ({CHAT_TEMPLATE_NAME}: the "
+                               "checkpoint's own Hugging Face chat template)")
 
 
 def _best_of(args, llm, options) -> int:
@@ -78,12 +122,19 @@ def register(subparsers) -> None:
                               description="Generate a continuation of --prompt with the model in CKPT "
                                           "(greedy by default; --temperature > 0 samples).")
     p.add_argument("checkpoint", metavar="CKPT", help="an openseason checkpoint directory")
-    p.add_argument("--prompt", required=True, help="the text to continue")
+    p.add_argument("--prompt", required=True, help="the text to continue (with --chat: the user's message)")
+    p.add_argument("--chat", action="store_true",
+                   help="treat --prompt as a user message in the checkpoint's chat format (the prompt style its "
+                        "run_card.json stores, else its tokenizer's chat template, else plain) and stop at the "
+                        "format's end of turn")
+    p.add_argument("--prompt-style", default=None, metavar="STYLE",
+                   help="the chat format to use instead of the checkpoint's (implies --chat): alpaca, dolly, oasst, "
+                        "chatml, llama-2-chat, vicuna, plain, or chat-template (the tokenizer's own)")
     p.add_argument("--max-new-tokens", "--max-tokens", dest="max_new_tokens", type=positive, default=64,
                    metavar="N", help="most tokens to generate (default 64). --max-tokens is an alias, as in `chat`")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None, help="sample from the K most likely tokens (with --temperature)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling (with --temperature; default 1.0)")
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
     p.add_argument("--stop", action="append", default=[], metavar="STR",

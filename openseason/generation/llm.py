@@ -16,6 +16,7 @@ from typing import Iterator, Optional, Sequence, Union
 
 import torch
 
+from ..device import check_device
 from ..errors import OpenseasonError
 from .engine import Completion, Decoder, generate_ids
 from .sampling import SamplingParams, as_params
@@ -97,10 +98,7 @@ class LLM:
         from ..tokenizer import Tokenizer
 
         path = Path(path)
-        device = str(device or default_device())
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise OpenseasonError(f"device {device!r} asked for, but torch sees no CUDA GPU",
-                                  hint="use device='cpu' (CLI: --device cpu)")
+        device = str(check_device(device or default_device()))
         model = load_model(path, device=device, dtype=parse_dtype(dtype))
         model.eval()
         if max_context is not None:

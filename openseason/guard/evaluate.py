@@ -10,6 +10,9 @@ from ..errors import DataError, where
 def load_paraphrases(path: str | Path) -> list[tuple[str, str]]:
     """Rows of (intent, message) from a text file of `intent | message` lines (# comments allowed)."""
     rows = []
+    if not Path(path).is_file():
+        raise DataError("paraphrase file not found" if not Path(path).exists() else "is a directory, not a file",
+                        where=str(path))
     for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue

@@ -4,6 +4,19 @@ from __future__ import annotations
 from ..generation.commands import positive as _positive
 
 
+def _port(text: str) -> int:
+    """argparse type: a TCP port, 0..65535."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {text!r}")
+    return value
+
+
 def _model_args(p) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help="openseason checkpoint directory (full or adapter)")
     p.add_argument("--prompt-style", default=None,
@@ -23,7 +36,7 @@ def register(subparsers) -> None:
                                           "and a web chat page at /.")
     _model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0 picks a free one)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on the API")
     p.add_argument("--rails", default=None, metavar="DIR",
                    help="guardrails config folder (config.yml + *.co), or a shipped example name such as "
@@ -63,7 +76,7 @@ def register(subparsers) -> None:
                    metavar="N", help="longest answer in tokens (default 256; fewer when the context window is "
                                      "nearly full). --max-tokens is an alias")
     c.add_argument("--temperature", type=float, default=0.7)
-    c.add_argument("--top-p", type=float, default=0.95)
+    c.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default 0.95; needs --temperature > 0)")
     c.add_argument("--seed", type=int, default=None)
     c.set_defaults(func=_chat)
 
@@ -92,8 +105,11 @@ def _serve(args) -> int:
 
 
 def _chat(args) -> int:
+    from ..generation.commands import refuse_sampling_flags_when_greedy
     from .chat import chat
 
+    refuse_sampling_flags_when_greedy(args.temperature, {"--top-p": args.top_p, "--seed": args.seed})
+    args.top_p = 0.95 if args.top_p is None else args.top_p
     return chat(args.checkpoint, system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                 top_p=args.top_p, seed=args.seed, prompt_style=args.prompt_style, device=args.device,
                 dtype=args.dtype, max_context=args.max_context)

@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from ..generation.commands import positive  # argparse type: an integer >= 1
+
 
 def _backend_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("backend")
@@ -20,7 +22,7 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
                    help="model name sent to the HTTP endpoint (default: the one model the server lists in /v1/models)")
     g.add_argument("--mode", choices=["completions", "chat"], default="completions",
                    help="HTTP endpoint: /v1/completions or /v1/chat/completions")
-    g.add_argument("--concurrency", type=int, default=8, help="HTTP requests in flight at most")
+    g.add_argument("--concurrency", type=positive, default=8, help="HTTP requests in flight at most")
     g.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request")
     g.add_argument("--max-retries", type=int, default=5, help="retries on 429, 5xx, timeouts, connection errors")
     g.add_argument("--api-key", default=None,

@@ -375,12 +375,12 @@ def self_instruct(seeds: str | Path, backend: LLMClient, num: int, out: str | Pa
     words = resolve(blacklist if blacklist is not None else rcp.blacklist)
     compiled = compile_blacklist(words)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     seed_tasks = load_seeds(seeds)
     if len(seed_tasks) < rcp.seed_demos + rcp.machine_demos:
         raise DataError(f"{len(seed_tasks)} seed tasks; the {recipe} recipe needs at least "
                         f"{rcp.seed_demos + rcp.machine_demos}", where=str(seeds))
     backend.prepare()
+    out.mkdir(parents=True, exist_ok=True)  # after the inputs and the backend checked out: no empty --out
     max_calls = max_calls or max(100, 20 * num)
     started = time.perf_counter()
     counts = _Counts()

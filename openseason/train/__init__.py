@@ -5,18 +5,10 @@
 from __future__ import annotations
 
 from .loop import TrainConfig, TrainingError, train
+# Imported here, not lazily: a function and its submodule share a name (train/finetune.py defines
+# finetune()), and the import system binds the package attribute to the submodule when it is first
+# loaded; binding the functions after that keeps `from openseason.train import finetune` a function.
+from .finetune import finetune, merge_checkpoint  # noqa: E402
+from .quickstart import quickstart  # noqa: E402
 
 __all__ = ["TrainConfig", "TrainingError", "train", "finetune", "merge_checkpoint", "quickstart"]
-
-
-def __getattr__(name):
-    if name == "finetune":
-        from .finetune import finetune
-        return finetune
-    if name == "merge_checkpoint":
-        from .finetune import merge_checkpoint
-        return merge_checkpoint
-    if name == "quickstart":
-        from .quickstart import quickstart
-        return quickstart
-    raise AttributeError(name)

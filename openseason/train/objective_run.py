@@ -48,7 +48,8 @@ def build_objective(opts: dict):
         return PreferenceObjective(name, opts["beta"], label_smoothing=opts.get("label_smoothing") or 0.0,
                                    gamma=opts.get("simpo_gamma") or 0.0,
                                    desirable_weight=opts.get("desirable_weight") or 1.0,
-                                   undesirable_weight=opts.get("undesirable_weight") or 1.0)
+                                   undesirable_weight=opts.get("undesirable_weight") or 1.0,
+                                   sft_weight=opts.get("sft_weight") or 0.0)
     if name == "distill":
         from .objectives.distill import DistillObjective
 
@@ -91,7 +92,8 @@ def finetune_objective(checkpoint: Path, data: Path, out: Path, opts: dict, *, c
     if name in ("grpo", "rloo"):
         from ..data.sft import load_conversations, style_messages
         from ..prompts import chat_stops, encode_chat
-        from .objectives.grpo import ReferenceWeights, RolloutBatches, load_reward_function
+        from .objectives.grpo import RolloutBatches, load_reward_function
+        from .objectives.kl_reference import reference_policy
 
         records = load_conversations(data)
         prompts = []
@@ -103,7 +105,7 @@ def finetune_objective(checkpoint: Path, data: Path, out: Path, opts: dict, *, c
         reward = load_reward_function(opts["reward"], device=device)
         apply(model, method, **method_options(method, opts))
         _to_fp32_trainable(model, dtype)
-        reference = ReferenceWeights(model) if float(opts["beta"]) != 0 else None
+        reference = reference_policy(model, method, checkpoint, float(opts["beta"]))
         _, stop_ids = chat_stops(style, tokenizer)
         batches = RolloutBatches(model, records, prompts, tokenizer, reward, group_size=int(opts["num_generations"]),
                                  prompts_per_batch=mb, max_new_tokens=int(opts["max_new_tokens"]),

@@ -26,9 +26,9 @@ OBJECTIVES = ("sft", "reward", "dpo", "cdpo", "ipo", "kto", "orpo", "simpo", "gr
 OBJECTIVE_DEFAULTS = {
     "sft": {},
     "reward": {"margin": 0.0},
-    "dpo": {"beta": 0.1, "label_smoothing": 0.0},
-    "cdpo": {"beta": 0.1, "label_smoothing": 0.1},
-    "ipo": {"beta": 0.1},
+    "dpo": {"beta": 0.1, "label_smoothing": 0.0, "sft_weight": 0.0},
+    "cdpo": {"beta": 0.1, "label_smoothing": 0.1, "sft_weight": 0.0},
+    "ipo": {"beta": 0.1, "sft_weight": 0.0},
     "kto": {"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0},
     "orpo": {"beta": 0.1},
     "simpo": {"beta": 2.0, "simpo_gamma": 0.5, "label_smoothing": 0.0},
@@ -38,7 +38,8 @@ OBJECTIVE_DEFAULTS = {
 OBJECTIVE_DEFAULTS["rloo"] = OBJECTIVE_DEFAULTS["grpo"]
 # distilling step by step: the paper's released code uses alpha 0.5 and these task prefixes
 OBJECTIVE_DEFAULTS["distill"] = {"alpha": 0.5, "label_prefix": "predict: ", "rationale_prefix": "explain: "}
-OBJECTIVE_OPTIONS = ("beta", "label_smoothing", "simpo_gamma", "desirable_weight", "undesirable_weight", "margin",
+OBJECTIVE_OPTIONS = ("beta", "label_smoothing", "sft_weight", "simpo_gamma", "desirable_weight", "undesirable_weight",
+                     "margin",
                      "reward", "num_generations", "max_new_tokens", "temperature", "clip_epsilon", "alpha",
                      "label_prefix", "rationale_prefix")
 
@@ -62,6 +63,8 @@ def resolve_objective(opts: dict) -> dict:
                           hint="e.g. --reward openseason.train.objectives.grpo:exact_match_reward")
     if name == "distill" and not 0.0 <= float(opts["alpha"]) <= 1.0:
         raise ConfigError(f"--alpha must be in [0, 1] (the label task's weight), not {opts['alpha']}")
+    if float(opts.get("sft_weight") or 0.0) < 0:
+        raise ConfigError(f"--sft-weight must be >= 0, not {opts['sft_weight']}")
     if name == "cdpo" and not 0 < float(opts["label_smoothing"]) < 0.5:
         raise ConfigError("cdpo needs 0 < --label-smoothing < 0.5")
     return opts
@@ -119,6 +122,9 @@ class FinetuneOptions:
     beta: Optional[float] = option(None, "preference / KL strength (default: dpo, cdpo, ipo, kto, orpo 0.1; "
                                          "simpo 2.0; grpo, rloo 0.04)", group="objective")
     label_smoothing: Optional[float] = option(None, "dpo/simpo label smoothing (cdpo default 0.1)", group="objective")
+    sft_weight: Optional[float] = option(None, "dpo/cdpo/ipo: weight of the NLL of the chosen completions added to "
+                                              "the loss (RPO; TRL's loss_type sigmoid+sft; default 0 = off)",
+                                         group="objective")
     simpo_gamma: Optional[float] = option(None, "SimPO target reward margin gamma (default 0.5)", group="objective")
     desirable_weight: Optional[float] = option(None, "KTO weight of desirable (chosen) examples (default 1.0)",
                                                group="objective")
@@ -213,6 +219,56 @@ class QuickstartOptions:
                                                  "a few minutes (default 0: skipped)")
 
 
+# The range of every numeric option: (lowest, highest) with "(" / "[" for open / closed ends; checked
+# before anything runs (`check_options`), so `--lr -1` is a clear error, not an optimizer traceback.
+RANGES = {
+    "max_steps": "[1", "epochs": "(0", "max_time": "(0", "save_every": "[1", "keep_last": "[1", "eval_every": "[1",
+    "micro_batch_size": "[1", "grad_accum": "[1", "lr": "(0", "min_lr": "[0", "warmup_steps": "[0",
+    "weight_decay": "[0", "grad_clip": "(0", "max_length": "[1", "val_size": "[0", "num_generations": "[1",
+    "max_new_tokens": "[1", "temperature": "[0", "lora_rank": "[1", "lora_alpha": "(0", "lora_dropout": "[0,1)",
+    "adapter_prompt_length": "[1", "adapter_layers": "[1", "seq_len": "[1", "pretrain_steps": "[1",
+    "pretrain_items": "[1", "finetune_steps": "[1", "eval_items": "[1",
+}
+# Options of one finetuning method (by their CLI group): given with another method, they are an error.
+METHOD_GROUPS = {"LoRA": ("lora",), "LLaMA-Adapter": ("adapter", "adapter-v2", "adapter-v2-mm")}
+
+
+def _in_range(value: float, spec: str) -> bool:
+    low, _, high = spec[1:].rstrip(")]").partition(",")
+    ok = value > float(low) if spec[0] == "(" else value >= float(low)
+    if high:
+        ok = ok and (value < float(high) if spec.endswith(")") else value <= float(high))
+    return ok
+
+
+def check_options(options) -> None:
+    """ConfigError naming the first option out of its range (RANGES), or a device this machine lacks."""
+    for name, spec in RANGES.items():
+        value = getattr(options, name, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not _in_range(value, spec):
+            low, _, high = spec[1:].rstrip(")]").partition(",")
+            wanted = f"{'>' if spec[0] == '(' else '>='} {low}" + (f" and {'<' if spec.endswith(')') else '<='} "
+                                                                   f"{high}" if high else "")
+            raise ConfigError(f"--{name.replace('_', '-')} must be {wanted}, not {value:g}",
+                              hint=f"`{name}:` in a recipe is the same option")
+    if getattr(options, "device", None) is not None:
+        from ..device import check_device
+        check_device(options.device)
+
+
+def check_method_options(cls, method: str, explicit: dict[str, Any]) -> None:
+    """ConfigError when an option of one finetuning method is set (`explicit`: flags and recipe values,
+    None = not given) for another: `--lora-targets` with `--method adapter` is never silently ignored."""
+    from ..peft import canonical_method
+
+    method = canonical_method(method)
+    for f in dataclasses.fields(cls):
+        methods = METHOD_GROUPS.get(f.metadata.get("group"))
+        if methods and explicit.get(f.name) is not None and method not in methods:
+            raise ConfigError(f"--{f.name.replace('_', '-')} does not apply to --method {method}",
+                              hint=f"it is an option of --method {' / '.join(methods)}: drop it or change the method")
+
+
 def option_names(cls) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
@@ -228,7 +284,11 @@ def resolve(cls, given: dict[str, Any], recipe: Optional[dict[str, Any]] = None,
         choices = f.metadata.get("choices")
         if choices and values.get(f.name) is not None and values[f.name] not in choices:
             raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, not {values[f.name]!r}")
-    return cls(**values)
+    if "method" in names:
+        check_method_options(cls, values.get("method") or cls.method, values)
+    options = cls(**values)
+    check_options(options)
+    return options
 
 
 def _scalar_type(hint) -> type:

@@ -18,6 +18,7 @@ from openseason.errors import CheckpointError  # noqa: E402
 from openseason.model import GPT, apply_rope, rope_cache  # noqa: E402
 from openseason.peft import apply as apply_peft  # noqa: E402
 from openseason.tokenizer import Tokenizer, train_bpe  # noqa: E402
+from ..checkpoint.helpers_checkpoint import trained_lora  # noqa: E402
 
 TEXTS = ["The quick brown fox jumps over the lazy dog. " * 2, "Hello world, this is a small test of tokenizers.",
          "Numbers 12345 and punctuation: (a, b); c!", "llama.cpp loads GGUF files written by openseason."] * 10
@@ -76,6 +77,22 @@ def llama_ckpt(tmp_path_factory):
     return save_checkpoint(tmp_path_factory.mktemp("gguf") / "llama", model, tokenizer=tok), model, tok
 
 
+@pytest.fixture(scope="module")
+def mpt_ckpt(tmp_path_factory):
+    """MPT with 6 heads (ALiBi slopes for a head count that is not a power of two) and clip_qkv."""
+    tok = train_bpe(TEXTS, vocab_size=300)
+    config = Config.from_name("tiny-mpt-clip", vocab_size=tok.vocab_size, padded_vocab_size=320, n_head=6,
+                              n_embd=96, intermediate_size=384, bos_token_id=tok.eos_id, eos_token_id=tok.eos_id)
+    model = _model(config, seed=2)
+    return save_checkpoint(tmp_path_factory.mktemp("gguf") / "mpt", model, tokenizer=tok), model, tok
+
+
+@pytest.fixture
+def exported(request, neox_ckpt, llama_ckpt, mpt_ckpt):
+    """(checkpoint, model, tokenizer) of the family named by the test's `family` parameter."""
+    return {"neox": neox_ckpt, "llama": llama_ckpt, "mpt": mpt_ckpt}[request.node.callspec.params["family"]]
+
+
 def _fields(reader) -> dict:
     return {name: field.contents() for name, field in reader.fields.items()}
 
@@ -100,7 +117,7 @@ def _expected(model: GPT) -> dict[str, np.ndarray]:
     for i in range(c.n_layer):
         b = f"blocks.{i}."
         names = {"norm_1": "attn_norm", "norm_2": "ffn_norm", "attn.proj": "attn_output", "mlp.proj": "ffn_down"}
-        if c.family == "gpt_neox":
+        if c.family in ("gpt_neox", "mpt"):
             names.update({"attn.qkv": "attn_qkv", "mlp.fc": "ffn_up"})
         else:
             names.update({"mlp.fc_1": "ffn_gate", "mlp.fc_2": "ffn_up"})
@@ -117,10 +134,10 @@ def _expected(model: GPT) -> dict[str, np.ndarray]:
 
 
 # -- read back (no llama.cpp needed) ---------------------------------------------------------------------
-@pytest.mark.parametrize("family", ["neox", "llama"])
+@pytest.mark.parametrize("family", ["neox", "llama", "mpt"])
 @pytest.mark.parametrize("kind", ["f32", "f16", "q8_0"])
-def test_gguf_tensors_read_back(family, kind, neox_ckpt, llama_ckpt, tmp_path):
-    ckpt, model, _ = neox_ckpt if family == "neox" else llama_ckpt
+def test_gguf_tensors_read_back(family, kind, exported, tmp_path):
+    ckpt, model, _ = exported
     result = convert_to_gguf(ckpt, tmp_path / "m.gguf", type=kind)
     tensors = _tensors(gguf.GGUFReader(tmp_path / "m.gguf"))
     expected = _expected(model)
@@ -200,6 +217,23 @@ def test_gguf_llama_metadata_and_sentencepiece_tokenizer(llama_ckpt, tmp_path):
     assert scores[tokens.index(first)] == -1.0 and scores[tokens.index(last)] == -float(len(merges))
 
 
+def test_gguf_mpt_metadata(mpt_ckpt, tmp_path):
+    ckpt, model, _ = mpt_ckpt
+    convert_to_gguf(ckpt, tmp_path / "m.gguf", type="f32")
+    f = _fields(gguf.GGUFReader(tmp_path / "m.gguf"))
+    c = model.config
+    assert f["general.architecture"] == "mpt"
+    assert (f["mpt.context_length"], f["mpt.embedding_length"], f["mpt.block_count"], f["mpt.feed_forward_length"],
+            f["mpt.attention.head_count"], f["mpt.attention.head_count_kv"]) == (
+        c.block_size, c.n_embd, c.n_layer, c.intermediate_size, 6, 6)
+    assert f["mpt.attention.max_alibi_bias"] == pytest.approx(c.alibi_bias_max)
+    assert f["mpt.attention.clamp_kqv"] == pytest.approx(0.5)
+    assert f["mpt.attention.layer_norm_epsilon"] == pytest.approx(c.norm_eps)
+    assert not any(k.startswith("mpt.rope") for k in f)     # ALiBi: no rotary keys
+    # LayerNorms without bias: no *_norm.bias tensors at all
+    assert not [t.name for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors if t.name.endswith("norm.bias")]
+
+
 def test_llama_permutation_matches_interleaved_rope():
     """The q/k row permutation turns our rotate-half rope into llama.cpp's interleaved (GGML "norm") rope."""
     config = Config.from_name("tiny-llama")
@@ -223,13 +257,7 @@ def test_llama_permutation_matches_interleaved_rope():
 # -- PEFT, errors, CLI ------------------------------------------------------------------------------------
 def test_lora_checkpoint_is_folded_and_adapter_refused(neox_ckpt, tmp_path):
     ckpt, _, _ = neox_ckpt
-    model = load_model(ckpt)
-    apply_peft(model, "lora", rank=4, alpha=8, targets="q,v")
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn_like(p))
-    lora = save_train_checkpoint(tmp_path / "lora", model, None, {"step": 1}, base_checkpoint=ckpt)
+    lora, _model = trained_lora(ckpt, tmp_path / "lora")
     convert_to_gguf(lora, tmp_path / "lora.gguf", type="f32")
     merged = load_model(lora)
     from openseason.peft import merge
@@ -278,8 +306,10 @@ def _llama_cpp():
 # one thread, F32 KV cache: neox f32 2.3e-3 (ggml's GELU is the tanh form through an f16 table, Pythia's
 # the exact erf), llama f32 1.2e-5; f16 6.4e-3 / 1.2e-2; q8_0 0.12 / 0.24 (ggml's q8_0 dot product
 # also rounds the activation to 8 bits). Bounds are about twice the measurement.
+# MPT (6 heads, clip_qkv 0.5; GELU as for NeoX): f32 2.6e-3, f16 9.3e-3, q8_0 0.27.
 TOLERANCE = {("neox", "f32"): 5e-3, ("llama", "f32"): 1e-4, ("neox", "f16"): 1.5e-2, ("llama", "f16"): 2.5e-2,
-             ("neox", "q8_0"): 0.25, ("llama", "q8_0"): 0.5}
+             ("neox", "q8_0"): 0.25, ("llama", "q8_0"): 0.5,
+             ("mpt", "f32"): 5e-3, ("mpt", "f16"): 2e-2, ("mpt", "q8_0"): 0.5}
 
 
 def _without_cpu_repack(monkeypatch, llama_cpp):
@@ -295,12 +325,12 @@ def _without_cpu_repack(monkeypatch, llama_cpp):
     monkeypatch.setattr(llama_cpp.llama.llama_cpp, "llama_model_default_params", params)
 
 
-@pytest.mark.parametrize("family", ["neox", "llama"])
+@pytest.mark.parametrize("family", ["neox", "llama", "mpt"])
 @pytest.mark.parametrize("kind", ["f32", "f16", "q8_0"])
-def test_llama_cpp_runs_the_export(family, kind, neox_ckpt, llama_ckpt, tmp_path, monkeypatch):
+def test_llama_cpp_runs_the_export(family, kind, exported, tmp_path, monkeypatch):
     llama_cpp = _llama_cpp()
     _without_cpu_repack(monkeypatch, llama_cpp)
-    ckpt, model, tok = neox_ckpt if family == "neox" else llama_ckpt
+    ckpt, model, tok = exported
     path = convert_to_gguf(ckpt, tmp_path / "m.gguf", type=kind).path
     llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=64, n_threads=1, verbose=False,
                           type_k=0, type_v=0)   # GGML_TYPE_F32 KV cache (the default F16 adds ~1e-3)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -136,8 +137,10 @@ def test_alpaca_json_array(shared_data, tmp_path, tiny_tokenizer):
     assert len(with_input) == len(real_input) and with_input[0]["meta"]["input"] == real_input[0]["input"]
     assert not any(c["meta"]["input"].strip() == "<noinput>" for c in convs)
     rej = rows(tmp_path / "a/rejects.jsonl")[0]
-    line = int(rej["where"].rsplit(":", 1)[1])
-    assert '"instruction"' in open(file).read().splitlines()[line]  # points at the element's block
+    line, index = re.fullmatch(r".*:(\d+)\[#(\d+)\]", rej["where"]).groups()
+    assert '"instruction"' in open(file).read().splitlines()[int(line)]  # points at the element's block
+    assert raw[int(index)]["output"].strip() in ("", "<nooutput>")   # and names the element itself
+    assert convs[0]["id"] == "alpaca-alpaca_libre_ok_sample_2000#0"
     data = SFTData(with_input[:5], tiny_tokenizer, "alpaca", max_length=4096)
     assert len(data) == 5 and "### Input:\n" in tiny_tokenizer.decode(data[0]["input_ids"])
 

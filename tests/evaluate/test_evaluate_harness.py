@@ -1,6 +1,4 @@
 """lm-evaluation-harness through our forward pass gives the harness's own HF results on the same model."""
-import json
-
 import pytest
 
 from openseason import LLM
@@ -9,71 +7,6 @@ from openseason.errors import OpenseasonError
 from openseason.evaluate.harness import OpenseasonLM, run_harness
 
 lm_eval = pytest.importorskip("lm_eval")
-
-TASKS = """\
-task: tiny_choice
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}/choice.jsonl
-test_split: test
-output_type: multiple_choice
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{answer}}}}"
-metric_list:
-  - metric: acc
-  - metric: acc_norm
----
-task: tiny_rolling
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}/docs.jsonl
-test_split: test
-output_type: loglikelihood_rolling
-doc_to_text: ""
-doc_to_target: "{{{{text}}}}"
-metric_list:
-  - metric: word_perplexity
-  - metric: bits_per_byte
----
-task: tiny_generate
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}/choice.jsonl
-test_split: test
-output_type: generate_until
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_target: "{{{{choices[answer]}}}}"
-generation_kwargs:
-  until: ["\\n"]
-  max_gen_toks: 6
-  do_sample: false
-metric_list:
-  - metric: exact_match
-"""
-
-
-@pytest.fixture(scope="module")
-def task_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("harness")
-    data = root / "data"
-    data.mkdir()
-    questions = [("What is 2 + 3?", [" 5", " 6", " 7"], 0), ("The quick brown fox jumps over the", [" dog", " cat"], 0),
-                 ("Reverse abc", [" cba", " abc", " bca"], 0), ("Count to three", [" 1 2 3", " 3 2 1"], 1)]
-    with (data / "choice.jsonl").open("w") as handle:
-        for q, choices, answer in questions:
-            handle.write(json.dumps({"question": q, "choices": choices, "answer": answer}) + "\n")
-    with (data / "docs.jsonl").open("w") as handle:
-        for text in ["The quick brown fox jumps over the lazy dog. " * 6, "Instruction: add 2 and 3. Response: 5"]:
-            handle.write(json.dumps({"text": text}) + "\n")
-    tasks = root / "tasks"
-    tasks.mkdir()
-    for i, block in enumerate(TASKS.format(data=data).split("---\n")):
-        (tasks / f"task{i}.yaml").write_text(block)
-    return tasks
 
 
 def _metrics(results):
@@ -116,6 +49,10 @@ def test_loglikelihood_matches_a_direct_forward(hf_and_ours):
 def test_unknown_task_is_a_clear_error(monkeypatch, task_dir, hf_and_ours, capsys):
     import lm_eval.tasks
 
+    from openseason.evaluate import harness_env
+
+    # online (offline with an empty cache, non-local names are refused before any lookup: the registry tests)
+    monkeypatch.setattr(harness_env, "hub_reachable", lambda *a, **k: True)
     _hf_dir, _hf, ckpt = hf_and_ours
     original = lm_eval.tasks.TaskManager
     # indexing the ~15k built-in tasks takes half a minute: the error path is the same without them

@@ -121,3 +121,17 @@ def make_mm_prepared(path: Path, n_images: int = 16, n_text: int = 8, seed: int 
         for row in rows:
             handle.write(json.dumps(row) + "\n")
     return path
+
+
+def for_method(method: str, options: dict) -> dict:
+    """`options` less the options of the other finetuning methods, which finetune() refuses: shared
+    test settings name the tiny LoRA and LLaMA-Adapter sizes once, each run passes what applies."""
+    import dataclasses
+
+    from openseason.peft import canonical_method
+    from openseason.train.options import METHOD_GROUPS, FinetuneOptions
+
+    method = canonical_method(method)
+    foreign = {f.name for f in dataclasses.fields(FinetuneOptions)
+               if method not in METHOD_GROUPS.get(f.metadata.get("group"), (method,))}
+    return {k: v for k, v in options.items() if k not in foreign}

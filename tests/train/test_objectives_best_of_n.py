@@ -72,10 +72,11 @@ def test_cli_best_of_with_a_reward_checkpoint(base, tmp_path, capsys):
     from openseason.train.finetune import finetune
     from openseason.train.objectives.grpo import RewardModelFunction
 
+    from .helpers_train import for_method
     from .test_objectives_run import FAST, make_pairs
 
     rm = finetune(base, make_pairs(tmp_path / "pairs", n=8), "full", tmp_path / "rm", objective="reward",
-                  max_steps=1, **FAST)["final"]
+                  max_steps=1, **for_method("full", FAST))["final"]
     args = ["generate", str(base), "--prompt", PROMPT, "--max-new-tokens", "6", "--temperature", "1.0",
             "--seed", "11", "--ignore-eos", "--device", "cpu", "--best-of", "4", "--reward", str(rm)]
     assert main(args + ["--json"]) == 0

@@ -21,7 +21,7 @@ from openseason.train.objectives import combine
 from openseason.train.objectives.distill import (LABEL, RATIONALE, DistillBatches, DistillData, DistillObjective,
                                                  load_rationale_rows)
 
-from .helpers_train import make_base
+from .helpers_train import for_method, make_base
 
 FAST = dict(micro_batch_size=2, seed=3, lr=3e-3, val_size=2, lora_dropout=0.0, adapter_prompt_length=3,
             adapter_layers=1, progress=False, register=False, max_length=128, prompt_style="plain")
@@ -120,7 +120,7 @@ def test_matches_the_released_codes_two_forward_passes(setup, tiny_tokenizer):
 def test_every_method_trains_and_logs_both_tasks(setup, tmp_path, method):
     base, data = setup
     result = finetune(base, data, method, tmp_path / "run", objective="distill", alpha=0.5, max_steps=2,
-                      eval_every=2, **FAST)
+                      eval_every=2, **for_method(method, FAST))
     header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
     for col in ("label_loss", "rationale_loss", "val_label_loss", "val_rationale_loss"):
         assert col in header
@@ -135,7 +135,7 @@ def test_grad_accumulation_matches_one_big_batch(setup, tmp_path):
     """The same 4 examples as one micro-batch or two of 2 (whose label and rationale token counts
     differ): the same step loss and gradient norm (compared before Adam, which magnifies float noise)."""
     base, data = setup
-    args = dict(FAST, max_steps=1)
+    args = dict(for_method("full", FAST), max_steps=1)
     finetune(base, data, "full", tmp_path / "a", objective="distill", **{**args, "micro_batch_size": 4})
     finetune(base, data, "full", tmp_path / "b", objective="distill", grad_accum=2, **args)
     ra, rb = (csv_rows(tmp_path / run)[0] for run in ("a", "b"))
@@ -154,7 +154,7 @@ def csv_rows(run):
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_resume_after_crash_is_exact(setup, tmp_path, method):
     base, data = setup
-    args = dict(FAST, max_steps=4, save_every=2, grad_accum=2, objective="distill", alpha=0.4)
+    args = dict(for_method(method, FAST), max_steps=4, save_every=2, grad_accum=2, objective="distill", alpha=0.4)
     straight = finetune(base, data, method, tmp_path / "ref", **args)
 
     def crash(step, row):
@@ -188,17 +188,17 @@ def test_label_only_batches_and_custom_prefixes(setup, tiny_tokenizer):
 def test_clear_errors(setup, tmp_path):
     base, data = setup
     with pytest.raises(ConfigError, match="--alpha does not apply to --objective sft"):
-        finetune(base, data, "lora", tmp_path / "x", alpha=0.5, max_steps=1, **FAST)
+        finetune(base, data, "lora", tmp_path / "x", alpha=0.5, max_steps=1, **for_method("lora", FAST))
     with pytest.raises(ConfigError, match=r"--alpha must be in \[0, 1\]"):
-        finetune(base, data, "lora", tmp_path / "y", objective="distill", alpha=1.5, max_steps=1, **FAST)
+        finetune(base, data, "lora", tmp_path / "y", objective="distill", alpha=1.5, max_steps=1, **for_method("lora", FAST))
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "rationales.jsonl").write_text('{"input": "q", "label": "1", "rationale": "r"}\n{"input": "q", "label": 2}\n')
     with pytest.raises(DataError, match="rationale") as info:
-        finetune(base, bad, "lora", tmp_path / "z", objective="distill", max_steps=1, **FAST)
+        finetune(base, bad, "lora", tmp_path / "z", objective="distill", max_steps=1, **for_method("lora", FAST))
     assert "rationales.jsonl:2" in str(info.value)
     with pytest.raises(DataError, match="no rationales.jsonl"):
-        finetune(base, tmp_path / "nothing", "lora", tmp_path / "w", objective="distill", max_steps=1, **FAST)
+        finetune(base, tmp_path / "nothing", "lora", tmp_path / "w", objective="distill", max_steps=1, **for_method("lora", FAST))
 
 
 def test_word_problem_rationales_compute_their_labels():
@@ -224,7 +224,7 @@ def test_evaluate_uses_the_label_prefix_only_and_can_show_rationales(setup, tmp_
 
     base, data = setup
     result = finetune(base, data, "lora", tmp_path / "run", objective="distill", label_prefix="[p] ",
-                      rationale_prefix="[e] ", max_steps=1, **FAST)
+                      rationale_prefix="[e] ", max_steps=1, **for_method("lora", FAST))
     got = evaluate_distilled(result["final"], data / "rationales.jsonl", limit=3, max_new_tokens=2)
     assert got["n"] == 3 and got["label_prefix"] == "[p] " and "rationale" not in got["items"][0]
     assert got["label_accuracy"] == sum(i["correct"] for i in got["items"]) / 3

@@ -4,7 +4,8 @@ The HF model is converted to ours with the production converter; the pairs are t
 `data.preferences` and the same token ids go to both sides (TRL through its own
 `DataCollatorForPreference`). TRL runs its real trainer object: `DPOTrainer(...)` is constructed
 with an explicit reference model (a copy of the initial policy, so nothing is precomputed
-differently) and `trainer.compute_loss` on the collated batch, then backward. Ours runs the DPO
+differently) and `trainer.compute_loss` on the collated batch, then backward. With --sft-weight (RPO)
+TRL runs loss_type ["sigmoid", "sft"] weighted [1, sft_weight]. Ours runs the DPO
 objective with reference log-probabilities from `train.reference` (the initial model). Loss and
 every parameter's gradient (mapped to HF names by the converter's key map) agree to 1e-5. Float64
 cannot tighten this: TRL's fused LM head (`trl.kernels.chunked_logprob`) computes the log-probs in
@@ -43,12 +44,14 @@ def _hf_llama(tiny_tokenizer, root):
     return hf
 
 
-@pytest.mark.parametrize("moved", [False, True], ids=["policy-is-reference", "policy-moved"])
-def test_one_dpo_step_matches_trl_dpo_trainer(tmp_path, tiny_tokenizer, moved):
+@pytest.mark.parametrize("moved,sft_weight", [(False, 0.0), (True, 0.0), (True, 0.7)],
+                         ids=["policy-is-reference", "policy-moved", "sft-weight"])
+def test_one_dpo_step_matches_trl_dpo_trainer(tmp_path, tiny_tokenizer, moved, sft_weight):
     from openseason.checkpoint.full import load_full_model
     from openseason.convert import convert_from_hf, families
     from openseason.convert.keymap import state_to_hf
     from openseason.data.preferences import PreferenceData, collate_pairs, load_preferences
+    from openseason.train.objectives import combine
     from openseason.train.objectives.preference import PreferenceObjective
     from openseason.train.reference import compute_reference_logps
     from trl import DPOConfig, DPOTrainer
@@ -74,15 +77,19 @@ def test_one_dpo_step_matches_trl_dpo_trainer(tmp_path, tiny_tokenizer, moved):
     ref = compute_reference_logps(ref_model, examples, pad, batch_size=8)
     batch = collate_pairs(examples, pad)
     batch["ref_logps"] = torch.cat([ref[:, 0], ref[:, 1]])
-    terms, metrics = PreferenceObjective("dpo", BETA).loss(ours, batch)
-    our_loss = terms["pairs"] / batch["pairs"]
+    objective = PreferenceObjective("dpo", BETA, sft_weight=sft_weight)
+    terms, metrics = objective.loss(ours, batch)
+    our_loss = combine(terms, objective.counts(batch), objective.weights)
     our_loss.backward()
 
     # TRL: the real trainer object, its collator, its compute_loss
     hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tiny_tokenizer.backend,
                                                   eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     text = datasets.Dataset.from_list([{"prompt": "add 1 and 2", "chosen": " 3", "rejected": " 4"}] * 2)
-    args = DPOConfig(output_dir=str(tmp_path / "trl"), beta=BETA, loss_type=["sigmoid"], max_length=1024,
+    # the SFT term: TRL's "sft" loss (mean NLL over the chosen completion tokens) with weight sft_weight
+    losses = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, sft_weight]) if sft_weight else \
+        dict(loss_type=["sigmoid"])
+    args = DPOConfig(output_dir=str(tmp_path / "trl"), beta=BETA, **losses, max_length=1024,
                      precompute_ref_log_probs=False, per_device_train_batch_size=len(examples), report_to=[],
                      use_cpu=True, bf16=False, fp16=False, padding_free=False, dataset_num_proc=None,
                      logging_steps=1, save_strategy="no")

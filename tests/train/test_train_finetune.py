@@ -25,9 +25,10 @@ def setup(tmp_path, tiny_tokenizer):
 def test_cli_finetune_and_llm_load(tmp_path, setup, method):
     base, data = setup
     out = tmp_path / "run"
+    adapter = ["--adapter-layers", "1", "--adapter-prompt-length", "3"] if method == "adapter" else []
     rc = main(["finetune", str(base), "--data", str(data), "--method", method, "--out", str(out), "--max-steps", "4",
                "--save-every", "2", "--seed", "1", "--micro-batch-size", "2", "--grad-accum", "2", "--resume", "auto",
-               "--adapter-layers", "1", "--adapter-prompt-length", "3"])
+               *adapter])
     assert rc == 0
     assert (out / "step-000002").is_dir() and (out / "final").is_dir()
     assert (out / "metrics.csv").exists() and (out / "loss.png").exists()

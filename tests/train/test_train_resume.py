@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from openseason.train.finetune import finetune
 
-from .helpers_train import kill_finetune_after_checkpoint, make_base, make_prepared
+from .helpers_train import for_method, kill_finetune_after_checkpoint, make_base, make_prepared
 
 ARGS = dict(max_steps=7, save_every=2, micro_batch_size=4, grad_accum=2, seed=3, lr=3e-3, warmup_steps=2,
             eval_every=3, lora_dropout=0.1, adapter_prompt_length=3, adapter_layers=1)
@@ -24,11 +24,12 @@ def weights(final: Path) -> dict[str, torch.Tensor]:
 def test_sigkill_then_resume_gives_identical_weights(tmp_path, tiny_tokenizer, method):
     base = make_base(tmp_path / "base", tiny_tokenizer)
     data = make_prepared(tmp_path / "data")
-    reference = finetune(base, data, method, tmp_path / "ref", progress=False, register=False, **ARGS)
+    args = for_method(method, ARGS)
+    reference = finetune(base, data, method, tmp_path / "ref", progress=False, register=False, **args)
 
-    run = kill_finetune_after_checkpoint(tmp_path, base, data, method, ARGS)
+    run = kill_finetune_after_checkpoint(tmp_path, base, data, method, args)
 
-    resumed = finetune(base, data, method, run, progress=False, register=False, resume="auto", **ARGS)
+    resumed = finetune(base, data, method, run, progress=False, register=False, resume="auto", **args)
     assert resumed["steps"] == 7
     ref_w, got_w = weights(reference["final"]), weights(resumed["final"])
     assert ref_w.keys() == got_w.keys()

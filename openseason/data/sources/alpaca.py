@@ -12,6 +12,7 @@ from .base import row_id, text_field
 NAME = "alpaca"
 DEFAULT_STYLE = "alpaca"
 MODES = ("sft",)
+ROW_INDEPENDENT = True  # each row on its own: `prepare --engine ray` splits files
 NO_INPUT = {"", "<noinput>", "<no input>", "noinput"}
 
 

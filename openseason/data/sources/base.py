@@ -1,7 +1,9 @@
 """What every source module shares: the run context that counts rows and records rejects.
 
 A source is a module with `NAME`, `DEFAULT_STYLE`, `MODES` (first = default) and
-`read(paths, ctx, mode, **options)` yielding Conversation / PreferencePair / Document records. It
+`read(paths, ctx, mode, **options)` yielding Conversation / PreferencePair / Document records.
+`ROW_INDEPENDENT = True` says that each row becomes records on its own (no state across rows, no
+`ctx.extra`), so `data prepare --engine ray` may read the rows of one file in parallel ranges. It
 calls `ctx.row()` for each input row it reads, `ctx.reject(where, reason)` for rows a filter drops
 (always recorded, never fatal) and `ctx.malformed(where, reason, error)` for rows that cannot be
 understood (fatal with on_error="fail", recorded with "skip").
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -48,10 +51,10 @@ class Context:
         self.reject(where, reason, error)
 
     # -- readers that count rows and route parse errors -----------------------------------------------
-    def jsonl(self, path) -> Iterator[tuple[str, Any]]:
-        """(file:line, object) for each row of a JSONL(.gz) file."""
+    def jsonl(self, path, span=None) -> Iterator[tuple[str, Any]]:
+        """(file:line, object) for each row of a JSONL(.gz) file (of one byte range: `fileio.open_text`)."""
         errors: list = []
-        for lineno, obj in iter_jsonl(path, on_error=self.on_error, errors=errors):
+        for lineno, obj in iter_jsonl(path, on_error=self.on_error, errors=errors, span=span):
             self._flush(errors)
             self.row()
             yield fmt_where(path, lineno), obj
@@ -64,8 +67,11 @@ class Context:
         errors.clear()
 
     def json_or_jsonl(self, path) -> Iterator[tuple[str, Any]]:
-        """Rows of a JSON array file (where = file:index... reported as file:line of the element's
-        start when possible) or of a JSONL file, chosen by the first non-blank character."""
+        """Rows of a JSON array file or of a JSONL file, chosen by the first non-blank character.
+
+        An array element's place is `file:LINE[#I]`: the line its text starts on (to open the file
+        there) and its 0-based index in the array (`jq '.[I]'`), so elements that share a line (a
+        one-line array) are told apart, and ids made from it stay the same if the file is re-indented."""
         with open_text(path) as handle:
             head = handle.read(4096).lstrip()
         if not head.startswith("["):
@@ -82,7 +88,7 @@ class Context:
         lines = _element_lines(text, len(rows))
         for i, obj in enumerate(rows):
             self.row()
-            yield fmt_where(path, lines[i] if lines else None) + (f"[{i}]" if not lines else ""), obj
+            yield fmt_where(path, lines[i] if lines else None) + f"[#{i}]", obj
 
     def csv_rows(self, path) -> Iterator[tuple[str, dict]]:
         with open_text(path) as handle:
@@ -188,7 +194,14 @@ def stem(path) -> str:
     return name
 
 
+_ARRAY_INDEX = re.compile(r"\[#(\d+)\]$")
+
+
 def row_id(prefix: str, path, where: str) -> str:
-    """A stable record id from the source name, the file stem and the row's place in the file."""
+    """A stable record id from the source name, the file stem and the row's place in the file: the line
+    of a JSONL row (`alpaca-c-5`), the index of a JSON array element (`alpaca-c#3`, whatever the layout)."""
     place = where[len(str(path)):].lstrip(":") if where.startswith(str(path)) else where
+    index = _ARRAY_INDEX.search(place)
+    if index:
+        return f"{prefix}-{stem(path)}#{index.group(1)}"
     return f"{prefix}-{stem(path)}-{place}"

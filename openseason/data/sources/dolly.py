@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import re
 
+from ...errors import OpenseasonError
 from ..records import Conversation
 from .base import row_id, text_field
 
 NAME = "dolly"
 DEFAULT_STYLE = "dolly"
 MODES = ("sft",)
+ROW_INDEPENDENT = True  # each row on its own: `prepare --engine ray` splits files
 CITATION = re.compile(r"\[\d+(?:[,\u2013-]\s*\d+)*\]")
 
 
@@ -24,12 +26,14 @@ def strip_citations(text: str) -> str:
 
 def read(paths, ctx, mode="sft", strip_citation_marks: bool = False, categories=None, **_):
     wanted = set(categories) if categories else None
+    seen: dict = {}
     for path in paths:
         for where, row in ctx.rows(path):
             fields = {k: text_field(row, k, where, ctx) for k in ("instruction", "context", "response")}
             if any(v is None for v in fields.values()):
                 continue
             category = row.get("category")
+            seen[category] = seen.get(category, 0) + 1
             if wanted is not None and category not in wanted:
                 ctx.reject(where, "category", f"category {category!r} not selected")
                 continue
@@ -44,3 +48,8 @@ def read(paths, ctx, mode="sft", strip_citation_marks: bool = False, categories=
             yield where, Conversation(row_id("dolly", path, where), NAME,
                                       [{"role": "user", "content": user}, {"role": "assistant", "content": response}],
                                       meta)
+    unmatched = sorted(wanted - set(seen)) if wanted is not None else []
+    if unmatched:  # a typo would otherwise leave the output short (or empty) with exit status 0
+        present = ", ".join(f"{c} ({n})" for c, n in sorted(seen.items(), key=lambda kv: str(kv[0])))
+        raise OpenseasonError(f"--category {', '.join(unmatched)} matched no row", where=", ".join(map(str, paths)),
+                              hint=f"the categories in the data (rows): {present or 'none'}")

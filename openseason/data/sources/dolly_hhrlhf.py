@@ -30,6 +30,7 @@ from .hh_rlhf import first_pair
 NAME = "dolly-hhrlhf"
 DEFAULT_STYLE = "dolly"
 MODES = ("sft",)
+OPTIONS = ("strip_citation_marks", "categories")  # handed to dolly.read for the Dolly half
 
 FILTERS = (
     ("hh_asks_question", re.compile(r"\?")),

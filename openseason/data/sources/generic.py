@@ -15,6 +15,7 @@ from .base import row_id
 NAME = "generic"
 DEFAULT_STYLE = "chatml"
 MODES = ("sft", "documents")
+ROW_INDEPENDENT = True  # each row on its own: `prepare --engine ray` splits files
 FIELDS = {"instruction", "input", "output", "system", "messages", "text", "id", "role_key", "content_key",
           "user_role", "assistant_role", "system_role"}
 ROLE_ALIASES = {"user": "user", "human": "user", "prompter": "user", "assistant": "assistant", "gpt": "assistant",
@@ -45,6 +46,10 @@ def read(paths, ctx, mode="sft", columns=None, meta_columns=(), **_):
                 name = columns.get(field)
                 value = row.get(name) if name else None
                 if value is None and not required:
+                    return None
+                if name is not None and name not in row:
+                    ctx.malformed(where, "missing_column", f"no column {name!r} (mapped to {field}); the row has: "
+                                  + ", ".join(map(repr, (k for k in row if k is not None))))
                     return None
                 if not isinstance(value, str):
                     ctx.malformed(where, "bad_field", f"column {name!r} (mapped to {field}) must be text")

@@ -8,6 +8,7 @@ from .base import row_id, text_field
 NAME = "longform"
 DEFAULT_STYLE = "alpaca"
 MODES = ("sft",)
+ROW_INDEPENDENT = True  # each row on its own: `prepare --engine ray` splits files
 
 
 def read(paths, ctx, mode="sft", **_):

@@ -21,11 +21,13 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 
+from ...errors import OpenseasonError
 from ..records import Conversation, PreferencePair
 
 NAME = "oasst1"
 DEFAULT_STYLE = "oasst"
 MODES = ("all-threads", "top-k", "top1", "preferences")
+MODE_OPTIONS = {"top_k": ("top-k",)}  # options that only one mode reads (checked by data.prepare)
 ROLE = {"prompter": "user", "assistant": "assistant"}
 FIELDS = ("message_id", "parent_id", "message_tree_id", "role", "text", "lang", "rank", "deleted",
           "review_result", "synthetic")
@@ -71,6 +73,8 @@ def _rank_key(msg: dict):
 
 
 def read(paths, ctx, mode="all-threads", langs=None, top_k: int = 2, val_fraction: float = 0.05, seed: int = 0, **_):
+    if int(top_k) < 1 or not 0.0 <= float(val_fraction) < 1.0:
+        raise OpenseasonError(f"--top-k must be >= 1 and --val-fraction in [0, 1), not {top_k} and {val_fraction}")
     langs = set(langs) if langs else None
     messages: dict[str, dict] = {}
     where_of: dict[str, str] = {}

@@ -7,12 +7,14 @@ dropped document is recorded with the rule it broke.
 """
 from __future__ import annotations
 
+from ...errors import OpenseasonError
 from ..records import Document
 from .base import row_id, text_field
 
 NAME = "redpajama"
 DEFAULT_STYLE = "plain"
 MODES = ("documents",)
+ROW_INDEPENDENT = True  # each row on its own: `prepare --engine ray` splits files
 GITHUB = {"max_line_length": 1000, "mean_line_length": 100.0, "min_alnum_fraction": 0.25}
 
 
@@ -30,6 +32,9 @@ def read(paths, ctx, mode="documents", github_filters: bool = False, max_line_le
     for key, value in (("max_line_length", max_line_length), ("mean_line_length", mean_line_length),
                        ("min_alnum_fraction", min_alnum_fraction)):
         if value is not None:
+            if value < 0 or (key == "min_alnum_fraction" and value > 1):
+                raise OpenseasonError(f"--{key.replace('_', '-')} must be "
+                                      + ("in [0, 1]" if key == "min_alnum_fraction" else ">= 0") + f", not {value}")
             limits[key] = value
     for path in paths:
         for where, row in ctx.rows(path):

@@ -11,9 +11,10 @@ group-relative advantages (GRPO: standardized within the group; RLOO: leave-one-
 summed over completion tokens and normalized by the completion tokens of the whole step (TRL's
 "bnpo"; with one optimizer step per rollout batch the importance ratio is 1, as TRL's default).
 
-Reference policy: the trainable parameters at their values before training (for LoRA / adapters the
-identity adapter, i.e. the base; for full finetuning a copy of the starting weights). The KL term is
-computed by swapping those values in for a no-grad forward pass (`ReferenceWeights`).
+Reference policy: the policy as training started, without a second model in memory (kl_reference.py:
+the adapter's starting values for PEFT methods, the starting checkpoint streamed from disk module by
+module for full finetuning); its per-token log-probabilities of each rollout are computed once, when
+the rollout is drawn, in a no-grad pass.
 
 Reward functions follow TRL's convention: fn(prompts, completions, **columns) -> list[float], where
 prompts are message lists, completions strings, and columns hold each record's "answer" (the last
@@ -21,12 +22,11 @@ assistant message of the prepared conversation, when there is one) and "meta".
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib
 import math
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 
@@ -79,30 +79,11 @@ class RewardModelFunction:
         return [float(s) for s in reward_scores(self.model, ids.to(self.device), lengths.to(self.device))]
 
 
-class ReferenceWeights:
-    """The trainable parameters' values before training; `with ref.active(model):` swaps them in."""
-
-    def __init__(self, model):
-        self.saved = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-    @contextlib.contextmanager
-    def active(self, model):
-        params = dict(model.named_parameters())
-        current = {n: params[n].data for n in self.saved}
-        try:
-            for n, value in self.saved.items():
-                params[n].data = value
-            yield model
-        finally:
-            for n, value in current.items():
-                params[n].data = value
-
-
 class RolloutBatches:
     def __init__(self, model, records: list[dict], prompt_ids: list[list[int]], tokenizer, reward: Callable, *,
                  group_size: int = 4, prompts_per_batch: int = 2, max_new_tokens: int = 16,
                  temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, baseline: str = "grpo",
-                 reference: Optional[ReferenceWeights] = None, stop_ids=()):
+                 reference=None, stop_ids=()):
         from ...data.sft import ShuffledSampler
 
         if group_size < 2:
@@ -206,5 +187,5 @@ class GRPOObjective:
         rewards = batch["rewards"].view(-1, self.group_size)
         metrics = {"reward": float(rewards.sum()), "reward_std": float(rewards.std(1).sum()),
                    "completion_len": float(keep.sum()),
-                   "kl": float((kl * mask).sum()) if kl is not None else 0.0}
+                   "kl": float((kl.detach() * mask).sum()) if kl is not None else 0.0}
         return {"tokens": (per_token * mask).sum()}, metrics

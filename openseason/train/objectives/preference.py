@@ -5,6 +5,11 @@ rows of each prompt with another pair's chosen completion, for its KL estimate),
 completions, and "ref_logps" [rows] with the reference model's sequence log-probabilities (computed
 once before training, see train/reference.py). Sequence log-probabilities sum over completion
 tokens only. Losses are summed over pairs; the loop divides by the pairs of the whole step.
+
+sft_weight (dpo, cdpo, ipo) adds sft_weight x the NLL of the chosen completions, a mean over the chosen
+completion tokens of the step (as ORPO's NLL term): RPO (Pang et al. 2024, "Iterative Reasoning
+Preference Optimization"), TRL's `loss_type=["sigmoid", "sft"], loss_weights=[1, sft_weight]`. It keeps
+the chosen answers likely while the margin grows (plain DPO may lower both).
 """
 from __future__ import annotations
 
@@ -17,13 +22,18 @@ PREFERENCE_OBJECTIVES = ("dpo", "cdpo", "ipo", "kto", "orpo", "simpo")
 NEEDS_REFERENCE = ("dpo", "cdpo", "ipo", "kto")
 
 
-class PreferenceObjective:
-    weights = {"pairs": 1.0, "tokens": 1.0}
+SFT_TERM_OBJECTIVES = ("dpo", "cdpo", "ipo")
 
+
+class PreferenceObjective:
     def __init__(self, kind: str, beta: float, label_smoothing: float = 0.0, gamma: float = 0.5,
-                 desirable_weight: float = 1.0, undesirable_weight: float = 1.0):
+                 desirable_weight: float = 1.0, undesirable_weight: float = 1.0, sft_weight: float = 0.0):
         if kind not in PREFERENCE_OBJECTIVES:
             raise ValueError(f"unknown preference objective {kind!r}")
+        if sft_weight and kind not in SFT_TERM_OBJECTIVES:
+            raise ValueError(f"sft_weight applies to {', '.join(SFT_TERM_OBJECTIVES)}, not {kind}")
+        self.sft_weight = float(sft_weight)
+        self.weights = {"pairs": 1.0, "tokens": self.sft_weight if kind in SFT_TERM_OBJECTIVES else 1.0}
         self.name, self.kind, self.beta = kind, kind, float(beta)
         self.label_smoothing, self.gamma = float(label_smoothing), float(gamma)
         self.desirable_weight, self.undesirable_weight = float(desirable_weight), float(undesirable_weight)
@@ -37,7 +47,7 @@ class PreferenceObjective:
 
     def counts(self, batch: dict) -> dict[str, int]:
         out = {"pairs": int(batch["pairs"])}
-        if self.kind == "orpo":  # the NLL term is the mean over chosen completion tokens of the step
+        if self.kind == "orpo" or self.sft_weight:  # the NLL term: a mean over chosen completion tokens of the step
             B = int(batch["pairs"])
             out["tokens"] = int((batch["labels"][:B, 1:] != -100).sum())
         return out
@@ -75,6 +85,8 @@ class PreferenceObjective:
         else:  # simpo
             avg_c, avg_r = c / lens[:B].clamp(min=1), r / lens[B:2 * B].clamp(min=1)
             per_pair, rc, rr = losses.simpo_loss(avg_c, avg_r, self.beta, self.gamma, self.label_smoothing)
+        if self.sft_weight:
+            terms["tokens"] = -c.sum()  # NLL of the chosen completions, weighted by sft_weight (RPO)
         terms["pairs"] = per_pair.sum()
         metrics = {"reward_acc": float((rc > rr).float().sum()), "reward_margin": float((rc - rr).sum()),
                    "reward_chosen": float(rc.sum()), "reward_rejected": float(rr.sum()), **extra}

@@ -76,7 +76,7 @@ def load_reward_model(checkpoint, device="cpu") -> nn.Module:
     """A reward checkpoint written by `finetune(..., objective="reward")`, full or PEFT."""
     from ...checkpoint import read_run_card
     from ...checkpoint.full import build_model, load_config, load_full_model, load_state
-    from ...checkpoint.peft import base_chain, is_peft_checkpoint, load_peft_state, read_peft_config
+    from ...checkpoint.peft import is_peft_checkpoint, load_peft_state, read_peft_config, verified_chain
     from ...errors import CheckpointError
     from ...peft import apply
 
@@ -85,7 +85,7 @@ def load_reward_model(checkpoint, device="cpu") -> nn.Module:
         raise CheckpointError("not a reward model (run_card.json has no \"reward_head\": true)", where=str(checkpoint),
                               hint="train one with `openseason finetune CKPT --data PAIRS --objective reward`")
     if is_peft_checkpoint(checkpoint):
-        chain = base_chain(checkpoint)
+        chain = verified_chain(checkpoint)
         model = load_full_model(chain[-1], device=device)
         for level in reversed(chain[:-1]):
             for entry in read_peft_config(level).get("methods", []):
