@@ -14,11 +14,12 @@
 """
 from __future__ import annotations
 
-import math
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from .objective_run import wilson
 
 TASKS = ("shape", "color")
 SHOTS = (0, 2, 4)
@@ -26,16 +27,6 @@ MODEL = dict(name="flamingo-demo-lm", family="llama", block_size=128, n_layer=4,
              n_query_groups=4, intermediate_size=256, rotary_percentage=1.0, parallel_residual=False, bias=False,
              norm_class="RMSNorm", norm_eps=1e-5, mlp_class="LLaMAMLP", tie_embeddings=False, add_bos_token=False)
 FLAMINGO = dict(xattn_every=1, perceiver_depth=2, num_latents=8)
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of k successes in n."""
-    if n == 0:
-        return 0.0, 0.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
 
 
 def episode_lm(out: Path, items, seed: int, steps: int, lr: float = 3e-3) -> Path:

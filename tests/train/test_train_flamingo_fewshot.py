@@ -7,7 +7,7 @@ import pytest
 
 from openseason.data.image_tasks import write_suite
 from openseason.errors import OpenseasonError
-from openseason.train.flamingo_fewshot import SHOTS, flamingo_fewshot, wilson
+from openseason.train.flamingo_fewshot import SHOTS, flamingo_fewshot
 from openseason.train.quickstart import quickstart
 
 from .helpers_train import make_vision_encoder
@@ -22,12 +22,6 @@ def test_reduced_run(tmp_path):
     assert all(v["n"] == 3 and 0 <= v["accuracy"] <= 1 for v in report["after"].values())
     assert 0 < report["trainable_parameters"] < report["parameters"]
     assert abs(report["chance"] - (1 / 4 + 1 / 6) / 2) < 1e-9
-
-
-def test_wilson_interval():
-    low, high = wilson(80, 100)
-    assert 0.71 < low < 0.72 and 0.86 < high < 0.87      # the textbook 80/100 interval
-    assert wilson(0, 0) == (0.0, 0.0)
 
 
 def test_quickstart_flamingo_steps_needs_multimodal(tmp_path):
