@@ -6,8 +6,9 @@ through the one engine (`LLM.complete` with the images as media, in batches). Re
 "task" is "caption" are captioning; the others are visual questions:
 
     vqa       accuracy: normalized exact match (evaluate.metrics.normalize_answer), overall and per family,
-              next to the majority baseline (always giving each question's most common answer), the
-              chance level a model must clear
+              next to two baselines that see no image: "chance" (a uniform guess among the answers each
+              question has in the evaluated set) and "majority_baseline" (always each question's most
+              common answer in the evaluated set: an oracle, so an upper bound for any blind guesser)
     caption   exact match, corpus BLEU-4 (metrics.corpus_bleu), ROUGE-L (metrics.rouge_l) and CIDEr-D
               consensus (cider.py)
 
@@ -56,10 +57,11 @@ def image_task_metrics(items: list[dict]) -> dict:
         for i in vqa:
             by_question[i["question"]][normalize_answer(i["reference"])] += 1
         majority = sum(c.most_common(1)[0][1] for c in by_question.values()) / len(vqa)
+        chance = sum(1 / len(by_question[i["question"]]) for i in vqa) / len(vqa)
         families: dict[str, list[float]] = defaultdict(list)
         for i, hit in zip(vqa, hits):
             families[i["family"]].append(hit)
-        out["vqa"] = {"n": len(vqa), "accuracy": sum(hits) / len(hits), "majority_baseline": majority,
+        out["vqa"] = {"n": len(vqa), "accuracy": sum(hits) / len(hits), "chance": chance, "majority_baseline": majority,
                       "by_family": {f: sum(h) / len(h) for f, h in sorted(families.items())}}
     captions = [i for i in items if i["task"] == "caption"]
     if captions:

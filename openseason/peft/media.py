@@ -88,7 +88,7 @@ def load_tower(vision) -> VisionTower:
     if vision is None:
         raise ConfigError("a multimodal method needs a vision encoder", hint="--vision ENCODER_CKPT")
     from ..checkpoint.full import weight_files
-    from ..vision import load_vision_encoder
+    from ..vision.checkpoint import load_vision_encoder
 
     path = Path(vision)
     encoder = load_vision_encoder(path)
@@ -144,7 +144,7 @@ def one_per_row(batch_size: int, values: torch.Tensor, image_rows: torch.Tensor)
 def open_image_part(part: dict, base_dir=None, where: Optional[str] = None):
     """The PIL image of an image content part: {"image": PIL image or file bytes} or {"path": ...}
     (a relative path is read from `base_dir`, the prepared data directory)."""
-    from ..vision import load_image
+    from ..vision.images import load_image
 
     if part.get("image") is not None:
         return load_image(part["image"], where=where)

@@ -50,7 +50,7 @@ class ChatSession:
     def attach_image(self, path: str) -> None:
         """Attach the image at `path` to the next message (checked now: readable, and the model takes images)."""
         from ..generation.media import check_images
-        from ..vision import load_image
+        from ..vision.images import load_image
 
         check_images(self.engine.model, [{"role": "user", "content": [{"type": "image", "path": path}]}])
         load_image(path)   # a DataError now, not at the next message

@@ -173,11 +173,12 @@ def _markdown(report: dict) -> str:
     lines = ["# openseason quickstart --multimodal", "",
              "Held-out synthetic images (unseen scenes and unseen handwritten digits), greedy answers, normalized "
              "exact match.", "",
-             "| method | trained parameters | VQA before | VQA after | majority baseline | caption CIDEr-D after |",
-             "|---|---|---|---|---|---|"]
+             "| method | trained parameters | VQA before | VQA after | chance | majority baseline | caption CIDEr-D after |",
+             "|---|---|---|---|---|---|---|"]
     for method, r in report["methods"].items():
         lines.append(f"| {method} | {r['trainable_parameters']:,} | {r['before']['vqa']['accuracy']:.1%} | "
-                     f"{r['after']['vqa']['accuracy']:.1%} | {r['after']['vqa']['majority_baseline']:.1%} | "
+                     f"{r['after']['vqa']['accuracy']:.1%} | {r['after']['vqa']['chance']:.1%} | "
+                     f"{r['after']['vqa']['majority_baseline']:.1%} | "
                      f"{r['captions']['caption']['cider']:.2f} |")
     lines += ["", "Per family (after): " + "; ".join(
         f"{m}: " + ", ".join(f"{f} {a:.0%}" for f, a in r["after"]["vqa"]["by_family"].items())

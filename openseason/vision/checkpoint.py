@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..checkpoint import read_safetensors
+from ..checkpoint.full import read_safetensors
 from ..checkpoint.full import RUN_CARD_NAME, WEIGHTS_NAME, _now
 from ..errors import CheckpointError
 from ..fileio import read_json_object, replace_dir, staging_dir, wait_for_dir

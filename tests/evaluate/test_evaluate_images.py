@@ -39,6 +39,7 @@ def test_metrics_of_scored_items():
     m = image_task_metrics(items)
     assert m["vqa"]["accuracy"] == 0.5 and m["vqa"]["by_family"] == {"count": 0.5, "shape": 0.5}
     assert m["vqa"]["majority_baseline"] == 0.75   # "red" 2/2, "3" or "2" 1/2
+    assert m["vqa"]["chance"] == 0.75              # one answer seen for "What color?", two for "How many?"
     assert m["caption"]["exact_match"] == 0.5
     assert 0 < m["caption"]["bleu"] < 100 and 0 < m["caption"]["rouge_l"] < 1 and m["caption"]["cider"] > 0
 
