@@ -6,7 +6,8 @@ Interface (code against this; everything else is internal):
     from openseason.vision import load_image, load_vision_encoder, VisionEncoder, VisionConfig
 
     image = load_image("cat.png")            # path, bytes or PIL image -> RGB PIL image (DataError if bad)
-    enc = load_vision_encoder("ENCODER")     # a vision checkpoint dir; frozen, eval mode
+    enc = load_vision_encoder("ENCODER")     # a vision checkpoint dir (or a train-clip run dir: its
+                                             # OUT/encoder); frozen, eval mode
     pixels = enc.preprocess([image])         # (B, 3, enc.image_size, enc.image_size) float32,
                                              # exactly as CLIPImageProcessor / BlipImageProcessor make them
     feats = enc(pixels)                      # (B, enc.num_tokens, enc.hidden_size)

@@ -58,10 +58,18 @@ def is_vision_checkpoint(directory: str | Path) -> bool:
         return False
 
 
-def load_vision_config(directory: str | Path) -> VisionConfig:
+def resolve_vision_dir(directory: str | Path) -> Path:
+    """The vision checkpoint a path names: itself, or a `vision train-clip` run's OUT/encoder."""
     directory = Path(directory)
     if not wait_for_dir(directory) or not directory.is_dir():
         raise CheckpointError("vision checkpoint directory not found", where=str(directory))
+    if not (directory / "config.json").exists() and (directory / "encoder" / "config.json").exists():
+        return directory / "encoder"
+    return directory
+
+
+def load_vision_config(directory: str | Path) -> VisionConfig:
+    directory = resolve_vision_dir(directory)
     path = directory / "config.json"
     if not path.exists():
         raise CheckpointError("no config.json", where=str(directory))
@@ -86,7 +94,7 @@ def load_vision_config(directory: str | Path) -> VisionConfig:
 def load_vision_encoder(directory: str | Path, device="cpu", dtype: Optional[torch.dtype] = None,
                         freeze: bool = True) -> VisionEncoder:
     """A VisionEncoder from a vision checkpoint directory (frozen and in eval mode unless told not)."""
-    directory = Path(directory)
+    directory = resolve_vision_dir(directory)
     config = load_vision_config(directory)
     with torch.device("meta"):
         encoder = VisionEncoder(config)

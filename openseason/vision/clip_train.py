@@ -65,7 +65,7 @@ class CLIPOptions:
     keep_last: int = option(2, "keep only the newest N step checkpoints (0 = all)")
     log_every: int = option(10, "steps between metrics.csv rows")
     device: Optional[str] = option(None, "cpu, cuda (default: cuda if available)")
-    progress: bool = option(True, "log lines on stderr")
+    progress: bool = option(True, "progress lines on stderr (the API's progress=False silences them)")
 
 
 def resolve_clip_options(given: dict[str, Any]) -> CLIPOptions:
@@ -94,7 +94,7 @@ def caption_rows(directory: Path) -> list[dict]:
 
     check_prepared(directory)
     rows = []
-    for lineno, row in iter_jsonl(directory / "conversations.jsonl"):
+    for _line, row in iter_jsonl(directory / "conversations.jsonl"):
         meta = row.get("meta") or {}
         paths = image_paths(row.get("messages") or [])
         if meta.get("task") != "caption" or len(paths) != 1:
@@ -248,18 +248,19 @@ def _run(data, out: Path, opts: CLIPOptions, resume: Optional[str]) -> dict:
     model.to(device)
     optimizer = torch.optim.AdamW(_param_groups(model, opts.weight_decay), lr=opts.lr, betas=(0.9, 0.98), eps=1e-6)
     generator = torch.Generator().manual_seed(opts.seed)
-    step = 0
+    step, loss_value = 0, float("nan")
     checkpoint = find_resume(out, resume) if resume else None
+    if resume and (out / "final" / STATE_NAME).exists():   # a finished run: nothing left to train
+        checkpoint = out / "final"
     if checkpoint is not None:
         meta = _load(checkpoint, model, optimizer, generator)
         if meta["options"] != _fingerprint(opts) or meta["vocab"] != tokenizer.vocab:
             raise ConfigError("the run in --out was trained with other options or data; resume with the same ones",
                               where=str(checkpoint), hint="or pass --overwrite to start over")
-        step = meta["step"]
+        step, loss_value = meta["step"], meta.get("loss", float("nan"))
     pixels = pixels_of(train_rows, model.vision)
     ids = tokenizer.encode([r["caption"] for r in train_rows])
     metrics = _Metrics(out / "metrics.csv", step)
-    loss_value = float("nan")
     model.train()
     while step < opts.max_steps:
         batch = torch.randperm(len(train_rows), generator=generator)[:opts.batch_size]
@@ -280,11 +281,11 @@ def _run(data, out: Path, opts: CLIPOptions, resume: Optional[str]) -> dict:
                 import sys
                 print(f"step {step}/{opts.max_steps} loss {loss_value:.4f}", file=sys.stderr)
         if opts.save_every and step % opts.save_every == 0 and step < opts.max_steps:
-            _save(step_dir(out, step), model, optimizer, generator, _state(step, opts, tokenizer))
+            _save(step_dir(out, step), model, optimizer, generator, _state(step, opts, tokenizer, loss_value))
             _prune(out, opts.keep_last)
     metrics.close()
     model.eval()
-    _save(out / "final", model, optimizer, generator, _state(step, opts, tokenizer))
+    _save(out / "final", model, optimizer, generator, _state(step, opts, tokenizer, loss_value))
     evaluation = {}
     if held_rows:
         evaluation = zero_shot(model.cpu(), tokenizer, held_rows, pixels_of(held_rows, model.vision))
@@ -309,8 +310,8 @@ def _fingerprint(opts: CLIPOptions) -> dict:
     return {k: v for k, v in dataclasses.asdict(opts).items() if k not in skip}
 
 
-def _state(step: int, opts: CLIPOptions, tokenizer: WordTokenizer) -> dict:
-    return {"step": step, "options": _fingerprint(opts), "vocab": tokenizer.vocab,
+def _state(step: int, opts: CLIPOptions, tokenizer: WordTokenizer, loss: float) -> dict:
+    return {"step": step, "loss": loss, "options": _fingerprint(opts), "vocab": tokenizer.vocab,
             "context_length": tokenizer.context_length}
 
 

@@ -66,6 +66,7 @@ def test_training_learns_and_the_tower_loads(suite, tmp_path):
     feats = encoder.encode([str(next((suite / "eval" / "images").iterdir()))])
     assert feats.shape == (1, encoder.num_tokens, encoder.hidden_size) == (1, 17, 64)
     assert (tmp_path / "run" / "loss.png").stat().st_size > 0
+    assert load_vision_encoder(tmp_path / "run").config == encoder.config     # the run directory names its tower
 
 
 def test_resume_continues_exactly(suite, tmp_path):
@@ -76,6 +77,8 @@ def test_resume_continues_exactly(suite, tmp_path):
     a = load_vision_encoder(tmp_path / "a" / "encoder").state_dict()
     b = load_vision_encoder(tmp_path / "b" / "encoder").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    again = train_clip(suite, tmp_path / "a", resume="auto", max_steps=12, save_every=6, **SMALL)
+    assert again["steps"] == 12 and again["final_loss"] == full["final_loss"]    # finished: nothing retrained
     with pytest.raises(ConfigError, match="other options"):
         train_clip(suite, tmp_path / "b", resume="auto", max_steps=12, **{**SMALL, "lr": 1e-3})
 
@@ -90,3 +93,15 @@ def test_bad_inputs(tmp_path, suite):
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(OpenseasonError, match="not empty"):
         train_clip(suite, tmp_path / "full", max_steps=1)
+
+
+def test_cli(suite, tmp_path, capsys):
+    from openseason.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["vision", "train-clip", "--data", str(suite), "--out", str(out), "--max-steps", "3",
+                 "--batch-size", "8", "--text-width", "16", "--save-every", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "zero-shot digit/digit" in printed and f"{out}/encoder" in printed
+    assert json.loads((out / "report.json").read_text())["steps"] == 3
+    assert main(["vision", "train-clip", "--data", str(suite), "--out", str(out), "--max-steps", "0"]) == 2
