@@ -62,6 +62,19 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         raise
 
 
+def hash_files(paths) -> str:
+    """sha256 over the names and bytes of `paths` (sorted): the fingerprint of a set of files."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(p) for p in paths):
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def fsync_dir(directory: str | os.PathLike) -> None:
     """Make a rename in `directory` durable (no-op where directories cannot be opened)."""
     with contextlib.suppress(OSError):

@@ -262,6 +262,17 @@ def _minigpt4(system, turns, end, gen):
     return out
 
 
+def _flamingo(system, turns, end, gen):
+    # OpenFlamingo's interleaved text: "<image>Output: circle<|endofchunk|>..." -- no role markers; each
+    # reply closes its chunk with <|endofchunk|> (the image slots are the <image> tokens)
+    out = [(system + " ", False)] if system is not None else []
+    for user, reply in turns:
+        out.append((_user_text(user), False))
+        if reply is not None:
+            out.append((f" {reply}{end}", True))
+    return out
+
+
 def _plain(system, turns, end, gen):
     out = [(system + "\n\n", False)] if system is not None else []
     for i, (user, reply) in enumerate(turns):
@@ -322,6 +333,8 @@ STYLES: dict[str, PromptStyle] = {s.name: s for s in [
                 _vicuna, stop_strings=("</s>", "USER:"), end_with_eos=True),
     PromptStyle("minigpt4", "MiniGPT-4: ###Human: <Img><ImageHere></Img> question ###Assistant: answer###",
                 _minigpt4, stop_strings=("###",), end_marker="###", image_text=("<Img>", "</Img>")),
+    PromptStyle("flamingo", "OpenFlamingo: <image> question answer<|endofchunk|> (interleaved, no role markers)",
+                _flamingo, stop_strings=("<|endofchunk|>",), end_marker="<|endofchunk|>"),
     PromptStyle("plain", "no template: turns separated by blank lines, reply + EOS",
                 _plain, stop_strings=(), end_with_eos=True),
 ]}

@@ -111,6 +111,18 @@ class Tokenizer:
             self._special_ids = frozenset(i for i, token in added.items() if getattr(token, "special", False))
         return self._special_ids
 
+    def add_special_tokens(self, tokens: Iterable[str]) -> list[int]:
+        """Add `tokens` as special tokens (matched whole, before pre-tokenization; left out of decoded
+        text) unless present; returns their ids in order. New ids follow the current vocabulary."""
+        from tokenizers import AddedToken
+
+        tokens = list(tokens)
+        missing = [t for t in tokens if self.backend.token_to_id(t) is None]
+        if missing:
+            self.backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
+            self._special_ids = None
+        return [self.backend.token_to_id(t) for t in tokens]
+
     def encode(self, text: str, *, bos: Optional[bool] = None, eos: bool = False) -> list[int]:
         """Token ids of `text`; BOS follows the family policy unless `bos` says otherwise."""
         ids = self.backend.encode(text, add_special_tokens=False).ids

@@ -19,4 +19,7 @@ if ! python -c "import torch" 2>/dev/null; then
   fi
 fi
 pip install -q -e ".[test]" 2>&1 | quiet
+# OpenFlamingo is a test-only peer whose pinned torch and open_clip we do not want: no dependencies
+# (the modules we compare against need only torch, einops and einops-exts, from the test extras).
+pip install -q --no-deps open_flamingo==2.0.1 2>&1 | quiet
 python -c "import openseason, torch; print(f'openseason ready (torch {torch.__version__})')"

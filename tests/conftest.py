@@ -1,7 +1,11 @@
 """Shared test fixtures: the real data folder, tiny random models and tokenizers made on the spot."""
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -79,3 +83,39 @@ def sp_chat_tokenizer():
                                   show_progress=False)
     backend.train_from_iterator(CHAT_TEXTS, trainer=trainer)
     return Tokenizer(backend, bos_id=backend.token_to_id("<s>"), eos_id=backend.token_to_id("</s>"), add_bos=True)
+
+
+@pytest.fixture(scope="session")
+def open_flamingo_src():
+    """OpenFlamingo's `src.helpers`, `src.flamingo_lm`, `src.utils` and `train.train_utils` modules.
+
+    open_flamingo is installed with --no-deps; its package __init__ imports the model factory, which
+    needs open_clip (not installed), so the two packages are registered as bare namespaces and only the
+    modules we compare against are imported (they need torch, einops and einops-exts)."""
+    spec = importlib.util.find_spec("open_flamingo")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("open_flamingo is a test-only peer: pip install --no-deps open_flamingo einops-exts")
+    root = spec.submodule_search_locations[0]
+    packages = (("open_flamingo", root), ("open_flamingo.src", f"{root}/src"), ("open_flamingo.train", f"{root}/train"))
+    saved = {name: sys.modules.get(name) for name, _ in packages}
+    for name, path in packages:
+        if name not in sys.modules:
+            package = types.ModuleType(name)
+            package.__path__ = [path]
+            sys.modules[name] = package
+    src = types.SimpleNamespace(helpers=importlib.import_module("open_flamingo.src.helpers"),
+                                flamingo_lm=importlib.import_module("open_flamingo.src.flamingo_lm"),
+                                utils=importlib.import_module("open_flamingo.src.utils"))
+    # train_utils imports wandb at module level and never calls it with report_to_wandb off
+    stub = "wandb" not in sys.modules
+    if stub:
+        sys.modules["wandb"] = types.ModuleType("wandb")
+    try:
+        src.train_utils = importlib.import_module("open_flamingo.train.train_utils")
+    finally:
+        if stub:
+            sys.modules.pop("wandb", None)
+    yield src
+    for name, module in saved.items():
+        if module is None:
+            sys.modules.pop(name, None)

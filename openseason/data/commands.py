@@ -235,6 +235,8 @@ def _images(args) -> int:
     return 0
 
 
+from .episodes import register_episodes  # noqa: E402  (the Flamingo episodes sub-verb lives with its code)
+
 def register_images(sub) -> None:
     from .image_tasks import FAMILIES
 
@@ -254,7 +256,7 @@ def register_images(sub) -> None:
 
 
 SUBVERBS = [register_prepare, register_dedup, register_mix, register_stats, register_tokenize, register_batch,
-            register_images]
+            register_images, register_episodes]
 
 
 def data_subparsers(subparsers):

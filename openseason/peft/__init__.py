@@ -6,8 +6,9 @@
     count_trainable(model)
 
 Methods: "full" (everything trains), "lora", "adapter" (LLaMA-Adapter v1), "adapter-v2", and the
-multimodal "minigpt4" (frozen encoder -> trainable projection, minigpt4.py) and "adapter-v2-mm"
-(LLaMA-Adapter V2 multimodal, adapter_mm.py), which attach an image front-end at `model.media`. Each call
+multimodal "minigpt4" (frozen encoder -> trainable projection, minigpt4.py), "adapter-v2-mm"
+(LLaMA-Adapter V2 multimodal, adapter_mm.py) and "flamingo" (OpenFlamingo's perceiver resampler and
+gated cross-attention, flamingo.py), which attach an image front-end at `model.media`. Each call
 records {"method", "options"} in `model.peft_methods` (what a PEFT checkpoint stores) and re-marks
 which parameters train (see base.py for the protocol).
 """
@@ -24,8 +25,8 @@ from .base import (AdaptedLinear, count_trainable, mark_trainable, parameter_gro
 from .lora import apply_lora, export_peft, merge_lora
 
 # The one list of finetuning method names, and the aliases accepted for them everywhere (API, CLI, recipes).
-METHODS = ("full", "lora", "adapter", "adapter-v2", "minigpt4", "adapter-v2-mm")
-MULTIMODAL_METHODS = ("minigpt4", "adapter-v2-mm")
+METHODS = ("full", "lora", "adapter", "adapter-v2", "minigpt4", "adapter-v2-mm", "flamingo")
+MULTIMODAL_METHODS = ("minigpt4", "adapter-v2-mm", "flamingo")
 METHOD_ALIASES = {"adapter-v1": "adapter", "adapter_v1": "adapter", "adapter_v2": "adapter-v2",
                   "llama-adapter": "adapter", "adapter_v2_mm": "adapter-v2-mm", "mini-gpt4": "minigpt4"}
 
@@ -46,7 +47,8 @@ def canonical_method(method: str) -> str:
 def apply(model: nn.Module, method: str, **options: Any) -> nn.Module:
     """Adapt `model` in place with `method` and return it; `options` are the method's keyword arguments
     (lora: rank, alpha, dropout, targets; adapter / adapter-v2: prompt_length, layers; minigpt4: vision;
-    adapter-v2-mm: vision, mode, prompt_length, layers, early_layers, visual_blocks, visual_heads)."""
+    adapter-v2-mm: vision, mode, prompt_length, layers, early_layers, visual_blocks, visual_heads;
+    flamingo: see `flamingo.apply_flamingo`)."""
     method = canonical_method(method)
     options = {k: v for k, v in options.items() if v is not None}
     try:
@@ -66,6 +68,10 @@ def apply(model: nn.Module, method: str, **options: Any) -> nn.Module:
             from .adapter_mm import apply_adapter_v2_mm
 
             resolved = apply_adapter_v2_mm(model, **options)
+        elif method == "flamingo":
+            from .flamingo import apply_flamingo
+
+            resolved = apply_flamingo(model, **options)
         else:
             resolved = apply_adapter_v2(model, **options)
     except TypeError as exc:
@@ -97,6 +103,9 @@ def merge(model: nn.Module) -> nn.Module:
         raise ConfigError("a MiniGPT-4 checkpoint cannot be merged into plain weights (its projection feeds "
                           "images, which a plain decoder does not take)",
                           hint="load the checkpoint directly: LLM.load, chat and serve all do")
+    if "flamingo" in methods:
+        raise ConfigError("Flamingo checkpoints cannot be merged into plain weights (the resampler and the "
+                          "cross-attention blocks are extra modules)", hint="load the checkpoint directly")
     if any(m.startswith("adapter") for m in methods):
         raise ConfigError("LLaMA-Adapter checkpoints cannot be merged into plain weights (the learned prompts "
                           "are extra attention, not a weight update)",

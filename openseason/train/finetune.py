@@ -26,6 +26,9 @@ from .outdir import claim_run_dir
 
 TRAIN_DEFAULT_STYLE = "alpaca"  # when neither the options, the data nor the base checkpoint name a style
 
+METHOD_STYLE = {"minigpt4": "minigpt4", "flamingo": "flamingo"}   # the prompt format a method was built with
+
+
 def method_options(method: str, opts: dict) -> dict:
     """The keyword arguments of `peft.apply` for `method`, from the finetune options."""
     if method == "minigpt4":
@@ -34,6 +37,9 @@ def method_options(method: str, opts: dict) -> dict:
         return {"vision": opts["vision"], "mode": opts["mm_mode"] or "paper",
                 "prompt_length": int(opts["adapter_prompt_length"]), "layers": opts["adapter_layers"],
                 "early_layers": opts["early_layers"], "visual_blocks": opts["visual_blocks"]}
+    if method == "flamingo":
+        return {"vision": opts["vision"], "every": opts["xattn_every"], "perceiver_depth": opts["perceiver_depth"],
+                "num_latents": opts["num_latents"]}
     if method == "lora":
         return {"rank": int(opts["lora_rank"]), "alpha": float(opts["lora_alpha"]),
                 "dropout": float(opts["lora_dropout"]), "targets": opts["lora_targets"]}
@@ -101,6 +107,9 @@ def _check_multimodal(method: str, opts: dict) -> None:
     if not opts.get("vision"):
         raise ConfigError(f"--method {method} needs --vision ENCODER_CKPT (a vision encoder checkpoint)",
                           hint="make one with `openseason vision convert HF_DIR OUT` or `openseason vision train-clip`")
+    if method == "flamingo" and opts.get("train_on", "assistant") != "assistant":
+        raise ConfigError("--train-on does not apply to --method flamingo: its labels follow OpenFlamingo's "
+                          "training step (every token of a chunk from <image> to <|endofchunk|>)")
     if opts.get("packing"):
         raise ConfigError(f"--packing does not apply to --method {method} (rows with images are padded, not packed)")
     if opts.get("objective", "sft") != "sft":
@@ -129,7 +138,16 @@ def _finetune(checkpoint: Path, data: Path, out: Path, opts: dict, *, config, re
     model = load_model(checkpoint, device=device, dtype=dtype)
     tokenizer = Tokenizer.from_dir(checkpoint, model.config)
     base_ref = root_base(checkpoint) if is_peft_checkpoint(checkpoint) else checkpoint
-    apply(model, method, **method_options(method, opts))
+    tokens = {}
+    if method == "flamingo":   # <image> and <|endofchunk|> join the vocabulary; only their rows train
+        from ..data.interleaved import add_media_tokens
+
+        known = {t for t in ("<image>", "<|endofchunk|>") if tokenizer.token_to_id(t) is not None}
+        media_id, eoc_id = add_media_tokens(tokenizer)
+        new = [i for t, i in (("<image>", media_id), ("<|endofchunk|>", eoc_id)) if t not in known]
+        tokens = {"media_token_id": media_id, "token_ids": [media_id, eoc_id], "new_token_ids": new,
+                  "vocab_size": tokenizer.vocab_size}
+    apply(model, method, **method_options(method, opts), **tokens)
     if dtype is not None:  # frozen base in bf16, trained parameters and optimizer state in fp32
         for p in model.parameters():
             if p.requires_grad:
@@ -137,12 +155,13 @@ def _finetune(checkpoint: Path, data: Path, out: Path, opts: dict, *, config, re
     base_card = read_run_card(checkpoint)
     media = getattr(model, "media", None)
 
-    style = (opts["prompt_style"] or ("minigpt4" if method == "minigpt4" else None) or prepared_style(data)
+    style = (opts["prompt_style"] or METHOD_STYLE.get(method) or prepared_style(data)
              or base_card.get("prompt_style") or TRAIN_DEFAULT_STYLE)
     max_length = int(opts["max_length"] or min(model.config.block_size, 2048))
     records = load_conversations(data)  # checked against its report.json when it has one
     sft = SFTData(records, tokenizer, style, max_length, train_on=opts["train_on"],
-                  image_tokens=media.image_tokens if media is not None else None)
+                  image_tokens=media.image_tokens if media is not None else None,
+                  image_token_id=getattr(model, "media_token_id", 0))
     if len(sft) == 0:
         raise OpenseasonError("no usable training examples", where=str(data), hint=f"tokenization report: {sft.report}")
     order = np.random.default_rng(int(opts["seed"])).permutation(len(sft))
@@ -154,6 +173,11 @@ def _finetune(checkpoint: Path, data: Path, out: Path, opts: dict, *, config, re
         raise ConfigError(f"val_size={val_size} leaves no training examples (only {len(sft)})")
     train_ex = [sft[int(i)] for i in train_idx]
     val_ex = [sft[int(i)] for i in val_idx]
+    if method == "flamingo":   # labels as OpenFlamingo's training step masks them
+        from ..data.interleaved import with_flamingo_labels
+
+        train_ex = [with_flamingo_labels(ex, media_id, eoc_id) for ex in train_ex]
+        val_ex = [with_flamingo_labels(ex, media_id, eoc_id) for ex in val_ex]
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     objective = None
     if media is not None:

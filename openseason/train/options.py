@@ -19,7 +19,7 @@ from ..peft import METHOD_ALIASES, METHODS
 
 # Peak learning rate per finetuning method when none is given (LLaMA-Adapter papers, LoRA common use).
 METHOD_LR = {"full": 2e-5, "lora": 3e-4, "adapter": 9e-3, "adapter-v2": 3e-3, "minigpt4": 1e-4,
-             "adapter-v2-mm": 3e-3}
+             "adapter-v2-mm": 3e-3, "flamingo": 1e-4}   # flamingo: OpenFlamingo's train.py default
 
 OBJECTIVES = ("sft", "reward", "dpo", "cdpo", "ipo", "kto", "orpo", "simpo", "grpo", "rloo", "distill")
 # Which objective options apply to which objectives, and their defaults; any other given is an error.
@@ -160,6 +160,12 @@ class FinetuneOptions:
                                                "(default 1)", group="LLaMA-Adapter V2 multimodal")
     visual_blocks: Optional[int] = option(None, "adapter-v2-mm released mode: transformer blocks of the visual "
                                                 "query (default 1)", group="LLaMA-Adapter V2 multimodal")
+    xattn_every: Optional[int] = option(None, "flamingo: a gated cross-attention block before every n-th decoder "
+                                              "layer (default 1; the released 3B uses 2, the 7B 4)", group="Flamingo")
+    perceiver_depth: Optional[int] = option(None, "flamingo: perceiver resampler layers (default 6)",
+                                            group="Flamingo")
+    num_latents: Optional[int] = option(None, "flamingo: latents per image out of the resampler (default 64)",
+                                        group="Flamingo")
 
 
 @dataclass
@@ -209,6 +215,9 @@ class QuickstartOptions:
                                      "held-out VQA before/after (default steps: pretrain 1500, finetune 300)")
     scenes: Optional[int] = option(None, "--multimodal: training scenes of the synthetic image suite (default 600)")
     clip_steps: Optional[int] = option(None, "--multimodal: tiny CLIP training steps (default 300)")
+    flamingo_steps: Optional[int] = option(None, "--multimodal: also OpenFlamingo few-shot classification (0/2/4 "
+                                                 "shots on held-out images) with this many Flamingo steps; adds "
+                                                 "a few minutes (default 0: skipped)")
 
 
 # The range of every numeric option: (lowest, highest) with "(" / "[" for open / closed ends; checked
@@ -224,7 +233,8 @@ RANGES = {
 }
 # Options of one finetuning method (by their CLI group): given with another method, they are an error.
 METHOD_GROUPS = {"LoRA": ("lora",), "LLaMA-Adapter": ("adapter", "adapter-v2", "adapter-v2-mm"),
-                 "multimodal": ("minigpt4", "adapter-v2-mm"), "LLaMA-Adapter V2 multimodal": ("adapter-v2-mm",)}
+                 "multimodal": ("minigpt4", "adapter-v2-mm", "flamingo"),
+                 "LLaMA-Adapter V2 multimodal": ("adapter-v2-mm",), "Flamingo": ("flamingo",)}
 
 
 def _in_range(value: float, spec: str) -> bool:

@@ -104,8 +104,9 @@ def quickstart(out: str | Path, *, progress: bool = True, **options: Any) -> dic
         try:
             if o.multimodal:
                 return _multimodal(out, o, progress)
-            if o.scenes is not None or o.clip_steps is not None:
-                raise OpenseasonError("--scenes and --clip-steps apply to quickstart --multimodal only")
+            if o.scenes is not None or o.clip_steps is not None or o.flamingo_steps is not None:
+                raise OpenseasonError("--scenes, --clip-steps and --flamingo-steps apply to quickstart --multimodal "
+                                      "only")
             return _quickstart(out, o.model, o.data, o.pretrain_steps, o.finetune_steps, o.seed, o.eval_items,
                                o.pretrain_items or 4000, progress)
         finally:
@@ -214,7 +215,7 @@ def _multimodal(out: Path, o: QuickstartOptions, progress: bool) -> dict[str, An
                                  clip_steps=300 if o.clip_steps is None else o.clip_steps,
                                  pretrain_steps=1500 if o.pretrain_steps is None else o.pretrain_steps,
                                  finetune_steps=300 if o.finetune_steps is None else o.finetune_steps,
-                                 progress=progress)
+                                 flamingo_steps=o.flamingo_steps or 0, progress=progress)
 
 
 def _pick_threads() -> None:

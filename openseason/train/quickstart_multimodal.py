@@ -48,7 +48,8 @@ def text_records(image_records: list[dict]) -> list[dict]:
 
 
 def quickstart_multimodal(out: Path, *, seed: int, scenes: int, eval_items: int, clip_steps: int,
-                          pretrain_steps: int, finetune_steps: int, progress: bool) -> dict[str, Any]:
+                          pretrain_steps: int, finetune_steps: int, progress: bool,
+                          flamingo_steps: int = 0) -> dict[str, Any]:
     from ..data.image_tasks import write_suite
     from ..data.sft import load_conversations
 
@@ -79,12 +80,21 @@ def quickstart_multimodal(out: Path, *, seed: int, scenes: int, eval_items: int,
                             ("adapter-v2-mm", {"mm_mode": "paper", "adapter_prompt_length": 10, "lr": 1e-2})):
         results[method] = _method(out, base, suite, encoder, method, options, finetune_steps, seed, eval_items,
                                   progress, timings, curves)
+    flamingo = None
+    if flamingo_steps:   # OpenFlamingo few-shot on the same suite and encoder (train/flamingo_fewshot.py)
+        from .flamingo_fewshot import flamingo_fewshot
+
+        t = time.time()
+        flamingo = flamingo_fewshot(out / "flamingo", suite, encoder, steps=flamingo_steps, seed=seed,
+                                    eval_per_shot=max(20, eval_items // 3))
+        timings["flamingo_s"] = time.time() - t
     plot = _plot(curves, out / "loss_curves.png")
     examples = _examples_png(out, suite, results)
     timings["total_s"] = time.time() - t0
     report = {"kind": "multimodal", "suite": str(suite), "clip": clip_report, "base_checkpoint": str(base),
               "vision_encoder": str(encoder), "methods": results, "loss_curves": str(plot),
-              "examples_png": str(examples), "timings": timings, "seed": seed, "report_md": str(out / "report.md")}
+              "examples_png": str(examples), "timings": timings, "seed": seed, "report_md": str(out / "report.md"),
+              "flamingo_fewshot": flamingo}
     write_json_atomic(out / "report.json", report)
     write_text_atomic(out / "report.md", _markdown(report))
     return report
@@ -191,6 +201,13 @@ def _markdown(report: dict) -> str:
     lines += ["", "Per family (after): " + "; ".join(
         f"{m}: " + ", ".join(f"{f} {a:.0%}" for f, a in r["after"]["vqa"]["by_family"].items())
         for m, r in report["methods"].items()), "",
-        "![examples](examples.png)", "", "![loss curves](loss_curves.png)", "",
+        "![examples](examples.png)", "", "![loss curves](loss_curves.png)", ""]
+    flamingo = report.get("flamingo_fewshot")
+    if flamingo:
+        lines += ["OpenFlamingo few-shot (held-out images; shape or color, unnamed; chance "
+                  f"{flamingo['chance']:.1%}): " + ", ".join(
+                      f"{k} shots {flamingo['before'][k]['accuracy']:.0%} -> {v['accuracy']:.0%}"
+                      for k, v in flamingo["after"].items()), ""]
+    lines += [
         "Timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in report["timings"].items()), ""]
     return "\n".join(lines)

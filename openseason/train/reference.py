@@ -14,23 +14,16 @@ the cache is stale: it is recomputed (and the reason printed), never silently re
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from ..fileio import hash_files as _hash_files
+
 CACHE_NAME = "reference_logps.safetensors"
 
-def _hash_files(paths) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(Path(p) for p in paths):
-        digest.update(path.name.encode())
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 def checkpoint_fingerprint(checkpoint) -> str:
     """sha256 over the weight files of `checkpoint` and, for PEFT, every checkpoint below it."""

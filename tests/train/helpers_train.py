@@ -79,6 +79,50 @@ def kill_finetune_after_checkpoint(tmp_path: Path, base: Path, data: Path, metho
     return run
 
 
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
+
+
+def make_vision_encoder(path: Path, seed: int = 0) -> Path:
+    """A randomly initialized tiny CLIP tower (32px) saved as a vision checkpoint."""
+    import torch
+
+    from openseason.vision import VisionConfig, VisionEncoder, save_vision_encoder
+
+    torch.manual_seed(seed)
+    return save_vision_encoder(path, VisionEncoder(VisionConfig.named("tiny-clip-vit")))
+
+
+def make_mm_prepared(path: Path, n_images: int = 16, n_text: int = 8, seed: int = 0) -> Path:
+    """Colored squares with "what color is it?" turns (image parts, relative paths) mixed with
+    text-only addition turns: a prepared directory in the conversation-record shape."""
+    from PIL import Image
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "images").mkdir(exist_ok=True)
+    rng = random.Random(seed)
+    names = sorted(COLORS)
+    rows = []
+    for i in range(n_images):
+        color = names[i % len(names)]
+        image = Image.new("RGB", (40, 40), (255, 255, 255))
+        x = rng.randint(0, 16)
+        image.paste(COLORS[color], (x, x, x + 20, x + 20))
+        image.save(path / "images" / f"{i}.png")
+        rows.append({"id": f"img-{i}", "messages": [
+            {"role": "user", "content": [{"type": "image", "path": f"images/{i}.png"},
+                                         {"type": "text", "text": "What color is the square?"}]},
+            {"role": "assistant", "content": color}]})
+    for i in range(n_text):
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        rows.append({"id": f"add-{i}", "messages": [{"role": "user", "content": f"add {a} and {b}"},
+                                                     {"role": "assistant", "content": str(a + b)}]})
+    rng.shuffle(rows)
+    with open(path / "conversations.jsonl", "w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    return path
+
+
 def for_method(method: str, options: dict) -> dict:
     """`options` less the options of the other finetuning methods, which finetune() refuses: shared
     test settings name the tiny LoRA and LLaMA-Adapter sizes once, each run passes what applies."""
