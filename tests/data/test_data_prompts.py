@@ -22,6 +22,10 @@ EXPECTED = {
     "dolly": "Be nice.\n\n### Instruction:\nHi\n\n### Response:\nHello!\n\n### End\n\n### Instruction:\n2+2?\n\n"
              "### Response:\n4\n\n### End",
     "plain": "Be nice.\n\nHi\n\nHello!<EOS>\n\n2+2?\n\n4<EOS>",
+    # MiniGPT-4's stage-2 template '###Human: {} ###Assistant: ' with end_sym '###', once per turn
+    "minigpt4": "Be nice.###Human: Hi ###Assistant: Hello!######Human: 2+2? ###Assistant: 4###",
+    # OpenFlamingo's interleaved text: no role markers, each reply closes its chunk
+    "flamingo": "Be nice. Hi Hello!<|endofchunk|>2+2? 4<|endofchunk|>",
 }
 
 
