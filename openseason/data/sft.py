@@ -56,7 +56,8 @@ def tokenize_conversation(messages, tokenizer, style, max_length: int, train_on:
         bos = bos or kind == "bos"
         ids.extend(piece)
         labels.extend(piece if kind == "reply" or (train_on == "all" and kind != "bos") else [IGNORE] * len(piece))
-    if len(ids) > max_length:
+    cut = len(ids) > max_length
+    if cut:
         if truncation == "drop":
             return None
         if truncation == "right":
@@ -65,7 +66,7 @@ def tokenize_conversation(messages, tokenizer, style, max_length: int, train_on:
             keep = max_length - int(bos)
             ids = ids[:int(bos)] + ids[len(ids) - keep:]
             labels = labels[:int(bos)] + labels[len(labels) - keep:]
-    return {"input_ids": ids, "labels": labels}
+    return {"input_ids": ids, "labels": labels, **({"truncated": True} if cut else {})}
 
 
 # -- prepared directories ---------------------------------------------------------------------------
@@ -139,7 +140,7 @@ class SFTData:
         self.max_length = max_length
         self.train_on = train_on
         self.examples: list[dict] = []
-        self.report = {"read": 0, "kept": 0, "dropped": {}, "tokens": 0, "target_tokens": 0}
+        self.report = {"read": 0, "kept": 0, "dropped": {}, "truncated": 0, "tokens": 0, "target_tokens": 0}
         for record in records:
             self.report["read"] += 1
             if isinstance(record, list):
@@ -157,6 +158,7 @@ class SFTData:
             ex["id"] = record.get("id")
             self.examples.append(ex)
             self.report["kept"] += 1
+            self.report["truncated"] += int(ex.pop("truncated", False))
             self.report["tokens"] += len(ex["input_ids"])
             self.report["target_tokens"] += sum(label != IGNORE for label in ex["labels"])
 
