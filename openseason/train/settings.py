@@ -52,6 +52,8 @@ def data_fingerprint(data: str | Path) -> str:
 def _show(value: Any) -> str:
     if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
         return value[:12]  # a sha256: its prefix is enough to tell two apart
+    if isinstance(value, float):
+        return f"{value:.6g}"  # 0.0003, not 0.00030000000000000003 (lr / 10)
     return repr(value) if isinstance(value, str) else str(value)
 
 
