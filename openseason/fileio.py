@@ -443,9 +443,12 @@ def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     complete) before the previous `final` is moved aside, so a kill between the renames leaves a
     complete copy that `recover_dir` moves back into place."""
     tmp, final = Path(tmp), Path(final)
+    mode = _file_mode()
     for root, _dirs, files in os.walk(tmp):
         for name in files:
             with open(os.path.join(root, name), "rb") as handle:
+                # one mode for every file of a checkpoint (safetensors writes 0600, open() 0644)
+                os.fchmod(handle.fileno(), mode)
                 os.fsync(handle.fileno())
         fsync_dir(root)
     new = _sibling(final, "new")
