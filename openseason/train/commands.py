@@ -52,8 +52,11 @@ def _quickstart(args) -> int:
     from .quickstart import quickstart
 
     report = quickstart(args.out, **given_options(args, QuickstartOptions))
+    t = report["timings"]
+    expected = f", expected {t['expected_s'] / 60:.1f}" if "expected_s" in t else ""
     print(f"exact match on held-out '{report['heldout_family']}' items: before {report['before']['exact_match']:.1%}"
-          f", after {report['after']['exact_match']:.1%}  (report: {report['report_md']})")
+          f", after {report['after']['exact_match']:.1%}  (report: {report['report_md']}); "
+          f"{t['total_s'] / 60:.1f} minutes{expected}")
     return 0
 
 
