@@ -22,7 +22,7 @@ import torch
 
 from ..config import Config
 from ..data.shards import PretrainLoader
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from .loop import TrainConfig, register_run, train
 from .options import PretrainOptions, resolve
 from .preflight import parameter_counts

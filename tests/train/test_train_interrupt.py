@@ -9,7 +9,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from openseason.errors import CheckpointError
 from openseason.train.finetune import finetune
 from openseason.train.pretrain import pretrain
 
-from .helpers_train import REPO, make_base, make_prepared
+from .helpers_train import REPO, make_base, make_prepared, wait_for_marker
 from .test_pretrain_run import tokens  # noqa: F401 (the module's token directory fixture)
 
 ARGS = dict(max_steps=7, save_every=2, micro_batch_size=4, grad_accum=2, seed=3, lr=3e-3, warmup_steps=2,
@@ -70,12 +69,7 @@ def _signal_cli_run(tmp_path: Path, argv: list[str], signum: int, step: int) -> 
     """))
     proc = subprocess.Popen([sys.executable, str(driver)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    deadline = time.time() + 120
-    while not marker.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"driver exited early: {proc.stderr.read()[-2000:]}")
-        assert time.time() < deadline, f"driver never reached step {step}"
-        time.sleep(0.02)
+    wait_for_marker(proc, marker, step)
     os.kill(proc.pid, signum)
     go.write_text("go")
     out, err = proc.communicate(timeout=120)
