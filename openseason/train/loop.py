@@ -24,6 +24,7 @@ import csv
 import dataclasses
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -316,12 +317,13 @@ def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path
         stored = json.loads((resume_from / STATE_NAME).read_text())
         changes = check_resume(resume_from, stored, settings, allow_changes)
         if changes and main_process:
-            print("openseason: resuming with changed settings (--allow-changes):\n  " + "\n  ".join(changes))
+            print("openseason: resuming with changed settings (--allow-changes):\n  " + "\n  ".join(changes),
+                  file=sys.stderr)
         done = _already_done(out_dir, stored, max_steps)
         if done is not None:
             if main_process:
                 print(f"openseason: nothing to train: {resume_from} is already at step {stored['step']} of "
-                      f"max_steps {max_steps}; the final checkpoint is {done}")
+                      f"max_steps {max_steps}; the final checkpoint is {done}", file=sys.stderr)
             return {"final": done, "steps": int(stored["step"]), "tokens": int(stored.get("tokens", 0)),
                     "seconds": float(stored.get("elapsed_s", 0.0)), "final_loss": stored.get("loss"),
                     "val_loss": None, "stopped": "already_done", "loss_plot": None,

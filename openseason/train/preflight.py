@@ -12,6 +12,7 @@ pretraining whether the token stream wraps around (samples repeat).
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -177,9 +178,10 @@ def format_summary(s: dict) -> str:
 
 
 def announce(summary: dict, out: Path, *, main_process: bool = True) -> None:
-    """Print the summary (stdout) and write OUT/preflight.json."""
+    """Print the summary (stderr, with the progress: stdout stays the command's result) and write
+    OUT/preflight.json."""
     if not main_process:
         return
-    print("openseason: run summary (also in " + str(Path(out) / PREFLIGHT_NAME) + ")")
-    print("\n".join("  " + line for line in format_summary(summary).splitlines()), flush=True)
+    print("openseason: run summary (also in " + str(Path(out) / PREFLIGHT_NAME) + ")", file=sys.stderr)
+    print("\n".join("  " + line for line in format_summary(summary).splitlines()), file=sys.stderr, flush=True)
     write_json_atomic(Path(out) / PREFLIGHT_NAME, summary)

@@ -50,6 +50,7 @@ class ThreadGovernor:
         self.probe: Optional[dict] = None      # {"threads", "times"} while trying the other count
         self.next_probe, self.interval = 4, every
         self.last_time: Optional[float] = None
+        self.last_step = 0
         self.history: list[dict] = []
         torch.set_num_threads(self.current)
 
@@ -65,6 +66,10 @@ class ThreadGovernor:
         now = self.timer()
         seconds = None if self.last_time is None else now - self.last_time
         self.last_time = now
+        if step <= self.last_step:  # a new run (the quickstart's finetuning after its pretraining)
+            self.next_probe += step - self.last_step
+            seconds = None          # the time since the last run's last step is no step at all
+        self.last_step = step
         # steps with a validation pass or a sample are not comparable with the others
         if seconds is None or row.get("val_loss") not in (None, "") or not self.active:
             return

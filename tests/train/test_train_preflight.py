@@ -102,7 +102,7 @@ def test_finetune_summary_counts_rows_per_reason(tmp_path, setup, capsys):
             {"role": "user", "content": "add 1 and 2"}, {"role": "assistant", "content": "3 " * 60}]}) + "\n")
     result = finetune(base, data, "lora", tmp_path / "run", max_steps=3, micro_batch_size=4, grad_accum=2,
                       max_length=48, val_size=2, progress=False, register=False)
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err  # stdout stays the command's result
     summary = json.loads((tmp_path / "run" / "preflight.json").read_text())
     assert summary["data"] == {"read": 27, "kept": 25, "dropped": {"no_target_tokens": 2}, "truncated": 1,
                                "train": 23, "validation": 2}
@@ -133,9 +133,9 @@ def test_pretrain_summary_says_when_the_stream_wraps(tmp_path, tokens, capsys): 
     short = json.loads((tmp_path / "short" / "preflight.json").read_text())
     assert short["wraps"] is False and short["tokens_per_step"] == 8 * 32 and short["tokens_per_step_exact"]
     assert short["data"]["samples"] == samples and short["epochs"] == pytest.approx(2 * 8 / samples, abs=1e-4)
-    assert "does not wrap" in capsys.readouterr().out
+    assert "does not wrap" in capsys.readouterr().err
     pretrain("tiny-neox", tokens, tmp_path / "long", seq_len=32, micro_batch_size=4, grad_accum=2,
              max_steps=steps_per_pass + 1, progress=False, register=False)
     long = json.loads((tmp_path / "long" / "preflight.json").read_text())
     assert long["wraps"] is True and long["wraps_at_step"] == steps_per_pass + 1
-    assert f"WRAPS: samples repeat from step {steps_per_pass + 1}" in capsys.readouterr().out
+    assert f"WRAPS: samples repeat from step {steps_per_pass + 1}" in capsys.readouterr().err

@@ -68,8 +68,8 @@ def test_each_difference_is_named(stopped, capsys):
 def test_allow_changes_goes_on_with_the_new_settings(stopped, capsys):
     run, argv, _ = stopped
     assert main([*argv, *FLAGS[:-4], "--lr", "0.001", "--seed", "1", "--allow-changes"]) == 0
-    out = capsys.readouterr().out
-    assert "resuming with changed settings (--allow-changes):" in out and "lr: 0.003 -> 0.001" in out
+    err = capsys.readouterr().err
+    assert "resuming with changed settings (--allow-changes):" in err and "lr: 0.003 -> 0.001" in err
     assert _stored(run, "step-000004")["lr"] == 0.001
     rows = [line.split(",") for line in (run / "metrics.csv").read_text().splitlines()[1:]]
     assert [r[0] for r in rows] == ["1", "2", "3", "4"]

@@ -72,3 +72,12 @@ def test_only_small_models_are_governed(monkeypatch):
     assert governor_for(GOVERNED_BELOW, verbose=False) is None
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert governor_for(900_000, verbose=False) is None  # one core: nothing to choose
+
+
+def test_a_second_run_is_not_timed_from_the_first_runs_last_step():
+    governor = ThreadGovernor(many=2, every=50, verbose=False)
+    drive(governor, 20, {1: 100.0, 2: 300.0})  # pretraining: 2 threads lost at step 5, next try at step 105
+    now = governor.timer()
+    governor.timer = lambda: now + 30.0        # evaluation and loading between the two runs
+    governor(1, {})                            # finetuning's step 1
+    assert max(governor.recent) == pytest.approx(0.1) and governor.next_probe == 105 - 20 + 1
