@@ -89,13 +89,12 @@ def _preflight(checkpoint: Path, data: Path, out: Path, opts: dict, resume) -> N
     """Every check that needs no training: before the run directory is touched (train/preflight.py)."""
     from ..checkpoint.full import load_config
     from ..errors import DataError
-    from .preflight import check_device, check_length, check_numbers, check_out_dir
+    from .preflight import check_length, check_schedule
     from .settings import check_allow_changes
 
-    check_numbers(opts)
+    check_schedule(opts["lr"], opts["min_lr"])
     check_allow_changes(bool(opts["allow_changes"]), resume)
-    opts["device"] = check_device(opts["device"])
-    check_out_dir(out)
+    opts["device"] = opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu")  # checked by resolve
     if not data.exists():
         raise DataError("no such prepared directory", where=str(data),
                         hint="prepare one with `openseason data prepare SOURCE FILE --out DIR`")

@@ -1,8 +1,9 @@
 """Checks before a training run's first step, and the summary of what the run is about to do.
 
-`finetune` and `pretrain` call the checks before they touch the run directory, so a bad option costs
-nothing: no `--out` is created, no metrics are written, no step is taken. Each check raises a
-ConfigError naming the flag, the value and what would be accepted.
+`options.resolve` checks each option's range and the device; `finetune` and `pretrain` add the checks
+that need more than one option or the model (max_length / seq_len within the context window, min_lr
+below lr, --allow-changes only with --resume, the data exists) before they touch the run directory,
+so a bad option costs nothing: no `--out` is created, no metrics are written, no step is taken.
 
 The summary (`run_summary`) is printed before step 1 and written to OUT/preflight.json (and the run
 card): the model and its parameter counts, the method and objective, the data rows kept and dropped
@@ -11,10 +12,9 @@ pretraining whether the token stream wraps around (samples repeat).
 """
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -23,72 +23,17 @@ from ..fileio import write_json_atomic
 
 PREFLIGHT_NAME = "preflight.json"
 
-# What each numeric option must satisfy: (test, what the message says it must be). None = not given.
-_AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
-_POSITIVE = (lambda v: v > 0, "greater than 0")
-_NON_NEGATIVE = (lambda v: v >= 0, "0 or more")
-_FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
-RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "lr": _POSITIVE, "min_lr": _NON_NEGATIVE, "micro_batch_size": _AT_LEAST_1, "grad_accum": _AT_LEAST_1,
-    "max_steps": _AT_LEAST_1, "epochs": _POSITIVE, "max_time": _POSITIVE, "save_every": _AT_LEAST_1,
-    "keep_last": _AT_LEAST_1, "eval_every": _AT_LEAST_1, "warmup_steps": _NON_NEGATIVE,
-    "weight_decay": _NON_NEGATIVE, "grad_clip": _NON_NEGATIVE, "max_length": _AT_LEAST_1, "seq_len": _AT_LEAST_1,
-    "val_size": _NON_NEGATIVE, "lora_rank": _AT_LEAST_1, "lora_alpha": _POSITIVE, "lora_dropout": _FRACTION,
-    "adapter_prompt_length": _AT_LEAST_1, "adapter_layers": _AT_LEAST_1, "num_generations": _AT_LEAST_1,
-    "max_new_tokens": _AT_LEAST_1,
-}
-
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def check_numbers(opts: dict[str, Any]) -> None:
-    """Every numeric option in `opts` within its range (RULES); the first one that is not is a ConfigError."""
-    for name, (ok, must) in RULES.items():
-        value = opts.get(name)
-        if value is None or isinstance(value, bool):
-            continue
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-            raise ConfigError(f"{flag(name)} must be {must}, not {value!r}")
-    if opts.get("min_lr") is not None and opts.get("lr") is not None and opts["min_lr"] > opts["lr"]:
-        raise ConfigError(f"--min-lr {opts['min_lr']} is above --lr {opts['lr']}",
+def check_schedule(lr: Optional[float], min_lr: Optional[float]) -> None:
+    """The cosine decays from lr to min_lr: an end above the start is a mistake, not a schedule.
+    (Each option's own range, and the device, are checked by `options.resolve`.)"""
+    if lr is not None and min_lr is not None and min_lr > lr:
+        raise ConfigError(f"--min-lr {min_lr:g} is above --lr {lr:g}",
                           hint="the cosine schedule decays from --lr down to --min-lr")
-
-
-def check_device(device: Optional[str]) -> str:
-    """The device the run will use ("cuda" when available and none is named); a device this machine
-    does not have is a ConfigError here, not a confusing failure while loading weights."""
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"--device {device!r} is not a device", hint="use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: this machine has no usable CUDA GPU "
-                              f"(torch {torch.__version__} sees none)", hint="use --device cpu, or leave --device out")
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise ConfigError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
-    elif dev.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ConfigError(f"--device {device}: MPS is not available here", hint="use --device cpu")
-    elif dev.type != "cpu":
-        raise ConfigError(f"--device {device}: training runs on cpu, cuda or mps")
-    return str(dev)
-
-
-def check_out_dir(out: Path) -> None:
-    """`out` must be (or become) a directory: neither it nor a folder above it may be a file."""
-    path = Path(out)
-    for parent in (path, *path.parents):
-        if parent.exists() or parent.is_symlink():
-            if not parent.is_dir():
-                what = "--out is a file, not a directory" if parent == path else f"{parent} is a file, not a directory"
-                raise ConfigError(what, where=str(out), hint="choose a directory for the run's checkpoints and logs")
-            return
 
 
 def check_length(name: str, value: Optional[int], context: int, model: str) -> None:

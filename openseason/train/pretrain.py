@@ -11,7 +11,6 @@ read in a fixed order that does not depend on the number of processes (data/shar
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import time
@@ -112,14 +111,12 @@ def pretrain(config: str | Path, data: str | Path, out: str | Path, *, resume: O
     any number of processes.
     """
     from .distributed import DistributedRun
-    from .preflight import check_device, check_length, check_numbers, check_out_dir
+    from .preflight import check_length, check_schedule
     from .settings import check_allow_changes
 
-    o = resolve(PretrainOptions, options, what="pretrain options")
-    check_numbers(dataclasses.asdict(o))
+    o = resolve(PretrainOptions, options, what="pretrain options")  # ranges and the device
+    check_schedule(o.lr, o.min_lr)
     check_allow_changes(o.allow_changes, resume)
-    check_device(o.device)
-    check_out_dir(Path(out))
     seq_len, micro_batch_size, grad_accum, max_steps = o.seq_len, o.micro_batch_size, o.grad_accum, o.max_steps
     lr, min_lr, warmup_steps, weight_decay, grad_clip = o.lr, o.min_lr, o.warmup_steps, o.weight_decay, o.grad_clip
     seed, precision = o.seed, o.precision
