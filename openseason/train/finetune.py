@@ -88,7 +88,7 @@ def finetune(checkpoint: str | Path, data: str | Path, method: Optional[str] = N
 def _preflight(checkpoint: Path, data: Path, out: Path, opts: dict, resume) -> None:
     """Every check that needs no training: before the run directory is touched (train/preflight.py)."""
     from ..checkpoint.full import load_config
-    from ..errors import DataError
+    from ..errors import CheckpointError, DataError
     from .preflight import check_length, check_schedule
     from .settings import check_allow_changes
 
@@ -98,6 +98,8 @@ def _preflight(checkpoint: Path, data: Path, out: Path, opts: dict, resume) -> N
     if not data.exists():
         raise DataError("no such prepared directory", where=str(data),
                         hint="prepare one with `openseason data prepare SOURCE FILE --out DIR`")
+    if not checkpoint.is_dir():
+        raise CheckpointError("checkpoint directory not found", where=str(checkpoint))
     model_config = load_config(checkpoint)
     check_length("max_length", opts["max_length"], model_config.block_size, str(checkpoint))
 

@@ -45,11 +45,12 @@ def _signal_cli_run(tmp_path: Path, argv: list[str], signum: int, step: int) -> 
     marker, go = tmp_path / "reached", tmp_path / "go"
     driver = tmp_path / "driver.py"
     driver.write_text(textwrap.dedent(f"""
-        import sys, time
+        import importlib, sys, time
         from pathlib import Path
         import torch
-        import openseason.train.finetune as ft
         from openseason.cli import main
+
+        ft = importlib.import_module("openseason.train.finetune")  # the module (the package exports the function)
 
         torch.set_num_threads({torch.get_num_threads()})  # the same float summation order as the reference
         train = ft.train
