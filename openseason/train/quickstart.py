@@ -223,11 +223,12 @@ def _quickstart(out, model, data, pretrain_steps, finetune_steps, seed, eval_ite
 class Clock:
     """Elapsed and expected time of the quickstart, printed as it goes (stderr) and kept in the report.
 
-    The expectation is measured, not assumed: after CALIBRATE_STEPS pretraining steps the seconds
-    per step so far give the rest of pretraining, and finetuning and evaluation in the ratios this
+    The expectation is measured, not assumed: the seconds per step of pretraining steps
+    CALIBRATE_FROM to CALIBRATE_FROM + CALIBRATE_STEPS (after the thread governor's first try, whose
+    slow step would count 10-30 ordinary ones) give the rest of pretraining, and finetuning and evaluation in the ratios this
     machine class showed (FINETUNE_STEP_RATIO, EVALUATION_STEPS; see BENCHMARKS.md)."""
 
-    CALIBRATE_STEPS = 40
+    CALIBRATE_FROM, CALIBRATE_STEPS = 10, 40
     FINETUNE_STEP_RATIO = 0.8   # an adapter-v2 step of the tiny model vs a pretraining step (0.68 / 0.83 s measured)
     EVALUATION_STEPS = 10       # the exact-match passes, model loads and plot, in pretraining steps
 
@@ -243,9 +244,9 @@ class Clock:
 
     def __call__(self, step: int, row: dict) -> None:
         """A pretraining callback: the expectation once CALIBRATE_STEPS steps are timed."""
-        if step == 1:
+        if step == self.CALIBRATE_FROM:
             self._start = time.time()
-        elif step == 1 + self.CALIBRATE_STEPS and self._start is not None:
+        elif step == self.CALIBRATE_FROM + self.CALIBRATE_STEPS and self._start is not None:
             per_step = (time.time() - self._start) / self.CALIBRATE_STEPS
             rest = (self.pretrain_steps - step + self.finetune_steps * self.FINETUNE_STEP_RATIO
                     + self.EVALUATION_STEPS) * per_step
