@@ -50,6 +50,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     binary = "b" in mode
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _file_mode())  # mkstemp makes 0600; our files get the mode open() would give them
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
             yield handle
             handle.flush()
@@ -73,6 +74,18 @@ def hash_files(paths) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def _file_mode() -> int:
+    """0666 less the process umask (0644 under the usual 022), read without changing it where /proc
+    shows it (os.umask can only be read by setting it, which would race other threads)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status") as status:
+            line = next(line for line in status if line.startswith("Umask:"))
+        return 0o666 & ~int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:
@@ -443,9 +456,12 @@ def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     complete) before the previous `final` is moved aside, so a kill between the renames leaves a
     complete copy that `recover_dir` moves back into place."""
     tmp, final = Path(tmp), Path(final)
+    mode = _file_mode()
     for root, _dirs, files in os.walk(tmp):
         for name in files:
             with open(os.path.join(root, name), "rb") as handle:
+                # one mode for every file of a checkpoint (safetensors writes 0600, open() 0644)
+                os.fchmod(handle.fileno(), mode)
                 os.fsync(handle.fileno())
         fsync_dir(root)
     new = _sibling(final, "new")

@@ -22,10 +22,7 @@ from typing import Optional
 from ..errors import CheckpointError
 from ..fileio import replace_dir, wait_for_dir
 from .full import read_safetensors, save_weights, write_checkpoint_metadata
-from .training import STATE_NAME, rng_state, set_rng_state
-
-DCP_DIR = "dcp"
-RNG_NAME = "rng.safetensors"
+from .training import DCP_NAME as DCP_DIR, RNG_NAME, STATE_NAME, rng_state, set_rng_state
 
 
 def is_dcp_checkpoint(directory: Path) -> bool:

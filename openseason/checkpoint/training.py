@@ -8,10 +8,17 @@
 Everything is safetensors or JSON (no pickles) and a directory is staged and swapped into place
 (fileio.replace_dir), so a run killed at any moment resumes from the last complete one; `find_resume`
 repairs a swap that a kill interrupted and removes the staging directories of dead runs.
+
+Only the newest checkpoint of a run needs the optimizer state (it is what a resume reads, and it
+is twice the size of the trained weights): `drop_optimizer_state` removes it from the older ones
+after each save unless the run keeps it (`--keep-optimizer`). A checkpoint without it is still an
+ordinary checkpoint (load, generate, serve) but is no longer resumable.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
 import re
 import shutil
@@ -30,6 +37,9 @@ from .peft import load_peft_state, write_peft_files
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
+FINAL_NAME = "final"
+DCP_NAME = "dcp"            # checkpoint/distributed.py: model + optimizer shards
+RNG_NAME = "rng.safetensors"  # checkpoint/distributed.py: the RNG state next to the shards
 
 
 def step_dir(out_dir: Path, step: int) -> Path:
@@ -120,8 +130,53 @@ def save_train_checkpoint(directory: Path, model: torch.nn.Module, optimizer: Op
     return final
 
 
+def is_resumable(directory: Path) -> bool:
+    """A complete training checkpoint that still holds its optimizer state (single-process or DCP)."""
+    directory = Path(directory)
+    return (directory / STATE_NAME).exists() and ((directory / OPTIMIZER_NAME).exists()
+                                                  or (directory / DCP_NAME).is_dir())
+
+
+def checkpoint_step(directory: Path) -> int:
+    """The optimizer step a training checkpoint was written after (from its trainer state)."""
+    return int(json.loads((Path(directory) / STATE_NAME).read_text())["step"])
+
+
+def training_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every step-XXXXXX and final under out_dir that holds a trainer state, oldest first."""
+    found = []
+    for child in Path(out_dir).iterdir():
+        match = STEP_DIR.match(child.name)
+        if (match or child.name == FINAL_NAME) and (child / STATE_NAME).exists():
+            step = int(match.group(1)) if match else checkpoint_step(child)
+            # at equal steps the step-XXXXXX sorts last (newest): it is the one `--resume auto` names
+            found.append((step, 1 if match else 0, child))
+    return [(step, path) for step, _, path in sorted(found)]
+
+
+def drop_optimizer_state(out_dir: Path, keep: Path) -> list[Path]:
+    """Remove the optimizer state (and RNG, useless without it) from every training checkpoint under
+    out_dir but `keep`; returns the checkpoints changed. Each removal is one unlink or rename, so a
+    kill in between leaves every checkpoint either resumable or plainly not."""
+    changed = []
+    keep = Path(keep).resolve()
+    for _, path in training_checkpoints(out_dir):
+        if path.resolve() == keep or not is_resumable(path):
+            continue
+        dcp = path / DCP_NAME
+        if dcp.is_dir():
+            trash = path / f".{DCP_NAME}.dropped"
+            os.replace(dcp, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        for name in (OPTIMIZER_NAME, RNG_NAME):
+            with contextlib.suppress(FileNotFoundError):
+                (path / name).unlink()
+        changed.append(path)
+    return changed
+
+
 def find_resume(out_dir: Path, resume: Optional[str | Path]) -> Optional[Path]:
-    """`auto`: the newest complete step-XXXXXX (or final) under out_dir, or None; a path: that checkpoint."""
+    """`auto`: the newest resumable step-XXXXXX or final under out_dir, or None; a path: that checkpoint."""
     if resume is None or resume is False:
         return None
     if str(resume) == "auto":
@@ -129,17 +184,25 @@ def find_resume(out_dir: Path, resume: Optional[str | Path]) -> Optional[Path]:
         if not out_dir.is_dir():
             return None
         recover_children(out_dir)
-        found = []
-        for child in out_dir.iterdir():
-            match = STEP_DIR.match(child.name)
-            if match and (child / STATE_NAME).exists():
-                found.append((int(match.group(1)), child))
-        return max(found)[1] if found else None
+        every = [path for _, path in training_checkpoints(out_dir)]
+        found = [path for path in every if is_resumable(path)]
+        if every and not found:  # never start over silently next to an earlier run's checkpoints
+            raise CheckpointError("no checkpoint here holds optimizer state, so none can be resumed exactly",
+                                  where=str(out_dir),
+                                  hint="the newest checkpoint of a run keeps it (and every one with --keep-optimizer); "
+                                       "start over with --overwrite, or finetune from a checkpoint into a new --out")
+        return found[-1] if found else None
     path = Path(resume)
     wait_for_dir(path)
     if not (path / STATE_NAME).exists():
         raise CheckpointError(f"no {STATE_NAME} here, so it cannot be resumed", where=str(path),
                               hint="pass a step-XXXXXX directory written by a training run, or --resume auto")
+    if not is_resumable(path):
+        raise CheckpointError("this checkpoint holds no optimizer state, so it cannot be resumed exactly",
+                              where=str(path),
+                              hint="only the newest checkpoint of a run keeps it (train with --keep-optimizer to "
+                                   "keep it in every step-XXXXXX); resume from the newest, or finetune from this "
+                                   "one as a new run")
     return path
 
 

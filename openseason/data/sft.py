@@ -65,7 +65,8 @@ def tokenize_conversation(messages, tokenizer, style, max_length: int, train_on:
         ids.extend(piece)
         labels.extend(piece if kind == "reply" or (train_on == "all" and kind not in ("bos", "image"))
                       else [IGNORE] * len(piece))
-    if len(ids) > max_length:
+    truncated = len(ids) > max_length
+    if truncated:
         if truncation == "drop":
             return None
         cut = len(ids) - max_length
@@ -80,7 +81,7 @@ def tokenize_conversation(messages, tokenizer, style, max_length: int, train_on:
             if any(im["start"] < int(bos) + cut for im in images if im["start"] >= 0):
                 return None
             images = [{**im, "start": im["start"] - cut if im["start"] >= 0 else -1} for im in images]
-    out = {"input_ids": ids, "labels": labels}
+    out = {"input_ids": ids, "labels": labels, **({"truncated": True} if truncated else {})}
     if images:
         out["images"] = images
     return out
@@ -159,7 +160,7 @@ class SFTData:
         self.max_length = max_length
         self.train_on = train_on
         self.examples: list[dict] = []
-        self.report = {"read": 0, "kept": 0, "dropped": {}, "tokens": 0, "target_tokens": 0}
+        self.report = {"read": 0, "kept": 0, "dropped": {}, "truncated": 0, "tokens": 0, "target_tokens": 0}
         for record in records:
             self.report["read"] += 1
             if isinstance(record, list):
@@ -184,6 +185,7 @@ class SFTData:
                 ex["where"] = record.get("_where")
             self.examples.append(ex)
             self.report["kept"] += 1
+            self.report["truncated"] += int(ex.pop("truncated", False))
             self.report["tokens"] += len(ex["input_ids"])
             self.report["target_tokens"] += sum(label != IGNORE for label in ex["labels"])
 

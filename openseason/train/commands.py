@@ -2,17 +2,43 @@
 finetune.py, quickstart.py and pretrain.py; their flags are built from train/options.py)."""
 from __future__ import annotations
 
+import sys
+
 from .options import FinetuneOptions, PretrainOptions, QuickstartOptions, add_arguments, given_options
+
+
+def _report(verb: str, result: dict) -> None:
+    """The last line of a run: what it did, or that a resume found nothing left to do."""
+    loss = f"{result['final_loss']:.4f}" if isinstance(result["final_loss"], float) else "not recorded"
+    if result["stopped"] == "already_done":
+        print(f"nothing to do: the run is already at step {result['steps']} (its max_steps); final loss {loss}; "
+              f"checkpoint {result['final']}. To train longer, raise --max-steps and pass --allow-changes "
+              "(the learning-rate schedule changes with it)")
+        return
+    print(f"{verb} {result['steps']} steps, {result['tokens']:,} tokens in {result['seconds']:.1f}s; "
+          f"final loss {loss}; checkpoint {result['final']}")
+
+
+def _interruptible(run) -> int:
+    """Ctrl-C / SIGTERM: the loop saved a checkpoint at the current step; exit 130 / 143 saying where."""
+    from .interrupt import TrainingInterrupted
+
+    try:
+        return run()
+    except TrainingInterrupted as exc:
+        print(f"openseason: {exc}", file=sys.stderr)
+        return exc.exit_status
 
 
 def _finetune(args) -> int:
     from .finetune import finetune
 
-    result = finetune(args.checkpoint, args.data, out=args.out, config=args.config, resume=args.resume,
-                      **given_options(args, FinetuneOptions))
-    print(f"finetuned {result['steps']} steps, {result['tokens']:,} tokens in {result['seconds']:.1f}s; "
-          f"final loss {result['final_loss']}; checkpoint {result['final']}")
-    return 0
+    def run() -> int:
+        _report("finetuned", finetune(args.checkpoint, args.data, out=args.out, config=args.config,
+                                      resume=args.resume, **given_options(args, FinetuneOptions)))
+        return 0
+
+    return _interruptible(run)
 
 
 def _merge(args) -> int:
@@ -32,8 +58,11 @@ def _quickstart(args) -> int:
                   f"{r['after']['vqa']['accuracy']:.1%} (majority baseline {r['after']['vqa']['majority_baseline']:.1%})")
         print(f"report: {report['report_md']}")
         return 0
+    t = report["timings"]
+    expected = f", expected {t['expected_s'] / 60:.1f}" if "expected_s" in t else ""
     print(f"exact match on held-out '{report['heldout_family']}' items: before {report['before']['exact_match']:.1%}"
-          f", after {report['after']['exact_match']:.1%}  (report: {report['report_md']})")
+          f", after {report['after']['exact_match']:.1%}  (report: {report['report_md']}); "
+          f"{t['total_s'] / 60:.1f} minutes{expected}")
     return 0
 
 
@@ -78,8 +107,11 @@ def register(sub) -> None:
 def _pretrain(args) -> int:
     from .pretrain import pretrain
 
-    result = pretrain(args.config, args.data, args.out, resume=args.resume, **given_options(args, PretrainOptions))
-    if result["main_process"]:
-        print(f"pretrained {result['steps']} steps, {result['tokens']:,} tokens in {result['seconds']:.1f}s; "
-              f"final loss {result['final_loss']}; checkpoint {result['final']}")
-    return 0
+    def run() -> int:
+        result = pretrain(args.config, args.data, args.out, resume=args.resume,
+                          **given_options(args, PretrainOptions))
+        if result["main_process"]:
+            _report("pretrained", result)
+        return 0
+
+    return _interruptible(run)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, OpenseasonError
-from .loop import TrainConfig, register_run, train
+from .loop import TrainConfig, register_run, resolve_max_steps, train
 from .options import METHOD_LR, FinetuneOptions, resolve, resolve_objective
 from .outdir import claim_run_dir
 
@@ -89,6 +89,7 @@ def finetune(checkpoint: str | Path, data: str | Path, method: Optional[str] = N
     _check_multimodal(method, opts)
     if opts["max_steps"] is None and opts["epochs"] is None:
         raise ConfigError("say how long to train: max_steps or epochs", hint="e.g. --max-steps 200 or --epochs 1")
+    _preflight(checkpoint, data, out, opts, resume)
     # one writer per run directory, for the whole run; an earlier run is refused unless resumed or overwritten
     with claim_run_dir(out, resume=resume, overwrite=bool(opts["overwrite"])):
         result = _finetune(checkpoint, data, out, opts, config=config, resume=resume, progress=progress,
@@ -114,6 +115,76 @@ def _check_multimodal(method: str, opts: dict) -> None:
         raise ConfigError(f"--packing does not apply to --method {method} (rows with images are padded, not packed)")
     if opts.get("objective", "sft") != "sft":
         raise ConfigError(f"--method {method} trains with --objective sft only")
+
+
+def _preflight(checkpoint: Path, data: Path, out: Path, opts: dict, resume) -> None:
+    """Every check that needs no training: before the run directory is touched (train/preflight.py)."""
+    from ..checkpoint.full import load_config
+    from ..errors import CheckpointError, DataError
+    from .preflight import check_length, check_schedule
+    from .settings import check_allow_changes
+
+    check_schedule(opts["lr"], opts["min_lr"])
+    check_allow_changes(bool(opts["allow_changes"]), resume)
+    opts["device"] = opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu")  # checked by resolve
+    if not data.exists():
+        raise DataError("no such prepared directory", where=str(data),
+                        hint="prepare one with `openseason data prepare SOURCE FILE --out DIR`")
+    if not checkpoint.is_dir():
+        raise CheckpointError("checkpoint directory not found", where=str(checkpoint))
+    model_config = load_config(checkpoint)
+    check_length("max_length", opts["max_length"], model_config.block_size, str(checkpoint))
+
+
+def train_config(opts: dict, progress: bool) -> TrainConfig:
+    """The loop's settings from finetune options (every objective)."""
+    return TrainConfig(
+        max_steps=opts["max_steps"], epochs=opts["epochs"], max_time=opts["max_time"],
+        micro_batch_size=int(opts["micro_batch_size"]), grad_accum=int(opts["grad_accum"]), lr=float(opts["lr"]),
+        min_lr=opts["min_lr"], warmup_steps=int(opts["warmup_steps"] or 0), weight_decay=float(opts["weight_decay"]),
+        grad_clip=opts["grad_clip"], save_every=opts["save_every"], keep_last=opts["keep_last"],
+        keep_optimizer=bool(opts["keep_optimizer"]), eval_every=opts["eval_every"], seed=int(opts["seed"]),
+        device=opts["device"], precision=opts["precision"],
+        gradient_checkpointing=bool(opts["gradient_checkpointing"]), progress=progress)
+
+
+def run_settings(opts: dict, tcfg: TrainConfig, max_steps: int, max_length: int, style: str, data: Path) -> dict:
+    """What a resume of this run must not change (train/settings.py)."""
+    from .options import OBJECTIVE_DEFAULTS
+    from .settings import data_fingerprint
+
+    method = opts["method"]
+    shape = {"lora": ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets"),
+             "adapter": ("adapter_prompt_length", "adapter_layers"),
+             "adapter-v2": ("adapter_prompt_length", "adapter_layers"),
+             "adapter-v2-mm": ("adapter_prompt_length", "adapter_layers", "mm_mode", "early_layers", "visual_blocks"),
+             "flamingo": ("xattn_every", "perceiver_depth", "num_latents")}.get(method, ())
+    objective = opts.get("objective") or "sft"
+    return {"method": method, "objective": objective, **{k: opts[k] for k in shape},
+            "lr": tcfg.lr, "min_lr": tcfg.min_lr if tcfg.min_lr is not None else tcfg.lr / 10,
+            "warmup_steps": tcfg.warmup_steps, "max_steps": max_steps, "weight_decay": tcfg.weight_decay,
+            "grad_clip": tcfg.grad_clip, "batch": tcfg.micro_batch_size * tcfg.grad_accum,
+            "max_length": max_length, "packing": bool(opts["packing"]), "train_on": opts["train_on"],
+            "prompt_style": style, "seed": tcfg.seed,
+            **{k: opts.get(k) for k in OBJECTIVE_DEFAULTS[objective]}, "data": data_fingerprint(data)}
+
+
+def run_summary_of(model, opts: dict, tcfg: TrainConfig, max_steps: int, max_length: int, data_report: dict,
+                   train_rows: int, val_rows: int, unit: str = "examples", rows_per_item: int = 1) -> dict:
+    """The preflight summary of a finetuning run (printed before step 1, OUT/preflight.json).
+    `rows_per_item`: sequences one item makes (a preference pair 2, KTO 3, a GRPO prompt its completions)."""
+    from .preflight import data_rows, parameter_counts, run_summary
+
+    precision = tcfg.precision or ("bf16" if str(tcfg.device).startswith("cuda") else "fp32")
+    return run_summary(
+        parameters=parameter_counts(model), model_name=model.config.name, method=opts["method"], objective=opts.get("objective") or "sft",
+        device=str(tcfg.device), precision=precision, data=data_rows(data_report, train_rows, val_rows),
+        micro_batch_size=tcfg.micro_batch_size, grad_accum=tcfg.grad_accum, world_size=1, max_steps=max_steps,
+        max_length=max_length, per_step_unit=unit,
+        tokens_per_step=tcfg.micro_batch_size * tcfg.grad_accum * max_length * rows_per_item, tokens_exact=False,
+        lr=tcfg.lr,
+        warmup_steps=tcfg.warmup_steps, min_lr=tcfg.min_lr if tcfg.min_lr is not None else tcfg.lr / 10,
+        epoch_size=train_rows)
 
 
 def _finetune(checkpoint: Path, data: Path, out: Path, opts: dict, *, config, resume, progress, register,
@@ -211,13 +282,8 @@ def _finetune(checkpoint: Path, data: Path, out: Path, opts: dict, *, config, re
         out = generate_ids(m, [prompt], SamplingParams(max_new_tokens=new_tokens), tokenizer=tokenizer)[0]
         return f"{sample_messages[-1]['content'][:200]}\n>>> {out.text}"
 
-    tcfg = TrainConfig(
-        max_steps=opts["max_steps"], epochs=opts["epochs"], max_time=opts["max_time"],
-        micro_batch_size=int(opts["micro_batch_size"]), grad_accum=int(opts["grad_accum"]), lr=float(opts["lr"]),
-        min_lr=opts["min_lr"], warmup_steps=int(opts["warmup_steps"] or 0), weight_decay=float(opts["weight_decay"]),
-        grad_clip=opts["grad_clip"], save_every=opts["save_every"], keep_last=opts["keep_last"],
-        eval_every=opts["eval_every"], seed=int(opts["seed"]), device=device, precision=opts["precision"],
-        gradient_checkpointing=bool(opts["gradient_checkpointing"]), progress=progress)
+    tcfg = train_config(opts, progress)
+    max_steps = resolve_max_steps(tcfg, batches)
     from ..prompts import get_style
     run_card = {
         "title": f"{method} finetune of {checkpoint.name}", "method": method,
@@ -236,8 +302,11 @@ def _finetune(checkpoint: Path, data: Path, out: Path, opts: dict, *, config, re
     result = train(model, batches, tcfg, out, val_batches=val_batches, resume=resume,
                    base_checkpoint=base_ref, tokenizer=tokenizer, run_card=run_card,
                    sample_fn=sample_fn if opts["eval_every"] and sample_prompt else None, callbacks=callbacks,
-                   objective=objective)
-    if register:
+                   objective=objective, settings=run_settings(opts, tcfg, max_steps, max_length, style, data),
+                   allow_changes=bool(opts["allow_changes"]),
+                   summary=run_summary_of(model, opts, tcfg, max_steps, max_length, sft.report, len(train_ex),
+                                          len(val_ex)))
+    if register and result["stopped"] != "already_done":
         register_run(result["final"], base_model=str(base_ref), datasets=[str(data)], method=method,
                      seconds=result["seconds"], tokens=result["tokens"], device=device)
     return result

@@ -22,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,9 @@ import torch
 
 from ..errors import OpenseasonError
 from .schedule import lr_at, make_optimizer
-from ..checkpoint.training import STEP_DIR, find_resume, load_train_checkpoint, save_train_checkpoint, step_dir
+from ..checkpoint.training import (STATE_NAME, STEP_DIR, drop_optimizer_state, find_resume, load_train_checkpoint,
+                                   save_train_checkpoint, step_dir)
+from .interrupt import TrainingInterrupted, stop_on_signals
 
 METRIC_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "tokens", "target_tokens", "tokens_per_s",
                  "mfu", "elapsed_s", "val_loss"]
@@ -58,6 +62,8 @@ class TrainConfig:
     betas: tuple = (0.9, 0.95)
     grad_clip: Optional[float] = 1.0
     save_every: Optional[int] = None     # steps between step-XXXXXX checkpoints
+    keep_optimizer: bool = False         # keep the optimizer state in every checkpoint, not just the newest
+    catch_signals: bool = True           # SIGINT/SIGTERM: save a checkpoint at the current step, then stop
     save_at: tuple = ()                  # extra steps to checkpoint (e.g. Pythia's log-spaced schedule; 0 = init)
     keep_last: Optional[int] = None      # keep only the newest N step checkpoints (None = all)
     eval_every: Optional[int] = None     # steps between validation loss + sample generation
@@ -238,12 +244,23 @@ def _progress(enabled: bool, total: int, start: int):
     return progress, task
 
 
+def resolve_max_steps(config: TrainConfig, data) -> int:
+    """The run's optimizer steps: `max_steps`, or `epochs` over a data source that knows its epoch size."""
+    if config.max_steps is not None:
+        return config.max_steps
+    per_epoch = getattr(data, "batches_per_epoch", None)
+    if config.epochs is None or not per_epoch:
+        raise TrainingError("set max_steps, or epochs with a data source that knows its epoch size")
+    return max(1, math.ceil(config.epochs * per_epoch / config.grad_accum))
+
+
 def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path, *,
           val_batches: Optional[list[dict]] = None, resume: Optional[str | Path] = None,
           base_checkpoint: Optional[str | Path] = None, tokenizer=None, tokenizer_dir: Optional[Path] = None,
           run_card: Optional[dict] = None, sample_fn: Optional[Callable[[torch.nn.Module], str]] = None,
           callbacks: Iterable[Callable[[int, dict], None]] = (), distributed=None,
-          objective=None) -> dict[str, Any]:
+          objective=None, settings: Optional[dict] = None, allow_changes: bool = False,
+          summary: Optional[dict] = None) -> dict[str, Any]:
     """Train `model` on micro-batches from `data`; checkpoints go to out_dir/step-XXXXXX and out_dir/final.
 
     resume: None, "auto" (newest complete checkpoint under out_dir, or a fresh start) or a path.
@@ -254,7 +271,12 @@ def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path
         checkpoints that any number of processes can resume); None = the single-process format.
     objective: what a micro-batch's loss is (train.objectives: sft, reward, dpo family, grpo, distill);
         None = SFT (token cross-entropy). Each loss term is normalized over the whole step.
-    Returns {"final": path, "steps", "tokens", "seconds", "final_loss", "val_loss", "stopped"}.
+    settings: what a resume must not change (train/settings.py), stored in every checkpoint; a resume
+        with other values stops naming them unless `allow_changes`.
+    summary: the preflight summary (train/preflight.py), printed before step 1 and kept in OUT/preflight.json.
+    SIGINT / SIGTERM save OUT/step-XXXXXX at the current step and raise TrainingInterrupted.
+    Returns {"final": path, "steps", "tokens", "seconds", "final_loss", "val_loss", "stopped"}; "stopped"
+    is "max_steps", "max_time" or "already_done" (a resume found the run finished: nothing was trained).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -282,55 +304,77 @@ def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path
     model.gradient_checkpointing = bool(config.gradient_checkpointing)
     if not any(p.requires_grad for p in model.parameters()):
         raise TrainingError("the model has no trainable parameters", hint="apply a method: openseason.peft.apply")
-    max_steps = config.max_steps
-    if max_steps is None:
-        per_epoch = getattr(data, "batches_per_epoch", None)
-        if config.epochs is None or not per_epoch:
-            raise TrainingError("set max_steps, or epochs with a data source that knows its epoch size")
-        max_steps = max(1, math.ceil(config.epochs * per_epoch / config.grad_accum))
+    max_steps = resolve_max_steps(config, data)
     min_lr = config.min_lr if config.min_lr is not None else config.lr / 10
     optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay, betas=tuple(config.betas))
 
-    step, tokens_seen, elapsed_before = 0, 0, 0.0
+    step, tokens_seen, elapsed_before, last_loss = 0, 0, 0.0, None
     resume_from = find_resume(out_dir, resume)
     if resume_from is not None:
         from .distributed import DistributedRun, is_dcp_checkpoint
+        from .settings import check_resume
 
+        stored = json.loads((resume_from / STATE_NAME).read_text())
+        changes = check_resume(resume_from, stored, settings, allow_changes)
+        if changes and main_process:
+            print("openseason: resuming with changed settings (--allow-changes):\n  " + "\n  ".join(changes),
+                  file=sys.stderr)
+        done = _already_done(out_dir, stored, max_steps)
+        if done is not None:
+            if main_process:
+                print(f"openseason: nothing to train: {resume_from} is already at step {stored['step']} of "
+                      f"max_steps {max_steps}; the final checkpoint is {done}", file=sys.stderr)
+            return {"final": done, "steps": int(stored["step"]), "tokens": int(stored.get("tokens", 0)),
+                    "seconds": float(stored.get("elapsed_s", 0.0)), "final_loss": stored.get("loss"),
+                    "val_loss": None, "stopped": "already_done", "loss_plot": None,
+                    "metrics": out_dir / "metrics.csv", "val_metrics": {}}
         if is_dcp_checkpoint(resume_from):
             state = (distributed or DistributedRun(device=device)).load(resume_from, model, optimizer)
         else:
             state = load_train_checkpoint(resume_from, model, optimizer, device)
         step, tokens_seen = int(state["step"]), int(state.get("tokens", 0))
-        elapsed_before = float(state.get("elapsed_s", 0.0))
+        elapsed_before, last_loss = float(state.get("elapsed_s", 0.0)), state.get("loss")
         if state.get("data") is not None and hasattr(data, "load_state_dict"):
             data.load_state_dict(state["data"])
         if main_process:
             print(f"openseason: resumed from {resume_from} at step {step}")
     else:
         torch.manual_seed(config.seed)
+    if summary is not None and main_process:
+        from .preflight import announce
+
+        announce(summary, out_dir)
     metrics = MetricsLog(out_dir, step, config.tensorboard, extra_fields) if main_process else _NoMetrics()
-    card = {**(run_card or {}), "train_config": config.to_dict()}
+    card = {**(run_card or {}), "train_config": config.to_dict(),
+            **({"preflight": summary} if summary is not None else {})}
     last_good: Optional[Path] = resume_from
+    saved_step: Optional[int] = None
 
     def save(directory: Path, extra_state: Optional[dict] = None) -> Path:
+        nonlocal saved_step
         state = {"step": step, "tokens": tokens_seen, "elapsed_s": elapsed_before + (time.time() - t_start),
                  "max_steps": max_steps, "data": data.state_dict() if hasattr(data, "state_dict") else None,
-                 **(extra_state or {})}
+                 "loss": last_loss, "settings": settings, **(extra_state or {})}
         if distributed is not None:
-            return distributed.save(directory, model, optimizer, state, tokenizer=tokenizer,
+            path = distributed.save(directory, model, optimizer, state, tokenizer=tokenizer,
                                     tokenizer_dir=tokenizer_dir, run_card={**card, "step": step, "tokens": tokens_seen})
-        return save_train_checkpoint(directory, model, optimizer, state, base_checkpoint=base_checkpoint,
-                                     tokenizer=tokenizer, tokenizer_dir=tokenizer_dir,
-                                     run_card={**card, "step": step, "tokens": tokens_seen})
+        else:
+            path = save_train_checkpoint(directory, model, optimizer, state, base_checkpoint=base_checkpoint,
+                                         tokenizer=tokenizer, tokenizer_dir=tokenizer_dir,
+                                         run_card={**card, "step": step, "tokens": tokens_seen})
+        if not config.keep_optimizer and main_process:
+            drop_optimizer_state(out_dir, keep=path)  # only the newest checkpoint is resumed from
+        saved_step = step
+        return path
 
     t_start = time.time()
     model.train()
     if step == 0 and 0 in config.save_at:  # the initialization itself, as Pythia's step0
         save(step_dir(out_dir, 0))
-    last_loss, last_val, stopped = None, None, "max_steps"
+    last_val, stopped = None, "max_steps"
     last_val_metrics: dict[str, float] = {}
     progress, task = _progress(config.progress and main_process, max_steps, step)
-    with progress:
+    with progress, stop_on_signals(config.catch_signals) as stop:
         while step < max_steps:
             if config.max_time is not None and elapsed_before + time.time() - t_start >= config.max_time:
                 stopped = "max_time"
@@ -419,6 +463,12 @@ def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path
                 _prune(out_dir, config.keep_last)
             for callback in callbacks:
                 callback(step, row)
+            if stop.requested(distributed):
+                import signal as _signal
+
+                path = save(step_dir(out_dir, step)) if saved_step != step else last_good
+                metrics.close()
+                raise TrainingInterrupted(stop.signum or _signal.SIGTERM, step, path)
     final = save(out_dir / "final", {"stopped": stopped})
     if config.save_every and step % config.save_every == 0:
         # the last step's checkpoint is the final one; keep a step-XXXXXX too for `--resume auto`
@@ -431,6 +481,18 @@ def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path
     return {"final": final, "steps": step, "tokens": tokens_seen, "seconds": seconds, "final_loss": last_loss,
             "val_loss": last_val, "stopped": stopped, "loss_plot": plot, "metrics": out_dir / "metrics.csv",
             "val_metrics": last_val_metrics}
+
+
+def _already_done(out_dir: Path, stored: dict, max_steps: int) -> Optional[Path]:
+    """The final checkpoint of a run a resume found already at max_steps (None: there is work to do)."""
+    if int(stored["step"]) < max_steps:
+        return None
+    final = out_dir / "final"
+    try:
+        same = json.loads((final / STATE_NAME).read_text())["step"] == stored["step"]
+    except (OSError, ValueError, KeyError):
+        return None  # no final at that step yet: the loop writes it without training
+    return final if same else None
 
 
 def register_run(final: Path, *, base_model: Optional[str], datasets: list[str], method: str, seconds: float,

@@ -23,7 +23,7 @@ import torch
 
 from ..errors import ConfigError, OpenseasonError
 from ..fileio import write_json_atomic
-from .loop import TrainConfig, register_run, train
+from .loop import register_run, resolve_max_steps, train
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -65,7 +65,7 @@ def finetune_objective(checkpoint: Path, data: Path, out: Path, opts: dict, *, c
     from ..peft import apply, count_trainable, is_peft
     from ..prompts import get_style
     from ..tokenizer import Tokenizer
-    from .finetune import TRAIN_DEFAULT_STYLE, _data_lineage, method_options
+    from .finetune import TRAIN_DEFAULT_STYLE, _data_lineage, method_options, run_settings, run_summary_of, train_config
 
     method, name = opts["method"], opts["objective"]
     device = opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -113,8 +113,12 @@ def finetune_objective(checkpoint: Path, data: Path, out: Path, opts: dict, *, c
                                  baseline="rloo" if name == "rloo" else "grpo", reference=reference,
                                  stop_ids=stop_ids)
         data_card = {"prompts": len(records), "reward": opts["reward"]}
+        rows = ({"read": len(records), "kept": len(records), "dropped": {}}, len(records), 0, "prompts",
+                int(opts["num_generations"]))
     elif name == "distill":
         batches, val_batches, data_card = _distill_data(model, data, tokenizer, style, max_length, opts, mb, pad_id)
+        rows = (data_card["tokenization"], data_card["train_examples"], data_card["val_examples"], "examples",
+                1 if data_card["label_only_batches"] else 2)
         apply(model, method, **method_options(method, opts))
         _to_fp32_trainable(model, dtype)
     else:
@@ -158,14 +162,10 @@ def finetune_objective(checkpoint: Path, data: Path, out: Path, opts: dict, *, c
             val_batches = holder.fixed(list(range(len(val_idx))))
         data_card = {"tokenization": pairs.report, "train_pairs": len(train_idx), "val_pairs": len(val_idx),
                      "reference_logps": reference_status}
+        rows = (pairs.report, len(train_idx), len(val_idx), "pairs", 3 if kto else 2)
 
-    tcfg = TrainConfig(
-        max_steps=opts["max_steps"], epochs=opts["epochs"], max_time=opts["max_time"], micro_batch_size=mb,
-        grad_accum=int(opts["grad_accum"]), lr=float(opts["lr"]), min_lr=opts["min_lr"],
-        warmup_steps=int(opts["warmup_steps"] or 0), weight_decay=float(opts["weight_decay"]),
-        grad_clip=opts["grad_clip"], save_every=opts["save_every"], keep_last=opts["keep_last"],
-        eval_every=opts["eval_every"], seed=seed, device=device, precision=opts["precision"],
-        gradient_checkpointing=bool(opts["gradient_checkpointing"]), progress=progress)
+    tcfg = train_config(opts, progress)
+    max_steps = resolve_max_steps(tcfg, batches)
     run_card = {
         "title": f"{method} {name} finetune of {checkpoint.name}", "method": method, "objective": name,
         "method_options": method_options(method, opts), "base_checkpoint": str(base_ref.resolve()),
@@ -176,8 +176,15 @@ def finetune_objective(checkpoint: Path, data: Path, out: Path, opts: dict, *, c
                     "reference_checkpoint": str(Path(checkpoint).resolve())},
         "trainable_parameters": count_trainable(model), "peft": is_peft(model), "reward_head": name == "reward",
     }
+    report_rows, n_train, n_val, unit, per_item = rows
     result = train(model, batches, tcfg, out, val_batches=val_batches, resume=resume, base_checkpoint=base_ref,
-                   tokenizer=tokenizer, run_card=run_card, callbacks=callbacks, objective=objective)
+                   tokenizer=tokenizer, run_card=run_card, callbacks=callbacks, objective=objective,
+                   settings=run_settings(opts, tcfg, max_steps, max_length, style, data),
+                   allow_changes=bool(opts["allow_changes"]),
+                   summary=run_summary_of(model, opts, tcfg, max_steps, max_length, report_rows, n_train, n_val,
+                                          unit, per_item))
+    if result["stopped"] == "already_done":  # nothing was trained: the report of the finished run stands
+        return result
     report = {"objective": name, "method": method, "steps": result["steps"], "final_loss": result["final_loss"],
               "reference_logps": reference_status}
     if val_batches and name == "distill":

@@ -75,6 +75,10 @@ def option(default: Any, doc: str, *, group: str = "run", choices: Optional[tupl
     return field(default=default, metadata={"doc": doc, "group": group, "choices": choices})
 
 
+ALLOW_CHANGES_DOC = ("with --resume: go on although the learning rate, schedule, batch, sequence length or data differ "
+                     "from the checkpoint's (without it such a resume stops and names each difference)")
+KEEP_OPTIMIZER_DOC = ("keep the optimizer state in every step-XXXXXX checkpoint (by default only the newest checkpoint "
+                      "keeps it: the one a resume reads)")
 OVERWRITE_DOC = ("delete what an earlier run left in --out (step checkpoints, final, metrics, logs) and start "
                  "over; without it a non-empty --out is refused unless --resume")
 _METHODS_DOC = (f"{', '.join(METHODS)} (also accepted: "
@@ -91,7 +95,9 @@ class FinetuneOptions:
     max_time: Optional[float] = option(None, "stop (saving final) after this many seconds")
     save_every: Optional[int] = option(None, "write OUT/step-XXXXXX every K steps")
     keep_last: Optional[int] = option(None, "keep only the newest N step checkpoints")
+    keep_optimizer: bool = option(False, KEEP_OPTIMIZER_DOC)
     overwrite: bool = option(False, OVERWRITE_DOC)
+    allow_changes: bool = option(False, ALLOW_CHANGES_DOC)
     eval_every: Optional[int] = option(None, "validation loss and a sample generation every K steps")
     seed: int = option(1337, "seed of initialization, data order and the validation split")
     device: Optional[str] = option(None, "cpu, cuda, cuda:1 (default: cuda if available)")
@@ -191,7 +197,9 @@ class PretrainOptions:
                                       choices=("bf16", "fp32"))
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass")
     max_time: Optional[float] = option(None, "stop (saving final) after this many seconds")
+    keep_optimizer: bool = option(False, KEEP_OPTIMIZER_DOC)
     overwrite: bool = option(False, OVERWRITE_DOC)
+    allow_changes: bool = option(False, ALLOW_CHANGES_DOC)
 
 
 @dataclass

@@ -11,6 +11,7 @@ read in a fixed order that does not depend on the number of processes (data/shar
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from pathlib import Path
@@ -20,9 +21,10 @@ import torch
 
 from ..config import Config
 from ..data.shards import PretrainLoader
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from .loop import TrainConfig, register_run, train
 from .options import PretrainOptions, resolve
+from .preflight import parameter_counts
 from .outdir import claim_run_dir
 
 # Peak learning rates of the released Pythia models (their GPT-NeoX configs).
@@ -109,38 +111,40 @@ def pretrain(config: str | Path, data: str | Path, out: str | Path, *, resume: O
     any number of processes.
     """
     from .distributed import DistributedRun
+    from .preflight import check_length, check_schedule
+    from .settings import check_allow_changes
 
-    o = resolve(PretrainOptions, options, what="pretrain options")
+    o = resolve(PretrainOptions, options, what="pretrain options")  # ranges and the device
+    check_schedule(o.lr, o.min_lr)
+    check_allow_changes(o.allow_changes, resume)
     seq_len, micro_batch_size, grad_accum, max_steps = o.seq_len, o.micro_batch_size, o.grad_accum, o.max_steps
     lr, min_lr, warmup_steps, weight_decay, grad_clip = o.lr, o.min_lr, o.warmup_steps, o.weight_decay, o.grad_clip
     seed, precision = o.seed, o.precision
     model_config, init_from = _resolve_config(config)
     if overrides:
         model_config = Config.from_dict({**model_config.to_dict(), **overrides})
+    check_length("seq_len", seq_len, model_config.block_size, f"config {model_config.name!r}")
+    seq_len = seq_len or model_config.block_size
     run = DistributedRun.from_environment(o.device)
     try:
+        # the data is checked before the run directory is touched
+        global_batch = micro_batch_size * grad_accum * run.world_size
+        loader = PretrainLoader(data, seq_len, global_batch, rank=run.rank, world_size=run.world_size)
+        manifest = loader.stream.manifest
+        if manifest["vocab_size"] > model_config.padded_vocab_size:
+            raise DataError(f"the tokenizer has {manifest['vocab_size']} tokens but the model's embedding has "
+                            f"{model_config.padded_vocab_size} rows", where=str(data),
+                            hint="tokenize with the model's own tokenizer, or pick a config with a larger vocabulary")
         # one writer per run directory (rank 0 holds the lock for the job); an earlier run is refused
         # unless resumed or overwritten
         with claim_run_dir(out, resume=resume, overwrite=o.overwrite, distributed=run):
-            seq_len = seq_len or model_config.block_size
-            if seq_len > model_config.block_size:
-                raise ConfigError(f"seq_len {seq_len} is longer than the context window {model_config.block_size}",
-                                  where=f"config {model_config.name!r}")
-            global_batch = micro_batch_size * grad_accum * run.world_size
-            loader = PretrainLoader(data, seq_len, global_batch, rank=run.rank, world_size=run.world_size)
-            manifest = loader.stream.manifest
-            if manifest["vocab_size"] > model_config.padded_vocab_size:
-                raise DataError(f"the tokenizer has {manifest['vocab_size']} tokens but the model's embedding has "
-                                f"{model_config.padded_vocab_size} rows", where=str(data),
-                                hint="tokenize with the model's own tokenizer, or pick a config with a larger "
-                                     "vocabulary")
-
             size = model_config.name.split("pythia-")[-1].replace("-deduped", "")
             peak_lr = lr or PYTHIA_LR.get(size, 3e-4)
             on_cuda = run.device.type == "cuda"
             precision = precision or ("bf16" if on_cuda else "fp32")
             torch.manual_seed(seed)
             model = _build_model(model_config, init_from)
+            summary_counts = parameter_counts(model)  # before sharding: whole tensors
             model = run.shard(model, bf16_params=(precision == "bf16" and run.active))
             tokenizer_dir = _tokenizer_dir(manifest)
             save_at = tuple(pythia_checkpoint_steps(max_steps)) if o.checkpoint_schedule == "pythia" else ()
@@ -151,10 +155,10 @@ def pretrain(config: str | Path, data: str | Path, out: str | Path, *, resume: O
                               else math.ceil(PYTHIA_RECIPE["warmup_fraction"] * max_steps)),
                 weight_decay=PYTHIA_RECIPE["weight_decay"] if weight_decay is None else weight_decay,
                 betas=PYTHIA_RECIPE["betas"], grad_clip=PYTHIA_RECIPE["grad_clip"] if grad_clip is None else grad_clip,
-                save_every=o.save_every, save_at=save_at, keep_last=o.keep_last, seed=seed, device=str(run.device),
-                precision=precision, gradient_checkpointing=o.gradient_checkpointing, max_time=o.max_time,
-                progress=progress, flops_per_token=flops_per_token(model_config, seq_len),
-                peak_flops=peak_flops(run.device))
+                save_every=o.save_every, save_at=save_at, keep_last=o.keep_last, keep_optimizer=o.keep_optimizer,
+                seed=seed, device=str(run.device), precision=precision,
+                gradient_checkpointing=o.gradient_checkpointing, max_time=o.max_time, progress=progress,
+                flops_per_token=flops_per_token(model_config, seq_len), peak_flops=peak_flops(run.device))
             card = {"title": f"pretrain {model_config.name}", "method": "pretraining", "prompt_style": None,
                     "recipe": {"name": "pythia", **PYTHIA_RECIPE, "lr": peak_lr, "seq_len": seq_len,
                                "global_batch": global_batch, "world_size": run.world_size},
@@ -163,17 +167,52 @@ def pretrain(config: str | Path, data: str | Path, out: str | Path, *, resume: O
                                 "tokens_dir": str(Path(data).resolve()), "tokens_manifest": {
                                     "total_tokens": manifest["total_tokens"], "documents": manifest["documents"],
                                     "shards_sha256": [s["sha256"] for s in manifest["shards"]]}}}
+            settings = {"lr": train_config.lr, "min_lr": train_config.min_lr, "warmup_steps": train_config.warmup_steps,
+                        "max_steps": max_steps, "weight_decay": train_config.weight_decay,
+                        "grad_clip": train_config.grad_clip, "batch": global_batch, "seq_len": seq_len,
+                        "method": "pretraining", "objective": "next-token", "seed": seed,
+                        "data": _stream_fingerprint(manifest)}
+            summary = _summary(model_config, summary_counts, train_config, loader, manifest, run, global_batch)
             batches = PretrainBatches(loader, micro_batch_size, grad_accum)
             t0 = time.time()
             result = train(model, batches, train_config, out, resume=resume, tokenizer_dir=tokenizer_dir,
-                           run_card=card, distributed=run)
-            if register and run.is_main:
+                           run_card=card, distributed=run, settings=settings, allow_changes=o.allow_changes,
+                           summary=summary)
+            if register and run.is_main and result["stopped"] != "already_done":
                 register_run(result["final"], base_model=card["lineage"]["base_model"],
                              datasets=card["lineage"]["datasets"], method="pretraining", seconds=time.time() - t0,
                              tokens=result["tokens"], device=run.device, world_size=run.world_size)
             return {**result, "main_process": run.is_main, "world_size": run.world_size}
     finally:
         run.close()
+
+
+def _stream_fingerprint(manifest: dict) -> str:
+    """sha256 of the token stream: its shards' own sha256 in order (from the manifest)."""
+    digest = hashlib.sha256()
+    for shard in manifest["shards"]:
+        digest.update(str(shard["sha256"]).encode() + b"\0")
+    return digest.hexdigest()
+
+
+def _summary(model_config: Config, counts: dict, tcfg: TrainConfig, loader: PretrainLoader, manifest: dict, run,
+             global_batch: int) -> dict:
+    """The preflight summary of a pretraining run: samples, epochs, and whether the stream wraps."""
+    from .preflight import run_summary
+
+    seq_len = loader.seq_len
+    samples_needed = tcfg.max_steps * global_batch
+    wraps = samples_needed > loader.num_samples
+    return run_summary(
+        parameters=counts, model_name=model_config.name, method="pretraining", objective="next-token",
+        device=str(run.device), precision=tcfg.precision, micro_batch_size=tcfg.micro_batch_size,
+        grad_accum=tcfg.grad_accum, world_size=run.world_size, max_steps=tcfg.max_steps, max_length=seq_len,
+        data={"tokens": int(manifest["total_tokens"]), "documents": int(manifest["documents"]),
+              "samples": loader.num_samples},
+        per_step_unit="samples", tokens_per_step=global_batch * seq_len, tokens_exact=True, lr=tcfg.lr,
+        warmup_steps=tcfg.warmup_steps, min_lr=tcfg.min_lr, epoch_size=loader.num_samples,
+        extra={"wraps": wraps,
+               "wraps_at_step": (loader.num_samples // global_batch + 1) if wraps else None})
 
 
 def _build_model(config: Config, init_from: Optional[Path]):

@@ -12,11 +12,13 @@ held-out conversations of that data.
 """
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -34,6 +36,8 @@ QUICKSTART_MODEL = dict(name="quickstart-tiny", family="llama", block_size=64, n
 PRETRAIN_FAMILIES = ("repeat", "times", "add", "upper")
 HELDOUT_FAMILY = "convert"
 STYLE = "plain"
+# vocab 257 = the 256 byte symbols + <|endoftext|>, padded to a multiple of 8
+BYTE_VOCAB, PADDED_VOCAB = 257, 264
 
 
 def _write_prepared(directory: Path, records: list[dict], style: str = STYLE) -> Path:
@@ -100,7 +104,6 @@ def quickstart(out: str | Path, *, progress: bool = True, **options: Any) -> dic
     with claim_run_dir(out, overwrite=o.overwrite,
                        hint="pass --overwrite to delete the earlier quickstart and start over, or choose a new --out"):
         threads = torch.get_num_threads()
-        _pick_threads()
         try:
             if o.multimodal:
                 return _multimodal(out, o, progress)
@@ -131,8 +134,14 @@ def _quickstart(out, model, data, pretrain_steps, finetune_steps, seed, eval_ite
         # ~3 minutes on 2 idle CPU cores: enough pretraining that adapter-v2 can learn the held-back family
         pretrain_steps = 2000 if pretrain_steps is None else pretrain_steps
         finetune_steps = 300 if finetune_steps is None else finetune_steps
+        clock = Clock(pretrain_steps, finetune_steps, verbose=progress)
+        from ..config import Config
+        from ..model import count_parameters
+
+        tiny = Config(**QUICKSTART_MODEL, vocab_size=BYTE_VOCAB, padded_vocab_size=PADDED_VOCAB)
+        governor = _start(clock, count_parameters(tiny), progress)
         base, tokenizer, style, heldout_name = _pretrain(out, pretrain_steps, seed, progress, timings, curves,
-                                                         pretrain_items)
+                                                         pretrain_items, [c for c in (governor, clock) if c])
         ft_train, evaluation = _heldout_data(eval_items, seed)
         ft_dir = _write_prepared(out / "data" / "finetune", ft_train)
         control = generate_tasks(["times"], 50, seed=seed + 7)
@@ -161,6 +170,11 @@ def _quickstart(out, model, data, pretrain_steps, finetune_steps, seed, eval_ite
             shutil.copyfile(Path(data) / "prompt_style.json", ft_dir / "prompt_style.json")
         tokenizer = None  # loaded below with the model
         heldout_name = Path(data).name
+        from ..checkpoint.full import load_config
+        from ..model import count_parameters
+
+        clock = Clock(0, finetune_steps, verbose=progress)
+        governor = _start(clock, count_parameters(load_config(base)), progress)
         control = []
         ft_opts = dict(micro_batch_size=4, grad_accum=4, warmup_steps=10, eval_every=max(1, finetune_steps // 5))
 
@@ -173,8 +187,10 @@ def _quickstart(out, model, data, pretrain_steps, finetune_steps, seed, eval_ite
     timings["evaluate_before_s"] = time.time() - t
 
     t = time.time()
+    clock.say(f"finetuning with adapter-v2 for {finetune_steps} steps")
     result = finetune(base, ft_dir, "adapter-v2", out / "finetune", max_steps=finetune_steps, seed=seed,
-                      prompt_style=style, progress=progress, register=False, **ft_opts)
+                      prompt_style=style, progress=progress, register=False,
+                      callbacks=[governor] if governor else [], **ft_opts)
     timings["finetune_s"] = time.time() - t
     curves["adapter-v2 finetune"] = result["metrics"]
 
@@ -185,6 +201,9 @@ def _quickstart(out, model, data, pretrain_steps, finetune_steps, seed, eval_ite
     timings["evaluate_after_s"] = time.time() - t
     plot = _plot(curves, out / "loss_curves.png")
     timings["total_s"] = time.time() - t0
+    if clock.expected_s is not None:
+        timings["expected_s"] = clock.expected_s
+    clock.say("done" + (f" (expected {_clock(clock.expected_s)})" if clock.expected_s is not None else ""))
 
     report = {
         "heldout_family": heldout_name, "before": before, "after": after,
@@ -194,6 +213,8 @@ def _quickstart(out, model, data, pretrain_steps, finetune_steps, seed, eval_ite
         "finetune": {"method": "adapter-v2", "steps": result["steps"], "final_loss": result["final_loss"],
                      "val_loss": result["val_loss"], "trainable_parameters": None},
         "loss_curves": str(plot), "timings": timings, "prompt_style": style, "seed": seed,
+        "threads": {"governed": governor is not None, "final": torch.get_num_threads(),
+                    "changes": governor.history if governor else []},
         "report_md": str(out / "report.md"),
     }
     tuned_count = sum(p.numel() for p in tuned.parameters() if p.requires_grad)
@@ -202,6 +223,48 @@ def _quickstart(out, model, data, pretrain_steps, finetune_steps, seed, eval_ite
     write_json_atomic(out / "report.json", report)
     write_text_atomic(out / "report.md", _markdown(report))
     return report
+
+
+class Clock:
+    """Elapsed and expected time of the quickstart, printed as it goes (stderr) and kept in the report.
+
+    The expectation is measured, not assumed: the seconds per step of pretraining steps
+    CALIBRATE_FROM to CALIBRATE_FROM + CALIBRATE_STEPS (after the thread governor's first try, whose
+    slow step would count 10-30 ordinary ones) give the rest of pretraining, and finetuning and evaluation in the ratios this
+    machine class showed (FINETUNE_STEP_RATIO, EVALUATION_STEPS; see BENCHMARKS.md)."""
+
+    CALIBRATE_FROM, CALIBRATE_STEPS = 10, 40
+    FINETUNE_STEP_RATIO = 0.8   # an adapter-v2 step of the tiny model vs a pretraining step (0.68 / 0.83 s measured)
+    EVALUATION_STEPS = 10       # the exact-match passes, model loads and plot, in pretraining steps
+
+    def __init__(self, pretrain_steps: int, finetune_steps: int, verbose: bool = True):
+        self.t0 = time.time()
+        self.pretrain_steps, self.finetune_steps, self.verbose = pretrain_steps, finetune_steps, verbose
+        self.expected_s: Optional[float] = None
+        self._start: Optional[float] = None
+
+    def say(self, text: str) -> None:
+        if self.verbose:
+            print(f"openseason quickstart [{_clock(time.time() - self.t0)}]: {text}", file=sys.stderr, flush=True)
+
+    def __call__(self, step: int, row: dict) -> None:
+        """A pretraining callback: the expectation once CALIBRATE_STEPS steps are timed."""
+        if step == self.CALIBRATE_FROM:
+            self._start = time.time()
+        elif step == self.CALIBRATE_FROM + self.CALIBRATE_STEPS and self._start is not None:
+            per_step = (time.time() - self._start) / self.CALIBRATE_STEPS
+            rest = (self.pretrain_steps - step + self.finetune_steps * self.FINETUNE_STEP_RATIO
+                    + self.EVALUATION_STEPS) * per_step
+            self.expected_s = time.time() - self.t0 + rest
+            self.say(f"{1000 * per_step:.0f} ms per pretraining step: expect about {_clock(self.expected_s)} "
+                     "in all")
+
+    def elapsed(self) -> float:
+        return time.time() - self.t0
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
 def _multimodal(out: Path, o: QuickstartOptions, progress: bool) -> dict[str, Any]:
@@ -218,42 +281,47 @@ def _multimodal(out: Path, o: QuickstartOptions, progress: bool) -> dict[str, An
                                  flamingo_steps=o.flamingo_steps or 0, progress=progress)
 
 
-def _pick_threads() -> None:
-    """One intra-op thread when the machine is already busy: tiny matmuls with oversubscribed
-    threads run 10x slower than on one thread, and the quickstart is all tiny matmuls."""
-    import os
-
-    try:
-        busy = os.getloadavg()[0] >= (os.cpu_count() or 1)
-    except OSError:
-        busy = False
-    if busy:
-        torch.set_num_threads(1)
-
-
 def _heldout_data(eval_items: int, seed: int):
     from ..data.tasks import split_heldout
 
     return split_heldout(HELDOUT_FAMILY, 600, eval_items, seed=seed)
 
 
-def _pretrain(out: Path, steps: int, seed: int, progress: bool, timings: dict, curves: dict, n_items: int):
+def _start(clock: Clock, n_parameters: int, verbose: bool):
+    """Say what the quickstart is about to do and on how many threads; the ThreadGovernor (or None)."""
+    from .threads import default_threads, governor_for
+
+    governor = governor_for(n_parameters, verbose=verbose)
+    try:
+        load = f", load average {os.getloadavg()[0]:.1f}"
+    except OSError:
+        load = ""
+    threads = (f"1 thread first, then the faster of 1 and {governor.many} (measured as it runs)" if governor
+               else f"{default_threads()} thread(s)")
+    clock.say(f"{n_parameters:,}-parameter model on {default_threads()} core(s){load}; {threads}. "
+              "About 3 minutes on 2 idle cores (BENCHMARKS.md)")
+    return governor
+
+
+def _pretrain(out: Path, steps: int, seed: int, progress: bool, timings: dict, curves: dict, n_items: int,
+              callbacks=()):
     from ..data.tasks import generate
 
     t = time.time()
     records = generate(PRETRAIN_FAMILIES, n_items, seed=seed)
     final, tokenizer, metrics = pretrain_tiny(out, records, QUICKSTART_MODEL, STYLE, steps, seed, progress,
-                                              {"families": list(PRETRAIN_FAMILIES)})
+                                              {"families": list(PRETRAIN_FAMILIES)}, callbacks=callbacks)
     timings["pretrain_s"] = time.time() - t
     curves["pretraining (from scratch)"] = metrics
     return final, tokenizer, STYLE, HELDOUT_FAMILY
 
 
 def pretrain_tiny(out: Path, records: list[dict], spec: dict, style: str, steps: int, seed: int, progress: bool,
-                  lineage: dict, vocab_size: int = 257) -> tuple[Path, Any, Path]:
+                  lineage: dict, vocab_size: int = BYTE_VOCAB, callbacks=()) -> tuple[Path, Any, Path]:
     """Pretrain a tiny model of shape `spec` from scratch on conversation `records` (all tokens trained,
-    through the one loop) with a tokenizer trained on them (257: byte-level, no merges); returns
-    (OUT/pretrain/final, tokenizer, metrics.csv). Also used by the multimodal quickstart."""
+    through the one loop) with a tokenizer trained on them (BYTE_VOCAB: byte-level, no merges); returns
+    (OUT/pretrain/final, tokenizer, metrics.csv). `callbacks` go to the loop (the quickstart's thread
+    governor and clock). Also used by the multimodal quickstart."""
     from ..checkpoint import save_checkpoint
     from ..config import Config
     from ..data.sft import SFTData
@@ -266,7 +334,7 @@ def pretrain_tiny(out: Path, records: list[dict], spec: dict, style: str, steps:
     pre_dir = _write_prepared(out / "data" / "pretrain", records, style)
     # vocab 257 = the 256 byte symbols + <|endoftext|>: a byte-level tokenizer with no merges, so
     # digits and letters are single tokens and copying / appending zeros is easy to learn.
-    texts = [m["content"] for r in records[:2000 if vocab_size > 257 else 100] for m in r["messages"]]
+    texts = [m["content"] for r in records[:2000 if vocab_size > BYTE_VOCAB else 100] for m in r["messages"]]
     tokenizer = train_bpe(texts, vocab_size=vocab_size)
     config = Config(**spec, vocab_size=tokenizer.vocab_size, padded_vocab_size=-(-tokenizer.vocab_size // 8) * 8,
                     eos_token_id=tokenizer.eos_id, extra={"made_by": "openseason quickstart"})
@@ -283,7 +351,7 @@ def pretrain_tiny(out: Path, records: list[dict], spec: dict, style: str, steps:
                        eval_every=max(1, steps // 5), seed=seed, progress=progress)
     result = train(model, batches, tcfg, out / "pretrain",
                    val_batches=fixed_batches(val, 64, tokenizer.pad_id, config.block_size),
-                   tokenizer=tokenizer, base_checkpoint=init_dir,
+                   tokenizer=tokenizer, base_checkpoint=init_dir, callbacks=callbacks,
                    run_card={"title": "quickstart pretraining", "method": "full", "prompt_style": {"name": style},
                              "data": {"data_dir": str(pre_dir), **lineage}})
     return result["final"], tokenizer, result["metrics"]

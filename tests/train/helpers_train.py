@@ -31,6 +31,20 @@ def make_prepared(path: Path, n: int = 64, seed: int = 0) -> Path:
     return path
 
 
+def wait_for_marker(proc, marker: Path, step: int, timeout: float = 120) -> None:
+    """Wait until a driver subprocess writes `marker` (it reached `step`); fail if it exits first."""
+    import time
+
+    import pytest
+
+    deadline = time.time() + timeout
+    while not marker.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"driver exited early: {proc.stderr.read()[-2000:]}")
+        assert time.time() < deadline, f"driver never reached step {step}"
+        time.sleep(0.02)
+
+
 def kill_finetune_after_checkpoint(tmp_path: Path, base: Path, data: Path, method: str, args: dict,
                                    step: int = 5) -> Path:
     """Run finetune in a subprocess, SIGKILL it once `step` is done (step - 1 is on disk, `step` is not
@@ -40,9 +54,7 @@ def kill_finetune_after_checkpoint(tmp_path: Path, base: Path, data: Path, metho
     import subprocess
     import sys
     import textwrap
-    import time
 
-    import pytest
     import torch
 
     marker = tmp_path / "reached"
@@ -64,13 +76,8 @@ def kill_finetune_after_checkpoint(tmp_path: Path, base: Path, data: Path, metho
                  register=False, callbacks=[hang], **{args!r})
     """))
     proc = subprocess.Popen([sys.executable, str(driver)], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not marker.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"driver exited early: {proc.stderr.read().decode()[-2000:]}")
-        assert time.time() < deadline, f"driver never reached step {step}"
-        time.sleep(0.05)
+                            stderr=subprocess.PIPE, text=True)
+    wait_for_marker(proc, marker, step)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL

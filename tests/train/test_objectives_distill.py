@@ -197,7 +197,7 @@ def test_clear_errors(setup, tmp_path):
     with pytest.raises(DataError, match="rationale") as info:
         finetune(base, bad, "lora", tmp_path / "z", objective="distill", max_steps=1, **for_method("lora", FAST))
     assert "rationales.jsonl:2" in str(info.value)
-    with pytest.raises(DataError, match="no rationales.jsonl"):
+    with pytest.raises(DataError, match="no such prepared directory"):  # checked before the run starts
         finetune(base, tmp_path / "nothing", "lora", tmp_path / "w", objective="distill", max_steps=1, **for_method("lora", FAST))
 
 

@@ -91,7 +91,8 @@ def test_reference_cache_reused_then_recomputed_when_stale(setup, tmp_path):
     finetune(base, pairs, "lora", tmp_path / "run", objective="dpo", max_steps=1, **for_method("lora", FAST))
     stored = load_fingerprint(tmp_path / "run" / CACHE_NAME)
     assert set(stored) >= {"data", "tokenizer", "reference", "prompt_style", "max_length"}
-    res = finetune(base, pairs, "lora", tmp_path / "run", objective="dpo", max_steps=2, resume="auto", **for_method("lora", FAST))
+    res = finetune(base, pairs, "lora", tmp_path / "run", objective="dpo", max_steps=2, resume="auto",
+                   allow_changes=True, **for_method("lora", FAST))  # longer than the checkpoint's run: a change
     assert res["report"]["reference_logps"] == "reused"
     from openseason.checkpoint import load_model
     from openseason.data.preferences import PreferenceData, load_preferences

@@ -62,7 +62,8 @@ def test_pythia_schedule_and_flops():
 
 def test_pretrain_recipe_schedule_and_resume_are_exact(tmp_path, tokens):
     full = pretrain("tiny-neox", tokens, tmp_path / "full", seq_len=32, micro_batch_size=2, grad_accum=2,
-                    max_steps=6, checkpoint_schedule="pythia", progress=False)
+                    max_steps=6, checkpoint_schedule="pythia", progress=False,
+                    keep_optimizer=True)  # step-000002 is resumed below: it must keep its optimizer state
     steps = sorted(p.name for p in (tmp_path / "full").iterdir() if p.name.startswith("step-"))
     assert steps == ["step-000000", "step-000001", "step-000002", "step-000004"]
     card = json.loads((full["final"] / "run_card.json").read_text())
@@ -91,7 +92,7 @@ def test_two_processes_equal_one_and_resume_across_process_counts(tmp_path, toke
                  "--max-steps", "4"]) == 0
     two = tmp_path / "two"
     _torchrun(2, [*RUN, "--data", str(tokens), "--out", str(two), "--micro-batch-size", "2", "--max-steps", "4",
-                  "--save-every", "2"], tmp_path)
+                  "--save-every", "2", "--keep-optimizer"], tmp_path)  # step-000002 is resumed below
     l1, l2 = _losses(one), _losses(two)
     assert sorted(l2) == [1, 2, 3, 4]
     for step in l1:

@@ -79,11 +79,11 @@ def test_overwrite_leaves_nothing_for_resume_auto(tmp_path, setup):
     result = finetune(base, data, out=run, max_steps=2, overwrite=True, **FAST)
     assert result["steps"] == 2 and _steps(run) == [] and not (run / "notes.txt").exists()
     assert _metric_steps(run) == [1, 2]
-    assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == ["final", "loss.png",
-                                                                                   "metrics.csv", "tensorboard"]
-    # a later --resume auto finds no step directory of the old run: it starts from scratch
-    again = finetune(base, data, out=run, max_steps=1, resume="auto", **FAST)
-    assert again["steps"] == 1 and _metric_steps(run) == [1]
+    assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == [
+        "final", "loss.png", "metrics.csv", "preflight.json", "tensorboard"]
+    # a later --resume auto finds no step directory of the old run: it goes on from the new run's final
+    again = finetune(base, data, out=run, max_steps=3, resume="auto", allow_changes=True, **FAST)
+    assert again["steps"] == 3 and _metric_steps(run) == [1, 2, 3]
     with pytest.raises(ConfigError, match="contradict"):
         finetune(base, data, out=run, max_steps=1, resume="auto", overwrite=True, **FAST)
 

@@ -52,7 +52,7 @@ def test_reduced_quickstart_improves_on_the_heldout_task(tmp_path):
 
     from openseason.tokenizer import Tokenizer
 
-    report = quickstart(tmp_path / "qs", pretrain_steps=40, finetune_steps=40, eval_items=16, pretrain_items=400,
+    report = quickstart(tmp_path / "qs", pretrain_steps=55, finetune_steps=40, eval_items=16, pretrain_items=400,
                         progress=False)
     out = tmp_path / "qs"
     data = json.loads((out / "report.json").read_text())
@@ -62,6 +62,10 @@ def test_reduced_quickstart_improves_on_the_heldout_task(tmp_path):
     assert (out / "loss_curves.png").stat().st_size > 1000
     assert (out / "finetune" / "final" / "peft.json").exists()
     assert report["finetune"]["trainable_parameters"] < report["finetune"]["total_parameters"] / 5
+    # the expectation is measured over pretraining steps 10-50, and the threads it ran on are reported
+    timings = data["timings"]
+    assert 0 < timings["expected_s"] and timings["total_s"] > timings["pretrain_s"] > 0
+    assert set(data["threads"]) == {"governed", "final", "changes"} and data["threads"]["final"] >= 1
 
     with open(out / "finetune" / "metrics.csv", newline="") as handle:
         losses = [float(row["loss"]) for row in csv.DictReader(handle)]
