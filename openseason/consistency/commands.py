@@ -4,7 +4,7 @@ options.ConsistencyOptions)."""
 from __future__ import annotations
 
 from ..errors import ConfigError
-from ..train.options import add_arguments, given_options
+from ..options import add_arguments, given_options
 from .options import ConsistencyOptions
 
 

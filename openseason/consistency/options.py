@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..errors import ConfigError
-from ..train.options import option
+from ..options import option
 from .losses import METRICS
 
 METHODS = ("ct", "cd", "ict", "edm")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from .options import FinetuneOptions, PretrainOptions, QuickstartOptions, add_arguments, given_options
+from ..options import add_arguments, given_options
+from .options import FinetuneOptions, PretrainOptions, QuickstartOptions
 
 
 def _report(verb: str, result: dict) -> None:

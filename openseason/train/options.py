@@ -8,13 +8,12 @@ value is never overridden by a flag the user did not pass.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import typing
-from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from ..errors import ConfigError
+from ..options import option, option_names
 from ..peft import METHOD_ALIASES, METHODS
 
 # Peak learning rate per finetuning method when none is given (LLaMA-Adapter papers, LoRA common use).
@@ -68,11 +67,6 @@ def resolve_objective(opts: dict) -> dict:
     if name == "cdpo" and not 0 < float(opts["label_smoothing"]) < 0.5:
         raise ConfigError("cdpo needs 0 < --label-smoothing < 0.5")
     return opts
-
-
-def option(default: Any, doc: str, *, group: str = "run", choices: Optional[tuple] = None) -> Any:
-    """A dataclass field carrying its documentation (CLI help) and CLI group."""
-    return field(default=default, metadata={"doc": doc, "group": group, "choices": choices})
 
 
 ALLOW_CHANGES_DOC = ("with --resume: go on although the learning rate, schedule, batch, sequence length or data differ "
@@ -281,10 +275,6 @@ def check_method_options(cls, method: str, explicit: dict[str, Any]) -> None:
                               hint=f"it is an option of --method {' / '.join(methods)}: drop it or change the method")
 
 
-def option_names(cls) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls))
-
-
 def resolve(cls, given: dict[str, Any], recipe: Optional[dict[str, Any]] = None, *, what: str = "options"):
     """defaults < recipe < given (None in `given` means "not given"); unknown names are a ConfigError."""
     names = option_names(cls)
@@ -301,31 +291,3 @@ def resolve(cls, given: dict[str, Any], recipe: Optional[dict[str, Any]] = None,
     options = cls(**values)
     check_options(options)
     return options
-
-
-def _scalar_type(hint) -> type:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if typing.get_origin(hint) is Union and args else hint
-
-
-def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """One flag per field (`--max-steps` for max_steps), grouped, with the field's doc and default."""
-    hints = typing.get_type_hints(cls)
-    groups: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        group_name = f.metadata.get("group", "run")
-        group = groups.get(group_name) or groups.setdefault(group_name, parser.add_argument_group(group_name))
-        kind = _scalar_type(hints[f.name])
-        doc = f.metadata.get("doc", "").replace("%", "%%")
-        if f.default is not None and kind is not bool:
-            doc += f" (default {f.default})"
-        flag = "--" + f.name.replace("_", "-")
-        if kind is bool:
-            group.add_argument(flag, action="store_true", default=None, help=doc)
-        else:
-            group.add_argument(flag, type=kind, choices=f.metadata.get("choices"), default=None, help=doc)
-
-
-def given_options(args: argparse.Namespace, cls) -> dict[str, Any]:
-    """The options the user passed on the command line (None = not given)."""
-    return {name: getattr(args, name) for name in option_names(cls)}

@@ -33,7 +33,7 @@ from ..data.records import image_paths, resolve_image_path
 from ..errors import ConfigError, DataError
 from ..fileio import (atomic_open, io_error, iter_jsonl, lock_directory, refuse_non_empty, replace_dir, staging_dir,
                       write_json_atomic)
-from ..train.options import option
+from ..options import option
 from .checkpoint import save_vision_encoder
 from .clip_model import CLIP, TextConfig, TextTower, WordTokenizer, contrastive_loss
 from .config import NAMED, VisionConfig

@@ -32,7 +32,7 @@ def register(sub) -> None:
 
 def _train_clip(args) -> int:
     from .clip_train import CLIPOptions, train_clip
-    from ..train.options import given_options
+    from ..options import given_options
 
     report = train_clip(args.data, args.out, resume=args.resume, overwrite=args.overwrite,
                         **given_options(args, CLIPOptions))
@@ -45,7 +45,7 @@ def _train_clip(args) -> int:
 
 
 def register_train_clip(verbs) -> None:
-    from ..train.options import add_arguments
+    from ..options import add_arguments
     from .clip_train import CLIPOptions
 
     t = verbs.add_parser("train-clip", help="train a tiny CLIP on the synthetic image suite",
