@@ -12,7 +12,6 @@ import argparse
 import hashlib
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -22,6 +21,8 @@ from openseason.config import Config
 from openseason.model import GPT
 
 
+from timing import best_time  # noqa: E402
+
 def full_sha256(directory: Path) -> str:
     digest = hashlib.sha256()
     for file in weight_files(directory):
@@ -29,16 +30,6 @@ def full_sha256(directory: Path) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
-
-
-def best_of(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -53,8 +44,8 @@ def main() -> None:
         size = sum(f.stat().st_size for f in weight_files(ckpt))
         tensors = len(model.state_dict())
         del model
-        ours = best_of(lambda: weights_fingerprint(ckpt), args.repeats)
-        peer = best_of(lambda: full_sha256(ckpt), args.repeats)
+        ours = best_time(lambda: weights_fingerprint(ckpt), args.repeats, warmup=True)
+        peer = best_time(lambda: full_sha256(ckpt), args.repeats, warmup=True)
     print(f"{args.config}: {size / 2**20:.0f} MiB in {tensors} tensors; load average {os.getloadavg()[0]:.1f}")
     print(f"full sha256 {peer * 1000:.1f} ms | weights_fingerprint {ours * 1000:.2f} ms | "
           f"{peer / ours:.0f}x less time")

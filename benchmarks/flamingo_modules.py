@@ -13,12 +13,13 @@ import importlib
 import importlib.util
 import json
 import sys
-import time
 import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+
+from timing import best_time  # noqa: E402
 
 def released_helpers():
     """open_flamingo/src/helpers.py without the package __init__ (which needs open_clip)."""
@@ -32,16 +33,6 @@ def released_helpers():
             package.__path__ = [path]
             sys.modules[name] = package
     return importlib.import_module("open_flamingo.src.helpers")
-
-
-def best(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -90,12 +81,12 @@ def main() -> None:
     for name, (ours, theirs) in cases.items():
         with torch.no_grad():
             diff = float((ours() - theirs()).abs().max())
-            t_ours, t_theirs = best(ours, args.repeat), best(theirs, args.repeat)
+            t_ours, t_theirs = best_time(ours, args.repeat, warmup=True), best_time(theirs, args.repeat, warmup=True)
         print(json.dumps({"case": name, "ours_s": round(t_ours, 5), "released_s": round(t_theirs, 5),
                           "released_over_ours": round(t_theirs / t_ours, 2), "max_abs_diff": diff}), flush=True)
     for name, (ours, theirs) in cases.items():
-        t_ours = best(lambda: ours().sum().backward(), args.repeat)
-        t_theirs = best(lambda: theirs().sum().backward(), args.repeat)
+        t_ours = best_time(lambda: ours().sum().backward(), args.repeat, warmup=True)
+        t_theirs = best_time(lambda: theirs().sum().backward(), args.repeat, warmup=True)
         print(json.dumps({"case": name.replace("forward", "forward + backward"), "ours_s": round(t_ours, 5),
                           "released_s": round(t_theirs, 5), "released_over_ours": round(t_theirs / t_ours, 2)}),
               flush=True)

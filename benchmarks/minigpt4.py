@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+
+from timing import best_time  # noqa: E402
 
 def build(root: Path):
     from transformers import Blip2Config, Blip2ForConditionalGeneration
@@ -54,15 +55,6 @@ def build(root: Path):
     return hf, model.eval(), vocab
 
 
-def best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=4)
@@ -88,16 +80,16 @@ def main() -> None:
         reference = hf(pixel_values=pixels, input_ids=ids).logits
         diff = float((ours() - reference).abs().max())
         spread = float(reference.std())
-        t_ours = best(ours, args.repeat)
-        t_hf = best(lambda: hf(pixel_values=pixels, input_ids=ids), args.repeat)
+        t_ours = best_time(ours, args.repeat)
+        t_hf = best_time(lambda: hf(pixel_values=pixels, input_ids=ids), args.repeat)
         params = SamplingParams(max_new_tokens=args.new, ignore_eos=True)
         media = [[(pixels[i], 0)] for i in range(args.batch)]
         prompts = [row.tolist() for row in ids]
         got = []
-        g_ours = best(lambda: got.append(generate_ids(model, prompts, params, media=media)), args.repeat)
+        g_ours = best_time(lambda: got.append(generate_ids(model, prompts, params, media=media)), args.repeat)
         want = []
-        g_hf = best(lambda: want.append(hf.generate(pixel_values=pixels, input_ids=ids, max_new_tokens=args.new,
-                                                    min_new_tokens=args.new, do_sample=False)), args.repeat)
+        g_hf = best_time(lambda: want.append(hf.generate(pixel_values=pixels, input_ids=ids, max_new_tokens=args.new,
+                                                         min_new_tokens=args.new, do_sample=False)), args.repeat)
     ours_tokens = [c.token_ids for c in got[-1]]
     hf_tokens = want[-1][:, -args.new:].tolist()
     same = sum(a == b for a, b in zip(ours_tokens, hf_tokens))

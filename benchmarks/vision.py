@@ -17,7 +17,6 @@ import argparse
 import io
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from openseason.vision import ImageProcessorConfig, preprocess, vision_from_hf  # noqa: E402
 
+
+from timing import best_time  # noqa: E402
 
 def photos():
     import matplotlib.cbook
@@ -40,15 +41,6 @@ def photos():
     return images
 
 
-def best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def bench_preprocess(repeat: int) -> None:
     from transformers import BlipImageProcessor, CLIPImageProcessor
 
@@ -59,8 +51,8 @@ def bench_preprocess(repeat: int) -> None:
         ("BLIP 224 (square resize)", ImageProcessorConfig.blip(224), BlipImageProcessor(size={"height": 224, "width": 224})),
     ]:
         same = torch.equal(preprocess(images, ours_cfg), ref(images=images, return_tensors="pt")["pixel_values"])
-        t_ref = best(lambda: ref(images=images, return_tensors="pt"), repeat)
-        t_ours = best(lambda: preprocess(images, ours_cfg), repeat)
+        t_ref = best_time(lambda: ref(images=images, return_tensors="pt"), repeat)
+        t_ours = best_time(lambda: preprocess(images, ours_cfg), repeat)
         print(f"| preprocess {name}, {len(images)} photos | {len(images) / t_ref:.0f} img/s | "
               f"{len(images) / t_ours:.0f} img/s | {t_ref / t_ours:.2f}x | identical pixels: {same} |")
 
@@ -94,7 +86,7 @@ def bench_encoders(repeat: int, workdir: Path) -> None:
 def _compare(name, ref, ours, batch: int, repeat: int) -> None:
     with torch.no_grad():
         diff = (ref() - ours()).abs().max().item()
-        t_ref, t_ours = best(ref, repeat), best(ours, repeat)
+        t_ref, t_ours = best_time(ref, repeat), best_time(ours, repeat)
     print(f"| forward {name} | {batch / t_ref:.1f} img/s | {batch / t_ours:.1f} img/s | {t_ref / t_ours:.2f}x | "
           f"max |diff| {diff:.1e} |")
 
