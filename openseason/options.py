@@ -37,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         if f.default is not None and kind is not bool:
             doc += f" (default {f.default})"
         flag = "--" + f.name.replace("_", "-")
-        if kind is bool:
+        if kind is bool and f.default is True:   # on by default: only --no-X can say anything
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=doc)
+        elif kind is bool:
             group.add_argument(flag, action="store_true", default=None, help=doc)
         else:
             group.add_argument(flag, type=kind, choices=f.metadata.get("choices"), default=None, help=doc)
