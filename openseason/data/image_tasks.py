@@ -46,6 +46,7 @@ class Scene:
     caption: str = ""
     qa: list = field(default_factory=list)
     labels: dict = field(default_factory=dict)    # task -> class name, e.g. {"shape": "circle", "color": "red"}
+    facts: list = field(default_factory=list)     # what the caption says, as order-free phrases: ["red", "circle", "top left"]
 
 
 def _a(word: str) -> str:
@@ -97,7 +98,7 @@ def shape_scene(rng: random.Random, digits=None) -> Scene:
     return Scene("shape", [("shape", kind, color, _jitter(rng, cx), _jitter(rng, cy), r)],
                  shape_caption(kind, color, place),
                  [("What shape is this?", kind), ("What color is the shape?", color), ("Where is the shape?", place)],
-                 {"shape": kind, "color": color, "place": place})
+                 {"shape": kind, "color": color, "place": place}, [color, kind, place])
 
 
 def count_scene(rng: random.Random, digits=None) -> Scene:
@@ -108,7 +109,8 @@ def count_scene(rng: random.Random, digits=None) -> Scene:
     return Scene("count", draw, count_caption(n, kind, color),
                  [("How many shapes are there?", str(n)), ("What shape are they?", kind),
                   ("What color are they?", color)],
-                 {"count": str(n), "shape": kind, "color": color})
+                 {"count": str(n), "shape": kind, "color": color},
+                 ["one" if n == 1 else NUMBERS[n], color, kind if n == 1 else PLURAL[kind]])
 
 
 def digit_scene(rng: random.Random, digits=None) -> Scene:
@@ -119,7 +121,7 @@ def digit_scene(rng: random.Random, digits=None) -> Scene:
     return Scene("digit", [("digit", index, color, _jitter(rng, 0.5), _jitter(rng, 0.5), rng.uniform(0.3, 0.38))],
                  digit_caption(label, color),
                  [("Which digit is this?", label), ("What color is the digit?", color)],
-                 {"digit": label, "color": color})
+                 {"digit": label, "color": color}, [f"digit {label}", color])
 
 
 def pair_scene(rng: random.Random, digits=None) -> Scene:
@@ -129,7 +131,7 @@ def pair_scene(rng: random.Random, digits=None) -> Scene:
     return Scene("pair", draw, pair_caption(k1, c1, k2, c2),
                  [("What shape is on the left?", k1), ("What shape is on the right?", k2),
                   ("What color is the shape on the left?", c1), ("What color is the shape on the right?", c2)],
-                 {"left": k1, "right": k2})
+                 {"left": k1, "right": k2}, [f"left {c1} {k1}", f"right {c2} {k2}"])
 
 
 FAMILIES: dict[str, Callable[..., Scene]] = {"shape": shape_scene, "count": count_scene, "digit": digit_scene,
@@ -207,7 +209,7 @@ def scene_records(scene: Scene, image_path: str, image_id: str, split: str,
     """A scene's conversation records: one caption record and one per question, each a user turn with
     the image part and the text, and the assistant's answer."""
     meta = {"family": scene.family, "image_id": image_id, "split": split, "labels": scene.labels,
-            "source": "openseason.data.image_tasks"}
+            "facts": scene.facts, "source": "openseason.data.image_tasks"}
     rows = []
     for i, (question, answer) in enumerate([(CAPTION_PROMPT, scene.caption), *scene.qa]):
         task = "caption" if i == 0 else "vqa"

@@ -214,9 +214,9 @@ class QuickstartOptions:
                                     "a non-empty --out is refused")
     multimodal: bool = option(False, "images instead: a tiny CLIP, a tiny LM pretrained on the text twins of the "
                                      "synthetic image suite, then MiniGPT-4 and LLaMA-Adapter V2 multimodal, "
-                                     "held-out VQA before/after (default steps: pretrain 1500, finetune 300)")
-    scenes: Optional[int] = option(None, "--multimodal: training scenes of the synthetic image suite (default 600)")
-    clip_steps: Optional[int] = option(None, "--multimodal: tiny CLIP training steps (default 300)")
+                                     "held-out VQA before/after (default steps: pretrain 1500, finetune 1500 per method)")
+    scenes: Optional[int] = option(None, "--multimodal: training scenes of the synthetic image suite (default 2000)")
+    clip_steps: Optional[int] = option(None, "--multimodal: tiny CLIP training steps (default 1000)")
     flamingo_steps: Optional[int] = option(None, "--multimodal: also OpenFlamingo few-shot classification (0/2/4 "
                                                  "shots on held-out images) with this many Flamingo steps; adds "
                                                  "a few minutes (default 0: skipped)")

@@ -274,10 +274,10 @@ def _multimodal(out: Path, o: QuickstartOptions, progress: bool) -> dict[str, An
     if stray:
         raise OpenseasonError(f"{', '.join('--' + n.replace('_', '-') for n in stray)} do not apply to quickstart "
                               "--multimodal", hint="it builds its own data (the synthetic image suite) and model")
-    return quickstart_multimodal(out, seed=o.seed, scenes=o.scenes or 600, eval_items=o.eval_items or 150,
-                                 clip_steps=300 if o.clip_steps is None else o.clip_steps,
+    return quickstart_multimodal(out, seed=o.seed, scenes=o.scenes or 2000, eval_items=o.eval_items or 150,
+                                 clip_steps=1000 if o.clip_steps is None else o.clip_steps,
                                  pretrain_steps=1500 if o.pretrain_steps is None else o.pretrain_steps,
-                                 finetune_steps=300 if o.finetune_steps is None else o.finetune_steps,
+                                 finetune_steps=1500 if o.finetune_steps is None else o.finetune_steps,
                                  flamingo_steps=o.flamingo_steps or 0, progress=progress)
 
 

@@ -3,10 +3,11 @@
 1. Render the synthetic image suite (openseason.data.image_tasks): train and held-out eval scenes.
 2. Train the tiny CLIP on the training captions (the vision package's trainer); its image tower is the
    frozen encoder of both methods.
-3. Pretrain a tiny LM from scratch on the TEXT of the same tasks: each question is asked about the
-   scene's caption, written where the image goes (`###Human: <Img>a red circle at the top left</Img>
-   What color is the shape? ###Assistant: red###`). The LM learns to answer from a description; it
-   never sees an image.
+3. Pretrain a tiny LM from scratch on the TEXT of the same tasks: each question is asked about a
+   description of the scene written where the image goes: its caption (`###Human: <Img>a red circle at
+   the top left</Img> What color is the shape? ###Assistant: red###`) or its facts shuffled among filler
+   dots (`<Img>. top left . . red circle .</Img>`). The LM learns to answer from a description; it never
+   sees an image.
 4. MiniGPT-4: only the projection trains, on the image records (caption and questions), so that the
    visual tokens at <ImageHere> stand in for the description.
 5. LLaMA-Adapter V2 multimodal (paper mode, early fusion) on the same records: the visual group trains.
@@ -28,23 +29,45 @@ MM_MODEL = dict(QUICKSTART_MODEL, name="quickstart-mm-tiny", block_size=96)
 VOCAB = 512   # BPE on the task texts: answers ("circle", "top left") become one or two tokens
 STYLE = "minigpt4"
 IMAGE_SIZE = 32
+TWIN_VARIANTS = 3   # text twins per image record: the caption, then 2 shuffled fact lists (text_records)
+FILLER = "."
 
 
-def text_records(image_records: list[dict]) -> list[dict]:
-    """The text twin of every image record: the image part replaced by the scene's caption inside the
-    image markers (the caption comes from the same image's caption record)."""
+def text_records(image_records: list[dict], variants: int = TWIN_VARIANTS, seed: int = 0) -> list[dict]:
+    """The text twins of every image record: the image part replaced by a description of the scene inside
+    the image markers. Variant 0 writes the scene's caption; variants 1.. write its facts
+    (meta.facts: "red", "circle", "top left") in a random order with 0-3 filler dots around each, so the
+    LM learns to find an attribute by what it is, not by where a caption template puts it. That is what a
+    frozen LM must do with visual tokens: the projection can make a token that means "red", but not put
+    it where the caption would have had it. (With captions alone the projection-only model answered a
+    colour to "Where is the shape?": the LM read positions, not words.)"""
+    rng = random.Random(f"{seed}-text-twins")
     captions = {(r.get("meta") or {}).get("image_id"): r["messages"][-1]["content"]
                 for r in image_records if (r.get("meta") or {}).get("task") == "caption"}
     out = []
-    for r in image_records:
-        caption = captions.get((r.get("meta") or {}).get("image_id"))
-        if caption is None:
-            continue
-        user = r["messages"][0]
-        text = " ".join(p["text"] if p["type"] == "text" else f"<Img>{caption}</Img>" for p in user["content"])
-        out.append({"id": f"text-{r['id']}", "messages": [{"role": "user", "content": text}, r["messages"][-1]],
-                    "meta": {**(r.get("meta") or {}), "modality": "text"}})
+    for variant in range(variants):
+        for r in image_records:
+            meta = r.get("meta") or {}
+            caption = captions.get(meta.get("image_id"))
+            if caption is None:
+                continue
+            description = caption if variant == 0 or not meta.get("facts") else describe(meta["facts"], rng)
+            user = r["messages"][0]
+            text = " ".join(p["text"] if p["type"] == "text" else f"<Img>{description}</Img>" for p in user["content"])
+            out.append({"id": f"text-{r['id']}" + (f"-v{variant}" if variant else ""),
+                        "messages": [{"role": "user", "content": text}, r["messages"][-1]],
+                        "meta": {**meta, "modality": "text"}})
     return out
+
+
+def describe(facts: list[str], rng: random.Random, filler: str = FILLER, max_gap: int = 3) -> str:
+    """The facts in a random order, each after 0..max_gap filler tokens, and 0..max_gap fillers at the end."""
+    facts = list(facts)
+    rng.shuffle(facts)
+    words: list[str] = []
+    for fact in facts:
+        words += [filler] * rng.randint(0, max_gap) + [fact]
+    return " ".join(words + [filler] * rng.randint(0, max_gap))
 
 
 def quickstart_multimodal(out: Path, *, seed: int, scenes: int, eval_items: int, clip_steps: int,
@@ -67,7 +90,7 @@ def quickstart_multimodal(out: Path, *, seed: int, scenes: int, eval_items: int,
     timings["clip_s"] = time.time() - t
 
     t = time.time()
-    texts = text_records(train_records)
+    texts = text_records(train_records, seed=seed)
     for r in texts:
         r.pop("_where", None)
     base, tokenizer, metrics = pretrain_tiny(out, texts, MM_MODEL, STYLE, pretrain_steps, seed, progress,

@@ -12,19 +12,51 @@ from openseason.train.quickstart import quickstart
 from openseason.train.quickstart_multimodal import text_records
 
 
-def test_text_twins_put_the_caption_where_the_image_goes():
-    rows = [{"id": "a-0", "messages": [{"role": "user", "content": [{"type": "image", "path": "images/a.png"},
-                                                                    {"type": "text", "text": "Describe the image."}]},
-                                       {"role": "assistant", "content": "a red circle"}],
-             "meta": {"image_id": "a", "task": "caption"}},
+def _rows(facts=None):
+    meta = {"image_id": "a"} | ({"facts": facts} if facts else {})
+    return [{"id": "a-0", "messages": [{"role": "user", "content": [{"type": "image", "path": "images/a.png"},
+                                                                   {"type": "text", "text": "Describe the image."}]},
+                                      {"role": "assistant", "content": "a red circle"}],
+             "meta": {**meta, "task": "caption"}},
             {"id": "a-1", "messages": [{"role": "user", "content": [{"type": "image", "path": "images/a.png"},
-                                                                    {"type": "text", "text": "What color?"}]},
-                                       {"role": "assistant", "content": "red"}],
-             "meta": {"image_id": "a", "task": "vqa"}}]
-    twins = text_records(rows)
+                                                                   {"type": "text", "text": "What color?"}]},
+                                      {"role": "assistant", "content": "red"}],
+             "meta": {**meta, "task": "vqa"}}]
+
+
+def test_text_twins_put_the_caption_where_the_image_goes():
+    twins = text_records(_rows(), variants=1)
     assert [t["messages"][0]["content"] for t in twins] == ["<Img>a red circle</Img> Describe the image.",
                                                            "<Img>a red circle</Img> What color?"]
     assert twins[1]["messages"][1]["content"] == "red"
+
+
+def test_text_twin_variants_shuffle_the_facts_among_fillers():
+    facts = ["red", "circle", "top left"]
+    twins = text_records(_rows(facts) * 20, variants=3, seed=1)
+    assert len(twins) == 120 and len({t["id"] for t in twins}) == 3 * 2   # ids name the record and the variant
+    inside = [t["messages"][0]["content"].split("</Img>")[0].removeprefix("<Img>") for t in twins[40:]]
+    for text in inside:   # every fact once, whole, the rest fillers
+        rest = text
+        for fact in facts:
+            assert rest.count(fact) == 1
+            rest = rest.replace(fact, "")
+        assert set(rest.split()) <= {"."}
+    orders = {tuple(sorted(facts, key=text.index)) for text in inside}
+    assert len(orders) == 6                       # all orders occur
+    assert any(text.startswith(".") for text in inside) and any(not text.startswith(".") for text in inside)
+    assert [t["messages"][1]["content"] for t in twins[40:42]] == ["a red circle", "red"]  # answers unchanged
+    assert text_records(_rows(facts) * 20, variants=3, seed=1) == twins   # deterministic from the seed
+    assert text_records(_rows(facts) * 20, variants=3, seed=2) != twins
+
+
+def test_suite_scenes_carry_their_facts():
+    from openseason.data.image_tasks import sample_scenes
+    for scene in sample_scenes(8, seed=3):
+        words = scene.caption.split()
+        assert scene.facts
+        for fact in scene.facts:   # each fact's words are in the caption (a pair's right side names its side)
+            assert set(fact.split()) - {"right"} <= set(words), (fact, scene.caption)
 
 
 def test_reduced_multimodal_quickstart(tmp_path):
