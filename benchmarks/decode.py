@@ -53,6 +53,9 @@ HBM_GBPS = {"H200": 4800, "H100 SXM": 3350, "H100 NVL": 3900, "H100 PCIe": 2000,
             "RTX 4090": 1008, "RTX 3090": 936}
 
 
+FP32_PEERS = ("transformers", "llama.cpp f32", "ctranslate2 float32")
+
+
 def hf_twin(model: GPT, device, dtype):
     """A transformers model holding exactly our weights (via openseason.convert's key maps)."""
     import transformers
@@ -100,6 +103,16 @@ def weight_bytes(model: GPT) -> int:
     if not model.config.tie_embeddings:
         total -= model.embed.weight.numel() * model.embed.weight.element_size()
     return total
+
+
+def cpu_read_gbps(megabytes: int = 512) -> float:
+    """What this CPU reads from memory with torch's current threads: a sum over a buffer far larger
+    than any cache, best of 5 (GB/s). The roofline of fp32 batch-1 decoding is this over weight_bytes;
+    a model whose weights partly stay in cache can run above it."""
+    buffer = torch.ones(megabytes * 2**20 // 4)
+    buffer.sum()
+    best = min(time_call(buffer.sum, "cpu")[0] for _ in range(5))
+    return buffer.numel() * 4 / best / 1e9
 
 
 def greedy_logits(model: GPT, ids: list[int]) -> torch.Tensor:
@@ -264,6 +277,13 @@ def bench(name: str, args, threads: int | None) -> list[dict]:
             with torch.inference_mode():
                 row["logit_err"] = float((quantized[key[5:]](probe)[0].float().cpu() - logits).abs().max())
         rows.append(row)
+    if torch.device(device).type == "cpu":
+        gbps = cpu_read_gbps()
+        bytes_per_token = weight_bytes(ours)
+        for row in rows:   # the roofline is for fp32 weights: quantized peers read fewer bytes
+            row.update(read_gbps=gbps, ours_fraction=tps["ours"] * bytes_per_token / 1e9 / gbps)
+            if dtype == torch.float32 and row["peer"] in FP32_PEERS:
+                row["peer_fraction"] = row["peer_tps"] * bytes_per_token / 1e9 / gbps
     if torch.device(device).type == "cuda":
         gbps = args.hbm_gbps or next((v for k, v in HBM_GBPS.items() if k in torch.cuda.get_device_name()), None)
         if gbps:
@@ -363,6 +383,9 @@ def main(argv=None) -> int:
             for r in bench(name, args, threads):
                 line = (f"{r['model']:<12} {r['dtype']:<8} threads {r['threads']}  ours {r['ours_tps']:7.1f} tok/s  "
                         f"{r['peer']:<16} {r['peer_tps']:7.1f} tok/s  ratio {r['ratio']:5.2f}x  {r['agree']}")
+                if "read_gbps" in r:
+                    line += (f"  roofline ({r['read_gbps']:.1f} GB/s read): ours {100 * r['ours_fraction']:.0f}%"
+                             + (f", it {100 * r['peer_fraction']:.0f}%" if "peer_fraction" in r else ""))
                 if "logit_err" in r:
                     line += f"  (max logit error vs fp32 {r['logit_err']:.3g})"
                 if "fraction" in r:

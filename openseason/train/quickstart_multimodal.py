@@ -102,7 +102,7 @@ def quickstart_multimodal(out: Path, *, seed: int, scenes: int, eval_items: int,
     for method, options in (("minigpt4", {"lr": 3e-3}),
                             ("adapter-v2-mm", {"mm_mode": "paper", "adapter_prompt_length": 10, "lr": 1e-2})):
         results[method] = _method(out, base, suite, encoder, method, options, finetune_steps, seed, eval_items,
-                                  progress, timings, curves)
+                                  progress, timings, curves, val_size=min(64, max(1, len(train_records) // 8)))
     flamingo = None
     if flamingo_steps:   # OpenFlamingo few-shot on the same suite and encoder (train/flamingo_fewshot.py)
         from .flamingo_fewshot import flamingo_fewshot
@@ -131,7 +131,8 @@ def _train_clip(out: Path, suite: Path, steps: int, seed: int, progress: bool) -
     return out / "clip" / "encoder", {k: report.get(k) for k in keep}
 
 
-def _method(out, base, suite, encoder, method, options, steps, seed, eval_items, progress, timings, curves) -> dict:
+def _method(out, base, suite, encoder, method, options, steps, seed, eval_items, progress, timings, curves,
+            val_size: int) -> dict:
     from ..generation.llm import LLM
     from ..evaluate.images import evaluate_images
     from .finetune import finetune
@@ -143,7 +144,7 @@ def _method(out, base, suite, encoder, method, options, steps, seed, eval_items,
     t = time.time()
     result = finetune(base, suite / "train", method, out / method, max_steps=steps, seed=seed, vision=str(encoder),
                       prompt_style=STYLE, micro_batch_size=16, warmup_steps=10, eval_every=max(1, steps // 5),
-                      val_size=64, progress=progress, register=False, **options)
+                      val_size=val_size, progress=progress, register=False, **options)
     curves[f"{method} (trained parts only)"] = result["metrics"]
     timings[f"{method}_train_s"] = time.time() - t
     t = time.time()

@@ -81,3 +81,11 @@ def test_options_that_do_not_apply(tmp_path):
         quickstart(tmp_path / "a", scenes=10, progress=False)
     with pytest.raises(OpenseasonError, match="do not apply to quickstart --multimodal"):
         quickstart(tmp_path / "b", multimodal=True, pretrain_items=10, progress=False)
+
+
+def test_two_scenes_still_run(tmp_path):
+    """The validation split shrinks with the data: --scenes 2 (8 records) trains instead of failing on
+    a validation size the user never set."""
+    report = quickstart(tmp_path / "qs", multimodal=True, scenes=2, eval_items=1, clip_steps=1, pretrain_steps=1,
+                        finetune_steps=1, progress=False)
+    assert all(r["steps"] == 1 for r in report["methods"].values())
