@@ -1,12 +1,20 @@
 """Finetuning speed and memory: our LoRA and LLaMA-Adapter v2 vs transformers + peft LoRA.
 
 Same model configs (pythia-70m and a small LLaMA), same random weights (ours converted with
-`openseason.convert.convert_to_hf`), same token batches, batch size and sequence length. Each
-contender runs in its own subprocess so peak memory (ru_maxrss of that process) is its own.
+`openseason.convert.convert_to_hf`), same batches, batch size and sequence length. Each contender runs
+in its own subprocess so peak memory (ru_maxrss of that process) is its own.
 
-    python benchmarks/finetune.py [--steps 5] [--batch 2] [--seq 128] [--threads N]
+    python benchmarks/finetune.py [--steps 5] [--batch 2] [--seq 128] [--threads N] [--data random,sft]
+                                  [--precision fp32,bf16]
 
-Prints one line per contender and the ratios ours / peft.
+--data random: random tokens, every position a target. --data sft: real instruction data (Dolly
+responses from ../shared/data in the Alpaca template, tokenized with a BPE trained on it), prompt tokens
+without loss, rows of their own lengths right-padded to the longest in the batch (at most --seq); the
+parent process writes the batches once and every contender reads the same file. tokens/s counts the
+real (non-padding) tokens. --precision bf16 runs every contender under torch.autocast(bfloat16) (on
+CPUs with AMX or AVX-512-BF16 the matrix products run in bf16).
+
+Prints one line per contender and the ratios ours / peft at the same precision and data.
 """
 from __future__ import annotations
 
@@ -48,7 +56,47 @@ def build_checkpoint(model_key: str, root: Path) -> Path:
     return ckpt
 
 
-def run_contender(contender: str, model_key: str, root: Path, steps: int, batch: int, seq: int, threads: int) -> dict:
+def sft_batches(path: Path, n: int, batch: int, seq: int, seed: int = 1) -> list[dict]:
+    """`n` batches of Dolly rows in the Alpaca template: input_ids right-padded with 0, labels -100 on
+    the prompt and the padding."""
+    import random
+
+    import torch
+
+    from openseason.prompts import get_style
+    from openseason.tokenizer import train_bpe
+
+    data = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dolly-15k" / "dolly_sample.jsonl"
+    rows = [json.loads(line) for line in data.read_text().splitlines() if line.strip()]
+    style = get_style("alpaca")
+    pairs = []
+    for r in rows:
+        user = r["instruction"] + ("\n\n" + r["context"] if r.get("context") else "")
+        pairs.append((style.render([{"role": "user", "content": user}]), r["response"]))
+    tok = train_bpe([p + a for p, a in pairs], vocab_size=4096)
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        encoded = []
+        for prompt, answer in rng.sample(pairs, batch):
+            p, a = tok.encode(prompt), tok.encode(answer, eos=True)
+            ids = (p + a)[:seq]
+            encoded.append((ids, min(len(p), len(ids))))
+        width = max(len(ids) for ids, _ in encoded)
+        input_ids = torch.zeros(batch, width, dtype=torch.long)
+        labels = torch.full((batch, width), -100, dtype=torch.long)
+        for i, (ids, cut) in enumerate(encoded):
+            input_ids[i, :len(ids)] = torch.tensor(ids)
+            labels[i, cut:len(ids)] = torch.tensor(ids[cut:])
+        out.append({"input_ids": input_ids, "labels": labels, "tokens": sum(len(ids) for ids, _ in encoded)})
+    torch.save(out, path)
+    return out
+
+
+def run_contender(contender: str, model_key: str, root: Path, steps: int, batch: int, seq: int, threads: int,
+                  data_kind: str = "random", precision: str = "fp32") -> dict:
+    import contextlib
+
     import torch
 
     torch.set_num_threads(threads)
@@ -56,8 +104,16 @@ def run_contender(contender: str, model_key: str, root: Path, steps: int, batch:
     ckpt = root / model_key
     from openseason.config import Config
     vocab = Config.from_file(ckpt / "config.json").vocab_size
-    gen = torch.Generator().manual_seed(1)
-    data = [torch.randint(0, vocab, (batch, seq), generator=gen) for _ in range(steps + 2)]
+    if data_kind == "sft":
+        data = torch.load(root / "sft_batches.pt")[:steps + 2]
+    else:
+        gen = torch.Generator().manual_seed(1)
+        data = []
+        for _ in range(steps + 2):
+            ids = torch.randint(0, vocab, (batch, seq), generator=gen)
+            data.append({"input_ids": ids, "labels": ids, "tokens": ids.numel()})
+    autocast = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16"
+                else contextlib.nullcontext)
     if contender.startswith("ours"):
         from openseason.checkpoint import load_model
         from openseason.peft import apply
@@ -72,8 +128,9 @@ def run_contender(contender: str, model_key: str, root: Path, steps: int, batch:
         model.train()
         opt = make_optimizer(model, lr=1e-4, weight_decay=0.0)
 
-        def step(ids):
-            loss, n = token_loss_sum(model, {"input_ids": ids, "labels": ids})
+        def step(b):
+            with autocast():
+                loss, n = token_loss_sum(model, {"input_ids": b["input_ids"], "labels": b["labels"]})
             (loss / n).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -89,19 +146,23 @@ def run_contender(contender: str, model_key: str, root: Path, steps: int, batch:
         model.train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
-        def step(ids):
-            model(input_ids=ids, labels=ids).loss.backward()
+        def step(b):
+            with autocast():
+                loss = model(input_ids=b["input_ids"], labels=b["labels"]).loss
+            loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-    for ids in data[:2]:  # warm-up
-        step(ids)
+    for b in data[:2]:  # warm-up
+        step(b)
     t = time.perf_counter()
-    for ids in data[2:]:
-        step(ids)
+    for b in data[2:]:
+        step(b)
     seconds = time.perf_counter() - t
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"contender": contender, "model": model_key, "tokens_per_s": steps * batch * seq / seconds,
+    tokens = sum(b["tokens"] for b in data[2:])
+    return {"contender": contender, "model": model_key, "data": data_kind, "precision": precision,
+            "tokens_per_s": tokens / seconds,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "trainable": trainable}
 
 
@@ -112,34 +173,54 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", default="pythia-70m,tiny-llama")
+    parser.add_argument("--data", default="random,sft", help="random, sft or both (comma-separated)")
+    parser.add_argument("--precision", default="fp32", help="fp32, bf16 or both (comma-separated)")
     parser.add_argument("--contender")
     parser.add_argument("--model")
     parser.add_argument("--root")
     args = parser.parse_args()
+    common = ["--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq),
+              "--threads", str(args.threads)]
     if args.contender:
         print(json.dumps(run_contender(args.contender, args.model, Path(args.root), args.steps, args.batch,
-                                       args.seq, args.threads)))
+                                       args.seq, args.threads, args.data, args.precision)))
         return
+    import os
+    print(f"# finetune benchmark: batch {args.batch}, up to {args.seq} tokens, {args.steps} timed steps, "
+          f"{args.threads} threads, load average %.2f %.2f %.2f" % os.getloadavg(), flush=True)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        if "sft" in args.data.split(","):
+            sft_batches(root / "sft_batches.pt", args.steps + 2, args.batch, args.seq)
         for model_key in args.models.split(","):
             build_checkpoint(model_key, root)
-            for contender in ("peft-lora", "ours-lora", "ours-adapter-v2"):
-                out = subprocess.run([sys.executable, __file__, "--contender", contender, "--model", model_key,
-                                      "--root", str(root), "--steps", str(args.steps), "--batch", str(args.batch),
-                                      "--seq", str(args.seq), "--threads", str(args.threads)],
-                                     capture_output=True, text=True, check=True)
-                row = json.loads(out.stdout.strip().splitlines()[-1])
-                results.append(row)
-                print(f"{model_key:12s} {contender:16s} {row['tokens_per_s']:9.1f} tok/s  "
-                      f"peak RSS {row['peak_rss_mb']:7.1f} MB  trainable {row['trainable']:,}", flush=True)
-    for model_key in args.models.split(","):
-        peer = next(r for r in results if r["model"] == model_key and r["contender"] == "peft-lora")
+            for data_kind in args.data.split(","):
+                for precision in args.precision.split(","):
+                    for contender in ("peft-lora", "ours-lora", "ours-adapter-v2"):
+                        out = subprocess.run([sys.executable, __file__, "--contender", contender, "--model", model_key,
+                                              "--root", str(root), "--data", data_kind, "--precision", precision,
+                                              *common], capture_output=True, text=True, check=True)
+                        row = json.loads(out.stdout.strip().splitlines()[-1])
+                        results.append(row)
+                        print(f"{model_key:12s} {data_kind:6s} {precision:4s} {contender:16s} "
+                              f"{row['tokens_per_s']:9.1f} tok/s  peak RSS {row['peak_rss_mb']:7.1f} MB  "
+                              f"trainable {row['trainable']:,}", flush=True)
+    for r in results:
+        peer = next(p for p in results if p["contender"] == "peft-lora" and
+                    (p["model"], p["data"], p["precision"]) == (r["model"], r["data"], r["precision"]))
+        if r is not peer:
+            print(f"{r['model']:12s} {r['data']:6s} {r['precision']:4s} {r['contender']:16s} "
+                  f"speed x{r['tokens_per_s'] / peer['tokens_per_s']:.2f}  memory x{r['peak_rss_mb'] / peer['peak_rss_mb']:.2f}"
+                  "  (vs transformers+peft LoRA, same data and precision)")
+    if "bf16" in args.precision.split(",") and "fp32" in args.precision.split(","):
         for r in results:
-            if r["model"] == model_key and r["contender"] != "peft-lora":
-                print(f"{model_key:12s} {r['contender']:16s} speed x{r['tokens_per_s'] / peer['tokens_per_s']:.2f}  "
-                      f"memory x{r['peak_rss_mb'] / peer['peak_rss_mb']:.2f}  (vs transformers+peft LoRA)")
+            if r["precision"] == "bf16" and r["contender"] != "peft-lora":
+                peer = next(p for p in results if p["contender"] == "peft-lora" and p["precision"] == "fp32" and
+                            (p["model"], p["data"]) == (r["model"], r["data"]))
+                print(f"{r['model']:12s} {r['data']:6s} bf16 {r['contender']:16s} "
+                      f"speed x{r['tokens_per_s'] / peer['tokens_per_s']:.2f} vs transformers+peft LoRA in fp32")
+    print("# load average %.2f %.2f %.2f at the end" % os.getloadavg())
 
 
 if __name__ == "__main__":
