@@ -206,7 +206,7 @@ class QuickstartOptions:
     pretrain_steps: Optional[int] = option(None, "pretraining steps of the tiny model (default 2000)")
     pretrain_items: Optional[int] = option(None, "generated task items the tiny model is pretrained on "
                                                  "(default 4000)")
-    finetune_steps: Optional[int] = option(None, "adapter-v2 finetuning steps (default 300; 200 with --model)")
+    finetune_steps: Optional[int] = option(None, "adapter-v2 finetuning steps (default 600; 200 with --model; 1500 per method with --multimodal)")
     eval_items: Optional[int] = option(None, "held-out items measured before and after (default 100; 50 with "
                                              "--model)")
     seed: int = option(0, "seed of the data, the initialization and the training order")

@@ -133,7 +133,7 @@ def _quickstart(out, model, data, pretrain_steps, finetune_steps, seed, eval_ite
         eval_items = eval_items or 100
         # ~3 minutes on 2 idle CPU cores: enough pretraining that adapter-v2 can learn the held-back family
         pretrain_steps = 2000 if pretrain_steps is None else pretrain_steps
-        finetune_steps = 300 if finetune_steps is None else finetune_steps
+        finetune_steps = 600 if finetune_steps is None else finetune_steps
         clock = Clock(pretrain_steps, finetune_steps, verbose=progress)
         from ..config import Config
         from ..model import count_parameters
