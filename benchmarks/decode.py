@@ -1,4 +1,5 @@
-"""Batch-1 decode speed: openseason's generation vs transformers' `generate`, same weights, one process.
+"""Decode speed (batch 1 by default, `--batch N` for N sequences at once): openseason's generation vs
+transformers' `generate` and other engines, same weights, one process.
 
     python benchmarks/decode.py                                  # CPU, pythia-70m and pythia-160m, fp32
     python benchmarks/decode.py --device cuda --dtype bfloat16 --models pythia-1b llama-7b
@@ -202,8 +203,9 @@ def ctranslate2_runner(hf, kind: str, threads: int, workdir: Path):
     vocab = json.loads((out / "vocabulary.json").read_text())
     generator = ctranslate2.Generator(str(out), device="cpu", intra_threads=threads, compute_type=kind)
 
-    def run(ids: list[int], n: int) -> list[int]:
-        result = generator.generate_batch([[vocab[i] for i in ids]], max_length=n, min_length=n, sampling_topk=1,
+    def run(rows: list[list[int]], n: int) -> list[int]:
+        result = generator.generate_batch([[vocab[i] for i in ids] for ids in rows], max_length=n, min_length=n,
+                                          sampling_topk=1,
                                           include_prompt_in_result=False, end_token=[])
         return list(result[0].sequences_ids[0])
     return run
@@ -221,19 +223,22 @@ def bench(name: str, args, threads: int | None) -> list[dict]:
     ours = ours.to(dtype).eval()
     hf = hf_twin(ours, device, dtype)
 
-    prompt = torch.randint(0, config.vocab_size, (args.prompt_tokens,), generator=torch.Generator().manual_seed(1))
-    ids = prompt.tolist()
+    # --batch rows of distinct prompts of one length (no padding on any side); tokens agree on row 0
+    prompts = torch.randint(0, config.vocab_size, (args.batch, args.prompt_tokens),
+                            generator=torch.Generator().manual_seed(1))
+    batch_ids = prompts.tolist()
+    ids = batch_ids[0]
     n = args.new_tokens
     params = SamplingParams(max_new_tokens=n, ignore_eos=True)
     workdir = Path(tempfile.mkdtemp(prefix="decode-bench-"))
 
     contenders = {}
-    for kind in args.llama_cpp or []:
+    for kind in (args.llama_cpp or []) if args.batch == 1 else []:   # llama-cpp-python decodes one sequence
         runner = llama_cpp_runner(ours, kind, threads or torch.get_num_threads(), len(ids) + n + 8, workdir)
         contenders[f"llama.cpp {kind}"] = lambda r=runner: r(ids, n)
     for kind in args.ctranslate2 or []:
         runner = ctranslate2_runner(hf, kind, threads or torch.get_num_threads(), workdir)
-        contenders[f"ctranslate2 {kind}"] = lambda r=runner: r(ids, n)
+        contenders[f"ctranslate2 {kind}"] = lambda r=runner: r(batch_ids, n)
     quantized = {}
     for mode in args.quantize or []:
         from openseason.generation.quantize import quantize
@@ -241,14 +246,14 @@ def bench(name: str, args, threads: int | None) -> list[dict]:
         twin = GPT(config).to(dtype).eval()
         twin.load_state_dict(ours.state_dict())
         quantized[mode] = quantize(twin, mode)
-        contenders[f"ours {mode}"] = lambda m=quantized[mode]: generate_ids(m, [ids], params)[0].token_ids
+        contenders[f"ours {mode}"] = lambda m=quantized[mode]: generate_ids(m, batch_ids, params)[0].token_ids
     prepare_for_decoding(ours)
 
     def run_ours():
-        return generate_ids(ours, [ids], params)[0].token_ids
+        return generate_ids(ours, batch_ids, params)[0].token_ids
 
     def run_hf():
-        x = prompt.unsqueeze(0).to(device)
+        x = prompts.to(device)
         with torch.inference_mode():
             out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False)
         return out[0, len(ids):].tolist()
@@ -262,7 +267,7 @@ def bench(name: str, args, threads: int | None) -> list[dict]:
         for key, fn in everyone.items():
             dt, tokens[key] = time_call(fn, device)
             times[key].append(dt)
-    tps = {k: n / statistics.median(v) for k, v in times.items()}
+    tps = {k: args.batch * n / statistics.median(v) for k, v in times.items()}
     logits = greedy_logits(ours, ids + tokens["ours"])
     probe = torch.tensor([ids + tokens["ours"]], device=device)
     rows = []
@@ -281,13 +286,14 @@ def bench(name: str, args, threads: int | None) -> list[dict]:
         gbps = cpu_read_gbps()
         bytes_per_token = weight_bytes(ours)
         for row in rows:   # the roofline is for fp32 weights: quantized peers read fewer bytes
-            row.update(read_gbps=gbps, ours_fraction=tps["ours"] * bytes_per_token / 1e9 / gbps)
+            # a decode step reads the weights once for all --batch rows: steps/s = tok/s / batch
+            row.update(read_gbps=gbps, ours_fraction=tps["ours"] / args.batch * bytes_per_token / 1e9 / gbps)
             if dtype == torch.float32 and row["peer"] in FP32_PEERS:
-                row["peer_fraction"] = row["peer_tps"] * bytes_per_token / 1e9 / gbps
+                row["peer_fraction"] = row["peer_tps"] / args.batch * bytes_per_token / 1e9 / gbps
     if torch.device(device).type == "cuda":
         gbps = args.hbm_gbps or next((v for k, v in HBM_GBPS.items() if k in torch.cuda.get_device_name()), None)
         if gbps:
-            ceiling = gbps * 1e9 / weight_bytes(ours)
+            ceiling = args.batch * gbps * 1e9 / weight_bytes(ours)
             rows[0].update(hbm_gbps=gbps, ceiling_tps=ceiling, fraction=tps["ours"] / ceiling,
                            hf_fraction=tps["transformers"] / ceiling)
     del hf, ours
@@ -350,6 +356,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--prompt-tokens", type=int, default=16)
+    p.add_argument("--batch", type=int, default=1,
+                   help="sequences decoded together (tok/s counts all of them; llama.cpp runs only at batch 1)")
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, nargs="+", default=None,
@@ -376,7 +384,7 @@ def main(argv=None) -> int:
     load = "load average %.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
     print(f"# decode benchmark: torch {torch.__version__}, {', '.join(peers)}, {where}, {load}")
-    print(f"# batch 1, prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens (greedy), "
+    print(f"# batch {args.batch}, prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens (greedy), "
           f"median of {args.repeats}; ratio = ours fp32 tok/s / peer tok/s")
     for threads in args.threads or [None]:
         for name in args.models:
