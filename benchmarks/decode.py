@@ -362,8 +362,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, nargs="+", default=None,
                    help="CPU threads for every side, one run per value (default: torch's choice)")
-    p.add_argument("--quantize", nargs="*", choices=["int8", "bf16"], default=[],
-                   help="also time ours with weight-only int8 / bf16 linears")
+    p.add_argument("--quantize", nargs="*", choices=["int8", "int8-dynamic", "bf16"], default=[],
+                   help="also time ours with weight-only int8 / bf16 linears, or int8 weights and activations (int8-dynamic)")
     p.add_argument("--llama-cpp", nargs="*", choices=["f32", "f16", "q8_0"], default=[],
                    help="also time llama.cpp (llama-cpp-python) on our GGUF export of the same weights")
     p.add_argument("--ctranslate2", nargs="*", choices=["float32", "int8", "int8_float32", "bfloat16"], default=[],

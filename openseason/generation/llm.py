@@ -91,7 +91,8 @@ class LLM:
         tokenizer. device: "cpu", "cuda", ... (default: cuda when available); dtype: e.g. "bfloat16";
         prompt_style: the chat format to use instead of the checkpoint's (a style name, or
         "chat-template" for the tokenizer's Hugging Face template); quantize: "int8" or "bf16" weight-only
-        quantization of every linear layer for faster CPU decoding (see generation.quantize);
+        quantization of every linear layer for faster CPU decoding, or "int8-dynamic" (int8 weights and
+        activations, CPU only; see generation.quantize);
         max_context: let an ALiBi model (MPT) read past its training length, with a warning (rotary
         models refuse)."""
         from ..checkpoint import load_model

@@ -13,16 +13,29 @@ Pythia-70m's matrices at batch 1, one thread) and slow with an fp32 one, so the 
 to bf16 for the product and the result back to fp32. Where that kernel is missing (old torch, other
 devices) the layer falls back to dequantizing (correct, not faster). The modules are for inference:
 a quantized model is not saved, trained or given PEFT methods.
+
+`quantize(model, "int8-dynamic")` also quantizes the activations: int8 weights (the same per-row
+symmetric rounding) and, on every call, the activation to int8 with one scale per call, multiplied in
+integer arithmetic by torch's quantized CPU backend (fbgemm / oneDNN on x86, QNNPACK on ARM) through
+`torch.ops.quantized.linear_dynamic`, with its 7-bit activation range (reduce_range) as torch's own
+dynamic Linear uses it. That is the kind of product llama.cpp's q8_0 and CTranslate2's int8 compute
+(both quantize activations too), and about 1.5x faster than the weight-only int8 path at batch 1 on
+our CPU, with a larger error (BENCHMARKS.md). torch 2.13 marks its quantized tensors deprecated
+(pytorch/pytorch#184982); the warning is silenced here, and a torch without them gets a clear error
+from quantize() naming the weight-only modes instead.
 """
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["Int8Linear", "BF16Linear", "quantize_int8", "quantize_bf16", "quantize", "QUANTIZE_MODES"]
+__all__ = ["Int8Linear", "Int8DynamicLinear", "BF16Linear", "quantize_int8", "quantize_bf16", "quantize",
+           "QUANTIZE_MODES"]
 
-QUANTIZE_MODES = ("int8", "bf16")
+QUANTIZE_MODES = ("int8", "int8-dynamic", "bf16")
 
 
 def _int8pack_works(device: torch.device) -> bool:
@@ -79,6 +92,50 @@ class Int8Linear(nn.Module):
                 f"kernel={'int8pack' if self.packed else 'dequantize'}")
 
 
+class Int8DynamicLinear(nn.Module):
+    """int8 weights and int8 activations (quantized per call); see the module docstring."""
+
+    REDUCE_RANGE = True
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        q, scale = Int8Linear.quantize_weight(linear.weight)
+        self.register_buffer("qweight", q)
+        self.register_buffer("scale", scale.float())
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated")
+            qweight = torch.quantize_per_channel(q.float() * scale[:, None], scale.double(),
+                                                 torch.zeros(self.out_features, dtype=torch.long), 0, torch.qint8)
+        bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
+        self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
+        self.has_bias = bias is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).float().contiguous()
+        y = torch.ops.quantized.linear_dynamic(flat, self._packed, reduce_range=self.REDUCE_RANGE)
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.has_bias}, "
+                f"engine={torch.backends.quantized.engine}")
+
+
+def _check_dynamic_int8(model: nn.Module) -> None:
+    from ..errors import OpenseasonError
+
+    devices = {p.device.type for p in model.parameters()}
+    if devices - {"cpu"}:
+        raise OpenseasonError(f"int8-dynamic quantization runs on the CPU only; the model is on {sorted(devices)}",
+                              hint="load it with device='cpu', or use 'int8' / 'bf16' (weight-only)")
+    try:
+        Int8DynamicLinear(nn.Linear(8, 4))(torch.ones(1, 8))
+    except (RuntimeError, NotImplementedError, AttributeError) as exc:
+        raise OpenseasonError(f"torch's quantized CPU backend ({torch.backends.quantized.engine}) cannot run "
+                              f"int8-dynamic here: {str(exc).splitlines()[0]}",
+                              hint="use 'int8' (weight-only) instead") from None
+
+
 class BF16Linear(nn.Module):
     """bf16 weight; the activation is cast to bf16 for the product and the result back."""
 
@@ -119,12 +176,21 @@ def quantize_bf16(model: nn.Module) -> nn.Module:
     return model
 
 
+def quantize_int8_dynamic(model: nn.Module) -> nn.Module:
+    """Replace every nn.Linear of `model` (in place) with an Int8DynamicLinear; returns the model."""
+    _check_dynamic_int8(model)
+    with torch.no_grad():
+        model.quantized_linears = _replace_linears(model, Int8DynamicLinear)
+    model.quantization = "int8-dynamic"
+    return model
+
+
 def quantize(model: nn.Module, mode: str) -> nn.Module:
-    """`mode`: "int8" or "bf16" (weight-only)."""
+    """`mode`: "int8" or "bf16" (weight-only), or "int8-dynamic" (int8 weights and activations, CPU)."""
     from ..errors import OpenseasonError
 
     if mode not in QUANTIZE_MODES:
         raise OpenseasonError(f"unknown quantization {mode!r}", hint=f"use one of {', '.join(QUANTIZE_MODES)}")
     if getattr(model, "quantization", None):
         raise OpenseasonError(f"the model is already quantized ({model.quantization})")
-    return quantize_int8(model) if mode == "int8" else quantize_bf16(model)
+    return {"int8": quantize_int8, "int8-dynamic": quantize_int8_dynamic, "bf16": quantize_bf16}[mode](model)
