@@ -9,7 +9,9 @@ transformers' `generate` and other engines, same weights, one process.
 Contenders on CPU (each optional): ours with weight-only int8 / bf16 linears (`--quantize`, from
 openseason.generation.quantize), llama.cpp through llama-cpp-python on the GGUF file our exporter
 writes (`--llama-cpp f32 q8_0`; `openseason convert to-gguf`), CTranslate2 on its own conversion of the transformers twin
-(`--ctranslate2 float32 int8`), with --threads applied to every side.
+(`--ctranslate2 float32 int8`), onnxruntime-genai on the model its own builder makes from the
+transformers twin (`--onnx fp32 int8`; LLaMA shapes such as `--models llama-6x512`; benchmark-only:
+`pip install onnxruntime-genai onnx onnx_ir`), with --threads applied to every side.
 Every row prints tok/s, the ratio of ours (fp32) to it, and whether its greedy tokens equal ours; at
 the first disagreement it prints how far apart our two candidates' fp32 logits were (a flip between
 near-ties is rounding, a flip at a wide gap is a bug). `--ppl-steps N` trains a tiny model on real
@@ -34,6 +36,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import tempfile
 import sys
 import time
@@ -54,7 +57,20 @@ HBM_GBPS = {"H200": 4800, "H100 SXM": 3350, "H100 NVL": 3900, "H100 PCIe": 2000,
             "RTX 4090": 1008, "RTX 3090": 936}
 
 
-FP32_PEERS = ("transformers", "llama.cpp f32", "ctranslate2 float32")
+FP32_PEERS = ("transformers", "llama.cpp f32", "ctranslate2 float32", "onnxruntime-genai fp32")
+
+# Shapes that are not named configs: the LLaMA the issue's table measured (6 x 512, vocab 32000).
+BENCH_MODELS = {"llama-6x512": ("tiny-llama", dict(name="llama-6x512", n_layer=6, n_embd=512, n_head=8, n_query_groups=8,
+                                                   intermediate_size=1376, vocab_size=32000, padded_vocab_size=32000))}
+
+
+def bench_config(name: str) -> Config:
+    if name in BENCH_MODELS:
+        from openseason.config import NAMED_CONFIGS
+
+        base, overrides = BENCH_MODELS[name]
+        return Config(**{**NAMED_CONFIGS[base], **overrides})
+    return Config.from_name(name)
 
 
 def hf_twin(model: GPT, device, dtype):
@@ -211,12 +227,44 @@ def ctranslate2_runner(hf, kind: str, threads: int, workdir: Path):
     return run
 
 
+def onnx_genai_runner(hf, kind: str, threads: int, batch: int, workdir: Path):
+    """A greedy decode function over onnxruntime-genai, on the model its own builder makes from the
+    transformers twin (same weights); kind is the builder's precision (fp32, int8)."""
+    import onnxruntime_genai as og
+
+    from openseason.tokenizer import train_bpe
+
+    hf_dir, out = workdir / "hf-onnx", workdir / f"onnx-{kind}"
+    if not hf_dir.exists():
+        hf.save_pretrained(hf_dir)
+        train_bpe(["the quick brown fox jumps over the lazy dog"] * 4, vocab_size=300).save(hf_dir)
+    subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out),
+                    "-p", kind, "-e", "cpu"], check=True, capture_output=True)
+    config_file = out / "genai_config.json"
+    genai = json.loads(config_file.read_text())
+    genai["model"]["decoder"]["session_options"]["intra_op_num_threads"] = threads
+    config_file.write_text(json.dumps(genai))
+    model = og.Model(str(out))
+
+    def run(rows: list[list[int]], n: int) -> list[int]:
+        params = og.GeneratorParams(model)
+        # min_length = max_length: EOS does not end the run (ignored, as for every other side)
+        params.set_search_options(do_sample=False, max_length=len(rows[0]) + n, min_length=len(rows[0]) + n,
+                                  batch_size=batch)
+        generator = og.Generator(model, params)
+        generator.append_tokens(rows)
+        while not generator.is_done():
+            generator.generate_next_token()
+        return list(generator.get_sequence(0))[len(rows[0]):]
+    return run
+
+
 def bench(name: str, args, threads: int | None) -> list[dict]:
     device, dtype = args.device, parse_dtype(args.dtype)
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    config = Config.from_name(name)
+    config = bench_config(name)
     with torch.device(device):
         ours = GPT(config)
     ours.init_weights()
@@ -239,6 +287,12 @@ def bench(name: str, args, threads: int | None) -> list[dict]:
     for kind in args.ctranslate2 or []:
         runner = ctranslate2_runner(hf, kind, threads or torch.get_num_threads(), workdir)
         contenders[f"ctranslate2 {kind}"] = lambda r=runner: r(batch_ids, n)
+    for kind in args.onnx or []:
+        if config.family != "llama":
+            print(f"# onnxruntime-genai: no builder for the {config.family} family; skipped", flush=True)
+            continue
+        runner = onnx_genai_runner(hf, kind, threads or torch.get_num_threads(), args.batch, workdir)
+        contenders[f"onnxruntime-genai {kind}"] = lambda r=runner: r(batch_ids, n)
     quantized = {}
     for mode in args.quantize or []:
         from openseason.generation.quantize import quantize
@@ -368,6 +422,8 @@ def main(argv=None) -> int:
                    help="also time llama.cpp (llama-cpp-python) on our GGUF export of the same weights")
     p.add_argument("--ctranslate2", nargs="*", choices=["float32", "int8", "int8_float32", "bfloat16"], default=[],
                    help="also time CTranslate2 (compute type) on a conversion of the same weights")
+    p.add_argument("--onnx", nargs="*", choices=["fp32", "int8"], default=[],
+                   help="also time onnxruntime-genai (its model builder on the same weights; LLaMA shapes)")
     p.add_argument("--ppl-steps", type=int, default=0,
                    help="train a tiny model on real text this many steps and report perplexity per --quantize mode")
     p.add_argument("--hbm-gbps", type=float, default=None, help="GPU memory bandwidth (default: by GPU name)")
@@ -381,6 +437,9 @@ def main(argv=None) -> int:
     if args.ctranslate2:
         import ctranslate2
         peers.append(f"ctranslate2 {ctranslate2.__version__}")
+    if args.onnx:
+        import onnxruntime_genai
+        peers.append(f"onnxruntime-genai {onnxruntime_genai.__version__}")
     load = "load average %.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
     print(f"# decode benchmark: torch {torch.__version__}, {', '.join(peers)}, {where}, {load}")
