@@ -93,25 +93,44 @@ def sft_batches(path: Path, n: int, batch: int, seq: int, seed: int = 1) -> list
     return out
 
 
-def run_contender(contender: str, model_key: str, root: Path, steps: int, batch: int, seq: int, threads: int,
-                  data_kind: str = "random", precision: str = "fp32") -> dict:
+def peak_rss_mb() -> float:
+    """This program's peak resident memory. On Linux VmHWM of /proc/self/status: ru_maxrss would also
+    count the pages the child shared with the parent between fork and exec, i.e. the parent's size."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load_batches(root: Path, model_key: str, steps: int, batch: int, seq: int, data_kind: str) -> list[dict]:
+    import torch
+
+    from openseason.config import Config
+
+    if data_kind == "sft":
+        return torch.load(root / "sft_batches.pt")[:steps + 2]
+    vocab = Config.from_file(root / model_key / "config.json").vocab_size
+    gen = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(steps + 2):
+        ids = torch.randint(0, vocab, (batch, seq), generator=gen)
+        out.append({"input_ids": ids, "labels": ids, "tokens": ids.numel()})
+    return out
+
+
+def make_contender(contender: str, model_key: str, root: Path, precision: str = "fp32"):
+    """(one training step on a batch, the model) for `contender`, built from the same weights."""
     import contextlib
 
     import torch
 
-    torch.set_num_threads(threads)
+    from openseason.config import Config
+
     torch.manual_seed(0)
     ckpt = root / model_key
-    from openseason.config import Config
-    vocab = Config.from_file(ckpt / "config.json").vocab_size
-    if data_kind == "sft":
-        data = torch.load(root / "sft_batches.pt")[:steps + 2]
-    else:
-        gen = torch.Generator().manual_seed(1)
-        data = []
-        for _ in range(steps + 2):
-            ids = torch.randint(0, vocab, (batch, seq), generator=gen)
-            data.append({"input_ids": ids, "labels": ids, "tokens": ids.numel()})
     autocast = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16"
                 else contextlib.nullcontext)
     if contender.startswith("ours"):
@@ -152,7 +171,17 @@ def run_contender(contender: str, model_key: str, root: Path, steps: int, batch:
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+    return step, model
 
+
+def run_contender(contender: str, model_key: str, root: Path, steps: int, batch: int, seq: int, threads: int,
+                  data_kind: str = "random", precision: str = "fp32") -> dict:
+    """One contender alone in this process: tokens/s and this process's peak RSS."""
+    import torch
+
+    torch.set_num_threads(threads)
+    data = load_batches(root, model_key, steps, batch, seq, data_kind)
+    step, model = make_contender(contender, model_key, root, precision)
     for b in data[:2]:  # warm-up
         step(b)
     t = time.perf_counter()
@@ -163,7 +192,30 @@ def run_contender(contender: str, model_key: str, root: Path, steps: int, batch:
     tokens = sum(b["tokens"] for b in data[2:])
     return {"contender": contender, "model": model_key, "data": data_kind, "precision": precision,
             "tokens_per_s": tokens / seconds,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "trainable": trainable}
+            "peak_rss_mb": peak_rss_mb(), "trainable": trainable}
+
+
+def run_interleaved(model_key: str, root: Path, steps: int, batch: int, seq: int, threads: int, data_kind: str,
+                    precision: str) -> dict[str, float]:
+    """Every contender in one process, one step each in turn on the same batch, so load changes hit
+    all alike; tokens/s per contender over its own step times (memory: see the separate runs)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    data = load_batches(root, model_key, steps, batch, seq, data_kind)
+    steps_of = {c: make_contender(c, model_key, root, precision)[0] for c in CONTENDERS}
+    seconds = dict.fromkeys(CONTENDERS, 0.0)
+    for i, b in enumerate(data):
+        for contender, step in steps_of.items():
+            t = time.perf_counter()
+            step(b)
+            if i >= 2:   # the first two are warm-up
+                seconds[contender] += time.perf_counter() - t
+    tokens = sum(b["tokens"] for b in data[2:])
+    return {c: tokens / seconds[c] for c in CONTENDERS}
+
+
+CONTENDERS = ("peft-lora", "ours-lora", "ours-adapter-v2")
 
 
 def main() -> None:
@@ -175,12 +227,18 @@ def main() -> None:
     parser.add_argument("--models", default="pythia-70m,tiny-llama")
     parser.add_argument("--data", default="random,sft", help="random, sft or both (comma-separated)")
     parser.add_argument("--precision", default="fp32", help="fp32, bf16 or both (comma-separated)")
+    parser.add_argument("--interleave", action="store_true",
+                        help="also time the contenders in one process, a step each in turn on the same batch")
     parser.add_argument("--contender")
     parser.add_argument("--model")
     parser.add_argument("--root")
     args = parser.parse_args()
     common = ["--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq),
               "--threads", str(args.threads)]
+    if args.contender == "interleaved":
+        print(json.dumps(run_interleaved(args.model, Path(args.root), args.steps, args.batch, args.seq, args.threads,
+                                         args.data, args.precision)))
+        return
     if args.contender:
         print(json.dumps(run_contender(args.contender, args.model, Path(args.root), args.steps, args.batch,
                                        args.seq, args.threads, args.data, args.precision)))
@@ -197,7 +255,7 @@ def main() -> None:
             build_checkpoint(model_key, root)
             for data_kind in args.data.split(","):
                 for precision in args.precision.split(","):
-                    for contender in ("peft-lora", "ours-lora", "ours-adapter-v2"):
+                    for contender in CONTENDERS:
                         out = subprocess.run([sys.executable, __file__, "--contender", contender, "--model", model_key,
                                               "--root", str(root), "--data", data_kind, "--precision", precision,
                                               *common], capture_output=True, text=True, check=True)
@@ -206,6 +264,14 @@ def main() -> None:
                         print(f"{model_key:12s} {data_kind:6s} {precision:4s} {contender:16s} "
                               f"{row['tokens_per_s']:9.1f} tok/s  peak RSS {row['peak_rss_mb']:7.1f} MB  "
                               f"trainable {row['trainable']:,}", flush=True)
+                    if args.interleave:
+                        out = subprocess.run([sys.executable, __file__, "--contender", "interleaved", "--model",
+                                              model_key, "--root", str(root), "--data", data_kind, "--precision",
+                                              precision, *common], capture_output=True, text=True, check=True)
+                        tps = json.loads(out.stdout.strip().splitlines()[-1])
+                        peer = tps["peft-lora"]
+                        print(f"{model_key:12s} {data_kind:6s} {precision:4s} interleaved: " + "  ".join(
+                            f"{c} {v:.1f} tok/s ({v / peer:.2f}x)" for c, v in tps.items()), flush=True)
     for r in results:
         peer = next(p for p in results if p["contender"] == "peft-lora" and
                     (p["model"], p["data"], p["precision"]) == (r["model"], r["data"], r["precision"]))
