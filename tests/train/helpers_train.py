@@ -142,3 +142,22 @@ def for_method(method: str, options: dict) -> dict:
     foreign = {f.name for f in dataclasses.fields(FinetuneOptions)
                if method not in METHOD_GROUPS.get(f.metadata.get("group"), (method,))}
     return {k: v for k, v in options.items() if k not in foreign}
+
+
+def weights(final: Path) -> dict:
+    """The weights a final checkpoint stores: peft_weights.safetensors if it has one, else the whole model."""
+    from safetensors.torch import load_file
+
+    name = "peft_weights.safetensors" if (final / "peft_weights.safetensors").exists() else "model.safetensors"
+    return load_file(str(final / name))
+
+
+def assert_same_weights(reference_final: Path, resumed_final: Path) -> dict:
+    """The resumed run stored exactly the reference run's tensors (same keys, bit-equal); returns them."""
+    import torch
+
+    ref_w, got_w = weights(reference_final), weights(resumed_final)
+    assert ref_w.keys() == got_w.keys()
+    for key in ref_w:
+        assert torch.equal(ref_w[key], got_w[key]), key
+    return got_w

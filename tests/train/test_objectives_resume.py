@@ -8,9 +8,8 @@ import torch
 
 from openseason.train.finetune import finetune
 
-from .helpers_train import for_method, kill_finetune_after_checkpoint, make_base
+from .helpers_train import assert_same_weights, for_method, kill_finetune_after_checkpoint, make_base
 from .test_objectives_run import make_pairs
-from .test_train_resume import weights
 
 ARGS = dict(objective="dpo", beta=0.1, max_steps=7, save_every=2, micro_batch_size=4, grad_accum=2, seed=3, lr=3e-3,
             warmup_steps=2, eval_every=3, val_size=4, lora_dropout=0.1, max_length=48)
@@ -28,10 +27,7 @@ def test_dpo_sigkill_then_resume_gives_identical_weights(tmp_path, tiny_tokenize
 
     resumed = finetune(base, pairs, method, run, progress=False, register=False, resume="auto", **args)
     assert resumed["steps"] == 7 and resumed["report"]["reference_logps"] == "reused"
-    ref_w, got_w = weights(reference["final"]), weights(resumed["final"])
-    assert ref_w.keys() == got_w.keys()
-    for key in ref_w:
-        assert torch.equal(ref_w[key], got_w[key]), key
+    got_w = assert_same_weights(reference["final"], resumed["final"])
     steps = [line.split(",")[0] for line in (run / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == [str(i) for i in range(1, 8)]
     assert resumed["report"]["heldout_reward_acc"] == reference["report"]["heldout_reward_acc"]

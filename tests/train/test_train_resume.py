@@ -1,7 +1,6 @@
 """Kill -9 in the middle of a run, resume with --resume auto, and end with exactly the same weights."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,15 +8,10 @@ from safetensors.torch import load_file
 
 from openseason.train.finetune import finetune
 
-from .helpers_train import for_method, kill_finetune_after_checkpoint, make_base, make_prepared
+from .helpers_train import assert_same_weights, for_method, kill_finetune_after_checkpoint, make_base, make_prepared
 
 ARGS = dict(max_steps=7, save_every=2, micro_batch_size=4, grad_accum=2, seed=3, lr=3e-3, warmup_steps=2,
             eval_every=3, lora_dropout=0.1, adapter_prompt_length=3, adapter_layers=1)
-
-
-def weights(final: Path) -> dict[str, torch.Tensor]:
-    name = "peft_weights.safetensors" if (final / "peft_weights.safetensors").exists() else "model.safetensors"
-    return load_file(str(final / name))
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "adapter-v2"])
@@ -31,10 +25,7 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path, tiny_tokenizer, m
 
     resumed = finetune(base, data, method, run, progress=False, register=False, resume="auto", **args)
     assert resumed["steps"] == 7
-    ref_w, got_w = weights(reference["final"]), weights(resumed["final"])
-    assert ref_w.keys() == got_w.keys()
-    for key in ref_w:
-        assert torch.equal(ref_w[key], got_w[key]), key
+    got_w = assert_same_weights(reference["final"], resumed["final"])
     # metrics.csv has each step exactly once after the resume
     steps = [line.split(",")[0] for line in (run / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == [str(i) for i in range(1, 8)]
