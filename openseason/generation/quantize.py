@@ -101,8 +101,6 @@ class Int8DynamicLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         q, scale = Int8Linear.quantize_weight(linear.weight)
-        self.register_buffer("qweight", q)
-        self.register_buffer("scale", scale.float())
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated")
             qweight = torch.quantize_per_channel(q.float() * scale[:, None], scale.double(),
@@ -110,6 +108,11 @@ class Int8DynamicLinear(nn.Module):
         bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
         self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
         self.has_bias = bias is not None
+
+    def int8_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q int8 [out, in], scale [out]) as the backend holds them (the packed copy is the only one)."""
+        weight, _ = torch.ops.quantized.linear_unpack(self._packed)
+        return weight.int_repr(), weight.q_per_channel_scales().float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).float().contiguous()

@@ -93,8 +93,9 @@ def test_int8_dynamic_layer_against_the_dequantized_reference():
     torch.manual_seed(0)
     linear = nn.Linear(64, 48, bias=True)
     layer = Int8DynamicLinear(linear)
-    assert torch.equal(layer.qweight, Int8Linear.from_linear(linear).qweight)
-    dequantized = layer.qweight.float() * layer.scale[:, None]
+    qweight, scale = layer.int8_weight()
+    assert torch.equal(qweight, Int8Linear.from_linear(linear).qweight)
+    dequantized = qweight.float() * scale[:, None]
     for x in (torch.randn(1, 64), torch.randn(2, 7, 64) * 30, torch.randn(3, 64) * 1e-3):
         reference = nn.functional.linear(x, dequantized, linear.bias)
         step = x.abs().max() / 63.5          # 7-bit activation range (reduce_range), one scale per call
