@@ -281,7 +281,10 @@ def bench(name: str, args, threads: int | None) -> list[dict]:
     workdir = Path(tempfile.mkdtemp(prefix="decode-bench-"))
 
     contenders = {}
-    for kind in (args.llama_cpp or []) if args.batch == 1 else []:   # llama-cpp-python decodes one sequence
+    if args.llama_cpp and args.batch > 1:
+        print(f"# llama.cpp: llama-cpp-python decodes one sequence per context; --llama-cpp skipped at "
+              f"--batch {args.batch}", flush=True)
+    for kind in (args.llama_cpp or []) if args.batch == 1 else []:
         runner = llama_cpp_runner(ours, kind, threads or torch.get_num_threads(), len(ids) + n + 8, workdir)
         contenders[f"llama.cpp {kind}"] = lambda r=runner: r(ids, n)
     for kind in args.ctranslate2 or []:
