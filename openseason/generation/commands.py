@@ -30,6 +30,18 @@ def positive(text: str) -> int:
     return value
 
 
+def add_speed_args(p) -> None:
+    """--quantize and --compile, for every verb that decodes from a checkpoint (generate, serve, chat)."""
+    from .quantize import QUANTIZE_MODES
+
+    p.add_argument("--quantize", default=None, choices=QUANTIZE_MODES,
+                   help="int8 or bf16 weight-only linears, or int8-dynamic (int8 weights and activations, CPU "
+                        "only): fewer bytes per decoded token, a small perplexity change (BENCHMARKS.md)")
+    p.add_argument("--compile", action="store_true",
+                   help="capture the decode step as one compiled graph (torch.compile; compiles at start, "
+                        "seconds to a minute; needs a C++ compiler on the CPU)")
+
+
 def refuse_sampling_flags_when_greedy(temperature: float, flags: dict) -> None:
     """Sampling flags ({"--top-k": value or None, ...}) shape sampling only; with greedy decoding
     (--temperature 0) they would be silently ignored, so a given one is an error instead."""
@@ -50,7 +62,7 @@ def _generate(args) -> int:
     if args.prompt_style is not None:
         _check_style(args.prompt_style)
     llm = LLM.load(args.checkpoint, device=args.device, dtype=args.dtype, max_context=args.max_context,
-                   prompt_style=args.prompt_style)
+                   prompt_style=args.prompt_style, quantize=args.quantize, compile=args.compile)
     if chat:  # say which format wraps the prompt: a wrong one is the usual reason for odd replies
         print(f"openseason: chat format {llm.prompt_style!r} ({llm.chat_format_reason})", file=sys.stderr)
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -152,4 +164,5 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="with --best-of: print all N choices with their scores as JSON")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: as saved)")
+    add_speed_args(p)
     p.set_defaults(func=_generate)

@@ -41,6 +41,7 @@ import torch
 from ..errors import OpenseasonError
 from .sampling import (SamplingParams, apply_openai_penalties, apply_repetition_penalty, make_generator,
                        sample_next_token, stop_ids)
+from .speed import decode_forward
 from .text import TextStream
 
 
@@ -363,14 +364,15 @@ class RunningBatch:
         self._reserve()
         last = torch.tensor([[s.last_token] for s in self.rows], dtype=torch.long, device=self.device)
         length = self.cache.length
+        forward = decode_forward(self.model)
         if all(n == length for n in self.lens):
-            logits = self.model(last, kv_cache=self.cache, last_only=True)
+            logits = forward(last, kv_cache=self.cache, last_only=True)
         else:
             lens = torch.tensor(self.lens, device=self.device)
             slots = torch.arange(length + 1, device=self.device).unsqueeze(0)
             mask = (slots >= (length - lens).unsqueeze(1)).long()
-            logits = self.model(last, kv_cache=self.cache, attention_mask=mask, position_ids=lens.unsqueeze(1),
-                                last_only=True)
+            logits = forward(last, kv_cache=self.cache, attention_mask=mask, position_ids=lens.unsqueeze(1),
+                             last_only=True)
         self.lens = [n + 1 for n in self.lens]
         tokens, extras = self._pick(logits[:, -1], self.rows)
         return self._record(list(self.rows), tokens, extras)

@@ -20,7 +20,7 @@ from ..device import check_device
 from ..errors import OpenseasonError
 from .engine import Completion, Decoder, generate_ids
 from .sampling import SamplingParams, as_params
-from .speed import prepare_for_decoding
+from .speed import compile_decoding, prepare_for_decoding
 
 __all__ = ["LLM", "parse_dtype", "default_device"]
 
@@ -86,7 +86,7 @@ class LLM:
 
     @classmethod
     def load(cls, path: str | Path, device=None, dtype=None, prompt_style=None, quantize=None,
-             max_context: Optional[int] = None) -> "LLM":
+             max_context: Optional[int] = None, compile: bool = False) -> "LLM":
         """Load a checkpoint directory (full or adapter checkpoints, via checkpoint.load_model) and its
         tokenizer. device: "cpu", "cuda", ... (default: cuda when available); dtype: e.g. "bfloat16";
         prompt_style: the chat format to use instead of the checkpoint's (a style name, or
@@ -94,7 +94,8 @@ class LLM:
         quantization of every linear layer for faster CPU decoding, or "int8-dynamic" (int8 weights and
         activations, CPU only; see generation.quantize);
         max_context: let an ALiBi model (MPT) read past its training length, with a warning (rotary
-        models refuse)."""
+        models refuse); compile: capture the decode step as one compiled graph (torch.compile; compiles
+        here, in seconds to a minute; see generation.speed.compile_decoding)."""
         from ..checkpoint import load_model
         from ..tokenizer import Tokenizer
 
@@ -108,6 +109,8 @@ class LLM:
             from .quantize import quantize as quantize_model
             quantize_model(model, quantize)
         prepare_for_decoding(model)
+        if compile:
+            compile_decoding(model)
         config = model.config
         tokenizer = Tokenizer.from_dir(path, config)
         return cls(model, tokenizer, config, prompt_style=prompt_style, path=path)

@@ -8,11 +8,22 @@ seen through a transposed view) reads it at about 27 GB/s: 9.5 ms vs 3.8 ms for 
 re-stores such weights in place: same values, same Parameter objects and shapes, so training,
 saving (save_checkpoint makes tensors contiguous) and PEFT injection are unaffected; only the memory
 layout changes.
+
+`compile_decoding` removes what is left between those matrix products: at batch 1 a small model's
+step is about thirty small operations per layer (norms, rotary, cache writes, attention, residual
+adds), each a separate eager dispatch of a few microseconds. It hands the decode step (one new token
+per row, KV cache growing) to torch.compile with dynamic shapes, so one graph serves every batch size
+and cache length, and on the CPU with inductor's C++ wrapper, so a step makes no Python calls per
+operation. Prefill (many tokens at once, matrix-bound) stays eager. See BENCHMARKS.md for the speed-up.
 """
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn as nn
+
+from ..errors import OpenseasonError
 
 
 def _relayout_linear(module: nn.Linear) -> bool:
@@ -47,3 +58,46 @@ def prepare_for_decoding(model: nn.Module) -> int:
             changed += _relayout_linear(module)
     model._decode_layout = True
     return changed
+
+
+def decode_forward(model: nn.Module):
+    """What a decode step calls: the compiled forward after `compile_decoding`, else the model."""
+    return getattr(model, "_compiled_step", None) or model
+
+
+def compile_decoding(model: nn.Module, *, warm_up: bool = True) -> float:
+    """Compile `model`'s decode step (see the module docstring); returns the seconds spent compiling
+    (0.0 when it already was). Same results as eager up to float rounding order.
+
+    warm_up    compile now, on short throwaway generations, instead of inside the first requests: one
+               prompt (dynamo specializes a batch of 1), two prompts of different lengths (the padded
+               path, with an attention mask) and two of one length (no mask); later batch sizes and
+               cache lengths then reuse these graphs
+    Inductor fixes the CPU thread count when it generates code: set torch's threads before this.
+    Needs a C++ compiler on the CPU (inductor builds the step with it); without one this raises a
+    clear error and the model stays eager.
+    """
+    if getattr(model, "_compiled_step", None) is not None:
+        return 0.0
+    cpu = model.embed.weight.device.type == "cpu"
+    # dynamic=True: batch size and cache length are symbols from the start, so a running batch that
+    # grows, shrinks or trims its cache does not recompile.
+    model._compiled_step = torch.compile(model.forward, dynamic=True,
+                                         options={"cpp_wrapper": True} if cpu else None)
+    if not warm_up:
+        return 0.0
+    from .engine import generate_ids
+    from .sampling import SamplingParams
+
+    start = time.perf_counter()
+    params = SamplingParams(max_new_tokens=3, ignore_eos=True)
+    try:
+        for prompts in ([[1, 2, 3]], [[1, 2, 3], [4, 5]], [[1, 2], [3, 4]]):
+            generate_ids(model, prompts, params)
+    except Exception as exc:
+        model._compiled_step = None
+        raise OpenseasonError(f"could not compile the decode step: {type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+                              hint="torch.compile needs a C++ compiler (g++) on the CPU; "
+                                   "decode without --compile") from exc
+    return time.perf_counter() - start

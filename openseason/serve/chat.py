@@ -201,7 +201,8 @@ def run_repl(session: ChatSession, stdin: TextIO = sys.stdin, stdout: TextIO = s
 def chat(checkpoint: str | Path, *, system: Optional[str] = None, max_new_tokens: int = 256,
          temperature: float = 0.7, top_p: float = 0.95, seed: Optional[int] = None,
          prompt_style: Optional[str] = None, device: Optional[str] = None, dtype: Optional[str] = None,
-         stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, max_context: Optional[int] = None) -> int:
+         stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, max_context: Optional[int] = None,
+         quantize: Optional[str] = None, compile: bool = False) -> int:
     """Load `checkpoint` and chat with it in the terminal (see the module docstring)."""
     from .server import load_for_serving
 
@@ -211,6 +212,7 @@ def chat(checkpoint: str | Path, *, system: Optional[str] = None, max_new_tokens
         raise OpenseasonError(f"--top-p must be in (0, 1], got {top_p}")
     engine, settings = load_for_serving(checkpoint, prompt_style=prompt_style, device=device, dtype=dtype,
                                         max_batch=1, max_queue=1, max_context=max_context,
+                                        quantize=quantize, compile=compile,
                                         log=lambda msg: print(msg, file=sys.stderr))
     try:
         session = ChatSession(engine, settings.chat_format, system=system, max_new_tokens=max_new_tokens,

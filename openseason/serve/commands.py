@@ -1,7 +1,7 @@
 """CLI verbs `openseason serve` and `openseason chat` (thin wrappers over server.serve and chat.chat)."""
 from __future__ import annotations
 
-from ..generation.commands import positive as _positive
+from ..generation.commands import add_speed_args, positive as _positive
 
 
 def _port(text: str) -> int:
@@ -27,6 +27,7 @@ def _model_args(p) -> None:
     p.add_argument("--max-context", type=int, default=None, metavar="N",
                    help="let an ALiBi model (MPT) read up to N positions, past its training length (warns; "
                         "rotary models refuse)")
+    add_speed_args(p)
 
 
 def register(subparsers) -> None:
@@ -101,7 +102,8 @@ def _serve(args) -> int:
                  [h for h in args.allowed_hosts.split(",") if h.strip()] or [""],
                  cors_origins=args.cors_origin, log_level=args.log_level, max_context=args.max_context,
                  trust_actions=args.trust_actions, strict_rails=args.strict_rails, max_images=args.max_images,
-                 max_image_bytes=args.max_image_bytes, allow_image_paths=args.allow_image_paths)
+                 max_image_bytes=args.max_image_bytes, allow_image_paths=args.allow_image_paths,
+                 quantize=args.quantize, compile=args.compile)
 
 
 def _chat(args) -> int:
@@ -112,4 +114,4 @@ def _chat(args) -> int:
     args.top_p = 0.95 if args.top_p is None else args.top_p
     return chat(args.checkpoint, system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                 top_p=args.top_p, seed=args.seed, prompt_style=args.prompt_style, device=args.device,
-                dtype=args.dtype, max_context=args.max_context)
+                dtype=args.dtype, max_context=args.max_context, quantize=args.quantize, compile=args.compile)

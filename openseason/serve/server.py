@@ -25,7 +25,8 @@ def load_for_serving(checkpoint: str | Path, *, model_name: Optional[str] = None
                      hooks: Optional[Hooks] = None, allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
                      cors_origins: Sequence[str] = (), max_context: Optional[int] = None,
                      max_images: int = 4, max_image_bytes: int = 4 * 1024 * 1024,
-                     allow_image_paths: Optional[str | Path] = None, log=print) -> tuple[Engine, ServerSettings]:
+                     allow_image_paths: Optional[str | Path] = None, quantize: Optional[str] = None,
+                     compile: bool = False, log=print) -> tuple[Engine, ServerSettings]:
     """Load `checkpoint` (full or adapter) and start its engine; returns (engine, settings) for create_app.
 
     model_name     the id in /v1/models (default: the checkpoint directory's name)
@@ -45,7 +46,10 @@ def load_for_serving(checkpoint: str | Path, *, model_name: Optional[str] = None
     from ..generation.llm import LLM
 
     path = Path(checkpoint)
-    llm = LLM.load(path, device=device, dtype=dtype, prompt_style=prompt_style, max_context=max_context)
+    if compile:
+        log("compiling the decode step (torch.compile; seconds to a minute)")
+    llm = LLM.load(path, device=device, dtype=dtype, prompt_style=prompt_style, max_context=max_context,
+                   quantize=quantize, compile=compile)
     log(f"chat format {llm.chat_format.name!r}: {llm.chat_format_reason}"
         + ("" if prompt_style else " (--prompt-style chooses another)"))
     name = model_name or path.resolve().name
@@ -70,7 +74,8 @@ def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
           allowed_hosts: Optional[Sequence[str]] = None, cors_origins: Sequence[str] = (),
           log_level: str = "info", max_context: Optional[int] = None, trust_actions: bool = False,
           strict_rails: bool = False, max_images: int = 4, max_image_bytes: int = 4 * 1024 * 1024,
-          allow_image_paths: Optional[str | Path] = None) -> int:
+          allow_image_paths: Optional[str | Path] = None, quantize: Optional[str] = None,
+          compile: bool = False) -> int:
     """Serve `checkpoint` over HTTP until interrupted. Binds 127.0.0.1 unless `host` says otherwise.
 
     allowed_hosts  Host header names answered; default: the loopback names when bound to loopback (against
@@ -94,7 +99,8 @@ def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
                                         api_key=api_key, max_tokens_cap=max_tokens_cap,
                                         allowed_hosts=allowed_hosts, cors_origins=cors_origins,
                                         max_context=max_context, max_images=max_images,
-                                        max_image_bytes=max_image_bytes, allow_image_paths=allow_image_paths, log=log)
+                                        max_image_bytes=max_image_bytes, allow_image_paths=allow_image_paths,
+                                        quantize=quantize, compile=compile, log=log)
     if rails:
         from .rails import rails_hooks
 
