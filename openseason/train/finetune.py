@@ -145,7 +145,8 @@ def train_config(opts: dict, progress: bool) -> TrainConfig:
         grad_clip=opts["grad_clip"], save_every=opts["save_every"], keep_last=opts["keep_last"],
         keep_optimizer=bool(opts["keep_optimizer"]), eval_every=opts["eval_every"], seed=int(opts["seed"]),
         device=opts["device"], precision=opts["precision"],
-        gradient_checkpointing=bool(opts["gradient_checkpointing"]), progress=progress)
+        gradient_checkpointing=bool(opts["gradient_checkpointing"]), compile=bool(opts.get("compile")),
+        progress=progress)
 
 
 def run_settings(opts: dict, tcfg: TrainConfig, max_steps: int, max_length: int, style: str, data: Path) -> dict:

@@ -72,6 +72,7 @@ class TrainConfig:
     device: Optional[str] = None         # default: cuda if available, else cpu
     precision: Optional[str] = None      # "bf16" (autocast) | "fp32"; default bf16 on GPU, fp32 on CPU
     gradient_checkpointing: bool = False
+    compile: bool = False                # torch.compile every block (dynamic shapes); see compile_blocks
     loss_chunk: int = 4096               # target tokens per lm_head + cross-entropy chunk
     sample_max_new_tokens: int = 48
     flops_per_token: Optional[float] = None  # training FLOPs per token (6N + 12LHQT); with peak_flops gives MFU
@@ -89,6 +90,15 @@ class TrainConfig:
 # The objective (what a micro-batch's loss is) is a parameter of the loop; see objectives/base.py.
 from .objectives.base import combine  # noqa: E402
 from .objectives.sft import SFTObjective, token_loss_sum  # noqa: E402,F401 (token_loss_sum re-exported)
+
+
+def compile_blocks(model) -> None:
+    """torch.compile each transformer block in place (nn.Module.compile: parameter names, state dicts
+    and checkpoints are unchanged). Blocks, not the whole model: one graph shape serves every layer, the
+    chunked loss and the optimizer stay eager, and dynamic shapes let batches of any length through
+    without recompiling. The first steps pay the compile (seconds to a minute)."""
+    for block in model.blocks:
+        block.compile(dynamic=True)
 
 
 @torch.no_grad()
@@ -302,6 +312,8 @@ def train(model: torch.nn.Module, data, config: TrainConfig, out_dir: str | Path
     model.to(device)
     model.init_rope(device=device)
     model.gradient_checkpointing = bool(config.gradient_checkpointing)
+    if config.compile:
+        compile_blocks(model)
     if not any(p.requires_grad for p in model.parameters()):
         raise TrainingError("the model has no trainable parameters", hint="apply a method: openseason.peft.apply")
     max_steps = resolve_max_steps(config, data)

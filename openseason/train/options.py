@@ -79,6 +79,10 @@ _METHODS_DOC = (f"{', '.join(METHODS)} (also accepted: "
                 f"{', '.join(f'{alias}={name}' for alias, name in METHOD_ALIASES.items())})")
 
 
+COMPILE_DOC = ("compile every transformer block with torch.compile (dynamic shapes): fused kernels, compiled "
+               "in the first steps (seconds to a minute; a C++ compiler on the CPU); BENCHMARKS.md has the speed-up")
+
+
 @dataclass
 class FinetuneOptions:
     """Options of `openseason finetune` / `train.finetune()`; see each field's doc."""
@@ -99,6 +103,7 @@ class FinetuneOptions:
                                       choices=("bf16", "fp32"))
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass "
                                                  "(less memory, ~30% slower)")
+    compile: bool = option(False, COMPILE_DOC)
     micro_batch_size: int = option(4, "examples per forward pass", group="optimization")
     grad_accum: int = option(1, "micro-batches per optimizer step", group="optimization")
     lr: Optional[float] = option(None, "peak learning rate (default per method: "
@@ -190,6 +195,7 @@ class PretrainOptions:
     precision: Optional[str] = option(None, "bf16 or fp32 (default: bf16 on GPU, fp32 on CPU)",
                                       choices=("bf16", "fp32"))
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass")
+    compile: bool = option(False, COMPILE_DOC)
     max_time: Optional[float] = option(None, "stop (saving final) after this many seconds")
     keep_optimizer: bool = option(False, KEEP_OPTIMIZER_DOC)
     overwrite: bool = option(False, OVERWRITE_DOC)

@@ -157,7 +157,8 @@ def pretrain(config: str | Path, data: str | Path, out: str | Path, *, resume: O
                 betas=PYTHIA_RECIPE["betas"], grad_clip=PYTHIA_RECIPE["grad_clip"] if grad_clip is None else grad_clip,
                 save_every=o.save_every, save_at=save_at, keep_last=o.keep_last, keep_optimizer=o.keep_optimizer,
                 seed=seed, device=str(run.device), precision=precision,
-                gradient_checkpointing=o.gradient_checkpointing, max_time=o.max_time, progress=progress,
+                gradient_checkpointing=o.gradient_checkpointing, compile=o.compile, max_time=o.max_time,
+                progress=progress,
                 flops_per_token=flops_per_token(model_config, seq_len), peak_flops=peak_flops(run.device))
             card = {"title": f"pretrain {model_config.name}", "method": "pretraining", "prompt_style": None,
                     "recipe": {"name": "pythia", **PYTHIA_RECIPE, "lr": peak_lr, "seq_len": seq_len,
