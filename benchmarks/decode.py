@@ -33,6 +33,7 @@ HBM bandwidth / weight bytes tokens per second.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -47,7 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from openseason.config import Config  # noqa: E402
-from openseason.generation import SamplingParams, generate_ids, prepare_for_decoding  # noqa: E402
+from openseason.generation import SamplingParams, compile_decoding, generate_ids, prepare_for_decoding  # noqa: E402
 from openseason.generation.llm import parse_dtype  # noqa: E402
 from openseason.model import GPT  # noqa: E402
 
@@ -57,7 +58,7 @@ HBM_GBPS = {"H200": 4800, "H100 SXM": 3350, "H100 NVL": 3900, "H100 PCIe": 2000,
             "RTX 4090": 1008, "RTX 3090": 936}
 
 
-FP32_PEERS = ("transformers", "llama.cpp f32", "ctranslate2 float32", "onnxruntime-genai fp32")
+FP32_PEERS = ("ours eager", "transformers", "llama.cpp f32", "ctranslate2 float32", "onnxruntime-genai fp32")
 
 # Shapes that are not named configs: the LLaMA the issue's table measured (6 x 512, vocab 32000).
 BENCH_MODELS = {"llama-6x512": ("tiny-llama", dict(name="llama-6x512", n_layer=6, n_embd=512, n_head=8, n_query_groups=8,
@@ -148,11 +149,8 @@ def agreement(ours: list[int], theirs: list[int], prompt: list[int], logits: tor
     return f"differ at token {i}: our logit gap there {float(row[ours[i]] - row[theirs[i]]):.3g}"
 
 
-def llama_cpp_runner(model: GPT, kind: str, threads: int, ctx: int, workdir: Path):
-    """A greedy decode function over llama.cpp, on the GGUF file our exporter writes for `model`."""
-    import llama_cpp
-    import numpy as np
-
+def llama_cpp_gguf(model: GPT, kind: str, workdir: Path) -> Path:
+    """The GGUF file our exporter writes for `model` at `kind` (f32, f16, q8_0), made once per workdir."""
     from openseason.checkpoint import save_checkpoint
     from openseason.convert.gguf import convert_to_gguf
     from openseason.tokenizer import train_bpe
@@ -165,21 +163,34 @@ def llama_cpp_runner(model: GPT, kind: str, threads: int, ctx: int, workdir: Pat
     path = workdir / f"model-{kind}.gguf"
     if not path.exists():
         convert_to_gguf(ckpt, path, type=kind)
-    if kind == "q8_0":
-        # llama-cpp-python 0.3.36's extra CPU buffer types (Q8_0 repacking / AMX) segfaulted on our
-        # exports on this AVX-512+AMX CPU (like ggml-org/llama.cpp#20824); plain CPU buffers run them.
-        default = llama_cpp.llama_cpp.llama_model_default_params
+    return path
 
-        def params():
-            p = default()
-            p.use_extra_bufts = False
-            return p
-        llama_cpp.llama.llama_cpp.llama_model_default_params = params
+
+def llama_cpp_model_params(kind: str, default=None):
+    """llama.cpp model parameters for `kind` (from `default`, the bindings' defaults function):
+    llama-cpp-python 0.3.36's extra CPU buffer types (Q8_0 repacking / AMX) segfaulted on our q8_0
+    exports on an AVX-512+AMX CPU (like ggml-org/llama.cpp#20824); plain CPU buffers run them."""
+    import llama_cpp
+
+    params = (default or llama_cpp.llama_cpp.llama_model_default_params)()
+    if kind == "q8_0":
+        params.use_extra_bufts = False
+    return params
+
+
+def llama_cpp_runner(model: GPT, kind: str, threads: int, ctx: int, workdir: Path):
+    """A greedy decode function over llama.cpp, on the GGUF file our exporter writes for `model`."""
+    import llama_cpp
+    import numpy as np
+
+    path = llama_cpp_gguf(model, kind, workdir)
+    default = llama_cpp.llama_cpp.llama_model_default_params
+    llama_cpp.llama_cpp.llama_model_default_params = lambda: llama_cpp_model_params(kind, default)
     # logits_all: llama-cpp-python 0.3.36 fills `scores` only then (the prompt's extra rows cost one
     # batched lm_head product at prefill); the greedy pick here is ours, argmax over those logits.
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=ctx, n_threads=threads, n_threads_batch=threads,
                           n_batch=ctx, logits_all=True, verbose=False)
-    llama_cpp.llama.llama_cpp.llama_model_default_params = llama_cpp.llama_cpp.llama_model_default_params
+    llama_cpp.llama_cpp.llama_model_default_params = default
 
     def run(ids: list[int], n: int) -> list[int]:
         llm.reset()
@@ -188,6 +199,53 @@ def llama_cpp_runner(model: GPT, kind: str, threads: int, ctx: int, workdir: Pat
         for _ in range(n):
             out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
             llm.eval([out[-1]])
+        return out
+    return run
+
+
+def llama_cpp_batch_runner(model: GPT, kind: str, threads: int, batch: int, ctx: int, workdir: Path):
+    """Greedy decoding of `batch` sequences at once over llama.cpp's C API (llama-cpp-python's
+    low-level bindings; its Llama class decodes one sequence): one context with a sequence id per row,
+    every step one llama_decode of `batch` tokens, as llama.cpp's server does with parallel slots."""
+    import ctypes
+
+    import llama_cpp as L
+    import numpy as np
+
+    from llama_cpp._logger import set_verbose
+
+    set_verbose(False)   # llama.cpp's loader logs every tensor otherwise (the Llama class does this too)
+    path = llama_cpp_gguf(model, kind, workdir)
+    lm = L.llama_model_load_from_file(str(path).encode(), llama_cpp_model_params(kind))
+    params = L.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_ubatch = batch * ctx, batch * ctx, batch * ctx
+    params.n_seq_max, params.n_threads, params.n_threads_batch = batch, threads, threads
+    context = L.llama_init_from_model(lm, params)
+    n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(lm))
+    work = L.llama_batch_init(batch * ctx, 0, 1)
+
+    def decode(entries: list[tuple[int, int, int, bool]]) -> None:
+        """entries: (token, position, sequence, wants logits)."""
+        for i, (token, pos, seq, wants) in enumerate(entries):
+            work.token[i], work.pos[i], work.n_seq_id[i] = token, pos, 1
+            work.seq_id[i][0], work.logits[i] = seq, int(wants)
+        work.n_tokens = len(entries)
+        if L.llama_decode(context, work) != 0:
+            raise RuntimeError("llama_decode failed")
+
+    def argmax(index: int) -> int:
+        row = ctypes.cast(L.llama_get_logits_ith(context, index), ctypes.POINTER(ctypes.c_float * n_vocab))
+        return int(np.argmax(np.frombuffer(row.contents, dtype=np.float32)))
+
+    def run(rows: list[list[int]], n: int) -> list[list[int]]:
+        L.llama_memory_clear(L.llama_get_memory(context), True)
+        decode([(t, p, s, p == len(r) - 1) for s, r in enumerate(rows) for p, t in enumerate(r)])
+        ends = list(itertools.accumulate(len(r) for r in rows))
+        out = [[argmax(end - 1)] for end in ends]
+        for step in range(1, n):
+            decode([(o[-1], len(r) + step - 1, s, True) for s, (r, o) in enumerate(zip(rows, out))])
+            for s, o in enumerate(out):
+                o.append(argmax(s))
         return out
     return run
 
@@ -281,12 +339,14 @@ def bench(name: str, args, threads: int | None) -> list[dict]:
     workdir = Path(tempfile.mkdtemp(prefix="decode-bench-"))
 
     contenders = {}
-    if args.llama_cpp and args.batch > 1:
-        print(f"# llama.cpp: llama-cpp-python decodes one sequence per context; --llama-cpp skipped at "
-              f"--batch {args.batch}", flush=True)
-    for kind in (args.llama_cpp or []) if args.batch == 1 else []:
-        runner = llama_cpp_runner(ours, kind, threads or torch.get_num_threads(), len(ids) + n + 8, workdir)
-        contenders[f"llama.cpp {kind}"] = lambda r=runner: r(ids, n)
+    for kind in args.llama_cpp or []:
+        if args.batch == 1:
+            runner = llama_cpp_runner(ours, kind, threads or torch.get_num_threads(), len(ids) + n + 8, workdir)
+            contenders[f"llama.cpp {kind}"] = lambda r=runner: r(ids, n)
+        else:
+            runner = llama_cpp_batch_runner(ours, kind, threads or torch.get_num_threads(), args.batch,
+                                            len(ids) + n + 8, workdir)
+            contenders[f"llama.cpp {kind}"] = lambda r=runner: r(batch_ids, n)[0]
     for kind in args.ctranslate2 or []:
         runner = ctranslate2_runner(hf, kind, threads or torch.get_num_threads(), workdir)
         contenders[f"ctranslate2 {kind}"] = lambda r=runner: r(batch_ids, n)
@@ -305,6 +365,20 @@ def bench(name: str, args, threads: int | None) -> list[dict]:
         quantized[mode] = quantize(twin, mode)
         contenders[f"ours {mode}"] = lambda m=quantized[mode]: generate_ids(m, batch_ids, params)[0].token_ids
     prepare_for_decoding(ours)
+    if args.compile:
+        # "ours" is the compiled decode step; the eager one is a peer row, on the same model object
+        seconds = compile_decoding(ours)
+        print(f"# {name}: decode step compiled in {seconds:.1f}s", flush=True)
+
+        def run_eager():
+            step, ours._compiled_step = ours._compiled_step, None
+            try:
+                return generate_ids(ours, batch_ids, params)[0].token_ids
+            finally:
+                ours._compiled_step = step
+        contenders = {"ours eager": run_eager, **contenders}
+        for model in quantized.values():
+            compile_decoding(model)
 
     def run_ours():
         return generate_ids(ours, batch_ids, params)[0].token_ids
@@ -427,6 +501,9 @@ def main(argv=None) -> int:
                    help="also time CTranslate2 (compute type) on a conversion of the same weights")
     p.add_argument("--onnx", nargs="*", choices=["fp32", "int8"], default=[],
                    help="also time onnxruntime-genai (its model builder on the same weights; LLaMA shapes)")
+    p.add_argument("--compile", action="store_true",
+                   help="ours = the compiled decode step (generation.speed.compile_decoding; the --quantize "
+                        "rows too); the eager step becomes the 'ours eager' row")
     p.add_argument("--ppl-steps", type=int, default=0,
                    help="train a tiny model on real text this many steps and report perplexity per --quantize mode")
     p.add_argument("--hbm-gbps", type=float, default=None, help="GPU memory bandwidth (default: by GPU name)")

@@ -5,7 +5,7 @@ Same model configs (pythia-70m and a small LLaMA), same random weights (ours con
 in its own subprocess so peak memory (ru_maxrss of that process) is its own.
 
     python benchmarks/finetune.py [--steps 5] [--batch 2] [--seq 128] [--threads N] [--data random,sft]
-                                  [--precision fp32,bf16]
+                                  [--precision fp32,bf16] [--interleave] [--compile]
 
 --data random: random tokens, every position a target. --data sft: real instruction data (Dolly
 responses from ../shared/data in the Alpaca template, tokenized with a BPE trained on it), prompt tokens
@@ -136,14 +136,16 @@ def make_contender(contender: str, model_key: str, root: Path, precision: str = 
     if contender.startswith("ours"):
         from openseason.checkpoint import load_model
         from openseason.peft import apply
-        from openseason.train.loop import token_loss_sum
+        from openseason.train.loop import compile_blocks, token_loss_sum
         from openseason.train.schedule import make_optimizer
 
         model = load_model(ckpt)
-        if contender == "ours-lora":
+        if contender.startswith("ours-lora"):
             apply(model, "lora", rank=8, alpha=16, dropout=0.0, targets=["q", "v"])
         else:
             apply(model, "adapter-v2", prompt_length=10)
+        if contender.endswith("+compile"):
+            compile_blocks(model)   # what --compile does in the training loop
         model.train()
         opt = make_optimizer(model, lr=1e-4, weight_decay=0.0)
 
@@ -196,15 +198,16 @@ def run_contender(contender: str, model_key: str, root: Path, steps: int, batch:
 
 
 def run_interleaved(model_key: str, root: Path, steps: int, batch: int, seq: int, threads: int, data_kind: str,
-                    precision: str) -> dict[str, float]:
+                    precision: str, contenders: tuple = ()) -> dict[str, float]:
     """Every contender in one process, one step each in turn on the same batch, so load changes hit
     all alike; tokens/s per contender over its own step times (memory: see the separate runs)."""
     import torch
 
     torch.set_num_threads(threads)
     data = load_batches(root, model_key, steps, batch, seq, data_kind)
-    steps_of = {c: make_contender(c, model_key, root, precision)[0] for c in CONTENDERS}
-    seconds = dict.fromkeys(CONTENDERS, 0.0)
+    contenders = contenders or CONTENDERS
+    steps_of = {c: make_contender(c, model_key, root, precision)[0] for c in contenders}
+    seconds = dict.fromkeys(contenders, 0.0)
     for i, b in enumerate(data):
         for contender, step in steps_of.items():
             t = time.perf_counter()
@@ -212,10 +215,11 @@ def run_interleaved(model_key: str, root: Path, steps: int, batch: int, seq: int
             if i >= 2:   # the first two are warm-up
                 seconds[contender] += time.perf_counter() - t
     tokens = sum(b["tokens"] for b in data[2:])
-    return {c: tokens / seconds[c] for c in CONTENDERS}
+    return {c: tokens / seconds[c] for c in contenders}
 
 
 CONTENDERS = ("peft-lora", "ours-lora", "ours-adapter-v2")
+COMPILED = ("ours-lora+compile", "ours-adapter-v2+compile")   # --compile: blocks compiled as --compile trains
 
 
 def main() -> None:
@@ -229,15 +233,19 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", help="fp32, bf16 or both (comma-separated)")
     parser.add_argument("--interleave", action="store_true",
                         help="also time the contenders in one process, a step each in turn on the same batch")
+    parser.add_argument("--compile", action="store_true",
+                        help="add our contenders with every block compiled (the training loop's --compile); the "
+                             "first two steps, which compile, are the untimed warm-up")
     parser.add_argument("--contender")
     parser.add_argument("--model")
     parser.add_argument("--root")
     args = parser.parse_args()
     common = ["--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq),
               "--threads", str(args.threads)]
+    contenders = CONTENDERS + (COMPILED if args.compile else ())
     if args.contender == "interleaved":
         print(json.dumps(run_interleaved(args.model, Path(args.root), args.steps, args.batch, args.seq, args.threads,
-                                         args.data, args.precision)))
+                                         args.data, args.precision, contenders)))
         return
     if args.contender:
         print(json.dumps(run_contender(args.contender, args.model, Path(args.root), args.steps, args.batch,
@@ -255,19 +263,19 @@ def main() -> None:
             build_checkpoint(model_key, root)
             for data_kind in args.data.split(","):
                 for precision in args.precision.split(","):
-                    for contender in CONTENDERS:
+                    for contender in contenders:
                         out = subprocess.run([sys.executable, __file__, "--contender", contender, "--model", model_key,
                                               "--root", str(root), "--data", data_kind, "--precision", precision,
                                               *common], capture_output=True, text=True, check=True)
                         row = json.loads(out.stdout.strip().splitlines()[-1])
                         results.append(row)
-                        print(f"{model_key:12s} {data_kind:6s} {precision:4s} {contender:16s} "
+                        print(f"{model_key:12s} {data_kind:6s} {precision:4s} {contender:24s} "
                               f"{row['tokens_per_s']:9.1f} tok/s  peak RSS {row['peak_rss_mb']:7.1f} MB  "
                               f"trainable {row['trainable']:,}", flush=True)
                     if args.interleave:
                         out = subprocess.run([sys.executable, __file__, "--contender", "interleaved", "--model",
                                               model_key, "--root", str(root), "--data", data_kind, "--precision",
-                                              precision, *common], capture_output=True, text=True, check=True)
+                                              precision, *common, *(["--compile"] if args.compile else [])], capture_output=True, text=True, check=True)
                         tps = json.loads(out.stdout.strip().splitlines()[-1])
                         peer = tps["peft-lora"]
                         print(f"{model_key:12s} {data_kind:6s} {precision:4s} interleaved: " + "  ".join(
@@ -276,7 +284,7 @@ def main() -> None:
         peer = next(p for p in results if p["contender"] == "peft-lora" and
                     (p["model"], p["data"], p["precision"]) == (r["model"], r["data"], r["precision"]))
         if r is not peer:
-            print(f"{r['model']:12s} {r['data']:6s} {r['precision']:4s} {r['contender']:16s} "
+            print(f"{r['model']:12s} {r['data']:6s} {r['precision']:4s} {r['contender']:24s} "
                   f"speed x{r['tokens_per_s'] / peer['tokens_per_s']:.2f}  memory x{r['peak_rss_mb'] / peer['peak_rss_mb']:.2f}"
                   "  (vs transformers+peft LoRA, same data and precision)")
     if "bf16" in args.precision.split(",") and "fp32" in args.precision.split(","):
@@ -284,7 +292,7 @@ def main() -> None:
             if r["precision"] == "bf16" and r["contender"] != "peft-lora":
                 peer = next(p for p in results if p["contender"] == "peft-lora" and p["precision"] == "fp32" and
                             (p["model"], p["data"]) == (r["model"], r["data"]))
-                print(f"{r['model']:12s} {r['data']:6s} bf16 {r['contender']:16s} "
+                print(f"{r['model']:12s} {r['data']:6s} bf16 {r['contender']:24s} "
                       f"speed x{r['tokens_per_s'] / peer['tokens_per_s']:.2f} vs transformers+peft LoRA in fp32")
     print("# load average %.2f %.2f %.2f at the end" % os.getloadavg())
 

@@ -72,7 +72,7 @@ class TrainConfig:
     device: Optional[str] = None         # default: cuda if available, else cpu
     precision: Optional[str] = None      # "bf16" (autocast) | "fp32"; default bf16 on GPU, fp32 on CPU
     gradient_checkpointing: bool = False
-    compile: bool = False                # torch.compile every block (dynamic shapes); see compile_blocks
+    compile: bool = False                # torch.compile every block and the head's loss; see compile_blocks
     loss_chunk: int = 4096               # target tokens per lm_head + cross-entropy chunk
     sample_max_new_tokens: int = 48
     flops_per_token: Optional[float] = None  # training FLOPs per token (6N + 12LHQT); with peak_flops gives MFU
@@ -94,11 +94,16 @@ from .objectives.sft import SFTObjective, token_loss_sum  # noqa: E402,F401 (tok
 
 def compile_blocks(model) -> None:
     """torch.compile each transformer block in place (nn.Module.compile: parameter names, state dicts
-    and checkpoints are unchanged). Blocks, not the whole model: one graph shape serves every layer, the
-    chunked loss and the optimizer stay eager, and dynamic shapes let batches of any length through
-    without recompiling. The first steps pay the compile (seconds to a minute)."""
+    and checkpoints are unchanged), and the output head with its cross-entropy as one function (the
+    SFT loss then fuses the [tokens, vocab] softmax with the head's epilogue, adapter-v2's scale
+    included). Pieces, not the whole model: one graph serves every layer, the optimizer and the data
+    path stay eager, and dynamic shapes let batches of any length through without recompiling. The
+    first steps pay the compile (seconds to a minute)."""
+    from .objectives.sft import compile_head_loss
+
     for block in model.blocks:
         block.compile(dynamic=True)
+    compile_head_loss(model)
 
 
 @torch.no_grad()

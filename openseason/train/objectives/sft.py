@@ -11,6 +11,12 @@ def _ce_sum(lm_head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     return F.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
 
 
+def compile_head_loss(model) -> None:
+    """Make `token_loss_sum` run the output head and its cross-entropy through torch.compile for this
+    model (train.loop.compile_blocks does this for --compile)."""
+    model._compiled_head_loss = torch.compile(_ce_sum, dynamic=True)
+
+
 def token_loss_sum(model, batch: dict, chunk: int = 4096, *, inputs_embeds=None,
                    extras=None) -> tuple[torch.Tensor, int]:
     """(sum of cross-entropy over target tokens, number of target tokens) for one micro-batch.
@@ -34,11 +40,12 @@ def token_loss_sum(model, batch: dict, chunk: int = 4096, *, inputs_embeds=None,
     n = int(t.numel())
     if n == 0:
         return hidden.sum() * 0.0, 0
+    ce_sum = getattr(model, "_compiled_head_loss", None) or _ce_sum
     if n <= chunk:
-        return _ce_sum(model.lm_head, h, t), n
+        return ce_sum(model.lm_head, h, t), n
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, n, chunk):
-        total = total + torch.utils.checkpoint.checkpoint(_ce_sum, model.lm_head, h[start:start + chunk],
+        total = total + torch.utils.checkpoint.checkpoint(ce_sum, model.lm_head, h[start:start + chunk],
                                                           t[start:start + chunk], use_reentrant=False)
     return total, n
 
