@@ -11,7 +11,10 @@ in its own subprocess so peak memory (ru_maxrss of that process) is its own.
 responses from ../shared/data in the Alpaca template, tokenized with a BPE trained on it), prompt tokens
 without loss, rows of their own lengths right-padded to the longest in the batch (at most --seq); the
 parent process writes the batches once and every contender reads the same file. tokens/s counts the
-real (non-padding) tokens. --precision bf16 runs every contender under torch.autocast(bfloat16) (on
+real (non-padding) tokens. --data sft-packed: the same batches, but our contenders train on each batch's
+rows packed into rows of --seq tokens (`--packing`: segment ids keep attention inside each example;
+fewer rows when short examples share one), while transformers+peft pads them as in sft (it packs
+only with flash-attention, which this CPU has not). --precision bf16 runs every contender under torch.autocast(bfloat16) (on
 CPUs with AMX or AVX-512-BF16 the matrix products run in bf16).
 
 Prints one line per contender and the ratios ours / peft at the same precision and data.
@@ -63,6 +66,7 @@ def sft_batches(path: Path, n: int, batch: int, seq: int, seed: int = 1) -> list
 
     import torch
 
+    from openseason.data.sft import collate
     from openseason.prompts import get_style
     from openseason.tokenizer import train_bpe
 
@@ -88,7 +92,12 @@ def sft_batches(path: Path, n: int, batch: int, seq: int, seed: int = 1) -> list
         for i, (ids, cut) in enumerate(encoded):
             input_ids[i, :len(ids)] = torch.tensor(ids)
             labels[i, cut:len(ids)] = torch.tensor(ids[cut:])
-        out.append({"input_ids": input_ids, "labels": labels, "tokens": sum(len(ids) for ids, _ in encoded)})
+        # the same rows packed into rows of --seq tokens (openseason.data.sft.collate, as --packing does)
+        packed = collate([{"input_ids": ids, "labels": [-100] * cut + ids[cut:]} for ids, cut in encoded], 0, seq,
+                         packing=True)
+        packed = {k: packed[k] for k in ("input_ids", "labels", "segment_ids", "position_ids")}
+        out.append({"input_ids": input_ids, "labels": labels, "tokens": sum(len(ids) for ids, _ in encoded),
+                    "packed": packed})
     torch.save(out, path)
     return out
 
@@ -110,7 +119,7 @@ def load_batches(root: Path, model_key: str, steps: int, batch: int, seq: int, d
 
     from openseason.config import Config
 
-    if data_kind == "sft":
+    if data_kind in ("sft", "sft-packed"):
         return torch.load(root / "sft_batches.pt")[:steps + 2]
     vocab = Config.from_file(root / model_key / "config.json").vocab_size
     gen = torch.Generator().manual_seed(1)
@@ -121,8 +130,9 @@ def load_batches(root: Path, model_key: str, steps: int, batch: int, seq: int, d
     return out
 
 
-def make_contender(contender: str, model_key: str, root: Path, precision: str = "fp32"):
-    """(one training step on a batch, the model) for `contender`, built from the same weights."""
+def make_contender(contender: str, model_key: str, root: Path, precision: str = "fp32", packed: bool = False):
+    """(one training step on a batch, the model) for `contender`, built from the same weights; `packed`:
+    ours trains on the packed form of each batch."""
     import contextlib
 
     import torch
@@ -150,8 +160,12 @@ def make_contender(contender: str, model_key: str, root: Path, precision: str = 
         opt = make_optimizer(model, lr=1e-4, weight_decay=0.0)
 
         def step(b):
+            # sft-packed: our side trains on the batch's rows packed (segments attend only within
+            # themselves); transformers+peft has no packing without flash-attention, so it pads
+            b = b["packed"] if packed else b
             with autocast():
-                loss, n = token_loss_sum(model, {"input_ids": b["input_ids"], "labels": b["labels"]})
+                loss, n = token_loss_sum(model, {k: b[k] for k in ("input_ids", "labels", "segment_ids",
+                                                                   "position_ids") if k in b})
             (loss / n).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -183,7 +197,7 @@ def run_contender(contender: str, model_key: str, root: Path, steps: int, batch:
 
     torch.set_num_threads(threads)
     data = load_batches(root, model_key, steps, batch, seq, data_kind)
-    step, model = make_contender(contender, model_key, root, precision)
+    step, model = make_contender(contender, model_key, root, precision, data_kind == "sft-packed")
     for b in data[:2]:  # warm-up
         step(b)
     t = time.perf_counter()
@@ -206,7 +220,7 @@ def run_interleaved(model_key: str, root: Path, steps: int, batch: int, seq: int
     torch.set_num_threads(threads)
     data = load_batches(root, model_key, steps, batch, seq, data_kind)
     contenders = contenders or CONTENDERS
-    steps_of = {c: make_contender(c, model_key, root, precision)[0] for c in contenders}
+    steps_of = {c: make_contender(c, model_key, root, precision, data_kind == "sft-packed")[0] for c in contenders}
     seconds = dict.fromkeys(contenders, 0.0)
     for i, b in enumerate(data):
         for contender, step in steps_of.items():
@@ -229,7 +243,8 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", default="pythia-70m,tiny-llama")
-    parser.add_argument("--data", default="random,sft", help="random, sft or both (comma-separated)")
+    parser.add_argument("--data", default="random,sft",
+                        help="random, sft, sft-packed (ours on the same rows packed), comma-separated")
     parser.add_argument("--precision", default="fp32", help="fp32, bf16 or both (comma-separated)")
     parser.add_argument("--interleave", action="store_true",
                         help="also time the contenders in one process, a step each in turn on the same batch")
@@ -257,7 +272,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        if "sft" in args.data.split(","):
+        if {"sft", "sft-packed"} & set(args.data.split(",")):
             sft_batches(root / "sft_batches.pt", args.steps + 2, args.batch, args.seq)
         for model_key in args.models.split(","):
             build_checkpoint(model_key, root)
@@ -269,7 +284,7 @@ def main() -> None:
                                               *common], capture_output=True, text=True, check=True)
                         row = json.loads(out.stdout.strip().splitlines()[-1])
                         results.append(row)
-                        print(f"{model_key:12s} {data_kind:6s} {precision:4s} {contender:24s} "
+                        print(f"{model_key:12s} {data_kind:10s} {precision:4s} {contender:24s} "
                               f"{row['tokens_per_s']:9.1f} tok/s  peak RSS {row['peak_rss_mb']:7.1f} MB  "
                               f"trainable {row['trainable']:,}", flush=True)
                     if args.interleave:
@@ -278,13 +293,13 @@ def main() -> None:
                                               precision, *common, *(["--compile"] if args.compile else [])], capture_output=True, text=True, check=True)
                         tps = json.loads(out.stdout.strip().splitlines()[-1])
                         peer = tps["peft-lora"]
-                        print(f"{model_key:12s} {data_kind:6s} {precision:4s} interleaved: " + "  ".join(
+                        print(f"{model_key:12s} {data_kind:10s} {precision:4s} interleaved: " + "  ".join(
                             f"{c} {v:.1f} tok/s ({v / peer:.2f}x)" for c, v in tps.items()), flush=True)
     for r in results:
         peer = next(p for p in results if p["contender"] == "peft-lora" and
                     (p["model"], p["data"], p["precision"]) == (r["model"], r["data"], r["precision"]))
         if r is not peer:
-            print(f"{r['model']:12s} {r['data']:6s} {r['precision']:4s} {r['contender']:24s} "
+            print(f"{r['model']:12s} {r['data']:10s} {r['precision']:4s} {r['contender']:24s} "
                   f"speed x{r['tokens_per_s'] / peer['tokens_per_s']:.2f}  memory x{r['peak_rss_mb'] / peer['peak_rss_mb']:.2f}"
                   "  (vs transformers+peft LoRA, same data and precision)")
     if "bf16" in args.precision.split(",") and "fp32" in args.precision.split(","):
@@ -292,7 +307,7 @@ def main() -> None:
             if r["precision"] == "bf16" and r["contender"] != "peft-lora":
                 peer = next(p for p in results if p["contender"] == "peft-lora" and p["precision"] == "fp32" and
                             (p["model"], p["data"]) == (r["model"], r["data"]))
-                print(f"{r['model']:12s} {r['data']:6s} bf16 {r['contender']:24s} "
+                print(f"{r['model']:12s} {r['data']:10s} bf16 {r['contender']:24s} "
                       f"speed x{r['tokens_per_s'] / peer['tokens_per_s']:.2f} vs transformers+peft LoRA in fp32")
     print("# load average %.2f %.2f %.2f at the end" % os.getloadavg())
 

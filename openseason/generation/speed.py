@@ -19,6 +19,7 @@ operation. Prefill (many tokens at once, matrix-bound) stays eager. See BENCHMAR
 from __future__ import annotations
 
 import time
+import types
 
 import torch
 import torch.nn as nn
@@ -65,6 +66,17 @@ def decode_forward(model: nn.Module):
     return getattr(model, "_compiled_step", None) or model
 
 
+def _own_entry_point(model: nn.Module):
+    """`model.forward` behind a function with a code object of its own. torch.compile keeps its graphs
+    (and its limit of 8 recompiles) per code object, so two models compiled through GPT.forward itself
+    would share one cache: the second, even at another thread count, would run the first one's code,
+    and a few models would exhaust the limit and fall back to eager without a word."""
+    def decode_step(*args, **kwargs):
+        return model.forward(*args, **kwargs)
+    code = decode_step.__code__.replace()   # a copy: a distinct code object
+    return types.FunctionType(code, decode_step.__globals__, "decode_step", None, decode_step.__closure__)
+
+
 def compile_decoding(model: nn.Module, *, warm_up: bool = True) -> float:
     """Compile `model`'s decode step (see the module docstring); returns the seconds spent compiling
     (0.0 when it already was). Same results as eager up to float rounding order.
@@ -81,8 +93,9 @@ def compile_decoding(model: nn.Module, *, warm_up: bool = True) -> float:
         return 0.0
     cpu = model.embed.weight.device.type == "cpu"
     # dynamic=True: batch size and cache length are symbols from the start, so a running batch that
-    # grows, shrinks or trims its cache does not recompile.
-    model._compiled_step = torch.compile(model.forward, dynamic=True,
+    # grows, shrinks or trims its cache does not recompile. fullgraph=True: a step that cannot be one
+    # graph (int8-dynamic's quantized kernels) is an error here, not a step split into pieces.
+    model._compiled_step = torch.compile(_own_entry_point(model), dynamic=True, fullgraph=True,
                                          options={"cpp_wrapper": True} if cpu else None)
     if not warm_up:
         return 0.0
@@ -98,6 +111,7 @@ def compile_decoding(model: nn.Module, *, warm_up: bool = True) -> float:
         model._compiled_step = None
         raise OpenseasonError(f"could not compile the decode step: {type(exc).__name__}: "
                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-                              hint="torch.compile needs a C++ compiler (g++) on the CPU; "
-                                   "decode without --compile") from exc
+                              hint="torch.compile needs a C++ compiler (g++) on the CPU, and a step it can "
+                                   "trace whole (int8-dynamic's quantized kernels it cannot); decode "
+                                   "without --compile") from exc
     return time.perf_counter() - start
