@@ -3,7 +3,7 @@
 Runs the same workload twice in one process against a small random model: once with continuous
 batching (the server's default) and once with the engine limited to one sequence at a time, and
 prints aggregate tokens/s, p50/p99 time to first token and request latency, the batched/one-at-a-time
-throughput ratio, how many requests completed or got a clean 503, and the process RSS before and after.
+throughput ratio (with --compile also a batched phase with the compiled decode step), how many requests completed or got a clean 503, and the process RSS before and after.
 
     .venv/bin/python benchmarks/serve_load.py --clients 32 --duration 20
     .venv/bin/python benchmarks/serve_load.py --long-clients 2 --clients 8 --duration 30   # chunked prefill
@@ -159,9 +159,9 @@ def pct(values: list[float], q: float) -> float:
 
 
 def run_phase(ckpt: Path, *, max_batch: int, max_queue: int, clients: int, duration: float, max_tokens: int,
-              long_clients: int = 0, prefill_tokens=512) -> dict:
+              long_clients: int = 0, prefill_tokens=512, compile: bool = False) -> dict:
     engine, settings = load_for_serving(ckpt, device="cpu", max_batch=max_batch, max_queue=max_queue,
-                                        log=lambda msg: None)
+                                        compile=compile, log=lambda msg: None)
     engine.prefill_tokens = prefill_tokens
     server = Server(create_app(engine, settings))
     stats = {"busy": 0, "errors": 0, "completed": 0, "long_completed": 0, "tokens": 0, "ttft": [], "latency": [],
@@ -199,6 +199,9 @@ def main(argv=None) -> int:
     ap.add_argument("--long-clients", type=int, default=0,
                     help="clients sending ~900-token prompts: compare whole-prompt and chunked prefill")
     ap.add_argument("--prefill-tokens", type=int, default=64, help="chunk size of the chunked phase")
+    ap.add_argument("--compile", action="store_true",
+                    help="add a batched phase with the compiled decode step (serve --compile; it compiles "
+                         "before the phase's clocks start)")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.long_clients:
@@ -208,9 +211,12 @@ def main(argv=None) -> int:
         ckpt = make_checkpoint(Path(tmp))
         rss0 = rss_mib()
         results = {}
-        for name, batch in (("batched", args.max_batch), ("one-at-a-time", 1)):
+        phases = [("batched", args.max_batch, False), ("one-at-a-time", 1, False)]
+        if args.compile:
+            phases.insert(1, ("batched+compile", args.max_batch, True))
+        for name, batch, compiled in phases:
             results[name] = run_phase(ckpt, max_batch=batch, max_queue=args.max_queue, clients=args.clients,
-                                      duration=args.duration, max_tokens=args.max_tokens)
+                                      duration=args.duration, max_tokens=args.max_tokens, compile=compiled)
             results[name]["rss_after"] = rss_mib()
     print(f"{args.clients} streaming clients, {args.duration:.0f} s per phase, max_tokens {args.max_tokens}, "
           f"max_queue {args.max_queue}, torch threads {torch.get_num_threads()}")
@@ -222,6 +228,9 @@ def main(argv=None) -> int:
               f"{pct(s['latency'], 99):>9.2f}{s['rss_after']:>9.0f}")
     ratio = results["batched"]["tokens_per_s"] / max(results["one-at-a-time"]["tokens_per_s"], 1e-9)
     print(f"batched / one-at-a-time throughput: {ratio:.2f}x")
+    if "batched+compile" in results:
+        print(f"batched+compile / batched throughput: "
+              f"{results['batched+compile']['tokens_per_s'] / max(results['batched']['tokens_per_s'], 1e-9):.2f}x")
     print(f"RSS before: {rss0:.0f} MiB; " + "; ".join(
         f"{name}: {s['rss'][0]:.0f} MiB after the first half, {s['rss'][1]:.0f} MiB after the second"
         for name, s in results.items()))
