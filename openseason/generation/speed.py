@@ -66,15 +66,15 @@ def decode_forward(model: nn.Module):
     return getattr(model, "_compiled_step", None) or model
 
 
-def _own_entry_point(model: nn.Module):
-    """`model.forward` behind a function with a code object of its own. torch.compile keeps its graphs
-    (and its limit of 8 recompiles) per code object, so two models compiled through GPT.forward itself
-    would share one cache: the second, even at another thread count, would run the first one's code,
-    and a few models would exhaust the limit and fall back to eager without a word."""
-    def decode_step(*args, **kwargs):
-        return model.forward(*args, **kwargs)
-    code = decode_step.__code__.replace()   # a copy: a distinct code object
-    return types.FunctionType(code, decode_step.__globals__, "decode_step", None, decode_step.__closure__)
+def compile_own(fn, **options):
+    """torch.compile(fn, **options) through a copy of fn's code object. torch.compile keeps its graphs
+    (and its limit of 8 recompiles) per code object, so two models compiled through the same function
+    (GPT.forward, nn.Module's call) share one cache: the second, even at another thread count, runs the
+    first one's code, and a few models exhaust the limit and fall back to eager without a word. Call
+    this once per model: the model's graphs then live in a cache of their own."""
+    code = fn.__code__.replace()   # a copy: a distinct code object
+    own = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    return torch.compile(own, **options)
 
 
 def compile_decoding(model: nn.Module, *, warm_up: bool = True) -> float:
@@ -95,8 +95,10 @@ def compile_decoding(model: nn.Module, *, warm_up: bool = True) -> float:
     # dynamic=True: batch size and cache length are symbols from the start, so a running batch that
     # grows, shrinks or trims its cache does not recompile. fullgraph=True: a step that cannot be one
     # graph (int8-dynamic's quantized kernels) is an error here, not a step split into pieces.
-    model._compiled_step = torch.compile(_own_entry_point(model), dynamic=True, fullgraph=True,
-                                         options={"cpp_wrapper": True} if cpu else None)
+    def decode_step(*args, **kwargs):
+        return model.forward(*args, **kwargs)
+    model._compiled_step = compile_own(decode_step, dynamic=True, fullgraph=True,
+                                       options={"cpp_wrapper": True} if cpu else None)
     if not warm_up:
         return 0.0
     from .engine import generate_ids

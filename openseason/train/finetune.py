@@ -145,7 +145,7 @@ def train_config(opts: dict, progress: bool) -> TrainConfig:
         grad_clip=opts["grad_clip"], save_every=opts["save_every"], keep_last=opts["keep_last"],
         keep_optimizer=bool(opts["keep_optimizer"]), eval_every=opts["eval_every"], seed=int(opts["seed"]),
         device=opts["device"], precision=opts["precision"],
-        gradient_checkpointing=bool(opts["gradient_checkpointing"]), compile=bool(opts.get("compile")),
+        gradient_checkpointing=bool(opts["gradient_checkpointing"]), compile=bool(opts["compile"]),
         progress=progress)
 
 

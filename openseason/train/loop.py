@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -93,16 +94,25 @@ from .objectives.sft import SFTObjective, token_loss_sum  # noqa: E402,F401 (tok
 
 
 def compile_blocks(model) -> None:
-    """torch.compile each transformer block in place (nn.Module.compile: parameter names, state dicts
-    and checkpoints are unchanged), and the output head with its cross-entropy as one function (the
-    SFT loss then fuses the [tokens, vocab] softmax with the head's epilogue, adapter-v2's scale
-    included). Pieces, not the whole model: one graph serves every layer, the optimizer and the data
-    path stay eager, and dynamic shapes let batches of any length through without recompiling. The
-    first steps pay the compile (seconds to a minute)."""
+    """torch.compile each transformer block's forward in place (parameter names, state dicts and
+    checkpoints are unchanged; a forward a method replaced, as Flamingo's, is the one compiled), and
+    the output head with its cross-entropy as one function (the SFT loss then fuses the [tokens, vocab]
+    softmax with the head's epilogue, adapter-v2's scale included). Pieces, not the whole model: one
+    graph serves every layer, the optimizer and the data path stay eager, and dynamic shapes let batches
+    of any length through without recompiling. The blocks compile through a function of this model's
+    own (generation.speed.compile_own), so other models in the process neither share nor crowd out its
+    graphs. The first steps pay the compile (seconds to a minute)."""
+    from ..generation.speed import compile_own
     from .objectives.sft import compile_head_loss
 
+    if getattr(model, "_compiled_head_loss", None) is not None:
+        return   # compiled already (a second train() on the same model)
+
+    def block_forward(forward, *args, **kwargs):
+        return forward(*args, **kwargs)
+    compiled = compile_own(block_forward, dynamic=True)
     for block in model.blocks:
-        block.compile(dynamic=True)
+        block.forward = functools.partial(compiled, block.forward)
     compile_head_loss(model)
 
 

@@ -14,7 +14,9 @@ def _ce_sum(lm_head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
 def compile_head_loss(model) -> None:
     """Make `token_loss_sum` run the output head and its cross-entropy through torch.compile for this
     model (train.loop.compile_blocks does this for --compile)."""
-    model._compiled_head_loss = torch.compile(_ce_sum, dynamic=True)
+    from ...generation.speed import compile_own
+
+    model._compiled_head_loss = compile_own(_ce_sum, dynamic=True)
 
 
 def token_loss_sum(model, batch: dict, chunk: int = 4096, *, inputs_embeds=None,
