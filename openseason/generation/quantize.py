@@ -60,7 +60,13 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", scale.float())
         self.register_buffer("scale_bf16", scale.to(torch.bfloat16))
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-        self.packed = _int8pack_works(qweight.device)
+        # "int8pack": torch's int8 x bf16 kernel; "dequantize": the fallback; "openseason": our CPU kernel
+        # (generation.cpu_kernels: fp32 activations, 1-16 rows; more go to int8pack inside it), set by
+        # prepare_for_decoding where it builds.
+        # torch 2.13's int8pack kernel crashes (SIGSEGV) on several rows when in_features is not a
+        # multiple of 16; such layers dequantize.
+        self.kernel = ("int8pack" if self.in_features % 16 == 0 and _int8pack_works(qweight.device)
+                       else "dequantize")
 
     @staticmethod
     def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,7 +85,9 @@ class Int8Linear(nn.Module):
         return self.qweight.to(dtype) * self.scale.to(dtype)[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed:
+        if self.kernel == "openseason" and x.dtype == torch.float32:
+            return torch.ops.openseason.decode_linear_int8(x, self.qweight, self.scale, self.bias)
+        if self.kernel == "int8pack":
             flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
             y = torch._weight_int8pack_mm(flat, self.qweight, self.scale_bf16)
             y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
@@ -89,7 +97,7 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"kernel={'int8pack' if self.packed else 'dequantize'}")
+                f"kernel={self.kernel}")
 
 
 class Int8DynamicLinear(nn.Module):

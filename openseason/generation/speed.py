@@ -23,6 +23,7 @@ import types
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..errors import OpenseasonError
 
@@ -43,22 +44,40 @@ def _relayout_linear(module: nn.Linear) -> bool:
     return True
 
 
+def _decode_kernel_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    # Training through a decoding-prepared model still gets autograd: the kernels have none.
+    if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+        return F.linear(x, self.weight, self.bias)
+    return torch.ops.openseason.decode_linear(x, self.weight, self.bias)
+
+
 def prepare_for_decoding(model: nn.Module) -> int:
-    """Re-store fp32 CPU linear weights in the layout that batch-1 decoding reads fastest; returns how
-    many were changed. Idempotent; a no-op on GPUs. Tied weights (lm_head = embed) are left alone
-    so the embedding lookup keeps its row-major rows."""
+    """Re-store fp32 CPU linear weights in the layout that batch-1 decoding reads fastest, and, where
+    our CPU kernels build (generation.cpu_kernels), route those layers and int8 weight-only layers
+    through them for batches of 2-16 rows; returns how many weights were re-stored. Idempotent; a
+    no-op on GPUs. Tied weights (lm_head = embed) are left alone so the embedding lookup keeps its
+    row-major rows."""
     if getattr(model, "_decode_layout", False):
         return 0
+    from . import cpu_kernels
+    from .quantize import Int8Linear
+
     tied = set()
     embed = getattr(model, "embed", None)
     if embed is not None:
         tied.add(id(embed.weight))
-    changed = 0
+    changed = []
     for module in model.modules():
-        if isinstance(module, nn.Linear) and id(module.weight) not in tied:
-            changed += _relayout_linear(module)
+        if isinstance(module, nn.Linear) and id(module.weight) not in tied and _relayout_linear(module):
+            changed.append(module)
+    int8 = [m for m in model.modules() if isinstance(m, Int8Linear) and m.qweight.device.type == "cpu"]
+    if (changed or int8) and cpu_kernels.available():
+        for module in changed:
+            module.forward = types.MethodType(_decode_kernel_forward, module)
+        for module in int8:
+            module.kernel = "openseason"
     model._decode_layout = True
-    return changed
+    return len(changed)
 
 
 def decode_forward(model: nn.Module):

@@ -34,7 +34,7 @@ def test_int8_rounding_bound_and_kernel_matches_reference():
     reference = nn.functional.linear(x, q.dequantized_weight(), linear.bias)
     # The int8 kernel takes a bf16 activation: the product is within bf16 rounding of the reference.
     assert torch.allclose(q(x), reference, atol=2e-2, rtol=1e-2)
-    q.packed = False
+    q.kernel = "dequantize"
     assert torch.allclose(q(x), reference, atol=1e-5)
 
 
@@ -109,3 +109,13 @@ def test_int8_dynamic_refuses_a_model_off_the_cpu():
     model = nn.Sequential(nn.Linear(8, 4, device="meta"))
     with pytest.raises(OpenseasonError, match="CPU only; the model is on \\['meta'\\]"):
         quantize(model, "int8-dynamic")
+
+
+def test_int8_layer_with_an_odd_input_width_prefills():
+    """torch's int8pack kernel crashes on several rows when in_features is not a multiple of 16: such a
+    layer dequantizes instead (a prefill of 17 rows once killed the process)."""
+    linear = nn.Linear(37, 100)
+    q = Int8Linear.from_linear(linear)
+    assert q.kernel == "dequantize"
+    x = torch.randn(17, 37)
+    torch.testing.assert_close(q(x), nn.functional.linear(x, q.dequantized_weight(), linear.bias), atol=1e-5, rtol=1e-5)

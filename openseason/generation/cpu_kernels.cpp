@@ -1,0 +1,295 @@
+// Decode-time linear layers for x86 CPUs: y = x @ W.T (+ bias) for a few activation rows against a
+// row-major weight, fp32 or int8 with one fp32 scale per output row. Built on first use by
+// cpu_kernels.py; see its docstring for why these exist. Registered as torch ops
+// (openseason::decode_linear, openseason::decode_linear_int8) so a compiled decode step calls them
+// through the dispatcher with no Python in between.
+//
+// The shape of the work: a weight row is read once per call and used for every activation row, so
+// batch 8 costs about what batch 1 costs (the weight read), where BLAS's matrix-matrix path repacks
+// the whole weight per call. Tiles: ROWS weight rows x up to BT activation rows of accumulators; the
+// ROWS weight vectors loaded at one position are multiplied with each of the BT activation vectors.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <cstdint>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define OS_LANES 16
+typedef __m512 vec;
+static inline vec vzero() { return _mm512_setzero_ps(); }
+static inline vec vload(const float* p) { return _mm512_loadu_ps(p); }
+static inline vec vload_i8(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+static inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+static inline float vsum(vec v) { return _mm512_reduce_add_ps(v); }
+static inline vec vset1(float f) { return _mm512_set1_ps(f); }
+static inline void vstore(float* p, vec v) { _mm512_storeu_ps(p, v); }
+static inline vec vadd(vec a, vec b) { return _mm512_add_ps(a, b); }
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define OS_LANES 8
+typedef __m256 vec;
+static inline vec vzero() { return _mm256_setzero_ps(); }
+static inline vec vload(const float* p) { return _mm256_loadu_ps(p); }
+static inline vec vload_i8(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+static inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+static inline float vsum(vec v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+static inline vec vset1(float f) { return _mm256_set1_ps(f); }
+static inline void vstore(float* p, vec v) { _mm256_storeu_ps(p, v); }
+static inline vec vadd(vec a, vec b) { return _mm256_add_ps(a, b); }
+#else
+#define OS_LANES 1
+typedef float vec;
+static inline vec vzero() { return 0.f; }
+static inline vec vload(const float* p) { return *p; }
+static inline vec vload_i8(const int8_t* p) { return static_cast<float>(*p); }
+static inline vec vfma(vec a, vec b, vec c) { return a * b + c; }
+static inline float vsum(vec v) { return v; }
+static inline vec vset1(float f) { return f; }
+static inline void vstore(float* p, vec v) { *p = v; }
+static inline vec vadd(vec a, vec b) { return a + b; }
+#endif
+
+namespace {
+
+constexpr int ROWS = 4;       // weight rows per tile
+constexpr int BT = 4;         // activation rows per tile
+constexpr int64_t MAX_BATCH = 16;   // more rows than this go to BLAS (prefill)
+// How far ahead (in weight rows) col_tile prefetches: 24-32 measured best for pythia-70m's output
+// layer at batch 4-8 on one and two threads (8 was 1.9x slower, 64 1.3x).
+constexpr int64_t PREFETCH_ROWS = 32;
+
+static inline vec load_w(const float* p) { return vload(p); }
+static inline vec load_w(const int8_t* p) { return vload_i8(p); }
+static inline float scalar_w(float w) { return w; }
+static inline float scalar_w(int8_t w) { return static_cast<float>(w); }
+
+// y[b, o] = scale[o] * sum_i x[b, i] * w[o, i] + bias[o] for o in [o0, o0 + ROWS) (rows past `out`
+// read row o0 again and are not written), b in [b0, b0 + NB).
+template <typename W, int NB>
+static inline void tile(const float* x, const W* w, const float* scale, const float* bias, float* y,
+                        int64_t b0, int64_t o0, int64_t in, int64_t out) {
+  const W* wr[ROWS];
+  for (int r = 0; r < ROWS; r++) wr[r] = w + (o0 + r < out ? o0 + r : o0) * in;
+  const float* xb[NB];
+  for (int b = 0; b < NB; b++) xb[b] = x + (b0 + b) * in;
+  vec acc[ROWS][NB];
+  for (int r = 0; r < ROWS; r++)
+    for (int b = 0; b < NB; b++) acc[r][b] = vzero();
+  int64_t i = 0;
+  for (; i + OS_LANES <= in; i += OS_LANES) {
+    vec wv[ROWS];
+    for (int r = 0; r < ROWS; r++) wv[r] = load_w(wr[r] + i);
+    for (int b = 0; b < NB; b++) {
+      vec xv = vload(xb[b] + i);
+      for (int r = 0; r < ROWS; r++) acc[r][b] = vfma(wv[r], xv, acc[r][b]);
+    }
+  }
+  for (int r = 0; r < ROWS; r++) {
+    if (o0 + r >= out) break;
+    for (int b = 0; b < NB; b++) {
+      float s = vsum(acc[r][b]);
+      for (int64_t j = i; j < in; j++) s += scalar_w(wr[r][j]) * xb[b][j];
+      if (scale) s *= scale[o0 + r];
+      if (bias) s += bias[o0 + r];
+      y[(b0 + b) * out + o0 + r] = s;
+    }
+  }
+}
+
+template <typename W>
+static void rows_range(const float* x, const W* w, const float* scale, const float* bias, float* y,
+                       int64_t batch, int64_t in, int64_t out, int64_t blk_begin, int64_t blk_end) {
+  for (int64_t blk = blk_begin; blk < blk_end; blk++) {
+    const int64_t o0 = blk * ROWS;
+    int64_t b0 = 0;
+    for (; b0 + BT <= batch; b0 += BT) tile<W, BT>(x, w, scale, bias, y, b0, o0, in, out);
+    switch (batch - b0) {
+      case 1: tile<W, 1>(x, w, scale, bias, y, b0, o0, in, out); break;
+      case 2: tile<W, 2>(x, w, scale, bias, y, b0, o0, in, out); break;
+      case 3: tile<W, 3>(x, w, scale, bias, y, b0, o0, in, out); break;
+      default: break;
+    }
+  }
+}
+
+template <typename W>
+static at::Tensor run(const at::Tensor& x2, const at::Tensor& weight, const float* scale,
+                      const c10::optional<at::Tensor>& bias, c10::IntArrayRef out_shape) {
+  const int64_t batch = x2.size(0), in = x2.size(1), out = weight.size(0);
+  at::Tensor y = at::empty({batch, out}, x2.options());
+  const float* xp = x2.data_ptr<float>();
+  const W* wp = weight.data_ptr<W>();
+  const float* bp = bias.has_value() && bias->defined() ? bias->data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  const int64_t blocks = (out + ROWS - 1) / ROWS;
+  // Grain: at least ~64 KB of weight per task, so small matrices stay on one thread.
+  const int64_t bytes_per_block = ROWS * in * static_cast<int64_t>(sizeof(W));
+  const int64_t grain = std::max<int64_t>(1, (64 * 1024) / std::max<int64_t>(1, bytes_per_block));
+  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+    rows_range<W>(xp, wp, scale, bp, yp, batch, in, out, begin, end);
+  });
+  return y.view(out_shape);
+}
+
+// Column-major weights (storage [in, out], as prepare_for_decoding stores the matrices whose output
+// is longer than their input): vectors run along the outputs, so a tile of J vectors of outputs x NB
+// activation rows accumulates without horizontal sums; each position i loads J weight vectors and
+// broadcasts NB activation values. NB * J <= 24 accumulators fit the 32 AVX-512 registers.
+template <int NB, int J>
+static inline void col_tile(const float* x, const float* wt, const float* bias, float* y,
+                            int64_t b0, int64_t o0, int64_t in, int64_t out) {
+  vec acc[NB][J];
+  for (int b = 0; b < NB; b++)
+    for (int j = 0; j < J; j++) acc[b][j] = vzero();
+  const float* xb = x + b0 * in;
+  for (int64_t i = 0; i < in; i++) {
+    const float* wrow = wt + i * out + o0;
+#if defined(__AVX512F__) || defined(__AVX2__)
+    // The next rows of this tile are a whole row length apart: too far for the hardware prefetcher.
+    if (i + PREFETCH_ROWS < in)
+      for (int j = 0; j < J; j++)
+        _mm_prefetch(reinterpret_cast<const char*>(wrow + PREFETCH_ROWS * out + j * OS_LANES), _MM_HINT_T0);
+#endif
+    vec wv[J];
+    for (int j = 0; j < J; j++) wv[j] = vload(wrow + j * OS_LANES);
+    for (int b = 0; b < NB; b++) {
+      const vec xv = vset1(xb[b * in + i]);
+      for (int j = 0; j < J; j++) acc[b][j] = vfma(wv[j], xv, acc[b][j]);
+    }
+  }
+  for (int b = 0; b < NB; b++)
+    for (int j = 0; j < J; j++) {
+      vec v = acc[b][j];
+      if (bias) v = vadd(v, vload(bias + o0 + j * OS_LANES));
+      vstore(y + (b0 + b) * out + o0 + j * OS_LANES, v);
+    }
+}
+
+template <int NB>
+static void col_rows(const float* x, const float* wt, const float* bias, float* y, int64_t b0,
+                     int64_t o_begin, int64_t o_end, int64_t in, int64_t out) {
+  constexpr int J = NB <= 2 ? 8 : NB == 3 ? 6 : NB == 4 ? 5 : NB <= 6 ? 4 : 3;
+  int64_t o = o_begin;
+  for (; o + J * OS_LANES <= o_end; o += J * OS_LANES) col_tile<NB, J>(x, wt, bias, y, b0, o, in, out);
+  for (; o + OS_LANES <= o_end; o += OS_LANES) col_tile<NB, 1>(x, wt, bias, y, b0, o, in, out);
+  for (; o < o_end; o++)
+    for (int b = 0; b < NB; b++) {
+      float s = 0.f;
+      for (int64_t i = 0; i < in; i++) s += x[(b0 + b) * in + i] * wt[i * out + o];
+      y[(b0 + b) * out + o] = s + (bias ? bias[o] : 0.f);
+    }
+}
+
+static at::Tensor run_col(const at::Tensor& x2, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                          c10::IntArrayRef out_shape) {
+  const int64_t batch = x2.size(0), in = x2.size(1), out = weight.size(0);
+  at::Tensor y = at::empty({batch, out}, x2.options());
+  const float* xp = x2.data_ptr<float>();
+  const float* wp = weight.data_ptr<float>();
+  const float* bp = bias.has_value() && bias->defined() ? bias->data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  constexpr int64_t CHUNK = 24 * OS_LANES;   // outputs per task: a multiple of every tile width
+  const int64_t chunks = (out + CHUNK - 1) / CHUNK;
+  const int64_t grain = std::max<int64_t>(1, (64 * 1024) / (CHUNK * in * 4));
+  at::parallel_for(0, chunks, grain, [&](int64_t begin, int64_t end) {
+    const int64_t o_begin = begin * CHUNK, o_end = std::min(out, end * CHUNK);
+    int64_t b0 = 0;
+    for (; b0 + 8 <= batch; b0 += 8) col_rows<8>(xp, wp, bp, yp, b0, o_begin, o_end, in, out);
+    switch (batch - b0) {
+      case 1: col_rows<1>(xp, wp, bp, yp, b0, o_begin, o_end, in, out); break;
+      case 2: col_rows<2>(xp, wp, bp, yp, b0, o_begin, o_end, in, out); break;
+      case 3: col_rows<3>(xp, wp, bp, yp, b0, o_begin, o_end, in, out); break;
+      case 4: col_rows<4>(xp, wp, bp, yp, b0, o_begin, o_end, in, out); break;
+      case 5: col_rows<5>(xp, wp, bp, yp, b0, o_begin, o_end, in, out); break;
+      case 6: col_rows<6>(xp, wp, bp, yp, b0, o_begin, o_end, in, out); break;
+      case 7: col_rows<7>(xp, wp, bp, yp, b0, o_begin, o_end, in, out); break;
+      default: break;
+    }
+  });
+  return y.view(out_shape);
+}
+
+static std::vector<int64_t> output_shape(const at::Tensor& x, int64_t out) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = out;
+  return shape;
+}
+
+static bool kernel_applies(const at::Tensor& x, const at::Tensor& weight,
+                           const c10::optional<at::Tensor>& bias) {
+  if (x.device().type() != c10::DeviceType::CPU || x.scalar_type() != at::kFloat || x.dim() < 1) return false;
+  if (weight.dim() != 2 || weight.size(1) != x.size(-1)) return false;
+  if (bias.has_value() && bias->defined() && (bias->scalar_type() != at::kFloat || !bias->is_contiguous()))
+    return false;
+  const int64_t rows = x.numel() / std::max<int64_t>(1, x.size(-1));
+  return rows >= 1 && rows <= MAX_BATCH;
+}
+
+static bool column_major(const at::Tensor& w) {
+  return w.stride(0) == 1 && w.stride(1) == w.size(0);
+}
+
+// fp32: column-major weights with 2-8 activation rows take col_tile; row-major weights and one row
+// stay with torch (BLAS's matrix-vector path reads at the bandwidth limit there; measured in
+// BENCHMARKS.md), as does everything the kernels do not cover.
+at::Tensor decode_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  const int64_t rows = x.numel() / std::max<int64_t>(1, x.size(-1));
+  if (!kernel_applies(x, weight, bias) || weight.scalar_type() != at::kFloat || !column_major(weight) ||
+      rows < 2)
+    return at::linear(x, weight, bias);
+  const at::Tensor x2 = x.reshape({-1, x.size(-1)}).contiguous();
+  return run_col(x2, weight, bias, output_shape(x, weight.size(0)));
+}
+
+at::Tensor decode_linear_rowmajor(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  if (!kernel_applies(x, weight, bias) || weight.scalar_type() != at::kFloat || !weight.is_contiguous())
+    return at::linear(x, weight, bias);
+  const at::Tensor x2 = x.reshape({-1, x.size(-1)}).contiguous();
+  return run<float>(x2, weight, nullptr, bias, output_shape(x, weight.size(0)));
+}
+
+at::Tensor decode_linear_int8(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
+                              const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(qweight.scalar_type() == at::kChar && qweight.dim() == 2, "decode_linear_int8: qweight must be int8 [out, in]");
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.numel() == qweight.size(0) && scale.is_contiguous(),
+              "decode_linear_int8: scale must be fp32 [out]");
+  if (!kernel_applies(x, qweight, bias) || !qweight.is_contiguous()) {
+    // Prefill and the rest: torch's int8 x bf16 kernel where it has one (quantize.Int8Linear's path).
+    at::Tensor x2 = x.reshape({-1, x.size(-1)});
+    at::Tensor y;
+    // (torch 2.13's int8pack kernel crashes on several rows when `in` is not a multiple of 16)
+    if (x.device().type() == c10::DeviceType::CPU && qweight.is_contiguous() && qweight.size(1) % 16 == 0) {
+      y = at::_weight_int8pack_mm(x2.to(at::kBFloat16), qweight, scale.to(at::kBFloat16)).to(x.scalar_type());
+    } else {
+      y = at::linear(x2, qweight.to(x.scalar_type()) * scale.to(x.scalar_type()).unsqueeze(1));
+    }
+    if (bias.has_value() && bias->defined()) y = y + bias->to(y.scalar_type());
+    return y.view(output_shape(x, qweight.size(0)));
+  }
+  const at::Tensor x2 = x.reshape({-1, x.size(-1)}).contiguous();
+  return run<int8_t>(x2, qweight, scale.data_ptr<float>(), bias, output_shape(x, qweight.size(0)));
+}
+
+}  // namespace
+
+TORCH_LIBRARY(openseason, m) {
+  m.def("decode_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("decode_linear_int8(Tensor x, Tensor qweight, Tensor scale, Tensor? bias) -> Tensor");
+  m.def("decode_linear_rowmajor(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(openseason, CPU, m) {
+  m.impl("decode_linear", &decode_linear);
+  m.impl("decode_linear_int8", &decode_linear_int8);
+  m.impl("decode_linear_rowmajor", &decode_linear_rowmajor);
+}

@@ -1,0 +1,132 @@
+"""Our own CPU kernels for the linear layers of a decode step (cpu_kernels.cpp), built on first use.
+
+A decode step multiplies a few activation rows (one per sequence in the running batch) by every
+weight matrix. With one row, torch's BLAS reads the weight near the memory-bandwidth limit. With 2-16
+rows it switches to its matrix-matrix path, which repacks the whole weight on every call: at batch 8
+pythia-70m's 50k-row output layer took 4x its batch-1 time on our CPU (BENCHMARKS.md, "Decoding"),
+where the weight read should make it about the same. The kernels here read each row-major weight row
+once per call and multiply it with every activation row while it is in the L1 cache, for fp32 weights
+and for int8 weights with one scale per output row (the layout of quantize.Int8Linear). They run on
+torch's own thread pool (at::parallel_for) and are registered as torch ops, `openseason::decode_linear`
+and `openseason::decode_linear_int8`, with shape functions, so torch.compile puts them in the compiled
+decode step as calls without Python. More than 16 rows (prefill), other dtypes or devices go to
+torch's own product inside the op.
+
+    available()                 True once built and loaded (builds on first call; None of the error)
+    status()                    "loaded from ..." / why not
+    decode_linear(x, w, b)      = F.linear(x, w, b), fp32, w contiguous [out, in]
+    decode_linear_int8(x, q, scale, b) = F.linear(x, q * scale[:, None], b)
+
+Building: torch.utils.cpp_extension with `-O3 -march=native` (AVX-512 or AVX2 + FMA where the CPU has
+them, a plain loop otherwise), about 20 s once, into the user's cache (OPENSEASON_CACHE, else
+$XDG_CACHE_HOME/openseason, else ~/.cache/openseason) under a name made of the source's hash, the
+CPU's flags and the torch version, so a new source, CPU or torch builds anew; torch's build lock keeps
+two first users from loading a half-built library. It needs a C++ compiler and ninja; without them,
+or with OPENSEASON_CPU_KERNELS=0, decoding uses torch's products (prepare_for_decoding's layout)
+and `status()` says why. Sums run in another order than BLAS: results agree with F.linear to float32
+rounding, not bit for bit.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
+MAX_ROWS = 16                     # as MAX_BATCH in the source: more rows go to torch's product
+_state: dict = {"tried": False, "ok": False, "status": "not built yet"}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("OPENSEASON_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "openseason")
+    return Path(root) / "cpu_kernels"
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _build_name() -> str:
+    digest = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), _cpu_flags().encode(), torch.__version__.encode(), platform.python_version().encode()):
+        digest.update(part)
+        digest.update(b"\0")
+    return f"openseason_cpu_kernels_{digest.hexdigest()[:16]}"
+
+
+def _register_shapes() -> None:
+    """Shape functions for torch.compile's tracing (the ops have no autograd: decoding only)."""
+    @torch.library.register_fake("openseason::decode_linear")
+    def _(x, weight, bias):
+        return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+    @torch.library.register_fake("openseason::decode_linear_int8")
+    def _(x, qweight, scale, bias):
+        return x.new_empty(*x.shape[:-1], qweight.shape[0])
+
+
+def _put_ninja_on_path() -> None:
+    """torch's build runs `ninja` from PATH; the pip wheel's binary sits next to the interpreter of a
+    virtual environment that was not activated (`.venv/bin/python ...`)."""
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja
+        directory = ninja.BIN_DIR
+    except (ImportError, AttributeError):
+        directory = os.path.dirname(sys.executable)
+    os.environ["PATH"] = directory + os.pathsep + os.environ.get("PATH", "")
+
+
+def available() -> bool:
+    """Build (once per process; from the cache after the first time) and load the kernels."""
+    if _state["tried"]:
+        return _state["ok"]
+    _state["tried"] = True
+    if os.environ.get("OPENSEASON_CPU_KERNELS", "1") == "0":
+        _state["status"] = "off (OPENSEASON_CPU_KERNELS=0)"
+        return False
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        _state["status"] = f"not built: written for x86 CPUs, this is {platform.machine()}"
+        return False
+    try:
+        from torch.utils.cpp_extension import load
+        _put_ninja_on_path()
+        name = _build_name()
+        build = cache_dir() / name
+        build.mkdir(parents=True, exist_ok=True)
+        load(name=name, sources=[str(SOURCE)], extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
+             build_directory=str(build), is_python_module=False, verbose=False)
+        _register_shapes()
+    except Exception as exc:  # no compiler, no ninja, a failed build: decoding stays on torch's products
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _state["status"] = f"not built ({type(exc).__name__}: {first[:200]}); decoding uses torch's products"
+        return False
+    _state["ok"] = True
+    _state["status"] = f"loaded from {build}"
+    return True
+
+
+def status() -> str:
+    return _state["status"]
+
+
+def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    return torch.ops.openseason.decode_linear(x, weight, bias)
+
+
+def decode_linear_int8(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
+                       bias: torch.Tensor | None = None) -> torch.Tensor:
+    return torch.ops.openseason.decode_linear_int8(x, qweight, scale, bias)

@@ -1,0 +1,134 @@
+"""Our CPU decode kernels (generation.cpu_kernels): the same products as torch's F.linear for every
+row count, shape and tail the decode step can hand them, the int8 weight-only layout against its
+dequantized reference, the model paths that use them (eager, compiled, training through a prepared
+model), and a clear fallback where they cannot be built."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from openseason.generation import cpu_kernels
+
+pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason=f"CPU kernels: {cpu_kernels.status()}")
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _column_major(out_features: int, in_features: int, seed: int = 0) -> torch.Tensor:
+    weight = torch.randn(out_features, in_features, generator=torch.Generator().manual_seed(seed))
+    return weight.t().contiguous().t()      # prepare_for_decoding's layout for out > in
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 7, 8, 9, 16, 40])
+@pytest.mark.parametrize("shape", [(50, 7), (384, 64), (1000, 96), (4099, 33)])
+def test_fp32_kernel_matches_f_linear(rows, shape):
+    out_features, in_features = shape
+    weight = _column_major(out_features, in_features)
+    bias = torch.randn(out_features)
+    x = torch.randn(rows, in_features)
+    for b in (bias, None):
+        torch.testing.assert_close(cpu_kernels.decode_linear(x, weight, b), F.linear(x, weight, b),
+                                   atol=1e-4, rtol=1e-5)
+    # a decode step's activations are [batch, 1, features]
+    x3 = x.reshape(rows, 1, in_features)
+    got = cpu_kernels.decode_linear(x3, weight, bias)
+    assert got.shape == (rows, 1, out_features)
+    torch.testing.assert_close(got, F.linear(x3, weight, bias), atol=1e-4, rtol=1e-5)
+
+
+def test_fp32_kernel_falls_back_for_what_it_does_not_cover():
+    weight = torch.randn(96, 32)                        # row-major: torch's product
+    x = torch.randn(4, 32)
+    torch.testing.assert_close(cpu_kernels.decode_linear(x, weight, None), F.linear(x, weight))
+    wc = weight.t().contiguous().t()
+    xb = x.to(torch.bfloat16)                           # other dtypes: torch's product
+    assert cpu_kernels.decode_linear(xb, wc.to(torch.bfloat16), None).dtype == torch.bfloat16
+    strided = torch.randn(4, 64)[:, ::2]                # a non-contiguous activation is made contiguous
+    torch.testing.assert_close(cpu_kernels.decode_linear(strided, wc, None), F.linear(strided, wc),
+                               atol=1e-4, rtol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 12), out_features=st.integers(1, 300), in_features=st.integers(1, 70),
+       bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_fp32_kernel_property(rows, out_features, in_features, bias, seed):
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(out_features, in_features, generator=g).t().contiguous().t()
+    b = torch.randn(out_features, generator=g) if bias else None
+    x = torch.randn(rows, in_features, generator=g)
+    torch.testing.assert_close(cpu_kernels.decode_linear(x, weight, b), F.linear(x, weight, b),
+                               atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 4, 5, 8, 13, 16, 17, 64])
+@pytest.mark.parametrize("shape", [(48, 64), (100, 37), (1030, 512)])
+def test_int8_kernel_matches_dequantized_reference(rows, shape):
+    from openseason.generation.quantize import Int8Linear
+
+    out_features, in_features = shape
+    linear = torch.nn.Linear(in_features, out_features)
+    q = Int8Linear.from_linear(linear)
+    x = torch.randn(rows, in_features)
+    reference = F.linear(x, q.dequantized_weight(), linear.bias)
+    got = cpu_kernels.decode_linear_int8(x, q.qweight, q.scale, q.bias)
+    if rows <= cpu_kernels.MAX_ROWS:      # our kernel: fp32 activations, so fp32 rounding only
+        torch.testing.assert_close(got, reference, atol=1e-4, rtol=1e-5)
+    else:                                  # prefill goes to torch's int8 x bf16 kernel inside the op
+        torch.testing.assert_close(got, reference, atol=3e-2, rtol=2e-2)
+
+
+def test_prepared_model_uses_the_kernels_and_still_trains(neox_pair):
+    from openseason import LLM
+    from openseason.checkpoint import load_model
+
+    llm = LLM.load(neox_pair[1], device="cpu")
+    plain = load_model(neox_pair[1])
+    routed = [m for m in llm.model.modules() if isinstance(m, torch.nn.Linear) and "forward" in vars(m)]
+    assert routed, "prepare_for_decoding routed no layer through the kernels"
+    ids = torch.randint(0, llm.config.vocab_size, (6, 1), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        torch.testing.assert_close(llm.model(ids), plain(ids), atol=1e-4, rtol=1e-5)
+    # training through the same model: the kernels have no autograd, so the layers fall back to F.linear
+    llm.model.train()
+    loss = llm.model(ids.reshape(2, 3)).logsumexp(-1).mean()
+    loss.backward()
+    assert all(p.grad is not None for p in llm.model.parameters() if p.requires_grad and p.dim() == 2
+               and p is not llm.model.embed.weight)
+
+
+def test_int8_model_routes_through_the_kernel(neox_pair):
+    from openseason import LLM
+    from openseason.generation.quantize import Int8Linear
+
+    llm = LLM.load(neox_pair[1], device="cpu", quantize="int8")
+    kernels = {m.kernel for m in llm.model.modules() if isinstance(m, Int8Linear)}
+    assert kernels == {"openseason"}
+    # batch 1 and a batched call give the rows' own results
+    ids = torch.randint(0, llm.config.vocab_size, (5, 1), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        together = llm.model(ids)
+        alone = torch.cat([llm.model(ids[i:i + 1]) for i in range(5)])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+
+
+def _fresh_python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env})
+
+
+def test_switched_off_or_unbuildable_kernels_leave_torch_products(tmp_path):
+    code = ("from openseason.generation import cpu_kernels as k; print(k.available()); print(k.status())")
+    off = _fresh_python(code, OPENSEASON_CPU_KERNELS="0")
+    assert off.returncode == 0 and off.stdout.splitlines() == ["False", "off (OPENSEASON_CPU_KERNELS=0)"]
+    broken = _fresh_python(code, OPENSEASON_CACHE=str(tmp_path), CXX="/bin/false")
+    assert broken.returncode == 0, broken.stderr
+    lines = broken.stdout.splitlines()
+    assert lines[0] == "False" and lines[1].startswith("not built (") and "torch's products" in lines[1]
