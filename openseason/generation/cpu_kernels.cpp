@@ -1,13 +1,14 @@
-// Decode-time linear layers for x86 CPUs: y = x @ W.T (+ bias) for a few activation rows against a
-// row-major weight, fp32 or int8 with one fp32 scale per output row. Built on first use by
-// cpu_kernels.py; see its docstring for why these exist. Registered as torch ops
-// (openseason::decode_linear, openseason::decode_linear_int8) so a compiled decode step calls them
-// through the dispatcher with no Python in between.
+// Decode-time linear layers for x86 CPUs: y = x @ W.T (+ bias) for a few activation rows (one per
+// sequence of a running batch). Built on first use by cpu_kernels.py; see its docstring for why these
+// exist. Registered as torch ops (openseason::decode_linear, openseason::decode_linear_int8) so a
+// compiled decode step calls them through the dispatcher with no Python in between.
 //
-// The shape of the work: a weight row is read once per call and used for every activation row, so
-// batch 8 costs about what batch 1 costs (the weight read), where BLAS's matrix-matrix path repacks
-// the whole weight per call. Tiles: ROWS weight rows x up to BT activation rows of accumulators; the
-// ROWS weight vectors loaded at one position are multiplied with each of the BT activation vectors.
+// The shape of the work: each weight element is read once per call and used for every activation
+// row while it is in a register, so batch 8 costs little more than batch 1 (the weight read), where
+// BLAS's matrix-matrix path repacks the whole weight per call.
+// - fp32 (decode_linear): column-major weights, 2-16 rows: col_tile (vectors along the outputs).
+// - int8 weight-only (decode_linear_int8): row-major int8 with one fp32 scale per output row, 1-16
+//   rows: tile (ROWS weight rows x up to BT activation rows, dot products along the input).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -251,12 +252,6 @@ at::Tensor decode_linear(const at::Tensor& x, const at::Tensor& weight, const c1
   return run_col(x2, weight, bias, output_shape(x, weight.size(0)));
 }
 
-at::Tensor decode_linear_rowmajor(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
-  if (!kernel_applies(x, weight, bias) || weight.scalar_type() != at::kFloat || !weight.is_contiguous())
-    return at::linear(x, weight, bias);
-  const at::Tensor x2 = x.reshape({-1, x.size(-1)}).contiguous();
-  return run<float>(x2, weight, nullptr, bias, output_shape(x, weight.size(0)));
-}
 
 at::Tensor decode_linear_int8(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
                               const c10::optional<at::Tensor>& bias) {
@@ -285,11 +280,9 @@ at::Tensor decode_linear_int8(const at::Tensor& x, const at::Tensor& qweight, co
 TORCH_LIBRARY(openseason, m) {
   m.def("decode_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   m.def("decode_linear_int8(Tensor x, Tensor qweight, Tensor scale, Tensor? bias) -> Tensor");
-  m.def("decode_linear_rowmajor(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(openseason, CPU, m) {
   m.impl("decode_linear", &decode_linear);
   m.impl("decode_linear_int8", &decode_linear_int8);
-  m.impl("decode_linear_rowmajor", &decode_linear_rowmajor);
 }
