@@ -377,11 +377,8 @@ def bench(name: str, args, threads: int | None) -> list[dict]:
             finally:
                 ours._compiled_step = step
         contenders = {"ours eager": run_eager, **contenders}
-        for mode, model in quantized.items():
-            if mode == "int8-dynamic":   # torch.compile cannot trace its quantized kernels
-                print("# ours int8-dynamic: eager (it does not compile)", flush=True)
-            else:
-                compile_decoding(model)
+        for model in quantized.values():
+            compile_decoding(model)
 
     def run_ours():
         return generate_ids(ours, batch_ids, params)[0].token_ids

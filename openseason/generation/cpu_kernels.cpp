@@ -220,6 +220,116 @@ static at::Tensor run_col(const at::Tensor& x2, const at::Tensor& weight, const 
   return y.view(out_shape);
 }
 
+static std::vector<int64_t> output_shape(const at::Tensor& x, int64_t out);
+
+// int8 x int8 (int8-dynamic): each activation row is rounded to int8 with its own scale
+// (max|x| / 127) and stored biased by +128 as uint8, because AVX-512 VNNI's vpdpbusd multiplies
+// unsigned by signed bytes, four pairs per 32-bit lane: sum_i (xq_i + 128) w_i = sum_i xq_i w_i +
+// 128 sum_i w_i, and the last term (wsum, per output row) is subtracted. Integer sums are exact;
+// y = x_scale * w_scale * (acc - 128 wsum) + bias.
+static inline int32_t dot_u8s8_tail(const uint8_t* xu, const int8_t* w, int64_t from, int64_t in) {
+  int32_t s = 0;
+  for (int64_t j = from; j < in; j++) s += static_cast<int32_t>(xu[j]) * static_cast<int32_t>(w[j]);
+  return s;
+}
+
+template <int NB>
+static inline void dyn_tile(const uint8_t* xu, const float* xscale, const int8_t* w, const float* wscale,
+                            const int32_t* wsum, const float* bias, float* y, int64_t b0, int64_t o0,
+                            int64_t in, int64_t in_pad, int64_t out) {
+  const int8_t* wr[ROWS];
+  for (int r = 0; r < ROWS; r++) wr[r] = w + (o0 + r < out ? o0 + r : o0) * in;
+  int32_t sums[ROWS][NB];
+  int64_t i = 0;
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+  __m512i acc[ROWS][NB];
+  for (int r = 0; r < ROWS; r++)
+    for (int b = 0; b < NB; b++) acc[r][b] = _mm512_setzero_si512();
+  for (; i + 64 <= in; i += 64) {
+    __m512i wv[ROWS];
+    for (int r = 0; r < ROWS; r++) wv[r] = _mm512_loadu_si512(wr[r] + i);
+    for (int b = 0; b < NB; b++) {
+      const __m512i xv = _mm512_loadu_si512(xu + (b0 + b) * in_pad + i);
+      for (int r = 0; r < ROWS; r++) acc[r][b] = _mm512_dpbusd_epi32(acc[r][b], xv, wv[r]);
+    }
+  }
+  for (int r = 0; r < ROWS; r++)
+    for (int b = 0; b < NB; b++) sums[r][b] = _mm512_reduce_add_epi32(acc[r][b]);
+#else
+  for (int r = 0; r < ROWS; r++)
+    for (int b = 0; b < NB; b++) sums[r][b] = 0;
+#endif
+  for (int r = 0; r < ROWS; r++) {
+    const int64_t o = o0 + r;
+    if (o >= out) break;
+    for (int b = 0; b < NB; b++) {
+      const int32_t total = sums[r][b] + dot_u8s8_tail(xu + (b0 + b) * in_pad, wr[r], i, in) - 128 * wsum[o];
+      float v = static_cast<float>(total) * xscale[b0 + b] * wscale[o];
+      if (bias) v += bias[o];
+      y[(b0 + b) * out + o] = v;
+    }
+  }
+}
+
+at::Tensor decode_linear_int8_dynamic(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& wscale,
+                                      const at::Tensor& wsum, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.device().type() == c10::DeviceType::CPU, "decode_linear_int8_dynamic runs on the CPU");
+  TORCH_CHECK(qweight.scalar_type() == at::kChar && qweight.dim() == 2 && qweight.is_contiguous(),
+              "decode_linear_int8_dynamic: qweight must be contiguous int8 [out, in]");
+  TORCH_CHECK(x.size(-1) == qweight.size(1), "decode_linear_int8_dynamic: x has ", x.size(-1),
+              " features, the weight ", qweight.size(1));
+  const int64_t in = qweight.size(1), out = qweight.size(0);
+  TORCH_CHECK(wscale.scalar_type() == at::kFloat && wscale.numel() == out && wscale.is_contiguous(),
+              "decode_linear_int8_dynamic: wscale must be fp32 [out]");
+  TORCH_CHECK(wsum.scalar_type() == at::kInt && wsum.numel() == out && wsum.is_contiguous(),
+              "decode_linear_int8_dynamic: wsum must be int32 [out]");
+  const at::Tensor xf = x.reshape({-1, in}).to(at::kFloat).contiguous();
+  const int64_t batch = xf.size(0);
+  const int64_t in_pad = (in + 63) / 64 * 64;
+  at::Tensor xu = at::empty({batch, in_pad}, xf.options().dtype(at::kByte));
+  at::Tensor xscale = at::empty({batch}, xf.options());
+  const float* xp = xf.data_ptr<float>();
+  uint8_t* xup = xu.data_ptr<uint8_t>();
+  float* xsp = xscale.data_ptr<float>();
+  for (int64_t b = 0; b < batch; b++) {
+    const float* row = xp + b * in;
+    float amax = 0.f;
+    for (int64_t i = 0; i < in; i++) amax = std::max(amax, std::abs(row[i]));
+    const float scale = amax > 0.f ? amax / 127.f : 1.f;
+    const float inv = 1.f / scale;
+    uint8_t* dst = xup + b * in_pad;
+    for (int64_t i = 0; i < in; i++) {
+      const float q = std::nearbyint(row[i] * inv);
+      dst[i] = static_cast<uint8_t>(static_cast<int32_t>(std::min(127.f, std::max(-127.f, q))) + 128);
+    }
+    for (int64_t i = in; i < in_pad; i++) dst[i] = 128;
+    xsp[b] = scale;
+  }
+  const at::Tensor bias_f = bias.has_value() && bias->defined() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  at::Tensor y = at::empty({batch, out}, xf.options());
+  const int8_t* wp = qweight.data_ptr<int8_t>();
+  const float* wsp = wscale.data_ptr<float>();
+  const int32_t* wsump = wsum.data_ptr<int32_t>();
+  const float* bp = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  const int64_t blocks = (out + ROWS - 1) / ROWS;
+  const int64_t grain = std::max<int64_t>(1, (64 * 1024) / std::max<int64_t>(1, ROWS * in));
+  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; blk++) {
+      const int64_t o0 = blk * ROWS;
+      int64_t b0 = 0;
+      for (; b0 + BT <= batch; b0 += BT) dyn_tile<BT>(xup, xsp, wp, wsp, wsump, bp, yp, b0, o0, in, in_pad, out);
+      switch (batch - b0) {
+        case 1: dyn_tile<1>(xup, xsp, wp, wsp, wsump, bp, yp, b0, o0, in, in_pad, out); break;
+        case 2: dyn_tile<2>(xup, xsp, wp, wsp, wsump, bp, yp, b0, o0, in, in_pad, out); break;
+        case 3: dyn_tile<3>(xup, xsp, wp, wsp, wsump, bp, yp, b0, o0, in, in_pad, out); break;
+        default: break;
+      }
+    }
+  });
+  return y.view(output_shape(x, out)).to(x.scalar_type());
+}
+
 static std::vector<int64_t> output_shape(const at::Tensor& x, int64_t out) {
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = out;
@@ -280,9 +390,11 @@ at::Tensor decode_linear_int8(const at::Tensor& x, const at::Tensor& qweight, co
 TORCH_LIBRARY(openseason, m) {
   m.def("decode_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   m.def("decode_linear_int8(Tensor x, Tensor qweight, Tensor scale, Tensor? bias) -> Tensor");
+  m.def("decode_linear_int8_dynamic(Tensor x, Tensor qweight, Tensor wscale, Tensor wsum, Tensor? bias) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(openseason, CPU, m) {
   m.impl("decode_linear", &decode_linear);
   m.impl("decode_linear_int8", &decode_linear_int8);
+  m.impl("decode_linear_int8_dynamic", &decode_linear_int8_dynamic);
 }

@@ -16,12 +16,15 @@ torch's own product inside the op.
     status()                    "loaded from ..." / why not
     decode_linear(x, w, b)      = F.linear(x, w, b), fp32, w contiguous [out, in]
     decode_linear_int8(x, q, scale, b) = F.linear(x, q * scale[:, None], b)
+    decode_linear_int8_dynamic(x, q, scale, q.sum(1), b)
+                                x's rows rounded to int8 too (quantize.Int8DynamicLinear), int32 sums
 
 Building: torch.utils.cpp_extension with `-O3 -march=native` (AVX-512 or AVX2 + FMA where the CPU has
 them, a plain loop otherwise), about 20 s once, into the user's cache (OPENSEASON_CACHE, else
 $XDG_CACHE_HOME/openseason, else ~/.cache/openseason) under a name made of the source's hash, the
-CPU's flags and the torch version, so a new source, CPU or torch builds anew; torch's build lock keeps
-two first users from loading a half-built library. It needs a C++ compiler and ninja; without them,
+CPU's flags and the torch version, so a new source, CPU or torch builds anew. Each build runs in a
+directory of its own and the library is renamed into place, so two first users never load a
+half-built file and a build killed half way blocks nothing. It needs a C++ compiler and ninja; without them,
 or with OPENSEASON_CPU_KERNELS=0, decoding uses torch's products (prepare_for_decoding's layout)
 and `status()` says why. Sums run in another order than BLAS: results agree with F.linear to float32
 rounding, not bit for bit.
@@ -33,6 +36,8 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -76,6 +81,10 @@ def _register_shapes() -> None:
     def _(x, qweight, scale, bias):
         return x.new_empty(*x.shape[:-1], qweight.shape[0])
 
+    @torch.library.register_fake("openseason::decode_linear_int8_dynamic")
+    def _(x, qweight, wscale, wsum, bias):
+        return x.new_empty(*x.shape[:-1], qweight.shape[0])
+
 
 def _put_ninja_on_path() -> None:
     """torch's build runs `ninja` from PATH; the pip wheel's binary sits next to the interpreter of a
@@ -90,6 +99,34 @@ def _put_ninja_on_path() -> None:
     os.environ["PATH"] = directory + os.pathsep + os.environ.get("PATH", "")
 
 
+def _build_or_reuse() -> Path:
+    """Load the built library from the cache, or build it in a directory of this process's own and
+    rename the result into place. No lock: two first users both build and the second rename wins with
+    the same file, and a build killed half way (kill -9) leaves only its own directory behind (torch's
+    build lock, left by a killed build, made every later build wait forever)."""
+    name = _build_name()
+    root = cache_dir()
+    library = root / f"{name}.so"
+    if library.exists():
+        torch.ops.load_library(str(library))
+        return library
+    from torch.utils.cpp_extension import load
+
+    _put_ninja_on_path()
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob("build-*"):   # builds killed more than a day ago
+        if time.time() - stale.stat().st_mtime > 86400:
+            shutil.rmtree(stale, ignore_errors=True)
+    build = Path(tempfile.mkdtemp(prefix="build-", dir=root))
+    try:
+        load(name=name, sources=[str(SOURCE)], extra_cflags=["-O3", "-march=native", "-fopenmp"],
+             extra_ldflags=["-fopenmp"], build_directory=str(build), is_python_module=False, verbose=False)
+        os.replace(build / f"{name}.so", library)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    return library
+
+
 def available() -> bool:
     """Build (once per process; from the cache after the first time) and load the kernels."""
     if _state["tried"]:
@@ -102,20 +139,14 @@ def available() -> bool:
         _state["status"] = f"not built: written for x86 CPUs, this is {platform.machine()}"
         return False
     try:
-        from torch.utils.cpp_extension import load
-        _put_ninja_on_path()
-        name = _build_name()
-        build = cache_dir() / name
-        build.mkdir(parents=True, exist_ok=True)
-        load(name=name, sources=[str(SOURCE)], extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
-             build_directory=str(build), is_python_module=False, verbose=False)
+        library = _build_or_reuse()
         _register_shapes()
     except Exception as exc:  # no compiler, no ninja, a failed build: decoding stays on torch's products
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         _state["status"] = f"not built ({type(exc).__name__}: {first[:200]}); decoding uses torch's products"
         return False
     _state["ok"] = True
-    _state["status"] = f"loaded from {build}"
+    _state["status"] = f"loaded from {library}"
     return True
 
 
@@ -130,3 +161,8 @@ def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 def decode_linear_int8(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
                        bias: torch.Tensor | None = None) -> torch.Tensor:
     return torch.ops.openseason.decode_linear_int8(x, qweight, scale, bias)
+
+
+def decode_linear_int8_dynamic(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, qweight_sum: torch.Tensor,
+                               bias: torch.Tensor | None = None) -> torch.Tensor:
+    return torch.ops.openseason.decode_linear_int8_dynamic(x, qweight, scale, qweight_sum, bias)

@@ -17,7 +17,7 @@ from typing import Iterator, Optional, Sequence, Union
 import torch
 
 from ..device import check_device
-from ..errors import ConfigError, OpenseasonError
+from ..errors import OpenseasonError
 from .engine import Completion, Decoder, generate_ids
 from .sampling import SamplingParams, as_params
 from .speed import compile_decoding, prepare_for_decoding
@@ -100,10 +100,6 @@ class LLM:
         from ..tokenizer import Tokenizer
 
         path = Path(path)
-        if compile and quantize == "int8-dynamic":
-            raise ConfigError("compile does not combine with int8-dynamic quantization: torch.compile cannot "
-                              "trace its quantized kernels", hint="use quantize int8 with compile, or "
-                                                                   "int8-dynamic without it")
         device = str(check_device(device or default_device()))
         model = load_model(path, device=device, dtype=parse_dtype(dtype))
         model.eval()

@@ -10,23 +10,21 @@ Int8 matmul path. Dequantizing the weight on every call (w.float() * scale) allo
 copy and measured 3-5x slower than plain fp32 on our CPU. torch's CPU kernel `_weight_int8pack_mm`
 reads the int8 weight directly; it is fast with a bf16 activation (2.5-3.5x faster than fp32 for
 Pythia-70m's matrices at batch 1, one thread) and slow with an fp32 one, so the activation is cast
-to bf16 for the product and the result back to fp32. Where that kernel is missing (old torch, other
-devices) the layer falls back to dequantizing (correct, not faster). The modules are for inference:
+to bf16 for the product and the result back to fp32. Decoding (1-16 rows, fp32 activations) goes
+instead to our own kernel where it builds (generation.cpu_kernels: the activation stays fp32,
+1.1-1.4x faster than int8pack; prepare_for_decoding switches it on). Where neither is available (old
+torch, other devices) the layer falls back to dequantizing (correct, not faster). The modules are for inference:
 a quantized model is not saved, trained or given PEFT methods.
 
 `quantize(model, "int8-dynamic")` also quantizes the activations: int8 weights (the same per-row
-symmetric rounding) and, on every call, the activation to int8 with one scale per call, multiplied in
-integer arithmetic by torch's quantized CPU backend (fbgemm / oneDNN on x86, QNNPACK on ARM) through
-`torch.ops.quantized.linear_dynamic`, with its 7-bit activation range (reduce_range) as torch's own
-dynamic Linear uses it. That is the kind of product llama.cpp's q8_0 and CTranslate2's int8 compute
-(both quantize activations too), and about 1.5x faster than the weight-only int8 path at batch 1 on
-our CPU, with a larger error (BENCHMARKS.md). torch 2.13 marks its quantized tensors deprecated
-(pytorch/pytorch#184982); the warning is silenced here, and a torch without them gets a clear error
-from quantize() naming the weight-only modes instead.
+symmetric rounding) and, on every call, each activation row to int8 with a scale of its own (max|x| /
+127), multiplied in integer arithmetic: int32 sums, one rescale per output. That is the kind of
+product llama.cpp's q8_0 and CTranslate2's int8 compute (both quantize activations too). It runs in
+our AVX-512 VNNI kernel (generation.cpu_kernels: four byte products per 32-bit lane per instruction,
+traceable by torch.compile) and, where that kernel is not built, in torch ops doing the same
+arithmetic (slower). Its error and perplexity change are in BENCHMARKS.md.
 """
 from __future__ import annotations
-
-import warnings
 
 import torch
 import torch.nn as nn
@@ -101,35 +99,52 @@ class Int8Linear(nn.Module):
 
 
 class Int8DynamicLinear(nn.Module):
-    """int8 weights and int8 activations (quantized per call); see the module docstring."""
-
-    REDUCE_RANGE = True
+    """int8 weights and int8 activations (each row quantized per call); see the module docstring."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         q, scale = Int8Linear.quantize_weight(linear.weight)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated")
-            qweight = torch.quantize_per_channel(q.float() * scale[:, None], scale.double(),
-                                                 torch.zeros(self.out_features, dtype=torch.long), 0, torch.qint8)
-        bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
-        self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
-        self.has_bias = bias is not None
+        self.register_buffer("qweight", q)
+        self.register_buffer("scale", scale.float().contiguous())
+        self.register_buffer("qweight_sum", q.sum(dim=1, dtype=torch.int32))   # the kernel's +128 bias
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        # "openseason": our VNNI kernel (generation.cpu_kernels); "torch": the same arithmetic in torch ops
+        self.kernel = "openseason" if _cpu_kernels_available() else "torch"
 
     def int8_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(q int8 [out, in], scale [out]) as the backend holds them (the packed copy is the only one)."""
-        weight, _ = torch.ops.quantized.linear_unpack(self._packed)
-        return weight.int_repr(), weight.q_per_channel_scales().float()
+        """(q int8 [out, in], scale [out])."""
+        return self.qweight, self.scale
+
+    @staticmethod
+    def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(xq, scale): each row of the 2-D fp32 `x` rounded to int8 with scale max|row| / 127 (1 for a
+        zero row), as the kernel does it (times 1 / scale, round half to even)."""
+        amax = x.abs().amax(dim=1)
+        scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+        return torch.round(x * (1.0 / scale)[:, None]).clamp(-127, 127), scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features).float().contiguous()
-        y = torch.ops.quantized.linear_dynamic(flat, self._packed, reduce_range=self.REDUCE_RANGE)
+        if self.kernel == "openseason":
+            return torch.ops.openseason.decode_linear_int8_dynamic(x, self.qweight, self.scale, self.qweight_sum,
+                                                                  self.bias)
+        flat = x.reshape(-1, self.in_features).float()
+        xq, xscale = self.quantize_rows(flat)
+        # products of integers summed in fp32: exact while |sum| < 2^24, as the kernel's int32 sums
+        y = (xq @ self.qweight.float().t()) * xscale[:, None] * self.scale
+        if self.bias is not None:
+            y = y + self.bias.float()
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.has_bias}, "
-                f"engine={torch.backends.quantized.engine}")
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"kernel={self.kernel}")
+
+
+def _cpu_kernels_available() -> bool:
+    from . import cpu_kernels
+
+    return cpu_kernels.available()
 
 
 def _check_dynamic_int8(model: nn.Module) -> None:
@@ -139,12 +154,6 @@ def _check_dynamic_int8(model: nn.Module) -> None:
     if devices - {"cpu"}:
         raise OpenseasonError(f"int8-dynamic quantization runs on the CPU only; the model is on {sorted(devices)}",
                               hint="load it with device='cpu', or use 'int8' / 'bf16' (weight-only)")
-    try:
-        Int8DynamicLinear(nn.Linear(8, 4))(torch.ones(1, 8))
-    except (RuntimeError, NotImplementedError, AttributeError) as exc:
-        raise OpenseasonError(f"torch's quantized CPU backend ({torch.backends.quantized.engine}) cannot run "
-                              f"int8-dynamic here: {str(exc).splitlines()[0]}",
-                              hint="use 'int8' (weight-only) instead") from None
 
 
 class BF16Linear(nn.Module):

@@ -113,7 +113,7 @@ def compile_decoding(model: nn.Module, *, warm_up: bool = True) -> float:
     cpu = model.embed.weight.device.type == "cpu"
     # dynamic=True: batch size and cache length are symbols from the start, so a running batch that
     # grows, shrinks or trims its cache does not recompile. fullgraph=True: a step that cannot be one
-    # graph (int8-dynamic's quantized kernels) is an error here, not a step split into pieces.
+    # graph is an error here, not a step split into pieces that each recompile.
     def decode_step(*args, **kwargs):
         return model.forward(*args, **kwargs)
     model._compiled_step = compile_own(decode_step, dynamic=True, fullgraph=True,
@@ -133,6 +133,5 @@ def compile_decoding(model: nn.Module, *, warm_up: bool = True) -> float:
         raise OpenseasonError(f"could not compile the decode step: {type(exc).__name__}: "
                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
                               hint="torch.compile needs a C++ compiler (g++) on the CPU, and a step it can "
-                                   "trace whole (int8-dynamic's quantized kernels it cannot); decode "
-                                   "without --compile") from exc
+                                   "trace whole; decode without --compile") from exc
     return time.perf_counter() - start

@@ -132,3 +132,23 @@ def test_switched_off_or_unbuildable_kernels_leave_torch_products(tmp_path):
     assert broken.returncode == 0, broken.stderr
     lines = broken.stdout.splitlines()
     assert lines[0] == "False" and lines[1].startswith("not built (") and "torch's products" in lines[1]
+
+
+def test_a_killed_build_blocks_nothing_and_two_first_users_both_load(tmp_path):
+    """kill -9 in the middle of the first build, then two processes building at once: both load (no
+    build lock left behind to wait on, no half-written library loaded)."""
+    import signal
+    import time
+
+    code = "from openseason.generation import cpu_kernels as k; print(k.available(), k.status())"
+    env = {**os.environ, "OPENSEASON_CACHE": str(tmp_path)}
+    killed = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.DEVNULL)
+    time.sleep(3)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    both = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in both]
+    assert all(p.returncode == 0 for p in both)
+    assert all(out.startswith("True loaded from ") for out in outputs), outputs
+    assert len(list((tmp_path / "cpu_kernels").glob("*.so"))) == 1

@@ -54,7 +54,7 @@ def test_quantized_model_logits_and_greedy(name, mode):
     with torch.no_grad():
         got = model(ids)
     gap = (got - ref).abs().max().item()
-    # activations rounded to 7 bits per call (int8-dynamic) cost more than weight rounding alone
+    # activations rounded to int8 per row (int8-dynamic) cost more than weight rounding alone
     assert gap < (0.1 if mode == "int8-dynamic" else 0.05) * ref.abs().max().item(), gap
     out = generate_ids(model, [ids[0].tolist()], SamplingParams(max_new_tokens=4, ignore_eos=True))[0]
     assert len(out.token_ids) == 4
@@ -88,21 +88,46 @@ def test_llm_load_quantize(tmp_path):
 
 
 def test_int8_dynamic_layer_against_the_dequantized_reference():
-    """int8 weights (the same rounding as Int8Linear) times an activation rounded to int8 per call:
-    within the activation's rounding of x @ dequantized(W).T + b, rows at every scale."""
+    """int8 weights (the same rounding as Int8Linear) times each activation row rounded to int8 with its
+    own scale: within that rounding of x @ dequantized(W).T + b, rows at every scale; the kernel and the
+    torch fallback compute the same integers."""
     torch.manual_seed(0)
     linear = nn.Linear(64, 48, bias=True)
     layer = Int8DynamicLinear(linear)
     qweight, scale = layer.int8_weight()
     assert torch.equal(qweight, Int8Linear.from_linear(linear).qweight)
     dequantized = qweight.float() * scale[:, None]
-    for x in (torch.randn(1, 64), torch.randn(2, 7, 64) * 30, torch.randn(3, 64) * 1e-3):
+    fallback = Int8DynamicLinear(linear)
+    fallback.kernel = "torch"
+    for x in (torch.randn(1, 64), torch.randn(2, 7, 64) * 30, torch.randn(3, 64) * 1e-3, torch.randn(40, 64)):
         reference = nn.functional.linear(x, dequantized, linear.bias)
-        step = x.abs().max() / 63.5          # 7-bit activation range (reduce_range), one scale per call
-        bound = step * dequantized.abs().sum(1).max() * 0.5 + 1e-4
-        assert (layer(x) - reference).abs().max() <= bound
-        assert layer(x).shape == reference.shape
+        step = x.reshape(-1, 64).abs().amax(1) / 127          # one scale per activation row
+        bound = (step[:, None] * dequantized.abs().sum(1)[None, :] * 0.5 + 1e-4).reshape(reference.shape)
+        got = layer(x)
+        assert got.shape == reference.shape
+        assert ((got - reference).abs() <= bound).all()
+        torch.testing.assert_close(got, fallback(x), atol=1e-5, rtol=1e-6)
     assert torch.allclose(layer(torch.zeros(2, 64)), linear.bias.expand(2, 48), atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(48, 64), (100, 37), (130, 200)])
+def test_int8_dynamic_kernel_is_exact_integer_arithmetic(shape):
+    """The VNNI kernel's result is sum(xq * wq) * x_scale * w_scale + b with exact integer sums: compared
+    with the same sums in float64, for widths with and without a tail past the 64-byte vectors."""
+    from openseason.generation import cpu_kernels
+
+    if not cpu_kernels.available():
+        pytest.skip(f"CPU kernels: {cpu_kernels.status()}")
+    out_features, in_features = shape
+    linear = nn.Linear(in_features, out_features)
+    layer = Int8DynamicLinear(linear)
+    assert layer.kernel == "openseason"
+    for rows in (1, 3, 4, 9, 33):
+        x = torch.randn(rows, in_features) * 3
+        xq, xscale = Int8DynamicLinear.quantize_rows(x)
+        exact = (xq.double() @ layer.qweight.double().t()) * xscale.double()[:, None] * layer.scale.double()
+        exact = exact + linear.bias.double()
+        torch.testing.assert_close(layer(x).double(), exact, atol=1e-5, rtol=1e-6)
 
 
 def test_int8_dynamic_refuses_a_model_off_the_cpu():
