@@ -33,9 +33,11 @@ HBM bandwidth / weight bytes tokens per second.
 from __future__ import annotations
 
 import argparse
+import atexit
 import itertools
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -337,6 +339,8 @@ def bench(name: str, args, threads: int | None) -> list[dict]:
     n = args.new_tokens
     params = SamplingParams(max_new_tokens=n, ignore_eos=True)
     workdir = Path(tempfile.mkdtemp(prefix="decode-bench-"))
+    # the GGUF files and converted models are ~1 GB a model: gone when the process ends
+    atexit.register(shutil.rmtree, workdir, ignore_errors=True)
 
     contenders = {}
     for kind in args.llama_cpp or []:

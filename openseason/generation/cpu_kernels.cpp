@@ -288,6 +288,9 @@ at::Tensor decode_linear_int8_dynamic(const at::Tensor& x, const at::Tensor& qwe
               "decode_linear_int8_dynamic: wscale must be fp32 [out]");
   TORCH_CHECK(wsum.scalar_type() == at::kInt && wsum.numel() == out && wsum.is_contiguous(),
               "decode_linear_int8_dynamic: wsum must be int32 [out]");
+  TORCH_CHECK(!bias.has_value() || !bias->defined() || bias->numel() == out,
+              "decode_linear_int8_dynamic: bias has ", bias.has_value() && bias->defined() ? bias->numel() : 0,
+              " elements, the weight ", out, " outputs");
   const at::Tensor xf = x.reshape({-1, in}).to(at::kFloat).contiguous();
   const int64_t batch = xf.size(0);
   const int64_t in_pad = (in + 63) / 64 * 64;
@@ -345,8 +348,9 @@ static bool kernel_applies(const at::Tensor& x, const at::Tensor& weight,
                            const c10::optional<at::Tensor>& bias) {
   if (x.device().type() != c10::DeviceType::CPU || x.scalar_type() != at::kFloat || x.dim() < 1) return false;
   if (weight.dim() != 2 || weight.size(1) != x.size(-1)) return false;
-  if (bias.has_value() && bias->defined() && (bias->scalar_type() != at::kFloat || !bias->is_contiguous()))
-    return false;
+  if (bias.has_value() && bias->defined() &&
+      (bias->scalar_type() != at::kFloat || !bias->is_contiguous() || bias->numel() != weight.size(0)))
+    return false;   // torch's product then says what is wrong with it
   const int64_t rows = x.numel() / std::max<int64_t>(1, x.size(-1));
   return rows >= 1 && rows <= MAX_BATCH;
 }

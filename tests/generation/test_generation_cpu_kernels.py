@@ -152,3 +152,22 @@ def test_a_killed_build_blocks_nothing_and_two_first_users_both_load(tmp_path):
     assert all(p.returncode == 0 for p in both)
     assert all(out.startswith("True loaded from ") for out in outputs), outputs
     assert len(list((tmp_path / "cpu_kernels").glob("*.so"))) == 1
+
+
+def test_mismatched_arguments_are_clear_errors_not_wild_reads():
+    weight = _column_major(64, 32)
+    x = torch.randn(4, 32)
+    with pytest.raises(RuntimeError, match="size|shape"):
+        cpu_kernels.decode_linear(x, weight, torch.randn(7))          # a bias of the wrong length
+    with pytest.raises(RuntimeError, match="size|shape"):
+        cpu_kernels.decode_linear(torch.randn(4, 31), weight, None)   # the wrong width
+    q = torch.randint(-127, 128, (64, 32), dtype=torch.int8)
+    scale = torch.rand(64)
+    with pytest.raises(RuntimeError, match="size|shape"):
+        cpu_kernels.decode_linear_int8(x, q, scale, torch.randn(7))
+    with pytest.raises(RuntimeError, match="bias has 7 elements, the weight 64 outputs"):
+        cpu_kernels.decode_linear_int8_dynamic(x, q, scale, q.sum(1, dtype=torch.int32), torch.randn(7))
+    with pytest.raises(RuntimeError, match="x has 31 features, the weight 32"):
+        cpu_kernels.decode_linear_int8_dynamic(torch.randn(2, 31), q, scale, q.sum(1, dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="scale must be fp32"):
+        cpu_kernels.decode_linear_int8(x, q, torch.rand(3), None)
