@@ -41,6 +41,14 @@ from .errors import DataError, OpenseasonError, where
 _YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+def user_cache_dir(*parts: str) -> Path:
+    """openseason's cache folder for derived files it can rebuild (embeddings, built kernels):
+    OPENSEASON_CACHE, else $XDG_CACHE_HOME/openseason, else ~/.cache/openseason; `parts` below it."""
+    root = os.environ.get("OPENSEASON_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "openseason")
+    return Path(root, *parts)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
     """Open a temporary file next to `path`; on clean exit fsync it and rename it over `path`."""

@@ -6,13 +6,14 @@
 // The shape of the work: each weight element is read once per call and used for every activation
 // row while it is in a register, so batch 8 costs little more than batch 1 (the weight read), where
 // BLAS's matrix-matrix path repacks the whole weight per call.
-// - fp32 (decode_linear): column-major weights, 2-16 rows: col_tile (vectors along the outputs).
+// - fp32 (decode_linear): column-major weights, 2-8 rows: col_tile (vectors along the outputs).
 // - int8 weight-only (decode_linear_int8): row-major int8 with one fp32 scale per output row, 1-16
-//   rows: tile (ROWS weight rows x up to BT activation rows, dot products along the input).
+//   rows: int8_tile (ROWS weight rows x up to BT activation rows, dot products along the input).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -65,21 +66,35 @@ namespace {
 constexpr int ROWS = 4;       // weight rows per tile
 constexpr int BT = 4;         // activation rows per tile
 constexpr int64_t MAX_BATCH = 16;   // more rows than this go to BLAS (prefill)
+// fp32: 9-16 rows ran two tile passes at 0.84-1.05x torch's product; those stay with torch
+constexpr int64_t MAX_FP32_ROWS = 8;
 // How far ahead (in weight rows) col_tile prefetches: 24-32 measured best for pythia-70m's output
 // layer at batch 4-8 on one and two threads (8 was 1.9x slower, 64 1.3x).
 constexpr int64_t PREFETCH_ROWS = 32;
 
-static inline vec load_w(const float* p) { return vload(p); }
-static inline vec load_w(const int8_t* p) { return vload_i8(p); }
-static inline float scalar_w(float w) { return w; }
-static inline float scalar_w(int8_t w) { return static_cast<float>(w); }
+// Calls f(std::integral_constant<int, NB>{}, b0) over the activation rows [0, batch) in tiles of TILE
+// rows and one last tile of 1..TILE-1, so each kernel's tile is a template on its row count.
+template <int N, typename F>
+static inline void call_rows(int64_t rows, int64_t b0, F& f) {   // 1 <= rows <= N
+  if constexpr (N >= 1) {
+    if (rows == N) f(std::integral_constant<int, N>{}, b0);
+    else call_rows<N - 1>(rows, b0, f);
+  }
+}
 
-// y[b, o] = scale[o] * sum_i x[b, i] * w[o, i] + bias[o] for o in [o0, o0 + ROWS) (rows past `out`
-// read row o0 again and are not written), b in [b0, b0 + NB).
-template <typename W, int NB>
-static inline void tile(const float* x, const W* w, const float* scale, const float* bias, float* y,
-                        int64_t b0, int64_t o0, int64_t in, int64_t out) {
-  const W* wr[ROWS];
+template <int TILE, typename F>
+static inline void over_row_tiles(int64_t batch, F&& f) {
+  int64_t b0 = 0;
+  for (; b0 + TILE <= batch; b0 += TILE) f(std::integral_constant<int, TILE>{}, b0);
+  if (batch > b0) call_rows<TILE - 1>(batch - b0, b0, f);
+}
+
+// int8 weight-only: y[b, o] = scale[o] * sum_i x[b, i] * w[o, i] + bias[o] for o in [o0, o0 + ROWS)
+// (rows past `out` read row o0 again and are not written), b in [b0, b0 + NB).
+template <int NB>
+static inline void int8_tile(const float* x, const int8_t* w, const float* scale, const float* bias, float* y,
+                             int64_t b0, int64_t o0, int64_t in, int64_t out) {
+  const int8_t* wr[ROWS];
   for (int r = 0; r < ROWS; r++) wr[r] = w + (o0 + r < out ? o0 + r : o0) * in;
   const float* xb[NB];
   for (int b = 0; b < NB; b++) xb[b] = x + (b0 + b) * in;
@@ -89,7 +104,7 @@ static inline void tile(const float* x, const W* w, const float* scale, const fl
   int64_t i = 0;
   for (; i + OS_LANES <= in; i += OS_LANES) {
     vec wv[ROWS];
-    for (int r = 0; r < ROWS; r++) wv[r] = load_w(wr[r] + i);
+    for (int r = 0; r < ROWS; r++) wv[r] = vload_i8(wr[r] + i);
     for (int b = 0; b < NB; b++) {
       vec xv = vload(xb[b] + i);
       for (int r = 0; r < ROWS; r++) acc[r][b] = vfma(wv[r], xv, acc[r][b]);
@@ -99,45 +114,36 @@ static inline void tile(const float* x, const W* w, const float* scale, const fl
     if (o0 + r >= out) break;
     for (int b = 0; b < NB; b++) {
       float s = vsum(acc[r][b]);
-      for (int64_t j = i; j < in; j++) s += scalar_w(wr[r][j]) * xb[b][j];
-      if (scale) s *= scale[o0 + r];
+      for (int64_t j = i; j < in; j++) s += static_cast<float>(wr[r][j]) * xb[b][j];
+      s *= scale[o0 + r];
       if (bias) s += bias[o0 + r];
       y[(b0 + b) * out + o0 + r] = s;
     }
   }
 }
 
-template <typename W>
-static void rows_range(const float* x, const W* w, const float* scale, const float* bias, float* y,
-                       int64_t batch, int64_t in, int64_t out, int64_t blk_begin, int64_t blk_end) {
-  for (int64_t blk = blk_begin; blk < blk_end; blk++) {
-    const int64_t o0 = blk * ROWS;
-    int64_t b0 = 0;
-    for (; b0 + BT <= batch; b0 += BT) tile<W, BT>(x, w, scale, bias, y, b0, o0, in, out);
-    switch (batch - b0) {
-      case 1: tile<W, 1>(x, w, scale, bias, y, b0, o0, in, out); break;
-      case 2: tile<W, 2>(x, w, scale, bias, y, b0, o0, in, out); break;
-      case 3: tile<W, 3>(x, w, scale, bias, y, b0, o0, in, out); break;
-      default: break;
-    }
-  }
+// Tasks of whole ROWS-row weight blocks, at least ~64 KB of weight each, so small matrices stay on
+// one thread; f(first block, end block).
+template <typename F>
+static inline void over_row_blocks(int64_t out, int64_t row_bytes, F&& f) {
+  const int64_t blocks = (out + ROWS - 1) / ROWS;
+  const int64_t grain = std::max<int64_t>(1, (64 * 1024) / std::max<int64_t>(1, ROWS * row_bytes));
+  at::parallel_for(0, blocks, grain, f);
 }
 
-template <typename W>
-static at::Tensor run(const at::Tensor& x2, const at::Tensor& weight, const float* scale,
-                      const c10::optional<at::Tensor>& bias, c10::IntArrayRef out_shape) {
-  const int64_t batch = x2.size(0), in = x2.size(1), out = weight.size(0);
+static at::Tensor run_int8(const at::Tensor& x2, const at::Tensor& qweight, const float* scale,
+                           const c10::optional<at::Tensor>& bias, c10::IntArrayRef out_shape) {
+  const int64_t batch = x2.size(0), in = x2.size(1), out = qweight.size(0);
   at::Tensor y = at::empty({batch, out}, x2.options());
   const float* xp = x2.data_ptr<float>();
-  const W* wp = weight.data_ptr<W>();
+  const int8_t* wp = qweight.data_ptr<int8_t>();
   const float* bp = bias.has_value() && bias->defined() ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  const int64_t blocks = (out + ROWS - 1) / ROWS;
-  // Grain: at least ~64 KB of weight per task, so small matrices stay on one thread.
-  const int64_t bytes_per_block = ROWS * in * static_cast<int64_t>(sizeof(W));
-  const int64_t grain = std::max<int64_t>(1, (64 * 1024) / std::max<int64_t>(1, bytes_per_block));
-  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
-    rows_range<W>(xp, wp, scale, bp, yp, batch, in, out, begin, end);
+  over_row_blocks(out, in, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; blk++)
+      over_row_tiles<BT>(batch, [&](auto nb, int64_t b0) {
+        int8_tile<decltype(nb)::value>(xp, wp, scale, bp, yp, b0, blk * ROWS, in, out);
+      });
   });
   return y.view(out_shape);
 }
@@ -209,18 +215,9 @@ static at::Tensor run_col(const at::Tensor& x2, const at::Tensor& weight, const 
   const int64_t grain = std::max<int64_t>(1, (64 * 1024) / (CHUNK * in * 4));
   at::parallel_for(0, chunks, grain, [&](int64_t begin, int64_t end) {
     const int64_t o_begin = begin * CHUNK, o_end = std::min(out, end * CHUNK);
-    int64_t b0 = 0;
-    for (; b0 + 8 <= batch; b0 += 8) col_rows<8>(xp, wp, bp, yp, b0, o_begin, o_end, in, out);
-    switch (batch - b0) {
-      case 1: col_rows<1>(xp, wp, bp, yp, b0, o_begin, o_end, in, out); break;
-      case 2: col_rows<2>(xp, wp, bp, yp, b0, o_begin, o_end, in, out); break;
-      case 3: col_rows<3>(xp, wp, bp, yp, b0, o_begin, o_end, in, out); break;
-      case 4: col_rows<4>(xp, wp, bp, yp, b0, o_begin, o_end, in, out); break;
-      case 5: col_rows<5>(xp, wp, bp, yp, b0, o_begin, o_end, in, out); break;
-      case 6: col_rows<6>(xp, wp, bp, yp, b0, o_begin, o_end, in, out); break;
-      case 7: col_rows<7>(xp, wp, bp, yp, b0, o_begin, o_end, in, out); break;
-      default: break;
-    }
+    over_row_tiles<8>(batch, [&](auto nb, int64_t b0) {
+      col_rows<decltype(nb)::value>(xp, wp, bp, yp, b0, o_begin, o_end, in, out);
+    });
   });
   return y.view(out_shape);
 }
@@ -320,20 +317,11 @@ at::Tensor decode_linear_int8_dynamic(const at::Tensor& x, const at::Tensor& qwe
   const int32_t* wsump = wsum.data_ptr<int32_t>();
   const float* bp = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  const int64_t blocks = (out + ROWS - 1) / ROWS;
-  const int64_t grain = std::max<int64_t>(1, (64 * 1024) / std::max<int64_t>(1, ROWS * in));
-  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t blk = begin; blk < end; blk++) {
-      const int64_t o0 = blk * ROWS;
-      int64_t b0 = 0;
-      for (; b0 + BT <= batch; b0 += BT) dyn_tile<BT>(xup, xsp, wp, wsp, wsump, bp, yp, b0, o0, in, in_pad, out);
-      switch (batch - b0) {
-        case 1: dyn_tile<1>(xup, xsp, wp, wsp, wsump, bp, yp, b0, o0, in, in_pad, out); break;
-        case 2: dyn_tile<2>(xup, xsp, wp, wsp, wsump, bp, yp, b0, o0, in, in_pad, out); break;
-        case 3: dyn_tile<3>(xup, xsp, wp, wsp, wsump, bp, yp, b0, o0, in, in_pad, out); break;
-        default: break;
-      }
-    }
+  over_row_blocks(out, in, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; blk++)
+      over_row_tiles<BT>(batch, [&](auto nb, int64_t b0) {
+        dyn_tile<decltype(nb)::value>(xup, xsp, wp, wsp, wsump, bp, yp, b0, blk * ROWS, in, in_pad, out);
+      });
   });
   return y.view(output_shape(x, out)).to(x.scalar_type());
 }
@@ -365,7 +353,7 @@ static bool column_major(const at::Tensor& w) {
 at::Tensor decode_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   const int64_t rows = x.numel() / std::max<int64_t>(1, x.size(-1));
   if (!kernel_applies(x, weight, bias) || weight.scalar_type() != at::kFloat || !column_major(weight) ||
-      rows < 2)
+      rows < 2 || rows > MAX_FP32_ROWS)
     return at::linear(x, weight, bias);
   const at::Tensor x2 = x.reshape({-1, x.size(-1)}).contiguous();
   return run_col(x2, weight, bias, output_shape(x, weight.size(0)));
@@ -391,7 +379,7 @@ at::Tensor decode_linear_int8(const at::Tensor& x, const at::Tensor& qweight, co
     return y.view(output_shape(x, qweight.size(0)));
   }
   const at::Tensor x2 = x.reshape({-1, x.size(-1)}).contiguous();
-  return run<int8_t>(x2, qweight, scale.data_ptr<float>(), bias, output_shape(x, qweight.size(0)));
+  return run_int8(x2, qweight, scale.data_ptr<float>(), bias, output_shape(x, qweight.size(0)));
 }
 
 }  // namespace

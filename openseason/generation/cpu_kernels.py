@@ -1,26 +1,28 @@
 """Our own CPU kernels for the linear layers of a decode step (cpu_kernels.cpp), built on first use.
 
 A decode step multiplies a few activation rows (one per sequence in the running batch) by every
-weight matrix. With one row, torch's BLAS reads the weight near the memory-bandwidth limit. With 2-16
+weight matrix. With one row, torch's BLAS reads the weight near the memory-bandwidth limit. With 2-8
 rows it switches to its matrix-matrix path, which repacks the whole weight on every call: at batch 8
 pythia-70m's 50k-row output layer took 4x its batch-1 time on our CPU (BENCHMARKS.md, "Decoding"),
-where the weight read should make it about the same. The kernels here read each row-major weight row
-once per call and multiply it with every activation row while it is in the L1 cache, for fp32 weights
-and for int8 weights with one scale per output row (the layout of quantize.Int8Linear). They run on
-torch's own thread pool (at::parallel_for) and are registered as torch ops, `openseason::decode_linear`
-and `openseason::decode_linear_int8`, with shape functions, so torch.compile puts them in the compiled
-decode step as calls without Python. More than 16 rows (prefill), other dtypes or devices go to
-torch's own product inside the op.
+where the weight read should make it about the same. The kernels here read each weight element once
+per call and multiply it with every activation row while it is in a register: fp32 weights stored
+column-major (prepare_for_decoding's layout) for 2-8 rows, int8 weight-only rows with one scale per
+output row (quantize.Int8Linear) for 1-16 rows, and int8 x int8 with AVX-512 VNNI for int8-dynamic
+(quantize.Int8DynamicLinear, any number of rows). They run on torch's own thread pool
+(at::parallel_for) and are registered as torch ops (`openseason::decode_linear`, `decode_linear_int8`,
+`decode_linear_int8_dynamic`) with shape functions, so torch.compile puts them in the compiled decode
+step as calls without Python. What a kernel does not cover (one fp32 row, more rows, other dtypes or
+devices) goes to torch's product inside the op.
 
-    available()                 True once built and loaded (builds on first call; None of the error)
+    available()                 True once built and loaded (builds on the first call; False if it cannot)
     status()                    "loaded from ..." / why not
-    decode_linear(x, w, b)      = F.linear(x, w, b), fp32, w contiguous [out, in]
+    decode_linear(x, w, b)      = F.linear(x, w, b); the kernel for fp32 w stored column-major
     decode_linear_int8(x, q, scale, b) = F.linear(x, q * scale[:, None], b)
     decode_linear_int8_dynamic(x, q, scale, q.sum(1), b)
                                 x's rows rounded to int8 too (quantize.Int8DynamicLinear), int32 sums
 
 Building: torch.utils.cpp_extension with `-O3 -march=native` (AVX-512 or AVX2 + FMA where the CPU has
-them, a plain loop otherwise), about 20 s once, into the user's cache (OPENSEASON_CACHE, else
+them, a plain loop otherwise), about 10 s once, into the user's cache (OPENSEASON_CACHE, else
 $XDG_CACHE_HOME/openseason, else ~/.cache/openseason) under a name made of the source's hash, the
 CPU's flags and the torch version, so a new source, CPU or torch builds anew. Each build runs in a
 directory of its own and the library is renamed into place, so two first users never load a
@@ -42,15 +44,11 @@ from pathlib import Path
 
 import torch
 
+from ..fileio import user_cache_dir
+
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
-MAX_ROWS = 16                     # as MAX_BATCH in the source: more rows go to torch's product
+MAX_ROWS = 16                     # int8 kernels: as MAX_BATCH in the source; more rows go to torch's product
 _state: dict = {"tried": False, "ok": False, "status": "not built yet"}
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("OPENSEASON_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "openseason")
-    return Path(root) / "cpu_kernels"
 
 
 def _cpu_flags() -> str:
@@ -105,7 +103,7 @@ def _build_or_reuse() -> Path:
     the same file, and a build killed half way (kill -9) leaves only its own directory behind (torch's
     build lock, left by a killed build, made every later build wait forever)."""
     name = _build_name()
-    root = cache_dir()
+    root = user_cache_dir("cpu_kernels")
     library = root / f"{name}.so"
     if library.exists():
         torch.ops.load_library(str(library))

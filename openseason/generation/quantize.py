@@ -110,7 +110,9 @@ class Int8DynamicLinear(nn.Module):
         self.register_buffer("qweight_sum", q.sum(dim=1, dtype=torch.int32))   # the kernel's +128 bias
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         # "openseason": our VNNI kernel (generation.cpu_kernels); "torch": the same arithmetic in torch ops
-        self.kernel = "openseason" if _cpu_kernels_available() else "torch"
+        from . import cpu_kernels
+
+        self.kernel = "openseason" if cpu_kernels.available() else "torch"
 
     def int8_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(q int8 [out, in], scale [out])."""
@@ -139,12 +141,6 @@ class Int8DynamicLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"kernel={self.kernel}")
-
-
-def _cpu_kernels_available() -> bool:
-    from . import cpu_kernels
-
-    return cpu_kernels.available()
 
 
 def _check_dynamic_int8(model: nn.Module) -> None:

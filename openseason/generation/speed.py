@@ -18,6 +18,7 @@ operation. Prefill (many tokens at once, matrix-bound) stays eager. See BENCHMAR
 """
 from __future__ import annotations
 
+import itertools
 import time
 import types
 
@@ -57,7 +58,7 @@ def _decode_kernel_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 def prepare_for_decoding(model: nn.Module) -> int:
     """Re-store fp32 CPU linear weights in the layout that batch-1 decoding reads fastest, and, where
     our CPU kernels build (generation.cpu_kernels), route those layers and int8 weight-only layers
-    through them for batches of 2-16 rows; returns how many weights were re-stored. Idempotent; a
+    through them (fp32 for batches of 2-8 rows, int8 for 1-16); returns how many weights were re-stored. Idempotent; a
     no-op on GPUs. Tied weights (lm_head = embed) are left alone so the embedding lookup keeps its
     row-major rows."""
     if getattr(model, "_decode_layout", False):
@@ -69,8 +70,7 @@ def prepare_for_decoding(model: nn.Module) -> int:
     embed = getattr(model, "embed", None)
     if embed is not None:
         tied.add(id(embed.weight))
-    on_cpu = any(p.device.type == "cpu" for p in model.parameters()) or any(
-        b.device.type == "cpu" for b in model.buffers())
+    on_cpu = any(t.device.type == "cpu" for t in itertools.chain(model.parameters(), model.buffers()))
     kernels = on_cpu and cpu_kernels.available()
     changed = []
     for module in model.modules():

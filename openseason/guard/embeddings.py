@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..fileio import user_cache_dir
 from .cache import ByteLRU, text_key
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -262,9 +263,7 @@ class Embedder:
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("OPENSEASON_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "openseason")
-    return Path(root) / "guard"
+    return user_cache_dir("guard")
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
