@@ -525,7 +525,8 @@ def main(argv=None) -> int:
         import onnxruntime_genai
         peers.append(f"onnxruntime-genai {onnxruntime_genai.__version__}")
     load = "load average %.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
-    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
+    from timing import machine
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else machine()
     print(f"# decode benchmark: torch {torch.__version__}, {', '.join(peers)}, {where}, {load}")
     print(f"# batch {args.batch}, prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens (greedy), "
           f"median of {args.repeats}; ratio = ours fp32 tok/s / peer tok/s")

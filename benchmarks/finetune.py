@@ -267,8 +267,9 @@ def main() -> None:
                                        args.seq, args.threads, args.data, args.precision)))
         return
     import os
-    print(f"# finetune benchmark: batch {args.batch}, up to {args.seq} tokens, {args.steps} timed steps, "
-          f"{args.threads} threads, load average %.2f %.2f %.2f" % os.getloadavg(), flush=True)
+    from timing import machine
+    print(f"# finetune benchmark: {machine()}; batch {args.batch}, up to {args.seq} tokens, {args.steps} "
+          f"timed steps, {args.threads} threads, load average %.2f %.2f %.2f" % os.getloadavg(), flush=True)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -16,3 +16,23 @@ def best_time(fn, repeat: int, warmup: bool = False) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def machine() -> str:
+    """What a benchmark header says of the CPU and of how our fp32 linear layers multiply on it: the
+    CPU's model name, its core count, and openseason.linear's library (MKL runs AVX2 code on AMD CPUs,
+    so the same torch multiplies at another speed there; BENCHMARKS.md rows depend on it)."""
+    import os
+    from pathlib import Path
+
+    from openseason.linear import fp32_gemm
+
+    name = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores, our fp32 GEMM: {fp32_gemm()}"

@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import Config
+from .linear import Linear
 from .errors import ConfigError
 
 
@@ -64,8 +65,8 @@ def build_norm(config: Config) -> nn.Module:
 class GptNeoxMLP(nn.Module):
     def __init__(self, config: Config):
         super().__init__()
-        self.fc = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
-        self.proj = nn.Linear(config.intermediate_size, config.n_embd, bias=config.bias)
+        self.fc = Linear(config.n_embd, config.intermediate_size, bias=config.bias)
+        self.proj = Linear(config.intermediate_size, config.n_embd, bias=config.bias)
         self.approximate = config.gelu_approximate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,9 +76,9 @@ class GptNeoxMLP(nn.Module):
 class LLaMAMLP(nn.Module):
     def __init__(self, config: Config):
         super().__init__()
-        self.fc_1 = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
-        self.fc_2 = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
-        self.proj = nn.Linear(config.intermediate_size, config.n_embd, bias=config.bias)
+        self.fc_1 = Linear(config.n_embd, config.intermediate_size, bias=config.bias)
+        self.fc_2 = Linear(config.n_embd, config.intermediate_size, bias=config.bias)
+        self.proj = Linear(config.intermediate_size, config.n_embd, bias=config.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(F.silu(self.fc_1(x)) * self.fc_2(x))
@@ -244,8 +245,8 @@ class CausalSelfAttention(nn.Module):
         self.layer_idx = layer_idx
         hs, nh, ng = config.head_size, config.n_head, config.n_query_groups
         self.q_size, self.kv_size = nh * hs, ng * hs
-        self.qkv = nn.Linear(config.n_embd, self.q_size + 2 * self.kv_size, bias=config.bias)
-        self.proj = nn.Linear(nh * hs, config.n_embd, bias=config.bias)
+        self.qkv = Linear(config.n_embd, self.q_size + 2 * self.kv_size, bias=config.bias)
+        self.proj = Linear(nh * hs, config.n_embd, bias=config.bias)
 
     def split_qkv(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """[B, T, q+2kv] -> q [B, nh, T, hs], k and v [B, ng, T, hs] (clamped first when clip_qkv is set)."""
@@ -332,7 +333,7 @@ class GPT(nn.Module):
         self.embed = nn.Embedding(config.padded_vocab_size, config.n_embd)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm_f = build_norm(config)
-        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=config.lm_head_bias)
+        self.lm_head = Linear(config.n_embd, config.padded_vocab_size, bias=config.lm_head_bias)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         cos, sin = rope_cache(config, device=self.embed.weight.device)

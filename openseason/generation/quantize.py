@@ -30,6 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..linear import Linear, linear
+
 __all__ = ["Int8Linear", "Int8DynamicLinear", "BF16Linear", "quantize_int8", "quantize_bf16", "quantize",
            "QUANTIZE_MODES"]
 
@@ -90,7 +92,7 @@ class Int8Linear(nn.Module):
             y = torch._weight_int8pack_mm(flat, self.qweight, self.scale_bf16)
             y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         else:
-            y = F.linear(x, self.dequantized_weight(x.dtype))
+            y = linear(x, self.dequantized_weight(x.dtype))
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def extra_repr(self) -> str:
@@ -170,7 +172,7 @@ def _replace_linears(model: nn.Module, make) -> int:
     count = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
+            if type(child) in (nn.Linear, Linear):
                 setattr(parent, name, make(child))
                 count += 1
     return count

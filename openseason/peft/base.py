@@ -17,7 +17,8 @@ from typing import Iterable, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from ..linear import linear
 
 
 class AdaptedLinear(nn.Module):
@@ -42,7 +43,7 @@ class AdaptedLinear(nn.Module):
             declare(self, ("v2_bias", "v2_scale"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
+        y = linear(x, self.weight, self.bias)
         if self.lora is not None:
             y = y + self.lora(x)
         if self.v2_bias is not None:

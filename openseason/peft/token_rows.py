@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..linear import linear
 
 
 class TokenRowsEmbedding(nn.Module):
@@ -64,7 +65,7 @@ class TokenRowsHead(nn.Module):
             weight = self._tied[0].full_weight()
         else:
             weight = self.weight.index_copy(0, self.token_ids, self.rows.to(self.weight.dtype))
-        return F.linear(x, weight, self.bias)
+        return linear(x, weight, self.bias)
 
 
 def grow_vocab(model: nn.Module, size: int) -> None:
