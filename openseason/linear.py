@@ -113,7 +113,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     if (x.dtype == torch.float32 and weight.dtype == torch.float32 and x.device.type == "cpu"
             and weight.device.type == "cpu" and x.dim() >= 2 and x.numel() > 0
             and (bias is None or bias.dtype == torch.float32)
-            and not torch.is_autocast_enabled("cpu") and fp32_gemm() == "onednn"):
+            and not torch.is_autocast_enabled("cpu") and fp32_gemm() == "onednn"
+            # one row by a column-major weight (decoding's layout, generation.speed): torch's
+            # matrix-vector path reads that at the bandwidth limit, oneDNN at up to half of it
+            and not (weight.stride(0) == 1 and x.numel() == x.shape[-1])):
         return onednn_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 

@@ -11,6 +11,7 @@
 //   rows: int8_tile (ROWS weight rows x up to BT activation rows, dot products along the input).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 #include <cstdint>
 #include <type_traits>
@@ -347,14 +348,38 @@ static bool column_major(const at::Tensor& w) {
   return w.stride(0) == 1 && w.stride(1) == w.size(0);
 }
 
-// fp32: column-major weights with 2-8 activation rows take col_tile; row-major weights and one row
-// stay with torch (BLAS's matrix-vector path reads at the bandwidth limit there; measured in
-// BENCHMARKS.md), as does everything the kernels do not cover.
-at::Tensor decode_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+// torch's oneDNN product (mkldnn::_linear_pointwise, what openseason.linear calls), through the
+// dispatcher: it is not part of ATen's C++ API.
+static at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  static const c10::OperatorHandle op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+  torch::jit::Stack stack;
+  stack.emplace_back(x);
+  stack.emplace_back(weight);
+  stack.emplace_back(bias.has_value() && bias->defined() ? c10::IValue(*bias) : c10::IValue());
+  stack.emplace_back(std::string("none"));
+  stack.emplace_back(c10::List<std::optional<at::Scalar>>());
+  stack.emplace_back(c10::IValue());
+  op.callBoxed(&stack);
+  return stack[0].toTensor();
+}
+
+// fp32: column-major weights with 2-8 activation rows take col_tile; one row stays with torch's BLAS
+// (its matrix-vector path reads at the bandwidth limit there; measured in BENCHMARKS.md). More rows
+// (prefill, big batches) go to oneDNN when `onednn` (openseason.linear.fp32_gemm() chose it: 2-2.5x
+// torch's MKL on AMD CPUs), else to torch, as does everything the kernels do not cover.
+at::Tensor decode_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                         bool onednn) {
   const int64_t rows = x.numel() / std::max<int64_t>(1, x.size(-1));
   if (!kernel_applies(x, weight, bias) || weight.scalar_type() != at::kFloat || !column_major(weight) ||
-      rows < 2 || rows > MAX_FP32_ROWS)
+      rows < 2 || rows > MAX_FP32_ROWS) {
+    if (onednn && rows > MAX_FP32_ROWS && x.dim() >= 2 && x.device().type() == c10::DeviceType::CPU &&
+        x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat && weight.dim() == 2 &&
+        weight.size(1) == x.size(-1) &&
+        (!bias.has_value() || !bias->defined() || (bias->scalar_type() == at::kFloat && bias->numel() == weight.size(0))))
+      return onednn_linear(x, weight, bias);
     return at::linear(x, weight, bias);
+  }
   const at::Tensor x2 = x.reshape({-1, x.size(-1)}).contiguous();
   return run_col(x2, weight, bias, output_shape(x, weight.size(0)));
 }
@@ -385,7 +410,7 @@ at::Tensor decode_linear_int8(const at::Tensor& x, const at::Tensor& qweight, co
 }  // namespace
 
 TORCH_LIBRARY(openseason, m) {
-  m.def("decode_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("decode_linear(Tensor x, Tensor weight, Tensor? bias, bool onednn=False) -> Tensor");
   m.def("decode_linear_int8(Tensor x, Tensor qweight, Tensor scale, Tensor? bias) -> Tensor");
   m.def("decode_linear_int8_dynamic(Tensor x, Tensor qweight, Tensor wscale, Tensor wsum, Tensor? bias) -> Tensor");
 }

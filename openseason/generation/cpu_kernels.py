@@ -16,7 +16,9 @@ devices) goes to torch's product inside the op.
 
     available()                 True once built and loaded (builds on the first call; False if it cannot)
     status()                    "loaded from ..." / why not
-    decode_linear(x, w, b)      = F.linear(x, w, b); the kernel for fp32 w stored column-major
+    decode_linear(x, w, b, onednn=False)
+                                = F.linear(x, w, b); the kernel for fp32 w stored column-major (more
+                                rows: torch's oneDNN product with onednn, as openseason.linear chooses)
     decode_linear_int8(x, q, scale, b) = F.linear(x, q * scale[:, None], b)
     decode_linear_int8_dynamic(x, q, scale, q.sum(1), b)
                                 x's rows rounded to int8 too (quantize.Int8DynamicLinear), int32 sums
@@ -72,7 +74,7 @@ def _build_name() -> str:
 def _register_shapes() -> None:
     """Shape functions for torch.compile's tracing (the ops have no autograd: decoding only)."""
     @torch.library.register_fake("openseason::decode_linear")
-    def _(x, weight, bias):
+    def _(x, weight, bias, onednn=False):
         return x.new_empty(*x.shape[:-1], weight.shape[0])
 
     @torch.library.register_fake("openseason::decode_linear_int8")
@@ -152,8 +154,9 @@ def status() -> str:
     return _state["status"]
 
 
-def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    return torch.ops.openseason.decode_linear(x, weight, bias)
+def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+                  onednn: bool = False) -> torch.Tensor:
+    return torch.ops.openseason.decode_linear(x, weight, bias, onednn)
 
 
 def decode_linear_int8(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,

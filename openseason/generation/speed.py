@@ -24,9 +24,9 @@ import types
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..errors import OpenseasonError
+from ..linear import fp32_gemm, linear
 
 
 def _relayout_linear(module: nn.Linear, every_shape: bool) -> bool:
@@ -51,8 +51,8 @@ def _relayout_linear(module: nn.Linear, every_shape: bool) -> bool:
 def _decode_kernel_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     # Training through a decoding-prepared model still gets autograd: the kernels have none.
     if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-        return F.linear(x, self.weight, self.bias)
-    return torch.ops.openseason.decode_linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
+    return torch.ops.openseason.decode_linear(x, self.weight, self.bias, fp32_gemm() == "onednn")
 
 
 def prepare_for_decoding(model: nn.Module) -> int:
