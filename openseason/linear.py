@@ -1,8 +1,8 @@
 """The model's linear layers, multiplied on the CPU by the faster of the two fp32 GEMM libraries inside torch.
 
 torch sends an fp32 `F.linear` on the CPU to its BLAS, MKL on x86. MKL picks its code path by CPU
-vendor: on AMD processors it runs AVX2 code even where the CPU has AVX-512, so on the AMD EPYC
-(AVX-512) we measure it reaches about half of what the same torch's oneDNN (also linked into every
+vendor: on AMD processors it runs AVX2 code even where the CPU has AVX-512 (on the AMD EPYC we measure,
+its fp32 rate sits at the AVX2 peak), so there it reaches about half of what the same torch's oneDNN (also linked into every
 x86 torch wheel, used there for bf16) does on the same fp32 product: 173-191 GFLOP/s vs 388-443 for
 pythia-70m's training shapes, and 7.8 ms vs 3.2 ms for one row through its 50k-row output layer
 (BENCHMARKS.md, "Finetuning", 2026-12-02). Same fp32 arithmetic, only another kernel and summation order.
