@@ -69,6 +69,14 @@ constexpr int BT = 4;         // activation rows per tile
 constexpr int64_t MAX_BATCH = 16;   // more rows than this go to BLAS (prefill)
 // fp32: 9-16 rows ran two tile passes at 0.84-1.05x torch's product; those stay with torch
 constexpr int64_t MAX_FP32_ROWS = 8;
+// int8-dynamic: software prefetch about this many bytes ahead in the weight stream, rounded to whole
+// ROWS-row blocks so each prefetch lands on the same place of a later block. On the AMD EPYC, batch-1
+// decoding of llama-6x512 ran 4-8% faster with 4-8 KB than without, and further ahead was slower.
+constexpr int64_t INT8_PREFETCH_BYTES = 8192;
+static inline int64_t int8_prefetch_distance(int64_t in) {
+  const int64_t block = ROWS * in;
+  return block * std::max<int64_t>(1, (INT8_PREFETCH_BYTES + block - 1) / block);
+}
 // How far ahead (in weight rows) col_tile prefetches: 24-32 measured best for pythia-70m's output
 // layer at batch 4-8 on one and two threads (8 was 1.9x slower, 64 1.3x).
 constexpr int64_t PREFETCH_ROWS = 32;
@@ -248,7 +256,10 @@ static inline void dyn_tile(const uint8_t* xu, const float* xscale, const int8_t
   __m512i acc[ROWS][NB];
   for (int r = 0; r < ROWS; r++)
     for (int b = 0; b < NB; b++) acc[r][b] = _mm512_setzero_si512();
+  const int64_t ahead = int8_prefetch_distance(in);
   for (; i + 64 <= in; i += 64) {
+    for (int r = 0; r < ROWS; r++)
+      _mm_prefetch(reinterpret_cast<const char*>(wr[r] + i + ahead), _MM_HINT_T0);
     __m512i wv[ROWS];
     for (int r = 0; r < ROWS; r++) wv[r] = _mm512_loadu_si512(wr[r] + i);
     for (int b = 0; b < NB; b++) {
@@ -364,16 +375,18 @@ static at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& weight, c
   return stack[0].toTensor();
 }
 
-// fp32: column-major weights with 2-8 activation rows take col_tile; one row stays with torch's BLAS
-// (its matrix-vector path reads at the bandwidth limit there; measured in BENCHMARKS.md). More rows
-// (prefill, big batches) go to oneDNN when `onednn` (openseason.linear.fp32_gemm() chose it: 2-2.5x
-// torch's MKL on AMD CPUs), else to torch, as does everything the kernels do not cover.
+// fp32: column-major weights with 2-8 activation rows take col_tile. `avoid_blas` says torch's BLAS is
+// the slow library on this CPU (openseason.linear chose oneDNN over it: MKL on an AMD CPU): then one
+// row takes col_tile too (1.2-1.5x MKL's matrix-vector path there) and more than 8 rows (prefill, big
+// batches) go to oneDNN (2-2.5x MKL). Otherwise one row stays with torch's BLAS, whose
+// matrix-vector path reads at the bandwidth limit on Intel CPUs (BENCHMARKS.md), as does everything
+// the kernels do not cover.
 at::Tensor decode_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                         bool onednn) {
+                         bool avoid_blas) {
   const int64_t rows = x.numel() / std::max<int64_t>(1, x.size(-1));
   if (!kernel_applies(x, weight, bias) || weight.scalar_type() != at::kFloat || !column_major(weight) ||
-      rows < 2 || rows > MAX_FP32_ROWS) {
-    if (onednn && rows > MAX_FP32_ROWS && x.dim() >= 2 && x.device().type() == c10::DeviceType::CPU &&
+      rows < (avoid_blas ? 1 : 2) || rows > MAX_FP32_ROWS) {
+    if (avoid_blas && rows > MAX_FP32_ROWS && x.dim() >= 2 && x.device().type() == c10::DeviceType::CPU &&
         x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat && weight.dim() == 2 &&
         weight.size(1) == x.size(-1) &&
         (!bias.has_value() || !bias->defined() || (bias->scalar_type() == at::kFloat && bias->numel() == weight.size(0))))
@@ -410,7 +423,7 @@ at::Tensor decode_linear_int8(const at::Tensor& x, const at::Tensor& qweight, co
 }  // namespace
 
 TORCH_LIBRARY(openseason, m) {
-  m.def("decode_linear(Tensor x, Tensor weight, Tensor? bias, bool onednn=False) -> Tensor");
+  m.def("decode_linear(Tensor x, Tensor weight, Tensor? bias, bool avoid_blas=False) -> Tensor");
   m.def("decode_linear_int8(Tensor x, Tensor qweight, Tensor scale, Tensor? bias) -> Tensor");
   m.def("decode_linear_int8_dynamic(Tensor x, Tensor qweight, Tensor wscale, Tensor wsum, Tensor? bias) -> Tensor");
 }

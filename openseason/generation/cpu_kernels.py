@@ -16,9 +16,10 @@ devices) goes to torch's product inside the op.
 
     available()                 True once built and loaded (builds on the first call; False if it cannot)
     status()                    "loaded from ..." / why not
-    decode_linear(x, w, b, onednn=False)
-                                = F.linear(x, w, b); the kernel for fp32 w stored column-major (more
-                                rows: torch's oneDNN product with onednn, as openseason.linear chooses)
+    decode_linear(x, w, b, avoid_blas=False)
+                                = F.linear(x, w, b); the kernel for fp32 w stored column-major; with
+                                avoid_blas (openseason.linear chose oneDNN over torch's BLAS on this
+                                CPU) also for one row, and oneDNN for more than 8
     decode_linear_int8(x, q, scale, b) = F.linear(x, q * scale[:, None], b)
     decode_linear_int8_dynamic(x, q, scale, q.sum(1), b)
                                 x's rows rounded to int8 too (quantize.Int8DynamicLinear), int32 sums
@@ -74,7 +75,7 @@ def _build_name() -> str:
 def _register_shapes() -> None:
     """Shape functions for torch.compile's tracing (the ops have no autograd: decoding only)."""
     @torch.library.register_fake("openseason::decode_linear")
-    def _(x, weight, bias, onednn=False):
+    def _(x, weight, bias, avoid_blas=False):
         return x.new_empty(*x.shape[:-1], weight.shape[0])
 
     @torch.library.register_fake("openseason::decode_linear_int8")
@@ -155,8 +156,8 @@ def status() -> str:
 
 
 def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-                  onednn: bool = False) -> torch.Tensor:
-    return torch.ops.openseason.decode_linear(x, weight, bias, onednn)
+                  avoid_blas: bool = False) -> torch.Tensor:
+    return torch.ops.openseason.decode_linear(x, weight, bias, avoid_blas)
 
 
 def decode_linear_int8(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,

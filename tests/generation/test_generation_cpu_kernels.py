@@ -34,29 +34,34 @@ def test_fp32_kernel_matches_f_linear(rows, shape):
     weight = _column_major(out_features, in_features)
     bias = torch.randn(out_features)
     x = torch.randn(rows, in_features)
-    # onednn: more rows than the kernel takes go to torch's oneDNN product (openseason.linear's choice)
-    for onednn in (False, True):
+    # avoid_blas (openseason.linear chose oneDNN): one row takes the kernel, more than 8 oneDNN
+    for avoid_blas in (False, True):
         for b in (bias, None):
-            torch.testing.assert_close(cpu_kernels.decode_linear(x, weight, b, onednn=onednn), F.linear(x, weight, b),
+            torch.testing.assert_close(cpu_kernels.decode_linear(x, weight, b, avoid_blas=avoid_blas), F.linear(x, weight, b),
                                        atol=1e-4, rtol=1e-5)
         # a decode step's activations are [batch, 1, features]
         x3 = x.reshape(rows, 1, in_features)
-        got = cpu_kernels.decode_linear(x3, weight, bias, onednn=onednn)
+        got = cpu_kernels.decode_linear(x3, weight, bias, avoid_blas=avoid_blas)
         assert got.shape == (rows, 1, out_features)
         torch.testing.assert_close(got, F.linear(x3, weight, bias), atol=1e-4, rtol=1e-5)
 
 
-def test_fp32_prefill_goes_to_onednn_only_when_asked(monkeypatch):
-    """Rows past the kernel's 8 go through mkldnn::_linear_pointwise with onednn=True, torch's BLAS without:
-    the two agree to rounding but, on this data, not bit for bit, which tells the paths apart."""
+def test_fp32_avoid_blas_routes_one_row_to_the_kernel_and_many_to_onednn():
+    """With avoid_blas, rows past the kernel's 8 go through mkldnn::_linear_pointwise and one row through
+    our kernel; without it both stay with torch's BLAS. The three sum in different orders, so on this
+    data they differ in the last bits, which tells the paths apart."""
     weight = _column_major(4099, 1024, seed=3)
     x = torch.randn(33, 1024, generator=torch.Generator().manual_seed(4))
     by_onednn = torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
     by_torch = F.linear(x, weight)
     if torch.equal(by_onednn, by_torch):
         pytest.skip("oneDNN and torch's BLAS sum alike on this CPU: the paths cannot be told apart")
-    assert torch.equal(cpu_kernels.decode_linear(x, weight, None, onednn=True), by_onednn)
-    assert torch.equal(cpu_kernels.decode_linear(x, weight, None, onednn=False), by_torch)
+    assert torch.equal(cpu_kernels.decode_linear(x, weight, None, avoid_blas=True), by_onednn)
+    assert torch.equal(cpu_kernels.decode_linear(x, weight, None, avoid_blas=False), by_torch)
+    one = x[:1]
+    by_kernel = cpu_kernels.decode_linear(torch.cat([one, one]), weight, None)[:1]   # 2 rows: the kernel
+    assert torch.equal(cpu_kernels.decode_linear(one, weight, None, avoid_blas=True), by_kernel)
+    assert torch.equal(cpu_kernels.decode_linear(one, weight, None, avoid_blas=False), F.linear(one, weight))
 
 
 def test_fp32_kernel_falls_back_for_what_it_does_not_cover():
