@@ -9,13 +9,15 @@ pythia-70m's training shapes, and 7.8 ms vs 3.2 ms for one row through its 50k-r
 
 `Linear` is an nn.Linear (same parameters, state dict and isinstance) whose forward calls `linear`,
 which sends fp32 CPU products outside autocast through the op `openseason::onednn_linear` when
-`fp32_gemm()` is "onednn", and everything else to F.linear. The op carries its own backward (input
+`fp32_gemm()` is "onednn", and everything else to F.linear (one row by a column-major weight too:
+decoding's layout, which torch's matrix-vector path reads faster). The op carries its own backward (input
 and weight gradients are two more oneDNN products, on transposed views: nothing is copied), and is
 opaque to torch.compile, so compiled blocks call it as it is.
 
 The library is chosen by a rule, not by timing, so every process on a machine multiplies alike (a
 resumed run repeats the interrupted one bit for bit): oneDNN where torch's BLAS is MKL and the CPU is
-not Intel's, torch's BLAS elsewhere. OPENSEASON_FP32_GEMM=onednn|torch overrides it.
+not Intel's, torch's BLAS elsewhere. OPENSEASON_FP32_GEMM=onednn|torch overrides it; set_fp32_gemm
+does from Python, before anything is compiled (torch.compile reads the choice once, as a constant).
 """
 from __future__ import annotations
 
