@@ -23,16 +23,8 @@ def machine() -> str:
     CPU's model name, its core count, and openseason.linear's library (MKL runs AVX2 code on AMD CPUs,
     so the same torch multiplies at another speed there; BENCHMARKS.md rows depend on it)."""
     import os
-    from pathlib import Path
 
+    from openseason.device import cpu_info
     from openseason.linear import fp32_gemm
 
-    name = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores, our fp32 GEMM: {fp32_gemm()}"
+    return f"{cpu_info('model name') or 'unknown CPU'}, {os.cpu_count()} cores, our fp32 GEMM: {fp32_gemm()}"

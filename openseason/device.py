@@ -5,6 +5,9 @@ safetensors file", because pinned memory needs CUDA) or as a raw torch traceback
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import torch
 
 from .errors import ConfigError
@@ -31,3 +34,17 @@ def check_device(device) -> torch.device:
     elif parsed.type not in ("cpu", "cuda", "mps", "meta"):
         raise ConfigError(f"device {str(device)!r} is not supported", hint="use cpu, cuda, cuda:N or mps")
     return parsed
+
+
+def cpu_info(field: str) -> Optional[str]:
+    """The value of `field` ("vendor_id", "model name", "flags") for the first CPU in /proc/cpuinfo;
+    None where there is no such file (not Linux) or no such field."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip() == field:
+            return value.strip()
+    return None

@@ -22,13 +22,13 @@ does from Python, before anything is compiled (torch.compile reads the choice on
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .device import cpu_info
 from .errors import ConfigError
 
 ENV = "OPENSEASON_FP32_GEMM"
@@ -36,13 +36,7 @@ _choice: dict = {}
 
 
 def _cpu_vendor() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+    return cpu_info("vendor_id") or "unknown"
 
 
 def _onednn_usable() -> bool:

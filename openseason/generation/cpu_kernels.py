@@ -47,6 +47,7 @@ from pathlib import Path
 
 import torch
 
+from ..device import cpu_info
 from ..fileio import user_cache_dir
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
@@ -55,13 +56,7 @@ _state: dict = {"tried": False, "ok": False, "status": "not built yet"}
 
 
 def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_info("flags") or platform.processor() or platform.machine()
 
 
 def _build_name() -> str:
