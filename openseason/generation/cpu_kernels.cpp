@@ -344,15 +344,23 @@ static std::vector<int64_t> output_shape(const at::Tensor& x, int64_t out) {
   return shape;
 }
 
-static bool kernel_applies(const at::Tensor& x, const at::Tensor& weight,
-                           const c10::optional<at::Tensor>& bias) {
+static int64_t rows_of(const at::Tensor& x) {
+  return x.numel() / std::max<int64_t>(1, x.size(-1));
+}
+
+// fp32 activations on the CPU that fit the weight and bias; anything else goes to torch's product,
+// which says what is wrong with it.
+static bool operands_fit(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   if (x.device().type() != c10::DeviceType::CPU || x.scalar_type() != at::kFloat || x.dim() < 1) return false;
   if (weight.dim() != 2 || weight.size(1) != x.size(-1)) return false;
-  if (bias.has_value() && bias->defined() &&
-      (bias->scalar_type() != at::kFloat || !bias->is_contiguous() || bias->numel() != weight.size(0)))
-    return false;   // torch's product then says what is wrong with it
-  const int64_t rows = x.numel() / std::max<int64_t>(1, x.size(-1));
-  return rows >= 1 && rows <= MAX_BATCH;
+  return !(bias.has_value() && bias->defined() &&
+           (bias->scalar_type() != at::kFloat || !bias->is_contiguous() || bias->numel() != weight.size(0)));
+}
+
+static bool kernel_applies(const at::Tensor& x, const at::Tensor& weight,
+                           const c10::optional<at::Tensor>& bias) {
+  const int64_t rows = rows_of(x);
+  return operands_fit(x, weight, bias) && rows >= 1 && rows <= MAX_BATCH;
 }
 
 static bool column_major(const at::Tensor& w) {
@@ -383,16 +391,11 @@ static at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& weight, c
 // the kernels do not cover.
 at::Tensor decode_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                          bool avoid_blas) {
-  const int64_t rows = x.numel() / std::max<int64_t>(1, x.size(-1));
-  if (!kernel_applies(x, weight, bias) || weight.scalar_type() != at::kFloat || !column_major(weight) ||
-      rows < (avoid_blas ? 1 : 2) || rows > MAX_FP32_ROWS) {
-    if (avoid_blas && rows > MAX_FP32_ROWS && x.dim() >= 2 && x.device().type() == c10::DeviceType::CPU &&
-        x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat && weight.dim() == 2 &&
-        weight.size(1) == x.size(-1) &&
-        (!bias.has_value() || !bias->defined() || (bias->scalar_type() == at::kFloat && bias->numel() == weight.size(0))))
-      return onednn_linear(x, weight, bias);
+  const int64_t rows = rows_of(x);
+  const bool fp32 = operands_fit(x, weight, bias) && weight.scalar_type() == at::kFloat;
+  if (fp32 && avoid_blas && rows > MAX_FP32_ROWS && x.dim() >= 2) return onednn_linear(x, weight, bias);
+  if (!fp32 || !column_major(weight) || rows < (avoid_blas ? 1 : 2) || rows > MAX_FP32_ROWS)
     return at::linear(x, weight, bias);
-  }
   const at::Tensor x2 = x.reshape({-1, x.size(-1)}).contiguous();
   return run_col(x2, weight, bias, output_shape(x, weight.size(0)));
 }
