@@ -6,7 +6,9 @@
 // The shape of the work: each weight element is read once per call and used for every activation
 // row while it is in a register, so batch 8 costs little more than batch 1 (the weight read), where
 // BLAS's matrix-matrix path repacks the whole weight per call.
-// - fp32 (decode_linear): column-major weights, 2-8 rows: col_tile (vectors along the outputs).
+// - fp32 (decode_linear): column-major weights, 2-8 rows: col_tile (vectors along the outputs); one
+//   row where torch's BLAS is the slow library: sweep (threads split the input, each reads its part
+//   of the weight front to back).
 // - int8 weight-only (decode_linear_int8): row-major int8 with one fp32 scale per output row, 1-16
 //   rows: int8_tile (ROWS weight rows x up to BT activation rows, dot products along the input).
 #include <ATen/ATen.h>
@@ -233,6 +235,62 @@ static at::Tensor run_col(const at::Tensor& x2, const at::Tensor& weight, const 
 
 static std::vector<int64_t> output_shape(const at::Tensor& x, int64_t out);
 
+// One activation row against column-major weights (storage [in, out]), read in storage order:
+// y += sum_k x[i + k] * storage row (i + k), K storage rows at a time, the partial sums in y (L1/L2).
+// Each thread takes a contiguous share of the input (of the storage) and keeps partial sums of its
+// own, added up at the end. Reading each thread's share front to back, K rows side by side, kept more
+// loads in flight than col_tile's walk down the columns: on the AMD EPYC it read llama-6x512's
+// matrices at 1.12x col_tile's rate on two threads and 1.18x on one (K = 16; 8 and 24-32 were slower).
+constexpr int SWEEP_ROWS = 16;
+
+template <int K>
+static inline void sweep_rows(const float* x, const float* wt, float* y, int64_t i, int64_t out, bool first) {
+  const float* w = wt + i * out;
+  int64_t o = 0;
+  for (; o + OS_LANES <= out; o += OS_LANES) {
+    vec acc = first ? vzero() : vload(y + o);
+    for (int k = 0; k < K; k++) acc = vfma(vload(w + k * out + o), vset1(x[i + k]), acc);
+    vstore(y + o, acc);
+  }
+  for (; o < out; o++) {
+    float s = first ? 0.f : y[o];
+    for (int k = 0; k < K; k++) s += w[k * out + o] * x[i + k];
+    y[o] = s;
+  }
+}
+
+static at::Tensor run_sweep(const at::Tensor& x1, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                            c10::IntArrayRef out_shape) {
+  const int64_t in = x1.size(-1), out = weight.size(0);
+  at::Tensor y = at::empty({out}, x1.options());
+  if (in == 0) {
+    y.zero_();
+  } else {
+    // One share per thread, each at least ~256 KB of weight, so small matrices stay on one thread.
+    const int64_t bytes = in * out * static_cast<int64_t>(sizeof(float));
+    const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), bytes / (256 * 1024), in}));
+    at::Tensor partial = parts > 1 ? at::empty({parts - 1, out}, x1.options()) : at::Tensor();
+    const float* xp = x1.data_ptr<float>();
+    const float* wp = weight.data_ptr<float>();
+    float* yp = y.data_ptr<float>();
+    float* pp = parts > 1 ? partial.data_ptr<float>() : nullptr;
+    at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t part = begin; part < end; part++) {
+        float* acc = part == 0 ? yp : pp + (part - 1) * out;
+        const int64_t i1 = in * (part + 1) / parts;
+        int64_t i = in * part / parts;
+        bool first = true;
+        for (; i + SWEEP_ROWS <= i1; i += SWEEP_ROWS, first = false) sweep_rows<SWEEP_ROWS>(xp, wp, acc, i, out, first);
+        for (; i < i1; i++, first = false) sweep_rows<1>(xp, wp, acc, i, out, first);
+      }
+    });
+    for (int64_t part = 1; part < parts; part++) y.add_(partial[part - 1]);
+  }
+  if (bias.has_value() && bias->defined()) y.add_(*bias);
+  return y.view(out_shape);
+}
+
+
 // int8 x int8 (int8-dynamic): each activation row is rounded to int8 with its own scale
 // (max|x| / 127) and stored biased by +128 as uint8, because AVX-512 VNNI's vpdpbusd multiplies
 // unsigned by signed bytes, four pairs per 32-bit lane: sum_i (xq_i + 128) w_i = sum_i xq_i w_i +
@@ -385,7 +443,7 @@ static at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& weight, c
 
 // fp32: column-major weights with 2-8 activation rows take col_tile. `avoid_blas` says torch's BLAS is
 // the slow library on this CPU (openseason.linear chose oneDNN over it: MKL on an AMD CPU): then one
-// row takes col_tile too (1.2-1.5x MKL's matrix-vector path there) and more than 8 rows (prefill, big
+// row takes sweep (1.4-1.8x MKL's matrix-vector path there) and more than 8 rows (prefill, big
 // batches) go to oneDNN (2-2.5x MKL). Otherwise one row stays with torch's BLAS, whose
 // matrix-vector path reads at the bandwidth limit on Intel CPUs (BENCHMARKS.md), as does everything
 // the kernels do not cover.
@@ -397,6 +455,7 @@ at::Tensor decode_linear(const at::Tensor& x, const at::Tensor& weight, const c1
   if (!fp32 || !column_major(weight) || rows < (avoid_blas ? 1 : 2) || rows > MAX_FP32_ROWS)
     return at::linear(x, weight, bias);
   const at::Tensor x2 = x.reshape({-1, x.size(-1)}).contiguous();
+  if (rows == 1) return run_sweep(x2, weight, bias, output_shape(x, weight.size(0)));
   return run_col(x2, weight, bias, output_shape(x, weight.size(0)));
 }
 

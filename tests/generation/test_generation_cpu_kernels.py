@@ -59,9 +59,33 @@ def test_fp32_avoid_blas_routes_one_row_to_the_kernel_and_many_to_onednn():
     assert torch.equal(cpu_kernels.decode_linear(x, weight, None, avoid_blas=True), by_onednn)
     assert torch.equal(cpu_kernels.decode_linear(x, weight, None, avoid_blas=False), by_torch)
     one = x[:1]
-    by_kernel = cpu_kernels.decode_linear(torch.cat([one, one]), weight, None)[:1]   # 2 rows: the kernel
-    assert torch.equal(cpu_kernels.decode_linear(one, weight, None, avoid_blas=True), by_kernel)
+    by_sweep = cpu_kernels.decode_linear(one, weight, None, avoid_blas=True)
+    assert not torch.equal(by_sweep, F.linear(one, weight))          # not torch's BLAS ...
+    exact = (one.double() @ weight.double().t()).float()
+    torch.testing.assert_close(by_sweep, exact, atol=1e-4, rtol=1e-5)  # ... and as accurate
     assert torch.equal(cpu_kernels.decode_linear(one, weight, None, avoid_blas=False), F.linear(one, weight))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(4099, 1024), (515, 37), (17, 4000), (2048, 3)])
+def test_fp32_one_row_sweep_matches_float64(threads, shape):
+    """One row with avoid_blas: threads split the input and add their partial sums. Shapes with ragged
+    tails in both dimensions, one too small to split, one with fewer inputs than a sweep's 16 rows."""
+    out_features, in_features = shape
+    weight = _column_major(out_features, in_features, seed=5)
+    bias = torch.randn(out_features, generator=torch.Generator().manual_seed(6))
+    x = torch.randn(1, 1, in_features, generator=torch.Generator().manual_seed(7))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = cpu_kernels.decode_linear(x, weight, bias, avoid_blas=True)
+        again = cpu_kernels.decode_linear(x, weight, bias, avoid_blas=True)
+    finally:
+        torch.set_num_threads(before)
+    exact = (x.double() @ weight.double().t() + bias.double()).float()
+    assert got.shape == (1, 1, out_features)
+    assert torch.equal(got, again)                                   # same split, same sums each call
+    torch.testing.assert_close(got, exact, atol=2e-4, rtol=1e-5)
 
 
 def test_fp32_kernel_falls_back_for_what_it_does_not_cover():
@@ -78,13 +102,13 @@ def test_fp32_kernel_falls_back_for_what_it_does_not_cover():
 
 @settings(max_examples=40, deadline=None)
 @given(rows=st.integers(1, 12), out_features=st.integers(1, 300), in_features=st.integers(1, 70),
-       bias=st.booleans(), seed=st.integers(0, 2**16))
-def test_fp32_kernel_property(rows, out_features, in_features, bias, seed):
+       bias=st.booleans(), avoid_blas=st.booleans(), seed=st.integers(0, 2**16))
+def test_fp32_kernel_property(rows, out_features, in_features, bias, avoid_blas, seed):
     g = torch.Generator().manual_seed(seed)
     weight = torch.randn(out_features, in_features, generator=g).t().contiguous().t()
     b = torch.randn(out_features, generator=g) if bias else None
     x = torch.randn(rows, in_features, generator=g)
-    torch.testing.assert_close(cpu_kernels.decode_linear(x, weight, b), F.linear(x, weight, b),
+    torch.testing.assert_close(cpu_kernels.decode_linear(x, weight, b, avoid_blas=avoid_blas), F.linear(x, weight, b),
                                atol=1e-4, rtol=1e-5)
 
 
