@@ -17,6 +17,8 @@
 #include <torch/library.h>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
+#include <algorithm>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -263,17 +265,19 @@ static at::Tensor run_sweep(const at::Tensor& x1, const at::Tensor& weight, cons
                             c10::IntArrayRef out_shape) {
   const int64_t in = x1.size(-1), out = weight.size(0);
   at::Tensor y = at::empty({out}, x1.options());
-  if (in == 0) {
-    y.zero_();
-  } else {
-    // One share per thread, each at least ~256 KB of weight, so small matrices stay on one thread.
-    const int64_t bytes = in * out * static_cast<int64_t>(sizeof(float));
-    const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), bytes / (256 * 1024), in}));
-    at::Tensor partial = parts > 1 ? at::empty({parts - 1, out}, x1.options()) : at::Tensor();
-    const float* xp = x1.data_ptr<float>();
-    const float* wp = weight.data_ptr<float>();
-    float* yp = y.data_ptr<float>();
-    float* pp = parts > 1 ? partial.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  const float* bp = bias.has_value() && bias->defined() ? bias->data_ptr<float>() : nullptr;
+  // One share per thread, each at least ~256 KB of weight, so small matrices stay on one thread.
+  const int64_t bytes = in * out * static_cast<int64_t>(sizeof(float));
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), bytes / (256 * 1024), in}));
+  // Partial sums of shares 1.. in this thread's scratch (no allocation per call once it has grown).
+  static thread_local std::vector<float> scratch;
+  if (scratch.size() < static_cast<size_t>((parts - 1) * out)) scratch.resize((parts - 1) * out);
+  float* pp = scratch.data();
+  const float* xp = x1.data_ptr<float>();
+  const float* wp = weight.data_ptr<float>();
+  if (in == 0) std::fill(yp, yp + out, 0.f);
+  else
     at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
       for (int64_t part = begin; part < end; part++) {
         float* acc = part == 0 ? yp : pp + (part - 1) * out;
@@ -284,9 +288,12 @@ static at::Tensor run_sweep(const at::Tensor& x1, const at::Tensor& weight, cons
         for (; i < i1; i++, first = false) sweep_rows<1>(xp, wp, acc, i, out, first);
       }
     });
-    for (int64_t part = 1; part < parts; part++) y.add_(partial[part - 1]);
+  for (int64_t part = 1; part < parts; part++) {   // plain loops: the compiler vectorizes them
+    const float* partial = pp + (part - 1) * out;
+    for (int64_t o = 0; o < out; o++) yp[o] += partial[o];
   }
-  if (bias.has_value() && bias->defined()) y.add_(*bias);
+  if (bp)
+    for (int64_t o = 0; o < out; o++) yp[o] += bp[o];
   return y.view(out_shape);
 }
 

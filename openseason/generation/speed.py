@@ -7,7 +7,9 @@ all) reads it at about 11 GB/s, while the same product against column-major stor
 seen through a transposed view) reads it at about 27 GB/s: 9.5 ms vs 3.8 ms for Pythia's lm_head. `prepare_for_decoding`
 re-stores such weights in place: same values, same Parameter objects and shapes, so training,
 saving (save_checkpoint makes tensors contiguous) and PEFT injection are unaffected; only the memory
-layout changes.
+layout changes. On Linux it also moves the CPU weights into memory backed by transparent huge pages
+(device.huge_page_buffer): a step reads every weight, and with 4 KB pages that is a TLB miss every
+4 KB (llama-6x512 decoded about 5% faster in huge pages on the AMD EPYC).
 
 `compile_decoding` removes what is left between those matrix products: at batch 1 a small model's
 step is about thirty small operations per layer (norms, rotary, cache writes, attention, residual
@@ -29,7 +31,7 @@ from ..errors import OpenseasonError
 from ..linear import fp32_gemm, linear
 
 
-def _relayout_linear(module: nn.Linear, every_shape: bool) -> bool:
+def _wants_column_major(module: nn.Linear, every_shape: bool) -> bool:
     weight = module.weight
     # fp32 only: for bf16 the two layouts measured alike, and for fp16 the column-major path was 13x slower.
     if (weight.device.type != "cpu" or weight.dtype != torch.float32 or weight.dim() != 2
@@ -41,11 +43,52 @@ def _relayout_linear(module: nn.Linear, every_shape: bool) -> bool:
     # matrices. Our kernels (every_shape) want every weight column-major: at batch 8 they multiply
     # pythia-70m's down projections 1.05-1.4x faster than torch on row-major, and batch 1 stays with
     # torch, 3-9% slower on those two shapes column-major (under 1% of a step).
-    if out_features <= in_features and not every_shape:
-        return False
+    return out_features > in_features or every_shape
+
+
+# Tensors smaller than this stay where they are: a huge page is 2 MB, and norms and biases are read
+# from cache anyway.
+HUGE_PAGE_MIN_BYTES = 256 * 1024
+_ALIGN = 4096
+
+
+def _restore_weights(model: nn.Module, column_major: set[int]) -> int:
+    """Re-store the model's CPU tensors: those in `column_major` (ids) as column-major copies, and
+    every weight of HUGE_PAGE_MIN_BYTES or more in one huge-page buffer where Linux provides one (the
+    rest of the column-major ones with torch's allocator). Same Parameter and buffer objects, same
+    values; returns how many bytes went into huge pages."""
+    from ..device import huge_page_buffer
+
+    def dense(t: torch.Tensor) -> bool:   # row- or column-major, with nothing else in its storage
+        return (t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+                and (t.is_contiguous() or (t.dim() == 2 and t.t().is_contiguous())))
+
+    seen: set[int] = set()
+    tensors = []
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        if id(t) not in seen and t.device.type == "cpu" and not t.is_sparse:
+            seen.add(id(t))
+            tensors.append(t)
+    placed = [t for t in tensors if dense(t) and t.numel() * t.element_size() >= HUGE_PAGE_MIN_BYTES]
+    offsets, total = {}, 0
+    for t in placed:
+        offsets[id(t)] = total
+        total += -(-t.numel() * t.element_size() // _ALIGN) * _ALIGN
+    arena = huge_page_buffer(total) if placed else None
+    moved = 0
     with torch.no_grad():
-        weight.data = weight.data.t().contiguous().t()
-    return True
+        for t in tensors:
+            col = id(t) in column_major or not t.is_contiguous()   # the layout it ends in
+            if arena is not None and id(t) in offsets:
+                nbytes = t.numel() * t.element_size()
+                flat = arena[offsets[id(t)]:offsets[id(t)] + nbytes].view(t.dtype)
+                home = flat.view(t.shape[1], t.shape[0]).t() if col else flat.view(t.shape)
+                home.copy_(t)
+                t.data = home
+                moved += nbytes
+            elif id(t) in column_major:
+                t.data = t.data.t().contiguous().t()
+    return moved
 
 
 def _decode_kernel_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -72,10 +115,11 @@ def prepare_for_decoding(model: nn.Module) -> int:
         tied.add(id(embed.weight))
     on_cpu = any(t.device.type == "cpu" for t in itertools.chain(model.parameters(), model.buffers()))
     kernels = on_cpu and cpu_kernels.available()
-    changed = []
-    for module in model.modules():
-        if isinstance(module, nn.Linear) and id(module.weight) not in tied and _relayout_linear(module, kernels):
-            changed.append(module)
+    changed = [module for module in model.modules()
+               if isinstance(module, nn.Linear) and id(module.weight) not in tied
+               and _wants_column_major(module, kernels)]
+    if on_cpu:
+        model._huge_page_bytes = _restore_weights(model, {id(module.weight) for module in changed})
     if kernels:
         for module in changed:
             module.forward = types.MethodType(_decode_kernel_forward, module)
