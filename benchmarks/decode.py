@@ -367,6 +367,7 @@ def bench(name: str, args, threads: int | None) -> list[dict]:
         twin = GPT(config).to(dtype).eval()
         twin.load_state_dict(ours.state_dict())
         quantized[mode] = quantize(twin, mode)
+        prepare_for_decoding(quantized[mode])   # as LLM.load does after quantizing
         contenders[f"ours {mode}"] = lambda m=quantized[mode]: generate_ids(m, batch_ids, params)[0].token_ids
     prepare_for_decoding(ours)
     if args.compile:

@@ -19,7 +19,8 @@ devices) goes to torch's product inside the op.
     decode_linear(x, w, b, avoid_blas=False)
                                 = F.linear(x, w, b); the kernel for fp32 w stored column-major; with
                                 avoid_blas (openseason.linear chose oneDNN over torch's BLAS on this
-                                CPU) also for one row, and oneDNN for more than 8
+                                CPU) one row too (threads split the input and each reads its share of
+                                the weight front to back), and oneDNN for more than 8
     decode_linear_int8(x, q, scale, b) = F.linear(x, q * scale[:, None], b)
     decode_linear_int8_dynamic(x, q, scale, q.sum(1), b)
                                 x's rows rounded to int8 too (quantize.Int8DynamicLinear), int32 sums
