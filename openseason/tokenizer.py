@@ -17,8 +17,9 @@ from .errors import CheckpointError
 
 # Copied with a checkpoint both ways by `convert`; the chat template files keep a model's chat format
 # (see openseason.chat_template).
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "tokenizer.model", "generation_config.json", "chat_template.jinja", "chat_template.json")
+                   "tokenizer.model", "generation_config.json", *CHAT_TEMPLATE_FILES)
 
 
 def _token_text(value) -> Optional[str]:
@@ -35,6 +36,10 @@ class Tokenizer:
         self.eos_id = eos_id
         self.add_bos = add_bos and bos_id is not None
         self.pad_id = pad_id if pad_id is not None else eos_id
+        # The model's chat format as from_dir found it, written back by save: the text of
+        # chat_template.jinja / chat_template.json, and tokenizer_config.json's "chat_template" entry.
+        self.chat_template_files: dict[str, str] = {}
+        self.config_chat_template = None
 
     # -- loading ------------------------------------------------------------------------------------
     @classmethod
@@ -76,17 +81,31 @@ class Tokenizer:
                         pad_id = token_id
             if "add_bos_token" in tok_cfg:
                 add_bos = bool(tok_cfg["add_bos_token"])
-        return cls(backend, bos_id=bos_id, eos_id=eos_id, add_bos=add_bos, pad_id=pad_id)
+        tokenizer = cls(backend, bos_id=bos_id, eos_id=eos_id, add_bos=add_bos, pad_id=pad_id)
+        if tok_cfg_file.exists():
+            tokenizer.config_chat_template = tok_cfg.get("chat_template")
+        for name in CHAT_TEMPLATE_FILES:
+            if (file.parent / name).exists():
+                try:
+                    tokenizer.chat_template_files[name] = (file.parent / name).read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise CheckpointError(f"cannot read the chat template ({exc})", where=str(file.parent / name)) from None
+        return tokenizer
 
     def save(self, directory: str | Path) -> None:
-        """Write tokenizer.json and a tokenizer_config.json that records the BOS/EOS policy."""
+        """Write tokenizer.json, a tokenizer_config.json that records the BOS/EOS policy, and the chat
+        template the tokenizer was loaded with (so a model finetuned from a chat model keeps its format)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.backend.save(str(directory / "tokenizer.json"))
         cfg = {"add_bos_token": self.add_bos, "add_eos_token": False,
                "bos_token": self.id_to_token(self.bos_id), "eos_token": self.id_to_token(self.eos_id),
                "pad_token": self.id_to_token(self.pad_id), "tokenizer_class": "PreTrainedTokenizerFast"}
+        if self.config_chat_template is not None:
+            cfg["chat_template"] = self.config_chat_template
         (directory / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        for name, text in self.chat_template_files.items():
+            (directory / name).write_text(text, encoding="utf-8")
 
     # -- encode / decode ----------------------------------------------------------------------------
     @property

@@ -64,3 +64,51 @@ def test_errors_name_the_file(tmp_path, tok):
     (tmp_path / "tokenizer.json").write_text("not json")
     with pytest.raises(CheckpointError, match="cannot read tokenizer"):
         Tokenizer.from_dir(tmp_path)
+
+
+CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+@pytest.mark.parametrize("where", ["jinja", "config", "config-list", "legacy-json"])
+def test_save_keeps_the_chat_template_it_was_loaded_with(tmp_path, tok, where):
+    """A tokenizer loaded from a chat model's directory and saved again (as every finetuned checkpoint
+    is) keeps the chat template, wherever the source kept it; transformers reads the same template
+    from the saved directory."""
+    from openseason.chat_template import ChatTemplate
+
+    source, saved = tmp_path / "source", tmp_path / "saved"
+    tok.save(source)
+    cfg = json.loads((source / "tokenizer_config.json").read_text())
+    if where == "jinja":
+        (source / "chat_template.jinja").write_text(CHAT)
+    elif where == "config":
+        cfg["chat_template"] = CHAT
+    elif where == "config-list":
+        cfg["chat_template"] = [{"name": "default", "template": CHAT}, {"name": "tool_use", "template": "{{ 1 }}"}]
+    else:
+        (source / "chat_template.json").write_text(json.dumps({"chat_template": CHAT}))
+    (source / "tokenizer_config.json").write_text(json.dumps(cfg))
+    Tokenizer.from_dir(source).save(saved)
+
+    messages = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "fox"},
+                {"role": "user", "content": "again"}]
+    expected = "<|user|>hello</s><|assistant|>fox</s><|user|>again</s><|assistant|>"
+    assert ChatTemplate.from_dir(source).render(messages) == expected
+    assert ChatTemplate.from_dir(saved).render(messages) == expected
+    if where == "config-list":       # every named template survives, not only the default
+        assert json.loads((saved / "tokenizer_config.json").read_text())["chat_template"] == cfg["chat_template"]
+    if where == "legacy-json":        # a processor's file: transformers' tokenizers do not read it
+        return
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoTokenizer.from_pretrained(str(saved))
+    assert hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == expected
+
+
+def test_a_tokenizer_without_a_chat_template_saves_none(tmp_path, tok):
+    from openseason.chat_template import ChatTemplate
+
+    tok.save(tmp_path / "a")
+    Tokenizer.from_dir(tmp_path / "a").save(tmp_path / "b")
+    assert "chat_template" not in json.loads((tmp_path / "b" / "tokenizer_config.json").read_text())
+    assert ChatTemplate.from_dir(tmp_path / "b") is None
