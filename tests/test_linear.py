@@ -126,3 +126,32 @@ def test_model_training_step_alike_with_either_library(library):
     assert results["onednn"][1].keys() == results["torch"][1].keys()
     for name, grad in results["onednn"][1].items():
         torch.testing.assert_close(grad, results["torch"][1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_vision_towers_multiply_through_openseason_linear(library, monkeypatch):
+    """The vision encoders (ViT, Q-Former) use the decoder's Linear, so they take the faster fp32
+    library too, with F.linear's features to float rounding."""
+    from openseason.vision.config import QFormerConfig, ViTConfig
+    from openseason.vision.qformer import QFormer
+    from openseason.vision.vit import ViT
+
+    torch.manual_seed(0)
+    vit = ViT(ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_layers=2, num_heads=4,
+                        intermediate_size=128, projection_dim=32)).eval()
+    qformer = QFormer(QFormerConfig(num_query_tokens=4, hidden_size=64, num_layers=2, num_heads=4,
+                                    intermediate_size=128, encoder_hidden_size=64)).eval()
+    for tower in (vit, qformer):
+        linears = [m for m in tower.modules() if isinstance(m, torch.nn.Linear)]
+        assert linears and all(type(m) is L.Linear for m in linears)
+    calls = []
+    real = L.onednn_linear
+    monkeypatch.setattr(L, "onednn_linear", lambda *a: calls.append(1) or real(*a))
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        library("onednn")
+        features = vit.pooled(pixels)
+        through_onednn = len(calls)
+        library("torch")
+        reference = vit.pooled(pixels)
+    assert through_onednn >= 2 * 2 + 1 and len(calls) == through_onednn   # qkv, proj, fc1, fc2 per block, proj
+    torch.testing.assert_close(features, reference, atol=1e-5, rtol=1e-5)

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..fileio import user_cache_dir
+from ..linear import Linear
 from .cache import ByteLRU, text_key
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -59,9 +60,9 @@ class _Layer(nn.Module):
     def __init__(self, d: int, heads: int, ffn: int, eps: float):
         super().__init__()
         self.heads = heads
-        self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
-        self.attn_out, self.attn_norm = nn.Linear(d, d), nn.LayerNorm(d, eps=eps)
-        self.ffn_in, self.ffn_out, self.ffn_norm = nn.Linear(d, ffn), nn.Linear(ffn, d), nn.LayerNorm(d, eps=eps)
+        self.query, self.key, self.value = Linear(d, d), Linear(d, d), Linear(d, d)
+        self.attn_out, self.attn_norm = Linear(d, d), nn.LayerNorm(d, eps=eps)
+        self.ffn_in, self.ffn_out, self.ffn_norm = Linear(d, ffn), Linear(ffn, d), nn.LayerNorm(d, eps=eps)
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         B, T, D = x.shape

@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ..linear import Linear
 from .adapter import _adapted_attend, apply_adapter_v2, gated_prompt_attention
 from .base import declare
 from .media import VisionTower, check_fingerprint, load_tower, one_per_row, tower_options
@@ -75,14 +76,14 @@ class AdapterV2Media(nn.Module):
         device = next(tower.parameters()).device
         dim = tower.hidden_size
         if mode == "released":
-            self.clip_proj = nn.Linear(dim, dim, device=device)
+            self.clip_proj = Linear(dim, dim, device=device)
             self.clip_norm = nn.LayerNorm(dim, device=device)
             self.query = nn.Parameter(torch.randn(query_length, dim, device=device) * 0.02)
             self.blocks = nn.ModuleList(
                 nn.TransformerEncoderLayer(dim, visual_heads, 4 * dim, dropout=0.0, activation="gelu",
                                            batch_first=True, norm_first=True, device=device)
                 for _ in range(visual_blocks))
-        self.proj = nn.Linear(dim, n_embd, device=device)
+        self.proj = Linear(dim, n_embd, device=device)
         self.norm = nn.LayerNorm(n_embd, device=device)
 
         # every parameter here trains except the frozen tower's

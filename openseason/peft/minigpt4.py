@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ..linear import Linear
 from .media import VisionTower, check_fingerprint, embed_with_images, load_tower, tower_options
 
 
@@ -32,7 +33,7 @@ class MiniGPT4Media(nn.Module):
         super().__init__()
         self.tower = tower
         weight = next(tower.parameters())
-        self.proj = nn.Linear(tower.hidden_size, n_embd, device=weight.device)
+        self.proj = Linear(tower.hidden_size, n_embd, device=weight.device)
         self.proj.peft_params = ("weight", "bias")
         self.proj.peft_group = "visual"
         self.image_tokens = tower.num_tokens

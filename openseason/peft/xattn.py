@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..linear import Linear
 from ..vision.perceiver import FeedForward, merge_heads, split_heads
 
 
@@ -53,9 +54,9 @@ class MaskedCrossAttention(nn.Module):
         self.scale = dim_head ** -0.5
         inner = dim_head * heads
         self.norm = nn.LayerNorm(dim)
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_kv = nn.Linear(dim_visual, 2 * inner, bias=False)
-        self.to_out = nn.Linear(inner, dim, bias=False)
+        self.to_q = Linear(dim, inner, bias=False)
+        self.to_kv = Linear(dim_visual, 2 * inner, bias=False)
+        self.to_out = Linear(inner, dim, bias=False)
         self.only_attend_immediate_media = only_attend_immediate_media
 
     def forward(self, x: torch.Tensor, media: torch.Tensor, time: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..linear import Linear
 from .encoder import VisionEncoder
 from .vit import Block, init_blocks
 
@@ -74,7 +75,7 @@ class TextTower(nn.Module):
         self.blocks = nn.ModuleList(Block(c.width, c.heads, 4 * c.width, "gelu", 1e-5, causal=True)
                                     for _ in range(c.layers))
         self.ln_final = nn.LayerNorm(c.width)
-        self.proj = nn.Linear(c.width, c.projection_dim, bias=False)
+        self.proj = Linear(c.width, c.projection_dim, bias=False)
         nn.init.normal_(self.embed.weight, std=0.02)
         nn.init.normal_(self.pos_embed, std=0.01)
         init_blocks(self.blocks, c.width)

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..linear import Linear
 
 class FeedForward(nn.Module):
     """Pre-norm MLP without biases: proj(gelu(fc(norm(x))))."""
@@ -31,8 +32,8 @@ class FeedForward(nn.Module):
         super().__init__()
         inner = int(dim * mult)
         self.norm = nn.LayerNorm(dim)
-        self.fc = nn.Linear(dim, inner, bias=False)
-        self.proj = nn.Linear(inner, dim, bias=False)
+        self.fc = Linear(dim, inner, bias=False)
+        self.proj = Linear(inner, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(F.gelu(self.fc(self.norm(x))))
@@ -59,9 +60,9 @@ class PerceiverAttention(nn.Module):
         inner = dim_head * heads
         self.norm_media = nn.LayerNorm(dim)
         self.norm_latents = nn.LayerNorm(dim)
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
-        self.to_out = nn.Linear(inner, dim, bias=False)
+        self.to_q = Linear(dim, inner, bias=False)
+        self.to_kv = Linear(dim, 2 * inner, bias=False)
+        self.to_out = Linear(inner, dim, bias=False)
 
     def forward(self, media: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """media [B, T, m, D], latents [B, T, n, D] -> update for the latents [B, T, n, D]."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..linear import Linear
 from .config import QFormerConfig
 from .vit import activation, attend
 
@@ -23,10 +24,10 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, kv_dim: int, eps: float):
         super().__init__()
         self.heads = heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(kv_dim, dim)
-        self.v = nn.Linear(kv_dim, dim)
-        self.o = nn.Linear(dim, dim)
+        self.q = Linear(dim, dim)
+        self.k = Linear(kv_dim, dim)
+        self.v = Linear(kv_dim, dim)
+        self.o = Linear(dim, dim)
         self.norm = nn.LayerNorm(dim, eps=eps)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -41,8 +42,8 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int, act: str, eps: float):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc1 = Linear(dim, hidden)
+        self.fc2 = Linear(hidden, dim)
         self.act = activation(act)
         self.norm = nn.LayerNorm(dim, eps=eps)
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..linear import Linear
 from .config import ViTConfig
 
 
@@ -37,8 +38,8 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int, bias: bool = True, causal: bool = False):
         super().__init__()
         self.heads, self.causal = heads, causal
-        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim, bias=bias)
+        self.proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, mask=None) -> torch.Tensor:
         b, t, d = x.shape
@@ -49,8 +50,8 @@ class SelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int, act: str):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc1 = Linear(dim, hidden)
+        self.fc2 = Linear(hidden, dim)
         self.act = activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,7 +95,7 @@ class ViT(nn.Module):
         self.blocks = nn.ModuleList(Block(c.hidden_size, c.num_heads, c.intermediate_size, c.activation,
                                           c.layer_norm_eps, c.qkv_bias) for _ in range(c.num_layers))
         self.ln_post = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        self.proj = nn.Linear(c.hidden_size, c.projection_dim, bias=False) if c.projection_dim else None
+        self.proj = Linear(c.hidden_size, c.projection_dim, bias=False) if c.projection_dim else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
