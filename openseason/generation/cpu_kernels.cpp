@@ -34,6 +34,9 @@ static inline float vsum(vec v) { return _mm512_reduce_add_ps(v); }
 static inline vec vset1(float f) { return _mm512_set1_ps(f); }
 static inline void vstore(float* p, vec v) { _mm512_storeu_ps(p, v); }
 static inline vec vadd(vec a, vec b) { return _mm512_add_ps(a, b); }
+static inline vec vload_bf16(const uint16_t* p) {   // bf16 is the top half of an fp32
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define OS_LANES 8
@@ -53,6 +56,9 @@ static inline float vsum(vec v) {
 static inline vec vset1(float f) { return _mm256_set1_ps(f); }
 static inline void vstore(float* p, vec v) { _mm256_storeu_ps(p, v); }
 static inline vec vadd(vec a, vec b) { return _mm256_add_ps(a, b); }
+static inline vec vload_bf16(const uint16_t* p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+}
 #else
 #define OS_LANES 1
 typedef float vec;
@@ -64,6 +70,27 @@ static inline float vsum(vec v) { return v; }
 static inline vec vset1(float f) { return f; }
 static inline void vstore(float* p, vec v) { *p = v; }
 static inline vec vadd(vec a, vec b) { return a + b; }
+static inline vec vload_bf16(const uint16_t* p);
+#endif
+#include <cstring>
+static inline float bf16_to_float(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+// fp32 rounded to the nearest bf16 (ties to even), as torch's .to(torch.bfloat16) does; NaN stays NaN.
+static inline float round_to_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return f;
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  bits &= 0xffff0000u;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+#if !defined(__AVX512F__) && !(defined(__AVX2__) && defined(__FMA__))
+static inline vec vload_bf16(const uint16_t* p) { return bf16_to_float(*p); }
 #endif
 
 namespace {
@@ -236,6 +263,8 @@ static at::Tensor run_col(const at::Tensor& x2, const at::Tensor& weight, const 
 }
 
 static std::vector<int64_t> output_shape(const at::Tensor& x, int64_t out);
+static bool column_major(const at::Tensor& w);
+static int64_t rows_of(const at::Tensor& x);
 
 // One activation row against column-major weights (storage [in, out]), read in storage order:
 // y += sum_k x[i + k] * storage row (i + k), K storage rows at a time, the partial sums in y (L1/L2).
@@ -297,6 +326,77 @@ static at::Tensor run_sweep(const at::Tensor& x1, const at::Tensor& weight, cons
   return y.view(out_shape);
 }
 
+
+// bf16 weights (quantize.BF16Linear), one activation row: the fp32 sweep above on bf16 storage, each
+// weight widened to fp32 in the register. Same arithmetic as the module's torch path (the activation
+// rounded to bf16, fp32 sums, the result rounded to bf16), half the bytes of fp32: torch's bf16 product
+// at one row is compute-bound (BENCHMARKS.md).
+template <int K>
+static inline void sweep_rows_bf16(const float* x, const uint16_t* wt, float* y, int64_t i, int64_t out, bool first) {
+  const uint16_t* w = wt + i * out;
+  int64_t o = 0;
+  for (; o + OS_LANES <= out; o += OS_LANES) {
+    vec acc = first ? vzero() : vload(y + o);
+    for (int k = 0; k < K; k++) acc = vfma(vload_bf16(w + k * out + o), vset1(x[i + k]), acc);
+    vstore(y + o, acc);
+  }
+  for (; o < out; o++) {
+    float s = first ? 0.f : y[o];
+    for (int k = 0; k < K; k++) s += bf16_to_float(w[k * out + o]) * x[i + k];
+    y[o] = s;
+  }
+}
+
+static at::Tensor run_sweep_bf16(const at::Tensor& x1, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                                 c10::IntArrayRef out_shape) {
+  const int64_t in = x1.size(-1), out = weight.size(0);
+  at::Tensor y = at::empty({out}, x1.options());
+  float* yp = y.data_ptr<float>();
+  const int64_t bytes = in * out * 2;
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), bytes / (256 * 1024), in}));
+  static thread_local std::vector<float> scratch;
+  if (scratch.size() < static_cast<size_t>((parts - 1) * out + in)) scratch.resize((parts - 1) * out + in);
+  float* pp = scratch.data();
+  float* xr = pp + (parts - 1) * out;            // the activation rounded to bf16, as the torch path does
+  const float* xp = x1.data_ptr<float>();
+  for (int64_t i = 0; i < in; i++) xr[i] = round_to_bf16(xp[i]);
+  const uint16_t* wp = reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>());
+  if (in == 0) std::fill(yp, yp + out, 0.f);
+  else
+    at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t part = begin; part < end; part++) {
+        float* acc = part == 0 ? yp : pp + (part - 1) * out;
+        const int64_t i1 = in * (part + 1) / parts;
+        int64_t i = in * part / parts;
+        bool first = true;
+        for (; i + SWEEP_ROWS <= i1; i += SWEEP_ROWS, first = false) sweep_rows_bf16<SWEEP_ROWS>(xr, wp, acc, i, out, first);
+        for (; i < i1; i++, first = false) sweep_rows_bf16<1>(xr, wp, acc, i, out, first);
+      }
+    });
+  for (int64_t part = 1; part < parts; part++) {
+    const float* partial = pp + (part - 1) * out;
+    for (int64_t o = 0; o < out; o++) yp[o] += partial[o];
+  }
+  for (int64_t o = 0; o < out; o++) yp[o] = round_to_bf16(yp[o]);
+  if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kFloat));
+  return y.view(out_shape);
+}
+
+// quantize.BF16Linear's forward: one fp32 row against column-major bf16 weights takes the sweep; the
+// rest is the module's torch path, y = (x.bf16 @ w.T).float() + bias.
+at::Tensor decode_linear_bf16(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  const bool fits = x.device().type() == c10::DeviceType::CPU && x.scalar_type() == at::kFloat && x.dim() >= 1 &&
+                    weight.scalar_type() == at::kBFloat16 && weight.dim() == 2 && weight.size(1) == x.size(-1) &&
+                    column_major(weight) &&
+                    !(bias.has_value() && bias->defined() && bias->numel() != weight.size(0));
+  if (fits && rows_of(x) == 1) {
+    const at::Tensor x2 = x.reshape({-1, x.size(-1)}).contiguous();
+    return run_sweep_bf16(x2, weight, bias, output_shape(x, weight.size(0)));
+  }
+  at::Tensor y = at::linear(x.to(weight.scalar_type()), weight).to(x.scalar_type());
+  if (bias.has_value() && bias->defined()) y = y + bias->to(y.scalar_type());
+  return y;
+}
 
 // int8 x int8 (int8-dynamic): each activation row is rounded to int8 with its own scale
 // (max|x| / 127) and stored biased by +128 as uint8, because AVX-512 VNNI's vpdpbusd multiplies
@@ -495,10 +595,12 @@ TORCH_LIBRARY(openseason, m) {
   m.def("decode_linear(Tensor x, Tensor weight, Tensor? bias, bool avoid_blas=False) -> Tensor");
   m.def("decode_linear_int8(Tensor x, Tensor qweight, Tensor scale, Tensor? bias) -> Tensor");
   m.def("decode_linear_int8_dynamic(Tensor x, Tensor qweight, Tensor wscale, Tensor wsum, Tensor? bias) -> Tensor");
+  m.def("decode_linear_bf16(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(openseason, CPU, m) {
   m.impl("decode_linear", &decode_linear);
   m.impl("decode_linear_int8", &decode_linear_int8);
   m.impl("decode_linear_int8_dynamic", &decode_linear_int8_dynamic);
+  m.impl("decode_linear_bf16", &decode_linear_bf16);
 }

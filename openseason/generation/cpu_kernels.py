@@ -24,6 +24,8 @@ devices) goes to torch's product inside the op.
     decode_linear_int8(x, q, scale, b) = F.linear(x, q * scale[:, None], b)
     decode_linear_int8_dynamic(x, q, scale, q.sum(1), b)
                                 x's rows rounded to int8 too (quantize.Int8DynamicLinear), int32 sums
+    decode_linear_bf16(x, w, b) = (x.bf16 @ w.T).float() + b (quantize.BF16Linear); the kernel for one
+                                row against a column-major bf16 w: the weight read at half fp32's bytes
 
 Building: torch.utils.cpp_extension with `-O3 -march=native` (AVX-512 or AVX2 + FMA where the CPU has
 them, a plain loop otherwise), about 10 s once, into the user's cache (OPENSEASON_CACHE, else
@@ -81,6 +83,10 @@ def _register_shapes() -> None:
     @torch.library.register_fake("openseason::decode_linear_int8_dynamic")
     def _(x, qweight, wscale, wsum, bias):
         return x.new_empty(*x.shape[:-1], qweight.shape[0])
+
+    @torch.library.register_fake("openseason::decode_linear_bf16")
+    def _(x, weight, bias):
+        return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
 def _put_ninja_on_path() -> None:
@@ -159,6 +165,10 @@ def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 def decode_linear_int8(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
                        bias: torch.Tensor | None = None) -> torch.Tensor:
     return torch.ops.openseason.decode_linear_int8(x, qweight, scale, bias)
+
+
+def decode_linear_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    return torch.ops.openseason.decode_linear_bf16(x, weight, bias)
 
 
 def decode_linear_int8_dynamic(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, qweight_sum: torch.Tensor,

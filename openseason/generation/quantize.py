@@ -162,8 +162,13 @@ class BF16Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("weight", linear.weight.detach().to(torch.bfloat16).contiguous())
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        # "torch": torch's bf16 product; "openseason": our kernel (generation.cpu_kernels) for one fp32 row
+        # against the column-major weight prepare_for_decoding stores, the same arithmetic otherwise
+        self.kernel = "torch"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "openseason":
+            return torch.ops.openseason.decode_linear_bf16(x, self.weight, self.bias)
         y = F.linear(x.to(torch.bfloat16), self.weight).to(x.dtype)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 

@@ -107,7 +107,7 @@ def prepare_for_decoding(model: nn.Module) -> int:
     if getattr(model, "_decode_layout", False):
         return 0
     from . import cpu_kernels
-    from .quantize import Int8Linear
+    from .quantize import BF16Linear, Int8Linear
 
     tied = set()
     embed = getattr(model, "embed", None)
@@ -118,8 +118,15 @@ def prepare_for_decoding(model: nn.Module) -> int:
     changed = [module for module in model.modules()
                if isinstance(module, nn.Linear) and id(module.weight) not in tied
                and _wants_column_major(module, kernels)]
+    # bf16 weights column-major for our one-row kernel (torch's bf16 product reads both layouts alike)
+    bf16 = [module for module in model.modules()
+            if kernels and isinstance(module, BF16Linear) and module.weight.device.type == "cpu"
+            and module.weight.is_contiguous()]
     if on_cpu:
-        model._huge_page_bytes = _restore_weights(model, {id(module.weight) for module in changed})
+        model._huge_page_bytes = _restore_weights(
+            model, {id(module.weight) for module in changed} | {id(module.weight) for module in bf16})
+    for module in bf16:
+        module.kernel = "openseason"
     if kernels:
         for module in changed:
             module.forward = types.MethodType(_decode_kernel_forward, module)

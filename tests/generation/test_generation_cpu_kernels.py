@@ -215,3 +215,58 @@ def test_mismatched_arguments_are_clear_errors_not_wild_reads():
         cpu_kernels.decode_linear_int8_dynamic(torch.randn(2, 31), q, scale, q.sum(1, dtype=torch.int32))
     with pytest.raises(RuntimeError, match="scale must be fp32"):
         cpu_kernels.decode_linear_int8(x, q, torch.rand(3), None)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(4099, 1024), (515, 37), (17, 4000), (2048, 3), (5, 0)])
+def test_bf16_one_row_kernel_is_the_modules_arithmetic(threads, shape):
+    """One row against column-major bf16 weights: the activation rounded to bf16, fp32 sums, the result
+    rounded to bf16 (BF16Linear's torch path). Against float64 sums of the same bf16 operands it may
+    differ only where the fp32 sum sits on a bf16 rounding boundary: by one bf16 step."""
+    out_features, in_features = shape
+    g = torch.Generator().manual_seed(11)
+    weight = torch.randn(out_features, in_features, generator=g).to(torch.bfloat16).t().contiguous().t()
+    bias = torch.randn(out_features, generator=g)
+    x = torch.randn(1, 1, in_features, generator=g)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = cpu_kernels.decode_linear_bf16(x, weight, bias)
+    finally:
+        torch.set_num_threads(before)
+    exact = (x.to(torch.bfloat16).double() @ weight.double().t()).to(torch.bfloat16).float() + bias
+    assert got.shape == (1, 1, out_features)
+    step = exact.abs().clamp(min=1e-30) * 2.0 ** -7        # one bf16 step at that magnitude
+    assert bool(((got - exact).abs() <= step).all())
+    assert (got != exact).float().mean() < 0.05             # and only at a few boundaries
+
+
+def test_bf16_kernel_falls_back_to_the_modules_torch_path():
+    """Rows past one, row-major weights, bad widths: the torch path (or its error) of BF16Linear."""
+    g = torch.Generator().manual_seed(12)
+    weight = torch.randn(40, 24, generator=g).to(torch.bfloat16)
+    x = torch.randn(3, 24, generator=g)
+    reference = F.linear(x.to(torch.bfloat16), weight).float()
+    assert torch.equal(cpu_kernels.decode_linear_bf16(x, weight, None), reference)
+    assert torch.equal(cpu_kernels.decode_linear_bf16(x, weight.t().contiguous().t(), None), reference)
+    assert torch.equal(cpu_kernels.decode_linear_bf16(x[:1], weight, None), reference[:1])   # row-major
+    with pytest.raises(RuntimeError):
+        cpu_kernels.decode_linear_bf16(torch.randn(1, 23), weight.t().contiguous().t(), None)
+
+
+def test_bf16_model_decodes_through_the_kernel_with_the_torch_paths_tokens(neox_pair):
+    from openseason import LLM
+    from openseason.generation import SamplingParams, generate_ids
+    from openseason.generation.quantize import BF16Linear
+
+    llm = LLM.load(neox_pair[1], device="cpu", quantize="bf16")
+    layers = [m for m in llm.model.modules() if isinstance(m, BF16Linear)]
+    assert layers and {m.kernel for m in layers} == {"openseason"}
+    assert all(m.weight.stride(0) == 1 for m in layers)          # stored column-major
+    prompts = [[5, 6, 7, 8]]
+    params = SamplingParams(max_new_tokens=8, ignore_eos=True)
+    ours = [r.token_ids for r in generate_ids(llm.model, prompts, params)]
+    for m in layers:
+        m.kernel = "torch"
+    theirs = [r.token_ids for r in generate_ids(llm.model, prompts, params)]
+    assert ours == theirs
