@@ -188,19 +188,25 @@ static at::Tensor run_int8(const at::Tensor& x2, const at::Tensor& qweight, cons
   return y.view(out_shape);
 }
 
+// Weight elements as fp32: fp32 as is, bf16 (stored as uint16_t) widened.
+static inline vec wload(const float* p) { return vload(p); }
+static inline vec wload(const uint16_t* p) { return vload_bf16(p); }
+static inline float wvalue(float w) { return w; }
+static inline float wvalue(uint16_t w) { return bf16_to_float(w); }
+
 // Column-major weights (storage [in, out], as prepare_for_decoding stores the matrices whose output
 // is longer than their input): vectors run along the outputs, so a tile of J vectors of outputs x NB
 // activation rows accumulates without horizontal sums; each position i loads J weight vectors and
 // broadcasts NB activation values. NB * J <= 24 accumulators fit the 32 AVX-512 registers.
-template <int NB, int J>
-static inline void col_tile(const float* x, const float* wt, const float* bias, float* y,
+template <int NB, int J, typename W>
+static inline void col_tile(const float* x, const W* wt, const float* bias, float* y,
                             int64_t b0, int64_t o0, int64_t in, int64_t out) {
   vec acc[NB][J];
   for (int b = 0; b < NB; b++)
     for (int j = 0; j < J; j++) acc[b][j] = vzero();
   const float* xb = x + b0 * in;
   for (int64_t i = 0; i < in; i++) {
-    const float* wrow = wt + i * out + o0;
+    const W* wrow = wt + i * out + o0;
 #if defined(__AVX512F__) || defined(__AVX2__)
     // The next rows of this tile are a whole row length apart: too far for the hardware prefetcher.
     if (i + PREFETCH_ROWS < in)
@@ -208,7 +214,7 @@ static inline void col_tile(const float* x, const float* wt, const float* bias, 
         _mm_prefetch(reinterpret_cast<const char*>(wrow + PREFETCH_ROWS * out + j * OS_LANES), _MM_HINT_T0);
 #endif
     vec wv[J];
-    for (int j = 0; j < J; j++) wv[j] = vload(wrow + j * OS_LANES);
+    for (int j = 0; j < J; j++) wv[j] = wload(wrow + j * OS_LANES);
     for (int b = 0; b < NB; b++) {
       const vec xv = vset1(xb[b * in + i]);
       for (int j = 0; j < J; j++) acc[b][j] = vfma(wv[j], xv, acc[b][j]);
@@ -222,27 +228,29 @@ static inline void col_tile(const float* x, const float* wt, const float* bias, 
     }
 }
 
-template <int NB>
-static void col_rows(const float* x, const float* wt, const float* bias, float* y, int64_t b0,
+template <int NB, typename W>
+static void col_rows(const float* x, const W* wt, const float* bias, float* y, int64_t b0,
                      int64_t o_begin, int64_t o_end, int64_t in, int64_t out) {
   constexpr int J = NB <= 2 ? 8 : NB == 3 ? 6 : NB == 4 ? 5 : NB <= 6 ? 4 : 3;
   int64_t o = o_begin;
-  for (; o + J * OS_LANES <= o_end; o += J * OS_LANES) col_tile<NB, J>(x, wt, bias, y, b0, o, in, out);
-  for (; o + OS_LANES <= o_end; o += OS_LANES) col_tile<NB, 1>(x, wt, bias, y, b0, o, in, out);
+  for (; o + J * OS_LANES <= o_end; o += J * OS_LANES) col_tile<NB, J, W>(x, wt, bias, y, b0, o, in, out);
+  for (; o + OS_LANES <= o_end; o += OS_LANES) col_tile<NB, 1, W>(x, wt, bias, y, b0, o, in, out);
   for (; o < o_end; o++)
     for (int b = 0; b < NB; b++) {
       float s = 0.f;
-      for (int64_t i = 0; i < in; i++) s += x[(b0 + b) * in + i] * wt[i * out + o];
+      for (int64_t i = 0; i < in; i++) s += x[(b0 + b) * in + i] * wvalue(wt[i * out + o]);
       y[(b0 + b) * out + o] = s + (bias ? bias[o] : 0.f);
     }
 }
 
+// W: float, or uint16_t for bf16 weights (the caller rounds x and y as BF16Linear does).
+template <typename W = float>
 static at::Tensor run_col(const at::Tensor& x2, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                           c10::IntArrayRef out_shape) {
   const int64_t batch = x2.size(0), in = x2.size(1), out = weight.size(0);
   at::Tensor y = at::empty({batch, out}, x2.options());
   const float* xp = x2.data_ptr<float>();
-  const float* wp = weight.data_ptr<float>();
+  const W* wp = static_cast<const W*>(weight.data_ptr());
   const float* bp = bias.has_value() && bias->defined() ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   // Outputs per task: up to 24 vectors, fewer when that would leave under 4 tasks per thread (a
@@ -256,7 +264,7 @@ static at::Tensor run_col(const at::Tensor& x2, const at::Tensor& weight, const 
   at::parallel_for(0, chunks, grain, [&](int64_t begin, int64_t end) {
     const int64_t o_begin = begin * CHUNK, o_end = std::min(out, end * CHUNK);
     over_row_tiles<8>(batch, [&](auto nb, int64_t b0) {
-      col_rows<decltype(nb)::value>(xp, wp, bp, yp, b0, o_begin, o_end, in, out);
+      col_rows<decltype(nb)::value, W>(xp, wp, bp, yp, b0, o_begin, o_end, in, out);
     });
   });
   return y.view(out_shape);
@@ -382,16 +390,27 @@ static at::Tensor run_sweep_bf16(const at::Tensor& x1, const at::Tensor& weight,
   return y.view(out_shape);
 }
 
-// quantize.BF16Linear's forward: one fp32 row against column-major bf16 weights takes the sweep; the
-// rest is the module's torch path, y = (x.bf16 @ w.T).float() + bias.
+// quantize.BF16Linear's forward: one fp32 row against column-major bf16 weights takes the sweep, 2-8
+// rows col_tile; the rest is the module's torch path, y = (x.bf16 @ w.T).float() + bias.
 at::Tensor decode_linear_bf16(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   const bool fits = x.device().type() == c10::DeviceType::CPU && x.scalar_type() == at::kFloat && x.dim() >= 1 &&
                     weight.scalar_type() == at::kBFloat16 && weight.dim() == 2 && weight.size(1) == x.size(-1) &&
                     column_major(weight) &&
                     !(bias.has_value() && bias->defined() && bias->numel() != weight.size(0));
-  if (fits && rows_of(x) == 1) {
+  const int64_t rows = rows_of(x);
+  if (fits && rows == 1) {
     const at::Tensor x2 = x.reshape({-1, x.size(-1)}).contiguous();
     return run_sweep_bf16(x2, weight, bias, output_shape(x, weight.size(0)));
+  }
+  if (fits && rows >= 2 && rows <= MAX_FP32_ROWS) {   // a batch of sequences: col_tile on bf16 storage
+    at::Tensor x2 = x.reshape({-1, x.size(-1)}).clone(at::MemoryFormat::Contiguous);
+    float* xp = x2.data_ptr<float>();
+    for (int64_t i = 0; i < x2.numel(); i++) xp[i] = round_to_bf16(xp[i]);
+    at::Tensor y = run_col<uint16_t>(x2, weight, c10::nullopt, output_shape(x, weight.size(0)));
+    float* yp = y.data_ptr<float>();
+    for (int64_t i = 0; i < y.numel(); i++) yp[i] = round_to_bf16(yp[i]);
+    if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kFloat));
+    return y;
   }
   at::Tensor y = at::linear(x.to(weight.scalar_type()), weight).to(x.scalar_type());
   if (bias.has_value() && bias->defined()) y = y + bias->to(y.scalar_type());

@@ -220,8 +220,8 @@ def test_mismatched_arguments_are_clear_errors_not_wild_reads():
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape", [(4099, 1024), (515, 37), (17, 4000), (2048, 3), (5, 0)])
 def test_bf16_one_row_kernel_is_the_modules_arithmetic(threads, shape):
-    """One row against column-major bf16 weights: the activation rounded to bf16, fp32 sums, the result
-    rounded to bf16 (BF16Linear's torch path). Against float64 sums of the same bf16 operands it may
+    """One row against column-major bf16 weights (the sweep): the activation rounded to bf16, fp32 sums,
+    the result rounded to bf16 (BF16Linear's torch path). Against float64 sums of the same bf16 operands it may
     differ only where the fp32 sum sits on a bf16 rounding boundary: by one bf16 step."""
     out_features, in_features = shape
     g = torch.Generator().manual_seed(11)
@@ -241,11 +241,26 @@ def test_bf16_one_row_kernel_is_the_modules_arithmetic(threads, shape):
     assert (got != exact).float().mean() < 0.05             # and only at a few boundaries
 
 
+@pytest.mark.parametrize("rows", [2, 3, 8])
+def test_bf16_batch_kernel_is_the_modules_arithmetic(rows):
+    """2-8 rows against column-major bf16 weights (col_tile on bf16 storage): BF16Linear's rounding,
+    within one bf16 step of float64 sums of the same operands, and a bias added after the rounding."""
+    g = torch.Generator().manual_seed(13)
+    weight = torch.randn(1037, 300, generator=g).to(torch.bfloat16).t().contiguous().t()
+    bias = torch.randn(1037, generator=g)
+    x = torch.randn(rows, 300, generator=g)
+    got = cpu_kernels.decode_linear_bf16(x, weight, bias)
+    exact = (x.to(torch.bfloat16).double() @ weight.double().t()).to(torch.bfloat16).float() + bias
+    step = (exact - bias).abs().clamp(min=1e-30) * 2.0 ** -7
+    assert bool(((got - exact).abs() <= step + 1e-6).all())
+    assert (got != exact).float().mean() < 0.05
+
+
 def test_bf16_kernel_falls_back_to_the_modules_torch_path():
-    """Rows past one, row-major weights, bad widths: the torch path (or its error) of BF16Linear."""
+    """Past 8 rows, row-major weights, bad widths: the torch path (or its error) of BF16Linear."""
     g = torch.Generator().manual_seed(12)
     weight = torch.randn(40, 24, generator=g).to(torch.bfloat16)
-    x = torch.randn(3, 24, generator=g)
+    x = torch.randn(9, 24, generator=g)
     reference = F.linear(x.to(torch.bfloat16), weight).float()
     assert torch.equal(cpu_kernels.decode_linear_bf16(x, weight, None), reference)
     assert torch.equal(cpu_kernels.decode_linear_bf16(x, weight.t().contiguous().t(), None), reference)
