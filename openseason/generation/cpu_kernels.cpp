@@ -282,37 +282,49 @@ static int64_t rows_of(const at::Tensor& x);
 // matrices at 1.12x col_tile's rate on two threads and 1.18x on one (K = 16; 8 and 24-32 were slower).
 constexpr int SWEEP_ROWS = 16;
 
-template <int K>
-static inline void sweep_rows(const float* x, const float* wt, float* y, int64_t i, int64_t out, bool first) {
-  const float* w = wt + i * out;
+template <int K, typename W>
+static inline void sweep_rows(const float* x, const W* wt, float* y, int64_t i, int64_t out, bool first) {
+  const W* w = wt + i * out;
   int64_t o = 0;
   for (; o + OS_LANES <= out; o += OS_LANES) {
     vec acc = first ? vzero() : vload(y + o);
-    for (int k = 0; k < K; k++) acc = vfma(vload(w + k * out + o), vset1(x[i + k]), acc);
+    for (int k = 0; k < K; k++) acc = vfma(wload(w + k * out + o), vset1(x[i + k]), acc);
     vstore(y + o, acc);
   }
   for (; o < out; o++) {
     float s = first ? 0.f : y[o];
-    for (int k = 0; k < K; k++) s += w[k * out + o] * x[i + k];
+    for (int k = 0; k < K; k++) s += wvalue(w[k * out + o]) * x[i + k];
     y[o] = s;
   }
 }
 
+// W = float, or uint16_t for bf16 weights (quantize.BF16Linear): then each weight is widened to fp32
+// in the register, and the activation and the result are rounded to bf16 as the module's torch path
+// rounds them (fp32 sums in between), at half fp32's bytes: torch's bf16 product at one row is
+// compute-bound (BENCHMARKS.md).
+template <typename W = float>
 static at::Tensor run_sweep(const at::Tensor& x1, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                             c10::IntArrayRef out_shape) {
+  constexpr bool bf16 = std::is_same<W, uint16_t>::value;
   const int64_t in = x1.size(-1), out = weight.size(0);
   at::Tensor y = at::empty({out}, x1.options());
   float* yp = y.data_ptr<float>();
-  const float* bp = bias.has_value() && bias->defined() ? bias->data_ptr<float>() : nullptr;
   // One share per thread, each at least ~256 KB of weight, so small matrices stay on one thread.
-  const int64_t bytes = in * out * static_cast<int64_t>(sizeof(float));
+  const int64_t bytes = in * out * static_cast<int64_t>(sizeof(W));
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), bytes / (256 * 1024), in}));
-  // Partial sums of shares 1.. in this thread's scratch (no allocation per call once it has grown).
+  // Partial sums of shares 1.. (and bf16's rounded activation) in this thread's scratch: no
+  // allocation per call once it has grown.
   static thread_local std::vector<float> scratch;
-  if (scratch.size() < static_cast<size_t>((parts - 1) * out)) scratch.resize((parts - 1) * out);
+  const int64_t need = (parts - 1) * out + (bf16 ? in : 0);
+  if (scratch.size() < static_cast<size_t>(need)) scratch.resize(need);
   float* pp = scratch.data();
   const float* xp = x1.data_ptr<float>();
-  const float* wp = weight.data_ptr<float>();
+  if (bf16) {
+    float* xr = pp + (parts - 1) * out;
+    for (int64_t i = 0; i < in; i++) xr[i] = round_to_bf16(xp[i]);
+    xp = xr;
+  }
+  const W* wp = static_cast<const W*>(weight.data_ptr());
   if (in == 0) std::fill(yp, yp + out, 0.f);
   else
     at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
@@ -321,74 +333,24 @@ static at::Tensor run_sweep(const at::Tensor& x1, const at::Tensor& weight, cons
         const int64_t i1 = in * (part + 1) / parts;
         int64_t i = in * part / parts;
         bool first = true;
-        for (; i + SWEEP_ROWS <= i1; i += SWEEP_ROWS, first = false) sweep_rows<SWEEP_ROWS>(xp, wp, acc, i, out, first);
-        for (; i < i1; i++, first = false) sweep_rows<1>(xp, wp, acc, i, out, first);
+        for (; i + SWEEP_ROWS <= i1; i += SWEEP_ROWS, first = false) sweep_rows<SWEEP_ROWS, W>(xp, wp, acc, i, out, first);
+        for (; i < i1; i++, first = false) sweep_rows<1, W>(xp, wp, acc, i, out, first);
       }
     });
   for (int64_t part = 1; part < parts; part++) {   // plain loops: the compiler vectorizes them
     const float* partial = pp + (part - 1) * out;
     for (int64_t o = 0; o < out; o++) yp[o] += partial[o];
   }
-  if (bp)
+  if (bf16)
+    for (int64_t o = 0; o < out; o++) yp[o] = round_to_bf16(yp[o]);
+  if (bias.has_value() && bias->defined()) {
+    const at::Tensor b = bias->scalar_type() == at::kFloat && bias->is_contiguous() ? *bias : bias->to(at::kFloat).contiguous();
+    const float* bp = b.data_ptr<float>();
     for (int64_t o = 0; o < out; o++) yp[o] += bp[o];
+  }
   return y.view(out_shape);
 }
 
-
-// bf16 weights (quantize.BF16Linear), one activation row: the fp32 sweep above on bf16 storage, each
-// weight widened to fp32 in the register. Same arithmetic as the module's torch path (the activation
-// rounded to bf16, fp32 sums, the result rounded to bf16), half the bytes of fp32: torch's bf16 product
-// at one row is compute-bound (BENCHMARKS.md).
-template <int K>
-static inline void sweep_rows_bf16(const float* x, const uint16_t* wt, float* y, int64_t i, int64_t out, bool first) {
-  const uint16_t* w = wt + i * out;
-  int64_t o = 0;
-  for (; o + OS_LANES <= out; o += OS_LANES) {
-    vec acc = first ? vzero() : vload(y + o);
-    for (int k = 0; k < K; k++) acc = vfma(vload_bf16(w + k * out + o), vset1(x[i + k]), acc);
-    vstore(y + o, acc);
-  }
-  for (; o < out; o++) {
-    float s = first ? 0.f : y[o];
-    for (int k = 0; k < K; k++) s += bf16_to_float(w[k * out + o]) * x[i + k];
-    y[o] = s;
-  }
-}
-
-static at::Tensor run_sweep_bf16(const at::Tensor& x1, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                                 c10::IntArrayRef out_shape) {
-  const int64_t in = x1.size(-1), out = weight.size(0);
-  at::Tensor y = at::empty({out}, x1.options());
-  float* yp = y.data_ptr<float>();
-  const int64_t bytes = in * out * 2;
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), bytes / (256 * 1024), in}));
-  static thread_local std::vector<float> scratch;
-  if (scratch.size() < static_cast<size_t>((parts - 1) * out + in)) scratch.resize((parts - 1) * out + in);
-  float* pp = scratch.data();
-  float* xr = pp + (parts - 1) * out;            // the activation rounded to bf16, as the torch path does
-  const float* xp = x1.data_ptr<float>();
-  for (int64_t i = 0; i < in; i++) xr[i] = round_to_bf16(xp[i]);
-  const uint16_t* wp = reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>());
-  if (in == 0) std::fill(yp, yp + out, 0.f);
-  else
-    at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t part = begin; part < end; part++) {
-        float* acc = part == 0 ? yp : pp + (part - 1) * out;
-        const int64_t i1 = in * (part + 1) / parts;
-        int64_t i = in * part / parts;
-        bool first = true;
-        for (; i + SWEEP_ROWS <= i1; i += SWEEP_ROWS, first = false) sweep_rows_bf16<SWEEP_ROWS>(xr, wp, acc, i, out, first);
-        for (; i < i1; i++, first = false) sweep_rows_bf16<1>(xr, wp, acc, i, out, first);
-      }
-    });
-  for (int64_t part = 1; part < parts; part++) {
-    const float* partial = pp + (part - 1) * out;
-    for (int64_t o = 0; o < out; o++) yp[o] += partial[o];
-  }
-  for (int64_t o = 0; o < out; o++) yp[o] = round_to_bf16(yp[o]);
-  if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kFloat));
-  return y.view(out_shape);
-}
 
 // quantize.BF16Linear's forward: one fp32 row against column-major bf16 weights takes the sweep, 2-8
 // rows col_tile; the rest is the module's torch path, y = (x.bf16 @ w.T).float() + bias.
@@ -400,7 +362,7 @@ at::Tensor decode_linear_bf16(const at::Tensor& x, const at::Tensor& weight, con
   const int64_t rows = rows_of(x);
   if (fits && rows == 1) {
     const at::Tensor x2 = x.reshape({-1, x.size(-1)}).contiguous();
-    return run_sweep_bf16(x2, weight, bias, output_shape(x, weight.size(0)));
+    return run_sweep<uint16_t>(x2, weight, bias, output_shape(x, weight.size(0)));
   }
   if (fits && rows >= 2 && rows <= MAX_FP32_ROWS) {   // a batch of sequences: col_tile on bf16 storage
     at::Tensor x2 = x.reshape({-1, x.size(-1)}).clone(at::MemoryFormat::Contiguous);
