@@ -111,3 +111,18 @@ def test_a_model_in_huge_pages_decodes_trains_saves_and_copies():
     model(ids).logsumexp(-1).mean().backward()
     optimizer.step()
     assert not torch.equal(model.lm_head.weight, before)
+
+
+def test_without_huge_pages_the_weights_stay_with_torch_and_still_get_their_layout(monkeypatch):
+    """Where no huge-page buffer can be had (not Linux, mmap refused), prepare_for_decoding keeps
+    torch's memory and still re-stores the weights its kernels read column-major."""
+    import openseason.device as device
+
+    monkeypatch.setattr(device, "huge_page_buffer", lambda nbytes: None)
+    model, reference = _model(), _model()
+    prepare_for_decoding(model)
+    assert model._huge_page_bytes == 0
+    assert not model.lm_head.weight.is_contiguous() and model.lm_head.weight.t().is_contiguous()
+    ids = torch.randint(0, 4096, (1, 7), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), reference(ids), atol=1e-5, rtol=1e-5)
