@@ -12,7 +12,8 @@ reads the int8 weight directly; it is fast with a bf16 activation (2.5-3.5x fast
 Pythia-70m's matrices at batch 1, one thread) and slow with an fp32 one, so the activation is cast
 to bf16 for the product and the result back to fp32. Decoding (1-16 rows, fp32 activations) goes
 instead to our own kernel where it builds (generation.cpu_kernels: the activation stays fp32,
-1.1-1.4x faster than int8pack; prepare_for_decoding switches it on). Where neither is available (old
+1.1-1.4x faster than int8pack; prepare_for_decoding switches it on, and does the same for bf16
+layers, whose torch product is compute-bound at one row). Where neither is available (old
 torch, other devices) the layer falls back to dequantizing (correct, not faster). The modules are for inference:
 a quantized model is not saved, trained or given PEFT methods.
 

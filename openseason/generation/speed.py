@@ -100,10 +100,12 @@ def _decode_kernel_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 def prepare_for_decoding(model: nn.Module) -> int:
     """Re-store fp32 CPU linear weights in the layout that batch-1 decoding reads fastest, and, where
-    our CPU kernels build (generation.cpu_kernels), route those layers and int8 weight-only layers
-    through them (fp32 for batches of 2-8 rows, int8 for 1-16); returns how many weights were re-stored. Idempotent; a
-    no-op on GPUs. Tied weights (lm_head = embed) are left alone so the embedding lookup keeps its
-    row-major rows."""
+    our CPU kernels build (generation.cpu_kernels), route those layers, int8 weight-only layers and
+    bf16 layers (stored column-major too) through them (fp32 for 2-8 rows, and one where torch's BLAS
+    is the slow library; bf16 for 1-8; int8 for 1-16);
+    move the CPU weights into huge pages where Linux provides them; returns how many fp32 weights were
+    re-stored. Idempotent; a no-op on GPUs. Tied weights (lm_head = embed) keep their row-major rows
+    for the embedding lookup."""
     if getattr(model, "_decode_layout", False):
         return 0
     from . import cpu_kernels
