@@ -412,7 +412,9 @@ def bench(name: str, args, threads: int | None) -> list[dict]:
             continue
         row = {"model": name, "threads": threads or torch.get_num_threads(), "device": device,
                "dtype": str(dtype).replace("torch.", ""), "peer": key, "ours_tps": tps["ours"],
-               "peer_tps": tps[key], "ratio": tps["ours"] / tps[key],
+               # the median of each repeat's ratio: a repeat times both sides within seconds, so the
+               # pair shares the machine's state (this VM's read bandwidth drifted 30% in minutes)
+               "peer_tps": tps[key], "ratio": statistics.median(p / o for o, p in zip(times["ours"], times[key])),
                "agree": agreement(tokens["ours"], tokens[key], ids, logits)}
         if key.startswith("ours ") and key[5:] in quantized:
             with torch.inference_mode():
@@ -530,7 +532,7 @@ def main(argv=None) -> int:
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else machine()
     print(f"# decode benchmark: torch {torch.__version__}, {', '.join(peers)}, {where}, {load}")
     print(f"# batch {args.batch}, prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens (greedy), "
-          f"median of {args.repeats}; ratio = ours fp32 tok/s / peer tok/s")
+          f"median of {args.repeats}; ratio = ours fp32 tok/s / peer tok/s, the median of the alternated repeats' ratios")
     for threads in args.threads or [None]:
         for name in args.models:
             for r in bench(name, args, threads):
