@@ -19,6 +19,24 @@
 #include <type_traits>
 #include <vector>
 #include <algorithm>
+#include <cstring>
+
+static inline float bf16_to_float(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+// fp32 rounded to the nearest bf16 (ties to even), as torch's .to(torch.bfloat16) does; NaN stays NaN.
+static inline float round_to_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return f;
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  bits &= 0xffff0000u;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -70,26 +88,6 @@ static inline float vsum(vec v) { return v; }
 static inline vec vset1(float f) { return f; }
 static inline void vstore(float* p, vec v) { *p = v; }
 static inline vec vadd(vec a, vec b) { return a + b; }
-static inline vec vload_bf16(const uint16_t* p);
-#endif
-#include <cstring>
-static inline float bf16_to_float(uint16_t h) {
-  const uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-// fp32 rounded to the nearest bf16 (ties to even), as torch's .to(torch.bfloat16) does; NaN stays NaN.
-static inline float round_to_bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof bits);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return f;
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  bits &= 0xffff0000u;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-#if !defined(__AVX512F__) && !(defined(__AVX2__) && defined(__FMA__))
 static inline vec vload_bf16(const uint16_t* p) { return bf16_to_float(*p); }
 #endif
 
@@ -188,6 +186,25 @@ static at::Tensor run_int8(const at::Tensor& x2, const at::Tensor& qweight, cons
   return y.view(out_shape);
 }
 
+// This thread's scratch of at least n floats, reused from call to call (no allocation once grown).
+static float* scratch_floats(int64_t n) {
+  static thread_local std::vector<float> scratch;
+  if (scratch.size() < static_cast<size_t>(n)) scratch.resize(n);
+  return scratch.data();
+}
+
+// quantize.BF16Linear's arithmetic around a product on bf16 weights: the activation rounded to bf16
+// before (into `into`), fp32 sums, then the result rounded to bf16 and the bias added last.
+static const float* bf16_activation(const float* x, int64_t n, float* into) {
+  for (int64_t i = 0; i < n; i++) into[i] = round_to_bf16(x[i]);
+  return into;
+}
+
+static void bf16_result(float* y, int64_t rows, int64_t out, const float* bias) {
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t o = 0; o < out; o++) y[r * out + o] = round_to_bf16(y[r * out + o]) + (bias ? bias[o] : 0.f);
+}
+
 // Weight elements as fp32: fp32 as is, bf16 (stored as uint16_t) widened.
 static inline vec wload(const float* p) { return vload(p); }
 static inline vec wload(const uint16_t* p) { return vload_bf16(p); }
@@ -243,15 +260,18 @@ static void col_rows(const float* x, const W* wt, const float* bias, float* y, i
     }
 }
 
-// W: float, or uint16_t for bf16 weights (the caller rounds x and y as BF16Linear does).
+// W: float, or uint16_t for bf16 weights (BF16Linear's arithmetic: bf16_activation, bf16_result).
 template <typename W = float>
 static at::Tensor run_col(const at::Tensor& x2, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                           c10::IntArrayRef out_shape) {
+  constexpr bool bf16 = std::is_same<W, uint16_t>::value;
   const int64_t batch = x2.size(0), in = x2.size(1), out = weight.size(0);
   at::Tensor y = at::empty({batch, out}, x2.options());
   const float* xp = x2.data_ptr<float>();
+  if (bf16) xp = bf16_activation(xp, batch * in, scratch_floats(batch * in));
   const W* wp = static_cast<const W*>(weight.data_ptr());
-  const float* bp = bias.has_value() && bias->defined() ? bias->data_ptr<float>() : nullptr;
+  const float* bias_p = bias.has_value() && bias->defined() ? bias->data_ptr<float>() : nullptr;
+  const float* bp = bf16 ? nullptr : bias_p;   // bf16 adds it after rounding
   float* yp = y.data_ptr<float>();
   // Outputs per task: up to 24 vectors, fewer when that would leave under 4 tasks per thread (a
   // 512-output matrix in 384-output tasks ran 1.3x slower on two threads than in one).
@@ -267,12 +287,14 @@ static at::Tensor run_col(const at::Tensor& x2, const at::Tensor& weight, const 
       col_rows<decltype(nb)::value, W>(xp, wp, bp, yp, b0, o_begin, o_end, in, out);
     });
   });
+  if (bf16) bf16_result(yp, batch, out, bias_p);
   return y.view(out_shape);
 }
 
 static std::vector<int64_t> output_shape(const at::Tensor& x, int64_t out);
 static bool column_major(const at::Tensor& w);
 static int64_t rows_of(const at::Tensor& x);
+static bool operands_fit(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias);
 
 // One activation row against column-major weights (storage [in, out]), read in storage order:
 // y += sum_k x[i + k] * storage row (i + k), K storage rows at a time, the partial sums in y (L1/L2).
@@ -298,10 +320,9 @@ static inline void sweep_rows(const float* x, const W* wt, float* y, int64_t i, 
   }
 }
 
-// W = float, or uint16_t for bf16 weights (quantize.BF16Linear): then each weight is widened to fp32
-// in the register, and the activation and the result are rounded to bf16 as the module's torch path
-// rounds them (fp32 sums in between), at half fp32's bytes: torch's bf16 product at one row is
-// compute-bound (BENCHMARKS.md).
+// W = float, or uint16_t for bf16 weights (quantize.BF16Linear): each weight widened to fp32 in the
+// register, with BF16Linear's arithmetic (bf16_activation, bf16_result), at half fp32's bytes:
+// torch's bf16 product at one row is compute-bound (BENCHMARKS.md).
 template <typename W = float>
 static at::Tensor run_sweep(const at::Tensor& x1, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                             c10::IntArrayRef out_shape) {
@@ -312,18 +333,10 @@ static at::Tensor run_sweep(const at::Tensor& x1, const at::Tensor& weight, cons
   // One share per thread, each at least ~256 KB of weight, so small matrices stay on one thread.
   const int64_t bytes = in * out * static_cast<int64_t>(sizeof(W));
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), bytes / (256 * 1024), in}));
-  // Partial sums of shares 1.. (and bf16's rounded activation) in this thread's scratch: no
-  // allocation per call once it has grown.
-  static thread_local std::vector<float> scratch;
-  const int64_t need = (parts - 1) * out + (bf16 ? in : 0);
-  if (scratch.size() < static_cast<size_t>(need)) scratch.resize(need);
-  float* pp = scratch.data();
+  // The partial sums of shares 1.. (and bf16's rounded activation) in this thread's scratch.
+  float* pp = scratch_floats((parts - 1) * out + (bf16 ? in : 0));
   const float* xp = x1.data_ptr<float>();
-  if (bf16) {
-    float* xr = pp + (parts - 1) * out;
-    for (int64_t i = 0; i < in; i++) xr[i] = round_to_bf16(xp[i]);
-    xp = xr;
-  }
+  if (bf16) xp = bf16_activation(xp, in, pp + (parts - 1) * out);
   const W* wp = static_cast<const W*>(weight.data_ptr());
   if (in == 0) std::fill(yp, yp + out, 0.f);
   else
@@ -341,13 +354,10 @@ static at::Tensor run_sweep(const at::Tensor& x1, const at::Tensor& weight, cons
     const float* partial = pp + (part - 1) * out;
     for (int64_t o = 0; o < out; o++) yp[o] += partial[o];
   }
-  if (bf16)
-    for (int64_t o = 0; o < out; o++) yp[o] = round_to_bf16(yp[o]);
-  if (bias.has_value() && bias->defined()) {
-    const at::Tensor b = bias->scalar_type() == at::kFloat && bias->is_contiguous() ? *bias : bias->to(at::kFloat).contiguous();
-    const float* bp = b.data_ptr<float>();
+  const float* bp = bias.has_value() && bias->defined() ? bias->data_ptr<float>() : nullptr;
+  if (bf16) bf16_result(yp, 1, out, bp);
+  else if (bp)
     for (int64_t o = 0; o < out; o++) yp[o] += bp[o];
-  }
   return y.view(out_shape);
 }
 
@@ -355,24 +365,12 @@ static at::Tensor run_sweep(const at::Tensor& x1, const at::Tensor& weight, cons
 // quantize.BF16Linear's forward: one fp32 row against column-major bf16 weights takes the sweep, 2-8
 // rows col_tile; the rest is the module's torch path, y = (x.bf16 @ w.T).float() + bias.
 at::Tensor decode_linear_bf16(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
-  const bool fits = x.device().type() == c10::DeviceType::CPU && x.scalar_type() == at::kFloat && x.dim() >= 1 &&
-                    weight.scalar_type() == at::kBFloat16 && weight.dim() == 2 && weight.size(1) == x.size(-1) &&
-                    column_major(weight) &&
-                    !(bias.has_value() && bias->defined() && bias->numel() != weight.size(0));
   const int64_t rows = rows_of(x);
-  if (fits && rows == 1) {
+  if (operands_fit(x, weight, bias) && weight.scalar_type() == at::kBFloat16 && column_major(weight) &&
+      rows >= 1 && rows <= MAX_FP32_ROWS) {
     const at::Tensor x2 = x.reshape({-1, x.size(-1)}).contiguous();
-    return run_sweep<uint16_t>(x2, weight, bias, output_shape(x, weight.size(0)));
-  }
-  if (fits && rows >= 2 && rows <= MAX_FP32_ROWS) {   // a batch of sequences: col_tile on bf16 storage
-    at::Tensor x2 = x.reshape({-1, x.size(-1)}).clone(at::MemoryFormat::Contiguous);
-    float* xp = x2.data_ptr<float>();
-    for (int64_t i = 0; i < x2.numel(); i++) xp[i] = round_to_bf16(xp[i]);
-    at::Tensor y = run_col<uint16_t>(x2, weight, c10::nullopt, output_shape(x, weight.size(0)));
-    float* yp = y.data_ptr<float>();
-    for (int64_t i = 0; i < y.numel(); i++) yp[i] = round_to_bf16(yp[i]);
-    if (bias.has_value() && bias->defined()) y.add_(bias->to(at::kFloat));
-    return y;
+    return rows == 1 ? run_sweep<uint16_t>(x2, weight, bias, output_shape(x, weight.size(0)))
+                     : run_col<uint16_t>(x2, weight, bias, output_shape(x, weight.size(0)));
   }
   at::Tensor y = at::linear(x.to(weight.scalar_type()), weight).to(x.scalar_type());
   if (bias.has_value() && bias->defined()) y = y + bias->to(y.scalar_type());
