@@ -73,12 +73,3 @@ def huge_page_buffer(nbytes: int) -> Optional[torch.Tensor]:
     start = -whole.data_ptr() % HUGE_PAGE
     return whole[start:start + nbytes]
 
-
-def transparent_huge_pages() -> Optional[str]:
-    """The kernel's THP mode ("always", "madvise", "never"), or None where it does not say."""
-    try:
-        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
-    except OSError:
-        return None
-    chosen = [word.strip("[]") for word in text.split() if word.startswith("[")]
-    return chosen[0] if chosen else None

@@ -13,11 +13,12 @@ from typing import Iterable, Optional
 
 from tokenizers import Tokenizer as _HFTokenizer
 
+from .chat_template import LEGACY_TEMPLATE_FILE, TEMPLATE_FILE
 from .errors import CheckpointError
 
 # Copied with a checkpoint both ways by `convert`; the chat template files keep a model's chat format
 # (see openseason.chat_template).
-CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+CHAT_TEMPLATE_FILES = (TEMPLATE_FILE, LEGACY_TEMPLATE_FILE)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model", "generation_config.json", *CHAT_TEMPLATE_FILES)
 

@@ -33,7 +33,8 @@ from ..linear import fp32_gemm, linear
 
 def _wants_column_major(module: nn.Linear, every_shape: bool) -> bool:
     weight = module.weight
-    # fp32 only: for bf16 the two layouts measured alike, and for fp16 the column-major path was 13x slower.
+    # fp32 nn.Linear only (BF16Linear weights are re-stored for our kernels in prepare_for_decoding; for
+    # fp16 torch's column-major path was 13x slower).
     if (weight.device.type != "cpu" or weight.dtype != torch.float32 or weight.dim() != 2
             or not weight.is_contiguous()):
         return False
@@ -120,10 +121,11 @@ def prepare_for_decoding(model: nn.Module) -> int:
     changed = [module for module in model.modules()
                if isinstance(module, nn.Linear) and id(module.weight) not in tied
                and _wants_column_major(module, kernels)]
-    # bf16 weights column-major for our one-row kernel (torch's bf16 product reads both layouts alike)
+    # bf16 weights column-major for our kernels, which take 1-8 rows (prefill's longer inputs stay with
+    # torch's bf16 product, on the same column-major view)
     bf16 = [module for module in model.modules()
-            if kernels and isinstance(module, BF16Linear) and module.weight.device.type == "cpu"
-            and module.weight.is_contiguous()]
+            if isinstance(module, BF16Linear) and module.weight.device.type == "cpu"
+            and module.weight.is_contiguous()] if kernels else []
     if on_cpu:
         model._huge_page_bytes = _restore_weights(
             model, {id(module.weight) for module in changed} | {id(module.weight) for module in bf16})
