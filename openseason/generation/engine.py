@@ -41,7 +41,7 @@ import torch
 from ..errors import OpenseasonError
 from .sampling import (SamplingParams, apply_openai_penalties, apply_repetition_penalty, make_generator,
                        sample_next_token, stop_ids)
-from .speed import decode_forward
+from .speed import ahead_of_time_step, decode_forward
 from .text import TextStream
 
 
@@ -263,6 +263,7 @@ class RunningBatch:
         self.rows: list[Sequence] = []
         self.lens: list[int] = []
         self.cache = None
+        self.one_row_step = None   # the model's AheadOfTimeStep, checked each time sequences join
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -354,6 +355,7 @@ class RunningBatch:
             self.cache.append(cache, capacity=self._capacity(keep, seqs))
         self.rows += seqs
         self.lens += row_lens
+        self.one_row_step = ahead_of_time_step(self.model)
         return self._record(seqs, tokens, extras)
 
     @torch.inference_mode()
@@ -365,7 +367,9 @@ class RunningBatch:
         last = torch.tensor([[s.last_token] for s in self.rows], dtype=torch.long, device=self.device)
         length = self.cache.length
         forward = decode_forward(self.model)
-        if all(n == length for n in self.lens):
+        if self.one_row_step is not None and self.lens == [length] and self.one_row_step.fits(self.cache):
+            logits = self.one_row_step(last, self.cache)
+        elif all(n == length for n in self.lens):
             logits = forward(last, kv_cache=self.cache, last_only=True)
         else:
             lens = torch.tensor(self.lens, device=self.device)

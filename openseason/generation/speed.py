@@ -16,13 +16,18 @@ step is about thirty small operations per layer (norms, rotary, cache writes, at
 adds), each a separate eager dispatch of a few microseconds. It hands the decode step (one new token
 per row, KV cache growing) to torch.compile with dynamic shapes, so one graph serves every batch size
 and cache length, and on the CPU with inductor's C++ wrapper, so a step makes no Python calls per
-operation. Prefill (many tokens at once, matrix-bound) stays eager. See BENCHMARKS.md for the speed-up.
+operation. Prefill (many tokens at once, matrix-bound) stays eager. On the CPU it also builds the
+one-row step ahead of time (`AheadOfTimeStep`: torch.export + AOTInductor, the model's weights shared,
+not copied), which a batch of one row calls without dynamo's per-step frame evaluation and guards,
+the part of a batch-1 step that runs with caches the weights have just flushed. See BENCHMARKS.md for
+the speed-ups.
 """
 from __future__ import annotations
 
 import itertools
 import time
 import types
+import warnings
 
 import torch
 import torch.nn as nn
@@ -146,6 +151,127 @@ def decode_forward(model: nn.Module):
     return getattr(model, "_compiled_step", None) or model
 
 
+def model_fingerprint(model: nn.Module) -> tuple:
+    """What a captured step depends on besides its inputs: every module (object, class, forward hooks
+    and plain public attributes such as `training` or a kernel choice) and every parameter and buffer
+    (object, storage address, shape, strides, dtype). Equal fingerprints mean the model computes as it
+    did at capture; an adapter injected, a module or weight replaced, or a weight re-stored changes it."""
+    parts = []
+    for name, module in model.named_modules(remove_duplicate=False):
+        settings = tuple(sorted((key, value) for key, value in vars(module).items()
+                                if not key.startswith("_") and isinstance(value, (bool, int, float, str, type(None)))))
+        tensors = tuple((key, id(t), t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+                        for key, t in itertools.chain(module._parameters.items(), module._buffers.items())
+                        if t is not None)
+        hooks = (len(module._forward_hooks), len(module._forward_pre_hooks), id(module.__dict__.get("forward")))
+        parts.append((name, id(module), type(module), settings, tensors, hooks))
+    return tuple(parts)
+
+
+class _OneRowStep(nn.Module):
+    """The decode step with tensor inputs only (what torch.export and AOTInductor take): the new token
+    [1, 1], an empty [length, 0] tensor whose first dimension carries the cache length, and every
+    layer's keys then values [1, groups, capacity, head_size], written in place at `length`."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor, length_carrier: torch.Tensor, *keys_values: torch.Tensor) -> torch.Tensor:
+        from ..model import KVCache
+
+        n = len(keys_values) // 2
+        cache = KVCache.__new__(KVCache)
+        cache.k, cache.v = list(keys_values[:n]), list(keys_values[n:])
+        cache.max_len, cache.batch_size, cache.length = keys_values[0].shape[2], 1, length_carrier.shape[0]
+        cache.extras = {}
+        return self.model(ids, kv_cache=cache, last_only=True)
+
+
+class AheadOfTimeStep:
+    """The one-row decode step compiled ahead of time: `torch.export` traces it once with the cache length
+    and capacity as symbols, AOTInductor compiles the graph into a shared library that reads the model's
+    own weights (user-managed constants: nothing copied), and a step is one call into that library.
+
+    torch.compile's step pays, at every call, for dynamo's frame evaluation and guards and the Python
+    wrappers around the compiled graph: 0.1 ms with warm caches, but 0.4-0.5 ms right after a step's
+    weights have streamed through the caches, which is how every batch-1 step runs (see BENCHMARKS.md).
+    The library call skips all of that. What guards did (is this still the model that was traced?) is
+    `model_fingerprint`, checked when a sequence joins the batch (`ahead_of_time_step`), not per step.
+    Serves one row with no mask and no per-row extras, a cache length of 2 or more; every other step
+    goes through torch.compile's graph."""
+
+    def __init__(self, model: nn.Module, compiled, constants: dict, capacity: int):
+        self.compiled = compiled          # torch._inductor's AOTICompiledModel (keeps the library loaded)
+        # The library holds raw pointers to these; aliases keep their memory alive even if the model's
+        # tensors are later re-pointed (the fingerprint then stops the step from being used).
+        self.constants = {fqn: t.detach() for fqn, t in constants.items()}
+        self.run = compiled.loader.boxed_run
+        self.capacity = capacity
+        self.n_layer = model.config.n_layer
+        self.dtype = model.embed.weight.dtype
+        self.fingerprint = model_fingerprint(model)
+
+    def fits(self, cache) -> bool:
+        first = cache.k[0]
+        return (cache.batch_size == 1 and not cache.extras and 2 <= cache.length < cache.max_len <= self.capacity
+                and first.dtype == self.dtype and first.device.type == "cpu" and first.is_contiguous())
+
+    def __call__(self, ids: torch.Tensor, cache) -> torch.Tensor:
+        logits = self.run([ids, torch.empty(cache.length, 0), *cache.k, *cache.v])[0]
+        cache.length += 1
+        return logits
+
+    def __deepcopy__(self, memo):   # a copied model has weights of its own: it must not run this one's
+        return None
+
+
+def export_one_row_step(model: nn.Module) -> AheadOfTimeStep:
+    """Trace and compile `model`'s one-row decode step (see AheadOfTimeStep); tens of seconds for a
+    small model. CPU only; raises on a model whose step cannot be exported."""
+    import tempfile
+
+    import torch._inductor
+
+    capacity = model.context_length
+    if capacity < 4:
+        raise ValueError(f"a context of {capacity} positions is too short to trace a step with a symbolic length")
+    step = _OneRowStep(model)
+    cache = model.new_kv_cache(1, 4)
+    example = (torch.zeros(1, 1, dtype=torch.long), torch.empty(2, 0), *cache.k, *cache.v)
+    length = torch.export.Dim("length", min=2, max=capacity - 1)
+    slots = torch.export.Dim("capacity", min=3, max=capacity)
+    shapes = {"ids": None, "length_carrier": {0: length},
+              "keys_values": tuple({2: slots} for _ in range(2 * model.config.n_layer))}
+    with torch.no_grad():
+        program = torch.export.export(step, example, dynamic_shapes=shapes, strict=False)
+        with tempfile.TemporaryDirectory(prefix="openseason-step-") as folder:
+            path = torch._inductor.aoti_compile_and_package(
+                program, package_path=f"{folder}/step.pt2",
+                inductor_configs={"aot_inductor.package_constants_in_so": False})
+            compiled = torch._inductor.aoti_load_package(path)
+    constants = {}
+    for fqn in compiled.get_constant_fqns():
+        owner, _, attr = fqn.rpartition(".")
+        constants[fqn] = getattr(step.get_submodule(owner), attr)
+    compiled.load_constants(constants, check_full_update=True, user_managed=True)
+    return AheadOfTimeStep(model, compiled, constants, capacity)
+
+
+def ahead_of_time_step(model: nn.Module) -> "AheadOfTimeStep | None":
+    """The model's ahead-of-time step if the model is still the one it traced, else None (and the step is
+    dropped, with a warning: decoding goes on through torch.compile's graph, which re-traces itself)."""
+    step = getattr(model, "_ahead_of_time_step", None)
+    if step is None:
+        return None
+    if model_fingerprint(model) != step.fingerprint:
+        model._ahead_of_time_step = None
+        warnings.warn("the model changed after its decode step was compiled ahead of time (a module, weight or "
+                      "setting was replaced); decoding goes on through torch.compile's graph", stacklevel=2)
+        return None
+    return step
+
+
 def compile_own(fn, **options):
     """torch.compile(fn, **options) through a copy of fn's code object. torch.compile keeps its graphs
     (and its limit of 8 recompiles) per code object, so two models compiled through the same function
@@ -157,14 +283,17 @@ def compile_own(fn, **options):
     return torch.compile(own, **options)
 
 
-def compile_decoding(model: nn.Module, *, warm_up: bool = True) -> float:
+def compile_decoding(model: nn.Module, *, warm_up: bool = True, ahead_of_time: bool = True) -> float:
     """Compile `model`'s decode step (see the module docstring); returns the seconds spent compiling
     (0.0 when it already was). Same results as eager up to float rounding order.
 
-    warm_up    compile now, on short throwaway generations, instead of inside the first requests: one
-               prompt (dynamo specializes a batch of 1), two prompts of different lengths (the padded
-               path, with an attention mask) and two of one length (no mask); later batch sizes and
-               cache lengths then reuse these graphs
+    warm_up        compile now, on short throwaway generations, instead of inside the first requests: one
+                   prompt (dynamo specializes a batch of 1), two prompts of different lengths (the padded
+                   path, with an attention mask) and two of one length (no mask); later batch sizes and
+                   cache lengths then reuse these graphs
+    ahead_of_time  on the CPU, also build the one-row step ahead of time (`AheadOfTimeStep`: no dynamo
+                   at each step; about twice the compile time). Where it cannot be built this warns
+                   and batch 1 stays with torch.compile's graph.
     Inductor fixes the CPU thread count when it generates code: set torch's threads before this.
     Needs a C++ compiler on the CPU (inductor builds the step with it); without one this raises a
     clear error and the model stays eager.
@@ -179,20 +308,30 @@ def compile_decoding(model: nn.Module, *, warm_up: bool = True) -> float:
         return model.forward(*args, **kwargs)
     model._compiled_step = compile_own(decode_step, dynamic=True, fullgraph=True,
                                        options={"cpp_wrapper": True} if cpu else None)
-    if not warm_up:
-        return 0.0
-    from .engine import generate_ids
-    from .sampling import SamplingParams
-
     start = time.perf_counter()
-    params = SamplingParams(max_new_tokens=3, ignore_eos=True)
-    try:
-        for prompts in ([[1, 2, 3]], [[1, 2, 3], [4, 5]], [[1, 2], [3, 4]]):
-            generate_ids(model, prompts, params)
-    except Exception as exc:
-        model._compiled_step = None
-        raise OpenseasonError(f"could not compile the decode step: {type(exc).__name__}: "
-                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-                              hint="torch.compile needs a C++ compiler (g++) on the CPU, and a step it can "
-                                   "trace whole; decode without --compile") from exc
+    if warm_up:
+        from .engine import generate_ids
+        from .sampling import SamplingParams
+
+        params = SamplingParams(max_new_tokens=3, ignore_eos=True)
+        try:
+            for prompts in ([[1, 2, 3]], [[1, 2, 3], [4, 5]], [[1, 2], [3, 4]]):
+                generate_ids(model, prompts, params)
+        except Exception as exc:
+            model._compiled_step = None
+            raise OpenseasonError(f"could not compile the decode step: {type(exc).__name__}: "
+                                  f"{_first_line(exc)}",
+                                  hint="torch.compile needs a C++ compiler (g++) on the CPU, and a step it can "
+                                       "trace whole; decode without --compile") from exc
+    if cpu and ahead_of_time:
+        try:
+            model._ahead_of_time_step = export_one_row_step(model)
+        except Exception as exc:
+            warnings.warn(f"the one-row decode step could not be compiled ahead of time ({type(exc).__name__}: "
+                          f"{_first_line(exc)}); batch 1 decodes through torch.compile's graph", stacklevel=2)
     return time.perf_counter() - start
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""

@@ -105,6 +105,10 @@ def test_models_compile_separately_and_int8_dynamic_compiles(compiled, llama_pai
     dynamic_eager = LLM.load(llama_pair[1], device="cpu", quantize="int8-dynamic")
     assert ([c.token_ids for c in generate_ids(dynamic.model, PROMPTS, params)]
             == [c.token_ids for c in generate_ids(dynamic_eager.model, PROMPTS, params)])
+    # ... and so does its one-row step ahead of time (the kernel called from the AOTInductor library)
+    assert dynamic.model._ahead_of_time_step is not None
+    assert (generate_ids(dynamic.model, PROMPTS[:1], params)[0].token_ids
+            == generate_ids(dynamic_eager.model, PROMPTS[:1], params)[0].token_ids)
 
 
 def test_generate_cli_with_compile_and_quantize(neox_pair, capsys):

@@ -1,0 +1,181 @@
+"""The one-row decode step compiled ahead of time (generation.speed.AheadOfTimeStep): eager's tokens,
+logits and cache writes, the model's own weights (an in-place update is seen, a replaced one drops the
+step), the fallbacks to torch.compile's graph, and what happens when it cannot be built. Compiling
+costs seconds, so one compiled model serves the file; the test that changes it comes last."""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+
+from openseason import LLM
+from openseason.generation import SamplingParams, compile_decoding, generate_ids
+from openseason.generation import speed
+from openseason.generation.speed import AheadOfTimeStep, ahead_of_time_step, model_fingerprint
+
+PROMPT = [5, 6, 7, 8, 9, 10, 11]
+
+
+@pytest.fixture(scope="module")
+def compiled(neox_pair):
+    return LLM.load(neox_pair[1], device="cpu", compile=True)
+
+
+def _count_calls(step: AheadOfTimeStep) -> list[int]:
+    calls, run = [0], step.run
+
+    def counted(args):
+        calls[0] += 1
+        return run(args)
+    step.run = counted
+    return calls
+
+
+def test_one_row_steps_run_ahead_of_time_with_eager_tokens(llm, compiled):
+    step = compiled.model._ahead_of_time_step
+    assert isinstance(step, AheadOfTimeStep)
+    calls = _count_calls(step)
+    params = SamplingParams(max_new_tokens=24, ignore_eos=True)
+    want = generate_ids(llm.model, [PROMPT], params)[0].token_ids
+    assert generate_ids(compiled.model, [PROMPT], params)[0].token_ids == want
+    assert calls[0] == 23                    # the first token comes from the prefill
+    # a one-token prompt: the first step has a cache of length 1 (torch.compile's graph), then ahead of time
+    calls[0] = 0
+    assert (generate_ids(compiled.model, [[42]], params)[0].token_ids
+            == generate_ids(llm.model, [[42]], params)[0].token_ids)
+    assert calls[0] == 22
+    # two rows (and the padded path) are not one-row steps
+    calls[0] = 0
+    two = [[5, 6, 7], [8, 9]]
+    assert ([c.token_ids for c in generate_ids(compiled.model, two, params)]
+            == [c.token_ids for c in generate_ids(llm.model, two, params)])
+    assert calls[0] == 0
+
+
+def test_the_step_writes_the_cache_as_eager_does(compiled):
+    model = compiled.model
+    step = model._ahead_of_time_step
+    with torch.inference_mode():
+        cache = model.new_kv_cache(1, 12)
+        model(torch.tensor([PROMPT]), kv_cache=cache)
+        twin = copy.deepcopy(cache)
+        assert step.fits(cache)
+        for token in (20, 21, 22):
+            want = model(torch.tensor([[token]]), kv_cache=cache, last_only=True)
+            got = step(torch.tensor([[token]]), twin)
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert twin.length == cache.length == len(PROMPT) + 3
+    for layer in range(model.config.n_layer):
+        torch.testing.assert_close(twin.k[layer], cache.k[layer], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(twin.v[layer], cache.v[layer], atol=1e-6, rtol=1e-6)
+    # what it does not take: a full cache, a cache past the traced capacity, two rows, another dtype
+    assert not step.fits(_filled(model, 1, len(PROMPT), len(PROMPT)))
+    assert not step.fits(_filled(model, 1, model.context_length + 1, 3))
+    assert not step.fits(_filled(model, 2, 12, 3))
+    assert not step.fits(_filled(model, 1, 12, 1))
+    half = _filled(model, 1, 12, 3)
+    half.k = [k.half() for k in half.k]
+    assert not step.fits(half)
+
+
+def _filled(model, rows: int, capacity: int, length: int):
+    cache = model.new_kv_cache(rows, capacity)
+    cache.length = length
+    return cache
+
+
+def test_the_step_reads_the_model_weights_in_place(llm, compiled):
+    """User-managed constants: the library holds pointers to the model's own tensors, so an in-place
+    update (a weight loaded with copy_, an optimizer step) is what the next step computes with."""
+    params = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    head = compiled.model.lm_head.weight
+    with torch.no_grad():
+        head.mul_(-1)
+        llm.model.lm_head.weight.mul_(-1)
+    try:
+        calls = _count_calls(compiled.model._ahead_of_time_step)
+        assert (generate_ids(compiled.model, [PROMPT], params)[0].token_ids
+                == generate_ids(llm.model, [PROMPT], params)[0].token_ids)
+        assert calls[0] == 11
+    finally:
+        with torch.no_grad():
+            head.mul_(-1)
+            llm.model.lm_head.weight.mul_(-1)
+
+
+def test_fingerprint_sees_what_changes_the_computation(neox_pair):
+    from openseason.peft.lora import apply_lora
+
+    model = LLM.load(neox_pair[1], device="cpu").model
+    before = model_fingerprint(model)
+    assert model_fingerprint(model) == before
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)              # in place: same tensors, same addresses
+    assert model_fingerprint(model) == before
+    changes = [
+        lambda m: setattr(m.lm_head.weight, "data", m.lm_head.weight.data.clone()),   # re-stored
+        lambda m: m.train(),
+        lambda m: setattr(m.blocks[0].mlp, "approximate", "tanh"),
+        lambda m: m.blocks[0].register_forward_hook(lambda *a: None),
+        lambda m: setattr(m.blocks[0], "attn", copy.deepcopy(m.blocks[0].attn)),
+        lambda m: apply_lora(m, rank=2),
+    ]
+    for change in changes:
+        twin = copy.deepcopy(model)
+        was = model_fingerprint(twin)
+        change(twin)
+        assert model_fingerprint(twin) != was
+
+
+def test_a_failed_build_warns_and_keeps_torch_compile(neox_pair, monkeypatch):
+    model = LLM.load(neox_pair[1], device="cpu").model
+
+    def refuse(model):
+        raise RuntimeError("export needs a graph it can trace\nsecond line")
+    monkeypatch.setattr(speed, "export_one_row_step", refuse)
+    with pytest.warns(UserWarning, match=r"could not be compiled ahead of time \(RuntimeError: export needs a "
+                                         r"graph it can trace\); batch 1 decodes through torch.compile"):
+        compile_decoding(model, warm_up=False)
+    assert ahead_of_time_step(model) is None and model._compiled_step is not None
+    plain = LLM.load(neox_pair[1], device="cpu").model
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compile_decoding(plain, warm_up=False, ahead_of_time=False)    # not asked for: not tried
+    assert ahead_of_time_step(plain) is None and plain._compiled_step is not None
+
+
+def test_bf16_weights_decode_ahead_of_time(llama_pair):
+    """bf16 (our one-row kernel on bf16 storage, called from the library) gives its eager tokens."""
+    params = SamplingParams(max_new_tokens=10, ignore_eos=True)
+    model = LLM.load(llama_pair[1], device="cpu", quantize="bf16", compile=True).model
+    calls = _count_calls(model._ahead_of_time_step)
+    eager = LLM.load(llama_pair[1], device="cpu", quantize="bf16").model
+    assert generate_ids(model, [PROMPT], params)[0].token_ids == generate_ids(eager, [PROMPT], params)[0].token_ids
+    assert calls[0] == 9
+
+
+def test_a_copied_model_does_not_share_the_step(compiled):
+    twin = copy.deepcopy(compiled.model)
+    assert getattr(twin, "_ahead_of_time_step", None) is None
+    assert compiled.model._ahead_of_time_step is not None
+
+
+def test_a_model_changed_after_capture_drops_the_step_and_decodes_right(llm, compiled):
+    """Runs last: it changes the shared compiled model. A weight replaced (not updated in place) would be
+    read at its old address by the library; the fingerprint sees it, the step is dropped with a warning,
+    and decoding goes on through torch.compile's graph with the new weight."""
+    model = compiled.model
+    params = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    flipped = -model.lm_head.weight.detach().clone()
+    model.lm_head.weight.data = flipped
+    eager = copy.deepcopy(llm.model)
+    eager.lm_head.weight.data = flipped.clone()
+    with pytest.warns(UserWarning, match="the model changed after its decode step was compiled ahead of time"):
+        got = generate_ids(model, [PROMPT], params)[0].token_ids
+    assert got == generate_ids(eager, [PROMPT], params)[0].token_ids
+    assert model._ahead_of_time_step is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generate_ids(model, [PROMPT], params)      # warned once, then quiet
