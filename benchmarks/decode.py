@@ -60,6 +60,7 @@ HBM_GBPS = {"H200": 4800, "H100 SXM": 3350, "H100 NVL": 3900, "H100 PCIe": 2000,
             "RTX 4090": 1008, "RTX 3090": 936}
 
 
+LIKE_FOR_LIKE = (("int8-dynamic", "q8_0"), ("bf16", "f16"))   # (our --quantize mode, llama.cpp type)
 FP32_PEERS = ("ours eager", "transformers", "llama.cpp f32", "ctranslate2 float32", "onnxruntime-genai fp32")
 
 # Shapes that are not named configs: the LLaMA the issue's table measured (6 x 512, vocab 32000).
@@ -436,6 +437,15 @@ def bench(name: str, args, threads: int | None) -> list[dict]:
             row.update(read_gbps=gbps, ours_fraction=tps["ours"] / args.batch * bytes_per_token / 1e9 / gbps)
             if dtype == torch.float32 and row["peer"] in FP32_PEERS:
                 row["peer_fraction"] = row["peer_tps"] / args.batch * bytes_per_token / 1e9 / gbps
+    # like for like: each of our quantized modes against the peer that stores weights the same way,
+    # with the same paired ratio (these rows carry no roofline: it is for fp32 weights)
+    for mode, peer in LIKE_FOR_LIKE:
+        ours_key, peer_key = f"ours {mode}", f"llama.cpp {peer}"
+        if ours_key in times and peer_key in times:
+            rows.append({"model": name, "threads": threads or torch.get_num_threads(), "device": device,
+                         "dtype": mode, "peer": peer_key, "ours_tps": tps[ours_key], "peer_tps": tps[peer_key],
+                         "ratio": statistics.median(p / o for o, p in zip(times[ours_key], times[peer_key])),
+                         "agree": agreement(tokens[ours_key], tokens[peer_key], ids, logits)})
     if torch.device(device).type == "cuda":
         gbps = args.hbm_gbps or next((v for k, v in HBM_GBPS.items() if k in torch.cuda.get_device_name()), None)
         if gbps:
@@ -541,7 +551,8 @@ def main(argv=None) -> int:
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else machine()
     print(f"# decode benchmark: torch {torch.__version__}, {', '.join(peers)}, {where}, {load}")
     print(f"# batch {args.batch}, prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens (greedy), "
-          f"median of {args.repeats}; ratio = ours fp32 tok/s / peer tok/s, the median of the alternated repeats' ratios")
+          f"median of {args.repeats}; ratio = ours tok/s / peer tok/s (ours fp32 unless the row names "
+          f"another dtype), the median of the alternated repeats' ratios")
     for threads in args.threads or [None]:
         for name in args.models:
             for r in bench(name, args, threads):
