@@ -243,7 +243,9 @@ def export_one_row_step(model: nn.Module) -> AheadOfTimeStep:
     slots = torch.export.Dim("capacity", min=3, max=capacity)
     shapes = {"ids": None, "length_carrier": {0: length},
               "keys_values": tuple({2: slots} for _ in range(2 * model.config.n_layer))}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch's own deprecation notice from inside export/packaging, not something a user can act on
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         program = torch.export.export(step, example, dynamic_shapes=shapes, strict=False)
         with tempfile.TemporaryDirectory(prefix="openseason-step-") as folder:
             path = torch._inductor.aoti_compile_and_package(
