@@ -556,7 +556,7 @@ def main(argv=None) -> int:
     for threads in args.threads or [None]:
         for name in args.models:
             for r in bench(name, args, threads):
-                line = (f"{r['model']:<12} {r['dtype']:<8} threads {r['threads']}  ours {r['ours_tps']:7.1f} tok/s  "
+                line = (f"{r['model']:<12} {r['dtype']:<12} threads {r['threads']}  ours {r['ours_tps']:7.1f} tok/s  "
                         f"{r['peer']:<16} {r['peer_tps']:7.1f} tok/s  ratio {r['ratio']:5.2f}x  {r['agree']}")
                 if "read_gbps" in r:
                     line += (f"  roofline ({r['read_gbps']:.1f} GB/s read): ours {100 * r['ours_fraction']:.0f}%"
