@@ -24,7 +24,10 @@ the speed-ups.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import itertools
+import shutil
 import time
 import types
 import warnings
@@ -33,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import OpenseasonError
+from ..fileio import atomic_open, user_cache_dir
 from ..linear import fp32_gemm, linear
 
 
@@ -198,8 +202,8 @@ class AheadOfTimeStep:
     weights have streamed through the caches, which is how every batch-1 step runs (see BENCHMARKS.md).
     The library call skips all of that. What guards did (is this still the model that was traced?) is
     `model_fingerprint`, checked when a sequence joins the batch (`ahead_of_time_step`), not per step.
-    Serves one row with no mask and no per-row extras, a cache length of 2 or more; every other step
-    goes through torch.compile's graph."""
+    Serves one row with no mask and no per-row extras; every other step goes through torch.compile's
+    graph."""
 
     def __init__(self, model: nn.Module, compiled, constants: dict, capacity: int):
         self.compiled = compiled          # torch._inductor's AOTICompiledModel (keeps the library loaded)
@@ -214,7 +218,7 @@ class AheadOfTimeStep:
 
     def fits(self, cache) -> bool:
         first = cache.k[0]
-        return (cache.batch_size == 1 and not cache.extras and 2 <= cache.length < cache.max_len <= self.capacity
+        return (cache.batch_size == 1 and not cache.extras and 1 <= cache.length < cache.max_len <= self.capacity
                 and first.dtype == self.dtype and first.device.type == "cpu" and first.is_contiguous())
 
     def __call__(self, ids: torch.Tensor, cache) -> torch.Tensor:
@@ -239,7 +243,7 @@ def export_one_row_step(model: nn.Module) -> AheadOfTimeStep:
     step = _OneRowStep(model)
     cache = model.new_kv_cache(1, 4)
     example = (torch.zeros(1, 1, dtype=torch.long), torch.empty(2, 0), *cache.k, *cache.v)
-    length = torch.export.Dim("length", min=2, max=capacity - 1)
+    length = torch.export.Dim("length", min=1, max=capacity - 1)
     slots = torch.export.Dim("capacity", min=3, max=capacity)
     shapes = {"ids": None, "length_carrier": {0: length},
               "keys_values": tuple({2: slots} for _ in range(2 * model.config.n_layer))}
@@ -247,17 +251,46 @@ def export_one_row_step(model: nn.Module) -> AheadOfTimeStep:
         # torch's own deprecation notice from inside export/packaging, not something a user can act on
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         program = torch.export.export(step, example, dynamic_shapes=shapes, strict=False)
-        with tempfile.TemporaryDirectory(prefix="openseason-step-") as folder:
-            path = torch._inductor.aoti_compile_and_package(
-                program, package_path=f"{folder}/step.pt2",
-                inductor_configs={"aot_inductor.package_constants_in_so": False})
-            compiled = torch._inductor.aoti_load_package(path)
+        # The package holds code only (the weights stay the model's), so one built for the same graph,
+        # weight layouts, threads, CPU and torch serves again: a model loaded a second time skips the
+        # C++ build (about 10 s even for a tiny model).
+        cached = user_cache_dir("decode_steps", f"{_package_key(program)}.pt2")
+        compiled = None
+        if cached.exists():
+            try:
+                compiled = torch._inductor.aoti_load_package(str(cached))
+            except Exception:   # a damaged file: build it again below
+                compiled = None
+        if compiled is None:
+            with tempfile.TemporaryDirectory(prefix="openseason-step-") as folder:
+                path = torch._inductor.aoti_compile_and_package(
+                    program, package_path=f"{folder}/step.pt2",
+                    inductor_configs={"aot_inductor.package_constants_in_so": False})
+                compiled = torch._inductor.aoti_load_package(path)
+                with contextlib.suppress(OSError):   # a read-only cache only costs the next load a build
+                    with atomic_open(cached, "wb") as handle, open(path, "rb") as built:
+                        shutil.copyfileobj(built, handle)
     constants = {}
     for fqn in compiled.get_constant_fqns():
         owner, _, attr = fqn.rpartition(".")
         constants[fqn] = getattr(step.get_submodule(owner), attr)
     compiled.load_constants(constants, check_full_update=True, user_managed=True)
     return AheadOfTimeStep(model, compiled, constants, capacity)
+
+
+def _package_key(program) -> str:
+    """What a built step depends on: the traced graph and its symbol ranges, every constant's shape,
+    strides and dtype, the thread count inductor generated code for, the CPU and the torch build."""
+    from .cpu_kernels import _cpu_flags
+
+    digest = hashlib.sha256()
+    layouts = sorted((name, tuple(t.shape), t.stride(), str(t.dtype))
+                     for name, t in itertools.chain(program.state_dict.items(), program.constants.items()))
+    for part in (program.graph_module.code, str(program.range_constraints), repr(layouts),
+                 str(torch.get_num_threads()), _cpu_flags(), torch.__version__):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:24]
 
 
 def ahead_of_time_step(model: nn.Module) -> "AheadOfTimeStep | None":
@@ -290,9 +323,9 @@ def compile_decoding(model: nn.Module, *, warm_up: bool = True, ahead_of_time: b
     (0.0 when it already was). Same results as eager up to float rounding order.
 
     warm_up        compile now, on short throwaway generations, instead of inside the first requests: one
-                   prompt (dynamo specializes a batch of 1), two prompts of different lengths (the padded
-                   path, with an attention mask) and two of one length (no mask); later batch sizes and
-                   cache lengths then reuse these graphs
+                   prompt (dynamo specializes a batch of 1; skipped where the one-row step serves it),
+                   two prompts of different lengths (the padded path, with an attention mask) and two of
+                   one length (no mask); later batch sizes and cache lengths then reuse these graphs
     ahead_of_time  on the CPU, also build the one-row step ahead of time (`AheadOfTimeStep`: no dynamo
                    at each step; about twice the compile time). Where it cannot be built this warns
                    and batch 1 stays with torch.compile's graph.
@@ -311,26 +344,31 @@ def compile_decoding(model: nn.Module, *, warm_up: bool = True, ahead_of_time: b
     model._compiled_step = compile_own(decode_step, dynamic=True, fullgraph=True,
                                        options={"cpp_wrapper": True} if cpu else None)
     start = time.perf_counter()
-    if warm_up:
-        from .engine import generate_ids
-        from .sampling import SamplingParams
-
-        params = SamplingParams(max_new_tokens=3, ignore_eos=True)
-        try:
-            for prompts in ([[1, 2, 3]], [[1, 2, 3], [4, 5]], [[1, 2], [3, 4]]):
-                generate_ids(model, prompts, params)
-        except Exception as exc:
-            model._compiled_step = None
-            raise OpenseasonError(f"could not compile the decode step: {type(exc).__name__}: "
-                                  f"{_first_line(exc)}",
-                                  hint="torch.compile needs a C++ compiler (g++) on the CPU, and a step it can "
-                                       "trace whole; decode without --compile") from exc
     if cpu and ahead_of_time:
         try:
             model._ahead_of_time_step = export_one_row_step(model)
         except Exception as exc:
             warnings.warn(f"the one-row decode step could not be compiled ahead of time ({type(exc).__name__}: "
                           f"{_first_line(exc)}); batch 1 decodes through torch.compile's graph", stacklevel=2)
+    if warm_up:
+        from .engine import generate_ids
+        from .sampling import SamplingParams
+
+        # A text-only model with the one-row step never runs torch.compile's batch-1 graph unless the
+        # model changes later (then it is compiled on first use); a multimodal one does (rows with images).
+        one_row = getattr(model, "_ahead_of_time_step", None) is not None and getattr(model, "media", None) is None
+        batches = ([[1, 2, 3], [4, 5]], [[1, 2], [3, 4]]) if one_row else ([[1, 2, 3]], [[1, 2, 3], [4, 5]], [[1, 2], [3, 4]])
+        params = SamplingParams(max_new_tokens=3, ignore_eos=True)
+        try:
+            for prompts in batches:
+                generate_ids(model, prompts, params)
+        except Exception as exc:
+            model._compiled_step = None
+            model._ahead_of_time_step = None
+            raise OpenseasonError(f"could not compile the decode step: {type(exc).__name__}: "
+                                  f"{_first_line(exc)}",
+                                  hint="torch.compile needs a C++ compiler (g++) on the CPU, and a step it can "
+                                       "trace whole; decode without --compile") from exc
     return time.perf_counter() - start
 
 

@@ -41,11 +41,11 @@ def test_one_row_steps_run_ahead_of_time_with_eager_tokens(llm, compiled):
     want = generate_ids(llm.model, [PROMPT], params)[0].token_ids
     assert generate_ids(compiled.model, [PROMPT], params)[0].token_ids == want
     assert calls[0] == 23                    # the first token comes from the prefill
-    # a one-token prompt: the first step has a cache of length 1 (torch.compile's graph), then ahead of time
+    # a one-token prompt: its first step reads a cache of length 1
     calls[0] = 0
     assert (generate_ids(compiled.model, [[42]], params)[0].token_ids
             == generate_ids(llm.model, [[42]], params)[0].token_ids)
-    assert calls[0] == 22
+    assert calls[0] == 23
     # two rows (and the padded path) are not one-row steps
     calls[0] = 0
     two = [[5, 6, 7], [8, 9]]
@@ -74,7 +74,7 @@ def test_the_step_writes_the_cache_as_eager_does(compiled):
     assert not step.fits(_filled(model, 1, len(PROMPT), len(PROMPT)))
     assert not step.fits(_filled(model, 1, model.context_length + 1, 3))
     assert not step.fits(_filled(model, 2, 12, 3))
-    assert not step.fits(_filled(model, 1, 12, 1))
+    assert not step.fits(_filled(model, 1, 12, 0))
     half = _filled(model, 1, 12, 3)
     half.k = [k.half() for k in half.k]
     assert not step.fits(half)
@@ -154,6 +154,34 @@ def test_bf16_weights_decode_ahead_of_time(llama_pair):
     eager = LLM.load(llama_pair[1], device="cpu", quantize="bf16").model
     assert generate_ids(model, [PROMPT], params)[0].token_ids == generate_ids(eager, [PROMPT], params)[0].token_ids
     assert calls[0] == 9
+
+
+def test_built_steps_are_reused_from_the_cache_and_a_damaged_one_is_rebuilt(llm, tmp_path, monkeypatch):
+    import torch._inductor
+
+    monkeypatch.setenv("OPENSEASON_CACHE", str(tmp_path))
+    model = llm.model
+    with torch.inference_mode():
+        cache = model.new_kv_cache(1, 12)
+        model(torch.tensor([PROMPT]), kv_cache=cache)
+        want = model(torch.tensor([[20]]), kv_cache=copy.deepcopy(cache), last_only=True)
+
+    def check(step):
+        with torch.inference_mode():
+            torch.testing.assert_close(step(torch.tensor([[20]]), copy.deepcopy(cache)), want, atol=1e-5, rtol=1e-5)
+
+    check(speed.export_one_row_step(model))
+    [package] = (tmp_path / "decode_steps").glob("*.pt2")
+    build = torch._inductor.aoti_compile_and_package
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("built again instead of loading the cached package")
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_build)
+    check(speed.export_one_row_step(model))
+    package.write_bytes(b"not a package")          # damaged (a disk error, an interrupted copy by hand)
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", build)
+    check(speed.export_one_row_step(model))
+    assert package.stat().st_size > 1000 and list((tmp_path / "decode_steps").glob("*.pt2")) == [package]
 
 
 def test_a_copied_model_does_not_share_the_step(compiled):
