@@ -126,6 +126,13 @@ def weight_bytes(model: GPT) -> int:
     return total
 
 
+def paired_ratio(ours: list[float], peer: list[float]) -> float:
+    """Our speed over the peer's as the median of each alternated repeat's ratio (seconds peer / ours):
+    a repeat times both sides within seconds, so each pair shares the machine's state (this VM's read
+    bandwidth drifted 30% in minutes)."""
+    return statistics.median(p / o for o, p in zip(ours, peer))
+
+
 def cpu_read_gbps(megabytes: int = 512) -> float:
     """What this CPU reads from memory with torch's current threads: a sum over a buffer far larger
     than any cache, best of 5 (GB/s). The roofline of fp32 batch-1 decoding is this over weight_bytes;
@@ -421,9 +428,7 @@ def bench(name: str, args, threads: int | None) -> list[dict]:
             continue
         row = {"model": name, "threads": threads or torch.get_num_threads(), "device": device,
                "dtype": str(dtype).replace("torch.", ""), "peer": key, "ours_tps": tps["ours"],
-               # the median of each repeat's ratio: a repeat times both sides within seconds, so the
-               # pair shares the machine's state (this VM's read bandwidth drifted 30% in minutes)
-               "peer_tps": tps[key], "ratio": statistics.median(p / o for o, p in zip(times["ours"], times[key])),
+               "peer_tps": tps[key], "ratio": paired_ratio(times["ours"], times[key]),
                "agree": agreement(tokens["ours"], tokens[key], ids, logits)}
         if key.startswith("ours ") and key[5:] in quantized:
             with torch.inference_mode():
@@ -444,7 +449,7 @@ def bench(name: str, args, threads: int | None) -> list[dict]:
         if ours_key in times and peer_key in times:
             rows.append({"model": name, "threads": threads or torch.get_num_threads(), "device": device,
                          "dtype": mode, "peer": peer_key, "ours_tps": tps[ours_key], "peer_tps": tps[peer_key],
-                         "ratio": statistics.median(p / o for o, p in zip(times[ours_key], times[peer_key])),
+                         "ratio": paired_ratio(times[ours_key], times[peer_key]),
                          "agree": agreement(tokens[ours_key], tokens[peer_key], ids, logits)})
     if torch.device(device).type == "cuda":
         gbps = args.hbm_gbps or next((v for k, v in HBM_GBPS.items() if k in torch.cuda.get_device_name()), None)

@@ -174,6 +174,17 @@ class KVCache:
         # per-row tensors [B, ...] that injected modules read at every step (see `GPT.hidden_states`)
         self.extras: dict[str, torch.Tensor] = {}
 
+    @classmethod
+    def of(cls, keys: list[torch.Tensor], values: list[torch.Tensor], length) -> "KVCache":
+        """A cache over existing per-layer tensors [B, groups, max_len, head_size] holding `length`
+        positions (no copy: writes go into them)."""
+        cache = cls.__new__(cls)
+        cache.k, cache.v = list(keys), list(values)
+        cache.batch_size, cache.max_len = keys[0].shape[0], keys[0].shape[2]
+        cache.length = length
+        cache.extras = {}
+        return cache
+
     def reset(self) -> None:
         self.length = 0
 

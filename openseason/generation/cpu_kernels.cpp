@@ -232,12 +232,9 @@ static inline void col_tile(const float* x, const W* wt, const float* bias, floa
   const float* xb = x + b0 * in;
   for (int64_t i = 0; i < in; i++) {
     const W* wrow = wt + i * out + o0;
-#if defined(__AVX512F__) || defined(__AVX2__)
     // The next rows of this tile are a whole row length apart: too far for the hardware prefetcher.
     if (i + PREFETCH_ROWS < in)
-      for (int j = 0; j < J; j++)
-        _mm_prefetch(reinterpret_cast<const char*>(wrow + PREFETCH_ROWS * out + j * OS_LANES), _MM_HINT_T0);
-#endif
+      for (int j = 0; j < J; j++) prefetch(wrow + PREFETCH_ROWS * out + j * OS_LANES);
     vec wv[J];
     for (int j = 0; j < J; j++) wv[j] = wload(wrow + j * OS_LANES);
     for (int b = 0; b < NB; b++) {
@@ -378,8 +375,7 @@ static at::Tensor run_sweep(const at::Tensor& x1, const at::Tensor& weight, cons
         const int64_t i1 = in * (part + 1) / parts;
         int64_t i = in * part / parts;
         bool first = true;
-        constexpr int R = SWEEP_ROWS;
-        for (; i + R <= i1; i += R, first = false) sweep_rows<R, W>(xp, wp, acc, i, out, first);
+        for (; i + SWEEP_ROWS <= i1; i += SWEEP_ROWS, first = false) sweep_rows<SWEEP_ROWS, W>(xp, wp, acc, i, out, first);
         for (; i < i1; i++, first = false) sweep_rows<1, W>(xp, wp, acc, i, out, first);
       }
     });

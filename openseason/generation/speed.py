@@ -185,10 +185,7 @@ class _OneRowStep(nn.Module):
         from ..model import KVCache
 
         n = len(keys_values) // 2
-        cache = KVCache.__new__(KVCache)
-        cache.k, cache.v = list(keys_values[:n]), list(keys_values[n:])
-        cache.max_len, cache.batch_size, cache.length = keys_values[0].shape[2], 1, length_carrier.shape[0]
-        cache.extras = {}
+        cache = KVCache.of(keys_values[:n], keys_values[n:], length_carrier.shape[0])
         return self.model(ids, kv_cache=cache, last_only=True)
 
 
@@ -212,7 +209,6 @@ class AheadOfTimeStep:
         self.constants = {fqn: t.detach() for fqn, t in constants.items()}
         self.run = compiled.loader.boxed_run
         self.capacity = capacity
-        self.n_layer = model.config.n_layer
         self.dtype = model.embed.weight.dtype
         self.fingerprint = model_fingerprint(model)
 
@@ -356,8 +352,9 @@ def compile_decoding(model: nn.Module, *, warm_up: bool = True, ahead_of_time: b
 
         # A text-only model with the one-row step never runs torch.compile's batch-1 graph unless the
         # model changes later (then it is compiled on first use); a multimodal one does (rows with images).
-        one_row = getattr(model, "_ahead_of_time_step", None) is not None and getattr(model, "media", None) is None
-        batches = ([[1, 2, 3], [4, 5]], [[1, 2], [3, 4]]) if one_row else ([[1, 2, 3]], [[1, 2, 3], [4, 5]], [[1, 2], [3, 4]])
+        batches = [[[1, 2, 3], [4, 5]], [[1, 2], [3, 4]]]
+        if getattr(model, "_ahead_of_time_step", None) is None or getattr(model, "media", None) is not None:
+            batches.insert(0, [[1, 2, 3]])
         params = SamplingParams(max_new_tokens=3, ignore_eos=True)
         try:
             for prompts in batches:
