@@ -24,8 +24,11 @@ devices) goes to torch's product inside the op.
     decode_linear_int8(x, q, scale, b) = F.linear(x, q * scale[:, None], b)
     decode_linear_int8_dynamic(x, q, scale, q.sum(1), b)
                                 x's rows rounded to int8 too (quantize.Int8DynamicLinear), int32 sums
-    decode_linear_bf16(x, w, b) = (x.bf16 @ w.T).float() + b (quantize.BF16Linear); the kernel for one
-                                row against a column-major bf16 w: the weight read at half fp32's bytes
+    decode_linear_bf16(x, w, b) = (x.bf16 @ w.T).float() + b (quantize.BF16Linear); the weight read at
+                                half fp32's bytes: on CPUs with AVX-512 BF16, 1-32 rows against the
+                                row-major w (vdpbf16ps); elsewhere one row (sweep) or 2-8 rows
+                                (col_tile) against a column-major w
+    bf16_weight_layout()        "row" or "column": the layout decode_linear_bf16's kernels read here
 
 Building: torch.utils.cpp_extension with `-O3 -march=native` (AVX-512 or AVX2 + FMA where the CPU has
 them, a plain loop otherwise), about 10 s once, into the user's cache (OPENSEASON_CACHE, else
@@ -169,6 +172,12 @@ def decode_linear_int8(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tens
 
 def decode_linear_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     return torch.ops.openseason.decode_linear_bf16(x, weight, bias)
+
+
+def bf16_weight_layout() -> str:
+    """How prepare_for_decoding stores bf16 weights for decode_linear_bf16 on this CPU: "row" (nn.Linear's
+    own layout, where the build has AVX-512 BF16's dot product) or "column"."""
+    return torch.ops.openseason.bf16_weight_layout() if available() else "column"
 
 
 def decode_linear_int8_dynamic(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, qweight_sum: torch.Tensor,

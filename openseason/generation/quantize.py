@@ -163,8 +163,8 @@ class BF16Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("weight", linear.weight.detach().to(torch.bfloat16).contiguous())
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-        # "torch": torch's bf16 product; "openseason": our kernel (generation.cpu_kernels) for one fp32 row
-        # against the column-major weight prepare_for_decoding stores, the same arithmetic otherwise
+        # "torch": torch's bf16 product; "openseason": our kernels (generation.cpu_kernels) for a few fp32
+        # rows against the weight as prepare_for_decoding stores it, the same arithmetic otherwise
         self.kernel = "torch"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

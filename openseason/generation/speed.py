@@ -111,8 +111,9 @@ def _decode_kernel_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 def prepare_for_decoding(model: nn.Module) -> int:
     """Re-store fp32 CPU linear weights in the layout that batch-1 decoding reads fastest, and, where
     our CPU kernels build (generation.cpu_kernels), route those layers, int8 weight-only layers and
-    bf16 layers (stored column-major too) through them (fp32 for 2-8 rows, and one where torch's BLAS
-    is the slow library; bf16 for 1-8; int8 for 1-16);
+    bf16 layers (in the layout cpu_kernels.bf16_weight_layout() names) through them (fp32 for 2-8 rows,
+    and one where torch's BLAS is the slow library; bf16 for 1-32 rows, or 1-8 column-major; int8 for
+    1-16);
     move the CPU weights into huge pages where Linux provides them; returns how many fp32 weights were
     re-stored. Idempotent; a no-op on GPUs. Tied weights (lm_head = embed) keep their row-major rows
     for the embedding lookup."""
@@ -130,14 +131,17 @@ def prepare_for_decoding(model: nn.Module) -> int:
     changed = [module for module in model.modules()
                if isinstance(module, nn.Linear) and id(module.weight) not in tied
                and _wants_column_major(module, kernels)]
-    # bf16 weights column-major for our kernels, which take 1-8 rows (prefill's longer inputs stay with
-    # torch's bf16 product, on the same column-major view)
+    # bf16 weights through our kernels: row-major as they are where the kernels have AVX-512 BF16's dot
+    # product (1-32 rows), else column-major (one row swept, 2-8 in col_tile). Longer inputs (prefill) stay
+    # with torch's bf16 product, on the same tensor.
     bf16 = [module for module in model.modules()
             if isinstance(module, BF16Linear) and module.weight.device.type == "cpu"
             and module.weight.is_contiguous()] if kernels else []
+    bf16_column_major = bf16 and cpu_kernels.bf16_weight_layout() == "column"
     if on_cpu:
         model._huge_page_bytes = _restore_weights(
-            model, {id(module.weight) for module in changed} | {id(module.weight) for module in bf16})
+            model, {id(module.weight) for module in changed}
+            | ({id(module.weight) for module in bf16} if bf16_column_major else set()))
     for module in bf16:
         module.kernel = "openseason"
     if kernels:

@@ -217,15 +217,31 @@ def test_mismatched_arguments_are_clear_errors_not_wild_reads():
         cpu_kernels.decode_linear_int8(x, q, torch.rand(3), None)
 
 
+def _bf16_weight(out_features: int, in_features: int, layout: str, generator: torch.Generator) -> torch.Tensor:
+    weight = torch.randn(out_features, in_features, generator=generator).to(torch.bfloat16)
+    return weight.t().contiguous().t() if layout == "column" else weight
+
+
+def _assert_bf16_linear_arithmetic(got, x, weight, bias):
+    """BF16Linear's arithmetic (the activation rounded to bf16, fp32 sums, the result rounded to bf16,
+    the bias added after): against float64 sums of the same bf16 operands the kernels may differ only
+    where the fp32 sum sits on a bf16 rounding boundary, by one bf16 step, and only at a few places."""
+    exact = (x.to(torch.bfloat16).double() @ weight.double().t()).to(torch.bfloat16).float() + bias
+    assert got.shape == exact.shape
+    step = (exact - bias).abs().clamp(min=1e-30) * 2.0 ** -7        # one bf16 step at that magnitude
+    assert bool(((got - exact).abs() <= step + 1e-6).all())
+    assert (got != exact).float().mean() < 0.05
+
+
+# Row-major: the dot-product kernel where this CPU has AVX-512 BF16 (1-32 rows), else the module's torch
+# path. Column-major: the sweep (one row) and col_tile (2-8 rows), the kernels of CPUs without it.
+@pytest.mark.parametrize("layout", ["row", "column"])
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("shape", [(4099, 1024), (515, 37), (17, 4000), (2048, 3), (5, 0)])
-def test_bf16_one_row_kernel_is_the_modules_arithmetic(threads, shape):
-    """One row against column-major bf16 weights (the sweep): the activation rounded to bf16, fp32 sums,
-    the result rounded to bf16 (BF16Linear's torch path). Against float64 sums of the same bf16 operands it may
-    differ only where the fp32 sum sits on a bf16 rounding boundary: by one bf16 step."""
+@pytest.mark.parametrize("shape", [(4099, 1024), (515, 37), (17, 4000), (2048, 3), (5, 0), (1, 1)])
+def test_bf16_one_row_kernel_is_the_modules_arithmetic(layout, threads, shape):
     out_features, in_features = shape
     g = torch.Generator().manual_seed(11)
-    weight = torch.randn(out_features, in_features, generator=g).to(torch.bfloat16).t().contiguous().t()
+    weight = _bf16_weight(out_features, in_features, layout, g)
     bias = torch.randn(out_features, generator=g)
     x = torch.randn(1, 1, in_features, generator=g)
     before = torch.get_num_threads()
@@ -234,39 +250,61 @@ def test_bf16_one_row_kernel_is_the_modules_arithmetic(threads, shape):
         got = cpu_kernels.decode_linear_bf16(x, weight, bias)
     finally:
         torch.set_num_threads(before)
-    exact = (x.to(torch.bfloat16).double() @ weight.double().t()).to(torch.bfloat16).float() + bias
-    assert got.shape == (1, 1, out_features)
-    step = exact.abs().clamp(min=1e-30) * 2.0 ** -7        # one bf16 step at that magnitude
-    assert bool(((got - exact).abs() <= step).all())
-    assert (got != exact).float().mean() < 0.05             # and only at a few boundaries
+    _assert_bf16_linear_arithmetic(got, x, weight, bias)
 
 
-@pytest.mark.parametrize("rows", [2, 3, 8])
-def test_bf16_batch_kernel_is_the_modules_arithmetic(rows):
-    """2-8 rows against column-major bf16 weights (col_tile on bf16 storage): BF16Linear's rounding,
-    within one bf16 step of float64 sums of the same operands, and a bias added after the rounding."""
+@pytest.mark.parametrize("layout", ["row", "column"])
+@pytest.mark.parametrize("rows", [2, 3, 5, 8, 9, 16, 31, 32])
+@pytest.mark.parametrize("shape", [(1037, 300), (13, 64), (40, 31)])
+def test_bf16_batch_kernel_is_the_modules_arithmetic(layout, rows, shape):
+    """Several rows (a decode batch, a short prefill): every activation tile against every weight
+    block, tails of both, and the bias added after the rounding."""
     g = torch.Generator().manual_seed(13)
-    weight = torch.randn(1037, 300, generator=g).to(torch.bfloat16).t().contiguous().t()
-    bias = torch.randn(1037, generator=g)
-    x = torch.randn(rows, 300, generator=g)
-    got = cpu_kernels.decode_linear_bf16(x, weight, bias)
-    exact = (x.to(torch.bfloat16).double() @ weight.double().t()).to(torch.bfloat16).float() + bias
-    step = (exact - bias).abs().clamp(min=1e-30) * 2.0 ** -7
-    assert bool(((got - exact).abs() <= step + 1e-6).all())
-    assert (got != exact).float().mean() < 0.05
+    weight = _bf16_weight(*shape, layout, g)
+    bias = torch.randn(shape[0], generator=g)
+    x = torch.randn(rows, shape[1], generator=g)
+    _assert_bf16_linear_arithmetic(cpu_kernels.decode_linear_bf16(x, weight, bias), x, weight, bias)
+
+
+def test_bf16_kernels_round_nan_and_infinity_as_torch_does():
+    """A NaN whose payload sits only in the low half of its fp32 bits must stay a NaN in bf16 (cutting
+    the bits would make it an infinity); infinities stay infinities; a row with a NaN is NaN and the
+    other rows are untouched."""
+    low_nan = torch.tensor([0x7F800001], dtype=torch.int32).view(torch.float32)
+    assert torch.isnan(low_nan).all()
+    for layout in ("row", "column"):
+        weight = _bf16_weight(1, 1, layout, torch.Generator().manual_seed(0)).abs() + 1
+        got = cpu_kernels.decode_linear_bf16(low_nan.view(1, 1), weight, None)
+        assert torch.isnan(got).all(), layout
+        got = cpu_kernels.decode_linear_bf16(torch.tensor([[float("inf")], [-2.0]]), weight, None)
+        assert got[0, 0] == float("inf") and torch.isfinite(got[1]).all(), layout
+    weight = _bf16_weight(70, 45, "row", torch.Generator().manual_seed(1))
+    x = torch.randn(3, 45)
+    x[1, 44] = float("nan")
+    got = cpu_kernels.decode_linear_bf16(x, weight, torch.zeros(70))
+    assert torch.isnan(got[1]).all() and torch.isfinite(got[[0, 2]]).all()
+    assert torch.equal(got[[0, 2]], cpu_kernels.decode_linear_bf16(x[[0, 2]], weight, torch.zeros(70)))
 
 
 def test_bf16_kernel_falls_back_to_the_modules_torch_path():
-    """Past 8 rows, row-major weights, bad widths: the torch path (or its error) of BF16Linear."""
+    """Past the kernels' rows (32 row-major, 8 column-major), bad widths: the torch path (or its error)
+    of BF16Linear, bit for bit."""
     g = torch.Generator().manual_seed(12)
     weight = torch.randn(40, 24, generator=g).to(torch.bfloat16)
-    x = torch.randn(9, 24, generator=g)
+    x = torch.randn(33, 24, generator=g)
     reference = F.linear(x.to(torch.bfloat16), weight).float()
     assert torch.equal(cpu_kernels.decode_linear_bf16(x, weight, None), reference)
-    assert torch.equal(cpu_kernels.decode_linear_bf16(x, weight.t().contiguous().t(), None), reference)
-    assert torch.equal(cpu_kernels.decode_linear_bf16(x[:1], weight, None), reference[:1])   # row-major
+    assert torch.equal(cpu_kernels.decode_linear_bf16(x[:9], weight.t().contiguous().t(), None), reference[:9])
     with pytest.raises(RuntimeError):
         cpu_kernels.decode_linear_bf16(torch.randn(1, 23), weight.t().contiguous().t(), None)
+    with pytest.raises(RuntimeError):
+        cpu_kernels.decode_linear_bf16(torch.randn(1, 23), weight, None)
+
+
+def test_bf16_weight_layout_names_what_the_build_has():
+    flags = cpu_kernels._cpu_flags().split()
+    expected = "row" if {"avx512f", "avx512bw", "avx512_bf16"} <= set(flags) else "column"
+    assert cpu_kernels.bf16_weight_layout() == expected
 
 
 def test_bf16_model_decodes_through_the_kernel_with_the_torch_paths_tokens(neox_pair):
@@ -277,7 +315,10 @@ def test_bf16_model_decodes_through_the_kernel_with_the_torch_paths_tokens(neox_
     llm = LLM.load(neox_pair[1], device="cpu", quantize="bf16")
     layers = [m for m in llm.model.modules() if isinstance(m, BF16Linear)]
     assert layers and {m.kernel for m in layers} == {"openseason"}
-    assert all(m.weight.stride(0) == 1 for m in layers)          # stored column-major
+    if cpu_kernels.bf16_weight_layout() == "row":
+        assert all(m.weight.is_contiguous() for m in layers)     # nn.Linear's layout, in huge pages
+    else:
+        assert all(m.weight.stride(0) == 1 for m in layers)      # stored column-major
     prompts = [[5, 6, 7, 8]]
     params = SamplingParams(max_new_tokens=8, ignore_eos=True)
     ours = [r.token_ids for r in generate_ids(llm.model, prompts, params)]
