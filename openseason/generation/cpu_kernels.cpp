@@ -113,13 +113,13 @@ constexpr int BT = 4;         // activation rows per tile
 constexpr int64_t MAX_BATCH = 16;   // more rows than this go to BLAS (prefill)
 // fp32: 9-16 rows ran two tile passes at 0.84-1.05x torch's product; those stay with torch
 constexpr int64_t MAX_FP32_ROWS = 8;
-// int8-dynamic: software prefetch about this many bytes ahead in the weight stream, rounded to whole
-// ROWS-row blocks so each prefetch lands on the same place of a later block. On the AMD EPYC, batch-1
+// Row-major kernels (int8-dynamic, bf16) prefetch about this many bytes ahead in the weight stream,
+// rounded to whole blocks of weight rows so each prefetch lands on the same place of a later block: in
+// elements, for blocks of `block` elements of `elem_bytes` each. On the AMD EPYC, batch-1 int8-dynamic
 // decoding of llama-6x512 ran 4-8% faster with 4-8 KB than without, and further ahead was slower.
-constexpr int64_t INT8_PREFETCH_BYTES = 8192;
-static inline int64_t int8_prefetch_distance(int64_t in) {
-  const int64_t block = ROWS * in;
-  return block * std::max<int64_t>(1, (INT8_PREFETCH_BYTES + block - 1) / block);
+constexpr int64_t PREFETCH_BYTES = 8192;
+static inline int64_t blocks_ahead(int64_t block, int64_t elem_bytes) {
+  return block * std::max<int64_t>(1, (PREFETCH_BYTES + block * elem_bytes - 1) / (block * elem_bytes));
 }
 // How far ahead (in weight rows) col_tile prefetches: 24-32 measured best for pythia-70m's output
 // layer at batch 4-8 on one and two threads (8 was 1.9x slower, 64 1.3x).
@@ -261,12 +261,10 @@ static void bf16_result(float* y, int64_t rows, int64_t out, const float* bias) 
 // activation is rounded to bf16 first (BF16Linear's arithmetic); a product of two bf16 values is exact
 // in fp32, so only the order of the fp32 sums differs from the module's torch path (and vdpbf16ps
 // treats subnormal inputs and sums as zero). Blocks of BF16_ROWS rows are contiguous, so a thread reads
-// its share of the weight front to back; software prefetch about BF16_PREFETCH_BYTES ahead, rounded to
-// whole blocks. Against the column-major sweep and col_tile (llama-6x512 and pythia-70m's matrices from
+// its share of the weight front to back, with software prefetch (blocks_ahead). Against the column-major sweep and col_tile (llama-6x512 and pythia-70m's matrices from
 // memory, AMD EPYC, interleaved): one row 1.2-1.4x, eight rows 1.4-2.7x; 8 rows per block with 4-16 KB
-// ahead measured best (16 rows, 4 rows and no prefetch were slower).
+// ahead (PREFETCH_BYTES) measured best (16 rows, 4 rows and no prefetch were slower).
 constexpr int BF16_ROWS = 8;
-constexpr int64_t BF16_PREFETCH_BYTES = 8192;
 // Up to 32 rows (short prompts' prefill too): against torch's bf16 product (row-major weight, oneDNN
 // on the AMD EPYC) 1.8-1.9x at 16 rows, 1.2-1.4x at 32, 0.8-0.9x at 64.
 constexpr int64_t MAX_BF16_ROWS = 32;
@@ -316,8 +314,7 @@ static at::Tensor run_bf16_rows(const at::Tensor& x2, const at::Tensor& weight, 
   round_to_bf16_halves(x2.data_ptr<float>(), batch * in, xb);
   const uint16_t* wp = static_cast<const uint16_t*>(weight.data_ptr());
   float* yp = y.data_ptr<float>();
-  const int64_t block = BF16_ROWS * in;
-  const int64_t ahead = block * std::max<int64_t>(1, (BF16_PREFETCH_BYTES + 2 * block - 1) / (2 * block));
+  const int64_t ahead = blocks_ahead(BF16_ROWS * in, 2);
   over_row_blocks<BF16_ROWS>(out, in * 2, [&](int64_t begin, int64_t end) {
     for (int64_t blk = begin; blk < end; blk++)
       over_row_tiles<BT>(batch, [&](auto nb, int64_t b0) {
@@ -560,7 +557,7 @@ static inline void dyn_tile(const uint8_t* xu, const float* xscale, const int8_t
   __m512i acc[ROWS][NB];
   for (int r = 0; r < ROWS; r++)
     for (int b = 0; b < NB; b++) acc[r][b] = _mm512_setzero_si512();
-  const int64_t ahead = int8_prefetch_distance(in);
+  const int64_t ahead = blocks_ahead(ROWS * in, 1);
   for (; i + 64 <= in; i += 64) {
     for (int r = 0; r < ROWS; r++)
       _mm_prefetch(reinterpret_cast<const char*>(wr[r] + i + ahead), _MM_HINT_T0);
