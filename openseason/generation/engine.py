@@ -260,6 +260,9 @@ class RunningBatch:
         vocab = getattr(tokenizer, "vocab_size", None)
         out = model.config.padded_vocab_size
         self.vocab_limit = vocab if vocab is not None and 0 < vocab < out else None
+        # for the one-row step's greedy choice: an empty tensor as long as the ids that may be chosen
+        self._choosable = torch.empty(self.vocab_limit or out, 0)
+        self._fed_back = None   # (sequence, token, [1, 1] tensor): the one-row step's last greedy choice
         self.rows: list[Sequence] = []
         self.lens: list[int] = []
         self.cache = None
@@ -364,12 +367,13 @@ class RunningBatch:
         if not self.rows:
             return []
         self._reserve()
-        last = torch.tensor([[s.last_token] for s in self.rows], dtype=torch.long, device=self.device)
         length = self.cache.length
+        if (self.one_row_step is not None and self.lens == [length] and len(self._choosable) >= 2
+                and self.one_row_step.fits(self.cache)):
+            return self._one_row_step()
+        last = torch.tensor([[s.last_token] for s in self.rows], dtype=torch.long, device=self.device)
         forward = decode_forward(self.model)
-        if self.one_row_step is not None and self.lens == [length] and self.one_row_step.fits(self.cache):
-            logits = self.one_row_step(last, self.cache)
-        elif all(n == length for n in self.lens):
+        if all(n == length for n in self.lens):
             logits = forward(last, kv_cache=self.cache, last_only=True)
         else:
             lens = torch.tensor(self.lens, device=self.device)
@@ -380,6 +384,26 @@ class RunningBatch:
         self.lens = [n + 1 for n in self.lens]
         tokens, extras = self._pick(logits[:, -1], self.rows)
         return self._record(list(self.rows), tokens, extras)
+
+    def _one_row_step(self) -> list[TokenEvent]:
+        """A batch of one row through the model's ahead-of-time step. A plain greedy row takes the step's
+        own argmax, and that [1, 1] tensor is the next step's input: after a step has streamed every weight
+        through the caches, each Python-side tensor operation costs tens of microseconds."""
+        row = self.rows[0]
+        fed = self._fed_back
+        if fed is not None and fed[0] is row and fed[1] == row.last_token:
+            last = fed[2]
+        else:
+            last = torch.tensor([[row.last_token]], dtype=torch.long, device=self.device)
+        self._fed_back = None
+        logits, greedy = self.one_row_step(last, self.cache, self._choosable)
+        self.lens = [self.lens[0] + 1]
+        if row.params.greedy and not row.params.penalized and row.params.logprobs is None:
+            token = greedy.item()
+            self._fed_back = (row, token, greedy)
+            return self._record([row], [token], [(None, None)])
+        tokens, extras = self._pick(logits[:, -1], [row])
+        return self._record([row], tokens, extras)
 
     def remove(self, drop: Callable[[Sequence], bool]) -> list[Sequence]:
         """Take the sequences for which `drop` is true out of the batch; returns them."""

@@ -178,19 +178,24 @@ def model_fingerprint(model: nn.Module) -> tuple:
 
 class _OneRowStep(nn.Module):
     """The decode step with tensor inputs only (what torch.export and AOTInductor take): the new token
-    [1, 1], an empty [length, 0] tensor whose first dimension carries the cache length, and every
-    layer's keys then values [1, groups, capacity, head_size], written in place at `length`."""
+    [1, 1], empty [length, 0] and [choosable, 0] tensors whose first dimensions carry the cache length and
+    how many of the vocabulary's ids may be chosen, and every layer's keys then values [1, groups,
+    capacity, head_size], written in place at `length`. Returns the logits [1, 1, vocab] and the greedy
+    choice [1, 1] (the argmax over the first `choosable` logits): a greedy row's next input, with no
+    Python-side argmax or new tensor between two steps."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, ids: torch.Tensor, length_carrier: torch.Tensor, *keys_values: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, length_carrier: torch.Tensor, choosable_carrier: torch.Tensor,
+                *keys_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         from ..model import KVCache
 
         n = len(keys_values) // 2
         cache = KVCache.of(keys_values[:n], keys_values[n:], length_carrier.shape[0])
-        return self.model(ids, kv_cache=cache, last_only=True)
+        logits = self.model(ids, kv_cache=cache, last_only=True)
+        return logits, logits[:, -1, :choosable_carrier.shape[0]].argmax(-1, keepdim=True)
 
 
 class AheadOfTimeStep:
@@ -221,10 +226,12 @@ class AheadOfTimeStep:
         return (cache.batch_size == 1 and not cache.extras and 1 <= cache.length < cache.max_len <= self.capacity
                 and first.dtype == self.dtype and first.device.type == "cpu" and first.is_contiguous())
 
-    def __call__(self, ids: torch.Tensor, cache) -> torch.Tensor:
-        logits = self.run([ids, torch.empty(cache.length, 0), *cache.k, *cache.v])[0]
+    def __call__(self, ids: torch.Tensor, cache, choosable: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step: (logits [1, 1, vocab], greedy choice [1, 1]); `choosable` is an empty [n, 0] tensor,
+        n the number of leading vocabulary ids that may be chosen (2 up to the vocabulary size)."""
+        logits, greedy = self.run([ids, torch.empty(cache.length, 0), choosable, *cache.k, *cache.v])
         cache.length += 1
-        return logits
+        return logits, greedy
 
     def __deepcopy__(self, memo):   # a copied model has weights of its own: it must not run this one's
         return None
@@ -242,10 +249,12 @@ def export_one_row_step(model: nn.Module) -> AheadOfTimeStep:
         raise ValueError(f"a context of {capacity} positions is too short to trace a step with a symbolic length")
     step = _OneRowStep(model)
     cache = model.new_kv_cache(1, 4)
-    example = (torch.zeros(1, 1, dtype=torch.long), torch.empty(2, 0), *cache.k, *cache.v)
+    vocab = model.config.padded_vocab_size
+    example = (torch.zeros(1, 1, dtype=torch.long), torch.empty(2, 0), torch.empty(vocab - 1, 0), *cache.k, *cache.v)
     length = torch.export.Dim("length", min=1, max=capacity - 1)
     slots = torch.export.Dim("capacity", min=3, max=capacity)
-    shapes = {"ids": None, "length_carrier": {0: length},
+    choosable = torch.export.Dim("choosable", min=2, max=vocab)
+    shapes = {"ids": None, "length_carrier": {0: length}, "choosable_carrier": {0: choosable},
               "keys_values": tuple({2: slots} for _ in range(2 * model.config.n_layer))}
     with torch.no_grad(), warnings.catch_warnings():
         # torch's own deprecation notice from inside export/packaging, not something a user can act on

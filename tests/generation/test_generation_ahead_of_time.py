@@ -54,6 +54,41 @@ def test_one_row_steps_run_ahead_of_time_with_eager_tokens(llm, compiled):
     assert calls[0] == 0
 
 
+class _NarrowVocabulary:
+    """The loaded tokenizer, reporting fewer ids than the model has output rows (a padded vocabulary)."""
+
+    def __init__(self, tokenizer, size: int):
+        self._tokenizer, self.vocab_size = tokenizer, size
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
+def test_rows_the_steps_greedy_choice_does_not_serve_still_run_ahead_of_time(llm, compiled):
+    """Greedy rows take the step's own argmax, fed back as the next input; it must stop at the
+    tokenizer's vocabulary as the engine's argmax does. Penalized rows and rows asking for logprobs
+    choose from the step's logits in Python. All give eager's tokens through the library."""
+    step = compiled.model._ahead_of_time_step
+    calls = _count_calls(step)
+    greedy = SamplingParams(max_new_tokens=24, ignore_eos=True)
+    free = generate_ids(llm.model, [PROMPT], greedy)[0].token_ids
+    limit = max(free)                                 # the largest id chosen freely is now out of range
+    narrow = _NarrowVocabulary(llm.tokenizer, limit)
+    want = generate_ids(llm.model, [PROMPT], greedy, tokenizer=narrow)[0].token_ids
+    assert max(want) < limit and want != free
+    calls[0] = 0
+    assert generate_ids(compiled.model, [PROMPT], greedy, tokenizer=narrow)[0].token_ids == want
+    assert calls[0] == 23
+    for params in (SamplingParams(max_new_tokens=24, ignore_eos=True, repetition_penalty=1.5),
+                   SamplingParams(max_new_tokens=24, ignore_eos=True, logprobs=2)):
+        calls[0] = 0
+        ours = generate_ids(compiled.model, [PROMPT], params)[0]
+        eager = generate_ids(llm.model, [PROMPT], params)[0]
+        assert ours.token_ids == eager.token_ids and calls[0] == 23
+        if params.logprobs:
+            torch.testing.assert_close(torch.tensor(ours.logprobs), torch.tensor(eager.logprobs), atol=1e-4, rtol=1e-4)
+
+
 def test_the_step_writes_the_cache_as_eager_does(compiled):
     model = compiled.model
     step = model._ahead_of_time_step
@@ -62,10 +97,14 @@ def test_the_step_writes_the_cache_as_eager_does(compiled):
         model(torch.tensor([PROMPT]), kv_cache=cache)
         twin = copy.deepcopy(cache)
         assert step.fits(cache)
-        for token in (20, 21, 22):
+        vocab = model.config.padded_vocab_size
+        for token, choosable in ((20, vocab), (21, 2), (22, vocab - 3)):
             want = model(torch.tensor([[token]]), kv_cache=cache, last_only=True)
-            got = step(torch.tensor([[token]]), twin)
+            got, greedy = step(torch.tensor([[token]]), twin, torch.empty(choosable, 0))
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+            # the step's greedy choice: the argmax over the first `choosable` ids only
+            assert greedy.shape == (1, 1) and greedy.dtype == torch.long
+            assert greedy.item() == got[0, -1, :choosable].argmax().item()
     assert twin.length == cache.length == len(PROMPT) + 3
     for layer in range(model.config.n_layer):
         torch.testing.assert_close(twin.k[layer], cache.k[layer], atol=1e-6, rtol=1e-6)
@@ -168,7 +207,8 @@ def test_built_steps_are_reused_from_the_cache_and_a_damaged_one_is_rebuilt(llm,
 
     def check(step):
         with torch.inference_mode():
-            torch.testing.assert_close(step(torch.tensor([[20]]), copy.deepcopy(cache)), want, atol=1e-5, rtol=1e-5)
+            logits, _ = step(torch.tensor([[20]]), copy.deepcopy(cache), torch.empty(model.config.padded_vocab_size, 0))
+            torch.testing.assert_close(logits, want, atol=1e-5, rtol=1e-5)
 
     check(speed.export_one_row_step(model))
     [package] = (tmp_path / "decode_steps").glob("*.pt2")
