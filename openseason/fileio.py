@@ -49,6 +49,23 @@ def user_cache_dir(*parts: str) -> Path:
     return Path(root, *parts)
 
 
+def keep_recent(folder: str | os.PathLike, pattern: str, keep: int) -> list[Path]:
+    """Delete all but the `keep` most recently modified files of `folder` matching `pattern` (a cache
+    that would otherwise only grow; readers refresh a file's time when they use it). Files that vanish
+    or cannot be deleted meanwhile are skipped; returns the deleted paths."""
+    entries = []
+    for path in Path(folder).glob(pattern):
+        with contextlib.suppress(OSError):
+            entries.append((path.stat().st_mtime, path))
+    entries.sort(key=lambda entry: entry[0], reverse=True)
+    deleted = []
+    for _, path in entries[max(0, keep):]:
+        with contextlib.suppress(OSError):
+            path.unlink()
+            deleted.append(path)
+    return deleted
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
     """Open a temporary file next to `path`; on clean exit fsync it and rename it over `path`."""

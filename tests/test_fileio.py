@@ -160,3 +160,16 @@ def test_outputs_refuse_a_file_or_a_directory_in_their_place(tmp_path):
         with atomic_open(tmp_path):
             pass
     assert a_file.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_keep_recent_deletes_the_least_recently_used(tmp_path):
+    for age, name in enumerate(["e.pt2", "d.pt2", "c.pt2", "b.pt2", "a.pt2"]):
+        (tmp_path / name).write_text(name)
+        os.utime(tmp_path / name, (1e9 - age * 100, 1e9 - age * 100))
+    (tmp_path / "notes.txt").write_text("not a package")
+    deleted = fileio.keep_recent(tmp_path, "*.pt2", 3)
+    assert sorted(p.name for p in deleted) == ["a.pt2", "b.pt2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt2", "d.pt2", "e.pt2", "notes.txt"]
+    assert fileio.keep_recent(tmp_path, "*.pt2", 3) == []
+    assert len(fileio.keep_recent(tmp_path, "*.pt2", 0)) == 3 and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    assert fileio.keep_recent(tmp_path / "missing", "*.pt2", 1) == []

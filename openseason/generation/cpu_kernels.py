@@ -42,6 +42,7 @@ rounding, not bit for bit.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -54,9 +55,10 @@ from pathlib import Path
 import torch
 
 from ..device import cpu_info
-from ..fileio import user_cache_dir
+from ..fileio import keep_recent, user_cache_dir
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
+KERNEL_BUILDS_KEPT = 8            # built libraries kept in the user's cache (the least recently used go)
 MAX_ROWS = 16                     # int8 kernels: as MAX_BATCH in the source; more rows go to torch's product
 _state: dict = {"tried": False, "ok": False, "status": "not built yet"}
 
@@ -114,8 +116,14 @@ def _build_or_reuse() -> Path:
     root = user_cache_dir("cpu_kernels")
     library = root / f"{name}.so"
     if library.exists():
-        torch.ops.load_library(str(library))
-        return library
+        try:
+            torch.ops.load_library(str(library))
+        except OSError:   # deleted meanwhile (another process trimmed the cache) or damaged: build it again
+            pass
+        else:
+            with contextlib.suppress(OSError):   # recently used: kept when the cache is trimmed
+                os.utime(library)
+            return library
     from torch.utils.cpp_extension import load
 
     _put_ninja_on_path()
@@ -130,6 +138,7 @@ def _build_or_reuse() -> Path:
         os.replace(build / f"{name}.so", library)
     finally:
         shutil.rmtree(build, ignore_errors=True)
+    keep_recent(root, "openseason_cpu_kernels_*.so", KERNEL_BUILDS_KEPT)   # older sources, CPUs, torch versions
     return library
 
 

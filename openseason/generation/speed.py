@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import os
 import shutil
 import time
 import types
@@ -36,7 +37,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import OpenseasonError
-from ..fileio import atomic_open, user_cache_dir
+from ..fileio import atomic_open, keep_recent, user_cache_dir
 from ..linear import fp32_gemm, linear
 
 
@@ -237,6 +238,11 @@ class AheadOfTimeStep:
         return None
 
 
+# Built one-row steps kept in the user's cache (about 2 MB each for small models; one per model shape,
+# thread count and weight layout); the least recently used beyond this are deleted.
+DECODE_STEPS_KEPT = 64
+
+
 def export_one_row_step(model: nn.Module) -> AheadOfTimeStep:
     """Trace and compile `model`'s one-row decode step (see AheadOfTimeStep); tens of seconds for a
     small model. CPU only; raises on a model whose step cannot be exported."""
@@ -270,6 +276,9 @@ def export_one_row_step(model: nn.Module) -> AheadOfTimeStep:
                 compiled = torch._inductor.aoti_load_package(str(cached))
             except Exception:   # a damaged file: build it again below
                 compiled = None
+            else:
+                with contextlib.suppress(OSError):   # recently used: kept when the cache is trimmed
+                    os.utime(cached)
         if compiled is None:
             with tempfile.TemporaryDirectory(prefix="openseason-step-") as folder:
                 path = torch._inductor.aoti_compile_and_package(
@@ -279,6 +288,7 @@ def export_one_row_step(model: nn.Module) -> AheadOfTimeStep:
                 with contextlib.suppress(OSError):   # a read-only cache only costs the next load a build
                     with atomic_open(cached, "wb") as handle, open(path, "rb") as built:
                         shutil.copyfileobj(built, handle)
+                    keep_recent(cached.parent, "*.pt2", DECODE_STEPS_KEPT)
     constants = {}
     for fqn in compiled.get_constant_fqns():
         owner, _, attr = fqn.rpartition(".")

@@ -5,6 +5,8 @@ costs seconds, so one compiled model serves the file; the test that changes it c
 from __future__ import annotations
 
 import copy
+import os
+import time
 import warnings
 
 import pytest
@@ -210,14 +212,22 @@ def test_built_steps_are_reused_from_the_cache_and_a_damaged_one_is_rebuilt(llm,
             logits, _ = step(torch.tensor([[20]]), copy.deepcopy(cache), torch.empty(model.config.padded_vocab_size, 0))
             torch.testing.assert_close(logits, want, atol=1e-5, rtol=1e-5)
 
+    folder = tmp_path / "decode_steps"
+    folder.mkdir()
+    stale = folder / "0123456789abcdef01234567.pt2"    # another model's step, long unused
+    stale.write_bytes(b"old")
+    os.utime(stale, (1e9, 1e9))
+    monkeypatch.setattr(speed, "DECODE_STEPS_KEPT", 1)
     check(speed.export_one_row_step(model))
-    [package] = (tmp_path / "decode_steps").glob("*.pt2")
+    [package] = folder.glob("*.pt2")                     # the new one kept, the least recently used gone
+    os.utime(package, (1e9, 1e9))
     build = torch._inductor.aoti_compile_and_package
 
     def no_build(*args, **kwargs):
         raise AssertionError("built again instead of loading the cached package")
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_build)
     check(speed.export_one_row_step(model))
+    assert package.stat().st_mtime > time.time() - 600   # used: its time refreshed
     package.write_bytes(b"not a package")          # damaged (a disk error, an interrupted copy by hand)
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", build)
     check(speed.export_one_row_step(model))

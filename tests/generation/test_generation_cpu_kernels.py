@@ -195,7 +195,20 @@ def test_a_killed_build_blocks_nothing_and_two_first_users_both_load(tmp_path):
     outputs = [p.communicate(timeout=300)[0] for p in both]
     assert all(p.returncode == 0 for p in both)
     assert all(out.startswith("True loaded from ") for out in outputs), outputs
-    assert len(list((tmp_path / "cpu_kernels").glob("*.so"))) == 1
+    [library] = (tmp_path / "cpu_kernels").glob("*.so")
+    # A damaged library (or one another process's trim deleted) is built again, and the cache keeps the
+    # most recently used builds only (older sources, CPUs, torch versions).
+    library.write_bytes(b"not a library")
+    for n in range(cpu_kernels.KERNEL_BUILDS_KEPT + 1):
+        old = library.with_name(f"openseason_cpu_kernels_{n:016x}.so")
+        old.write_bytes(b"an old build")
+        os.utime(old, (1e9 + n, 1e9 + n))
+    again = _fresh_python(code, OPENSEASON_CACHE=str(tmp_path))
+    assert again.returncode == 0 and again.stdout.startswith("True loaded from "), again.stderr
+    kept = sorted(p.name for p in (tmp_path / "cpu_kernels").glob("*.so"))
+    assert len(kept) == cpu_kernels.KERNEL_BUILDS_KEPT and library.name in kept
+    assert library.stat().st_size > 10000
+    assert f"openseason_cpu_kernels_{0:016x}.so" not in kept          # the least recently used went first
 
 
 def test_mismatched_arguments_are_clear_errors_not_wild_reads():
