@@ -261,9 +261,10 @@ static void bf16_result(float* y, int64_t rows, int64_t out, const float* bias) 
 // activation is rounded to bf16 first (BF16Linear's arithmetic); a product of two bf16 values is exact
 // in fp32, so only the order of the fp32 sums differs from the module's torch path (and vdpbf16ps
 // treats subnormal inputs and sums as zero). Blocks of BF16_ROWS rows are contiguous, so a thread reads
-// its share of the weight front to back, with software prefetch (blocks_ahead). Against the column-major sweep and col_tile (llama-6x512 and pythia-70m's matrices from
-// memory, AMD EPYC, interleaved): one row 1.2-1.4x, eight rows 1.4-2.7x; 8 rows per block with 4-16 KB
-// ahead (PREFETCH_BYTES) measured best (16 rows, 4 rows and no prefetch were slower).
+// its share of the weight front to back, with software prefetch (blocks_ahead). Against the
+// column-major sweep and col_tile (llama-6x512 and pythia-70m's matrices from memory, AMD EPYC,
+// interleaved): one row 1.2-1.4x, eight rows 1.4-2.7x; 8 rows per block with 4-16 KB ahead
+// (PREFETCH_BYTES) measured best (16 rows, 4 rows and no prefetch were slower).
 constexpr int BF16_ROWS = 8;
 // Up to 32 rows (short prompts' prefill too): against torch's bf16 product (row-major weight, oneDNN
 // on the AMD EPYC) 1.8-1.9x at 16 rows, 1.2-1.4x at 32, 0.8-0.9x at 64.
@@ -725,10 +726,11 @@ at::Tensor decode_linear_int8(const at::Tensor& x, const at::Tensor& qweight, co
   return run_int8(x2, qweight, scale.data_ptr<float>(), bias, output_shape(x, qweight.size(0)));
 }
 
-
 // The layout prepare_for_decoding stores bf16 weights in for decode_linear_bf16 on this build.
 std::string bf16_weight_layout() { return OS_BF16_DOT ? "row" : "column"; }
+
 }  // namespace
+
 TORCH_LIBRARY(openseason, m) {
   m.def("decode_linear(Tensor x, Tensor weight, Tensor? bias, bool avoid_blas=False) -> Tensor");
   m.def("decode_linear_int8(Tensor x, Tensor qweight, Tensor scale, Tensor? bias) -> Tensor");

@@ -138,7 +138,7 @@ def prepare_for_decoding(model: nn.Module) -> int:
     bf16 = [module for module in model.modules()
             if isinstance(module, BF16Linear) and module.weight.device.type == "cpu"
             and module.weight.is_contiguous()] if kernels else []
-    bf16_column_major = bf16 and cpu_kernels.bf16_weight_layout() == "column"
+    bf16_column_major = bool(bf16) and cpu_kernels.bf16_weight_layout() == "column"
     if on_cpu:
         model._huge_page_bytes = _restore_weights(
             model, {id(module.weight) for module in changed}
