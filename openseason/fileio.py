@@ -49,9 +49,15 @@ def user_cache_dir(*parts: str) -> Path:
     return Path(root, *parts)
 
 
+def mark_used(path: str | os.PathLike) -> None:
+    """Refresh a cached file's time as it is used, so `keep_recent` keeps it (a read-only cache: no-op)."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
+
+
 def keep_recent(folder: str | os.PathLike, pattern: str, keep: int) -> list[Path]:
     """Delete all but the `keep` most recently modified files of `folder` matching `pattern` (a cache
-    that would otherwise only grow; readers refresh a file's time when they use it). Files that vanish
+    that would otherwise only grow; readers `mark_used` a file when they use it). Files that vanish
     or cannot be deleted meanwhile are skipped; returns the deleted paths."""
     entries = []
     for path in Path(folder).glob(pattern):

@@ -173,3 +173,12 @@ def test_keep_recent_deletes_the_least_recently_used(tmp_path):
     assert fileio.keep_recent(tmp_path, "*.pt2", 3) == []
     assert len(fileio.keep_recent(tmp_path, "*.pt2", 0)) == 3 and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
     assert fileio.keep_recent(tmp_path / "missing", "*.pt2", 1) == []
+
+
+def test_mark_used_keeps_a_file_through_the_next_trim(tmp_path):
+    for age, name in enumerate(["c.pt2", "b.pt2", "a.pt2"]):
+        (tmp_path / name).write_text(name)
+        os.utime(tmp_path / name, (1e9 - age * 100, 1e9 - age * 100))
+    fileio.mark_used(tmp_path / "a.pt2")                 # the oldest, just used
+    fileio.mark_used(tmp_path / "missing.pt2")           # nothing to refresh: no error
+    assert sorted(p.name for p in fileio.keep_recent(tmp_path, "*.pt2", 2)) == ["b.pt2"]

@@ -42,7 +42,6 @@ rounding, not bit for bit.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import platform
@@ -55,7 +54,7 @@ from pathlib import Path
 import torch
 
 from ..device import cpu_info
-from ..fileio import keep_recent, user_cache_dir
+from ..fileio import keep_recent, mark_used, user_cache_dir
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
 KERNEL_BUILDS_KEPT = 8            # built libraries kept in the user's cache (the least recently used go)
@@ -121,8 +120,7 @@ def _build_or_reuse() -> Path:
         except OSError:   # deleted meanwhile (another process trimmed the cache) or damaged: build it again
             pass
         else:
-            with contextlib.suppress(OSError):   # recently used: kept when the cache is trimmed
-                os.utime(library)
+            mark_used(library)
             return library
     from torch.utils.cpp_extension import load
 

@@ -260,8 +260,10 @@ class RunningBatch:
         vocab = getattr(tokenizer, "vocab_size", None)
         out = model.config.padded_vocab_size
         self.vocab_limit = vocab if vocab is not None and 0 < vocab < out else None
-        # for the one-row step's greedy choice: an empty tensor as long as the ids that may be chosen
-        self._choosable = torch.empty(self.vocab_limit or out, 0)
+        # for the one-row step's greedy choice: an empty tensor as long as the ids that may be chosen (the
+        # step was traced for 2 or more)
+        choosable = self.vocab_limit or out
+        self._choosable = torch.empty(choosable, 0) if choosable >= 2 else None
         self._fed_back = None   # (sequence, token, [1, 1] tensor): the one-row step's last greedy choice
         self.rows: list[Sequence] = []
         self.lens: list[int] = []
@@ -368,7 +370,7 @@ class RunningBatch:
             return []
         self._reserve()
         length = self.cache.length
-        if (self.one_row_step is not None and self.lens == [length] and len(self._choosable) >= 2
+        if (self.one_row_step is not None and self._choosable is not None and self.lens == [length]
                 and self.one_row_step.fits(self.cache)):
             return self._one_row_step()
         last = torch.tensor([[s.last_token] for s in self.rows], dtype=torch.long, device=self.device)
@@ -398,7 +400,7 @@ class RunningBatch:
         self._fed_back = None
         logits, greedy = self.one_row_step(last, self.cache, self._choosable)
         self.lens = [self.lens[0] + 1]
-        if row.params.greedy and not row.params.penalized and row.params.logprobs is None:
+        if row.params.plain_greedy and row.params.logprobs is None:
             token = greedy.item()
             self._fed_back = (row, token, greedy)
             return self._record([row], [token], [(None, None)])
@@ -442,7 +444,7 @@ class RunningBatch:
         """Token per row (or an exception per row that failed) and each row's logprob extras."""
         if self.vocab_limit is not None:
             logits = logits[:, : self.vocab_limit]
-        plain = [s.params.greedy and not s.params.penalized for s in seqs]
+        plain = [s.params.plain_greedy for s in seqs]
         tokens: list[object] = [None] * len(seqs)
         if any(plain):
             argmax = logits.argmax(-1).tolist()

@@ -129,6 +129,11 @@ class SamplingParams:
         return (self.repetition_penalty != 1.0 or self.presence_penalty != 0 or self.frequency_penalty != 0
                 or bool(self.logit_bias) or self.constraint is not None)
 
+    @property
+    def plain_greedy(self) -> bool:
+        """True when the choice is the argmax of the model's own logits (greedy, nothing changes them)."""
+        return self.greedy and not self.penalized
+
     def updated(self, **changes) -> "SamplingParams":
         return replace(self, **changes)
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
-import os
 import shutil
 import time
 import types
@@ -37,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import OpenseasonError
-from ..fileio import atomic_open, keep_recent, user_cache_dir
+from ..fileio import atomic_open, keep_recent, mark_used, user_cache_dir
 from ..linear import fp32_gemm, linear
 
 
@@ -277,8 +276,7 @@ def export_one_row_step(model: nn.Module) -> AheadOfTimeStep:
             except Exception:   # a damaged file: build it again below
                 compiled = None
             else:
-                with contextlib.suppress(OSError):   # recently used: kept when the cache is trimmed
-                    os.utime(cached)
+                mark_used(cached)
         if compiled is None:
             with tempfile.TemporaryDirectory(prefix="openseason-step-") as folder:
                 path = torch._inductor.aoti_compile_and_package(
