@@ -1,8 +1,14 @@
 """Request bodies of the OpenAI-compatible API, their validation, and OpenAI-style error bodies.
 
 Requests are parsed with pydantic in strict mode, so a string where a number belongs is an error
-rather than silently converted; unknown fields are ignored (clients send many optional ones we do not
-use). Every problem becomes an `APIError`, rendered as OpenAI renders errors:
+rather than silently converted. A request is never answered as if a field had been carried out when
+it was not: at the top level of a body, a field this server does not know is refused as OpenAI refuses
+one ("Unrecognized request argument supplied"), and one of OpenAI's fields that it does not implement is
+refused unless it holds the value that asks for nothing (`best_of: 1`, `functions: null`). Only fields
+that change nothing a client could observe here (`store`, `metadata`, ...) pass unused. Inside
+messages, unknown keys are ignored: clients echo back the assistant messages they received, with keys
+such as `refusal` and `annotations`. Every problem becomes an `APIError`, rendered as OpenAI renders
+errors:
 
     {"error": {"message": "...", "type": "invalid_request_error", "param": "max_tokens", "code": null}}
 """
@@ -36,6 +42,24 @@ MAX_LOGPROBS = 20                # /v1/completions `logprobs`, chat `top_logprob
 MAX_TOOLS = 128                  # functions in `tools`
 MAX_LOGIT_BIAS = 300             # entries in `logit_bias` (OpenAI's limit)
 MAX_JSON_DEPTH = 64              # nesting of arrays and objects in a request body
+MAX_REPETITION_PENALTY = 10.0    # vLLM's `repetition_penalty` extension (1 = off; 1.1-1.5 is usual)
+
+# OpenAI fields that change nothing this server could do otherwise (stored completions, billing tiers,
+# prompt-cache routing, abuse tracking): accepted and not used.
+INERT_FIELDS = frozenset({"store", "metadata", "service_tier", "prompt_cache_key", "safety_identifier"})
+# OpenAI fields this server does not implement -> (the values that ask for nothing, what to do instead).
+UNSUPPORTED_FIELDS: dict[str, tuple[tuple, str]] = {
+    "best_of": ((None, 1), "ask for n choices and pick one client-side"),
+    "functions": ((None,), "describe them in tools"),
+    "function_call": ((None,), "use tool_choice"),
+    "audio": ((None,), "this server answers in text"),
+    "modalities": ((None, ["text"]), "this server answers in text"),
+    "prediction": ((None,), "leave it out"),
+    "reasoning_effort": ((None,), "leave it out"),
+    "verbosity": ((None,), "leave it out"),
+    "web_search_options": ((None,), "leave it out"),
+    "min_p": ((None, 0, 0.0), "use top_p or top_k"),
+}
 
 
 class APIError(Exception):
@@ -190,6 +214,13 @@ class _Sampling(_Strict):
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     user: Optional[str] = Field(default=None, max_length=MAX_USER_CHARS)
     logit_bias: Optional[dict[str, Any]] = None      # token id -> bias in [-100, 100], checked below
+    # vLLM's extensions (sent through the openai client's extra_body): top_k -1 or 0 keeps every token
+    top_k: Optional[int] = Field(default=None, ge=-1, le=2**31 - 1)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=MAX_REPETITION_PENALTY)
+    ignore_eos: bool = False
+
+    def top_k_or_none(self) -> Optional[int]:
+        return self.top_k if self.top_k and self.top_k > 0 else None
 
     @field_validator("logit_bias")
     @classmethod
@@ -307,10 +338,33 @@ def _param_name(loc: tuple) -> Optional[str]:
     return "".join(parts) or None
 
 
+def _same_value(value: Any, wanted: Any) -> bool:
+    return value is None if wanted is None else type(value) is type(wanted) and value == wanted   # True is not 1
+
+
+def check_fields(cls: type[BaseModel], body: dict) -> None:
+    """Refuse, with APIError(400) naming it, a top-level field that `cls` does not carry out (module
+    docstring). Checked in the body's order, so the first such field is the one named."""
+    for name, value in body.items():
+        if name in cls.model_fields or name in INERT_FIELDS:
+            continue
+        shown = name if isinstance(name, str) and len(name) <= 64 else f"{str(name)[:64]}..."
+        if name in UNSUPPORTED_FIELDS:
+            asking_nothing, instead = UNSUPPORTED_FIELDS[name]
+            if any(_same_value(value, wanted) for wanted in asking_nothing):
+                continue
+            raise APIError(400, f"{name!r} is not supported by this server ({instead})", param=name,
+                           code="unsupported_parameter")
+        raise APIError(400, f"Unrecognized request argument supplied: {shown}", param=shown,
+                       code="unknown_parameter")
+
+
 def parse_request(cls: type[BaseModel], body: Any) -> BaseModel:
     """Validate a decoded JSON body as `cls`; raise APIError(400) naming the first bad field."""
     if not isinstance(body, dict):
         raise APIError(400, f"the request body must be a JSON object, got {type(body).__name__}")
+    if issubclass(cls, _Sampling):
+        check_fields(cls, body)
     try:
         return cls.model_validate(body)
     except ValidationError as exc:

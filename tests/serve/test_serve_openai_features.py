@@ -182,3 +182,77 @@ def test_top_p_zero_is_greedy_and_models_list_the_limits(client, live):
         greedy.choices[0].message.content
     for entry in (httpx.get(live.url + "/v1/models").json()["data"][0], httpx.get(live.url + f"/v1/models/{MODEL}").json()):
         assert entry["context_length"] == 1024 and entry["max_completion_tokens"] == 1000
+
+
+def test_vllm_sampling_extensions_through_extra_body(client, serve_ckpt, tiny_tokenizer):
+    """top_k, repetition_penalty and ignore_eos as vLLM takes them (the openai client's extra_body):
+    repetition_penalty against transformers' own logits processor on the same weights."""
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    greedy = ask(client, max_tokens=8).choices[0].message.content
+    assert ask(client, max_tokens=8, temperature=1.0, seed=3, extra_body={"top_k": 1}).choices[0].message.content == greedy
+    sampled = ask(client, max_tokens=8, temperature=1.0, seed=3).choices[0].message.content
+    for off in (-1, 0):   # vLLM's "every token"
+        assert ask(client, max_tokens=8, temperature=1.0, seed=3,
+                   extra_body={"top_k": off}).choices[0].message.content == sampled
+
+    messages = [{"role": "user", "content": "Tell me."}]
+    ids = encode_chat(messages, tiny_tokenizer, get_style("chatml"))
+    model, penalty = load_model(serve_ckpt), RepetitionPenaltyLogitsProcessor(1.8)
+    expected = []
+    with torch.no_grad():
+        for _ in range(8):
+            seq = torch.tensor([ids + expected])
+            logits = model(seq)[:, -1, :tiny_tokenizer.vocab_size].float()
+            expected.append(int(penalty(seq, logits).argmax()))
+    out = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0,
+                                         extra_body={"repetition_penalty": 1.8})
+    assert out.choices[0].message.content == tiny_tokenizer.decode(expected)
+    assert out.choices[0].message.content != greedy   # the penalty changed the answer
+
+
+
+def test_ignore_eos_runs_past_an_eos_the_model_is_sure_of(tmp_path, tiny_tokenizer):
+    from .conftest import start_server, tiny_model
+
+    from openseason.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / MODEL, tiny_model(eos_bias=100.0), tokenizer=tiny_tokenizer)
+    server, engine, _ = start_server(tmp_path / MODEL, max_batch=2)
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        ends = client.completions.create(model=MODEL, prompt="x", max_tokens=5, temperature=0)
+        assert ends.usage.completion_tokens == 1 and ends.choices[0].finish_reason == "stop"   # the EOS itself
+        runs = client.completions.create(model=MODEL, prompt="x", max_tokens=5, temperature=0,
+                                         extra_body={"ignore_eos": True})
+        assert runs.usage.completion_tokens == 5 and runs.choices[0].finish_reason == "length"
+    finally:
+        server.close()
+        engine.close()
+
+
+@pytest.mark.parametrize("extra,param,code", [
+    ({"bogus": 1}, "bogus", "unknown_parameter"),
+    ({"best_of": 2}, "best_of", "unsupported_parameter"),
+    ({"best_of": True}, "best_of", "unsupported_parameter"),   # not the integer 1
+    ({"functions": [WEATHER["function"]]}, "functions", "unsupported_parameter"),
+    ({"function_call": "auto"}, "function_call", "unsupported_parameter"),
+    ({"modalities": ["text", "audio"]}, "modalities", "unsupported_parameter"),
+    ({"min_p": 0.1}, "min_p", "unsupported_parameter"),
+    ({"top_k": -2}, "top_k", "invalid_value"),
+    ({"repetition_penalty": 0}, "repetition_penalty", "invalid_value"),
+])
+def test_a_field_the_server_would_not_carry_out_is_refused_by_name(client, extra, param, code):
+    for call in (lambda: ask(client, max_tokens=2, extra_body=extra),
+                 lambda: client.completions.create(model=MODEL, prompt="x", max_tokens=2, extra_body=extra)):
+        with pytest.raises(openai.BadRequestError) as caught:
+            call()
+        error = caught.value.body
+        assert error["param"] == param and error["code"] == code, error
+        if code == "unknown_parameter":
+            assert error["message"] == f"Unrecognized request argument supplied: {param}"
+    # what asks for nothing, and what changes nothing observable here, passes
+    fine = ask(client, max_tokens=2, extra_body={"best_of": 1, "functions": None, "modalities": ["text"],
+                                                 "min_p": 0, "store": True, "metadata": {"run": "a"},
+                                                 "service_tier": "auto"})
+    assert fine.usage.completion_tokens == 2
