@@ -133,14 +133,27 @@ def paired_ratio(ours: list[float], peer: list[float]) -> float:
     return statistics.median(p / o for o, p in zip(ours, peer))
 
 
-def cpu_read_gbps(megabytes: int = 512) -> float:
+class ReadBandwidth:
     """What this CPU reads from memory with torch's current threads: a sum over a buffer far larger
-    than any cache, best of 5 (GB/s). The roofline of fp32 batch-1 decoding is this over weight_bytes;
-    a model whose weights partly stay in cache can run above it."""
-    buffer = torch.ones(megabytes * 2**20 // 4)
-    buffer.sum()
-    best = min(time_call(buffer.sum, "cpu")[0] for _ in range(5))
-    return buffer.numel() * 4 / best / 1e9
+    than any cache, best of `tries` (GB/s). The roofline of fp32 batch-1 decoding is this over
+    weight_bytes; a model whose weights partly stay in cache can run above it. Measured right before
+    each timed run (`probe`), because this VM's read bandwidth drifted 30-50% within minutes: a run's
+    fraction of the roofline is taken against the bandwidth of its own moment."""
+
+    def __init__(self, megabytes: int = 512, tries: int = 3):
+        self.buffer = torch.ones(megabytes * 2**20 // 4)
+        self.buffer.sum()
+        self.tries = tries
+
+    def probe(self) -> float:
+        best = min(time_call(self.buffer.sum, "cpu")[0] for _ in range(self.tries))
+        return self.buffer.numel() * 4 / best / 1e9
+
+
+def roofline_fraction(seconds: list[float], gbps: list[float], bytes_per_run: float) -> float:
+    """The median over a contender's timed runs of (bytes read per second) / (the bandwidth probed just
+    before that run)."""
+    return statistics.median(bytes_per_run / dt / 1e9 / bw for dt, bw in zip(seconds, gbps))
 
 
 def greedy_logits(model: GPT, ids: list[int]) -> torch.Tensor:
@@ -414,9 +427,13 @@ def bench(name: str, args, threads: int | None) -> list[dict]:
     for fn in everyone.values():  # warm-up
         fn()
     times = {k: [] for k in everyone}
+    read = ReadBandwidth() if torch.device(device).type == "cpu" else None
+    gbps = {k: [] for k in everyone}   # the bandwidth probed right before each timed run
     tokens = {}
     for _ in range(args.repeats):  # alternate, so background load hits every side alike
         for key, fn in everyone.items():
+            if read is not None:
+                gbps[key].append(read.probe())
             dt, tokens[key] = time_call(fn, device)
             times[key].append(dt)
     tps = {k: args.batch * n / statistics.median(v) for k, v in times.items()}
@@ -434,14 +451,14 @@ def bench(name: str, args, threads: int | None) -> list[dict]:
             with torch.inference_mode():
                 row["logit_err"] = float((quantized[key[5:]](probe)[0].float().cpu() - logits).abs().max())
         rows.append(row)
-    if torch.device(device).type == "cpu":
-        gbps = cpu_read_gbps()
-        bytes_per_token = weight_bytes(ours)
+    if read is not None:
+        # a decode step reads the weights once for all --batch rows: a run reads n steps' worth
+        bytes_per_run = n * weight_bytes(ours)
+        ours_fraction = roofline_fraction(times["ours"], gbps["ours"], bytes_per_run)
         for row in rows:   # the roofline is for fp32 weights: quantized peers read fewer bytes
-            # a decode step reads the weights once for all --batch rows: steps/s = tok/s / batch
-            row.update(read_gbps=gbps, ours_fraction=tps["ours"] / args.batch * bytes_per_token / 1e9 / gbps)
+            row.update(read_gbps=statistics.median(gbps["ours"]), ours_fraction=ours_fraction)
             if dtype == torch.float32 and row["peer"] in FP32_PEERS:
-                row["peer_fraction"] = row["peer_tps"] / args.batch * bytes_per_token / 1e9 / gbps
+                row["peer_fraction"] = roofline_fraction(times[row["peer"]], gbps[row["peer"]], bytes_per_run)
     # like for like: each of our quantized modes against the peer that stores weights the same way,
     # with the same paired ratio (these rows carry no roofline: it is for fp32 weights)
     for mode, peer in LIKE_FOR_LIKE:
