@@ -437,6 +437,12 @@ template <int K, typename W>
 static inline void sweep_rows(const float* x, const W* wt, float* y, int64_t i, int64_t out, bool first) {
   const W* w = wt + i * out;
   int64_t o = 0;
+  // The K activations are broadcast once per call, not once per block (y's stores may alias x, so the
+  // compiler reloaded them), and one pointer walks down the K rows: with K row pointers live, GCC ran
+  // out of registers and moved pointers in and out of vector registers inside the loop. fp32: the head
+  // of pythia-70m read at 0.88x the rate of the same loop without that.
+  vec xs[K];
+  for (int k = 0; k < K; k++) xs[k] = vset1(x[i + k]);
   if constexpr (std::is_same<W, uint16_t>::value) {
     // bf16: four accumulators. Widening each weight adds work per byte, and with one chain of K
     // dependent FMAs per block of outputs the core, not memory, set the pace: four chains were
@@ -446,25 +452,20 @@ static inline void sweep_rows(const float* x, const W* wt, float* y, int64_t i, 
     // thread (0.99-1.08x on two) over llama-6x512's matrices from memory; 512 B and 2 KB were worse.
     for (; o + OS_LANES <= out; o += OS_LANES) {
       vec a0 = first ? vzero() : vload(y + o), a1 = vzero(), a2 = vzero(), a3 = vzero();
+      const W* wk = w + o;
       int k = 0;
-      for (; k + 3 < K; k += 4) {
+      for (; k + 3 < K; k += 4, wk += 4 * out) {
         if ((o & (2 * OS_LANES - 1)) == 0)   // one prefetch per 64-byte line of each of the four rows
-          for (int r = 0; r < 4; r++) prefetch(w + (k + r) * out + o + PREFETCH_BF16);
-        a0 = vfma(wload(w + k * out + o), vset1(x[i + k]), a0);
-        a1 = vfma(wload(w + (k + 1) * out + o), vset1(x[i + k + 1]), a1);
-        a2 = vfma(wload(w + (k + 2) * out + o), vset1(x[i + k + 2]), a2);
-        a3 = vfma(wload(w + (k + 3) * out + o), vset1(x[i + k + 3]), a3);
+          for (int r = 0; r < 4; r++) prefetch(wk + r * out + PREFETCH_BF16);
+        a0 = vfma(wload(wk), xs[k], a0);
+        a1 = vfma(wload(wk + out), xs[k + 1], a1);
+        a2 = vfma(wload(wk + 2 * out), xs[k + 2], a2);
+        a3 = vfma(wload(wk + 3 * out), xs[k + 3], a3);
       }
-      for (; k < K; k++) a0 = vfma(wload(w + k * out + o), vset1(x[i + k]), a0);
+      for (; k < K; k++, wk += out) a0 = vfma(wload(wk), xs[k], a0);
       vstore(y + o, vadd(vadd(a0, a1), vadd(a2, a3)));
     }
   } else {
-    // The K activations broadcast once per call, not once per block (y's stores may alias x, so the
-    // compiler reloads them), and one pointer walked down the K rows: with K row pointers live, GCC
-    // ran out of registers and moved pointers in and out of vector registers in the loop, and the
-    // head of pythia-70m read at 0.88x the rate of the same loop without that.
-    vec xs[K];
-    for (int k = 0; k < K; k++) xs[k] = vset1(x[i + k]);
     for (; o + OS_LANES <= out; o += OS_LANES) {
       vec acc = first ? vzero() : vload(y + o);
       const W* wk = w + o;
