@@ -26,9 +26,10 @@ decoding of --new-tokens tokens with EOS ignored, one warm-up each, then --repea
 the whole call (prefill of the short prompt included, for both). The script also checks that both
 produced the same tokens.
 
-On a GPU it reports the fraction of the memory-bandwidth ceiling: every decode step must read all
-weights once (the input embedding excepted: one row per token), so the ceiling is
-HBM bandwidth / weight bytes tokens per second.
+Every decode step must read all weights once (the input embedding excepted: one row per token), so
+memory bandwidth / weight bytes is a ceiling on steps per second. On a CPU the fp32 rows report each
+side's fraction of it, with the bandwidth probed (a sum over 512 MB) right before each timed run; on
+a GPU, the fraction of the HBM ceiling from the data sheet.
 """
 from __future__ import annotations
 
