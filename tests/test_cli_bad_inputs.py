@@ -111,6 +111,8 @@ CASES = [
     ("generate $F/base --prompt hi --dtype nope", "unknown dtype 'nope'"),
     ("generate $F/base --prompt hi --temperature 0.5 --top-p 2", "top_p must be in (0, 1]"),
     ("generate $F/base --prompt hi --top-k 5", "--top-k only apply when sampling"),
+    ("generate $F/base --prompt hi --min-p 0.1", "--min-p only apply when sampling"),
+    ("generate $F/base --prompt hi --temperature 0.5 --min-p 1.5", "min_p must be in [0, 1]"),
     ("generate $F/base --prompt hi --top-p 0.5 --seed 3", "--top-p, --seed only apply when sampling"),
     ("generate $F/base --prompt hi --max-context 0", "max_context must be positive"),
     ("chat $F/nope", "nope: checkpoint directory not found"),
@@ -324,6 +326,11 @@ def test_sampling_flags_apply_with_a_temperature(fx, capsys):
     assert main(["generate", str(fx / "base"), "--prompt", "The", "--max-new-tokens", "3", "--temperature", "0.8",
                  "--top-k", "5", "--top-p", "0.9", "--seed", "1"]) == 0
     assert capsys.readouterr().out == first  # the seed is honoured, not ignored
+    assert main(["generate", str(fx / "base"), "--prompt", "The", "--max-new-tokens", "3"]) == 0
+    greedy = capsys.readouterr().out
+    assert main(["generate", str(fx / "base"), "--prompt", "The", "--max-new-tokens", "3", "--temperature", "5",
+                 "--min-p", "1", "--seed", "1"]) == 0
+    assert capsys.readouterr().out == greedy  # min-p 1 keeps only the most likely token
 
 
 def test_lora_options_from_the_lora_recipe_refused_for_adapter(fx, tmp_path, capsys):

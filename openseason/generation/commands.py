@@ -57,7 +57,7 @@ def _generate(args) -> int:
     from .llm import LLM
 
     refuse_sampling_flags_when_greedy(args.temperature, {"--top-k": args.top_k, "--top-p": args.top_p,
-                                                         "--seed": args.seed})
+                                                         "--min-p": args.min_p, "--seed": args.seed})
     chat = args.chat or args.prompt_style is not None
     if args.prompt_style is not None:
         _check_style(args.prompt_style)
@@ -66,7 +66,8 @@ def _generate(args) -> int:
     if chat:  # say which format wraps the prompt: a wrong one is the usual reason for odd replies
         print(f"openseason: chat format {llm.prompt_style!r} ({llm.chat_format_reason})", file=sys.stderr)
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                   top_p=1.0 if args.top_p is None else args.top_p, repetition_penalty=args.repetition_penalty,
+                   top_p=1.0 if args.top_p is None else args.top_p, min_p=args.min_p or 0.0,
+                   repetition_penalty=args.repetition_penalty,
                    stop=[unescape(s) for s in args.stop] or None,
                    seed=args.seed, ignore_eos=args.ignore_eos)
     if args.best_of is not None or args.reward is not None:
@@ -147,6 +148,8 @@ def register(subparsers) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=None, help="sample from the K most likely tokens (with --temperature)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling (with --temperature; default 1.0)")
+    p.add_argument("--min-p", type=float, default=None,
+                   help="keep tokens at least this fraction as likely as the most likely one (with --temperature)")
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
     p.add_argument("--stop", action="append", default=[], metavar="STR",

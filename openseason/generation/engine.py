@@ -193,7 +193,7 @@ class Sequence:
             x = self.grammar.apply(x)
         if p.greedy:
             return int(x.argmax())
-        token = sample_next_token(x.unsqueeze(0), p.temperature, p.top_k, p.top_p, self.generator)
+        token = sample_next_token(x.unsqueeze(0), p.temperature, p.top_k, p.top_p, self.generator, p.min_p)
         return int(token[0])
 
     # -- recording ---------------------------------------------------------------------------------

@@ -146,27 +146,27 @@ class LLM:
     def generate(self, prompt, max_new_tokens: int = 64, temperature: float = 0.0, top_k: Optional[int] = None,
                  top_p: float = 1.0, repetition_penalty: float = 1.0, stop: Union[str, Sequence[str], None] = None,
                  stop_token_ids: Optional[Sequence[int]] = None, seed: Optional[int] = None,
-                 ignore_eos: bool = False, media=None) -> Union[str, list[str]]:
+                 ignore_eos: bool = False, media=None, min_p: float = 0.0) -> Union[str, list[str]]:
         """Generated text for `prompt` (a string or token ids); a list of prompts gives a list of texts,
         generated as one left-padded batch.
 
-        temperature 0 is greedy; > 0 samples (top_k, top_p filter first; seed makes it reproducible).
+        temperature 0 is greedy; > 0 samples (top_k, top_p, min_p filter first; seed makes it reproducible).
         Generation ends at the tokenizer's EOS (unless ignore_eos), at any of stop_token_ids, at any
         stop string (the text ends just before it), or after max_new_tokens.
         """
         out = self.complete(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                            top_p=top_p, repetition_penalty=repetition_penalty, stop=stop,
+                            top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty, stop=stop,
                             stop_token_ids=stop_token_ids, seed=seed, ignore_eos=ignore_eos, media=media)
         return [c.text for c in out] if isinstance(out, list) else out.text
 
     def stream(self, prompt: Prompt, max_new_tokens: int = 64, temperature: float = 0.0,
                top_k: Optional[int] = None, top_p: float = 1.0, repetition_penalty: float = 1.0,
                stop: Union[str, Sequence[str], None] = None, stop_token_ids: Optional[Sequence[int]] = None,
-               seed: Optional[int] = None, ignore_eos: bool = False, media=None) -> Iterator[str]:
+               seed: Optional[int] = None, ignore_eos: bool = False, media=None, min_p: float = 0.0) -> Iterator[str]:
         """Yield the generated text piece by piece (same arguments as generate(), one prompt). Pieces
         never split a UTF-8 character and never show a stop string; joined, they equal generate()."""
         params = as_params(None, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                           top_p=top_p, repetition_penalty=repetition_penalty, stop=stop,
+                           top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty, stop=stop,
                            stop_token_ids=stop_token_ids, seed=seed, ignore_eos=ignore_eos)
         decoder = Decoder(self.model, [self.encode(prompt)], params, tokenizer=self.tokenizer,
                           media=[media] if media is not None else None)

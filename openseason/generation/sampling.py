@@ -29,6 +29,9 @@ class SamplingParams:
     temperature          0 = greedy (argmax); >= MIN_TEMPERATURE divides the logits before sampling
     top_k                keep only the k most likely tokens (None or 0 = all)
     top_p                nucleus: keep the smallest set of tokens whose probability reaches top_p
+    min_p                keep only tokens at least min_p times as likely as the most likely one
+                         (after the temperature, top_k and top_p, as transformers' MinPLogitsWarper;
+                         0 = all)
     repetition_penalty   > 1 discourages tokens already in the prompt or the output (CTRL / HF rule:
                          positive logits are divided by it, negative ones multiplied)
     presence_penalty     OpenAI's: subtracted once from the logit of every token already generated
@@ -53,6 +56,7 @@ class SamplingParams:
     temperature: float = 0.0
     top_k: Optional[int] = None
     top_p: float = 1.0
+    min_p: float = 0.0
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -92,6 +96,8 @@ class SamplingParams:
             problems.append(f"top_k must be a non-negative integer, got {self.top_k!r}")
         if not is_number(self.top_p) or not (0.0 < float(self.top_p) <= 1.0):
             problems.append(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not is_number(self.min_p) or not (0.0 <= float(self.min_p) <= 1.0):
+            problems.append(f"min_p must be in [0, 1], got {self.min_p!r}")
         if not is_number(self.repetition_penalty) or not (float(self.repetition_penalty) > 0.0):
             problems.append(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
         for name in ("presence_penalty", "frequency_penalty"):
@@ -182,26 +188,36 @@ def _filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: float = 1.0) -> torch.Tensor:
-    """Logits [B, V] with everything outside the top-k, then outside the top-p nucleus, set to -inf."""
+def _filter_min_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    probs = logits.softmax(-1)
+    return logits.masked_fill(probs < p * probs.amax(-1, keepdim=True), float("-inf"))   # the top one stays
+
+
+def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: float = 1.0,
+                  min_p: float = 0.0) -> torch.Tensor:
+    """Logits [B, V] with everything outside the top-k, then outside the top-p nucleus, then less than
+    min_p times as likely as the most likely token, set to -inf."""
     if top_k:
         logits = _filter_top_k(logits, top_k)
     if top_p < 1.0:
         logits = _filter_top_p(logits, top_p)
+    if min_p > 0.0:
+        logits = _filter_min_p(logits, min_p)
     return logits
 
 
 def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: Optional[int] = None,
-                      top_p: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                      top_p: float = 1.0, generator: Optional[torch.Generator] = None,
+                      min_p: float = 0.0) -> torch.Tensor:
     """Next token ids [B] (int64, on the logits' device) from logits [B, V].
 
     temperature 0 or top_k 1 is greedy (argmax, no softmax). Otherwise logits are divided by the
-    temperature, filtered by top-k then top-p, and one token is drawn with `generator` (pass a
+    temperature, filtered by top-k, top-p then min-p, and one token is drawn with `generator` (pass a
     seeded torch.Generator on the logits' device for reproducible output).
     """
     if temperature == 0 or top_k == 1:
         return logits.argmax(dim=-1)
-    logits = filter_logits(logits.float() / temperature, top_k, top_p)
+    logits = filter_logits(logits.float() / temperature, top_k, top_p, min_p)
     probs = logits.softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 

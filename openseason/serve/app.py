@@ -301,7 +301,7 @@ class Server:
         temperature, top_p = (0.0, 1.0) if req.top_p == 0 else (req.temperature, req.top_p)   # top_p 0: greedy
         try:
             return SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                  top_k=req.top_k_or_none(), repetition_penalty=req.repetition_penalty,
+                                  top_k=req.top_k_or_none(), min_p=req.min_p, repetition_penalty=req.repetition_penalty,
                                   stop=tuple(stop), stop_token_ids=tuple(stop_token_ids), seed=req.seed,
                                   presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
                                   n=req.n, logit_bias=bias or None, constraint=constraint, logprobs=logprobs,

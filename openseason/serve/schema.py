@@ -58,7 +58,6 @@ UNSUPPORTED_FIELDS: dict[str, tuple[tuple, str]] = {
     "reasoning_effort": ((None,), "leave it out"),
     "verbosity": ((None,), "leave it out"),
     "web_search_options": ((None,), "leave it out"),
-    "min_p": ((None, 0, 0.0), "use top_p or top_k"),
 }
 
 
@@ -216,6 +215,7 @@ class _Sampling(_Strict):
     logit_bias: Optional[dict[str, Any]] = None      # token id -> bias in [-100, 100], checked below
     # vLLM's extensions (sent through the openai client's extra_body): top_k -1 or 0 keeps every token
     top_k: Optional[int] = Field(default=None, ge=-1, le=2**31 - 1)
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
     repetition_penalty: float = Field(default=1.0, gt=0.0, le=MAX_REPETITION_PENALTY)
     ignore_eos: bool = False
 

@@ -37,6 +37,13 @@ def test_filters_match_transformers():
     for p in (0.1, 0.5, 0.9, 0.99):
         ref = lp.TopPLogitsWarper(top_p=p)(None, logits.clone())
         assert torch.equal(torch.isinf(filter_logits(logits.clone(), top_p=p)), torch.isinf(ref))
+    for p in (0.01, 0.1, 0.5, 1.0):
+        ref = lp.MinPLogitsWarper(min_p=p)(None, logits.clone())
+        assert torch.equal(torch.isinf(filter_logits(logits.clone(), min_p=p)), torch.isinf(ref))
+    # after top-k and top-p, as transformers' generate orders its warpers
+    ref = lp.MinPLogitsWarper(min_p=0.2)(None, lp.TopPLogitsWarper(top_p=0.9)(None, lp.TopKLogitsWarper(top_k=20)(
+        None, logits.clone())))
+    assert torch.equal(torch.isinf(filter_logits(logits.clone(), top_k=20, top_p=0.9, min_p=0.2)), torch.isinf(ref))
 
 
 def test_repetition_penalty_matches_transformers():
@@ -68,6 +75,10 @@ def test_sampling_follows_the_filtered_distribution():
     draws = sample_next_token(logits, temperature=1.0, top_p=0.7, generator=gen)
     assert set(draws.tolist()) == {0, 1}                 # 0.5 alone < 0.7, 0.5 + 0.3 reaches it
     assert torch.equal(sample_next_token(logits[:3], temperature=0), torch.zeros(3, dtype=torch.long))
+    draws = sample_next_token(logits, temperature=1.0, min_p=0.35, generator=gen)
+    assert set(draws.tolist()) == {0, 1}                 # 0.15 < 0.35 * 0.5 <= 0.3
+    hot = sample_next_token(logits, temperature=2.0, min_p=0.35, generator=gen)
+    assert set(hot.tolist()) == {0, 1, 2}                # after the temperature: 0.15 ** 0.5 >= 0.35 * 0.5 ** 0.5
 
 
 def test_bad_sampling_parameters_are_clear():
@@ -75,5 +86,8 @@ def test_bad_sampling_parameters_are_clear():
         SamplingParams(temperature=-1)
     with pytest.raises(OpenseasonError, match="top_p"):
         SamplingParams(top_p=0)
+    for bad in (-0.1, 1.5, float("nan"), True):
+        with pytest.raises(OpenseasonError, match="min_p"):
+            SamplingParams(min_p=bad)
     with pytest.raises(OpenseasonError, match="max_new_tokens"):
         SamplingParams(max_new_tokens=0)

@@ -185,7 +185,7 @@ def test_top_p_zero_is_greedy_and_models_list_the_limits(client, live):
 
 
 def test_vllm_sampling_extensions_through_extra_body(client, serve_ckpt, tiny_tokenizer):
-    """top_k, repetition_penalty and ignore_eos as vLLM takes them (the openai client's extra_body):
+    """top_k, min_p, repetition_penalty and ignore_eos as vLLM takes them (the openai client's extra_body):
     repetition_penalty against transformers' own logits processor on the same weights."""
     from transformers import RepetitionPenaltyLogitsProcessor
 
@@ -195,6 +195,10 @@ def test_vllm_sampling_extensions_through_extra_body(client, serve_ckpt, tiny_to
     for off in (-1, 0):   # vLLM's "every token"
         assert ask(client, max_tokens=8, temperature=1.0, seed=3,
                    extra_body={"top_k": off}).choices[0].message.content == sampled
+    assert ask(client, max_tokens=8, temperature=1.0, seed=3, extra_body={"min_p": 0}).choices[0].message.content \
+        == sampled
+    assert ask(client, max_tokens=8, temperature=1.0, seed=3, extra_body={"min_p": 1.0}).choices[0].message.content \
+        == greedy   # only tokens as likely as the most likely one
 
     messages = [{"role": "user", "content": "Tell me."}]
     ids = encode_chat(messages, tiny_tokenizer, get_style("chatml"))
@@ -238,7 +242,7 @@ def test_ignore_eos_runs_past_an_eos_the_model_is_sure_of(tmp_path, tiny_tokeniz
     ({"functions": [WEATHER["function"]]}, "functions", "unsupported_parameter"),
     ({"function_call": "auto"}, "function_call", "unsupported_parameter"),
     ({"modalities": ["text", "audio"]}, "modalities", "unsupported_parameter"),
-    ({"min_p": 0.1}, "min_p", "unsupported_parameter"),
+    ({"min_p": 1.5}, "min_p", "invalid_value"),
     ({"top_k": -2}, "top_k", "invalid_value"),
     ({"repetition_penalty": 0}, "repetition_penalty", "invalid_value"),
 ])
@@ -253,6 +257,6 @@ def test_a_field_the_server_would_not_carry_out_is_refused_by_name(client, extra
             assert error["message"] == f"Unrecognized request argument supplied: {param}"
     # what asks for nothing, and what changes nothing observable here, passes
     fine = ask(client, max_tokens=2, extra_body={"best_of": 1, "functions": None, "modalities": ["text"],
-                                                 "min_p": 0, "store": True, "metadata": {"run": "a"},
+                                                 "store": True, "metadata": {"run": "a"},
                                                  "service_tier": "auto"})
     assert fine.usage.completion_tokens == 2
