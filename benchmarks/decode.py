@@ -408,9 +408,10 @@ def bench(name: str, args, threads: int | None) -> list[dict]:
                     for key, value in kept.items():
                         setattr(ours, key, value)
             return run
-        extra = {"ours eager": without("_compiled_step", "_ahead_of_time_step")}
-        if args.batch == 1 and getattr(ours, "_ahead_of_time_step", None) is not None:
-            extra["ours torch.compile"] = without("_ahead_of_time_step")   # the step before AOTInductor
+        extra = {"ours eager": without("_compiled_step", "_ahead_of_time_step", "_ahead_of_time_batch_step")}
+        built = "_ahead_of_time_step" if args.batch == 1 else "_ahead_of_time_batch_step"
+        if getattr(ours, built, None) is not None:
+            extra["ours torch.compile"] = without(built)   # the step before AOTInductor
         contenders = {**extra, **contenders}
         for model in quantized.values():
             compile_decoding(model)

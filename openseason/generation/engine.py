@@ -41,7 +41,7 @@ import torch
 from ..errors import OpenseasonError
 from .sampling import (SamplingParams, apply_openai_penalties, apply_repetition_penalty, make_generator,
                        sample_next_token, stop_ids)
-from .speed import ahead_of_time_step, decode_forward
+from .speed import ahead_of_time_steps, decode_forward
 from .text import TextStream
 
 
@@ -268,7 +268,8 @@ class RunningBatch:
         self.rows: list[Sequence] = []
         self.lens: list[int] = []
         self.cache = None
-        self.one_row_step = None   # the model's AheadOfTimeStep, checked each time sequences join
+        # the model's AheadOfTimeSteps (one row; 2 or more rows), checked each time sequences join
+        self.one_row_step = self.batch_step = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -360,7 +361,7 @@ class RunningBatch:
             self.cache.append(cache, capacity=self._capacity(keep, seqs))
         self.rows += seqs
         self.lens += row_lens
-        self.one_row_step = ahead_of_time_step(self.model)
+        self.one_row_step, self.batch_step = ahead_of_time_steps(self.model)
         return self._record(seqs, tokens, extras)
 
     @torch.inference_mode()
@@ -374,17 +375,33 @@ class RunningBatch:
                 and self.one_row_step.fits(self.cache)):
             return self._one_row_step()
         last = torch.tensor([[s.last_token] for s in self.rows], dtype=torch.long, device=self.device)
+        if (self.batch_step is not None and self._choosable is not None and len(self.rows) >= 2
+                and self.batch_step.fits(self.cache)):
+            return self._batch_step(last, length)
         forward = decode_forward(self.model)
         if all(n == length for n in self.lens):
             logits = forward(last, kv_cache=self.cache, last_only=True)
         else:
-            lens = torch.tensor(self.lens, device=self.device)
-            slots = torch.arange(length + 1, device=self.device).unsqueeze(0)
-            mask = (slots >= (length - lens).unsqueeze(1)).long()
-            logits = forward(last, kv_cache=self.cache, attention_mask=mask, position_ids=lens.unsqueeze(1),
-                             last_only=True)
+            mask, positions = self._mask_and_positions(length)
+            logits = forward(last, kv_cache=self.cache, attention_mask=mask, position_ids=positions, last_only=True)
         self.lens = [n + 1 for n in self.lens]
         tokens, extras = self._pick(logits[:, -1], self.rows)
+        return self._record(list(self.rows), tokens, extras)
+
+    def _mask_and_positions(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's attention mask [rows, length + 1] (each row's left padding 0) and positions [rows, 1]."""
+        lens = torch.tensor(self.lens, device=self.device)
+        slots = torch.arange(length + 1, device=self.device).unsqueeze(0)
+        return (slots >= (length - lens).unsqueeze(1)).long(), lens.unsqueeze(1)
+
+    def _batch_step(self, last: torch.Tensor, length: int) -> list[TokenEvent]:
+        """Two or more rows through the model's ahead-of-time batch step. Rows of one length get a mask
+        of ones, which computes what the step without a mask computes. Plain greedy rows take the step's
+        own argmax."""
+        mask, positions = self._mask_and_positions(length)
+        logits, greedy = self.batch_step(last, self.cache, self._choosable, mask, positions)
+        self.lens = [n + 1 for n in self.lens]
+        tokens, extras = self._pick(logits[:, -1], self.rows, greedy)
         return self._record(list(self.rows), tokens, extras)
 
     def _one_row_step(self) -> list[TokenEvent]:
@@ -420,6 +437,10 @@ class RunningBatch:
         self.cache.select(torch.tensor(keep, device=self.device))
         self.rows = [self.rows[i] for i in keep]
         self.lens = [self.lens[i] for i in keep]
+        if self.one_row_step is not None and len(keep) == 1 and self.lens[0] < self.cache.length:
+            # the last row was left-padded: drop the padding (one copy of its cache), so the one-row
+            # step, which takes no mask, serves the rest of it
+            self.cache.trim(self.lens[0], self._capacity(self.lens[0]))
         return gone
 
     def clear(self) -> list[Sequence]:
@@ -440,14 +461,15 @@ class RunningBatch:
         keep = max(self.lens)
         cache.trim(keep, self._capacity(keep))
 
-    def _pick(self, logits: torch.Tensor, seqs: list[Sequence]):
-        """Token per row (or an exception per row that failed) and each row's logprob extras."""
+    def _pick(self, logits: torch.Tensor, seqs: list[Sequence], greedy: Optional[torch.Tensor] = None):
+        """Token per row (or an exception per row that failed) and each row's logprob extras. `greedy`: the
+        rows' argmax over the ids that may be chosen, where a step already computed it."""
         if self.vocab_limit is not None:
             logits = logits[:, : self.vocab_limit]
         plain = [s.params.plain_greedy for s in seqs]
         tokens: list[object] = [None] * len(seqs)
         if any(plain):
-            argmax = logits.argmax(-1).tolist()
+            argmax = (logits.argmax(-1) if greedy is None else greedy.view(-1)).tolist()
             for i, is_plain in enumerate(plain):
                 if is_plain:
                     tokens[i] = argmax[i]

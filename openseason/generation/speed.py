@@ -31,6 +31,7 @@ import shutil
 import time
 import types
 import warnings
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -198,38 +199,69 @@ class _OneRowStep(nn.Module):
         return logits, logits[:, -1, :choosable_carrier.shape[0]].argmax(-1, keepdim=True)
 
 
+class _BatchStep(nn.Module):
+    """The decode step of 2 or more rows, as `_OneRowStep` with two more inputs: the attention mask
+    [rows, length + 1] (1 for each row's real positions, 0 for its left padding) and each row's rotary
+    position [rows, 1]. Rows of one length pass a mask of ones: the graph then computes exactly what
+    torch.compile's graph without a mask computes (adding 0 to a score changes nothing)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor, length_carrier: torch.Tensor, choosable_carrier: torch.Tensor,
+                mask: torch.Tensor, positions: torch.Tensor, *keys_values: torch.Tensor):
+        from ..model import KVCache
+
+        n = len(keys_values) // 2
+        cache = KVCache.of(keys_values[:n], keys_values[n:], length_carrier.shape[0])
+        logits = self.model(ids, kv_cache=cache, attention_mask=mask, position_ids=positions, last_only=True)
+        # ids past `choosable` masked rather than sliced off: with the rows a symbol too, the slice made
+        # export guard on choosable != vocabulary
+        last = logits[:, -1]
+        beyond = torch.arange(last.shape[-1], device=last.device) >= choosable_carrier.shape[0]
+        return logits, last.masked_fill(beyond, float("-inf")).argmax(-1, keepdim=True)
+
+
 class AheadOfTimeStep:
-    """The one-row decode step compiled ahead of time: `torch.export` traces it once with the cache length
-    and capacity as symbols, AOTInductor compiles the graph into a shared library that reads the model's
-    own weights (user-managed constants: nothing copied), and a step is one call into that library.
+    """A decode step compiled ahead of time: `torch.export` traces it once with the cache length and
+    capacity (and, for a batch, the number of rows) as symbols, AOTInductor compiles the graph into a
+    shared library that reads the model's own weights (user-managed constants: nothing copied), and a
+    step is one call into that library.
 
     torch.compile's step pays, at every call, for dynamo's frame evaluation and guards and the Python
     wrappers around the compiled graph: 0.1 ms with warm caches, but 0.4-0.5 ms right after a step's
-    weights have streamed through the caches, which is how every batch-1 step runs (see BENCHMARKS.md).
+    weights have streamed through the caches, which is how every decode step runs (see BENCHMARKS.md).
     The library call skips all of that. What guards did (is this still the model that was traced?) is
-    `model_fingerprint`, checked when a sequence joins the batch (`ahead_of_time_step`), not per step.
-    Serves one row with no mask and no per-row extras; every other step goes through torch.compile's
-    graph."""
+    `model_fingerprint`, checked when sequences join the batch (`ahead_of_time_steps`), not per step.
+    Two are built: one row with no mask (`batch` False), and 2 or more rows with a mask and positions
+    (`batch` True). Either serves only rows without per-row extras (images); those steps go through
+    torch.compile's graph."""
 
-    def __init__(self, model: nn.Module, compiled, constants: dict, capacity: int):
+    def __init__(self, model: nn.Module, compiled, constants: dict, capacity: int, batch: bool):
         self.compiled = compiled          # torch._inductor's AOTICompiledModel (keeps the library loaded)
         # The library holds raw pointers to these; aliases keep their memory alive even if the model's
         # tensors are later re-pointed (the fingerprint then stops the step from being used).
         self.constants = {fqn: t.detach() for fqn, t in constants.items()}
         self.run = compiled.loader.boxed_run
         self.capacity = capacity
+        self.batch = batch
         self.dtype = model.embed.weight.dtype
         self.fingerprint = model_fingerprint(model)
 
     def fits(self, cache) -> bool:
         first = cache.k[0]
-        return (cache.batch_size == 1 and not cache.extras and 1 <= cache.length < cache.max_len <= self.capacity
+        rows = cache.batch_size >= 2 if self.batch else cache.batch_size == 1
+        return (rows and not cache.extras and 1 <= cache.length < cache.max_len <= self.capacity
                 and first.dtype == self.dtype and first.device.type == "cpu" and first.is_contiguous())
 
-    def __call__(self, ids: torch.Tensor, cache, choosable: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step: (logits [1, 1, vocab], greedy choice [1, 1]); `choosable` is an empty [n, 0] tensor,
-        n the number of leading vocabulary ids that may be chosen (2 up to the vocabulary size)."""
-        logits, greedy = self.run([ids, torch.empty(cache.length, 0), choosable, *cache.k, *cache.v])
+    def __call__(self, ids: torch.Tensor, cache, choosable: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                 positions: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step: (logits [rows, 1, vocab], greedy choices [rows, 1]); `choosable` is an empty [n, 0]
+        tensor, n the number of leading vocabulary ids that may be chosen (2 up to the vocabulary size).
+        A batch step also takes the mask [rows, length + 1] and the positions [rows, 1]."""
+        extra = [mask, positions] if self.batch else []
+        logits, greedy = self.run([ids, torch.empty(cache.length, 0), choosable, *extra, *cache.k, *cache.v])
         cache.length += 1
         return logits, greedy
 
@@ -245,6 +277,19 @@ DECODE_STEPS_KEPT = 64
 def export_one_row_step(model: nn.Module) -> AheadOfTimeStep:
     """Trace and compile `model`'s one-row decode step (see AheadOfTimeStep); tens of seconds for a
     small model. CPU only; raises on a model whose step cannot be exported."""
+    return _export_step(model, batch=False)
+
+
+def export_batch_step(model: nn.Module) -> AheadOfTimeStep:
+    """The same for steps of 2 or more rows, with an attention mask and positions (`_BatchStep`)."""
+    return _export_step(model, batch=True)
+
+
+# The most rows a batch step is traced for (the engine's batches are far smaller).
+MAX_BATCH_STEP_ROWS = 1024
+
+
+def _export_step(model: nn.Module, batch: bool) -> AheadOfTimeStep:
     import tempfile
 
     import torch._inductor
@@ -252,19 +297,27 @@ def export_one_row_step(model: nn.Module) -> AheadOfTimeStep:
     capacity = model.context_length
     if capacity < 4:
         raise ValueError(f"a context of {capacity} positions is too short to trace a step with a symbolic length")
-    step = _OneRowStep(model)
-    cache = model.new_kv_cache(1, 4)
+    rows = 2 if batch else 1
+    step = _BatchStep(model) if batch else _OneRowStep(model)
+    cache = model.new_kv_cache(rows, 4)
     vocab = model.config.padded_vocab_size
-    example = (torch.zeros(1, 1, dtype=torch.long), torch.empty(2, 0), torch.empty(vocab - 1, 0), *cache.k, *cache.v)
+    example = [torch.zeros(rows, 1, dtype=torch.long), torch.empty(2, 0), torch.empty(vocab - 1, 0)]
     length = torch.export.Dim("length", min=1, max=capacity - 1)
     slots = torch.export.Dim("capacity", min=3, max=capacity)
     choosable = torch.export.Dim("choosable", min=2, max=vocab)
-    shapes = {"ids": None, "length_carrier": {0: length}, "choosable_carrier": {0: choosable},
-              "keys_values": tuple({2: slots} for _ in range(2 * model.config.n_layer))}
+    shapes = {"ids": None, "length_carrier": {0: length}, "choosable_carrier": {0: choosable}}
+    per_layer = {2: slots}
+    if batch:
+        count = torch.export.Dim("rows", min=2, max=MAX_BATCH_STEP_ROWS)
+        example += [torch.ones(rows, 3, dtype=torch.long), torch.full((rows, 1), 2)]
+        shapes.update(ids={0: count}, mask={0: count, 1: length + 1}, positions={0: count})
+        per_layer = {0: count, 2: slots}
+    shapes["keys_values"] = tuple(dict(per_layer) for _ in range(2 * model.config.n_layer))
+    example += [*cache.k, *cache.v]
     with torch.no_grad(), warnings.catch_warnings():
         # torch's own deprecation notice from inside export/packaging, not something a user can act on
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-        program = torch.export.export(step, example, dynamic_shapes=shapes, strict=False)
+        program = torch.export.export(step, tuple(example), dynamic_shapes=shapes, strict=False)
         # The package holds code only (the weights stay the model's), so one built for the same graph,
         # weight layouts, threads, CPU and torch serves again: a model loaded a second time skips the
         # C++ build (about 10 s even for a tiny model).
@@ -292,7 +345,7 @@ def export_one_row_step(model: nn.Module) -> AheadOfTimeStep:
         owner, _, attr = fqn.rpartition(".")
         constants[fqn] = getattr(step.get_submodule(owner), attr)
     compiled.load_constants(constants, check_full_update=True, user_managed=True)
-    return AheadOfTimeStep(model, compiled, constants, capacity)
+    return AheadOfTimeStep(model, compiled, constants, capacity, batch)
 
 
 def _package_key(program) -> str:
@@ -310,18 +363,26 @@ def _package_key(program) -> str:
     return digest.hexdigest()[:24]
 
 
-def ahead_of_time_step(model: nn.Module) -> "AheadOfTimeStep | None":
-    """The model's ahead-of-time step if the model is still the one it traced, else None (and the step is
-    dropped, with a warning: decoding goes on through torch.compile's graph, which re-traces itself)."""
-    step = getattr(model, "_ahead_of_time_step", None)
-    if step is None:
-        return None
-    if model_fingerprint(model) != step.fingerprint:
-        model._ahead_of_time_step = None
+def ahead_of_time_steps(model: nn.Module) -> tuple["AheadOfTimeStep | None", "AheadOfTimeStep | None"]:
+    """The model's ahead-of-time (one-row, batch) steps while the model is still the one they traced;
+    (None, None) otherwise (and the steps are dropped, with a warning: decoding goes on through
+    torch.compile's graph, which re-traces itself)."""
+    one = getattr(model, "_ahead_of_time_step", None)
+    many = getattr(model, "_ahead_of_time_batch_step", None)
+    built = [step for step in (one, many) if step is not None]
+    if not built:
+        return None, None
+    if model_fingerprint(model) != built[0].fingerprint:
+        model._ahead_of_time_step = model._ahead_of_time_batch_step = None
         warnings.warn("the model changed after its decode step was compiled ahead of time (a module, weight or "
                       "setting was replaced); decoding goes on through torch.compile's graph", stacklevel=2)
-        return None
-    return step
+        return None, None
+    return one, many
+
+
+def ahead_of_time_step(model: nn.Module) -> "AheadOfTimeStep | None":
+    """The model's one-row ahead-of-time step, as `ahead_of_time_steps` checks it."""
+    return ahead_of_time_steps(model)[0]
 
 
 def compile_own(fn, **options):
@@ -362,19 +423,23 @@ def compile_decoding(model: nn.Module, *, warm_up: bool = True, ahead_of_time: b
                                        options={"cpp_wrapper": True} if cpu else None)
     start = time.perf_counter()
     if cpu and ahead_of_time:
-        try:
-            model._ahead_of_time_step = export_one_row_step(model)
-        except Exception as exc:
-            warnings.warn(f"the one-row decode step could not be compiled ahead of time ({type(exc).__name__}: "
-                          f"{_first_line(exc)}); batch 1 decodes through torch.compile's graph", stacklevel=2)
+        for attribute, export, what in (("_ahead_of_time_step", export_one_row_step, "one-row"),
+                                        ("_ahead_of_time_batch_step", export_batch_step, "batch")):
+            try:
+                setattr(model, attribute, export(model))
+            except Exception as exc:
+                warnings.warn(f"the {what} decode step could not be compiled ahead of time ({type(exc).__name__}: "
+                              f"{_first_line(exc)}); those steps decode through torch.compile's graph", stacklevel=2)
     if warm_up:
         from .engine import generate_ids
         from .sampling import SamplingParams
 
-        # A text-only model with the one-row step never runs torch.compile's batch-1 graph unless the
+        # A text-only model with ahead-of-time steps never runs torch.compile's graph for them unless the
         # model changes later (then it is compiled on first use); a multimodal one does (rows with images).
-        batches = [[[1, 2, 3], [4, 5]], [[1, 2], [3, 4]]]
-        if getattr(model, "_ahead_of_time_step", None) is None or getattr(model, "media", None) is not None:
+        # With them the warm-up batches run (and check) the built steps.
+        text_only = getattr(model, "media", None) is None
+        batches = [[[1, 2, 3], [4, 5]], [[1, 2], [3, 4]]]   # rows of two lengths (a mask), then of one
+        if getattr(model, "_ahead_of_time_step", None) is None or not text_only:
             batches.insert(0, [[1, 2, 3]])
         params = SamplingParams(max_new_tokens=3, ignore_eos=True)
         try:
@@ -382,7 +447,7 @@ def compile_decoding(model: nn.Module, *, warm_up: bool = True, ahead_of_time: b
                 generate_ids(model, prompts, params)
         except Exception as exc:
             model._compiled_step = None
-            model._ahead_of_time_step = None
+            model._ahead_of_time_step = model._ahead_of_time_batch_step = None
             raise OpenseasonError(f"could not compile the decode step: {type(exc).__name__}: "
                                   f"{_first_line(exc)}",
                                   hint="torch.compile needs a C++ compiler (g++) on the CPU, and a step it can "

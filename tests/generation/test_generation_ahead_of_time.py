@@ -15,7 +15,7 @@ import torch
 from openseason import LLM
 from openseason.generation import SamplingParams, compile_decoding, generate_ids
 from openseason.generation import speed
-from openseason.generation.speed import AheadOfTimeStep, ahead_of_time_step, model_fingerprint
+from openseason.generation.speed import AheadOfTimeStep, ahead_of_time_step, ahead_of_time_steps, model_fingerprint
 
 PROMPT = [5, 6, 7, 8, 9, 10, 11]
 
@@ -54,6 +54,46 @@ def test_one_row_steps_run_ahead_of_time_with_eager_tokens(llm, compiled):
     assert ([c.token_ids for c in generate_ids(compiled.model, two, params)]
             == [c.token_ids for c in generate_ids(llm.model, two, params)])
     assert calls[0] == 0
+
+
+def test_batches_run_ahead_of_time_with_eager_tokens(llm, compiled):
+    """Two or more rows go through the batch step: rows of one length (a mask of ones), rows of
+    different lengths (left padding masked, positions per row), n choices of one prompt, rows asking
+    for logprobs or a penalty next to greedy ones; every one gives eager's tokens."""
+    batch_step, one_row = compiled.model._ahead_of_time_batch_step, compiled.model._ahead_of_time_step
+    assert isinstance(batch_step, AheadOfTimeStep) and batch_step.batch and not one_row.batch
+    calls, single = _count_calls(batch_step), _count_calls(one_row)
+    params = SamplingParams(max_new_tokens=16, ignore_eos=True)
+    for prompts in ([[5, 6, 7], [8, 9, 10]], [[5, 6, 7, 8, 9], [8, 9], [11, 12, 13]], [[42], PROMPT]):
+        calls[0] = 0
+        assert ([c.token_ids for c in generate_ids(compiled.model, prompts, params)]
+                == [c.token_ids for c in generate_ids(llm.model, prompts, params)])
+        assert calls[0] == 15 and single[0] == 0
+    for extra in (dict(n=3), dict(logprobs=2), dict(repetition_penalty=1.5), dict(temperature=1.0, seed=4)):
+        changed = SamplingParams(max_new_tokens=16, ignore_eos=True, **extra)
+        calls[0] = 0
+        ours = generate_ids(compiled.model, [[5, 6, 7], [8, 9]], changed)
+        eager = generate_ids(llm.model, [[5, 6, 7], [8, 9]], changed)
+        assert [c.token_ids for c in ours] == [c.token_ids for c in eager], extra
+        assert calls[0] == 15
+        if changed.logprobs:
+            torch.testing.assert_close(torch.tensor([c.logprobs for c in ours]),
+                                       torch.tensor([c.logprobs for c in eager]), atol=1e-4, rtol=1e-4)
+
+
+def test_a_batch_that_shrinks_to_one_row_moves_to_the_one_row_step(llm, compiled):
+    batch_step, one_row = compiled.model._ahead_of_time_batch_step, compiled.model._ahead_of_time_step
+    params = SamplingParams(max_new_tokens=16, ignore_eos=True)
+    first, second = (c.token_ids for c in generate_ids(llm.model, [[5, 6, 7], [8, 9]], params))
+    # a token the first row makes early and the second row never makes: stopping on it ends the first row
+    stop = next(t for i, t in enumerate(first[2:10], 2) if t not in first[:i] and t not in second)
+    ending = SamplingParams(max_new_tokens=16, ignore_eos=True, stop_token_ids=(stop,))
+    calls, single = _count_calls(batch_step), _count_calls(one_row)
+    ours = generate_ids(compiled.model, [[5, 6, 7], [8, 9]], ending)
+    eager = generate_ids(llm.model, [[5, 6, 7], [8, 9]], ending)
+    assert [c.token_ids for c in ours] == [c.token_ids for c in eager]
+    assert len(ours[0].token_ids) < 16 == len(ours[1].token_ids)
+    assert calls[0] == len(ours[0].token_ids) - 1 and single[0] == 16 - len(ours[0].token_ids)
 
 
 class _NarrowVocabulary:
@@ -176,10 +216,14 @@ def test_a_failed_build_warns_and_keeps_torch_compile(neox_pair, monkeypatch):
     def refuse(model):
         raise RuntimeError("export needs a graph it can trace\nsecond line")
     monkeypatch.setattr(speed, "export_one_row_step", refuse)
-    with pytest.warns(UserWarning, match=r"could not be compiled ahead of time \(RuntimeError: export needs a "
-                                         r"graph it can trace\); batch 1 decodes through torch.compile"):
+    monkeypatch.setattr(speed, "export_batch_step", refuse)
+    with pytest.warns(UserWarning) as caught:
         compile_decoding(model, warm_up=False)
-    assert ahead_of_time_step(model) is None and model._compiled_step is not None
+    said = [str(w.message) for w in caught]
+    for what in ("one-row", "batch"):
+        assert f"the {what} decode step could not be compiled ahead of time (RuntimeError: export needs a graph it " \
+               f"can trace); those steps decode through torch.compile's graph" in said
+    assert ahead_of_time_steps(model) == (None, None) and model._compiled_step is not None
     plain = LLM.load(neox_pair[1], device="cpu").model
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -236,8 +280,8 @@ def test_built_steps_are_reused_from_the_cache_and_a_damaged_one_is_rebuilt(llm,
 
 def test_a_copied_model_does_not_share_the_step(compiled):
     twin = copy.deepcopy(compiled.model)
-    assert getattr(twin, "_ahead_of_time_step", None) is None
-    assert compiled.model._ahead_of_time_step is not None
+    assert getattr(twin, "_ahead_of_time_step", None) is None and getattr(twin, "_ahead_of_time_batch_step", None) is None
+    assert compiled.model._ahead_of_time_step is not None and compiled.model._ahead_of_time_batch_step is not None
 
 
 def test_a_model_changed_after_capture_drops_the_step_and_decodes_right(llm, compiled):
@@ -253,7 +297,7 @@ def test_a_model_changed_after_capture_drops_the_step_and_decodes_right(llm, com
     with pytest.warns(UserWarning, match="the model changed after its decode step was compiled ahead of time"):
         got = generate_ids(model, [PROMPT], params)[0].token_ids
     assert got == generate_ids(eager, [PROMPT], params)[0].token_ids
-    assert model._ahead_of_time_step is None
+    assert model._ahead_of_time_step is None and model._ahead_of_time_batch_step is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         generate_ids(model, [PROMPT], params)      # warned once, then quiet
