@@ -16,11 +16,11 @@ step is about thirty small operations per layer (norms, rotary, cache writes, at
 adds), each a separate eager dispatch of a few microseconds. It hands the decode step (one new token
 per row, KV cache growing) to torch.compile with dynamic shapes, so one graph serves every batch size
 and cache length, and on the CPU with inductor's C++ wrapper, so a step makes no Python calls per
-operation. Prefill (many tokens at once, matrix-bound) stays eager. On the CPU it also builds the
-one-row step ahead of time (`AheadOfTimeStep`: torch.export + AOTInductor, the model's weights shared,
-not copied), which a batch of one row calls without dynamo's per-step frame evaluation and guards,
-the part of a batch-1 step that runs with caches the weights have just flushed. See BENCHMARKS.md for
-the speed-ups.
+operation. Prefill (many tokens at once, matrix-bound) stays eager. On the CPU it also builds two
+steps ahead of time (`AheadOfTimeStep`: torch.export + AOTInductor, the model's weights shared, not
+copied): one row without a mask, and 2 or more rows with a mask and positions. Text-only batches call
+them without dynamo's per-step frame evaluation and guards, the part of a step that runs with caches
+the weights have just flushed. See BENCHMARKS.md for the speed-ups.
 """
 from __future__ import annotations
 
@@ -269,8 +269,8 @@ class AheadOfTimeStep:
         return None
 
 
-# Built one-row steps kept in the user's cache (about 2 MB each for small models; one per model shape,
-# thread count and weight layout); the least recently used beyond this are deleted.
+# Built steps kept in the user's cache (about 2 MB each for small models; one-row and batch steps, one
+# per model shape, thread count and weight layout); the least recently used beyond this are deleted.
 DECODE_STEPS_KEPT = 64
 
 
@@ -403,10 +403,12 @@ def compile_decoding(model: nn.Module, *, warm_up: bool = True, ahead_of_time: b
     warm_up        compile now, on short throwaway generations, instead of inside the first requests: one
                    prompt (dynamo specializes a batch of 1; skipped where the one-row step serves it),
                    two prompts of different lengths (the padded path, with an attention mask) and two of
-                   one length (no mask); later batch sizes and cache lengths then reuse these graphs
-    ahead_of_time  on the CPU, also build the one-row step ahead of time (`AheadOfTimeStep`: no dynamo
-                   at each step; about twice the compile time). Where it cannot be built this warns
-                   and batch 1 stays with torch.compile's graph.
+                   one length (no mask); later batch sizes and cache lengths then reuse these graphs.
+                   Where the ahead-of-time steps serve them, these run (and check) those steps instead.
+    ahead_of_time  on the CPU, also build the one-row and the batch step ahead of time
+                   (`AheadOfTimeStep`: no dynamo at each step; about three times the compile time, once:
+                   built steps are kept on disk). Where one cannot be built this warns and its batches
+                   stay with torch.compile's graph.
     Inductor fixes the CPU thread count when it generates code: set torch's threads before this.
     Needs a C++ compiler on the CPU (inductor builds the step with it); without one this raises a
     clear error and the model stays eager.
