@@ -79,6 +79,14 @@ def test_batches_run_ahead_of_time_with_eager_tokens(llm, compiled):
         if changed.logprobs:
             torch.testing.assert_close(torch.tensor([c.logprobs for c in ours]),
                                        torch.tensor([c.logprobs for c in eager]), atol=1e-4, rtol=1e-4)
+    # the step's greedy choices stop at the tokenizer's vocabulary, as the engine's argmax does
+    free = [c.token_ids for c in generate_ids(llm.model, [[5, 6, 7], [8, 9]], params)]
+    narrow = _NarrowVocabulary(llm.tokenizer, max(max(t) for t in free))
+    want = [c.token_ids for c in generate_ids(llm.model, [[5, 6, 7], [8, 9]], params, tokenizer=narrow)]
+    assert want != free
+    calls[0] = 0
+    assert [c.token_ids for c in generate_ids(compiled.model, [[5, 6, 7], [8, 9]], params, tokenizer=narrow)] == want
+    assert calls[0] == 15
 
 
 def test_a_batch_that_shrinks_to_one_row_moves_to_the_one_row_step(llm, compiled):
