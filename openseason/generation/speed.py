@@ -223,6 +223,11 @@ class _BatchStep(nn.Module):
         return logits, last.masked_fill(beyond, float("-inf")).argmax(-1, keepdim=True)
 
 
+# The most rows a batch step is traced for; a larger batch (generate_ids with thousands of prompts)
+# steps through torch.compile's graph.
+MAX_BATCH_STEP_ROWS = 1024
+
+
 class AheadOfTimeStep:
     """A decode step compiled ahead of time: `torch.export` traces it once with the cache length and
     capacity (and, for a batch, the number of rows) as symbols, AOTInductor compiles the graph into a
@@ -251,7 +256,7 @@ class AheadOfTimeStep:
 
     def fits(self, cache) -> bool:
         first = cache.k[0]
-        rows = cache.batch_size >= 2 if self.batch else cache.batch_size == 1
+        rows = 2 <= cache.batch_size <= MAX_BATCH_STEP_ROWS if self.batch else cache.batch_size == 1
         return (rows and not cache.extras and 1 <= cache.length < cache.max_len <= self.capacity
                 and first.dtype == self.dtype and first.device.type == "cpu" and first.is_contiguous())
 
@@ -283,10 +288,6 @@ def export_one_row_step(model: nn.Module) -> AheadOfTimeStep:
 def export_batch_step(model: nn.Module) -> AheadOfTimeStep:
     """The same for steps of 2 or more rows, with an attention mask and positions (`_BatchStep`)."""
     return _export_step(model, batch=True)
-
-
-# The most rows a batch step is traced for (the engine's batches are far smaller).
-MAX_BATCH_STEP_ROWS = 1024
 
 
 def _export_step(model: nn.Module, batch: bool) -> AheadOfTimeStep:

@@ -89,6 +89,16 @@ def test_batches_run_ahead_of_time_with_eager_tokens(llm, compiled):
     assert calls[0] == 15
 
 
+def test_more_rows_than_the_batch_step_was_traced_for_go_through_torch_compile(llm, compiled, monkeypatch):
+    monkeypatch.setattr(speed, "MAX_BATCH_STEP_ROWS", 2)
+    calls = _count_calls(compiled.model._ahead_of_time_batch_step)
+    params = SamplingParams(max_new_tokens=6, ignore_eos=True)
+    three = [[5, 6, 7], [8, 9], [10]]
+    assert ([c.token_ids for c in generate_ids(compiled.model, three, params)]
+            == [c.token_ids for c in generate_ids(llm.model, three, params)])
+    assert calls[0] == 0
+
+
 def test_a_batch_that_shrinks_to_one_row_moves_to_the_one_row_step(llm, compiled):
     batch_step, one_row = compiled.model._ahead_of_time_batch_step, compiled.model._ahead_of_time_step
     params = SamplingParams(max_new_tokens=16, ignore_eos=True)
