@@ -434,7 +434,7 @@ def bench(name: str, args, threads: int | None) -> list[dict]:
     tokens = {}
     for _ in range(args.repeats):  # alternate, so background load hits every side alike
         for key, fn in everyone.items():
-            if read is not None:
+            if read is not None and (key == "ours" or key in FP32_PEERS):   # the rows that report a fraction
                 gbps[key].append(read.probe())
             dt, tokens[key] = time_call(fn, device)
             times[key].append(dt)

@@ -375,17 +375,21 @@ class RunningBatch:
                 and self.one_row_step.fits(self.cache)):
             return self._one_row_step()
         last = torch.tensor([[s.last_token] for s in self.rows], dtype=torch.long, device=self.device)
+        greedy = None   # the rows' argmax, where the step computed it
         if (self.batch_step is not None and self._choosable is not None and len(self.rows) >= 2
                 and self.batch_step.fits(self.cache)):
-            return self._batch_step(last, length)
-        forward = decode_forward(self.model)
-        if all(n == length for n in self.lens):
-            logits = forward(last, kv_cache=self.cache, last_only=True)
+            # the ahead-of-time batch step; rows of one length get a mask of ones, which computes what
+            # the step without a mask computes
+            mask, positions = self._mask_and_positions(length)
+            logits, greedy = self.batch_step(last, self.cache, self._choosable, mask, positions)
+        elif all(n == length for n in self.lens):
+            logits = decode_forward(self.model)(last, kv_cache=self.cache, last_only=True)
         else:
             mask, positions = self._mask_and_positions(length)
-            logits = forward(last, kv_cache=self.cache, attention_mask=mask, position_ids=positions, last_only=True)
+            logits = decode_forward(self.model)(last, kv_cache=self.cache, attention_mask=mask,
+                                                position_ids=positions, last_only=True)
         self.lens = [n + 1 for n in self.lens]
-        tokens, extras = self._pick(logits[:, -1], self.rows)
+        tokens, extras = self._pick(logits[:, -1], self.rows, greedy)
         return self._record(list(self.rows), tokens, extras)
 
     def _mask_and_positions(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -393,16 +397,6 @@ class RunningBatch:
         lens = torch.tensor(self.lens, device=self.device)
         slots = torch.arange(length + 1, device=self.device).unsqueeze(0)
         return (slots >= (length - lens).unsqueeze(1)).long(), lens.unsqueeze(1)
-
-    def _batch_step(self, last: torch.Tensor, length: int) -> list[TokenEvent]:
-        """Two or more rows through the model's ahead-of-time batch step. Rows of one length get a mask
-        of ones, which computes what the step without a mask computes. Plain greedy rows take the step's
-        own argmax."""
-        mask, positions = self._mask_and_positions(length)
-        logits, greedy = self.batch_step(last, self.cache, self._choosable, mask, positions)
-        self.lens = [n + 1 for n in self.lens]
-        tokens, extras = self._pick(logits[:, -1], self.rows, greedy)
-        return self._record(list(self.rows), tokens, extras)
 
     def _one_row_step(self) -> list[TokenEvent]:
         """A batch of one row through the model's ahead-of-time step. A plain greedy row takes the step's

@@ -177,47 +177,32 @@ def model_fingerprint(model: nn.Module) -> tuple:
     return tuple(parts)
 
 
-class _OneRowStep(nn.Module):
-    """The decode step with tensor inputs only (what torch.export and AOTInductor take): the new token
-    [1, 1], empty [length, 0] and [choosable, 0] tensors whose first dimensions carry the cache length and
-    how many of the vocabulary's ids may be chosen, and every layer's keys then values [1, groups,
-    capacity, head_size], written in place at `length`. Returns the logits [1, 1, vocab] and the greedy
-    choice [1, 1] (the argmax over the first `choosable` logits): a greedy row's next input, with no
-    Python-side argmax or new tensor between two steps."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, ids: torch.Tensor, length_carrier: torch.Tensor, choosable_carrier: torch.Tensor,
-                *keys_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..model import KVCache
-
-        n = len(keys_values) // 2
-        cache = KVCache.of(keys_values[:n], keys_values[n:], length_carrier.shape[0])
-        logits = self.model(ids, kv_cache=cache, last_only=True)
-        return logits, logits[:, -1, :choosable_carrier.shape[0]].argmax(-1, keepdim=True)
-
-
-class _BatchStep(nn.Module):
-    """The decode step of 2 or more rows, as `_OneRowStep` with two more inputs: the attention mask
+class _DecodeStep(nn.Module):
+    """The decode step with tensor inputs only (what torch.export and AOTInductor take): the new tokens
+    [rows, 1], empty [length, 0] and [choosable, 0] tensors whose first dimensions carry the cache length
+    and how many of the vocabulary's ids may be chosen, then (a batch step only) the attention mask
     [rows, length + 1] (1 for each row's real positions, 0 for its left padding) and each row's rotary
-    position [rows, 1]. Rows of one length pass a mask of ones: the graph then computes exactly what
-    torch.compile's graph without a mask computes (adding 0 to a score changes nothing)."""
+    position [rows, 1], then every layer's keys then values [rows, groups, capacity, head_size], written
+    in place at `length`. Returns the logits [rows, 1, vocab] and the greedy choices [rows, 1] (the argmax
+    over the first `choosable` logits): a greedy row's next input, with no Python-side argmax or new
+    tensor between two steps. Rows of one length pass a mask of ones: the graph then computes exactly
+    what the graph without a mask computes (adding 0 to a score changes nothing)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, batch: bool):
         super().__init__()
         self.model = model
+        self.batch = batch
 
     def forward(self, ids: torch.Tensor, length_carrier: torch.Tensor, choosable_carrier: torch.Tensor,
-                mask: torch.Tensor, positions: torch.Tensor, *keys_values: torch.Tensor):
+                *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         from ..model import KVCache
 
+        mask, positions, keys_values = (inputs[0], inputs[1], inputs[2:]) if self.batch else (None, None, inputs)
         n = len(keys_values) // 2
         cache = KVCache.of(keys_values[:n], keys_values[n:], length_carrier.shape[0])
         logits = self.model(ids, kv_cache=cache, attention_mask=mask, position_ids=positions, last_only=True)
-        # ids past `choosable` masked rather than sliced off: with the rows a symbol too, the slice made
-        # export guard on choosable != vocabulary
+        # ids past `choosable` masked rather than sliced off: with the rows a symbol, the slice made export
+        # guard on choosable != vocabulary
         last = logits[:, -1]
         beyond = torch.arange(last.shape[-1], device=last.device) >= choosable_carrier.shape[0]
         return logits, last.masked_fill(beyond, float("-inf")).argmax(-1, keepdim=True)
@@ -286,7 +271,7 @@ def export_one_row_step(model: nn.Module) -> AheadOfTimeStep:
 
 
 def export_batch_step(model: nn.Module) -> AheadOfTimeStep:
-    """The same for steps of 2 or more rows, with an attention mask and positions (`_BatchStep`)."""
+    """The same for steps of 2 or more rows, with an attention mask and positions (`_DecodeStep`)."""
     return _export_step(model, batch=True)
 
 
@@ -299,22 +284,21 @@ def _export_step(model: nn.Module, batch: bool) -> AheadOfTimeStep:
     if capacity < 4:
         raise ValueError(f"a context of {capacity} positions is too short to trace a step with a symbolic length")
     rows = 2 if batch else 1
-    step = _BatchStep(model) if batch else _OneRowStep(model)
+    step = _DecodeStep(model, batch)
     cache = model.new_kv_cache(rows, 4)
     vocab = model.config.padded_vocab_size
     example = [torch.zeros(rows, 1, dtype=torch.long), torch.empty(2, 0), torch.empty(vocab - 1, 0)]
     length = torch.export.Dim("length", min=1, max=capacity - 1)
     slots = torch.export.Dim("capacity", min=3, max=capacity)
     choosable = torch.export.Dim("choosable", min=2, max=vocab)
-    shapes = {"ids": None, "length_carrier": {0: length}, "choosable_carrier": {0: choosable}}
-    per_layer = {2: slots}
+    count = torch.export.Dim("rows", min=2, max=MAX_BATCH_STEP_ROWS) if batch else None
+    inputs = [{0: count, 2: slots} if batch else {2: slots} for _ in range(2 * model.config.n_layer)]
     if batch:
-        count = torch.export.Dim("rows", min=2, max=MAX_BATCH_STEP_ROWS)
         example += [torch.ones(rows, 3, dtype=torch.long), torch.full((rows, 1), 2)]
-        shapes.update(ids={0: count}, mask={0: count, 1: length + 1}, positions={0: count})
-        per_layer = {0: count, 2: slots}
-    shapes["keys_values"] = tuple(dict(per_layer) for _ in range(2 * model.config.n_layer))
+        inputs[:0] = [{0: count, 1: length + 1}, {0: count}]   # the mask, the positions
     example += [*cache.k, *cache.v]
+    shapes = {"ids": {0: count} if batch else None, "length_carrier": {0: length},
+              "choosable_carrier": {0: choosable}, "inputs": tuple(inputs)}
     with torch.no_grad(), warnings.catch_warnings():
         # torch's own deprecation notice from inside export/packaging, not something a user can act on
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
@@ -379,11 +363,6 @@ def ahead_of_time_steps(model: nn.Module) -> tuple["AheadOfTimeStep | None", "Ah
                       "setting was replaced); decoding goes on through torch.compile's graph", stacklevel=2)
         return None, None
     return one, many
-
-
-def ahead_of_time_step(model: nn.Module) -> "AheadOfTimeStep | None":
-    """The model's one-row ahead-of-time step, as `ahead_of_time_steps` checks it."""
-    return ahead_of_time_steps(model)[0]
 
 
 def compile_own(fn, **options):

@@ -348,7 +348,7 @@ def check_fields(cls: type[BaseModel], body: dict) -> None:
     for name, value in body.items():
         if name in cls.model_fields or name in INERT_FIELDS:
             continue
-        shown = name if isinstance(name, str) and len(name) <= 64 else f"{str(name)[:64]}..."
+        shown = name if len(name) <= 64 else f"{name[:64]}..."   # JSON keys are strings
         if name in UNSUPPORTED_FIELDS:
             asking_nothing, instead = UNSUPPORTED_FIELDS[name]
             if any(_same_value(value, wanted) for wanted in asking_nothing):

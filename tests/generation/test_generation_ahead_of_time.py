@@ -15,7 +15,7 @@ import torch
 from openseason import LLM
 from openseason.generation import SamplingParams, compile_decoding, generate_ids
 from openseason.generation import speed
-from openseason.generation.speed import AheadOfTimeStep, ahead_of_time_step, ahead_of_time_steps, model_fingerprint
+from openseason.generation.speed import AheadOfTimeStep, ahead_of_time_steps, model_fingerprint
 
 PROMPT = [5, 6, 7, 8, 9, 10, 11]
 
@@ -246,7 +246,7 @@ def test_a_failed_build_warns_and_keeps_torch_compile(neox_pair, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         compile_decoding(plain, warm_up=False, ahead_of_time=False)    # not asked for: not tried
-    assert ahead_of_time_step(plain) is None and plain._compiled_step is not None
+    assert ahead_of_time_steps(plain)[0] is None and plain._compiled_step is not None
 
 
 def test_bf16_weights_decode_ahead_of_time(llama_pair):
