@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import itertools
 import json
 import os
@@ -61,7 +62,11 @@ HBM_GBPS = {"H200": 4800, "H100 SXM": 3350, "H100 NVL": 3900, "H100 PCIe": 2000,
             "RTX 4090": 1008, "RTX 3090": 936}
 
 
-LIKE_FOR_LIKE = (("int8-dynamic", "q8_0"), ("bf16", "f16"))   # (our --quantize mode, llama.cpp type)
+# (our --quantize mode, the peer row that stores its weights the same way): int8 weights with int8
+# activations, and 16-bit weights
+LIKE_FOR_LIKE = (("int8-dynamic", "llama.cpp q8_0"), ("int8-dynamic", "ctranslate2 int8"),
+                 ("int8-dynamic", "onnxruntime-genai int8"), ("bf16", "llama.cpp f16"),
+                 ("bf16", "ctranslate2 bfloat16"))
 FP32_PEERS = ("ours eager", "transformers", "llama.cpp f32", "ctranslate2 float32", "onnxruntime-genai fp32")
 
 # Shapes that are not named configs: the LLaMA the issue's table measured (6 x 512, vocab 32000).
@@ -163,12 +168,20 @@ def greedy_logits(model: GPT, ids: list[int]) -> torch.Tensor:
         return model(torch.tensor([ids], device=model.embed.weight.device))[0].float().cpu()
 
 
-def agreement(ours: list[int], theirs: list[int], prompt: list[int], logits: torch.Tensor) -> str:
+def agreement(ours: list[int], theirs: list[int], prompt: list[int], logits: torch.Tensor,
+              reference: list[int] | None = None) -> str:
+    """Whether two greedy runs chose the same tokens; at the first difference, the gap between the two
+    choices in `logits` (our fp32 logits along `reference`, our fp32 tokens, by default `ours`). When
+    `ours` had already left `reference` there, those logits are not the ones either side saw: no gap."""
     if ours == theirs:
         return "same tokens"
     i = next((k for k, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
     if i >= min(len(ours), len(theirs)):
         return f"lengths differ ({len(ours)} vs {len(theirs)})"
+    reference = ours if reference is None else reference
+    left = next((k for k, (a, b) in enumerate(zip(ours[:i], reference)) if a != b), None)
+    if left is not None:
+        return f"differ at token {i}, where ours had left our fp32 tokens since token {left} (no gap to judge)"
     row = logits[len(prompt) + i - 1]
     return f"differ at token {i}: our logit gap there {float(row[ours[i]] - row[theirs[i]]):.3g}"
 
@@ -202,12 +215,84 @@ def llama_cpp_model_params(kind: str, default=None):
     return params
 
 
-def llama_cpp_runner(model: GPT, kind: str, threads: int, ctx: int, workdir: Path):
-    """A greedy decode function over llama.cpp, on the GGUF file our exporter writes for `model`."""
+def hf_directory(hf, workdir: Path) -> Path:
+    """The transformers twin saved with a small trained tokenizer, for the peers that convert it."""
+    from openseason.tokenizer import train_bpe
+
+    hf_dir = workdir / "hf"
+    if not hf_dir.exists():
+        hf.save_pretrained(hf_dir)
+        train_bpe(["the quick brown fox jumps over the lazy dog"] * 4, vocab_size=300).save(hf_dir)
+        cfg_file = hf_dir / "tokenizer_config.json"
+        cfg = json.loads(cfg_file.read_text())
+        cfg.update(bos_token="<|endoftext|>", unk_token="<|endoftext|>")   # CTranslate2's converter needs strings
+        cfg_file.write_text(json.dumps(cfg))
+    return hf_dir
+
+
+class PeerProcess:
+    """A peer engine in a process of its own, as its users run it; calls go over a pipe, so timing one
+    from here adds a pipe round trip (tens of microseconds against runs of 0.1 s and more).
+
+    In our process, CTranslate2 and llama.cpp bind to torch's OpenMP runtime (libgomp, loaded into the
+    global scope first). CTranslate2 runs its products from a thread of its own, so a second thread
+    team appears; with more OpenMP threads than cores, libgomp stops spinning at barriers and every
+    thread of every team sleeps and wakes through the kernel instead. On 2 cores that halved our
+    2-thread decode after one CTranslate2 call (llama-6x512: 235 -> 123 tok/s) and slowed CTranslate2
+    itself below its 1-thread rate. In separate processes no engine shares another's runtime."""
+
+    def __init__(self, name: str, factory, *args):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")   # no fork of a process with threads
+        self.name = name
+        self.pipe, child = context.Pipe()
+        self.process = context.Process(target=_serve_peer, args=(child, factory, args), daemon=True)
+        self.process.start()
+        child.close()
+        self._answer()   # built, or the child's error
+        atexit.register(self.close)
+
+    def _answer(self):
+        try:
+            status, value = self.pipe.recv()
+        except EOFError:
+            raise RuntimeError(f"{self.name}: its process ended (exit code {self.process.exitcode})") from None
+        if status == "error":
+            raise RuntimeError(f"{self.name} failed in its process:\n{value}")
+        return value
+
+    def __call__(self, rows, n: int):
+        self.pipe.send((rows, n))
+        return self._answer()
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            with contextlib.suppress(BrokenPipeError, OSError):
+                self.pipe.send(None)
+            self.process.join(10)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+def _serve_peer(pipe, factory, args) -> None:
+    """The child's loop: build the peer's run function, then run it for each request until None."""
+    import traceback
+
+    try:
+        run = factory(*args)
+        pipe.send(("ok", None))
+        while (request := pipe.recv()) is not None:
+            pipe.send(("ok", run(*request)))
+    except Exception:   # noqa: BLE001 - handed to the parent, which raises it
+        pipe.send(("error", traceback.format_exc()))
+
+
+def llama_cpp_runner(path: Path, kind: str, threads: int, ctx: int):
+    """A greedy decode function over llama.cpp, on the GGUF file our exporter wrote (llama_cpp_gguf)."""
     import llama_cpp
     import numpy as np
 
-    path = llama_cpp_gguf(model, kind, workdir)
     default = llama_cpp.llama_cpp.llama_model_default_params
     llama_cpp.llama_cpp.llama_model_default_params = lambda: llama_cpp_model_params(kind, default)
     # logits_all: llama-cpp-python 0.3.36 fills `scores` only then (the prompt's extra rows cost one
@@ -227,7 +312,7 @@ def llama_cpp_runner(model: GPT, kind: str, threads: int, ctx: int, workdir: Pat
     return run
 
 
-def llama_cpp_batch_runner(model: GPT, kind: str, threads: int, batch: int, ctx: int, workdir: Path):
+def llama_cpp_batch_runner(path: Path, kind: str, threads: int, batch: int, ctx: int):
     """Greedy decoding of `batch` sequences at once over llama.cpp's C API (llama-cpp-python's
     low-level bindings; its Llama class decodes one sequence): one context with a sequence id per row,
     every step one llama_decode of `batch` tokens, as llama.cpp's server does with parallel slots."""
@@ -239,7 +324,6 @@ def llama_cpp_batch_runner(model: GPT, kind: str, threads: int, batch: int, ctx:
     from llama_cpp._logger import set_verbose
 
     set_verbose(False)   # llama.cpp's loader logs every tensor otherwise (the Llama class does this too)
-    path = llama_cpp_gguf(model, kind, workdir)
     lm = L.llama_model_load_from_file(str(path).encode(), llama_cpp_model_params(kind))
     params = L.llama_context_default_params()
     params.n_ctx, params.n_batch, params.n_ubatch = batch * ctx, batch * ctx, batch * ctx
@@ -274,12 +358,12 @@ def llama_cpp_batch_runner(model: GPT, kind: str, threads: int, batch: int, ctx:
     return run
 
 
-def ctranslate2_runner(hf, kind: str, threads: int, workdir: Path):
-    """A greedy decode function over CTranslate2, converted from the transformers twin (same weights)."""
+def ctranslate2_model(hf_dir: Path, kind: str, workdir: Path) -> Path:
+    """CTranslate2's conversion of the transformers twin (same weights, saved by hf_directory). Made
+    here, not in the peer's process: converting runs torch's threads there, and CTranslate2's own
+    team would then be a second one in the same OpenMP runtime (PeerProcess)."""
     import ctranslate2
     import transformers
-
-    from openseason.tokenizer import train_bpe
 
     # ctranslate2 4.8's converter reads transformers 4 names; give GPT-NeoX the old ones back.
     transformers.GPTNeoXForCausalLM.embed_out = property(lambda self: self.lm_head)
@@ -287,19 +371,18 @@ def ctranslate2_runner(hf, kind: str, threads: int, workdir: Path):
         lambda self: (self.rope_parameters or {}).get("partial_rotary_factor", 0.25))
     transformers.GPTNeoXConfig.rotary_emb_base = property(
         lambda self: (self.rope_parameters or {}).get("rope_theta", 10000.0))
-    hf_dir, out = workdir / "hf", workdir / f"ct2-{kind}"
-    if not hf_dir.exists():
-        hf.save_pretrained(hf_dir)
-        tok = train_bpe(["the quick brown fox jumps over the lazy dog"] * 4, vocab_size=300)
-        tok.save(hf_dir)
-        cfg_file = hf_dir / "tokenizer_config.json"
-        cfg = json.loads(cfg_file.read_text())
-        cfg.update(bos_token="<|endoftext|>", unk_token="<|endoftext|>")   # the converter needs strings
-        cfg_file.write_text(json.dumps(cfg))
+    out = workdir / f"ct2-{kind}"
     ctranslate2.converters.TransformersConverter(str(hf_dir)).convert(
         str(out), quantization=None if kind == "float32" else kind, force=True)
-    vocab = json.loads((out / "vocabulary.json").read_text())
-    generator = ctranslate2.Generator(str(out), device="cpu", intra_threads=threads, compute_type=kind)
+    return out
+
+
+def ctranslate2_runner(model_dir: Path, kind: str, threads: int):
+    """A greedy decode function over CTranslate2 on its converted model (ctranslate2_model)."""
+    import ctranslate2
+
+    vocab = json.loads((model_dir / "vocabulary.json").read_text())
+    generator = ctranslate2.Generator(str(model_dir), device="cpu", intra_threads=threads, compute_type=kind)
 
     def run(rows: list[list[int]], n: int) -> list[int]:
         result = generator.generate_batch([[vocab[i] for i in ids] for ids in rows], max_length=n, min_length=n,
@@ -309,17 +392,12 @@ def ctranslate2_runner(hf, kind: str, threads: int, workdir: Path):
     return run
 
 
-def onnx_genai_runner(hf, kind: str, threads: int, batch: int, workdir: Path):
+def onnx_genai_runner(hf_dir: Path, kind: str, threads: int, batch: int, workdir: Path):
     """A greedy decode function over onnxruntime-genai, on the model its own builder makes from the
-    transformers twin (same weights); kind is the builder's precision (fp32, int8)."""
+    transformers twin (same weights, saved by hf_directory); kind is the builder's precision (fp32, int8)."""
     import onnxruntime_genai as og
 
-    from openseason.tokenizer import train_bpe
-
-    hf_dir, out = workdir / "hf-onnx", workdir / f"onnx-{kind}"
-    if not hf_dir.exists():
-        hf.save_pretrained(hf_dir)
-        train_bpe(["the quick brown fox jumps over the lazy dog"] * 4, vocab_size=300).save(hf_dir)
+    out = workdir / f"onnx-{kind}"
     subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out),
                     "-p", kind, "-e", "cpu"], check=True, capture_output=True)
     config_file = out / "genai_config.json"
@@ -364,23 +442,32 @@ def bench(name: str, args, threads: int | None) -> list[dict]:
     # the GGUF files and converted models are ~1 GB a model: gone when the process ends
     atexit.register(shutil.rmtree, workdir, ignore_errors=True)
 
-    contenders = {}
+    # The peers run in processes of their own (PeerProcess), on files made here from the same weights.
+    contenders, peer_threads, ctx = {}, threads or torch.get_num_threads(), len(ids) + n + 8
+    peers = []
+
+    def peer(*args) -> PeerProcess:
+        peers.append(PeerProcess(*args))
+        return peers[-1]
     for kind in args.llama_cpp or []:
+        path = llama_cpp_gguf(ours, kind, workdir)
         if args.batch == 1:
-            runner = llama_cpp_runner(ours, kind, threads or torch.get_num_threads(), len(ids) + n + 8, workdir)
+            runner = peer(f"llama.cpp {kind}", llama_cpp_runner, path, kind, peer_threads, ctx)
             contenders[f"llama.cpp {kind}"] = lambda r=runner: r(ids, n)
         else:
-            runner = llama_cpp_batch_runner(ours, kind, threads or torch.get_num_threads(), args.batch,
-                                            len(ids) + n + 8, workdir)
+            runner = peer(f"llama.cpp {kind}", llama_cpp_batch_runner, path, kind, peer_threads,
+                          args.batch, ctx)
             contenders[f"llama.cpp {kind}"] = lambda r=runner: r(batch_ids, n)[0]
     for kind in args.ctranslate2 or []:
-        runner = ctranslate2_runner(hf, kind, threads or torch.get_num_threads(), workdir)
+        runner = peer(f"ctranslate2 {kind}", ctranslate2_runner,
+                      ctranslate2_model(hf_directory(hf, workdir), kind, workdir), kind, peer_threads)
         contenders[f"ctranslate2 {kind}"] = lambda r=runner: r(batch_ids, n)
     for kind in args.onnx or []:
         if config.family != "llama":
             print(f"# onnxruntime-genai: no builder for the {config.family} family; skipped", flush=True)
             continue
-        runner = onnx_genai_runner(hf, kind, threads or torch.get_num_threads(), args.batch, workdir)
+        runner = peer(f"onnxruntime-genai {kind}", onnx_genai_runner, hf_directory(hf, workdir), kind,
+                      peer_threads, args.batch, workdir)
         contenders[f"onnxruntime-genai {kind}"] = lambda r=runner: r(batch_ids, n)
     quantized = {}
     for mode in args.quantize or []:
@@ -463,19 +550,21 @@ def bench(name: str, args, threads: int | None) -> list[dict]:
                 row["peer_fraction"] = roofline_fraction(times[row["peer"]], gbps[row["peer"]], bytes_per_run)
     # like for like: each of our quantized modes against the peer that stores weights the same way,
     # with the same paired ratio (these rows carry no roofline: it is for fp32 weights)
-    for mode, peer in LIKE_FOR_LIKE:
-        ours_key, peer_key = f"ours {mode}", f"llama.cpp {peer}"
+    for mode, peer_key in LIKE_FOR_LIKE:
+        ours_key = f"ours {mode}"
         if ours_key in times and peer_key in times:
             rows.append({"model": name, "threads": threads or torch.get_num_threads(), "device": device,
                          "dtype": mode, "peer": peer_key, "ours_tps": tps[ours_key], "peer_tps": tps[peer_key],
                          "ratio": paired_ratio(times[ours_key], times[peer_key]),
-                         "agree": agreement(tokens[ours_key], tokens[peer_key], ids, logits)})
+                         "agree": agreement(tokens[ours_key], tokens[peer_key], ids, logits, tokens["ours"])})
     if torch.device(device).type == "cuda":
         gbps = args.hbm_gbps or next((v for k, v in HBM_GBPS.items() if k in torch.cuda.get_device_name()), None)
         if gbps:
             ceiling = args.batch * gbps * 1e9 / weight_bytes(ours)
             rows[0].update(hbm_gbps=gbps, ceiling_tps=ceiling, fraction=tps["ours"] / ceiling,
                            hf_fraction=tps["transformers"] / ceiling)
+    for runner in peers:   # each held its engine and model in memory
+        runner.close()
     del hf, ours
     return rows
 
@@ -537,7 +626,8 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--prompt-tokens", type=int, default=16)
     p.add_argument("--batch", type=int, default=1,
-                   help="sequences decoded together (tok/s counts all of them; llama.cpp runs only at batch 1)")
+                   help="sequences decoded together (tok/s counts all of them; llama.cpp decodes them as "
+                        "parallel sequences, one llama_decode a step)")
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, nargs="+", default=None,
