@@ -18,7 +18,17 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
+#include <pthread.h>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+#include <sched.h>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
+#include <thread>
 #include <type_traits>
 #include <vector>
 #include <algorithm>
@@ -108,6 +118,168 @@ static inline void prefetch(const void* p) {   // into L1; prefetches never faul
 
 namespace {
 
+// The kernels' own team of threads, for decode steps run off the main thread (set_step_threads; the
+// server's engine thread). There at::parallel_for is slow: a step opens an OpenMP region per product
+// (25-45 of them, a few microseconds to a millisecond each), and once the main thread has a team of
+// its own, libgomp counts more threads than cores and stops spinning between regions, so every one
+// of them sleeps and wakes through the kernel. On the 2-core AMD EPYC, two-thread decoding from a second
+// thread ran 1.5-2.8x faster on this team than on OpenMP (speed.AheadOfTimeStep lists the figures).
+// Its workers spin on an atomic for the next task (alone at first, then yielding the core now and
+// then), and sleep on a condition variable after 2 ms without one. Torch's own operations in the step
+// run on one thread meanwhile: two teams spinning for work on two cores took turns by the scheduler's
+// time slices (a tenth of the speed). One caller at a time has the team; another caller meanwhile runs
+// its whole task on its own thread. Which thread runs which part never changes a result: the caller
+// fixes every task's parts (see the kernels), and a part is computed the same way wherever it runs.
+class KernelTeam {
+ public:
+  // Runs f(begin, end) over [0, n) in at most `threads` contiguous ranges of at least `grain`
+  // (the caller takes the first range), like at::parallel_for.
+  template <typename F>
+  void run(int64_t n, int64_t grain, int64_t threads, const F& f) {
+    const int64_t ranges = std::min<int64_t>(threads, (n + grain - 1) / std::max<int64_t>(1, grain));
+    if (ranges <= 1 || in_task() || !submit_.try_lock()) {
+      if (n > 0) f(0, n);
+      return;
+    }
+    std::lock_guard<std::mutex> held(submit_, std::adopt_lock);
+    grow(ranges - 1);
+    const int64_t chunk = (n + ranges - 1) / ranges;
+    auto part = [&](int64_t r) {
+      const int64_t begin = r * chunk, end = std::min(n, begin + chunk);
+      if (begin < end) f(begin, end);
+    };
+    using Part = decltype(part);
+    task_ = [](const void* fn, int64_t r) { (*static_cast<const Part*>(fn))(r); };
+    task_fn_ = &part;
+    ranges_ = ranges;
+    // every worker answers every task (those past `ranges` with nothing done), so no worker can still be
+    // reading this task's fields when the next one is written
+    pending_.store(workers_started_, std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_seq_cst);
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+      std::lock_guard<std::mutex> lock(sleep_);
+      wake_.notify_all();
+    }
+    in_task() = true;
+    part(0);
+    in_task() = false;
+    // a worker not yet running needs a core: after a while, give up this one now and then
+    const auto yield_from = std::chrono::steady_clock::now() + SPIN_WITHOUT_YIELD;
+    for (int i = 1; pending_.load(std::memory_order_acquire) > 0; i++) {
+      spin_pause();
+      if (i % CHECK_EVERY == 0 && std::chrono::steady_clock::now() > yield_from) sched_yield();
+    }
+  }
+
+  static KernelTeam& get() {
+    static std::once_flag registered;
+    std::call_once(registered, [] { pthread_atfork(nullptr, nullptr, [] { team_.store(nullptr); }); });
+    KernelTeam* team = team_.load(std::memory_order_acquire);
+    if (team == nullptr) {   // kept for the process's life: its workers are detached
+      KernelTeam* made = new KernelTeam();
+      if (team_.compare_exchange_strong(team, made)) team = made;
+      else delete made;   // another thread's came first (this one has no workers yet)
+    }
+    return *team;
+  }
+
+ private:
+  // A worker waits for the next task spinning alone for SPIN_WITHOUT_YIELD (the gaps between one
+  // step's products), then yielding its core every CHECK_EVERY pauses until SPIN, then asleep.
+  static constexpr auto SPIN_WITHOUT_YIELD = std::chrono::microseconds(100);
+  static constexpr auto SPIN = std::chrono::microseconds(2000);
+  static constexpr int CHECK_EVERY = 256;
+  static inline std::atomic<KernelTeam*> team_{nullptr};   // reset in a forked child: no workers there
+
+  static bool& in_task() {
+    static thread_local bool inside = false;
+    return inside;
+  }
+  static inline void spin_pause() {
+#if defined(__x86_64__)
+    _mm_pause();
+#endif
+  }
+
+  void grow(int64_t workers) {
+    while (static_cast<int64_t>(workers_started_) < workers) {
+      const int64_t index = ++workers_started_;   // worker w runs range w, from the next task on
+      const uint64_t before = generation_.load(std::memory_order_relaxed);
+      std::thread([this, index, before] { work(index, before); }).detach();
+    }
+  }
+
+  void work(int64_t index, uint64_t seen) {   // seen: the generation before this worker's first task
+    in_task() = true;
+    for (;;) {
+      seen = wait_for_next(seen);
+      if (index < ranges_) task_(task_fn_, index);
+      pending_.fetch_sub(1, std::memory_order_acq_rel);
+    }
+  }
+
+  uint64_t wait_for_next(uint64_t seen) {
+    const auto from = std::chrono::steady_clock::now();
+    for (int i = 1;; i++) {
+      const uint64_t now = generation_.load(std::memory_order_acquire);
+      if (now != seen) return now;
+      spin_pause();
+      if (i % CHECK_EVERY == 0) {
+        const auto waited = std::chrono::steady_clock::now() - from;
+        if (waited > SPIN) break;
+        if (waited > SPIN_WITHOUT_YIELD) sched_yield();
+      }
+    }
+    std::unique_lock<std::mutex> lock(sleep_);
+    sleepers_.fetch_add(1, std::memory_order_seq_cst);
+    wake_.wait(lock, [&] { return generation_.load(std::memory_order_seq_cst) != seen; });
+    sleepers_.fetch_sub(1, std::memory_order_relaxed);
+    return generation_.load(std::memory_order_acquire);
+  }
+
+  std::mutex submit_;                       // one caller at a time
+  std::mutex sleep_;
+  std::condition_variable wake_;
+  std::atomic<uint64_t> generation_{0};     // one more per task
+  std::atomic<int64_t> pending_{0};         // workers' ranges not finished
+  std::atomic<int> sleepers_{0};
+  void (*task_)(const void*, int64_t) = nullptr;
+  const void* task_fn_ = nullptr;
+  int64_t ranges_ = 0;
+  int64_t workers_started_ = 0;
+};
+
+// > 1 while this thread runs a decode step with torch's own ops on one thread (set_step_threads): the
+// team's size for the kernels. Otherwise they run on torch's threads (at::parallel_for): two teams
+// spinning for work on the same cores took turns by the scheduler's time slices, and two-thread
+// eager decoding fell to a tenth of its speed.
+static thread_local int64_t step_threads = 0;
+
+// How many threads the kernels split a product for: the step's team, else torch's threads.
+static inline int64_t kernel_threads() {
+  return step_threads > 1 ? step_threads : std::max<int64_t>(1, at::get_num_threads());
+}
+
+template <typename F>
+static inline void kernel_parallel_for(int64_t n, int64_t grain, const F& f) {
+  if (step_threads > 1) KernelTeam::get().run(n, grain, step_threads, f);
+  else at::parallel_for(0, n, grain, f);
+}
+
+static inline void set_torch_threads(int64_t threads) {
+#if defined(_OPENMP)
+  omp_set_num_threads(static_cast<int>(threads));   // what at::get_num_threads reads
+#else
+  at::set_num_threads(static_cast<int>(threads));
+#endif
+}
+
+// Inside a step, a product the kernels do not cover runs on torch's threads at the step's size.
+struct TorchThreadsForFallback {
+  TorchThreadsForFallback() { if (step_threads > 1) set_torch_threads(step_threads); }
+  ~TorchThreadsForFallback() { if (step_threads > 1) set_torch_threads(1); }
+};
+
 constexpr int ROWS = 4;       // weight rows per tile
 constexpr int BT = 4;         // activation rows per tile
 constexpr int64_t MAX_BATCH = 16;   // more rows than this go to BLAS (prefill)
@@ -181,7 +353,7 @@ template <int BLOCK = ROWS, typename F>
 static inline void over_row_blocks(int64_t out, int64_t row_bytes, F&& f) {
   const int64_t blocks = (out + BLOCK - 1) / BLOCK;
   const int64_t grain = std::max<int64_t>(1, (64 * 1024) / std::max<int64_t>(1, BLOCK * row_bytes));
-  at::parallel_for(0, blocks, grain, f);
+  kernel_parallel_for(blocks, grain, f);
 }
 
 static at::Tensor run_int8(const at::Tensor& x2, const at::Tensor& qweight, const float* scale,
@@ -404,12 +576,12 @@ static at::Tensor run_col(const at::Tensor& x2, const at::Tensor& weight, const 
   // Outputs per task: up to 24 vectors, fewer when that would leave under 4 tasks per thread (a
   // 512-output matrix in 384-output tasks ran 1.3x slower on two threads than in one).
   const int64_t vectors = (out + OS_LANES - 1) / OS_LANES;
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t threads = kernel_threads();
   const int64_t chunk_vectors = std::min<int64_t>(24, std::max<int64_t>(3, (vectors + 4 * threads - 1) / (4 * threads)));
   const int64_t CHUNK = chunk_vectors * OS_LANES;
   const int64_t chunks = (out + CHUNK - 1) / CHUNK;
   const int64_t grain = std::max<int64_t>(1, (64 * 1024) / (CHUNK * in * 4));
-  at::parallel_for(0, chunks, grain, [&](int64_t begin, int64_t end) {
+  kernel_parallel_for(chunks, grain, [&](int64_t begin, int64_t end) {
     const int64_t o_begin = begin * CHUNK, o_end = std::min(out, end * CHUNK);
     over_row_tiles<8>(batch, [&](auto nb, int64_t b0) {
       col_rows<decltype(nb)::value, W>(xp, wp, bp, yp, b0, o_begin, o_end, in, out);
@@ -492,7 +664,7 @@ static at::Tensor run_sweep(const at::Tensor& x1, const at::Tensor& weight, cons
   float* yp = y.data_ptr<float>();
   // One share per thread, each at least ~256 KB of weight, so small matrices stay on one thread.
   const int64_t bytes = in * out * static_cast<int64_t>(sizeof(W));
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), bytes / (256 * 1024), in}));
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({kernel_threads(), bytes / (256 * 1024), in}));
   // The partial sums of shares 1.. (and bf16's rounded activation) in this thread's scratch.
   float* pp = scratch_floats((parts - 1) * out + (bf16 ? in : 0));
   const float* xp = x1.data_ptr<float>();
@@ -500,7 +672,7 @@ static at::Tensor run_sweep(const at::Tensor& x1, const at::Tensor& weight, cons
   const W* wp = static_cast<const W*>(weight.data_ptr());
   if (in == 0) std::fill(yp, yp + out, 0.f);
   else
-    at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+    kernel_parallel_for(parts, 1, [&](int64_t begin, int64_t end) {
       for (int64_t part = begin; part < end; part++) {
         float* acc = part == 0 ? yp : pp + (part - 1) * out;
         const int64_t i1 = in * (part + 1) / parts;
@@ -538,6 +710,7 @@ at::Tensor decode_linear_bf16(const at::Tensor& x, const at::Tensor& weight, con
     return rows == 1 ? run_sweep<uint16_t>(x2, weight, bias, output_shape(x, weight.size(0)))
                      : run_col<uint16_t>(x2, weight, bias, output_shape(x, weight.size(0)));
   }
+  TorchThreadsForFallback threads;
   at::Tensor y = at::linear(x.to(weight.scalar_type()), weight).to(x.scalar_type());
   if (bias.has_value() && bias->defined()) y = y + bias->to(y.scalar_type());
   return y;
@@ -703,9 +876,14 @@ at::Tensor decode_linear(const at::Tensor& x, const at::Tensor& weight, const c1
                          bool avoid_blas) {
   const int64_t rows = rows_of(x);
   const bool fp32 = operands_fit(x, weight, bias) && weight.scalar_type() == at::kFloat;
-  if (fp32 && avoid_blas && rows > MAX_FP32_ROWS && x.dim() >= 2) return onednn_linear(x, weight, bias);
-  if (!fp32 || !column_major(weight) || rows < (avoid_blas ? 1 : 2) || rows > MAX_FP32_ROWS)
+  if (fp32 && avoid_blas && rows > MAX_FP32_ROWS && x.dim() >= 2) {
+    TorchThreadsForFallback threads;
+    return onednn_linear(x, weight, bias);
+  }
+  if (!fp32 || !column_major(weight) || rows < (avoid_blas ? 1 : 2) || rows > MAX_FP32_ROWS) {
+    TorchThreadsForFallback threads;
     return at::linear(x, weight, bias);
+  }
   const at::Tensor x2 = x.reshape({-1, x.size(-1)}).contiguous();
   if (rows == 1) return run_sweep(x2, weight, bias, output_shape(x, weight.size(0)));
   return run_col(x2, weight, bias, output_shape(x, weight.size(0)));
@@ -719,6 +897,7 @@ at::Tensor decode_linear_int8(const at::Tensor& x, const at::Tensor& qweight, co
               "decode_linear_int8: scale must be fp32 [out]");
   if (!kernel_applies(x, qweight, bias) || !qweight.is_contiguous()) {
     // Prefill and the rest: torch's int8 x bf16 kernel where it has one (quantize.Int8Linear's path).
+    TorchThreadsForFallback threads;
     at::Tensor x2 = x.reshape({-1, x.size(-1)});
     at::Tensor y;
     // (torch 2.13's int8pack kernel crashes on several rows when `in` is not a multiple of 16)
@@ -737,6 +916,22 @@ at::Tensor decode_linear_int8(const at::Tensor& x, const at::Tensor& qweight, co
 // The layout prepare_for_decoding stores bf16 weights in for decode_linear_bf16 on this build.
 std::string bf16_weight_layout() { return OS_BF16_DOT ? "row" : "column"; }
 
+// From now on, this thread's kernel calls run on the kernels' team of `threads` (0 or 1: on torch's
+// threads again), and torch's own operations on one thread (again on as many as before); returns the
+// previous value. AheadOfTimeStep sets it around a step.
+int64_t set_step_threads(int64_t threads) {
+  static thread_local int64_t torch_threads_outside = 1;
+  const int64_t previous = step_threads;
+  if (threads > 1 && previous <= 1) {
+    torch_threads_outside = at::get_num_threads();
+    set_torch_threads(1);
+  } else if (threads <= 1 && previous > 1) {
+    set_torch_threads(torch_threads_outside);
+  }
+  step_threads = threads > 1 ? threads : 0;
+  return previous;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(openseason, m) {
@@ -745,6 +940,7 @@ TORCH_LIBRARY(openseason, m) {
   m.def("decode_linear_int8_dynamic(Tensor x, Tensor qweight, Tensor wscale, Tensor wsum, Tensor? bias) -> Tensor");
   m.def("decode_linear_bf16(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   m.def("bf16_weight_layout() -> str", &bf16_weight_layout);
+  m.def("set_step_threads(int threads) -> int", &set_step_threads);
 }
 
 TORCH_LIBRARY_IMPL(openseason, CPU, m) {

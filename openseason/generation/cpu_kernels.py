@@ -8,8 +8,11 @@ where the weight read should make it about the same. The kernels here read each 
 per call and multiply it with every activation row while it is in a register: fp32 weights stored
 column-major (prepare_for_decoding's layout) for 2-8 rows, int8 weight-only rows with one scale per
 output row (quantize.Int8Linear) for 1-16 rows, and int8 x int8 with AVX-512 VNNI for int8-dynamic
-(quantize.Int8DynamicLinear, any number of rows). They run on torch's own thread pool
-(at::parallel_for) and are registered as torch ops (`openseason::decode_linear`, `decode_linear_int8`,
+(quantize.Int8DynamicLinear, any number of rows). They run on torch's own threads (at::parallel_for),
+except inside a decode step compiled ahead of time (set_step_threads): there they run on a team of
+their own whose workers spin briefly for the next product, and torch's small operations in between run
+on one thread, so a step no longer opens and closes an OpenMP region per product. They are registered
+as torch ops (`openseason::decode_linear`, `decode_linear_int8`,
 `decode_linear_int8_dynamic`) with shape functions, so torch.compile puts them in the compiled decode
 step as calls without Python. What a kernel does not cover (one fp32 row, more rows, other dtypes or
 devices) goes to torch's product inside the op.
@@ -29,6 +32,8 @@ devices) goes to torch's product inside the op.
                                 row-major w (vdpbf16ps); elsewhere one row (sweep) or 2-8 rows
                                 (col_tile) against a column-major w
     bf16_weight_layout()        "row" or "column": the layout decode_linear_bf16's kernels read here
+    set_step_threads(n)         from now on this thread's kernel calls run on the kernels' team of n
+                                threads and torch's ops on one (n <= 1: as before); returns the old n
 
 Building: torch.utils.cpp_extension with `-O3 -march=native` (AVX-512 or AVX2 + FMA where the CPU has
 them, a plain loop otherwise), about 10 s once, into the user's cache (OPENSEASON_CACHE, else
@@ -179,6 +184,14 @@ def decode_linear_int8(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tens
 
 def decode_linear_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     return torch.ops.openseason.decode_linear_bf16(x, weight, bias)
+
+
+def set_step_threads(threads: int) -> int:
+    """From now on, this thread's kernel calls run on the kernels' own team of `threads` threads (0 or
+    1: on torch's threads again), and torch's own operations on one thread (then again on as many as
+    before); returns the previous value. For a decode step whose products are the kernels' (see
+    cpu_kernels.cpp, KernelTeam); needs available()."""
+    return torch.ops.openseason.set_step_threads(threads)
 
 
 def bf16_weight_layout() -> str:

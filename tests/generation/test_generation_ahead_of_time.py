@@ -56,6 +56,43 @@ def test_one_row_steps_run_ahead_of_time_with_eager_tokens(llm, compiled):
     assert calls[0] == 0
 
 
+def test_steps_off_the_main_thread_run_on_the_kernels_team_with_eager_tokens(llm, compiled):
+    """The server decodes in an engine thread: there a step hands its products to the kernels' own
+    team (set around each step, put back after it) and gives the tokens it gives on the main thread."""
+    import threading
+
+    steps = [compiled.model._ahead_of_time_step, compiled.model._ahead_of_time_batch_step]
+    teams = [step.kernel_team for step in steps]
+    if None in teams:
+        pytest.skip("no CPU kernels here")
+    seen = []
+    for step, team in zip(steps, teams):
+        def watched(threads, team=team):
+            seen.append((threading.current_thread() is threading.main_thread(), threads))
+            return team(threads)
+        step.kernel_team = watched
+    params = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    prompts = [[PROMPT], [[5, 6, 7], [8, 9], [10, 11, 12]]]
+    try:
+        want = [[c.token_ids for c in generate_ids(llm.model, p, params)] for p in prompts]
+        assert [[c.token_ids for c in generate_ids(compiled.model, p, params)] for p in prompts] == want
+        assert seen == []                       # on the main thread: torch's threads
+        got = []
+        worker = threading.Thread(target=lambda: got.extend(
+            [c.token_ids for c in generate_ids(compiled.model, p, params)] for p in prompts))
+        worker.start()
+        worker.join(120)
+        assert got == want
+    finally:
+        for step, team in zip(steps, teams):
+            step.kernel_team = team
+    threads = torch.get_num_threads()
+    if threads > 1:   # around each of the 11 steps of each prompt: the team's size, then the old value back
+        assert seen == [(False, threads), (False, 0)] * 22
+    else:
+        assert seen == []
+
+
 def test_batches_run_ahead_of_time_with_eager_tokens(llm, compiled):
     """Two or more rows go through the batch step: rows of one length (a mask of ones), rows of
     different lengths (left padding masked, positions per row), n choices of one prompt, rows asking

@@ -339,3 +339,114 @@ def test_bf16_model_decodes_through_the_kernel_with_the_torch_paths_tokens(neox_
         m.kernel = "torch"
     theirs = [r.token_ids for r in generate_ids(llm.model, prompts, params)]
     assert ours == theirs
+
+
+def _products_of_every_kernel() -> dict:
+    """One call of each kernel path a decode step takes (fp32 sweep and col_tile, int8, int8-dynamic,
+    bf16 in the build's layout), on matrices big enough to be split across threads, and one product the
+    kernels leave to torch (20 rows: oneDNN)."""
+    from openseason.generation.quantize import Int8Linear
+
+    g = torch.Generator().manual_seed(11)
+    weight = _column_major(3000, 256, seed=12)
+    bias = torch.randn(3000, generator=g)
+    one, four, twenty = (torch.randn(1, n, 256, generator=g) for n in (1, 4, 20))
+    q, scale = Int8Linear.quantize_weight(torch.randn(3000, 256, generator=g))
+    bf16 = torch.randn(3000, 256, generator=g).to(torch.bfloat16)
+    if cpu_kernels.bf16_weight_layout() == "column":
+        bf16 = bf16.t().contiguous().t()
+    return {
+        "sweep": lambda: cpu_kernels.decode_linear(one, weight, bias, avoid_blas=True),
+        "col_tile": lambda: cpu_kernels.decode_linear(four, weight, bias, avoid_blas=True),
+        "onednn (20 rows)": lambda: cpu_kernels.decode_linear(twenty, weight, bias, avoid_blas=True),
+        "int8": lambda: cpu_kernels.decode_linear_int8(four, q, scale, bias),
+        "int8-dynamic": lambda: cpu_kernels.decode_linear_int8_dynamic(four, q, scale, q.sum(1, dtype=torch.int32), bias),
+        "bf16": lambda: cpu_kernels.decode_linear_bf16(one, bf16, bias),
+    }
+
+
+def test_step_threads_team_gives_the_same_bits_and_puts_torch_threads_back():
+    """Inside a step (set_step_threads(2)) the products run on the kernels' own team and torch's own
+    operations on one thread; every kernel gives the bits it gives on torch's two threads, a product
+    left to torch runs at the step's size, and leaving the step restores torch's thread count."""
+    products = _products_of_every_kernel()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        outside = {name: run() for name, run in products.items()}
+        previous = cpu_kernels.set_step_threads(2)
+        try:
+            assert previous == 0
+            assert torch.get_num_threads() == 1
+            inside = {name: run() for name, run in products.items()}
+            twice = {name: run() for name, run in products.items()}
+        finally:
+            assert cpu_kernels.set_step_threads(previous) == 2
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    for name in products:
+        assert torch.equal(inside[name], outside[name]), name
+        assert torch.equal(twice[name], outside[name]), name
+
+
+def test_two_threads_in_steps_at_once_both_get_their_products():
+    """One caller at a time has the team; another thread's step meanwhile runs its products whole on
+    its own thread, with the same bits."""
+    import threading
+
+    products = _products_of_every_kernel()
+    expected = {name: run() for name, run in products.items()}
+    failures, start = [], threading.Barrier(3)
+
+    def steps():
+        start.wait()
+        previous = cpu_kernels.set_step_threads(2)
+        try:
+            for _ in range(20):
+                for name, run in products.items():
+                    if not torch.equal(run(), expected[name]):
+                        failures.append(name)
+        finally:
+            cpu_kernels.set_step_threads(previous)
+
+    workers = [threading.Thread(target=steps) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    assert not any(worker.is_alive() for worker in workers), "a step never finished"
+    assert failures == []
+
+
+def test_a_forked_child_builds_a_team_of_its_own():
+    """After the parent's team has run, a forked child (DataLoader workers, multiprocessing) has none of
+    its threads: its first step must start a new team, not wait for workers that are not there."""
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork here")
+    products = _products_of_every_kernel()
+    sweep = products["sweep"]
+    previous = cpu_kernels.set_step_threads(2)
+    try:
+        expected = sweep()
+    finally:
+        cpu_kernels.set_step_threads(previous)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the child: one step, then report and leave without running the parent's atexit
+        try:
+            cpu_kernels.set_step_threads(2)
+            ok = torch.equal(sweep(), expected)
+            os.write(write, b"same" if ok else b"diff")
+        finally:
+            os._exit(0)
+    os.close(write)
+    import select
+
+    ready, _, _ = select.select([read], [], [], 60)
+    answer = os.read(read, 4) if ready else b""
+    os.close(read)
+    if not ready:
+        os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    assert answer == b"same"
