@@ -11,7 +11,9 @@ openseason.generation.quantize), llama.cpp through llama-cpp-python on the GGUF 
 writes (`--llama-cpp f32 q8_0`; `openseason convert to-gguf`), CTranslate2 on its own conversion of the transformers twin
 (`--ctranslate2 float32 int8`), onnxruntime-genai on the model its own builder makes from the
 transformers twin (`--onnx fp32 int8`; LLaMA shapes such as `--models llama-6x512`; benchmark-only:
-`pip install onnxruntime-genai onnx onnx_ir`), with --threads applied to every side.
+`pip install onnxruntime-genai onnx onnx_ir`), with --threads applied to every side. Each peer engine
+runs in a process of its own (PeerProcess: in ours they would share torch's OpenMP runtime), on files
+made here from the same weights, and is still timed in turn with ours, run by run.
 Every row prints tok/s, the ratio of ours (fp32) to it, and whether its greedy tokens equal ours; at
 the first disagreement it prints how far apart our two candidates' fp32 logits were (a flip between
 near-ties is rounding, a flip at a wide gap is a bug). `--ppl-steps N` trains a tiny model on real
