@@ -179,7 +179,10 @@ def _replace_linears(model: nn.Module, make) -> int:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) in (nn.Linear, Linear):
-                setattr(parent, name, make(child))
+                # in the mode of the layer it replaces: a new module starts in training mode, and a
+                # model already in eval() would otherwise change when eval() is called again (after a
+                # decode step was compiled ahead of time, that drops the step)
+                setattr(parent, name, make(child).train(child.training))
                 count += 1
     return count
 

@@ -144,3 +144,20 @@ def test_int8_layer_with_an_odd_input_width_prefills():
     assert q.kernel == "dequantize"
     x = torch.randn(17, 37)
     torch.testing.assert_close(q(x), nn.functional.linear(x, q.dequantized_weight(), linear.bias), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["int8", "int8-dynamic", "bf16"])
+def test_quantized_layers_keep_the_mode_of_the_layers_they_replace(mode):
+    """A new module starts in training mode: quantizing a model in eval() left its quantized layers
+    training, so the engine's own eval() changed the model after its decode step was compiled ahead of
+    time, and `serve --quantize ... --compile` decoded through torch.compile's graph instead."""
+    from openseason.generation.speed import model_fingerprint
+
+    model = _model().eval()
+    quantize(model, mode)
+    assert not any(m.training for m in model.modules())
+    fingerprint = model_fingerprint(model)
+    model.eval()
+    assert model_fingerprint(model) == fingerprint
+    trained = quantize(_model().train(), mode)
+    assert all(m.training for m in trained.modules())
