@@ -252,8 +252,7 @@ class PeerProcess:
         self.process = context.Process(target=_serve_peer, args=(child, factory, args), daemon=True)
         self.process.start()
         child.close()
-        self._answer()   # built, or the child's error
-        atexit.register(self.close)
+        self._answer()   # built, or the child's error (a daemon: it ends with this process at the latest)
 
     def _answer(self):
         try:

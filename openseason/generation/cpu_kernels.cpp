@@ -202,7 +202,7 @@ class KernelTeam {
   }
 
   void grow(int64_t workers) {
-    while (static_cast<int64_t>(workers_started_) < workers) {
+    while (workers_started_ < workers) {
       const int64_t index = ++workers_started_;   // worker w runs range w, from the next task on
       const uint64_t before = generation_.load(std::memory_order_relaxed);
       std::thread([this, index, before] { work(index, before); }).detach();
