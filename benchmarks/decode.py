@@ -126,6 +126,32 @@ def time_call(fn, device) -> tuple[float, list[int]]:
     return time.perf_counter() - start, out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its threads so far (Linux; 0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until_quiet(pids: list[int], window: float = 0.05, limit: float = 2.0) -> float:
+    """Waits until none of these processes used any CPU over `window` seconds (at most `limit`); returns
+    the seconds waited. A timed run must not share the cores with the previous contender's threads:
+    onnxruntime's spun for about 40 ms after each call returned, and our two-thread decode timed right
+    after it read 205 tok/s against 266 alone (the bandwidth probe, 23.5 GB/s against 43.6)."""
+    start = time.perf_counter()
+    before = [cpu_seconds(pid) for pid in pids]
+    while time.perf_counter() - start < limit:
+        time.sleep(window)
+        now = [cpu_seconds(pid) for pid in pids]
+        if now == before:
+            break
+        before = now
+    return time.perf_counter() - start
+
+
 def weight_bytes(model: GPT) -> int:
     """Bytes a decode step reads: every parameter except the input embedding (unless lm_head shares it)."""
     total = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -520,8 +546,10 @@ def bench(name: str, args, threads: int | None) -> list[dict]:
     read = ReadBandwidth() if torch.device(device).type == "cpu" else None
     gbps = {k: [] for k in everyone}   # the bandwidth probed right before each timed run
     tokens = {}
+    processes = [os.getpid()] + [runner.process.pid for runner in peers]
     for _ in range(args.repeats):  # alternate, so background load hits every side alike
         for key, fn in everyone.items():
+            wait_until_quiet(processes)   # the last contender's threads may still spin for a while
             if read is not None and (key == "ours" or key in FP32_PEERS):   # the rows that report a fraction
                 gbps[key].append(read.probe())
             dt, tokens[key] = time_call(fn, device)
