@@ -33,6 +33,8 @@
 #include <vector>
 #include <algorithm>
 #include <cstring>
+#include <cmath>
+#include <limits>
 
 static inline float bf16_to_float(uint16_t h) {
   const uint32_t bits = static_cast<uint32_t>(h) << 16;
@@ -913,6 +915,179 @@ at::Tensor decode_linear_int8(const at::Tensor& x, const at::Tensor& qweight, co
   return run_int8(x2, qweight, scale.data_ptr<float>(), bias, output_shape(x, qweight.size(0)));
 }
 
+// Attention of one query per sequence over its cached keys and values (a decode step):
+// out[b, h] = softmax(scale * q[b, h] . k[b, g] + mask[b, h]) @ v[b, g], g = h / (heads / groups).
+// torch's scaled_dot_product_attention sends this shape to its flash kernel, which multiplies through
+// its BLAS: MKL's generic matrix-vector code on the AMD EPYC, 20 us a call for llama-6x512 (8 heads,
+// 144 keys), 7% of a two-thread int8-dynamic decode step. Here each head is one pass over its keys
+// (dot products in registers), a vectorized exp, and one pass over its values, on one thread unless
+// the cache is large. Sums run in another order than torch's kernels: results agree to float32
+// rounding. A query whose keys are all masked gets zeros, as torch's kernel gives.
+#if defined(__AVX512F__)
+// exp on 16 lanes: n = round(x log2 e), r = x - n ln 2 (in two parts), a degree-6 polynomial for
+// e^r, scaled by 2^n (scalef); within 2 ulp of expf over [-87.3, 88.7]; below -87.3 it is 0.
+static inline __m512 exp16(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.3f);
+  const __mmask16 live = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
+  x = _mm512_min_ps(_mm512_max_ps(x, lo), _mm512_set1_ps(88.7f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_maskz_mov_ps(live, _mm512_scalef_ps(p, n));
+}
+#endif
+
+// e[j] = exp(s[j] - top) for j < n, returns their sum (s[j] = -inf gives 0).
+static inline float exp_shifted(const float* s, float top, int64_t n, float* e) {
+  int64_t j = 0;
+  float total = 0.f;
+#if defined(__AVX512F__)
+  __m512 sum = _mm512_setzero_ps();
+  const __m512 shift = _mm512_set1_ps(top);
+  for (; j + 16 <= n; j += 16) {
+    const __m512 v = exp16(_mm512_sub_ps(_mm512_loadu_ps(s + j), shift));
+    _mm512_storeu_ps(e + j, v);
+    sum = _mm512_add_ps(sum, v);
+  }
+  if (j < n) {
+    const __mmask16 tail = static_cast<__mmask16>((1u << (n - j)) - 1);
+    const __m512 v = _mm512_maskz_mov_ps(tail, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, s + j), shift)));
+    _mm512_mask_storeu_ps(e + j, tail, v);
+    sum = _mm512_add_ps(sum, v);
+    j = n;
+  }
+  total = _mm512_reduce_add_ps(sum);
+#endif
+  for (; j < n; j++) total += e[j] = std::exp(s[j] - top);
+  return total;
+}
+
+// s[t] = a . b[t * stride] for t < 4: four independent chains, whose horizontal sums overlap.
+static inline void dot4(const float* a, const float* b, int64_t stride, int64_t n, float* s) {
+  vec acc[4] = {vzero(), vzero(), vzero(), vzero()};
+  int64_t d = 0;
+  for (; d + OS_LANES <= n; d += OS_LANES) {
+    const vec x = vload(a + d);
+    for (int t = 0; t < 4; t++) acc[t] = vfma(x, vload(b + t * stride + d), acc[t]);
+  }
+  for (int t = 0; t < 4; t++) {
+    s[t] = vsum(acc[t]);
+    for (int64_t r = d; r < n; r++) s[t] += a[r] * b[t * stride + r];
+  }
+}
+
+static inline float dot(const float* a, const float* b, int64_t n) {
+  vec acc = vzero();
+  int64_t d = 0;
+  for (; d + OS_LANES <= n; d += OS_LANES) acc = vfma(vload(a + d), vload(b + d), acc);
+  float s = vsum(acc);
+  for (; d < n; d++) s += a[d] * b[d];
+  return s;
+}
+
+// One (sequence, head): q [hs], keys and values `key_stride` apart, mask (bool or additive, `mask_stride`
+// apart along the keys, or none); scratch holds 2 * keys floats. Four keys at a time: four dot products
+// in flight, and each block of the output loaded and stored once per four values (llama-6x512's 8 heads
+// over 144 keys: 11.8 -> 8.4 us a call, against 16-19 for torch's).
+static void attend_one(const float* q, const float* k, const float* v, int64_t keys, int64_t key_stride, int64_t hs,
+                       float scale, const bool* bool_mask, const float* add_mask, int64_t mask_stride,
+                       float* scratch, float* out) {
+  float* s = scratch;
+  float* e = scratch + keys;
+  int64_t j = 0;
+  for (; j + 4 <= keys; j += 4) dot4(q, k + j * key_stride, key_stride, hs, s + j);
+  for (; j < keys; j++) s[j] = dot(q, k + j * key_stride, hs);
+  float top = -std::numeric_limits<float>::infinity();
+  for (j = 0; j < keys; j++) {
+    float x = s[j] * scale;
+    if (bool_mask && !bool_mask[j * mask_stride]) x = -std::numeric_limits<float>::infinity();
+    if (add_mask) x += add_mask[j * mask_stride];
+    s[j] = x;
+    top = std::max(top, x);
+  }
+  std::fill(out, out + hs, 0.f);
+  if (top == -std::numeric_limits<float>::infinity()) return;   // every key masked
+  const float inv = 1.f / exp_shifted(s, top, keys, e);
+  const int64_t full = hs / OS_LANES * OS_LANES;
+  for (j = 0; j + 4 <= keys; j += 4) {
+    const float* vj = v + j * key_stride;
+    const vec p0 = vset1(e[j]), p1 = vset1(e[j + 1]), p2 = vset1(e[j + 2]), p3 = vset1(e[j + 3]);
+    for (int64_t d = 0; d < full; d += OS_LANES) {
+      vec acc = vfma(p0, vload(vj + d), vload(out + d));
+      acc = vfma(p1, vload(vj + key_stride + d), acc);
+      acc = vfma(p2, vload(vj + 2 * key_stride + d), acc);
+      vstore(out + d, vfma(p3, vload(vj + 3 * key_stride + d), acc));
+    }
+    for (int64_t d = full; d < hs; d++)
+      for (int t = 0; t < 4; t++) out[d] += e[j + t] * vj[t * key_stride + d];
+  }
+  for (; j < keys; j++) {
+    const float* vj = v + j * key_stride;
+    const vec p = vset1(e[j]);
+    for (int64_t d = 0; d < full; d += OS_LANES) vstore(out + d, vfma(p, vload(vj + d), vload(out + d)));
+    for (int64_t d = full; d < hs; d++) out[d] += e[j] * vj[d];
+  }
+  for (int64_t d = 0; d < hs; d++) out[d] *= inv;
+}
+
+// q [B, heads, 1, hs], k and v [B, groups, keys, hs] (the cache's slices), mask none or broadcastable
+// to [B, heads, 1, keys] (bool: True attends; float: added to the scores). Anything else is torch's.
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const c10::optional<at::Tensor>& mask, double scale) {
+  const bool shapes = q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && q.size(2) == 1 && k.sizes() == v.sizes() &&
+                      k.size(0) == q.size(0) && k.size(3) == q.size(3) && k.size(1) > 0 &&
+                      q.size(1) % k.size(1) == 0 && k.stride(3) == 1 && v.stride(3) == 1 &&
+                      k.stride(2) == v.stride(2) && k.size(2) > 0;
+  const bool types = q.device().is_cpu() && q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat &&
+                     v.scalar_type() == at::kFloat;
+  const bool has_mask = mask.has_value() && mask->defined();
+  bool mask_fits = !has_mask;
+  if (has_mask && shapes && mask->dim() == 4 && (mask->scalar_type() == at::kBool || mask->scalar_type() == at::kFloat)) {
+    mask_fits = true;
+    const int64_t want[4] = {q.size(0), q.size(1), 1, k.size(2)};
+    for (int d = 0; d < 4; d++) mask_fits = mask_fits && (mask->size(d) == want[d] || mask->size(d) == 1);
+  }
+  if (!(shapes && types && mask_fits)) {
+    TorchThreadsForFallback threads;
+    return at::scaled_dot_product_attention(q, k, v, has_mask ? *mask : c10::optional<at::Tensor>(), 0.0, false,
+                                            scale, q.size(1) != k.size(1));
+  }
+  const int64_t B = q.size(0), heads = q.size(1), groups = k.size(1), keys = k.size(2), hs = q.size(3);
+  const at::Tensor qc = q.contiguous();
+  at::Tensor m;
+  if (has_mask) m = mask->expand({B, heads, 1, keys});
+  at::Tensor out = at::empty({B, heads, 1, hs}, q.options());
+  const float* qp = qc.data_ptr<float>();
+  const float* kp = k.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const bool* bm = has_mask && m.scalar_type() == at::kBool ? m.data_ptr<bool>() : nullptr;
+  const float* am = has_mask && m.scalar_type() == at::kFloat ? m.data_ptr<float>() : nullptr;
+  const int64_t per_group = heads / groups;
+  // a thread per ~256 KB of keys and values read, so a short cache stays on one thread
+  const int64_t bytes = B * heads * keys * hs * 2 * static_cast<int64_t>(sizeof(float));
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({kernel_threads(), bytes / (256 * 1024), B * heads}));
+  kernel_parallel_for(B * heads, (B * heads + parts - 1) / parts, [&](int64_t begin, int64_t end) {
+    float* scratch = scratch_floats(2 * keys);
+    for (int64_t u = begin; u < end; u++) {
+      const int64_t b = u / heads, h = u % heads, g = h / per_group;
+      const int64_t mask_at = has_mask ? b * m.stride(0) + h * m.stride(1) : 0;
+      attend_one(qp + u * hs, kp + b * k.stride(0) + g * k.stride(1), vp + b * v.stride(0) + g * v.stride(1),
+                 keys, k.stride(2), hs, static_cast<float>(scale), bm ? bm + mask_at : nullptr,
+                 am ? am + mask_at : nullptr, has_mask ? m.stride(3) : 0, scratch, op + u * hs);
+    }
+  });
+  return out;
+}
+
 // The layout prepare_for_decoding stores bf16 weights in for decode_linear_bf16 on this build.
 std::string bf16_weight_layout() { return OS_BF16_DOT ? "row" : "column"; }
 
@@ -939,6 +1114,7 @@ TORCH_LIBRARY(openseason, m) {
   m.def("decode_linear_int8(Tensor x, Tensor qweight, Tensor scale, Tensor? bias) -> Tensor");
   m.def("decode_linear_int8_dynamic(Tensor x, Tensor qweight, Tensor wscale, Tensor wsum, Tensor? bias) -> Tensor");
   m.def("decode_linear_bf16(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale) -> Tensor");
   m.def("bf16_weight_layout() -> str", &bf16_weight_layout);
   m.def("set_step_threads(int threads) -> int", &set_step_threads);
 }
@@ -948,4 +1124,5 @@ TORCH_LIBRARY_IMPL(openseason, CPU, m) {
   m.impl("decode_linear_int8", &decode_linear_int8);
   m.impl("decode_linear_int8_dynamic", &decode_linear_int8_dynamic);
   m.impl("decode_linear_bf16", &decode_linear_bf16);
+  m.impl("decode_attention", &decode_attention);
 }

@@ -31,6 +31,11 @@ devices) goes to torch's product inside the op.
                                 half fp32's bytes: on CPUs with AVX-512 BF16, 1-32 rows against the
                                 row-major w (vdpbf16ps); elsewhere one row (sweep) or 2-8 rows
                                 (col_tile) against a column-major w
+    decode_attention(q, k, v, mask, scale)
+                                = F.scaled_dot_product_attention(q, k, v, mask, scale=scale, enable_gqa=...)
+                                for one query per sequence (q [B, heads, 1, hs]) over the cache's keys
+                                and values ([B, groups, keys, hs]), mask None, bool or additive fp32
+                                (torch's flash kernel multiplies through MKL's generic code on AMD CPUs)
     bf16_weight_layout()        "row" or "column": the layout decode_linear_bf16's kernels read here
     set_step_threads(n)         from now on this thread's kernel calls run on the kernels' team of n
                                 threads and torch's ops on one (n <= 1: as before); returns the old n
@@ -96,6 +101,10 @@ def _register_shapes() -> None:
     @torch.library.register_fake("openseason::decode_linear_bf16")
     def _(x, weight, bias):
         return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+    @torch.library.register_fake("openseason::decode_attention")
+    def _(q, k, v, mask, scale):
+        return q.new_empty(*q.shape[:-1], v.shape[-1])
 
 
 def _put_ninja_on_path() -> None:
@@ -192,6 +201,11 @@ def set_step_threads(threads: int) -> int:
     before); returns the previous value. For a decode step whose products are the kernels' (see
     cpu_kernels.cpp, KernelTeam); needs available()."""
     return torch.ops.openseason.set_step_threads(threads)
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                     scale: float) -> torch.Tensor:
+    return torch.ops.openseason.decode_attention(q, k, v, mask, scale)
 
 
 def bf16_weight_layout() -> str:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import math
 import shutil
 import threading
 import time
@@ -40,6 +41,7 @@ import torch.nn as nn
 from ..errors import OpenseasonError
 from ..fileio import atomic_open, keep_recent, mark_used, user_cache_dir
 from ..linear import fp32_gemm, linear
+from ..model import CausalSelfAttention
 
 
 def _wants_column_major(module: nn.Linear, every_shape: bool) -> bool:
@@ -110,12 +112,24 @@ def _decode_kernel_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return torch.ops.openseason.decode_linear(x, self.weight, self.bias, fp32_gemm() == "onednn")
 
 
+def _decode_kernel_attend(self: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask,
+                          extras=None) -> torch.Tensor:
+    # One query per sequence (a decode step) without autograd: our kernel (cpu_kernels.decode_attention);
+    # the rest (prefill, training, other dtypes) is the model's own attention.
+    if (q.shape[2] == 1 and q.dtype == torch.float32 and q.device.type == "cpu" and not extras
+            and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+            and (isinstance(mask, str) or (isinstance(mask, torch.Tensor) and mask.dtype in (torch.bool, torch.float32)))):
+        return torch.ops.openseason.decode_attention(q, k, v, None if isinstance(mask, str) else mask,
+                                                     1.0 / math.sqrt(self.config.head_size))
+    return type(self).attend(self, q, k, v, mask, extras)
+
+
 def prepare_for_decoding(model: nn.Module) -> int:
     """Re-store fp32 CPU linear weights in the layout that batch-1 decoding reads fastest, and, where
     our CPU kernels build (generation.cpu_kernels), route those layers, int8 weight-only layers and
     bf16 layers (in the layout cpu_kernels.bf16_weight_layout() names) through them (fp32 for 2-8 rows,
     and one where torch's BLAS is the slow library; bf16 for 1-32 rows, or 1-8 column-major; int8 for
-    1-16);
+    1-16), and attention of one query per sequence over the cache (fp32, cpu_kernels.decode_attention);
     move the CPU weights into huge pages where Linux provides them; returns how many fp32 weights were
     re-stored. Idempotent; a no-op on GPUs. Tied weights (lm_head = embed) keep their row-major rows
     for the embedding lookup."""
@@ -152,6 +166,9 @@ def prepare_for_decoding(model: nn.Module) -> int:
         for module in model.modules():
             if isinstance(module, Int8Linear) and module.qweight.device.type == "cpu":
                 module.kernel = "openseason"
+            # attention of one query over the cache, unless an injected method (an adapter) owns it
+            if isinstance(module, CausalSelfAttention) and "attend" not in vars(module):
+                module.attend = types.MethodType(_decode_kernel_attend, module)
     model._decode_layout = True
     return len(changed)
 

@@ -341,9 +341,104 @@ def test_bf16_model_decodes_through_the_kernel_with_the_torch_paths_tokens(neox_
     assert ours == theirs
 
 
+def _attention_reference(q, k, v, mask, scale):
+    """softmax(scale q.k + mask) v in float64, one query per sequence, groups of heads sharing keys."""
+    q, k, v = q.double(), k.double(), v.double()
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    scores = scale * q @ k.transpose(-1, -2)
+    if mask is not None and mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    elif mask is not None:
+        scores = scores + mask.double()
+    weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)   # every key masked: zeros, as torch gives
+    return (weights @ v).float()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(1, 8, 8, 144, 64), (3, 8, 2, 37, 40), (2, 4, 1, 2000, 128), (1, 2, 2, 1, 16),
+                                   (4, 6, 3, 17, 7), (1, 1, 1, 5, 1)])
+def test_decode_attention_matches_float64_attention(threads, shape):
+    """One query per sequence over a slice of a cache (batch, heads, groups of heads sharing keys,
+    keys, head size): no mask, a bool mask per sequence, an additive mask per head (ALiBi's shape) and a
+    sequence whose keys are all masked; a cache of 2000 keys is split across threads."""
+    batch, heads, groups, keys, head_size = shape
+    g = torch.Generator().manual_seed(sum(shape))
+    cache = torch.randn(2, batch, groups, keys + 9, head_size, generator=g)
+    k, v = cache[0][:, :, :keys], cache[1][:, :, :keys]
+    q = torch.randn(batch, heads, 1, head_size, generator=g)
+    some = torch.rand(batch, 1, 1, keys, generator=g) > 0.3
+    some[..., -1] = True
+    none_visible = some.clone()
+    none_visible[0] = False
+    masks = [None, some, torch.randn(1, heads, 1, keys, generator=g) * 3, none_visible]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for mask in masks:
+            got = cpu_kernels.decode_attention(q, k, v, mask, head_size ** -0.5)
+            torch.testing.assert_close(got, _attention_reference(q, k, v, mask, head_size ** -0.5),
+                                       atol=2e-6, rtol=1e-5)
+            torch.testing.assert_close(got, F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, scale=head_size ** -0.5, enable_gqa=heads != groups), atol=2e-6, rtol=1e-5)
+        assert torch.equal(cpu_kernels.decode_attention(q, k, v, none_visible, 0.5)[0], torch.zeros(heads, 1, head_size))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_decode_attention_leaves_other_shapes_to_torch():
+    """Several queries (prefill), bf16, or a mask of another type get torch's own attention, bit for
+    bit; a mask that cannot broadcast is torch's clear error, not a wild read."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = torch.randn(1, 4, 3, 16, generator=g), torch.randn(1, 4, 9, 16, generator=g), torch.randn(1, 4, 9, 16, generator=g)
+    assert torch.equal(cpu_kernels.decode_attention(q, k, v, None, 0.25),
+                       F.scaled_dot_product_attention(q, k, v, scale=0.25))
+    half = [t[:, :, :1].bfloat16() for t in (q,)] + [k.bfloat16(), v.bfloat16()]
+    assert torch.equal(cpu_kernels.decode_attention(*half, None, 0.25), F.scaled_dot_product_attention(*half, scale=0.25))
+    as_half = torch.zeros(1, 1, 1, 9, dtype=torch.float16)
+    with pytest.raises(RuntimeError):
+        cpu_kernels.decode_attention(q[:, :, :1], k, v, as_half, 0.25)   # torch: mask dtype must match
+    with pytest.raises(RuntimeError):
+        cpu_kernels.decode_attention(q[:, :, :1], k, v, torch.ones(1, 1, 1, 5, dtype=torch.bool), 0.25)
+
+
+def test_prepared_model_attends_through_the_kernel_and_keeps_an_adapters_attention(neox_pair):
+    """prepare_for_decoding routes each layer's attention through decode_attention, leaves an attention
+    an adapter injected alone, and decoding with it gives the tokens and logits of torch's attention."""
+    from openseason.checkpoint import load_model
+    from openseason.generation import SamplingParams, generate_ids, prepare_for_decoding
+    from openseason.model import CausalSelfAttention
+
+    ours, plain = load_model(neox_pair[1]), load_model(neox_pair[1])
+    layers = [m for m in ours.modules() if isinstance(m, CausalSelfAttention)]
+    owned = layers[0]
+    owned.attend = lambda q, k, v, mask, extras=None: CausalSelfAttention.attend(owned, q, k, v, mask, extras)
+    prepare_for_decoding(ours)
+    assert vars(owned)["attend"].__name__ == "<lambda>"
+    assert all(vars(m)["attend"].__func__.__name__ == "_decode_kernel_attend" for m in layers[1:])
+    calls = []
+    real = torch.ops.openseason.decode_attention
+
+    def counting(*args):
+        calls.append(tuple(args[0].shape))
+        return real(*args)
+    prompts = torch.randint(0, ours.config.vocab_size, (3, 7), generator=torch.Generator().manual_seed(8)).tolist()
+    params = SamplingParams(max_new_tokens=6, ignore_eos=True, logprobs=0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.ops.openseason, "decode_attention", counting)
+        got = generate_ids(ours, prompts, params)
+    # one call per decode step of every layer but the adapter's (prefill stays with torch)
+    assert calls and all(shape[2] == 1 for shape in calls)
+    assert len(calls) % (len(layers) - 1) == 0
+    want = generate_ids(plain, prompts, params)
+    for a, b in zip(got, want):
+        assert a.token_ids == b.token_ids
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=1e-5)
+
+
 def _products_of_every_kernel() -> dict:
     """One call of each kernel path a decode step takes (fp32 sweep and col_tile, int8, int8-dynamic,
-    bf16 in the build's layout), on matrices big enough to be split across threads, and one product the
+    bf16 in the build's layout, attention over a long cache), on matrices big enough to be split across threads, and one product the
     kernels leave to torch (20 rows: oneDNN)."""
     from openseason.generation.quantize import Int8Linear
 
@@ -355,6 +450,8 @@ def _products_of_every_kernel() -> dict:
     bf16 = torch.randn(3000, 256, generator=g).to(torch.bfloat16)
     if cpu_kernels.bf16_weight_layout() == "column":
         bf16 = bf16.t().contiguous().t()
+    keys_and_values = (torch.randn(2, 4, 1, 64, generator=g), torch.randn(2, 4, 2000, 64, generator=g),
+                       torch.randn(2, 4, 2000, 64, generator=g))   # 8 MB: split across threads
     return {
         "sweep": lambda: cpu_kernels.decode_linear(one, weight, bias, avoid_blas=True),
         "col_tile": lambda: cpu_kernels.decode_linear(four, weight, bias, avoid_blas=True),
@@ -362,6 +459,7 @@ def _products_of_every_kernel() -> dict:
         "int8": lambda: cpu_kernels.decode_linear_int8(four, q, scale, bias),
         "int8-dynamic": lambda: cpu_kernels.decode_linear_int8_dynamic(four, q, scale, q.sum(1, dtype=torch.int32), bias),
         "bf16": lambda: cpu_kernels.decode_linear_bf16(one, bf16, bias),
+        "attention (long cache)": lambda: cpu_kernels.decode_attention(*keys_and_values, None, 0.125),
     }
 
 
