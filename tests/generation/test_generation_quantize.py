@@ -110,10 +110,11 @@ def test_int8_dynamic_layer_against_the_dequantized_reference():
     assert torch.allclose(layer(torch.zeros(2, 64)), linear.bias.expand(2, 48), atol=1e-6)
 
 
-@pytest.mark.parametrize("shape", [(48, 64), (100, 37), (130, 200)])
+@pytest.mark.parametrize("shape", [(48, 64), (100, 37), (130, 200), (16, 1), (1000, 96), (4099, 700), (3, 130)])
 def test_int8_dynamic_kernel_is_exact_integer_arithmetic(shape):
     """The VNNI kernel's result is sum(xq * wq) * x_scale * w_scale + b with exact integer sums: compared
-    with the same sums in float64, for widths with and without a tail past the 64-byte vectors."""
+    with the same sums in float64, for widths with and without a tail past the 64-byte vectors, one row
+    (16 weight rows at a time, and 4 for the rows after the last whole 16) and several, on 1 and 2 threads."""
     from openseason.generation import cpu_kernels
 
     if not cpu_kernels.available():
@@ -122,12 +123,17 @@ def test_int8_dynamic_kernel_is_exact_integer_arithmetic(shape):
     linear = nn.Linear(in_features, out_features)
     layer = Int8DynamicLinear(linear)
     assert layer.kernel == "openseason"
-    for rows in (1, 3, 4, 9, 33):
-        x = torch.randn(rows, in_features) * 3
-        xq, xscale = Int8DynamicLinear.quantize_rows(x)
-        exact = (xq.double() @ layer.qweight.double().t()) * xscale.double()[:, None] * layer.scale.double()
-        exact = exact + linear.bias.double()
-        torch.testing.assert_close(layer(x).double(), exact, atol=1e-5, rtol=1e-6)
+    before = torch.get_num_threads()
+    try:
+        for rows, threads in ((1, 1), (1, 2), (3, 2), (4, 1), (9, 2), (33, 2)):
+            torch.set_num_threads(threads)
+            x = torch.randn(rows, in_features) * 3
+            xq, xscale = Int8DynamicLinear.quantize_rows(x)
+            exact = (xq.double() @ layer.qweight.double().t()) * xscale.double()[:, None] * layer.scale.double()
+            exact = exact + linear.bias.double()
+            torch.testing.assert_close(layer(x).double(), exact, atol=1e-5, rtol=1e-6)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_int8_dynamic_refuses_a_model_off_the_cpu():
