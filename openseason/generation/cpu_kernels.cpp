@@ -827,6 +827,45 @@ static inline void dyn_row16(const uint8_t* xu, float xscale, const int8_t* w, c
   if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + o0));
   _mm512_storeu_ps(y + o0, v);
 }
+
+// NB (2..8) activation rows against 16 whole weight rows, in memory order like dyn_row16: each weight
+// vector is loaded once and multiplied with all NB rows; a weight row's NB sums are set aside (16 x NB
+// vectors, in L1) and reduced 16 rows at a time per activation row.
+template <int NB>
+static inline void dyn_rows16(const uint8_t* xu, const float* xscale, const int8_t* w, const float* wscale,
+                              const int32_t* wsum, const float* bias, float* y, int64_t b0, int64_t o0,
+                              int64_t in, int64_t in_pad, int64_t out) {
+  __m512i stash[NB][16];
+  const int8_t* block = w + o0 * in;
+  const uint8_t* xs = xu + b0 * in_pad;
+  const int64_t ahead = blocks_ahead(16 * in, 1);
+  const int64_t whole = in / 64 * 64;
+  const __mmask64 tail = _cvtu64_mask64(whole < in ? ~0ULL >> (64 - (in - whole)) : 0);
+  const int8_t* p = block;
+  for (int r = 0; r < 16; r++, p += in) {
+    __m512i acc[NB];
+    for (int b = 0; b < NB; b++) acc[b] = _mm512_setzero_si512();
+    for (int64_t i = 0; i < whole; i += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(p + i + ahead), _MM_HINT_T0);
+      const __m512i wv = _mm512_loadu_si512(p + i);
+      for (int b = 0; b < NB; b++) acc[b] = _mm512_dpbusd_epi32(acc[b], _mm512_loadu_si512(xs + b * in_pad + i), wv);
+    }
+    if (whole < in) {
+      const __m512i wv = _mm512_maskz_loadu_epi8(tail, p + whole);
+      for (int b = 0; b < NB; b++)
+        acc[b] = _mm512_dpbusd_epi32(acc[b], _mm512_maskz_loadu_epi8(tail, xs + b * in_pad + whole), wv);
+    }
+    for (int b = 0; b < NB; b++) stash[b][r] = acc[b];
+  }
+  const __m512i bias128 = _mm512_slli_epi32(_mm512_loadu_si512(wsum + o0), 7);   // 128 wsum
+  const __m512 ws = _mm512_loadu_ps(wscale + o0);
+  for (int b = 0; b < NB; b++) {
+    const __m512i total = _mm512_sub_epi32(sum_lanes16(stash[b]), bias128);
+    __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(total), _mm512_set1_ps(xscale[b0 + b])), ws);
+    if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + o0));
+    _mm512_storeu_ps(y + (b0 + b) * out + o0, v);
+  }
+}
 #define OS_DYN_ROW16 1
 #else
 #define OS_DYN_ROW16 0
@@ -857,16 +896,34 @@ at::Tensor decode_linear_int8_dynamic(const at::Tensor& x, const at::Tensor& qwe
   float* xsp = xscale.data_ptr<float>();
   for (int64_t b = 0; b < batch; b++) {
     const float* row = xp + b * in;
+    uint8_t* dst = xup + b * in_pad;
+    int64_t i = 0;
     float amax = 0.f;
-    for (int64_t i = 0; i < in; i++) amax = std::max(amax, std::abs(row[i]));
+#if defined(__AVX512F__)
+    // 16 lanes at a time, the same values as the scalar loop below: max is exact in any order, and
+    // cvtps_epi32 rounds to nearest even as nearbyint does (the default rounding mode)
+    __m512 top = _mm512_setzero_ps();
+    for (; i + 16 <= in; i += 16) top = _mm512_max_ps(top, _mm512_abs_ps(_mm512_loadu_ps(row + i)));
+    amax = _mm512_reduce_max_ps(top);
+#endif
+    for (; i < in; i++) amax = std::max(amax, std::abs(row[i]));
     const float scale = amax > 0.f ? amax / 127.f : 1.f;
     const float inv = 1.f / scale;
-    uint8_t* dst = xup + b * in_pad;
-    for (int64_t i = 0; i < in; i++) {
+    i = 0;
+#if defined(__AVX512F__)
+    const __m512 vinv = _mm512_set1_ps(inv);
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127), offset = _mm512_set1_epi32(128);
+    for (; i + 16 <= in; i += 16) {
+      __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(row + i), vinv));
+      q = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(q, lo), hi), offset);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm512_cvtepi32_epi8(q));
+    }
+#endif
+    for (; i < in; i++) {
       const float q = std::nearbyint(row[i] * inv);
       dst[i] = static_cast<uint8_t>(static_cast<int32_t>(std::min(127.f, std::max(-127.f, q))) + 128);
     }
-    for (int64_t i = in; i < in_pad; i++) dst[i] = 128;
+    for (int64_t j = in; j < in_pad; j++) dst[j] = 128;
     xsp[b] = scale;
   }
   const at::Tensor bias_f = bias.has_value() && bias->defined() ? bias->to(at::kFloat).contiguous() : at::Tensor();
@@ -886,6 +943,26 @@ at::Tensor decode_linear_int8_dynamic(const at::Tensor& x, const at::Tensor& qwe
         }
 #endif
         for (int64_t o = blk * 16; o < out; o += ROWS) dyn_tile<1>(xup, xsp, wp, wsp, wsump, bp, yp, 0, o, in, in_pad, out);
+      }
+    });
+  } else if (OS_DYN_ROW16) {   // whole 16-row blocks with up to 8 activation rows at a time
+    over_row_blocks<16>(out, in, [&](int64_t begin, int64_t end) {
+      for (int64_t blk = begin; blk < end; blk++) {
+#if OS_DYN_ROW16
+        if ((blk + 1) * 16 <= out) {
+          over_row_tiles<8>(batch, [&](auto nb, int64_t b0) {
+            if constexpr (decltype(nb)::value == 1)
+              dyn_row16(xup + b0 * in_pad, xsp[b0], wp, wsp, wsump, bp, yp + b0 * out, blk * 16, in);
+            else
+              dyn_rows16<decltype(nb)::value>(xup, xsp, wp, wsp, wsump, bp, yp, b0, blk * 16, in, in_pad, out);
+          });
+          continue;
+        }
+#endif
+        for (int64_t o = blk * 16; o < out; o += ROWS)
+          over_row_tiles<BT>(batch, [&](auto nb, int64_t b0) {
+            dyn_tile<decltype(nb)::value>(xup, xsp, wp, wsp, wsump, bp, yp, b0, o, in, in_pad, out);
+          });
       }
     });
   } else {
