@@ -382,6 +382,13 @@ def test_decode_attention_matches_float64_attention(threads, shape):
             torch.testing.assert_close(got, F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, scale=head_size ** -0.5, enable_gqa=heads != groups), atol=2e-6, rtol=1e-5)
         assert torch.equal(cpu_kernels.decode_attention(q, k, v, none_visible, 0.5)[0], torch.zeros(heads, 1, head_size))
+        # a NaN in a key (an overflowed activation) makes NaN of every head that reads it, and of no other
+        # (torch's flash kernel gives NaN too, except over a single key, where it gave zeros)
+        poisoned = k.clone()
+        poisoned[0, 0, keys // 2, 0] = float("nan")
+        got = cpu_kernels.decode_attention(q, poisoned, v, None, 0.5)
+        readers = heads // groups   # the heads of group 0
+        assert got[0, :readers].isnan().all() and not got[0, readers:].isnan().any() and not got[1:].isnan().any()
     finally:
         torch.set_num_threads(before)
 
