@@ -501,42 +501,34 @@ static inline __m512 sum_lanes16_ps(__m512* a) {
 // NB (1..8) bf16 activation rows against 16 whole weight rows [o0, o0 + 16), read in memory order (the
 // block is contiguous: each row whole before the next), as dyn_row16 and dyn_rows16 do for int8:
 // each weight vector is loaded once for all NB rows, a row's sums are set aside and reduced 16 rows at
-// a time (one row of activations: two accumulators a weight row). bf16_dot_tile walks 8 rows side by
+// a time. bf16_dot_tile walks 8 rows side by
 // side and reduces each alone; against it (llama-6x512's matrices from huge pages, AMD EPYC, two runs
 // each): one row 2.67-2.69 -> 2.11-2.16 ms a pass on two threads, 8 rows 2.65-2.78 -> 2.41-2.60 ms.
 template <int NB>
 static inline void bf16_rows16(const uint16_t* xb, const uint16_t* w, float* y, int64_t b0, int64_t o0,
                                int64_t in, int64_t out, int64_t ahead) {
-  constexpr int PARTS = NB == 1 ? 2 : 1;   // independent sums per activation row of a weight row
   __m512 stash[NB][16];
   const uint16_t* xr = xb + b0 * in;
   const int64_t whole = in / 32 * 32;
   const __mmask32 tail = whole < in ? static_cast<__mmask32>((1ULL << (in - whole)) - 1) : 0;
   const uint16_t* p = w + o0 * in;
   for (int r = 0; r < 16; r++, p += in) {
-    __m512 acc[NB][PARTS];
-    for (int b = 0; b < NB; b++)
-      for (int k = 0; k < PARTS; k++) acc[b][k] = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 * PARTS <= whole; i += 32 * PARTS)
-      for (int k = 0; k < PARTS; k++) {
-        prefetch(p + i + 32 * k + ahead);
-        const __m512bh wv = (__m512bh)_mm512_loadu_si512(p + i + 32 * k);
-        for (int b = 0; b < NB; b++)
-          acc[b][k] = _mm512_dpbf16_ps(acc[b][k], wv, (__m512bh)_mm512_loadu_si512(xr + b * in + i + 32 * k));
-      }
-    for (; i < whole; i += 32) {
+    // One chain of sums per (weight row, activation row) whatever NB is, so a sequence's bf16 results do
+    // not depend on how many others share its step (two chains at one row gave other roundings, and a
+    // request served alone and in a batch of four parted ways).
+    __m512 acc[NB];
+    for (int b = 0; b < NB; b++) acc[b] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < whole; i += 32) {
       prefetch(p + i + ahead);
       const __m512bh wv = (__m512bh)_mm512_loadu_si512(p + i);
-      for (int b = 0; b < NB; b++)
-        acc[b][0] = _mm512_dpbf16_ps(acc[b][0], wv, (__m512bh)_mm512_loadu_si512(xr + b * in + i));
+      for (int b = 0; b < NB; b++) acc[b] = _mm512_dpbf16_ps(acc[b], wv, (__m512bh)_mm512_loadu_si512(xr + b * in + i));
     }
     if (whole < in) {   // the last 1-31 elements; the rest of the vector reads as zero
       const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(tail, p + whole);
       for (int b = 0; b < NB; b++)
-        acc[b][0] = _mm512_dpbf16_ps(acc[b][0], wv, (__m512bh)_mm512_maskz_loadu_epi16(tail, xr + b * in + whole));
+        acc[b] = _mm512_dpbf16_ps(acc[b], wv, (__m512bh)_mm512_maskz_loadu_epi16(tail, xr + b * in + whole));
     }
-    for (int b = 0; b < NB; b++) stash[b][r] = PARTS == 2 ? _mm512_add_ps(acc[b][0], acc[b][PARTS - 1]) : acc[b][0];
+    for (int b = 0; b < NB; b++) stash[b][r] = acc[b];
   }
   for (int b = 0; b < NB; b++) _mm512_storeu_ps(y + (b0 + b) * out + o0, sum_lanes16_ps(stash[b]));
 }

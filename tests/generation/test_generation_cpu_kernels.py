@@ -279,6 +279,29 @@ def test_bf16_batch_kernel_is_the_modules_arithmetic(layout, rows, shape):
     _assert_bf16_linear_arithmetic(cpu_kernels.decode_linear_bf16(x, weight, bias), x, weight, bias)
 
 
+@pytest.mark.parametrize("shape", [(1037, 300), (48, 64), (40, 31), (3000, 512)])
+def test_a_row_gets_the_same_bits_alone_and_in_a_batch(shape):
+    """A sequence's products must not depend on how many others share its step: served alone or in a
+    batch, a request decodes the same text. The int8-dynamic kernel sums integers exactly; the bf16 dot
+    product (row-major, AVX-512 BF16) keeps one chain of sums per row pair for every batch size."""
+    from openseason.generation.quantize import Int8Linear
+
+    out_features, in_features = shape
+    g = torch.Generator().manual_seed(out_features)
+    x = torch.randn(13, in_features, generator=g)
+    q, scale = Int8Linear.quantize_weight(torch.randn(out_features, in_features, generator=g))
+    wsum = q.sum(1, dtype=torch.int32)
+    bf16 = torch.randn(out_features, in_features, generator=g).to(torch.bfloat16)
+    kernels = {"int8-dynamic": lambda rows: cpu_kernels.decode_linear_int8_dynamic(rows, q, scale, wsum)}
+    if cpu_kernels.bf16_weight_layout() == "row":
+        kernels["bf16"] = lambda rows: cpu_kernels.decode_linear_bf16(rows, bf16)
+    for name, product in kernels.items():
+        together = product(x)
+        for size in (1, 2, 4, 8, 9):
+            for start in range(0, 13 - size + 1, 4):
+                assert torch.equal(product(x[start:start + size]), together[start:start + size]), (name, size, start)
+
+
 def test_bf16_kernels_round_nan_and_infinity_as_torch_does():
     """A NaN whose payload sits only in the low half of its fp32 bits must stay a NaN in bf16 (cutting
     the bits would make it an infinity); infinities stay infinities; a row with a NaN is NaN and the
