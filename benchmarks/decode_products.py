@@ -1,9 +1,11 @@
 """The linear layers of a decode step alone: every weight matrix of a model once per pass, for a few
-activation rows, through our bf16 or fp32 decode op on each weight layout and through torch's product,
-alternated in one process (the machine's read bandwidth drifts; each repeat runs every contender).
+activation rows, through our bf16, fp32 or int8-dynamic decode op on each weight layout and through
+torch's product, alternated in one process (the machine's read bandwidth drifts; each repeat runs every
+contender, and the read bandwidth is probed before each pass).
 
     python benchmarks/decode_products.py --dtype bf16 --rows 1 8 16 32 64 --threads 1 2
     python benchmarks/decode_products.py --dtype fp32 --rows 1 2 4 8 --model pythia-70m
+    python benchmarks/decode_products.py --dtype int8-dynamic --rows 1 8 --threads 1 2
 
 Weights are random, shaped as the model's linear layers (embedding excepted), in one huge-page buffer
 as prepare_for_decoding stores them, so each pass reads them from memory. Contenders:
@@ -12,11 +14,18 @@ as prepare_for_decoding stores them, so each pass reads them from memory. Conten
 - `ours, column-major`: the op on [in, out] storage (bf16: the sweep and col_tile of CPUs without
   AVX-512 BF16; fp32: prepare_for_decoding's layout, sweep and col_tile);
 - `torch`: F.linear on the row-major weight (bf16: the activation cast to bf16, as BF16Linear's torch path).
-Prints ms per pass, the weights' GB/s, and each contender's time relative to the first.
+int8-dynamic (int8 weights with one scale per row, quantize.Int8DynamicLinear) has one layout: `ours,
+row-major` is decode_linear_int8_dynamic (activations rounded to int8, VNNI's integer products) and
+`torch` its int8 weight-only product (_weight_int8pack_mm on a bf16 activation, Int8Linear's torch path).
+Each timed sample is --passes passes back to back (a decode step follows the last one), right after a
+probe of the read bandwidth (a sum over 512 MB). Prints ms per pass, the weights' GB/s, each
+contender's time relative to the first, and its GB/s as a fraction of the bandwidth probed before it
+(the median).
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,7 +35,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from decode import bench_config  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from decode import ReadBandwidth, bench_config  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from timing import machine  # noqa: E402
 
 from openseason.device import huge_page_buffer  # noqa: E402
@@ -57,50 +66,76 @@ def in_huge_pages(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="llama-6x512")
-    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--dtype", choices=["bf16", "fp32", "int8-dynamic"], default="bf16")
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 16, 32])
     parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
     parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--passes", type=int, default=10,
+                        help="back-to-back passes per timed sample, as a decode step follows the last one")
     args = parser.parse_args()
     if not cpu_kernels.available():
         sys.exit(f"our CPU kernels are not available here: {cpu_kernels.status()}")
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "int8-dynamic": torch.int8}[args.dtype]
     torch.manual_seed(0)
     shapes = linear_shapes(args.model)
-    rows_major = in_huge_pages([(torch.randn(o, i) / i ** 0.5).to(dtype) for o, i in shapes])
-    columns_major = [w.t() for w in in_huge_pages([w.t().contiguous() for w in rows_major])]
+    weights = [torch.randn(o, i) / i ** 0.5 for o, i in shapes]
+    scales, sums = {}, {}
+    if dtype == torch.int8:
+        from openseason.generation.quantize import Int8Linear
+
+        quantized = [Int8Linear.quantize_weight(w) for w in weights]
+        weights = [q for q, _ in quantized]
+    rows_major = in_huge_pages([w.to(dtype) for w in weights])
+    if dtype == torch.int8:
+        for w, (_, scale) in zip(rows_major, quantized):
+            scales[id(w)], sums[id(w)] = scale.float().contiguous(), w.sum(1, dtype=torch.int32)
+    columns_major = [] if dtype == torch.int8 else [w.t() for w in in_huge_pages([w.t().contiguous() for w in rows_major])]
     nbytes = sum(w.numel() * w.element_size() for w in rows_major)
     avoid_blas = fp32_gemm() == "onednn"
 
     def ours(x, w):
+        if dtype == torch.int8:
+            return torch.ops.openseason.decode_linear_int8_dynamic(x, w, scales[id(w)], sums[id(w)], None)
         if dtype == torch.bfloat16:
             return torch.ops.openseason.decode_linear_bf16(x, w, None)
         return torch.ops.openseason.decode_linear(x, w, None, avoid_blas)
 
     def torch_product(x, w):
+        if dtype == torch.int8:
+            return torch._weight_int8pack_mm(x.to(torch.bfloat16), w, scales[id(w)].to(torch.bfloat16)).float()
         return F.linear(x.to(dtype), w).float()
 
     print(f"# {machine()}; {args.model}, {len(shapes)} matrices, {nbytes / 1e6:.1f} MB of {args.dtype} weights; "
           f"bf16 weight layout of our kernels here: {cpu_kernels.bf16_weight_layout()}; median of {args.repeats}")
     for threads in args.threads:
         torch.set_num_threads(threads)
+        read = ReadBandwidth()   # probes with torch's threads of the moment
         for rows in args.rows:
             xs = [torch.randn(rows, i) for _, i in shapes]
             contenders = {"ours, row-major": lambda: [ours(x, w) for x, w in zip(xs, rows_major)],
                           "ours, column-major": lambda: [ours(x, w) for x, w in zip(xs, columns_major)],
                           "torch": lambda: [torch_product(x, w) for x, w in zip(xs, rows_major)]}
+            if not columns_major:
+                del contenders["ours, column-major"]
             times: dict[str, list[float]] = {name: [] for name in contenders}
+            fractions: dict[str, list[float]] = {name: [] for name in contenders}
             with torch.inference_mode():
-                for _ in range(args.repeats + 1):          # the first round warms up, untimed
+                for repeat in range(args.repeats + 1):          # the first round warms up, untimed
                     for name, run in contenders.items():
+                        probed = read.probe()
                         start = time.perf_counter()
-                        run()
-                        times[name].append(time.perf_counter() - start)
-            medians = {name: sorted(t[1:])[len(t[1:]) // 2] for name, t in times.items()}
+                        for _ in range(args.passes):
+                            run()
+                        seconds = (time.perf_counter() - start) / args.passes
+                        if repeat:
+                            times[name].append(seconds)
+                            fractions[name].append(nbytes / seconds / 1e9 / probed)
+            medians = {name: statistics.median(t) for name, t in times.items()}
             first = medians["ours, row-major"]
             for name, seconds in medians.items():
                 print(f"threads {threads}  rows {rows:3d}  {name:20s} {seconds * 1e3:7.2f} ms  "
-                      f"{nbytes / seconds / 1e9:5.1f} GB/s  {seconds / first:5.2f}x the first")
+                      f"{nbytes / seconds / 1e9:5.1f} GB/s  {seconds / first:5.2f}x the first  "
+                      f"{statistics.median(fractions[name]):4.2f} of the probed read bandwidth")
 
 
 if __name__ == "__main__":
