@@ -5,7 +5,7 @@ contender, and the read bandwidth is probed before each pass).
 
     python benchmarks/decode_products.py --dtype bf16 --rows 1 8 16 32 64 --threads 1 2
     python benchmarks/decode_products.py --dtype fp32 --rows 1 2 4 8 --model pythia-70m
-    python benchmarks/decode_products.py --dtype int8-dynamic --rows 1 8 --threads 1 2
+    python benchmarks/decode_products.py --dtype int8-dynamic --rows 1 8 --threads 1 2   # or --dtype int8
 
 Weights are random, shaped as the model's linear layers (embedding excepted), in one huge-page buffer
 as prepare_for_decoding stores them, so each pass reads them from memory. Contenders:
@@ -14,9 +14,10 @@ as prepare_for_decoding stores them, so each pass reads them from memory. Conten
 - `ours, column-major`: the op on [in, out] storage (bf16: the sweep and col_tile of CPUs without
   AVX-512 BF16; fp32: prepare_for_decoding's layout, sweep and col_tile);
 - `torch`: F.linear on the row-major weight (bf16: the activation cast to bf16, as BF16Linear's torch path).
-int8-dynamic (int8 weights with one scale per row, quantize.Int8DynamicLinear) has one layout: `ours,
-row-major` is decode_linear_int8_dynamic (activations rounded to int8, VNNI's integer products) and
-`torch` its int8 weight-only product (_weight_int8pack_mm on a bf16 activation, Int8Linear's torch path).
+int8 and int8-dynamic (int8 weights with one scale per row, quantize.Int8Linear and Int8DynamicLinear)
+have one layout: `ours, row-major` is decode_linear_int8 (fp32 activations) or decode_linear_int8_dynamic
+(activations rounded to int8, VNNI's integer products), and `torch` torch's int8 weight-only product
+(_weight_int8pack_mm on a bf16 activation, Int8Linear's torch path).
 Each timed sample is --passes passes back to back (a decode step follows the last one), right after a
 probe of the read bandwidth (a sum over 512 MB). Prints ms per pass, the weights' GB/s, each
 contender's time relative to the first, and its GB/s as a fraction of the bandwidth probed before it
@@ -66,7 +67,7 @@ def in_huge_pages(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="llama-6x512")
-    parser.add_argument("--dtype", choices=["bf16", "fp32", "int8-dynamic"], default="bf16")
+    parser.add_argument("--dtype", choices=["bf16", "fp32", "int8", "int8-dynamic"], default="bf16")
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 16, 32])
     parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
     parser.add_argument("--repeats", type=int, default=11)
@@ -75,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     if not cpu_kernels.available():
         sys.exit(f"our CPU kernels are not available here: {cpu_kernels.status()}")
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "int8-dynamic": torch.int8}[args.dtype]
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "int8": torch.int8, "int8-dynamic": torch.int8}[args.dtype]
     torch.manual_seed(0)
     shapes = linear_shapes(args.model)
     weights = [torch.randn(o, i) / i ** 0.5 for o, i in shapes]
@@ -94,6 +95,8 @@ def main() -> None:
     avoid_blas = fp32_gemm() == "onednn"
 
     def ours(x, w):
+        if args.dtype == "int8":
+            return torch.ops.openseason.decode_linear_int8(x, w, scales[id(w)], None)
         if dtype == torch.int8:
             return torch.ops.openseason.decode_linear_int8_dynamic(x, w, scales[id(w)], sums[id(w)], None)
         if dtype == torch.bfloat16:

@@ -349,6 +349,81 @@ static inline void int8_tile(const float* x, const int8_t* w, const float* scale
   }
 }
 
+#if defined(__AVX512F__)
+// Sixteen fp32 vectors to one: lane r is the sum of a[r]'s lanes (unpack and add within 128-bit lanes,
+// then across them: 45 instructions for 16 rows, where a reduction per row took about 10 each).
+static inline __m512 sum_lanes16_ps(__m512* a) {
+  __m512 b[8], c[4];
+  for (int k = 0; k < 8; k++)
+    b[k] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * k], a[2 * k + 1]), _mm512_unpackhi_ps(a[2 * k], a[2 * k + 1]));
+  for (int k = 0; k < 4; k++) {
+    const __m512d lo = _mm512_unpacklo_pd(_mm512_castps_pd(b[2 * k]), _mm512_castps_pd(b[2 * k + 1]));
+    const __m512d hi = _mm512_unpackhi_pd(_mm512_castps_pd(b[2 * k]), _mm512_castps_pd(b[2 * k + 1]));
+    c[k] = _mm512_add_ps(_mm512_castpd_ps(lo), _mm512_castpd_ps(hi));
+  }
+  const __m512 e0 = _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                  _mm512_shuffle_f32x4(c[0], c[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512 e1 = _mm512_add_ps(_mm512_shuffle_f32x4(c[2], c[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                                  _mm512_shuffle_f32x4(c[2], c[3], _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(e0, e1, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(e0, e1, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+#endif
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+// NB (1..4) fp32 activation rows against 16 whole int8 weight rows [o0, o0 + 16) (int8 weight-only),
+// read in memory order like dyn_row16: each weight row whole before the next, widened 16 at a time and
+// multiplied with every activation row; four chains of sums per row pair (one FMA's latency would
+// otherwise set the pace at one row), the same four whatever NB is, so a row's result does not depend on
+// the batch; the sums set aside and reduced 16 rows at a time. int8_tile walks 4 rows side by side:
+// against it (llama-6x512's matrices from huge pages, AMD EPYC, decode_products.py --dtype int8) one
+// row read 0.25 -> 0.91 of the probed bandwidth on one thread (4.24 -> 1.10 ms a pass), 0.40 -> 0.98
+// on two; four rows 5.71 -> 2.46 ms and 2.85 -> 1.53 ms.
+template <int NB>
+static inline void int8_rows16(const float* x, const int8_t* w, const float* scale, const float* bias, float* y,
+                               int64_t b0, int64_t o0, int64_t in, int64_t out, int64_t ahead) {
+  __m512 stash[NB][16];
+  const float* xr = x + b0 * in;
+  const int64_t whole = in / 16 * 16;
+  const __mmask16 tail = static_cast<__mmask16>(whole < in ? (1u << (in - whole)) - 1 : 0);
+  const int8_t* p = w + o0 * in;
+  auto widen = [](__m128i bytes) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes)); };
+  for (int r = 0; r < 16; r++, p += in) {
+    __m512 acc[NB][4];
+    for (int b = 0; b < NB; b++)
+      for (int k = 0; k < 4; k++) acc[b][k] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= whole; i += 64) {
+      prefetch(p + i + ahead);
+      for (int k = 0; k < 4; k++) {
+        const __m512 wv = widen(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i + 16 * k)));
+        for (int b = 0; b < NB; b++) acc[b][k] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xr + b * in + i + 16 * k), acc[b][k]);
+      }
+    }
+    for (int k = 0; i < whole; i += 16, k++) {
+      const __m512 wv = widen(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i)));
+      for (int b = 0; b < NB; b++) acc[b][k] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xr + b * in + i), acc[b][k]);
+    }
+    if (whole < in) {   // the last 1-15 weights; the rest of the vector reads as zero
+      const __m512 wv = widen(_mm_maskz_loadu_epi8(tail, p + whole));
+      for (int b = 0; b < NB; b++) acc[b][3] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(tail, xr + b * in + whole), acc[b][3]);
+    }
+    for (int b = 0; b < NB; b++)
+      stash[b][r] = _mm512_add_ps(_mm512_add_ps(acc[b][0], acc[b][1]), _mm512_add_ps(acc[b][2], acc[b][3]));
+  }
+  const __m512 sc = _mm512_loadu_ps(scale + o0);
+  for (int b = 0; b < NB; b++) {
+    __m512 v = _mm512_mul_ps(sum_lanes16_ps(stash[b]), sc);
+    if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + o0));
+    _mm512_storeu_ps(y + (b0 + b) * out + o0, v);
+  }
+}
+#define OS_INT8_ROWS16 1
+#else
+#define OS_INT8_ROWS16 0
+#endif
+
 // Tasks of whole BLOCK-row weight blocks, at least ~64 KB of weight each, so small matrices stay on
 // one thread; f(first block, end block).
 template <int BLOCK = ROWS, typename F>
@@ -366,12 +441,25 @@ static at::Tensor run_int8(const at::Tensor& x2, const at::Tensor& qweight, cons
   const int8_t* wp = qweight.data_ptr<int8_t>();
   const float* bp = bias.has_value() && bias->defined() ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  over_row_blocks(out, in, [&](int64_t begin, int64_t end) {
-    for (int64_t blk = begin; blk < end; blk++)
-      over_row_tiles<BT>(batch, [&](auto nb, int64_t b0) {
-        int8_tile<decltype(nb)::value>(xp, wp, scale, bp, yp, b0, blk * ROWS, in, out);
-      });
+  // whole 16-row blocks in memory order (int8_rows16), the rows after the last one in int8_tile's tiles
+  const int64_t ahead = blocks_ahead(16 * in, 1);
+  over_row_blocks<16>(out, in, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; blk++) {
+#if OS_INT8_ROWS16
+      if ((blk + 1) * 16 <= out) {
+        over_row_tiles<BT>(batch, [&](auto nb, int64_t b0) {
+          int8_rows16<decltype(nb)::value>(xp, wp, scale, bp, yp, b0, blk * 16, in, out, ahead);
+        });
+        continue;
+      }
+#endif
+      for (int64_t o0 = blk * 16; o0 < std::min(out, blk * 16 + 16); o0 += ROWS)
+        over_row_tiles<BT>(batch, [&](auto nb, int64_t b0) {
+          int8_tile<decltype(nb)::value>(xp, wp, scale, bp, yp, b0, o0, in, out);
+        });
+    }
   });
+  (void)ahead;
   return y.view(out_shape);
 }
 
@@ -478,24 +566,6 @@ static inline void bf16_dot_tile(const uint16_t* xb, const uint16_t* w, float* y
   }
   for (int r = 0; r < R && o0 + r < out; r++)
     for (int b = 0; b < NB; b++) y[(b0 + b) * out + o0 + r] = _mm512_reduce_add_ps(acc[r][b]);
-}
-
-// Sixteen fp32 vectors to one: lane r is the sum of a[r]'s lanes (as sum_lanes16 for int32).
-static inline __m512 sum_lanes16_ps(__m512* a) {
-  __m512 b[8], c[4];
-  for (int k = 0; k < 8; k++)
-    b[k] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * k], a[2 * k + 1]), _mm512_unpackhi_ps(a[2 * k], a[2 * k + 1]));
-  for (int k = 0; k < 4; k++) {
-    const __m512d lo = _mm512_unpacklo_pd(_mm512_castps_pd(b[2 * k]), _mm512_castps_pd(b[2 * k + 1]));
-    const __m512d hi = _mm512_unpackhi_pd(_mm512_castps_pd(b[2 * k]), _mm512_castps_pd(b[2 * k + 1]));
-    c[k] = _mm512_add_ps(_mm512_castpd_ps(lo), _mm512_castpd_ps(hi));
-  }
-  const __m512 e0 = _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                                  _mm512_shuffle_f32x4(c[0], c[1], _MM_SHUFFLE(3, 1, 3, 1)));
-  const __m512 e1 = _mm512_add_ps(_mm512_shuffle_f32x4(c[2], c[3], _MM_SHUFFLE(2, 0, 2, 0)),
-                                  _mm512_shuffle_f32x4(c[2], c[3], _MM_SHUFFLE(3, 1, 3, 1)));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(e0, e1, _MM_SHUFFLE(2, 0, 2, 0)),
-                       _mm512_shuffle_f32x4(e0, e1, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
 // NB (1..8) bf16 activation rows against 16 whole weight rows [o0, o0 + 16), read in memory order (the
