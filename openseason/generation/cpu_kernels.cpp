@@ -920,6 +920,16 @@ static inline __m512i sum_lanes16(__m512i* a) {
                           _mm512_shuffle_i32x4(e0, e1, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
+// y[0, 16) = x_scale * w_scale * (sums - 128 wsum) + bias, the +128 bias of the activations taken out
+// (see dyn_tile), in dyn_tile's order of operations.
+static inline void store_dyn16(float* y, __m512i sums, float xscale, const float* wscale, const int32_t* wsum,
+                               const float* bias) {
+  const __m512i total = _mm512_sub_epi32(sums, _mm512_slli_epi32(_mm512_loadu_si512(wsum), 7));
+  __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(total), _mm512_set1_ps(xscale)), _mm512_loadu_ps(wscale));
+  if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias));
+  _mm512_storeu_ps(y, v);
+}
+
 // One activation row against 16 whole weight rows [o0, o0 + 16), read in memory order: the block is
 // contiguous, so each row is read whole before the next (two accumulators a row, the last partial 64
 // bytes read with a byte mask: zeros past the row, so the next row's bytes never enter a sum), and the
@@ -953,11 +963,7 @@ static inline void dyn_row16(const uint8_t* xu, float xscale, const int8_t* w, c
       b = _mm512_dpbusd_epi32(b, _mm512_maskz_loadu_epi8(tail, xu + whole), _mm512_maskz_loadu_epi8(tail, p + whole));
     acc[r] = _mm512_add_epi32(a, b);
   }
-  const __m512i total = _mm512_sub_epi32(sum_lanes16(acc),
-                                         _mm512_slli_epi32(_mm512_loadu_si512(wsum + o0), 7));   // - 128 wsum
-  __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(total), _mm512_set1_ps(xscale)), _mm512_loadu_ps(wscale + o0));
-  if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + o0));
-  _mm512_storeu_ps(y + o0, v);
+  store_dyn16(y + o0, sum_lanes16(acc), xscale, wscale + o0, wsum + o0, bias ? bias + o0 : nullptr);
 }
 
 // NB (2..8) activation rows against 16 whole weight rows, in memory order like dyn_row16: each weight
@@ -989,14 +995,9 @@ static inline void dyn_rows16(const uint8_t* xu, const float* xscale, const int8
     }
     for (int b = 0; b < NB; b++) stash[b][r] = acc[b];
   }
-  const __m512i bias128 = _mm512_slli_epi32(_mm512_loadu_si512(wsum + o0), 7);   // 128 wsum
-  const __m512 ws = _mm512_loadu_ps(wscale + o0);
-  for (int b = 0; b < NB; b++) {
-    const __m512i total = _mm512_sub_epi32(sum_lanes16(stash[b]), bias128);
-    __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(total), _mm512_set1_ps(xscale[b0 + b])), ws);
-    if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + o0));
-    _mm512_storeu_ps(y + (b0 + b) * out + o0, v);
-  }
+  for (int b = 0; b < NB; b++)
+    store_dyn16(y + (b0 + b) * out + o0, sum_lanes16(stash[b]), xscale[b0 + b], wscale + o0, wsum + o0,
+                bias ? bias + o0 : nullptr);
 }
 #define OS_DYN_ROW16 1
 #else
