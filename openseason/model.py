@@ -259,6 +259,11 @@ class CausalSelfAttention(nn.Module):
         self.qkv = Linear(config.n_embd, self.q_size + 2 * self.kv_size, bias=config.bias)
         self.proj = Linear(nh * hs, config.n_embd, bias=config.bias)
 
+    @property
+    def softmax_scale(self) -> float:
+        """What query-key products are multiplied by before the softmax (1 / sqrt(head size))."""
+        return 1.0 / math.sqrt(self.config.head_size)
+
     def split_qkv(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """[B, T, q+2kv] -> q [B, nh, T, hs], k and v [B, ng, T, hs] (clamped first when clip_qkv is set)."""
         B, T, _ = qkv.shape
@@ -296,7 +301,7 @@ class CausalSelfAttention(nn.Module):
         additive float bias (ALiBi, with the masked keys at the dtype's minimum). `extras` (per-row
         tensors) are for injected modules that replace this method; the plain attention has no use for them."""
         gqa = self.config.n_query_groups != self.config.n_head
-        scale = 1.0 / math.sqrt(self.config.head_size)
+        scale = self.softmax_scale
         if mask is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
         if isinstance(mask, str):

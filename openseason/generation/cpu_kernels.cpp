@@ -373,7 +373,7 @@ static inline __m512 sum_lanes16_ps(__m512* a) {
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 // NB (1..4) fp32 activation rows against 16 whole int8 weight rows [o0, o0 + 16) (int8 weight-only),
-// read in memory order like dyn_row16: each weight row whole before the next, widened 16 at a time and
+// read in memory order like dyn_rows16: each weight row whole before the next, widened 16 at a time and
 // multiplied with every activation row; four chains of sums per row pair (one FMA's latency would
 // otherwise set the pace at one row), the same four whatever NB is, so a row's result does not depend on
 // the batch; the sums set aside and reduced 16 rows at a time. int8_tile walks 4 rows side by side:
@@ -442,13 +442,12 @@ static at::Tensor run_int8(const at::Tensor& x2, const at::Tensor& qweight, cons
   const float* bp = bias.has_value() && bias->defined() ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   // whole 16-row blocks in memory order (int8_rows16), the rows after the last one in int8_tile's tiles
-  const int64_t ahead = blocks_ahead(16 * in, 1);
   over_row_blocks<16>(out, in, [&](int64_t begin, int64_t end) {
     for (int64_t blk = begin; blk < end; blk++) {
 #if OS_INT8_ROWS16
       if ((blk + 1) * 16 <= out) {
         over_row_tiles<BT>(batch, [&](auto nb, int64_t b0) {
-          int8_rows16<decltype(nb)::value>(xp, wp, scale, bp, yp, b0, blk * 16, in, out, ahead);
+          int8_rows16<decltype(nb)::value>(xp, wp, scale, bp, yp, b0, blk * 16, in, out, blocks_ahead(16 * in, 1));
         });
         continue;
       }
@@ -459,7 +458,6 @@ static at::Tensor run_int8(const at::Tensor& x2, const at::Tensor& qweight, cons
         });
     }
   });
-  (void)ahead;
   return y.view(out_shape);
 }
 
@@ -569,11 +567,11 @@ static inline void bf16_dot_tile(const uint16_t* xb, const uint16_t* w, float* y
 }
 
 // NB (1..8) bf16 activation rows against 16 whole weight rows [o0, o0 + 16), read in memory order (the
-// block is contiguous: each row whole before the next), as dyn_row16 and dyn_rows16 do for int8:
+// block is contiguous: each row whole before the next), as dyn_rows16 does for int8-dynamic:
 // each weight vector is loaded once for all NB rows, a row's sums are set aside and reduced 16 rows at
-// a time. bf16_dot_tile walks 8 rows side by
-// side and reduces each alone; against it (llama-6x512's matrices from huge pages, AMD EPYC, two runs
-// each): one row 2.67-2.69 -> 2.11-2.16 ms a pass on two threads, 8 rows 2.65-2.78 -> 2.41-2.60 ms.
+// a time. bf16_dot_tile walks 8 rows side by side and reduces each alone; against it (llama-6x512's
+// matrices from huge pages, AMD EPYC, two runs each): one row 2.67-2.69 -> 2.11-2.16 ms a pass on two
+// threads, 8 rows 2.65-2.78 -> 2.41-2.60 ms.
 template <int NB>
 static inline void bf16_rows16(const uint16_t* xb, const uint16_t* w, float* y, int64_t b0, int64_t o0,
                                int64_t in, int64_t out, int64_t ahead) {
@@ -920,55 +918,15 @@ static inline __m512i sum_lanes16(__m512i* a) {
                           _mm512_shuffle_i32x4(e0, e1, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-// y[0, 16) = x_scale * w_scale * (sums - 128 wsum) + bias, the +128 bias of the activations taken out
-// (see dyn_tile), in dyn_tile's order of operations.
-static inline void store_dyn16(float* y, __m512i sums, float xscale, const float* wscale, const int32_t* wsum,
-                               const float* bias) {
-  const __m512i total = _mm512_sub_epi32(sums, _mm512_slli_epi32(_mm512_loadu_si512(wsum), 7));
-  __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(total), _mm512_set1_ps(xscale)), _mm512_loadu_ps(wscale));
-  if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias));
-  _mm512_storeu_ps(y, v);
-}
-
-// One activation row against 16 whole weight rows [o0, o0 + 16), read in memory order: the block is
-// contiguous, so each row is read whole before the next (two accumulators a row, the last partial 64
-// bytes read with a byte mask: zeros past the row, so the next row's bytes never enter a sum), and the
-// sums of all 16 rows are reduced together and scaled as one vector. dyn_tile walks 4 rows side by side
-// and reduces each row alone; llama-6x512's matrices (from huge pages, AMD EPYC, one thread) read at
-// 17.6-19.0 GB/s that way (0.62-0.68 of the read bandwidth probed beside them), 28.3-28.6 GB/s (0.97)
-// this way. Walking these 16 rows side by side, like dyn_tile, was no faster than dyn_tile.
-static inline void dyn_row16(const uint8_t* xu, float xscale, const int8_t* w, const float* wscale,
-                             const int32_t* wsum, const float* bias, float* y, int64_t o0, int64_t in) {
-  __m512i acc[16];
-  for (int r = 0; r < 16; r++) acc[r] = _mm512_setzero_si512();
-  const int8_t* block = w + o0 * in;
-  const int64_t ahead = blocks_ahead(16 * in, 1);
-  const int64_t whole = in / 64 * 64;
-  const __mmask64 tail = _cvtu64_mask64(whole < in ? ~0ULL >> (64 - (in - whole)) : 0);
-  const int8_t* p = block;
-  for (int r = 0; r < 16; r++, p += in) {   // in memory order: the block is one stream
-    __m512i a = _mm512_setzero_si512(), b = _mm512_setzero_si512();
-    int64_t i = 0;
-    for (; i + 128 <= whole; i += 128) {
-      _mm_prefetch(reinterpret_cast<const char*>(p + i + ahead), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(p + i + 64 + ahead), _MM_HINT_T0);
-      a = _mm512_dpbusd_epi32(a, _mm512_loadu_si512(xu + i), _mm512_loadu_si512(p + i));
-      b = _mm512_dpbusd_epi32(b, _mm512_loadu_si512(xu + i + 64), _mm512_loadu_si512(p + i + 64));
-    }
-    if (i < whole) {
-      _mm_prefetch(reinterpret_cast<const char*>(p + i + ahead), _MM_HINT_T0);
-      a = _mm512_dpbusd_epi32(a, _mm512_loadu_si512(xu + i), _mm512_loadu_si512(p + i));
-    }
-    if (whole < in)
-      b = _mm512_dpbusd_epi32(b, _mm512_maskz_loadu_epi8(tail, xu + whole), _mm512_maskz_loadu_epi8(tail, p + whole));
-    acc[r] = _mm512_add_epi32(a, b);
-  }
-  store_dyn16(y + o0, sum_lanes16(acc), xscale, wscale + o0, wsum + o0, bias ? bias + o0 : nullptr);
-}
-
-// NB (2..8) activation rows against 16 whole weight rows, in memory order like dyn_row16: each weight
-// vector is loaded once and multiplied with all NB rows; a weight row's NB sums are set aside (16 x NB
-// vectors, in L1) and reduced 16 rows at a time per activation row.
+// NB (1..8) activation rows against 16 whole weight rows [o0, o0 + 16), read in memory order: the block
+// is contiguous, so each row is read whole before the next; each weight vector is loaded once and
+// multiplied with all NB rows (the last partial 64 bytes with a byte mask: zeros past the row, so the
+// next row's bytes never enter a sum); a weight row's NB sums are set aside (in L1) and reduced 16 rows
+// at a time, then scaled as one vector. dyn_tile walks 4 rows side by side and reduces each row alone:
+// llama-6x512's matrices (from huge pages, AMD EPYC, one thread, one row) read at 17.6-19.0 GB/s that
+// way (0.62-0.68 of the read bandwidth probed beside them), 28.3-29.9 GB/s (0.95-1.06) this way.
+// Walking these 16 rows side by side, like dyn_tile, was no faster than dyn_tile; two chains of sums a
+// row at one row no faster than one.
 template <int NB>
 static inline void dyn_rows16(const uint8_t* xu, const float* xscale, const int8_t* w, const float* wscale,
                               const int32_t* wsum, const float* bias, float* y, int64_t b0, int64_t o0,
@@ -995,13 +953,18 @@ static inline void dyn_rows16(const uint8_t* xu, const float* xscale, const int8
     }
     for (int b = 0; b < NB; b++) stash[b][r] = acc[b];
   }
-  for (int b = 0; b < NB; b++)
-    store_dyn16(y + (b0 + b) * out + o0, sum_lanes16(stash[b]), xscale[b0 + b], wscale + o0, wsum + o0,
-                bias ? bias + o0 : nullptr);
+  const __m512i bias128 = _mm512_slli_epi32(_mm512_loadu_si512(wsum + o0), 7);   // the +128 of xu (dyn_tile)
+  const __m512 ws = _mm512_loadu_ps(wscale + o0);
+  for (int b = 0; b < NB; b++) {   // dyn_tile's order of operations
+    const __m512i total = _mm512_sub_epi32(sum_lanes16(stash[b]), bias128);
+    __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(total), _mm512_set1_ps(xscale[b0 + b])), ws);
+    if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + o0));
+    _mm512_storeu_ps(y + (b0 + b) * out + o0, v);
+  }
 }
-#define OS_DYN_ROW16 1
+#define OS_DYN_ROWS16 1
 #else
-#define OS_DYN_ROW16 0
+#define OS_DYN_ROWS16 0
 #endif
 
 at::Tensor decode_linear_int8_dynamic(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& wscale,
@@ -1066,46 +1029,24 @@ at::Tensor decode_linear_int8_dynamic(const at::Tensor& x, const at::Tensor& qwe
   const int32_t* wsump = wsum.data_ptr<int32_t>();
   const float* bp = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  if (OS_DYN_ROW16 && batch == 1) {   // blocks of 16 rows; the last rows of a partial block in 4-row tiles
-    over_row_blocks<16>(out, in, [&](int64_t begin, int64_t end) {
-      for (int64_t blk = begin; blk < end; blk++) {
-#if OS_DYN_ROW16
-        if ((blk + 1) * 16 <= out) {
-          dyn_row16(xup, xsp[0], wp, wsp, wsump, bp, yp, blk * 16, in);
-          continue;
-        }
-#endif
-        for (int64_t o = blk * 16; o < out; o += ROWS) dyn_tile<1>(xup, xsp, wp, wsp, wsump, bp, yp, 0, o, in, in_pad, out);
-      }
-    });
-  } else if (OS_DYN_ROW16) {   // whole 16-row blocks with up to 8 activation rows at a time
-    over_row_blocks<16>(out, in, [&](int64_t begin, int64_t end) {
-      for (int64_t blk = begin; blk < end; blk++) {
-#if OS_DYN_ROW16
-        if ((blk + 1) * 16 <= out) {
-          over_row_tiles<8>(batch, [&](auto nb, int64_t b0) {
-            if constexpr (decltype(nb)::value == 1)
-              dyn_row16(xup + b0 * in_pad, xsp[b0], wp, wsp, wsump, bp, yp + b0 * out, blk * 16, in);
-            else
-              dyn_rows16<decltype(nb)::value>(xup, xsp, wp, wsp, wsump, bp, yp, b0, blk * 16, in, in_pad, out);
-          });
-          continue;
-        }
-#endif
-        for (int64_t o = blk * 16; o < out; o += ROWS)
-          over_row_tiles<BT>(batch, [&](auto nb, int64_t b0) {
-            dyn_tile<decltype(nb)::value>(xup, xsp, wp, wsp, wsump, bp, yp, b0, o, in, in_pad, out);
-          });
-      }
-    });
-  } else {
-    over_row_blocks(out, in, [&](int64_t begin, int64_t end) {
-      for (int64_t blk = begin; blk < end; blk++)
-        over_row_tiles<BT>(batch, [&](auto nb, int64_t b0) {
-          dyn_tile<decltype(nb)::value>(xup, xsp, wp, wsp, wsump, bp, yp, b0, blk * ROWS, in, in_pad, out);
+  // whole 16-row blocks in memory order (dyn_rows16), up to 8 activation rows at a time; the rows after
+  // the last whole block in dyn_tile's tiles
+  over_row_blocks<16>(out, in, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; blk++) {
+#if OS_DYN_ROWS16
+      if ((blk + 1) * 16 <= out) {
+        over_row_tiles<8>(batch, [&](auto nb, int64_t b0) {
+          dyn_rows16<decltype(nb)::value>(xup, xsp, wp, wsp, wsump, bp, yp, b0, blk * 16, in, in_pad, out);
         });
-    });
-  }
+        continue;
+      }
+#endif
+      for (int64_t o = blk * 16; o < std::min(out, blk * 16 + 16); o += ROWS)
+        over_row_tiles<BT>(batch, [&](auto nb, int64_t b0) {
+          dyn_tile<decltype(nb)::value>(xup, xsp, wp, wsp, wsump, bp, yp, b0, o, in, in_pad, out);
+        });
+    }
+  });
   return y.view(output_shape(x, out)).to(x.scalar_type());
 }
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
-import math
 import shutil
 import threading
 import time
@@ -120,7 +119,7 @@ def _decode_kernel_attend(self: nn.Module, q: torch.Tensor, k: torch.Tensor, v: 
             and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
             and (isinstance(mask, str) or (isinstance(mask, torch.Tensor) and mask.dtype in (torch.bool, torch.float32)))):
         return torch.ops.openseason.decode_attention(q, k, v, None if isinstance(mask, str) else mask,
-                                                     1.0 / math.sqrt(self.config.head_size))
+                                                     self.softmax_scale)
     return type(self).attend(self, q, k, v, mask, extras)
 
 
