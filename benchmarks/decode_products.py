@@ -13,7 +13,9 @@ as prepare_for_decoding stores them, so each pass reads them from memory. Conten
   has AVX-512 BF16; fp32: the op's torch path unless the layout is column-major);
 - `ours, column-major`: the op on [in, out] storage (bf16: the sweep and col_tile of CPUs without
   AVX-512 BF16; fp32: prepare_for_decoding's layout, sweep and col_tile);
-- `torch`: F.linear on the row-major weight (bf16: the activation cast to bf16, as BF16Linear's torch path).
+- `torch`: F.linear on the row-major weight (bf16: the activation cast to bf16, as BF16Linear's torch path);
+- `torch, column-major` (fp32): F.linear on the [in, out] storage, torch's BLAS (MKL's matrix-vector
+  path at one row: what decode_linear picks for one row where MKL is not the slow library, `avoid_blas`).
 int8 and int8-dynamic (int8 weights with one scale per row, quantize.Int8Linear and Int8DynamicLinear)
 have one layout: `ours, row-major` is decode_linear_int8 (fp32 activations) or decode_linear_int8_dynamic
 (activations rounded to int8, VNNI's integer products), and `torch` torch's int8 weight-only product
@@ -101,7 +103,9 @@ def main() -> None:
             return torch.ops.openseason.decode_linear_int8_dynamic(x, w, scales[id(w)], sums[id(w)], None)
         if dtype == torch.bfloat16:
             return torch.ops.openseason.decode_linear_bf16(x, w, None)
-        return torch.ops.openseason.decode_linear(x, w, None, avoid_blas)
+        # fp32: on column-major storage, always our kernels (sweep, col_tile), whatever this CPU's rule
+        # (the `torch, column-major` contender is what the rule picks for one row where MKL is not slow)
+        return torch.ops.openseason.decode_linear(x, w, None, avoid_blas or not w.is_contiguous())
 
     def torch_product(x, w):
         if dtype == torch.int8:
@@ -109,7 +113,8 @@ def main() -> None:
         return F.linear(x.to(dtype), w).float()
 
     print(f"# {machine()}; {args.model}, {len(shapes)} matrices, {nbytes / 1e6:.1f} MB of {args.dtype} weights; "
-          f"bf16 weight layout of our kernels here: {cpu_kernels.bf16_weight_layout()}; median of {args.repeats}")
+          f"bf16 weight layout of our kernels here: {cpu_kernels.bf16_weight_layout()}; one fp32 row by "
+          f"{'our sweep' if avoid_blas else 'torch (column-major)'} in decoding here; median of {args.repeats}")
     for threads in args.threads:
         torch.set_num_threads(threads)
         read = ReadBandwidth()   # probes with torch's threads of the moment
@@ -118,6 +123,8 @@ def main() -> None:
             contenders = {"ours, row-major": lambda: [ours(x, w) for x, w in zip(xs, rows_major)],
                           "ours, column-major": lambda: [ours(x, w) for x, w in zip(xs, columns_major)],
                           "torch": lambda: [torch_product(x, w) for x, w in zip(xs, rows_major)]}
+            if dtype == torch.float32:
+                contenders["torch, column-major"] = lambda: [F.linear(x, w) for x, w in zip(xs, columns_major)]
             if not columns_major:
                 del contenders["ours, column-major"]
             times: dict[str, list[float]] = {name: [] for name in contenders}

@@ -420,6 +420,58 @@ static inline void int8_rows16(const float* x, const int8_t* w, const float* sca
   }
 }
 #define OS_INT8_ROWS16 1
+#elif defined(__AVX2__) && defined(__FMA__)
+// Eight fp32 vectors to one: lane r is the sum of a[r]'s lanes.
+static inline __m256 sum_lanes8_ps(const __m256* a) {
+  const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+  const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// int8_rows16 for CPUs with AVX2 and no AVX-512 (most laptops and desktops): the same walk in memory
+// order with 8-lane vectors, four chains of sums per row pair at every batch size, the 16 rows' sums
+// reduced 8 at a time; the last in % 32 weights of a row added one by one after the reduction. Against
+// int8_tile in an x86-64-v3 build (llama-6x512's matrices, Intel Xeon, decode_products.py --dtype int8):
+// one row 6.52 -> 4.59 ms a pass on one thread, 3.93 -> 2.59 ms on two; 8 rows 0.92-0.95x (4 rows' 16
+// sums spill from AVX2's 16 registers; 2 rows a pass, widening each weight four times, was slower still).
+template <int NB>
+static inline void int8_rows16(const float* x, const int8_t* w, const float* scale, const float* bias, float* y,
+                               int64_t b0, int64_t o0, int64_t in, int64_t out, int64_t ahead) {
+  __m256 stash[NB][16];
+  float tails[NB][16];
+  const float* xr = x + b0 * in;
+  const int64_t whole = in / 32 * 32;
+  const int8_t* p = w + o0 * in;
+  auto widen = [](const int8_t* q) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q))));
+  };
+  for (int r = 0; r < 16; r++, p += in) {
+    __m256 acc[NB][4];
+    for (int b = 0; b < NB; b++)
+      for (int k = 0; k < 4; k++) acc[b][k] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < whole; i += 32) {
+      prefetch(p + i + ahead);
+      for (int k = 0; k < 4; k++) {
+        const __m256 wv = widen(p + i + 8 * k);
+        for (int b = 0; b < NB; b++) acc[b][k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xr + b * in + i + 8 * k), acc[b][k]);
+      }
+    }
+    for (int b = 0; b < NB; b++) {
+      stash[b][r] = _mm256_add_ps(_mm256_add_ps(acc[b][0], acc[b][1]), _mm256_add_ps(acc[b][2], acc[b][3]));
+      float t = 0.f;
+      for (int64_t j = whole; j < in; j++) t += static_cast<float>(p[j]) * xr[b * in + j];
+      tails[b][r] = t;
+    }
+  }
+  for (int b = 0; b < NB; b++)
+    for (int h = 0; h < 16; h += 8) {
+      __m256 v = _mm256_add_ps(sum_lanes8_ps(stash[b] + h), _mm256_loadu_ps(tails[b] + h));
+      v = _mm256_mul_ps(v, _mm256_loadu_ps(scale + o0 + h));
+      if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + o0 + h));
+      _mm256_storeu_ps(y + (b0 + b) * out + o0 + h, v);
+    }
+}
+#define OS_INT8_ROWS16 1
 #else
 #define OS_INT8_ROWS16 0
 #endif
@@ -677,11 +729,65 @@ static inline void col_tile(const float* x, const W* wt, const float* bias, floa
     }
 }
 
+#if OS_LANES == 16
+// col_tile's products, read in storage order: a tile of J vectors walks all `in` storage rows (J * 64
+// bytes of each, a whole storage row apart) before the next tile starts, a strided walk the hardware
+// prefetchers do not follow. Here the outputs [o_begin, o_end) (whole vectors, at most COL_SPAN) are
+// taken K storage rows at a time, each row's span read front to back, the NB x span sums kept in L1 and
+// the K x NB activations broadcast in registers. Each output's sum runs over i in the same order with
+// the same FMAs as col_tile's, so the results are the same to the bit. K x NB broadcasts + K weights +
+// one sum fit the 32 AVX-512 registers.
+constexpr int64_t COL_SPAN = 384;   // outputs per pass over the rows: NB x 1.5 KB of sums in L1
+template <int NB, typename W>
+static void col_rows_in_order(const float* x, const W* wt, const float* bias, float* y, int64_t b0,
+                              int64_t o_begin, int64_t o_end, int64_t in, int64_t out) {
+  constexpr int K = NB <= 2 ? 8 : NB == 3 ? 7 : NB == 4 ? 5 : NB <= 6 ? 4 : 3;
+  alignas(64) float sums[NB][COL_SPAN];
+  const float* xb = x + b0 * in;
+  for (int64_t c = o_begin; c < o_end; c += COL_SPAN) {
+    const int64_t span = std::min(COL_SPAN, o_end - c);
+    for (int b = 0; b < NB; b++)
+      for (int64_t v = 0; v < span; v += OS_LANES) vstore(&sums[b][v], vzero());
+    int64_t i = 0;
+    auto rows = [&](auto k_count, int64_t i0) {   // storage rows [i0, i0 + KC) into the sums
+      constexpr int KC = decltype(k_count)::value;
+      vec xs[NB][KC];
+      for (int b = 0; b < NB; b++)
+        for (int k = 0; k < KC; k++) xs[b][k] = vset1(xb[b * in + i0 + k]);
+      const W* w0 = wt + i0 * out + c;
+      for (int64_t v = 0; v < span; v += OS_LANES) {
+        if (i0 + KC + PREFETCH_ROWS / 4 < in)
+          for (int k = 0; k < KC; k++) prefetch(w0 + (PREFETCH_ROWS / 4 + k) * out + v);
+        vec wv[KC];
+        for (int k = 0; k < KC; k++) wv[k] = wload(w0 + k * out + v);
+        for (int b = 0; b < NB; b++) {
+          vec a = vload(&sums[b][v]);
+          for (int k = 0; k < KC; k++) a = vfma(wv[k], xs[b][k], a);
+          vstore(&sums[b][v], a);
+        }
+      }
+    };
+    for (; i + K <= in; i += K) rows(std::integral_constant<int, K>{}, i);
+    for (; i < in; i++) rows(std::integral_constant<int, 1>{}, i);
+    for (int b = 0; b < NB; b++)
+      for (int64_t v = 0; v < span; v += OS_LANES) {
+        vec a = vload(&sums[b][v]);
+        if (bias) a = vadd(a, vload(bias + c + v));
+        vstore(y + (b0 + b) * out + c + v, a);
+      }
+  }
+}
+#endif
+
 template <int NB, typename W>
 static void col_rows(const float* x, const W* wt, const float* bias, float* y, int64_t b0,
                      int64_t o_begin, int64_t o_end, int64_t in, int64_t out) {
   constexpr int J = NB <= 2 ? 8 : NB == 3 ? 6 : NB == 4 ? 5 : NB <= 6 ? 4 : 3;
   int64_t o = o_begin;
+#if OS_LANES == 16
+  o = o_begin + (o_end - o_begin) / OS_LANES * OS_LANES;
+  col_rows_in_order<NB, W>(x, wt, bias, y, b0, o_begin, o, in, out);
+#endif
   for (; o + J * OS_LANES <= o_end; o += J * OS_LANES) col_tile<NB, J, W>(x, wt, bias, y, b0, o, in, out);
   for (; o + OS_LANES <= o_end; o += OS_LANES) col_tile<NB, 1, W>(x, wt, bias, y, b0, o, in, out);
   for (; o < o_end; o++)
@@ -961,6 +1067,66 @@ static inline void dyn_rows16(const uint8_t* xu, const float* xscale, const int8
     if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + o0));
     _mm512_storeu_ps(y + (b0 + b) * out + o0, v);
   }
+}
+#define OS_DYN_ROWS16 1
+#elif defined(__AVX2__)
+// Eight int32 vectors to one: lane r is the sum of a[r]'s lanes.
+static inline __m256i sum_lanes8(const __m256i* a) {
+  const __m256i u0 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3]));
+  const __m256i u1 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[4], a[5]), _mm256_hadd_epi32(a[6], a[7]));
+  return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u0, u1, 0x31));
+}
+
+// dyn_rows16 for CPUs with AVX2 and no AVX-512 VNNI (most laptops and desktops, and AVX-512 CPUs
+// before VNNI), where dyn_tile had only its scalar loop. AVX2 multiplies bytes with vpmaddubsw
+// (unsigned x signed, adjacent pairs summed into int16 with saturation), so the biased activations
+// (xq + 128, up to 255) would saturate; instead |w| (an unsigned byte: 128 for -128) multiplies xq with
+// w's sign (|xq| <= 127), pairs of at most 2 x 128 x 127 = 32512, which fit. vpmaddwd then adds pairs
+// of those into int32 lanes. The sums are sum_i xq_i w_i exactly, the integer dyn_rows16 gets after it
+// takes away 128 sum_i w_i, so y is the same to the bit; same walk in memory order, 8-lane vectors.
+// Against dyn_tile's scalar loop in an x86-64-v3 build (llama-6x512's matrices, Intel Xeon,
+// decode_products.py --dtype int8-dynamic): one row 6.93 -> 3.35 ms a pass on one thread (0.47 -> 0.93
+// of the probed read bandwidth), 3.94 -> 2.64 ms on two; 8 rows 40.5 -> 9.1 ms and 21.6 -> 7.5 ms.
+template <int NB>
+static inline void dyn_rows16(const uint8_t* xu, const float* xscale, const int8_t* w, const float* wscale,
+                              const int32_t* wsum, const float* bias, float* y, int64_t b0, int64_t o0,
+                              int64_t in, int64_t in_pad, int64_t out) {
+  (void)wsum;
+  __m256i stash[NB][16];
+  int32_t tails[NB][16];   // the last in % 32 products of a row, one by one
+  const uint8_t* xs = xu + b0 * in_pad;
+  const int64_t ahead = blocks_ahead(16 * in, 1);
+  const int64_t whole = in / 32 * 32;
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80)), ones = _mm256_set1_epi16(1);
+  const int8_t* p = w + o0 * in;
+  for (int r = 0; r < 16; r++, p += in) {
+    __m256i acc[NB];
+    for (int b = 0; b < NB; b++) acc[b] = _mm256_setzero_si256();
+    for (int64_t i = 0; i < whole; i += 32) {
+      _mm_prefetch(reinterpret_cast<const char*>(p + i + ahead), _MM_HINT_T0);
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i));
+      const __m256i wabs = _mm256_abs_epi8(wv);
+      for (int b = 0; b < NB; b++) {
+        const __m256i xq = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + b * in_pad + i)), flip);
+        acc[b] = _mm256_add_epi32(acc[b], _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, _mm256_sign_epi8(xq, wv)), ones));
+      }
+    }
+    for (int b = 0; b < NB; b++) {
+      stash[b][r] = acc[b];
+      int32_t t = 0;
+      for (int64_t j = whole; j < in; j++) t += (static_cast<int32_t>(xs[b * in_pad + j]) - 128) * static_cast<int32_t>(p[j]);
+      tails[b][r] = t;
+    }
+  }
+  for (int b = 0; b < NB; b++)   // dyn_tile's order of operations
+    for (int h = 0; h < 16; h += 8) {
+      const __m256i total = _mm256_add_epi32(sum_lanes8(stash[b] + h),
+                                             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tails[b] + h)));
+      __m256 v = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(total), _mm256_set1_ps(xscale[b0 + b])),
+                               _mm256_loadu_ps(wscale + o0 + h));
+      if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + o0 + h));
+      _mm256_storeu_ps(y + (b0 + b) * out + o0 + h, v);
+    }
 }
 #define OS_DYN_ROWS16 1
 #else

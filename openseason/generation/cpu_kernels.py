@@ -41,7 +41,7 @@ devices) goes to torch's product inside the op.
                                 threads and torch's ops on one (n <= 1: as before); returns the old n
 
 Building: torch.utils.cpp_extension with `-O3 -march=native` (AVX-512 or AVX2 + FMA where the CPU has
-them, a plain loop otherwise), about 10 s once, into the user's cache (OPENSEASON_CACHE, else
+them, a plain loop otherwise; OPENSEASON_CPU_KERNELS_MARCH names another target, see target_arch), about 10 s once, into the user's cache (OPENSEASON_CACHE, else
 $XDG_CACHE_HOME/openseason, else ~/.cache/openseason) under a name made of the source's hash, the
 CPU's flags and the torch version, so a new source, CPU or torch builds anew. Each build runs in a
 directory of its own and the library is renamed into place, so two first users never load a
@@ -55,6 +55,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -64,6 +65,7 @@ from pathlib import Path
 import torch
 
 from ..device import cpu_info
+from ..errors import ConfigError
 from ..fileio import keep_recent, mark_used, user_cache_dir
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
@@ -76,9 +78,21 @@ def _cpu_flags() -> str:
     return cpu_info("flags") or platform.processor() or platform.machine()
 
 
+def target_arch() -> str:
+    """The -march the kernels are built for: OPENSEASON_CPU_KERNELS_MARCH, else "native" (this CPU).
+    Another value builds for an older instruction set (x86-64-v3: AVX2 + FMA, the laptops and desktops
+    without AVX-512), so one machine can run and test the code another CPU would get. A target with
+    instructions this CPU lacks builds, and then stops the process with an illegal instruction."""
+    arch = os.environ.get("OPENSEASON_CPU_KERNELS_MARCH", "").strip() or "native"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}", arch):
+        raise ConfigError(f"OPENSEASON_CPU_KERNELS_MARCH={arch!r} is not a -march name (x86-64-v3, native, ...)")
+    return arch
+
+
 def _build_name() -> str:
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), _cpu_flags().encode(), torch.__version__.encode(), platform.python_version().encode()):
+    for part in (SOURCE.read_bytes(), _cpu_flags().encode(), target_arch().encode(), torch.__version__.encode(),
+                 platform.python_version().encode()):
         digest.update(part)
         digest.update(b"\0")
     return f"openseason_cpu_kernels_{digest.hexdigest()[:16]}"
@@ -145,7 +159,7 @@ def _build_or_reuse() -> Path:
             shutil.rmtree(stale, ignore_errors=True)
     build = Path(tempfile.mkdtemp(prefix="build-", dir=root))
     try:
-        load(name=name, sources=[str(SOURCE)], extra_cflags=["-O3", "-march=native", "-fopenmp"],
+        load(name=name, sources=[str(SOURCE)], extra_cflags=["-O3", f"-march={target_arch()}", "-fopenmp"],
              extra_ldflags=["-fopenmp"], build_directory=str(build), is_python_module=False, verbose=False)
         os.replace(build / f"{name}.so", library)
     finally:
@@ -158,6 +172,8 @@ def available() -> bool:
     """Build (once per process; from the cache after the first time) and load the kernels."""
     if _state["tried"]:
         return _state["ok"]
+    if os.environ.get("OPENSEASON_CPU_KERNELS", "1") != "0":
+        target_arch()   # a malformed OPENSEASON_CPU_KERNELS_MARCH is the user's error, not a reason to fall back
     _state["tried"] = True
     if os.environ.get("OPENSEASON_CPU_KERNELS", "1") == "0":
         _state["status"] = "off (OPENSEASON_CPU_KERNELS=0)"
@@ -173,7 +189,7 @@ def available() -> bool:
         _state["status"] = f"not built ({type(exc).__name__}: {first[:200]}); decoding uses torch's products"
         return False
     _state["ok"] = True
-    _state["status"] = f"loaded from {library}"
+    _state["status"] = f"loaded from {library} (-march={target_arch()})"
     return True
 
 

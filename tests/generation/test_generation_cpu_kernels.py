@@ -584,3 +584,96 @@ def test_a_forked_child_builds_a_team_of_its_own():
         os.kill(pid, 9)
     os.waitpid(pid, 0)
     assert answer == b"same"
+
+
+# What the AVX2 build (laptops and desktops without AVX-512) computes, run in a child built with
+# OPENSEASON_CPU_KERNELS_MARCH=x86-64-v3: it loads the operands the parent wrote and saves its products.
+_AVX2_CHILD = """
+import sys, torch
+from openseason.generation import cpu_kernels as k
+assert k.available(), k.status()
+print(k.status(), k.bf16_weight_layout())
+cases = torch.load(sys.argv[1])
+out = []
+for case in cases:
+    torch.set_num_threads(case["threads"])
+    if case["kind"] in ("int8-dynamic", "int8"):
+        if case["kind"] == "int8":
+            product = lambda x: k.decode_linear_int8(x, case["q"], case["scale"], case["bias"])
+        else:
+            product = lambda x: k.decode_linear_int8_dynamic(x, case["q"], case["scale"], case["q"].sum(1, dtype=torch.int32), case["bias"])
+        y = product(case["x"])
+        for start in range(len(case["x"])):   # a row gets the same bits alone as in the batch
+            assert torch.equal(product(case["x"][start:start + 1]), y[start:start + 1]), (case["kind"], start)
+    elif case["kind"] == "fp32":
+        y = k.decode_linear(case["x"], case["w"], case["bias"], avoid_blas=True)
+    elif case["kind"] == "bf16":
+        y = k.decode_linear_bf16(case["x"], case["w"], case["bias"])
+    else:
+        y = k.decode_attention(case["q"], case["k"], case["v"], None, 0.125)
+    out.append(y)
+torch.save(out, sys.argv[2])
+"""
+
+
+def test_the_avx2_build_gives_the_products_of_the_native_one(tmp_path):
+    """The kernels built for x86-64-v3 (AVX2 + FMA, no AVX-512: int8-dynamic by vpmaddubsw, the int8 and
+    fp32/bf16 paths on 8-lane vectors) in a child process: int8-dynamic equal to this build's products to
+    the bit (exact integer sums, the same scaling), the rest within float32 rounding of torch's products,
+    for widths with and without a tail past the vectors, 1-9 rows (16-row blocks and the rows after the
+    last), on 1 and 2 threads; int8 and int8-dynamic give a row the same bits alone as in a batch."""
+    from openseason.generation.quantize import Int8Linear
+
+    g = torch.Generator().manual_seed(5)
+    cases = []
+    for out_features, in_features in ((48, 64), (100, 37), (130, 200), (1000, 96), (4099, 700), (3, 130)):
+        q, scale = Int8Linear.quantize_weight(torch.randn(out_features, in_features, generator=g))
+        q[0, 0] = -128   # a byte a loaded checkpoint may hold: |w| = 128 must not saturate the pair sums
+        bias = torch.randn(out_features, generator=g)
+        for rows, threads in ((1, 1), (1, 2), (3, 2), (9, 1), (4, 2)):
+            x = torch.randn(rows, in_features, generator=g) * 3
+            cases.append(dict(kind="int8-dynamic", x=x, q=q, scale=scale, bias=bias, threads=threads))
+            if rows <= 4:
+                cases.append(dict(kind="int8", x=x, q=q, scale=scale, bias=bias, threads=threads))
+    for rows, threads in ((1, 1), (1, 2), (5, 2)):
+        w = torch.randn(1037, 300, generator=g)
+        x, bias = torch.randn(rows, 300, generator=g), torch.randn(1037, generator=g)
+        cases.append(dict(kind="fp32", x=x, w=w.t().contiguous().t(), bias=bias, threads=threads))
+        cases.append(dict(kind="bf16", x=x, w=w.to(torch.bfloat16).t().contiguous().t(), bias=bias, threads=threads))
+    cases.append(dict(kind="attention", q=torch.randn(2, 4, 1, 64, generator=g), k=torch.randn(2, 2, 300, 64, generator=g),
+                      v=torch.randn(2, 2, 300, 64, generator=g), threads=2))
+    torch.save(cases, tmp_path / "in.pt")
+    child = subprocess.run([sys.executable, "-c", _AVX2_CHILD, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
+                           cwd=REPO, capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "OPENSEASON_CPU_KERNELS_MARCH": "x86-64-v3"})
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert "(-march=x86-64-v3)" in child.stdout and child.stdout.split()[-1] == "column", child.stdout
+    got = torch.load(tmp_path / "out.pt")
+    before = torch.get_num_threads()
+    try:
+        for case, y in zip(cases, got, strict=True):
+            torch.set_num_threads(case["threads"])
+            if case["kind"] == "int8-dynamic":
+                native = cpu_kernels.decode_linear_int8_dynamic(case["x"], case["q"], case["scale"],
+                                                                case["q"].sum(1, dtype=torch.int32), case["bias"])
+                assert torch.equal(y, native), (case["q"].shape, case["x"].shape)
+            elif case["kind"] == "int8":
+                want = F.linear(case["x"].double(), case["q"].double() * case["scale"].double()[:, None],
+                                case["bias"].double())
+                torch.testing.assert_close(y.double(), want, atol=1e-4, rtol=1e-5)
+            elif case["kind"] == "fp32":
+                torch.testing.assert_close(y, F.linear(case["x"], case["w"], case["bias"]), atol=1e-4, rtol=1e-5)
+            elif case["kind"] == "bf16":
+                _assert_bf16_linear_arithmetic(y, case["x"], case["w"], case["bias"])
+            else:
+                torch.testing.assert_close(y, F.scaled_dot_product_attention(
+                    case["q"], case["k"], case["v"], scale=0.125, enable_gqa=True), atol=1e-5, rtol=1e-5)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_malformed_target_arch_is_a_clear_error():
+    child = _fresh_python("from openseason.generation import cpu_kernels as k; k.available()",
+                          OPENSEASON_CPU_KERNELS_MARCH="native -O0")
+    assert child.returncode != 0
+    assert "OPENSEASON_CPU_KERNELS_MARCH='native -O0' is not a -march name" in child.stderr
