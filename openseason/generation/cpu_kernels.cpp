@@ -6,14 +6,14 @@
 // The shape of the work: each weight element is read once per call and used for every activation
 // row while it is in a register, so batch 8 costs little more than batch 1 (the weight read), where
 // BLAS's matrix-matrix path repacks the whole weight per call.
-// - fp32 (decode_linear): column-major weights, 2-8 rows: col_tile (vectors along the outputs); one
-//   row where torch's BLAS is the slow library: sweep (threads split the input, each reads its part
-//   of the weight front to back).
+// - fp32 (decode_linear): column-major weights, 1-8 rows: run_col (vectors along the outputs, the
+//   storage read in order by col_rows_in_order, one chain of sums per output at every row count).
 // - int8 weight-only (decode_linear_int8): row-major int8 with one fp32 scale per output row, 1-16
-//   rows: int8_tile (ROWS weight rows x up to BT activation rows, dot products along the input);
-//   int8-dynamic (decode_linear_int8_dynamic): the same shape with VNNI's int8 x int8 dot products.
-// - bf16 (decode_linear_bf16): with AVX-512 BF16, row-major weights, 1-32 rows: bf16_dot_tile (the
-//   same shape with vdpbf16ps); without it, column-major weights like fp32's (sweep, col_tile).
+//   rows: 16-row blocks read in memory order (int8_rows16), int8_tile after the last whole block;
+//   int8-dynamic (decode_linear_int8_dynamic): the same with int8 x int8 dot products (VNNI, or AVX2's
+//   vpmaddubsw).
+// - bf16 (decode_linear_bf16): with AVX-512 BF16, row-major weights, 1-32 rows: bf16_rows16 (the
+//   same walk with vdpbf16ps); without it, column-major weights like fp32's (run_col).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -574,7 +574,7 @@ static void bf16_result(float* y, int64_t rows, int64_t out, const float* bias) 
 // in fp32, so only the order of the fp32 sums differs from the module's torch path (and vdpbf16ps
 // treats subnormal inputs and sums as zero). Blocks of BF16_ROWS rows are contiguous, so a thread reads
 // its share of the weight front to back, with software prefetch (blocks_ahead). Against the
-// column-major sweep and col_tile (llama-6x512 and pythia-70m's matrices from memory, AMD EPYC,
+// column-major kernels of the time (one row split across threads by input, col_tile; llama-6x512 and pythia-70m's matrices from memory, AMD EPYC,
 // interleaved): one row 1.2-1.4x, eight rows 1.4-2.7x; 8 rows per block with 4-16 KB ahead
 // (PREFETCH_BYTES) measured best (16 rows, 4 rows and no prefetch were slower).
 constexpr int BF16_ROWS = 8;
@@ -729,19 +729,23 @@ static inline void col_tile(const float* x, const W* wt, const float* bias, floa
     }
 }
 
-#if OS_LANES == 16
+#if OS_LANES > 1
 // col_tile's products, read in storage order: a tile of J vectors walks all `in` storage rows (J * 64
 // bytes of each, a whole storage row apart) before the next tile starts, a strided walk the hardware
 // prefetchers do not follow. Here the outputs [o_begin, o_end) (whole vectors, at most COL_SPAN) are
 // taken K storage rows at a time, each row's span read front to back, the NB x span sums kept in L1 and
 // the K x NB activations broadcast in registers. Each output's sum runs over i in the same order with
-// the same FMAs as col_tile's, so the results are the same to the bit. K x NB broadcasts + K weights +
-// one sum fit the 32 AVX-512 registers.
-constexpr int64_t COL_SPAN = 384;   // outputs per pass over the rows: NB x 1.5 KB of sums in L1
+// the same FMAs as col_tile's, so the results are the same to the bit, and the same at every row count.
+// K x NB broadcasts + K weights + one sum fit the registers (32 with AVX-512, 16 with AVX2).
+// llama-6x512's matrices (decode_products.py, Intel Xeon, fractions of the read bandwidth probed beside
+// them, one thread / two): 8 rows 0.65 / 0.59 (col_tile) -> 0.85-0.91 / 0.79-0.80; one row, where an
+// input-split kernel of its own and torch's matrix-vector path read 0.85-1.1 / 0.76-0.98, 0.99-1.14 /
+// 0.89-0.97 (bf16 and fp32). In an AVX2 build: 8 rows 0.39 / 0.38 -> 0.55 / 0.50 (fp32).
 template <int NB, typename W>
 static void col_rows_in_order(const float* x, const W* wt, const float* bias, float* y, int64_t b0,
                               int64_t o_begin, int64_t o_end, int64_t in, int64_t out) {
-  constexpr int K = NB <= 2 ? 8 : NB == 3 ? 7 : NB == 4 ? 5 : NB <= 6 ? 4 : 3;
+  constexpr int K = std::max(1, std::min(8, (OS_LANES == 16 ? 30 : 14) / (NB + 1)));
+  constexpr int64_t COL_SPAN = 3072 / NB / OS_LANES * OS_LANES;   // outputs per pass: 12 KB of sums in L1
   alignas(64) float sums[NB][COL_SPAN];
   const float* xb = x + b0 * in;
   for (int64_t c = o_begin; c < o_end; c += COL_SPAN) {
@@ -784,7 +788,7 @@ static void col_rows(const float* x, const W* wt, const float* bias, float* y, i
                      int64_t o_begin, int64_t o_end, int64_t in, int64_t out) {
   constexpr int J = NB <= 2 ? 8 : NB == 3 ? 6 : NB == 4 ? 5 : NB <= 6 ? 4 : 3;
   int64_t o = o_begin;
-#if OS_LANES == 16
+#if OS_LANES > 1
   o = o_begin + (o_end - o_begin) / OS_LANES * OS_LANES;
   col_rows_in_order<NB, W>(x, wt, bias, y, b0, o_begin, o, in, out);
 #endif
@@ -834,106 +838,8 @@ static bool column_major(const at::Tensor& w);
 static int64_t rows_of(const at::Tensor& x);
 static bool operands_fit(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias);
 
-// One activation row against column-major weights (storage [in, out]), read in storage order:
-// y += sum_k x[i + k] * storage row (i + k), K storage rows at a time, the partial sums in y (L1/L2).
-// Each thread takes a contiguous share of the input (of the storage) and keeps partial sums of its
-// own, added up at the end. Reading each thread's share front to back, K rows side by side, kept more
-// loads in flight than col_tile's walk down the columns: on the AMD EPYC it read llama-6x512's
-// matrices at 1.12x col_tile's rate on two threads and 1.18x on one (K = 16; 8 and 24-32 were slower).
-constexpr int SWEEP_ROWS = 16;
-constexpr int64_t PREFETCH_BF16 = 512;   // elements ahead in each storage row
-
-template <int K, typename W>
-static inline void sweep_rows(const float* x, const W* wt, float* y, int64_t i, int64_t out, bool first) {
-  const W* w = wt + i * out;
-  int64_t o = 0;
-  // The K activations are broadcast once per call, not once per block (y's stores may alias x, so the
-  // compiler reloaded them), and one pointer walks down the K rows: with K row pointers live, GCC ran
-  // out of registers and moved pointers in and out of vector registers inside the loop. fp32: the head
-  // of pythia-70m read at 0.88x the rate of the same loop without that.
-  vec xs[K];
-  for (int k = 0; k < K; k++) xs[k] = vset1(x[i + k]);
-  if constexpr (std::is_same<W, uint16_t>::value) {
-    // bf16: four accumulators. Widening each weight adds work per byte, and with one chain of K
-    // dependent FMAs per block of outputs the core, not memory, set the pace: four chains were
-    // 1.03-1.13x faster on llama-6x512's shapes (AMD EPYC, interleaved). fp32 keeps one chain: four
-    // were no faster in cache. A bf16 block reads half a line per row, so half as many lines are in
-    // flight per instruction as in fp32: prefetching 1 KB ahead in each row gave 1.14-1.18x on one
-    // thread (0.99-1.08x on two) over llama-6x512's matrices from memory; 512 B and 2 KB were worse.
-    for (; o + OS_LANES <= out; o += OS_LANES) {
-      vec a0 = first ? vzero() : vload(y + o), a1 = vzero(), a2 = vzero(), a3 = vzero();
-      const W* wk = w + o;
-      int k = 0;
-      for (; k + 3 < K; k += 4, wk += 4 * out) {
-        if ((o & (2 * OS_LANES - 1)) == 0)   // one prefetch per 64-byte line of each of the four rows
-          for (int r = 0; r < 4; r++) prefetch(wk + r * out + PREFETCH_BF16);
-        a0 = vfma(wload(wk), xs[k], a0);
-        a1 = vfma(wload(wk + out), xs[k + 1], a1);
-        a2 = vfma(wload(wk + 2 * out), xs[k + 2], a2);
-        a3 = vfma(wload(wk + 3 * out), xs[k + 3], a3);
-      }
-      for (; k < K; k++, wk += out) a0 = vfma(wload(wk), xs[k], a0);
-      vstore(y + o, vadd(vadd(a0, a1), vadd(a2, a3)));
-    }
-  } else {
-    for (; o + OS_LANES <= out; o += OS_LANES) {
-      vec acc = first ? vzero() : vload(y + o);
-      const W* wk = w + o;
-      for (int k = 0; k < K; k++, wk += out) acc = vfma(wload(wk), xs[k], acc);
-      vstore(y + o, acc);
-    }
-  }
-  for (; o < out; o++) {
-    float s = first ? 0.f : y[o];
-    for (int k = 0; k < K; k++) s += wvalue(w[k * out + o]) * x[i + k];
-    y[o] = s;
-  }
-}
-
-// W = float, or uint16_t for bf16 weights (quantize.BF16Linear): each weight widened to fp32 in the
-// register, with BF16Linear's arithmetic (bf16_activation, bf16_result), at half fp32's bytes:
-// torch's bf16 product at one row is compute-bound (BENCHMARKS.md).
-template <typename W = float>
-static at::Tensor run_sweep(const at::Tensor& x1, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                            c10::IntArrayRef out_shape) {
-  constexpr bool bf16 = std::is_same<W, uint16_t>::value;
-  const int64_t in = x1.size(-1), out = weight.size(0);
-  at::Tensor y = at::empty({out}, x1.options());
-  float* yp = y.data_ptr<float>();
-  // One share per thread, each at least ~256 KB of weight, so small matrices stay on one thread.
-  const int64_t bytes = in * out * static_cast<int64_t>(sizeof(W));
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({kernel_threads(), bytes / (256 * 1024), in}));
-  // The partial sums of shares 1.. (and bf16's rounded activation) in this thread's scratch.
-  float* pp = scratch_floats((parts - 1) * out + (bf16 ? in : 0));
-  const float* xp = x1.data_ptr<float>();
-  if (bf16) xp = bf16_activation(xp, in, pp + (parts - 1) * out);
-  const W* wp = static_cast<const W*>(weight.data_ptr());
-  if (in == 0) std::fill(yp, yp + out, 0.f);
-  else
-    kernel_parallel_for(parts, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t part = begin; part < end; part++) {
-        float* acc = part == 0 ? yp : pp + (part - 1) * out;
-        const int64_t i1 = in * (part + 1) / parts;
-        int64_t i = in * part / parts;
-        bool first = true;
-        for (; i + SWEEP_ROWS <= i1; i += SWEEP_ROWS, first = false) sweep_rows<SWEEP_ROWS, W>(xp, wp, acc, i, out, first);
-        for (; i < i1; i++, first = false) sweep_rows<1, W>(xp, wp, acc, i, out, first);
-      }
-    });
-  for (int64_t part = 1; part < parts; part++) {   // plain loops: the compiler vectorizes them
-    const float* partial = pp + (part - 1) * out;
-    for (int64_t o = 0; o < out; o++) yp[o] += partial[o];
-  }
-  const float* bp = bias.has_value() && bias->defined() ? bias->data_ptr<float>() : nullptr;
-  if (bf16) bf16_result(yp, 1, out, bp);
-  else if (bp)
-    for (int64_t o = 0; o < out; o++) yp[o] += bp[o];
-  return y.view(out_shape);
-}
-
-
 // quantize.BF16Linear's forward. With AVX-512 BF16: 1-32 fp32 rows against the row-major weight
-// (run_bf16_rows). Otherwise one row against a column-major weight takes the sweep, 2-8 rows col_tile.
+// (run_bf16_rows). Otherwise 1-8 rows against a column-major weight (run_col).
 // The rest is the module's torch path, y = (x.bf16 @ w.T).float() + bias.
 at::Tensor decode_linear_bf16(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   const int64_t rows = rows_of(x);
@@ -945,8 +851,7 @@ at::Tensor decode_linear_bf16(const at::Tensor& x, const at::Tensor& weight, con
   if (operands_fit(x, weight, bias) && weight.scalar_type() == at::kBFloat16 && column_major(weight) &&
       rows >= 1 && rows <= MAX_FP32_ROWS) {
     const at::Tensor x2 = x.reshape({-1, x.size(-1)}).contiguous();
-    return rows == 1 ? run_sweep<uint16_t>(x2, weight, bias, output_shape(x, weight.size(0)))
-                     : run_col<uint16_t>(x2, weight, bias, output_shape(x, weight.size(0)));
+    return run_col<uint16_t>(x2, weight, bias, output_shape(x, weight.size(0)));
   }
   TorchThreadsForFallback threads;
   at::Tensor y = at::linear(x.to(weight.scalar_type()), weight).to(x.scalar_type());
@@ -1261,12 +1166,12 @@ static at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& weight, c
   return stack[0].toTensor();
 }
 
-// fp32: column-major weights with 2-8 activation rows take col_tile. `avoid_blas` says torch's BLAS is
-// the slow library on this CPU (openseason.linear chose oneDNN over it: MKL on an AMD CPU): then one
-// row takes sweep (1.4-1.8x MKL's matrix-vector path there) and more than 8 rows (prefill, big
-// batches) go to oneDNN (2-2.5x MKL). Otherwise one row stays with torch's BLAS, whose
-// matrix-vector path reads at the bandwidth limit on Intel CPUs (BENCHMARKS.md), as does everything
-// the kernels do not cover.
+// fp32: column-major weights with 1-8 activation rows take run_col, one chain of sums per output
+// whatever the row count, so a sequence gets the same bits alone and in a batch (one row had its own
+// kernel, which split the input across threads, and torch's matrix-vector path on Intel CPUs: a request
+// could decode another text alone than in a batch). `avoid_blas` says torch's BLAS is the slow library on
+// this CPU (openseason.linear chose oneDNN over it: MKL on an AMD CPU): then more than 8 rows (prefill,
+// big batches) go to oneDNN (2-2.5x MKL). Everything else stays with torch's product.
 at::Tensor decode_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                          bool avoid_blas) {
   const int64_t rows = rows_of(x);
@@ -1275,12 +1180,11 @@ at::Tensor decode_linear(const at::Tensor& x, const at::Tensor& weight, const c1
     TorchThreadsForFallback threads;
     return onednn_linear(x, weight, bias);
   }
-  if (!fp32 || !column_major(weight) || rows < (avoid_blas ? 1 : 2) || rows > MAX_FP32_ROWS) {
+  if (!fp32 || !column_major(weight) || rows < 1 || rows > MAX_FP32_ROWS) {
     TorchThreadsForFallback threads;
     return at::linear(x, weight, bias);
   }
   const at::Tensor x2 = x.reshape({-1, x.size(-1)}).contiguous();
-  if (rows == 1) return run_sweep(x2, weight, bias, output_shape(x, weight.size(0)));
   return run_col(x2, weight, bias, output_shape(x, weight.size(0)));
 }
 

@@ -6,31 +6,31 @@ rows it switches to its matrix-matrix path, which repacks the whole weight on ev
 pythia-70m's 50k-row output layer took 4x its batch-1 time on our CPU (BENCHMARKS.md, "Decoding"),
 where the weight read should make it about the same. The kernels here read each weight element once
 per call and multiply it with every activation row while it is in a register: fp32 weights stored
-column-major (prepare_for_decoding's layout) for 2-8 rows, int8 weight-only rows with one scale per
-output row (quantize.Int8Linear) for 1-16 rows, and int8 x int8 with AVX-512 VNNI for int8-dynamic
-(quantize.Int8DynamicLinear, any number of rows). They run on torch's own threads (at::parallel_for),
+column-major (prepare_for_decoding's layout) for 1-8 rows, int8 weight-only rows with one scale per
+output row (quantize.Int8Linear) for 1-16 rows, and int8 x int8 for int8-dynamic (AVX-512 VNNI, or
+AVX2's byte products; quantize.Int8DynamicLinear, any number of rows). Each sums a row in the same order
+whatever the number of rows, so a sequence decodes the same alone as in a batch. They run on torch's own threads (at::parallel_for),
 except inside a decode step compiled ahead of time (set_step_threads): there they run on a team of
 their own whose workers spin briefly for the next product, and torch's small operations in between run
 on one thread, so a step no longer opens and closes an OpenMP region per product. They are registered
 as torch ops (`openseason::decode_linear`, `decode_linear_int8`,
 `decode_linear_int8_dynamic`) with shape functions, so torch.compile puts them in the compiled decode
-step as calls without Python. What a kernel does not cover (one fp32 row, more rows, other dtypes or
-devices) goes to torch's product inside the op.
+step as calls without Python. What a kernel does not cover (more rows, other dtypes or devices) goes
+to torch's product inside the op.
 
     available()                 True once built and loaded (builds on the first call; False if it cannot)
     status()                    "loaded from ..." / why not
     decode_linear(x, w, b, avoid_blas=False)
-                                = F.linear(x, w, b); the kernel for fp32 w stored column-major; with
-                                avoid_blas (openseason.linear chose oneDNN over torch's BLAS on this
-                                CPU) one row too (threads split the input and each reads its share of
-                                the weight front to back), and oneDNN for more than 8
+                                = F.linear(x, w, b); the kernel for fp32 w stored column-major and
+                                1-8 rows; with avoid_blas (openseason.linear chose oneDNN over torch's
+                                BLAS on this CPU) oneDNN for more than 8
     decode_linear_int8(x, q, scale, b) = F.linear(x, q * scale[:, None], b)
     decode_linear_int8_dynamic(x, q, scale, q.sum(1), b)
                                 x's rows rounded to int8 too (quantize.Int8DynamicLinear), int32 sums
     decode_linear_bf16(x, w, b) = (x.bf16 @ w.T).float() + b (quantize.BF16Linear); the weight read at
                                 half fp32's bytes: on CPUs with AVX-512 BF16, 1-32 rows against the
-                                row-major w (vdpbf16ps); elsewhere one row (sweep) or 2-8 rows
-                                (col_tile) against a column-major w
+                                row-major w (vdpbf16ps); elsewhere 1-8 rows against a
+                                column-major w, as fp32's
     decode_attention(q, k, v, mask, scale)
                                 = F.scaled_dot_product_attention(q, k, v, mask, scale=scale, enable_gqa=...)
                                 for one query per sequence (q [B, heads, 1, hs]) over the cache's keys

@@ -46,10 +46,11 @@ def test_fp32_kernel_matches_f_linear(rows, shape):
         torch.testing.assert_close(got, F.linear(x3, weight, bias), atol=1e-4, rtol=1e-5)
 
 
-def test_fp32_avoid_blas_routes_one_row_to_the_kernel_and_many_to_onednn():
-    """With avoid_blas, rows past the kernel's 8 go through mkldnn::_linear_pointwise and one row through
-    our kernel; without it both stay with torch's BLAS. The three sum in different orders, so on this
-    data they differ in the last bits, which tells the paths apart."""
+def test_fp32_avoid_blas_routes_many_rows_to_onednn_and_one_row_to_the_kernel_either_way():
+    """With avoid_blas, rows past the kernel's 8 go through mkldnn::_linear_pointwise; without it they
+    stay with torch's BLAS. One row goes through our kernel either way (not torch's matrix-vector path:
+    a row must sum alike alone and in a batch). The paths sum in different orders, so on this data they
+    differ in the last bits, which tells them apart."""
     weight = _column_major(4099, 1024, seed=3)
     x = torch.randn(33, 1024, generator=torch.Generator().manual_seed(4))
     by_onednn = torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
@@ -59,18 +60,19 @@ def test_fp32_avoid_blas_routes_one_row_to_the_kernel_and_many_to_onednn():
     assert torch.equal(cpu_kernels.decode_linear(x, weight, None, avoid_blas=True), by_onednn)
     assert torch.equal(cpu_kernels.decode_linear(x, weight, None, avoid_blas=False), by_torch)
     one = x[:1]
-    by_sweep = cpu_kernels.decode_linear(one, weight, None, avoid_blas=True)
-    assert not torch.equal(by_sweep, F.linear(one, weight))          # not torch's BLAS ...
+    by_kernel = cpu_kernels.decode_linear(one, weight, None, avoid_blas=True)
+    assert not torch.equal(by_kernel, F.linear(one, weight))            # not torch's BLAS ...
     exact = (one.double() @ weight.double().t()).float()
-    torch.testing.assert_close(by_sweep, exact, atol=1e-4, rtol=1e-5)  # ... and as accurate
-    assert torch.equal(cpu_kernels.decode_linear(one, weight, None, avoid_blas=False), F.linear(one, weight))
+    torch.testing.assert_close(by_kernel, exact, atol=1e-4, rtol=1e-5)  # ... and as accurate
+    assert torch.equal(cpu_kernels.decode_linear(one, weight, None, avoid_blas=False), by_kernel)
+    assert torch.equal(cpu_kernels.decode_linear(x[:4], weight, None)[:1], by_kernel)   # alone = in a batch
 
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape", [(4099, 1024), (515, 37), (17, 4000), (2048, 3)])
-def test_fp32_one_row_sweep_matches_float64(threads, shape):
-    """One row with avoid_blas: threads split the input and add their partial sums. Shapes with ragged
-    tails in both dimensions, one too small to split, one with fewer inputs than a sweep's 16 rows."""
+def test_fp32_one_row_matches_float64(threads, shape):
+    """One row: threads split the outputs. Shapes with ragged tails in both dimensions, one too small to
+    split, one with fewer inputs than a block of storage rows."""
     out_features, in_features = shape
     weight = _column_major(out_features, in_features, seed=5)
     bias = torch.randn(out_features, generator=torch.Generator().manual_seed(6))
@@ -283,8 +285,9 @@ def test_bf16_batch_kernel_is_the_modules_arithmetic(layout, rows, shape):
 def test_a_row_gets_the_same_bits_alone_and_in_a_batch(shape):
     """A sequence's products must not depend on how many others share its step: served alone or in a
     batch, a request decodes the same text. The int8-dynamic kernel sums integers exactly; int8
-    weight-only and the bf16 dot product (row-major, AVX-512 BF16) keep the same chains of sums per row
-    pair for every batch size (up to 16 rows: more go to torch's product)."""
+    weight-only, the bf16 dot product (row-major, AVX-512 BF16) and the column-major fp32 and bf16
+    kernels keep the same chains of sums per row pair for every batch size (up to 16 rows for int8, 32
+    for row-major bf16, 8 for the column-major kernels: more go to torch's product)."""
     from openseason.generation.quantize import Int8Linear
 
     out_features, in_features = shape
@@ -293,13 +296,18 @@ def test_a_row_gets_the_same_bits_alone_and_in_a_batch(shape):
     q, scale = Int8Linear.quantize_weight(torch.randn(out_features, in_features, generator=g))
     wsum = q.sum(1, dtype=torch.int32)
     bf16 = torch.randn(out_features, in_features, generator=g).to(torch.bfloat16)
+    fp32 = torch.randn(out_features, in_features, generator=g).t().contiguous().t()   # column-major
     kernels = {"int8-dynamic": lambda rows: cpu_kernels.decode_linear_int8_dynamic(rows, q, scale, wsum),
-               "int8": lambda rows: cpu_kernels.decode_linear_int8(rows, q, scale)}
-    if cpu_kernels.bf16_weight_layout() == "row":
-        kernels["bf16"] = lambda rows: cpu_kernels.decode_linear_bf16(rows, bf16)
+               "int8": lambda rows: cpu_kernels.decode_linear_int8(rows, q, scale),
+               "fp32": lambda rows: cpu_kernels.decode_linear(rows, fp32, None),
+               "fp32 (avoid_blas)": lambda rows: cpu_kernels.decode_linear(rows, fp32, None, avoid_blas=True)}
+    if cpu_kernels.bf16_weight_layout() == "column":
+        bf16 = bf16.t().contiguous().t()
+    kernels["bf16"] = lambda rows: cpu_kernels.decode_linear_bf16(rows, bf16)
     for name, product in kernels.items():
-        together = product(x)
-        for size in (1, 2, 4, 8, 9):
+        up_to_8 = name.startswith("fp32") or (name == "bf16" and cpu_kernels.bf16_weight_layout() == "column")
+        together = torch.cat([product(x[:8]), product(x[8:])]) if up_to_8 else product(x)
+        for size in (1, 2, 4, 5, 8) if up_to_8 else (1, 2, 4, 8, 9):
             for start in range(0, 13 - size + 1, 4):
                 assert torch.equal(product(x[start:start + size]), together[start:start + size]), (name, size, start)
 
