@@ -12,10 +12,10 @@ as prepare_for_decoding stores them, so each pass reads them from memory. Conten
 - `ours, row-major`: the op on nn.Linear's [out, in] layout (bf16: the vdpbf16ps kernel where the build
   has AVX-512 BF16; fp32: the op's torch path unless the layout is column-major);
 - `ours, column-major`: the op on [in, out] storage (bf16: the sweep and col_tile of CPUs without
-  AVX-512 BF16; fp32: prepare_for_decoding's layout, sweep and col_tile);
+  AVX-512 BF16; fp32: prepare_for_decoding's layout);
 - `torch`: F.linear on the row-major weight (bf16: the activation cast to bf16, as BF16Linear's torch path);
 - `torch, column-major` (fp32): F.linear on the [in, out] storage, torch's BLAS (MKL's matrix-vector
-  path at one row: what decode_linear picks for one row where MKL is not the slow library, `avoid_blas`).
+  path at one row, which decoding used for one fp32 row on Intel CPUs until 2026-12-03).
 int8 and int8-dynamic (int8 weights with one scale per row, quantize.Int8Linear and Int8DynamicLinear)
 have one layout: `ours, row-major` is decode_linear_int8 (fp32 activations) or decode_linear_int8_dynamic
 (activations rounded to int8, VNNI's integer products), and `torch` torch's int8 weight-only product
@@ -103,9 +103,7 @@ def main() -> None:
             return torch.ops.openseason.decode_linear_int8_dynamic(x, w, scales[id(w)], sums[id(w)], None)
         if dtype == torch.bfloat16:
             return torch.ops.openseason.decode_linear_bf16(x, w, None)
-        # fp32: on column-major storage, always our kernels (sweep, col_tile), whatever this CPU's rule
-        # (the `torch, column-major` contender is what the rule picks for one row where MKL is not slow)
-        return torch.ops.openseason.decode_linear(x, w, None, avoid_blas or not w.is_contiguous())
+        return torch.ops.openseason.decode_linear(x, w, None, avoid_blas)
 
     def torch_product(x, w):
         if dtype == torch.int8:
@@ -113,8 +111,7 @@ def main() -> None:
         return F.linear(x.to(dtype), w).float()
 
     print(f"# {machine()}; {args.model}, {len(shapes)} matrices, {nbytes / 1e6:.1f} MB of {args.dtype} weights; "
-          f"bf16 weight layout of our kernels here: {cpu_kernels.bf16_weight_layout()}; one fp32 row by "
-          f"{'our sweep' if avoid_blas else 'torch (column-major)'} in decoding here; median of {args.repeats}")
+          f"bf16 weight layout of our kernels here: {cpu_kernels.bf16_weight_layout()}; median of {args.repeats}")
     for threads in args.threads:
         torch.set_num_threads(threads)
         read = ReadBandwidth()   # probes with torch's threads of the moment

@@ -287,6 +287,11 @@ constexpr int BT = 4;         // activation rows per tile
 constexpr int64_t MAX_BATCH = 16;   // more rows than this go to BLAS (prefill)
 // fp32: 9-16 rows ran two tile passes at 0.84-1.05x torch's product; those stay with torch
 constexpr int64_t MAX_FP32_ROWS = 8;
+// bf16, both layouts: up to 32 rows (short prompts' prefill too). Row-major against torch's bf16 product
+// (oneDNN on the AMD EPYC): 1.8-1.9x at 16 rows, 1.2-1.4x at 32, 0.8-0.9x at 64. torch's product gives a
+// row other bits in some batches than alone (a [32000, 512] weight: 9 or 27 rows alone against the same
+// rows among 120), so a request decoded another text alone than when its prefill was batched.
+constexpr int64_t MAX_BF16_ROWS = 32;
 // Row-major kernels (int8-dynamic, bf16) prefetch about this many bytes ahead in the weight stream,
 // rounded to whole blocks of weight rows so each prefetch lands on the same place of a later block: in
 // elements, for blocks of `block` elements of `elem_bytes` each. On the AMD EPYC, batch-1 int8-dynamic
@@ -578,9 +583,6 @@ static void bf16_result(float* y, int64_t rows, int64_t out, const float* bias) 
 // interleaved): one row 1.2-1.4x, eight rows 1.4-2.7x; 8 rows per block with 4-16 KB ahead
 // (PREFETCH_BYTES) measured best (16 rows, 4 rows and no prefetch were slower).
 constexpr int BF16_ROWS = 8;
-// Up to 32 rows (short prompts' prefill too): against torch's bf16 product (row-major weight, oneDNN
-// on the AMD EPYC) 1.8-1.9x at 16 rows, 1.2-1.4x at 32, 0.8-0.9x at 64.
-constexpr int64_t MAX_BF16_ROWS = 32;
 
 // y[b, o] = sum_i xb[b, i] * w[o, i] for o in [o0, o0 + R) (rows past `out` read the last row again and
 // are not written), b in [b0, b0 + NB); prefetching `ahead` elements further along each row (every
@@ -839,7 +841,7 @@ static int64_t rows_of(const at::Tensor& x);
 static bool operands_fit(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias);
 
 // quantize.BF16Linear's forward. With AVX-512 BF16: 1-32 fp32 rows against the row-major weight
-// (run_bf16_rows). Otherwise 1-8 rows against a column-major weight (run_col).
+// (run_bf16_rows). Otherwise 1-32 rows against a column-major weight (run_col).
 // The rest is the module's torch path, y = (x.bf16 @ w.T).float() + bias.
 at::Tensor decode_linear_bf16(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   const int64_t rows = rows_of(x);
@@ -849,7 +851,7 @@ at::Tensor decode_linear_bf16(const at::Tensor& x, const at::Tensor& weight, con
     return run_bf16_rows(x.reshape({-1, x.size(-1)}).contiguous(), weight, bias, output_shape(x, weight.size(0)));
 #endif
   if (operands_fit(x, weight, bias) && weight.scalar_type() == at::kBFloat16 && column_major(weight) &&
-      rows >= 1 && rows <= MAX_FP32_ROWS) {
+      rows >= 1 && rows <= MAX_BF16_ROWS) {
     const at::Tensor x2 = x.reshape({-1, x.size(-1)}).contiguous();
     return run_col<uint16_t>(x2, weight, bias, output_shape(x, weight.size(0)));
   }

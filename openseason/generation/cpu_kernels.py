@@ -29,7 +29,7 @@ to torch's product inside the op.
                                 x's rows rounded to int8 too (quantize.Int8DynamicLinear), int32 sums
     decode_linear_bf16(x, w, b) = (x.bf16 @ w.T).float() + b (quantize.BF16Linear); the weight read at
                                 half fp32's bytes: on CPUs with AVX-512 BF16, 1-32 rows against the
-                                row-major w (vdpbf16ps); elsewhere 1-8 rows against a
+                                row-major w (vdpbf16ps); elsewhere 1-32 rows against a
                                 column-major w, as fp32's
     decode_attention(q, k, v, mask, scale)
                                 = F.scaled_dot_product_attention(q, k, v, mask, scale=scale, enable_gqa=...)
