@@ -11,7 +11,7 @@ Weights are random, shaped as the model's linear layers (embedding excepted), in
 as prepare_for_decoding stores them, so each pass reads them from memory. Contenders:
 - `ours, row-major`: the op on nn.Linear's [out, in] layout (bf16: the vdpbf16ps kernel where the build
   has AVX-512 BF16; fp32: the op's torch path unless the layout is column-major);
-- `ours, column-major`: the op on [in, out] storage (bf16: the sweep and col_tile of CPUs without
+- `ours, column-major`: the op on [in, out] storage (bf16: the column kernel of CPUs without
   AVX-512 BF16; fp32: prepare_for_decoding's layout);
 - `torch`: F.linear on the row-major weight (bf16: the activation cast to bf16, as BF16Linear's torch path);
 - `torch, column-major` (fp32): F.linear on the [in, out] storage, torch's BLAS (MKL's matrix-vector

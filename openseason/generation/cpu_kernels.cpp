@@ -7,7 +7,7 @@
 // row while it is in a register, so batch 8 costs little more than batch 1 (the weight read), where
 // BLAS's matrix-matrix path repacks the whole weight per call.
 // - fp32 (decode_linear): column-major weights, 1-8 rows: run_col (vectors along the outputs, the
-//   storage read in order by col_rows_in_order, one chain of sums per output at every row count).
+//   storage read in order by col_rows, one chain of sums per output at every row count).
 // - int8 weight-only (decode_linear_int8): row-major int8 with one fp32 scale per output row, 1-16
 //   rows: 16-row blocks read in memory order (int8_rows16), int8_tile after the last whole block;
 //   int8-dynamic (decode_linear_int8_dynamic): the same with int8 x int8 dot products (VNNI, or AVX2's
@@ -300,9 +300,6 @@ constexpr int64_t PREFETCH_BYTES = 8192;
 static inline int64_t blocks_ahead(int64_t block, int64_t elem_bytes) {
   return block * std::max<int64_t>(1, (PREFETCH_BYTES + block * elem_bytes - 1) / (block * elem_bytes));
 }
-// How far ahead (in weight rows) col_tile prefetches: 24-32 measured best for pythia-70m's output
-// layer at batch 4-8 on one and two threads (8 was 1.9x slower, 64 1.3x).
-constexpr int64_t PREFETCH_ROWS = 32;
 
 // Calls f(std::integral_constant<int, NB>{}, b0) over the activation rows [0, batch) in tiles of TILE
 // rows and one last tile of 1..TILE-1, so each kernel's tile is a template on its row count.
@@ -579,7 +576,8 @@ static void bf16_result(float* y, int64_t rows, int64_t out, const float* bias) 
 // in fp32, so only the order of the fp32 sums differs from the module's torch path (and vdpbf16ps
 // treats subnormal inputs and sums as zero). Blocks of BF16_ROWS rows are contiguous, so a thread reads
 // its share of the weight front to back, with software prefetch (blocks_ahead). Against the
-// column-major kernels of the time (one row split across threads by input, col_tile; llama-6x512 and pythia-70m's matrices from memory, AMD EPYC,
+// column-major kernels of the time (one row split across threads by input, 2-8 rows in register
+// tiles; llama-6x512 and pythia-70m's matrices from memory, AMD EPYC,
 // interleaved): one row 1.2-1.4x, eight rows 1.4-2.7x; 8 rows per block with 4-16 KB ahead
 // (PREFETCH_BYTES) measured best (16 rows, 4 rows and no prefetch were slower).
 constexpr int BF16_ROWS = 8;
@@ -701,60 +699,32 @@ static inline float wvalue(float w) { return w; }
 static inline float wvalue(uint16_t w) { return bf16_to_float(w); }
 
 // Column-major weights (storage [in, out], as prepare_for_decoding stores the matrices whose output
-// is longer than their input): vectors run along the outputs, so a tile of J vectors of outputs x NB
-// activation rows accumulates without horizontal sums; each position i loads J weight vectors and
-// broadcasts NB activation values. NB * J <= 24 accumulators fit the 32 AVX-512 registers.
-template <int NB, int J, typename W>
-static inline void col_tile(const float* x, const W* wt, const float* bias, float* y,
-                            int64_t b0, int64_t o0, int64_t in, int64_t out) {
-  vec acc[NB][J];
-  for (int b = 0; b < NB; b++)
-    for (int j = 0; j < J; j++) acc[b][j] = vzero();
-  const float* xb = x + b0 * in;
-  for (int64_t i = 0; i < in; i++) {
-    const W* wrow = wt + i * out + o0;
-    // The next rows of this tile are a whole row length apart: too far for the hardware prefetcher.
-    if (i + PREFETCH_ROWS < in)
-      for (int j = 0; j < J; j++) prefetch(wrow + PREFETCH_ROWS * out + j * OS_LANES);
-    vec wv[J];
-    for (int j = 0; j < J; j++) wv[j] = wload(wrow + j * OS_LANES);
-    for (int b = 0; b < NB; b++) {
-      const vec xv = vset1(xb[b * in + i]);
-      for (int j = 0; j < J; j++) acc[b][j] = vfma(wv[j], xv, acc[b][j]);
-    }
-  }
-  for (int b = 0; b < NB; b++)
-    for (int j = 0; j < J; j++) {
-      vec v = acc[b][j];
-      if (bias) v = vadd(v, vload(bias + o0 + j * OS_LANES));
-      vstore(y + (b0 + b) * out + o0 + j * OS_LANES, v);
-    }
-}
-
-#if OS_LANES > 1
-// col_tile's products, read in storage order: a tile of J vectors walks all `in` storage rows (J * 64
-// bytes of each, a whole storage row apart) before the next tile starts, a strided walk the hardware
-// prefetchers do not follow. Here the outputs [o_begin, o_end) (whole vectors, at most COL_SPAN) are
-// taken K storage rows at a time, each row's span read front to back, the NB x span sums kept in L1 and
-// the K x NB activations broadcast in registers. Each output's sum runs over i in the same order with
-// the same FMAs as col_tile's, so the results are the same to the bit, and the same at every row count.
-// K x NB broadcasts + K weights + one sum fit the registers (32 with AVX-512, 16 with AVX2).
-// llama-6x512's matrices (decode_products.py, Intel Xeon, fractions of the read bandwidth probed beside
-// them, one thread / two): 8 rows 0.65 / 0.59 (col_tile) -> 0.85-0.91 / 0.79-0.80; one row, where an
-// input-split kernel of its own and torch's matrix-vector path read 0.85-1.1 / 0.76-0.98, 0.99-1.14 /
-// 0.89-0.97 (bf16 and fp32). In an AVX2 build: 8 rows 0.39 / 0.38 -> 0.55 / 0.50 (fp32).
+// is longer than their input): NB activation rows x the outputs [o_begin, o_end), vectors along the
+// outputs, so no horizontal sums. The whole vectors are taken COL_SPAN outputs at a time, K storage rows
+// at a time, each row's span read front to back, the NB x span sums kept in L1 and the K x NB
+// activations broadcast in registers (K x NB broadcasts + K weights + one sum fit the registers: 32
+// with AVX-512, 16 with AVX2); the last outputs short of a vector one by one. Each output's sum is one
+// chain of FMAs over i in order, whatever NB, K or the thread count: a row gets the same bits alone and
+// in a batch. The tiles this replaces (J vectors x NB rows in registers, each tile walking all storage
+// rows, J * 64 bytes of each a storage row apart: a strided walk the hardware prefetchers do not
+// follow) summed in the same order; one row had an input-split kernel of its own, or torch's
+// matrix-vector path. llama-6x512's matrices (decode_products.py, Intel Xeon, fraction of the read
+// bandwidth probed beside them, one thread / two): 8 rows 0.65 / 0.59 (tiles) -> 0.85-0.91 / 0.79-0.80;
+// one row 0.85-1.1 / 0.76-0.98 (the input-split kernel, torch) -> 0.99-1.14 / 0.89-0.97 (bf16 and fp32).
+// An AVX2 build: 8 rows 0.39 / 0.38 -> 0.55 / 0.50 (fp32).
+constexpr int64_t COL_PREFETCH_ROWS = 8;   // storage rows ahead (the hardware prefetchers stop at a row's end)
 template <int NB, typename W>
-static void col_rows_in_order(const float* x, const W* wt, const float* bias, float* y, int64_t b0,
-                              int64_t o_begin, int64_t o_end, int64_t in, int64_t out) {
+static void col_rows(const float* x, const W* wt, const float* bias, float* y, int64_t b0,
+                     int64_t o_begin, int64_t o_end, int64_t in, int64_t out) {
   constexpr int K = std::max(1, std::min(8, (OS_LANES == 16 ? 30 : 14) / (NB + 1)));
-  constexpr int64_t COL_SPAN = 3072 / NB / OS_LANES * OS_LANES;   // outputs per pass: 12 KB of sums in L1
+  constexpr int64_t COL_SPAN = std::max<int64_t>(OS_LANES, 3072 / NB / OS_LANES * OS_LANES);   // 12 KB of sums
   alignas(64) float sums[NB][COL_SPAN];
   const float* xb = x + b0 * in;
-  for (int64_t c = o_begin; c < o_end; c += COL_SPAN) {
-    const int64_t span = std::min(COL_SPAN, o_end - c);
+  const int64_t o_vectors = o_begin + (o_end - o_begin) / OS_LANES * OS_LANES;
+  for (int64_t c = o_begin; c < o_vectors; c += COL_SPAN) {
+    const int64_t span = std::min(COL_SPAN, o_vectors - c);
     for (int b = 0; b < NB; b++)
       for (int64_t v = 0; v < span; v += OS_LANES) vstore(&sums[b][v], vzero());
-    int64_t i = 0;
     auto rows = [&](auto k_count, int64_t i0) {   // storage rows [i0, i0 + KC) into the sums
       constexpr int KC = decltype(k_count)::value;
       vec xs[NB][KC];
@@ -762,8 +732,8 @@ static void col_rows_in_order(const float* x, const W* wt, const float* bias, fl
         for (int k = 0; k < KC; k++) xs[b][k] = vset1(xb[b * in + i0 + k]);
       const W* w0 = wt + i0 * out + c;
       for (int64_t v = 0; v < span; v += OS_LANES) {
-        if (i0 + KC + PREFETCH_ROWS / 4 < in)
-          for (int k = 0; k < KC; k++) prefetch(w0 + (PREFETCH_ROWS / 4 + k) * out + v);
+        if (i0 + KC + COL_PREFETCH_ROWS < in)
+          for (int k = 0; k < KC; k++) prefetch(w0 + (COL_PREFETCH_ROWS + k) * out + v);
         vec wv[KC];
         for (int k = 0; k < KC; k++) wv[k] = wload(w0 + k * out + v);
         for (int b = 0; b < NB; b++) {
@@ -773,6 +743,7 @@ static void col_rows_in_order(const float* x, const W* wt, const float* bias, fl
         }
       }
     };
+    int64_t i = 0;
     for (; i + K <= in; i += K) rows(std::integral_constant<int, K>{}, i);
     for (; i < in; i++) rows(std::integral_constant<int, 1>{}, i);
     for (int b = 0; b < NB; b++)
@@ -782,21 +753,7 @@ static void col_rows_in_order(const float* x, const W* wt, const float* bias, fl
         vstore(y + (b0 + b) * out + c + v, a);
       }
   }
-}
-#endif
-
-template <int NB, typename W>
-static void col_rows(const float* x, const W* wt, const float* bias, float* y, int64_t b0,
-                     int64_t o_begin, int64_t o_end, int64_t in, int64_t out) {
-  constexpr int J = NB <= 2 ? 8 : NB == 3 ? 6 : NB == 4 ? 5 : NB <= 6 ? 4 : 3;
-  int64_t o = o_begin;
-#if OS_LANES > 1
-  o = o_begin + (o_end - o_begin) / OS_LANES * OS_LANES;
-  col_rows_in_order<NB, W>(x, wt, bias, y, b0, o_begin, o, in, out);
-#endif
-  for (; o + J * OS_LANES <= o_end; o += J * OS_LANES) col_tile<NB, J, W>(x, wt, bias, y, b0, o, in, out);
-  for (; o + OS_LANES <= o_end; o += OS_LANES) col_tile<NB, 1, W>(x, wt, bias, y, b0, o, in, out);
-  for (; o < o_end; o++)
+  for (int64_t o = o_vectors; o < o_end; o++)
     for (int b = 0; b < NB; b++) {
       float s = 0.f;
       for (int64_t i = 0; i < in; i++) s += x[(b0 + b) * in + i] * wvalue(wt[i * out + o]);

@@ -147,8 +147,8 @@ def prepare_for_decoding(model: nn.Module) -> int:
                if isinstance(module, nn.Linear) and id(module.weight) not in tied
                and _wants_column_major(module, kernels)]
     # bf16 weights through our kernels: row-major as they are where the kernels have AVX-512 BF16's dot
-    # product (1-32 rows), else column-major (one row swept, 2-8 in col_tile). Longer inputs (prefill) stay
-    # with torch's bf16 product, on the same tensor.
+    # product, else column-major (cpu_kernels.col_rows), 1-32 rows either way. Longer inputs (prefill)
+    # stay with torch's bf16 product, on the same tensor.
     bf16 = [module for module in model.modules()
             if isinstance(module, BF16Linear) and module.weight.device.type == "cpu"
             and module.weight.is_contiguous()] if kernels else []
