@@ -172,10 +172,11 @@ def available() -> bool:
     """Build (once per process; from the cache after the first time) and load the kernels."""
     if _state["tried"]:
         return _state["ok"]
-    if os.environ.get("OPENSEASON_CPU_KERNELS", "1") != "0":
+    off = os.environ.get("OPENSEASON_CPU_KERNELS", "1") == "0"
+    if not off:
         target_arch()   # a malformed OPENSEASON_CPU_KERNELS_MARCH is the user's error, not a reason to fall back
     _state["tried"] = True
-    if os.environ.get("OPENSEASON_CPU_KERNELS", "1") == "0":
+    if off:
         _state["status"] = "off (OPENSEASON_CPU_KERNELS=0)"
         return False
     if platform.machine().lower() not in ("x86_64", "amd64"):
