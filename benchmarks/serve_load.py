@@ -3,9 +3,12 @@
 Runs the same workload twice in one process against a small random model: once with continuous
 batching (the server's default) and once with the engine limited to one sequence at a time, and
 prints aggregate tokens/s, p50/p99 time to first token and request latency, the batched/one-at-a-time
-throughput ratio (with --compile also a batched phase with the compiled decode step), how many requests completed or got a clean 503, and the process RSS before and after.
+throughput ratio (with --compile also a batched phase with the compiled decode step; with
+--prefill-together one whose engine prefills the prompts admitted together in one padded pass), how
+many requests completed or got a clean 503, and the process RSS before and after.
 
     .venv/bin/python benchmarks/serve_load.py --clients 32 --duration 20
+    .venv/bin/python benchmarks/serve_load.py --clients 32 --duration 20 --prefill-together
     .venv/bin/python benchmarks/serve_load.py --long-clients 2 --clients 8 --duration 30   # chunked prefill
 
 With --long-clients K, K more clients send long prompts (~900 tokens) while the others send short
@@ -159,9 +162,10 @@ def pct(values: list[float], q: float) -> float:
 
 
 def run_phase(ckpt: Path, *, max_batch: int, max_queue: int, clients: int, duration: float, max_tokens: int,
-              long_clients: int = 0, prefill_tokens=512, compile: bool = False) -> dict:
+              long_clients: int = 0, prefill_tokens=512, compile: bool = False,
+              prefill_together: bool = False) -> dict:
     engine, settings = load_for_serving(ckpt, device="cpu", max_batch=max_batch, max_queue=max_queue,
-                                        compile=compile, log=lambda msg: None)
+                                        compile=compile, prefill_together=prefill_together, log=lambda msg: None)
     engine.prefill_tokens = prefill_tokens
     server = Server(create_app(engine, settings))
     stats = {"busy": 0, "errors": 0, "completed": 0, "long_completed": 0, "tokens": 0, "ttft": [], "latency": [],
@@ -202,6 +206,9 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", action="store_true",
                     help="add a batched phase with the compiled decode step (serve --compile; it compiles "
                          "before the phase's clocks start)")
+    ap.add_argument("--prefill-together", action="store_true",
+                    help="add a batched phase whose engine prefills the prompts admitted together in one padded "
+                         "pass (serve --prefill-together) instead of each alone")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.long_clients:
@@ -211,12 +218,15 @@ def main(argv=None) -> int:
         ckpt = make_checkpoint(Path(tmp))
         rss0 = rss_mib()
         results = {}
-        phases = [("batched", args.max_batch, False), ("one-at-a-time", 1, False)]
+        phases = [("batched", args.max_batch, False, False), ("one-at-a-time", 1, False, False)]
         if args.compile:
-            phases.insert(1, ("batched+compile", args.max_batch, True))
-        for name, batch, compiled in phases:
+            phases.insert(1, ("batched+compile", args.max_batch, True, False))
+        if args.prefill_together:
+            phases.insert(1, ("batched+together", args.max_batch, False, True))
+        for name, batch, compiled, together in phases:
             results[name] = run_phase(ckpt, max_batch=batch, max_queue=args.max_queue, clients=args.clients,
-                                      duration=args.duration, max_tokens=args.max_tokens, compile=compiled)
+                                      duration=args.duration, max_tokens=args.max_tokens, compile=compiled,
+                                      prefill_together=together)
             results[name]["rss_after"] = rss_mib()
     print(f"{args.clients} streaming clients, {args.duration:.0f} s per phase, max_tokens {args.max_tokens}, "
           f"max_queue {args.max_queue}, torch threads {torch.get_num_threads()}")
@@ -228,6 +238,9 @@ def main(argv=None) -> int:
               f"{pct(s['latency'], 99):>9.2f}{s['rss_after']:>9.0f}")
     ratio = results["batched"]["tokens_per_s"] / max(results["one-at-a-time"]["tokens_per_s"], 1e-9)
     print(f"batched / one-at-a-time throughput: {ratio:.2f}x")
+    if "batched+together" in results:
+        print(f"batched+together / batched throughput (prompts prefilled in one pass / each alone): "
+              f"{results['batched+together']['tokens_per_s'] / max(results['batched']['tokens_per_s'], 1e-9):.2f}x")
     if "batched+compile" in results:
         print(f"batched+compile / batched throughput: "
               f"{results['batched+compile']['tokens_per_s'] / max(results['batched']['tokens_per_s'], 1e-9):.2f}x")

@@ -185,6 +185,14 @@ class KVCache:
         cache.extras = {}
         return cache
 
+    @classmethod
+    def stacked(cls, parts: list["KVCache"], capacity: int) -> "KVCache":
+        """A new cache holding every part's rows in order, right-aligned at the longest part's length,
+        in storage of `capacity` slots (at least that length)."""
+        cache = cls.__new__(cls)
+        cache._rebuild(parts, max(p.length for p in parts), capacity)
+        return cache
+
     def reset(self) -> None:
         self.length = 0
 

@@ -20,10 +20,11 @@ model (`model.media`, see peft/media.py): at prefill the front-end turns them in
 written over the prompt's placeholder run at `start`, or into per-row extras (start -1) that the KV
 cache keeps with the row for every later step. A text-only model refuses media.
 
-Each step: (prefill) run new prompts together, left-padded, in a cache of their own, sample each
-choice's first token, and append their rows to the running cache; (decode) feed every row its last
-token and sample the next; (finish) rows that hit EOS or a stop token, a stop string (matched on the
-text, across token boundaries) or their token budget end with "stop" or "length".
+Each step: (prefill) run each new prompt alone in a cache of its own (so its rows never depend on
+what arrived with it), sample each choice's first token, and append their rows to the running cache;
+(decode) feed every row its last token and sample the next; (finish) rows that hit EOS or a stop
+token, a stop string (matched on the text, across token boundaries) or their token budget end with
+"stop" or "length".
 """
 from __future__ import annotations
 
@@ -250,8 +251,9 @@ class Sequence:
 class RunningBatch:
     """The sequences being decoded together, with their shared KV cache (see the module docstring)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer=None):
+    def __init__(self, model: torch.nn.Module, tokenizer=None, *, prefill_together: bool = False):
         self.model = model
+        self.prefill_together = prefill_together   # see prefill()
         self.device = model.embed.weight.device
         self.block_size = context_length(model)
         self.tokenizer = tokenizer
@@ -279,26 +281,48 @@ class RunningBatch:
     def prefill(self, groups: list[list[Sequence]]) -> list[TokenEvent]:
         """Run new prompts (one per group; a group's sequences are the n choices of one prompt) and
         pick every sequence's first token; they join the running batch. On an exception the running
-        batch is unchanged (the new sequences never joined)."""
-        prompts = [g[0].completion.prompt_ids for g in groups]
-        lengths = [len(p) for p in prompts]
-        batch, width = len(prompts), max(lengths)
+        batch is unchanged (the new sequences never joined).
+
+        Each prompt runs alone (a batch of one, its own length, no padding), so what it leaves in the
+        cache and its first token's logits do not depend on which prompts arrived with it: one product
+        over the rows of several prompts may sum a row in another order (torch's bf16 and fp32 products
+        choose their blocking by the row count), and left padding takes the masked attention path.
+        With `prefill_together` the prompts run as one left-padded batch instead: one pass over the
+        weights for all of them (faster for bursts of short prompts), without that guarantee."""
+        lengths = [len(g[0].completion.prompt_ids) for g in groups]
+        if self.prefill_together and len(groups) > 1:
+            cache, logits = self._prefill_padded(groups, lengths)
+            return self.join(groups, cache, logits, lengths)
+        room = self._prefill_capacity(max(lengths), groups)
+        caches, logits = [], []
+        for group, length in zip(groups, lengths):
+            ids = torch.tensor([group[0].completion.prompt_ids], dtype=torch.long, device=self.device)
+            embeds, extras = self._media_inputs(ids, [group[0].media], [0])
+            cache = self.model.new_kv_cache(1, room if len(groups) == 1 else length)
+            logits.append(self.model(ids, kv_cache=cache, last_only=True, inputs_embeds=embeds,
+                                     extras=extras)[:, -1])
+            caches.append(cache)
+        cache = caches[0] if len(caches) == 1 else type(caches[0]).stacked(caches, room)
+        return self.join(groups, cache, torch.cat(logits), lengths)
+
+    def _prefill_padded(self, groups: list[list[Sequence]], lengths: list[int]):
+        """The prompts as one batch, left-padded to the longest: (cache, last-position logits)."""
+        batch, width = len(groups), max(lengths)
         ids = torch.zeros(batch, width, dtype=torch.long)
-        for row, p in enumerate(prompts):
-            ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        for row, g in enumerate(groups):
+            ids[row, width - lengths[row]:] = torch.tensor(g[0].completion.prompt_ids, dtype=torch.long)
         ids = ids.to(self.device)
         embeds, extras = self._media_inputs(ids, [g[0].media for g in groups], [width - n for n in lengths])
         cache = self.model.new_kv_cache(batch, self._prefill_capacity(width, groups))
-        if min(lengths) != width:
-            mask = torch.zeros(batch, width, dtype=torch.long, device=self.device)
-            for row, n in enumerate(lengths):
-                mask[row, width - n:] = 1
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = self.model(ids, kv_cache=cache, attention_mask=mask, position_ids=positions, last_only=True,
-                                inputs_embeds=embeds, extras=extras)
-        else:
-            logits = self.model(ids, kv_cache=cache, last_only=True, inputs_embeds=embeds, extras=extras)
-        return self.join(groups, cache, logits[:, -1], lengths)
+        if min(lengths) == width:
+            return cache, self.model(ids, kv_cache=cache, last_only=True, inputs_embeds=embeds, extras=extras)[:, -1]
+        mask = torch.zeros(batch, width, dtype=torch.long, device=self.device)
+        for row, n in enumerate(lengths):
+            mask[row, width - n:] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(ids, kv_cache=cache, attention_mask=mask, position_ids=positions, last_only=True,
+                            inputs_embeds=embeds, extras=extras)
+        return cache, logits[:, -1]
 
     def _media_inputs(self, ids: torch.Tensor, media: list[Seq], offsets: list[int]):
         """(inputs_embeds, extras) for prompts with images (rows left-padded by `offsets`), or (None, None)."""
@@ -658,6 +682,9 @@ class Engine:
     prefill_tokens a prompt longer than this is prefilled in chunks of this many tokens, one chunk
                    between two decode steps, so running requests keep streaming (chunked prefill);
                    None: every prompt in one piece
+    prefill_together  prefill the prompts admitted together as one left-padded batch (faster for
+                   bursts of short prompts) instead of each alone; then a prompt's tokens may depend on
+                   what arrived with it (see RunningBatch.prefill)
 
     A failure while prefilling new requests fails only those requests; a failure in a decode step
     fails the sequences of that step; either way the requests get an "error" event and the engine
@@ -666,7 +693,8 @@ class Engine:
     """
 
     def __init__(self, model, tokenizer, *, max_batch: int = 16, max_queue: int = 64,
-                 prefill_chunk: int = 8, prefill_tokens: Optional[int] = 512, name: str = "model"):
+                 prefill_chunk: int = 8, prefill_tokens: Optional[int] = 512, prefill_together: bool = False,
+                 name: str = "model"):
         if prefill_tokens is not None and prefill_tokens < 1:
             raise OpenseasonError(f"prefill_tokens must be at least 1 (or None), got {prefill_tokens}")
         self.model = model.eval()
@@ -681,7 +709,7 @@ class Engine:
         # The tokenizer's EOS is the one the model was trained to emit (the config's is only a fallback).
         eos = tokenizer.eos_id if tokenizer.eos_id is not None else getattr(model.config, "eos_token_id", None)
         self.eos_id = int(eos) if eos is not None else None
-        self.batch = RunningBatch(model, tokenizer)
+        self.batch = RunningBatch(model, tokenizer, prefill_together=prefill_together)
         self.device = self.batch.device
         self._waiting: collections.deque[Request] = collections.deque()
         self._lock = threading.Condition()

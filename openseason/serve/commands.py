@@ -49,6 +49,10 @@ def register(subparsers) -> None:
     p.add_argument("--max-batch", type=_positive, default=16, help="sequences decoded together (default 16)")
     p.add_argument("--max-queue", type=_positive, default=64,
                    help="requests waiting for a slot before new ones get 503 (default 64)")
+    p.add_argument("--prefill-together", action="store_true",
+                   help="prefill prompts that arrive together as one padded batch: faster for bursts of short "
+                        "prompts, but a prompt's reply may then depend on what arrived with it (default: each "
+                        "prompt alone, so a greedy reply is the same under any load)")
     p.add_argument("--max-tokens-cap", type=_positive, default=1024,
                    help="largest max_tokens a request may ask for (default 1024)")
     p.add_argument("--allowed-hosts", default=None, metavar="HOSTS",
@@ -103,7 +107,7 @@ def _serve(args) -> int:
                  cors_origins=args.cors_origin, log_level=args.log_level, max_context=args.max_context,
                  trust_actions=args.trust_actions, strict_rails=args.strict_rails, max_images=args.max_images,
                  max_image_bytes=args.max_image_bytes, allow_image_paths=args.allow_image_paths,
-                 quantize=args.quantize, compile=args.compile)
+                 quantize=args.quantize, compile=args.compile, prefill_together=args.prefill_together)
 
 
 def _chat(args) -> int:

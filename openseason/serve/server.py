@@ -26,12 +26,15 @@ def load_for_serving(checkpoint: str | Path, *, model_name: Optional[str] = None
                      cors_origins: Sequence[str] = (), max_context: Optional[int] = None,
                      max_images: int = 4, max_image_bytes: int = 4 * 1024 * 1024,
                      allow_image_paths: Optional[str | Path] = None, quantize: Optional[str] = None,
-                     compile: bool = False, log=print) -> tuple[Engine, ServerSettings]:
+                     compile: bool = False, prefill_together: bool = False,
+                     log=print) -> tuple[Engine, ServerSettings]:
     """Load `checkpoint` (full or adapter) and start its engine; returns (engine, settings) for create_app.
 
     model_name     the id in /v1/models (default: the checkpoint directory's name)
     prompt_style   overrides the checkpoint's chat format (a style name, or "chat-template")
     max_batch      most sequences decoded together; max_queue: most requests waiting (then 503)
+    prefill_together  prompts that arrive together are prefilled as one padded batch (faster for
+                   bursts of short prompts; a prompt's tokens may then depend on its neighbours)
     allowed_hosts  Host header names answered ("*": any); cors_origins: web origins allowed cross-origin
     max_images, max_image_bytes, allow_image_paths   images in chat requests of a multimodal checkpoint
                    (serve/images.py): per request, decoded bytes per image, the directory local files may
@@ -53,7 +56,8 @@ def load_for_serving(checkpoint: str | Path, *, model_name: Optional[str] = None
     log(f"chat format {llm.chat_format.name!r}: {llm.chat_format_reason}"
         + ("" if prompt_style else " (--prompt-style chooses another)"))
     name = model_name or path.resolve().name
-    engine = Engine(llm.model, llm.tokenizer, max_batch=max_batch, max_queue=max_queue, name=name)
+    engine = Engine(llm.model, llm.tokenizer, max_batch=max_batch, max_queue=max_queue,
+                    prefill_together=prefill_together, name=name)
     settings = ServerSettings(model_name=name, chat_format=llm.chat_format, api_key=api_key or None,
                               max_tokens_cap=max_tokens_cap, max_n=min(8, max_batch), hooks=hooks,
                               allowed_hosts=allowed_hosts, cors_origins=cors_origins, max_images=max_images,
@@ -75,7 +79,7 @@ def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
           log_level: str = "info", max_context: Optional[int] = None, trust_actions: bool = False,
           strict_rails: bool = False, max_images: int = 4, max_image_bytes: int = 4 * 1024 * 1024,
           allow_image_paths: Optional[str | Path] = None, quantize: Optional[str] = None,
-          compile: bool = False) -> int:
+          compile: bool = False, prefill_together: bool = False) -> int:
     """Serve `checkpoint` over HTTP until interrupted. Binds 127.0.0.1 unless `host` says otherwise.
 
     allowed_hosts  Host header names answered; default: the loopback names when bound to loopback (against
@@ -100,7 +104,8 @@ def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
                                         allowed_hosts=allowed_hosts, cors_origins=cors_origins,
                                         max_context=max_context, max_images=max_images,
                                         max_image_bytes=max_image_bytes, allow_image_paths=allow_image_paths,
-                                        quantize=quantize, compile=compile, log=log)
+                                        quantize=quantize, compile=compile,
+                                        prefill_together=prefill_together, log=log)
     if rails:
         from .rails import rails_hooks
 

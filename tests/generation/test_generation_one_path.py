@@ -139,3 +139,81 @@ def test_alibi_model_generates_past_its_training_length_when_allowed(tiny_tokeni
     rotary = GPT(Config.from_name("tiny-llama")).eval()
     with pytest.raises(ConfigError):
         rotary.extend_context(rotary.config.block_size * 2)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8-dynamic"])
+def test_a_prompt_prefills_to_the_same_bits_whatever_arrives_with_it(precision, tiny_tokenizer):
+    """A prompt prefilled together with others (shorter, longer, copies of itself) leaves the same keys
+    and values in the cache, and the same first-token log-probabilities, as the prompt alone: the
+    matrix products of a longer prefill would sum its rows in another order (torch's bf16 product past
+    32 rows, left padding under an attention mask)."""
+    import copy
+
+    import torch
+
+    from openseason.generation.engine import RunningBatch, Sequence
+    from openseason.generation.quantize import quantize
+    from openseason.generation.speed import prepare_for_decoding
+
+    model = copy.deepcopy(tiny_model(eos_bias=0.0, seed=4))
+    if precision != "fp32":
+        quantize(model, precision)
+    prepare_for_decoding(model)
+    params = SamplingParams(max_new_tokens=4, logprobs=5)
+    prompt = tiny_tokenizer.encode(PROMPT * 3)
+
+    def prefill(prompts):
+        batch = RunningBatch(model, tiny_tokenizer)
+        events = batch.prefill([[Sequence(p, params, tokenizer=tiny_tokenizer)] for p in prompts])
+        return batch, events
+
+    alone, [first] = prefill([prompt])
+    crowd = [tiny_tokenizer.encode(p * 4) for p in OTHERS]
+    for prompts in ([crowd[0], prompt, *crowd[1:]], [prompt] * 4, [crowd[3], prompt]):
+        together, events = prefill(prompts)
+        row = prompts.index(prompt)
+        assert (events[row].token_id, events[row].logprob, events[row].top_logprobs) == \
+            (first.token_id, first.logprob, first.top_logprobs)
+        n, end = len(prompt), together.cache.length
+        for layer in range(len(alone.cache.k)):
+            for got, want in ((together.cache.k, alone.cache.k), (together.cache.v, alone.cache.v)):
+                assert torch.equal(got[layer][row, :, end - n:end], want[layer][0, :, :n]), (layer, prompts)
+
+
+def test_prefill_together_runs_the_prompts_in_one_pass_and_keeps_greedy_tokens(llm, tiny_tokenizer):
+    """Admitted together, prompts are prefilled one forward pass each by default, and in one left-padded
+    pass with `Engine(prefill_together=True)` (`serve --prefill-together`); on this fp32 model (no
+    near-ties) both give each prompt the greedy tokens it gets alone."""
+    prompts = [tiny_tokenizer.encode(p) for p in [PROMPT, *OTHERS]]
+    alone = [llm.complete(p, max_new_tokens=12).token_ids for p in prompts]
+    calls = []
+    hook = llm.model.register_forward_hook(lambda module, args, out: calls.append(tuple(args[0].shape)))
+    try:
+        for together in (False, True):
+            engine = Engine(llm.model, tiny_tokenizer, max_batch=8, prefill_together=together)
+            results = [None] * len(prompts)
+            finished = threading.Semaphore(0)
+
+            def collector(i):
+                def emit(event):
+                    if event.kind in ("finish", "error"):
+                        results[i] = event.token_ids if event.kind == "finish" else event.text
+                        finished.release()
+                return emit
+            try:
+                with engine._lock:   # the loop waits until every request is queued: one admission
+                    calls.clear()
+                    for i, ids in enumerate(prompts):
+                        engine.submit(Request(ids, SamplingParams(max_new_tokens=12), collector(i)))
+                for _ in prompts:
+                    assert finished.acquire(timeout=60)
+            finally:
+                engine.close()
+            prefills = [shape for shape in calls if shape[-1] > 1]
+            if together:
+                assert prefills == [(len(prompts), max(len(p) for p in prompts))]
+            else:
+                assert prefills == [(1, len(p)) for p in prompts]
+            assert results == alone
+    finally:
+        hook.remove()

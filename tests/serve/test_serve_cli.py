@@ -55,6 +55,27 @@ def test_serve_takes_a_shipped_rails_example_by_name(monkeypatch, tmp_path, caps
     assert "no-such-rails: rails directory not found" in err and "support" in err and "Traceback" not in err
 
 
+def test_serve_prefill_together_reaches_the_engine(monkeypatch, serve_ckpt):
+    """`serve --prefill-together` turns on the engine's one-pass prefill; without it each prompt
+    is prefilled alone."""
+    import openseason.serve.server as server
+
+    engines = []
+    real = server.load_for_serving
+
+    def load(*args, **kwargs):
+        engine, settings = real(*args, **kwargs)
+        engines.append(engine)
+        engine.close()
+        raise SystemExit(0)   # stop before uvicorn starts
+
+    monkeypatch.setattr(server, "load_for_serving", load)
+    for flags, together in (([], False), (["--prefill-together"], True)):
+        with pytest.raises(SystemExit):
+            main(["serve", str(serve_ckpt), "--device", "cpu", *flags])
+        assert engines[-1].batch.prefill_together is together
+
+
 @pytest.fixture
 def hf_folder(tmp_path):
     """What `huggingface-cli download EleutherAI/pythia-70m` leaves (config.json is enough here)."""
