@@ -611,7 +611,7 @@ class Decoder:
 
 def generate_ids(model: torch.nn.Module, prompts: Seq[Seq[int]], params: SamplingParams, *,
                  tokenizer=None, eos_id: Optional[int] = None, media: Optional[Seq[Seq]] = None) -> list[Completion]:
-    """Generate for token-id prompts in one left-padded batch; one Completion per prompt (and choice).
+    """Generate for token-id prompts decoded as one batch; one Completion per prompt (and choice).
     `media`: per prompt, its images as [(pixels, start)] (see the module docstring)."""
     return Decoder(model, prompts, params, tokenizer=tokenizer, eos_id=eos_id, media=media).run()
 
@@ -678,7 +678,7 @@ class Engine:
 
     max_batch      most sequences decoded together (a request with n choices takes n rows)
     max_queue      most requests waiting for a row; `submit` raises QueueFull beyond it
-    prefill_chunk  most requests prefilled together between two decode steps
+    prefill_chunk  most requests admitted (prefilled) between two decode steps
     prefill_tokens a prompt longer than this is prefilled in chunks of this many tokens, one chunk
                    between two decode steps, so running requests keep streaming (chunked prefill);
                    None: every prompt in one piece
