@@ -6,7 +6,7 @@
 // The shape of the work: each weight element is read once per call and used for every activation
 // row while it is in a register, so batch 8 costs little more than batch 1 (the weight read), where
 // BLAS's matrix-matrix path repacks the whole weight per call.
-// - fp32 (decode_linear): column-major weights, 1-8 rows: run_col (vectors along the outputs, the
+// - fp32 (decode_linear): column-major weights, 1-16 rows: run_col (vectors along the outputs, the
 //   storage read in order by col_rows, one chain of sums per output at every row count).
 // - int8 weight-only (decode_linear_int8): row-major int8 with one fp32 scale per output row, 1-16
 //   rows: 16-row blocks read in memory order (int8_rows16), int8_tile after the last whole block;
@@ -285,8 +285,10 @@ struct TorchThreadsForFallback {
 constexpr int ROWS = 4;       // weight rows per tile
 constexpr int BT = 4;         // activation rows per tile
 constexpr int64_t MAX_BATCH = 16;   // more rows than this go to BLAS (prefill)
-// fp32: 9-16 rows ran two tile passes at 0.84-1.05x torch's product; those stay with torch
-constexpr int64_t MAX_FP32_ROWS = 8;
+// fp32: up to 16 rows (a full default serving batch sums alike at every size). llama-6x512's matrices
+// (decode_products.py, Intel Xeon) against torch's product on the same column-major storage (the path
+// past this bound): 12-16 rows 1.07-1.13x on one and two threads; 24-32 rows 0.75-0.99x.
+constexpr int64_t MAX_FP32_ROWS = 16;
 // bf16, both layouts: up to 32 rows (short prompts' prefill too). Row-major against torch's bf16 product
 // (oneDNN on the AMD EPYC): 1.8-1.9x at 16 rows, 1.2-1.4x at 32, 0.8-0.9x at 64. torch's product gives a
 // row other bits in some batches than alone (a [32000, 512] weight: 9 or 27 rows alone against the same
@@ -1125,11 +1127,11 @@ static at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& weight, c
   return stack[0].toTensor();
 }
 
-// fp32: column-major weights with 1-8 activation rows take run_col, one chain of sums per output
+// fp32: column-major weights with 1-16 activation rows take run_col, one chain of sums per output
 // whatever the row count, so a sequence gets the same bits alone and in a batch (one row had its own
 // kernel, which split the input across threads, and torch's matrix-vector path on Intel CPUs: a request
 // could decode another text alone than in a batch). `avoid_blas` says torch's BLAS is the slow library on
-// this CPU (openseason.linear chose oneDNN over it: MKL on an AMD CPU): then more than 8 rows (prefill,
+// this CPU (openseason.linear chose oneDNN over it: MKL on an AMD CPU): then more than 16 rows (prefill,
 // big batches) go to oneDNN (2-2.5x MKL). Everything else stays with torch's product.
 at::Tensor decode_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                          bool avoid_blas) {

@@ -6,7 +6,7 @@ rows it switches to its matrix-matrix path, which repacks the whole weight on ev
 pythia-70m's 50k-row output layer took 4x its batch-1 time on our CPU (BENCHMARKS.md, "Decoding"),
 where the weight read should make it about the same. The kernels here read each weight element once
 per call and multiply it with every activation row while it is in a register: fp32 weights stored
-column-major (prepare_for_decoding's layout) for 1-8 rows, int8 weight-only rows with one scale per
+column-major (prepare_for_decoding's layout) for 1-16 rows, int8 weight-only rows with one scale per
 output row (quantize.Int8Linear) for 1-16 rows, and int8 x int8 for int8-dynamic (AVX-512 VNNI, or
 AVX2's byte products; quantize.Int8DynamicLinear, any number of rows). Each sums a row in the same order
 whatever the number of rows, so a sequence decodes the same alone as in a batch. They run on torch's own threads (at::parallel_for),
@@ -22,8 +22,8 @@ to torch's product inside the op.
     status()                    "loaded from ..." / why not
     decode_linear(x, w, b, avoid_blas=False)
                                 = F.linear(x, w, b); the kernel for fp32 w stored column-major and
-                                1-8 rows; with avoid_blas (openseason.linear chose oneDNN over torch's
-                                BLAS on this CPU) oneDNN for more than 8
+                                1-16 rows; with avoid_blas (openseason.linear chose oneDNN over torch's
+                                BLAS on this CPU) oneDNN for more than 16
     decode_linear_int8(x, q, scale, b) = F.linear(x, q * scale[:, None], b)
     decode_linear_int8_dynamic(x, q, scale, q.sum(1), b)
                                 x's rows rounded to int8 too (quantize.Int8DynamicLinear), int32 sums

@@ -126,7 +126,7 @@ def _decode_kernel_attend(self: nn.Module, q: torch.Tensor, k: torch.Tensor, v: 
 def prepare_for_decoding(model: nn.Module) -> int:
     """Re-store fp32 CPU linear weights in the layout that batch-1 decoding reads fastest, and, where
     our CPU kernels build (generation.cpu_kernels), route those layers, int8 weight-only layers and
-    bf16 layers (in the layout cpu_kernels.bf16_weight_layout() names) through them (fp32 for 1-8 rows;
+    bf16 layers (in the layout cpu_kernels.bf16_weight_layout() names) through them (fp32 for 1-16 rows;
     bf16 for 1-32 rows in either layout; int8 for 1-16), and attention of one query per sequence over
     the cache (fp32, cpu_kernels.decode_attention);
     move the CPU weights into huge pages where Linux provides them; returns how many fp32 weights were

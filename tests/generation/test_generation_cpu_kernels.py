@@ -34,7 +34,7 @@ def test_fp32_kernel_matches_f_linear(rows, shape):
     weight = _column_major(out_features, in_features)
     bias = torch.randn(out_features)
     x = torch.randn(rows, in_features)
-    # avoid_blas (openseason.linear chose oneDNN): one row takes the kernel, more than 8 oneDNN
+    # avoid_blas (openseason.linear chose oneDNN): up to 16 rows take the kernel, more oneDNN
     for avoid_blas in (False, True):
         for b in (bias, None):
             torch.testing.assert_close(cpu_kernels.decode_linear(x, weight, b, avoid_blas=avoid_blas), F.linear(x, weight, b),
@@ -47,7 +47,7 @@ def test_fp32_kernel_matches_f_linear(rows, shape):
 
 
 def test_fp32_avoid_blas_routes_many_rows_to_onednn_and_one_row_to_the_kernel_either_way():
-    """With avoid_blas, rows past the kernel's 8 go through mkldnn::_linear_pointwise; without it they
+    """With avoid_blas, rows past the kernel's 16 go through mkldnn::_linear_pointwise; without it they
     stay with torch's BLAS. One row goes through our kernel either way (not torch's matrix-vector path:
     a row must sum alike alone and in a batch). The paths sum in different orders, so on this data they
     differ in the last bits, which tells them apart."""
@@ -286,13 +286,13 @@ def test_a_row_gets_the_same_bits_alone_and_in_a_batch(shape):
     """A sequence's products must not depend on how many others share its step: served alone or in a
     batch, a request decodes the same text. The int8-dynamic kernel sums integers exactly; int8
     weight-only, the bf16 dot product (row-major, AVX-512 BF16) and the column-major fp32 and bf16
-    kernels keep the same chains of sums per row pair for every batch size (up to 16 rows for int8, 32
-    for bf16, 8 for fp32: more go to torch's product)."""
+    kernels keep the same chains of sums per row pair for every batch size (up to 16 rows for int8 and
+    fp32, 32 for bf16: more go to torch's product)."""
     from openseason.generation.quantize import Int8Linear
 
     out_features, in_features = shape
     g = torch.Generator().manual_seed(out_features)
-    x = torch.randn(13, in_features, generator=g)
+    x = torch.randn(16, in_features, generator=g)
     q, scale = Int8Linear.quantize_weight(torch.randn(out_features, in_features, generator=g))
     wsum = q.sum(1, dtype=torch.int32)
     bf16 = torch.randn(out_features, in_features, generator=g).to(torch.bfloat16)
@@ -305,10 +305,9 @@ def test_a_row_gets_the_same_bits_alone_and_in_a_batch(shape):
         bf16 = bf16.t().contiguous().t()
     kernels["bf16"] = lambda rows: cpu_kernels.decode_linear_bf16(rows, bf16)
     for name, product in kernels.items():
-        up_to_8 = name.startswith("fp32")
-        together = torch.cat([product(x[:8]), product(x[8:])]) if up_to_8 else product(x)
-        for size in (1, 2, 4, 5, 8) if up_to_8 else (1, 2, 4, 8, 9):
-            for start in range(0, 13 - size + 1, 4):
+        together = product(x)
+        for size in (1, 2, 4, 5, 8, 9):
+            for start in range(0, 16 - size + 1, 4):
                 assert torch.equal(product(x[start:start + size]), together[start:start + size]), (name, size, start)
 
 
