@@ -21,7 +21,8 @@ written over the prompt's placeholder run at `start`, or into per-row extras (st
 cache keeps with the row for every later step. A text-only model refuses media.
 
 Each step: (prefill) run each new prompt alone in a cache of its own (so its rows never depend on
-what arrived with it), sample each choice's first token, and append their rows to the running cache;
+what arrived with it; on a GPU, by default, the new prompts together, left-padded), sample each
+choice's first token, and append their rows to the running cache;
 (decode) feed every row its last token and sample the next; (finish) rows that hit EOS or a stop
 token, a stop string (matched on the text, across token boundaries) or their token budget end with
 "stop" or "length".
@@ -251,10 +252,12 @@ class Sequence:
 class RunningBatch:
     """The sequences being decoded together, with their shared KV cache (see the module docstring)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer=None, *, prefill_together: bool = False):
+    def __init__(self, model: torch.nn.Module, tokenizer=None, *, prefill_together: Optional[bool] = None):
         self.model = model
-        self.prefill_together = prefill_together   # see prefill()
         self.device = model.embed.weight.device
+        # see prefill(); by default prompts are prefilled alone on the CPU, whose decode products sum a
+        # row alike at every batch size (generation.cpu_kernels), and together on a GPU, whose are not
+        self.prefill_together = self.device.type != "cpu" if prefill_together is None else prefill_together
         self.block_size = context_length(model)
         self.tokenizer = tokenizer
         # A model may have more output rows than its tokenizer has tokens (padded vocabularies);
@@ -287,7 +290,8 @@ class RunningBatch:
         cache and its first token's logits do not depend on which prompts arrived with it: one product
         over the rows of several prompts may sum a row in another order (torch's bf16 and fp32 products
         choose their blocking by the row count), and left padding takes the masked attention path.
-        With `prefill_together` the prompts run as one left-padded batch instead: one pass over the
+        With `prefill_together` (the default on a GPU, where the decode step's products are not
+        batch-invariant either) the prompts run as one left-padded batch instead: one pass over the
         weights for all of them (faster for bursts of short prompts), without that guarantee."""
         lengths = [len(g[0].completion.prompt_ids) for g in groups]
         if self.prefill_together and len(groups) > 1:
@@ -684,7 +688,8 @@ class Engine:
                    None: every prompt in one piece
     prefill_together  prefill the prompts admitted together as one left-padded batch (faster for
                    bursts of short prompts) instead of each alone; then a prompt's tokens may depend on
-                   what arrived with it (see RunningBatch.prefill)
+                   what arrived with it (see RunningBatch.prefill). None: alone on the CPU, together
+                   on a GPU
 
     A failure while prefilling new requests fails only those requests; a failure in a decode step
     fails the sequences of that step; either way the requests get an "error" event and the engine
@@ -693,8 +698,8 @@ class Engine:
     """
 
     def __init__(self, model, tokenizer, *, max_batch: int = 16, max_queue: int = 64,
-                 prefill_chunk: int = 8, prefill_tokens: Optional[int] = 512, prefill_together: bool = False,
-                 name: str = "model"):
+                 prefill_chunk: int = 8, prefill_tokens: Optional[int] = 512,
+                 prefill_together: Optional[bool] = None, name: str = "model"):
         if prefill_tokens is not None and prefill_tokens < 1:
             raise OpenseasonError(f"prefill_tokens must be at least 1 (or None), got {prefill_tokens}")
         self.model = model.eval()

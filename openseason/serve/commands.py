@@ -49,10 +49,11 @@ def register(subparsers) -> None:
     p.add_argument("--max-batch", type=_positive, default=16, help="sequences decoded together (default 16)")
     p.add_argument("--max-queue", type=_positive, default=64,
                    help="requests waiting for a slot before new ones get 503 (default 64)")
-    p.add_argument("--prefill-together", action="store_true",
+    p.add_argument("--prefill-together", action="store_true", default=None,
                    help="prefill prompts that arrive together as one padded batch: faster for bursts of short "
-                        "prompts, but a prompt's reply may then depend on what arrived with it (default: each "
-                        "prompt alone, so a greedy reply is the same under any load)")
+                        "prompts, but a prompt's reply may then depend on what arrived with it (default on the "
+                        "CPU: each prompt alone, so a greedy reply is the same under any load; on a GPU, whose "
+                        "products are not batch-invariant anyway, together)")
     p.add_argument("--max-tokens-cap", type=_positive, default=1024,
                    help="largest max_tokens a request may ask for (default 1024)")
     p.add_argument("--allowed-hosts", default=None, metavar="HOSTS",

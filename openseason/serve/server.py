@@ -26,7 +26,7 @@ def load_for_serving(checkpoint: str | Path, *, model_name: Optional[str] = None
                      cors_origins: Sequence[str] = (), max_context: Optional[int] = None,
                      max_images: int = 4, max_image_bytes: int = 4 * 1024 * 1024,
                      allow_image_paths: Optional[str | Path] = None, quantize: Optional[str] = None,
-                     compile: bool = False, prefill_together: bool = False,
+                     compile: bool = False, prefill_together: Optional[bool] = None,
                      log=print) -> tuple[Engine, ServerSettings]:
     """Load `checkpoint` (full or adapter) and start its engine; returns (engine, settings) for create_app.
 
@@ -34,7 +34,8 @@ def load_for_serving(checkpoint: str | Path, *, model_name: Optional[str] = None
     prompt_style   overrides the checkpoint's chat format (a style name, or "chat-template")
     max_batch      most sequences decoded together; max_queue: most requests waiting (then 503)
     prefill_together  prompts that arrive together are prefilled as one padded batch (faster for
-                   bursts of short prompts; a prompt's tokens may then depend on its neighbours)
+                   bursts of short prompts; a prompt's tokens may then depend on its neighbours); None:
+                   on a GPU only (see generation.engine.RunningBatch.prefill)
     allowed_hosts  Host header names answered ("*": any); cors_origins: web origins allowed cross-origin
     max_images, max_image_bytes, allow_image_paths   images in chat requests of a multimodal checkpoint
                    (serve/images.py): per request, decoded bytes per image, the directory local files may
@@ -79,7 +80,7 @@ def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
           log_level: str = "info", max_context: Optional[int] = None, trust_actions: bool = False,
           strict_rails: bool = False, max_images: int = 4, max_image_bytes: int = 4 * 1024 * 1024,
           allow_image_paths: Optional[str | Path] = None, quantize: Optional[str] = None,
-          compile: bool = False, prefill_together: bool = False) -> int:
+          compile: bool = False, prefill_together: Optional[bool] = None) -> int:
     """Serve `checkpoint` over HTTP until interrupted. Binds 127.0.0.1 unless `host` says otherwise.
 
     allowed_hosts  Host header names answered; default: the loopback names when bound to loopback (against

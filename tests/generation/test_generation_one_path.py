@@ -217,3 +217,21 @@ def test_prefill_together_runs_the_prompts_in_one_pass_and_keeps_greedy_tokens(l
             assert results == alone
     finally:
         hook.remove()
+
+
+def test_prompts_are_prefilled_alone_by_default_on_the_cpu_only(llm):
+    """On the CPU the decode step's products are batch-invariant (generation.cpu_kernels), so prompts
+    are prefilled alone by default; elsewhere (a GPU, here the meta device standing in for one) they
+    are not, and prompts are prefilled together. Either can be asked for."""
+    import torch
+
+    from openseason.config import Config
+    from openseason.generation.engine import RunningBatch
+    from openseason.model import GPT
+
+    assert RunningBatch(llm.model).prefill_together is False
+    assert RunningBatch(llm.model, prefill_together=True).prefill_together is True
+    with torch.device("meta"):
+        elsewhere = GPT(Config.from_name("tiny-llama"))
+    assert RunningBatch(elsewhere).prefill_together is True
+    assert RunningBatch(elsewhere, prefill_together=False).prefill_together is False
