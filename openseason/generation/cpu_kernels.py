@@ -71,6 +71,10 @@ from ..fileio import keep_recent, mark_used, user_cache_dir
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
 KERNEL_BUILDS_KEPT = 8            # built libraries kept in the user's cache (the least recently used go)
 MAX_ROWS = 16                     # int8 kernels: as MAX_BATCH in the source; more rows go to torch's product
+# Up to this many rows every kernel sums a row alike at every batch size (fp32 and int8: 16, as
+# MAX_FP32_ROWS and MAX_BATCH in the source; bf16: 32). A decode batch larger than this goes through
+# torch's products, whose bits depend on the batch.
+BATCH_INVARIANT_ROWS = 16
 _state: dict = {"tried": False, "ok": False, "status": "not built yet"}
 
 

@@ -43,6 +43,7 @@ import torch
 from ..errors import OpenseasonError
 from .sampling import (SamplingParams, apply_openai_penalties, apply_repetition_penalty, make_generator,
                        sample_next_token, stop_ids)
+from .cpu_kernels import BATCH_INVARIANT_ROWS
 from .speed import ahead_of_time_steps, decode_forward
 from .text import TextStream
 
@@ -556,7 +557,12 @@ class Decoder:
         if eos_id is None and tokenizer is not None:
             eos_id = tokenizer.eos_id
         self.params = params
-        self.batch = RunningBatch(model, tokenizer)
+        # More rows than the CPU kernels keep batch-invariant decode through torch's products, whose bits
+        # depend on the batch anyway: then the prompts are prefilled together (faster), else as the
+        # engine does (RunningBatch.prefill)
+        rows = len(prompts) * params.n
+        self.batch = RunningBatch(model, tokenizer,
+                                  prefill_together=True if rows > BATCH_INVARIANT_ROWS else None)
         self.groups: list[list[Sequence]] = []
         media = list(media) if media is not None else [()] * len(prompts)
         if len(media) != len(prompts):

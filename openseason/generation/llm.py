@@ -148,7 +148,8 @@ class LLM:
                  stop_token_ids: Optional[Sequence[int]] = None, seed: Optional[int] = None,
                  ignore_eos: bool = False, media=None, min_p: float = 0.0) -> Union[str, list[str]]:
         """Generated text for `prompt` (a string or token ids); a list of prompts gives a list of texts,
-        decoded as one batch (each prompt prefilled alone, so its text is the one it gets alone).
+        decoded as one batch (on the CPU, up to cpu_kernels.BATCH_INVARIANT_ROWS sequences, each
+        prompt's text is the one it gets alone).
 
         temperature 0 is greedy; > 0 samples (top_k, top_p, min_p filter first; seed makes it reproducible).
         Generation ends at the tokenizer's EOS (unless ignore_eos), at any of stop_token_ids, at any

@@ -235,3 +235,18 @@ def test_prompts_are_prefilled_alone_by_default_on_the_cpu_only(llm):
         elsewhere = GPT(Config.from_name("tiny-llama"))
     assert RunningBatch(elsewhere).prefill_together is True
     assert RunningBatch(elsewhere, prefill_together=False).prefill_together is False
+
+
+def test_a_decoder_prefills_together_only_past_the_batch_invariant_rows(llm, tiny_tokenizer):
+    """`LLM.complete` / `generate_ids` with more sequences than the CPU kernels keep batch-invariant
+    decode them through torch's products anyway, so their prompts are prefilled in one pass; up to
+    that many, alone, as the engine does."""
+    from openseason.generation.cpu_kernels import BATCH_INVARIANT_ROWS
+    from openseason.generation.engine import Decoder
+
+    ids = tiny_tokenizer.encode(PROMPT)
+    within = Decoder(llm.model, [ids] * BATCH_INVARIANT_ROWS, SamplingParams(max_new_tokens=2))
+    past = Decoder(llm.model, [ids] * (BATCH_INVARIANT_ROWS + 1), SamplingParams(max_new_tokens=2))
+    choices = Decoder(llm.model, [ids] * (BATCH_INVARIANT_ROWS // 2 + 1), SamplingParams(max_new_tokens=2, n=2))
+    assert (within.batch.prefill_together, past.batch.prefill_together, choices.batch.prefill_together) == \
+        (False, True, True)
