@@ -9,11 +9,11 @@ per call and multiply it with every activation row while it is in a register: fp
 column-major (prepare_for_decoding's layout) for 1-16 rows, int8 weight-only rows with one scale per
 output row (quantize.Int8Linear) for 1-16 rows, and int8 x int8 for int8-dynamic (AVX-512 VNNI, or
 AVX2's byte products; quantize.Int8DynamicLinear, any number of rows). Each sums a row in the same order
-whatever the number of rows, so a sequence decodes the same alone as in a batch. They run on torch's own threads (at::parallel_for),
-except inside a decode step compiled ahead of time (set_step_threads): there they run on a team of
-their own whose workers spin briefly for the next product, and torch's small operations in between run
-on one thread, so a step no longer opens and closes an OpenMP region per product. They are registered
-as torch ops (`openseason::decode_linear`, `decode_linear_int8`,
+whatever the number of rows, so a sequence decodes the same alone as in a batch. They run on torch's
+own threads (at::parallel_for), except inside a decode step compiled ahead of time (set_step_threads):
+there they run on a team of their own whose workers spin briefly for the next product, and torch's
+small operations in between run on one thread, so a step no longer opens and closes an OpenMP region
+per product. They are registered as torch ops (`openseason::decode_linear`, `decode_linear_int8`,
 `decode_linear_int8_dynamic`) with shape functions, so torch.compile puts them in the compiled decode
 step as calls without Python. What a kernel does not cover (more rows, other dtypes or devices) goes
 to torch's product inside the op.
